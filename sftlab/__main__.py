@@ -1,0 +1,3 @@
+from sftlab.cli import main
+
+main()

@@ -1,0 +1,58 @@
+"""The `sftlab` command line. Subcommands live in their own modules and only parse arguments and call
+library functions; this module wires them up and turns user errors into one-line messages."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+# Command modules register themselves on the apps when imported.
+from sftlab import (
+    cli_data,  # noqa: E402,F401
+    cli_main,  # noqa: E402,F401
+    cli_report,  # noqa: E402,F401
+)
+from sftlab.cli_apps import app
+from sftlab.data.curate import cli as curate_cli  # noqa: E402,F401
+from sftlab.errors import UserError
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: `--debug` anywhere shows tracebacks; otherwise user errors print one line, exit 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("SFTLAB_DEBUG") == "1"
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        app(args=argv, prog_name="sftlab", standalone_mode=False)
+    except UserError as e:
+        if debug:
+            raise
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        if debug:
+            raise
+        typer.echo(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as e:  # click usage errors and the like
+        import click
+
+        if isinstance(e, click.exceptions.Exit):
+            sys.exit(e.exit_code)
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+__all__ = ["main", "Path"]

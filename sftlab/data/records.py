@@ -1,0 +1,126 @@
+"""The canonical record and its validation.
+
+A record is a plain JSON-serialisable dict, so every stage can read and write it as JSONL:
+
+    {"id": str, "messages": [{"role", "content", "loss_weight"?, "tool_calls"?, "tool_call_id"?, "name"?}],
+     "tools": list | None, "task_type": str, "source": str, "meta": dict}
+
+`task_type` may be two-level ("reasoning/commonsense"); both levels are channels.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from sftlab.errors import UserError
+
+BASE_ROLES = ("system", "user", "assistant", "tool")
+
+
+class RecordError(UserError, ValueError):
+    """A bad input record. Its message is one line naming file, line/index, field and reason."""
+
+    def __init__(self, reason: str, *, file: str | None = None, index: int | None = None,
+                 field: str | None = None, code: str | None = None, unit: str = "record") -> None:
+        self.reason = reason
+        self.unit = unit  # "line" for JSONL line numbers (1-based), "record" for 0-based indices
+        self.file = file
+        self.index = index
+        self.field = field
+        self.code = code or reason.split(":")[0].strip().replace(" ", "_")[:40]
+        super().__init__(self.describe())
+
+    def describe(self) -> str:
+        where = []
+        if self.file:
+            where.append(str(self.file))
+        if self.index is not None:
+            where.append(f"{self.unit} {self.index}")
+        if self.field:
+            where.append(f"field '{self.field}'")
+        return (": ".join([", ".join(where), self.reason]) if where else self.reason)
+
+    def located(self, file: str | None = None, index: int | None = None) -> RecordError:
+        """The same error with file/index filled in where they were unknown."""
+        return RecordError(self.reason, file=self.file or file,
+                           index=self.index if self.index is not None else index,
+                           field=self.field, code=self.code, unit=self.unit)
+
+
+def validate_record(rec: dict[str, Any], extra_roles: Iterable[str] = ()) -> dict[str, Any]:
+    """Check a canonical record; raise RecordError naming the field. Returns the record."""
+    roles = set(BASE_ROLES) | set(extra_roles)
+    if not isinstance(rec.get("id"), str) or not rec["id"]:
+        raise RecordError("missing or empty id", field="id", code="missing_id")
+    msgs = rec.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise RecordError("no messages", field="messages", code="no_messages")
+    for i, m in enumerate(msgs):
+        f = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise RecordError("message is not an object", field=f, code="bad_message")
+        role = m.get("role")
+        if role not in roles:
+            raise RecordError(f"unknown role {role!r} (known: {', '.join(sorted(roles))}; declare custom "
+                              "roles in data.extra_roles)", field=f"{f}.role", code="unknown_role")
+        content = m.get("content")
+        if content is None and not m.get("tool_calls"):
+            raise RecordError("message has no content", field=f"{f}.content", code="missing_content")
+        if content is not None and not isinstance(content, str):
+            raise RecordError("content must be a string", field=f"{f}.content", code="bad_content")
+        if role == "assistant" and not (content or "").strip() and not m.get("tool_calls"):
+            raise RecordError("empty assistant message", field=f"{f}.content", code="empty_assistant")
+        lw = m.get("loss_weight")
+        if lw is not None and (isinstance(lw, bool) or not isinstance(lw, (int, float)) or lw < 0):
+            raise RecordError(f"loss_weight must be a number >= 0, got {lw!r}", field=f"{f}.loss_weight",
+                              code="bad_loss_weight")
+    if msgs[-1].get("role") != "assistant":
+        raise RecordError(f"conversation ends on a {msgs[-1].get('role')!r} turn, not an assistant turn",
+                          field=f"messages[{len(msgs) - 1}].role", code="not_ending_on_assistant")
+    if not isinstance(rec.get("task_type"), str) or not rec["task_type"]:
+        raise RecordError("missing task_type", field="task_type", code="missing_task_type")
+    return rec
+
+
+def make_record(messages: list[dict[str, Any]], *, id: str, task_type: str, source: str = "",
+                tools: list | None = None, meta: dict | None = None) -> dict[str, Any]:
+    """Build a canonical record dict (no validation)."""
+    return {"id": id, "messages": messages, "tools": tools, "task_type": task_type, "source": source,
+            "meta": dict(meta or {})}
+
+
+def task_channels(task_type: str) -> list[str]:
+    """Channels a task_type counts in: 'a/b' -> ['a', 'a/b']."""
+    parts = task_type.split("/")
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def write_jsonl(records: Iterable[dict[str, Any]], path: str | Path) -> int:
+    """Write records as JSONL (UTF-8, non-ASCII kept, stable key order). Returns the count."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            n += 1
+    tmp.replace(path)
+    return n
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line_number, object) from a JSONL file; a bad line raises RecordError naming it."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise RecordError(f"malformed JSON ({e.msg} at column {e.colno})", file=str(path),
+                                  index=lineno, code="malformed_json", unit="line") from None
+            yield lineno, obj
