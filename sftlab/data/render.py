@@ -191,7 +191,7 @@ def render_records(records: Sequence[dict[str, Any]], tokenizer: Any, *, train_o
     #    before it (with generation prompt) and the conversation up to it.
     texts: list[str] = []
     plans: list[tuple[dict, int, list[tuple[int, int, int, float]]] | None] = []
-    for idx, rec in enumerate(records):
+    for rec in records:
         msgs = _clean_messages(rec["messages"])
         tools = rec.get("tools")
         full_i = len(texts)
