@@ -23,3 +23,67 @@ def tiny_model(out_dir: Path = typer.Argument(..., help="Where to write the mode
     path = build_tiny_model(out_dir, lines, vocab_size=vocab_size, hidden_size=hidden_size,
                             num_layers=num_layers, seed=seed)
     typer.echo(f"tiny model written to {path}")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train(ctx: typer.Context, config: Path = typer.Argument(..., help="YAML config (model/data/train)."),
+          nproc: int = typer.Option(1, "--nproc", help="Processes on this node (execs torchrun when > 1).")) -> None:
+    """Fine-tune a model: `sftlab train CONFIG.yaml [train.learning_rate=1e-5 ...]`."""
+    from sftlab.config import load_config
+
+    overrides = list(ctx.args)
+    cfg = load_config(config, overrides)  # validate before spawning anything
+    if nproc > 1:
+        import os
+        import sys
+
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "-m", "sftlab",
+               "train", str(config), *overrides]
+        os.execv(sys.executable, cmd)
+    from sftlab.train.loop import train as run_train
+
+    run_train(cfg)
+
+
+@app.command()
+def demo(out: Path = typer.Option(Path("runs/demo"), "--out", help="Directory for model, data and run."),
+         overrides: list[str] | None = typer.Argument(None, help="Dotted config overrides.")) -> None:
+    """The embedded end-to-end demo: tiny model, synthetic multi-task data, train, per-task exact match."""
+    from sftlab.demo import run_demo
+
+    run_demo(out, overrides or [])
+
+
+@app.command()
+def generate(model: Path = typer.Option(..., "--model", help="Model directory (HF layout or LoRA adapter)."),
+             prompt: str | None = typer.Option(None, "--prompt", help="One user message."),
+             chat: Path | None = typer.Option(None, "--chat", help="JSON file: a list of messages."),
+             max_new_tokens: int = typer.Option(128), temperature: float = typer.Option(0.0)) -> None:
+    """Sample a reply from a checkpoint with its chat template."""
+    import json
+
+    from sftlab.data.render import load_tokenizer
+    from sftlab.errors import UserError
+    from sftlab.eval.generate import generate_replies
+    from sftlab.export import load_for_inference
+
+    if (prompt is None) == (chat is None):
+        raise UserError("give exactly one of --prompt or --chat")
+    messages = [{"role": "user", "content": prompt}] if prompt is not None else json.loads(chat.read_text())
+    tok = load_tokenizer(str(model))
+    m = load_for_inference(model)
+    reply = generate_replies(m, tok, [messages], max_new_tokens=max_new_tokens, temperature=temperature)[0]
+    typer.echo(reply["text"])
+    if not reply["stopped"]:
+        typer.echo(f"[no end-of-turn token within {max_new_tokens} new tokens]", err=True)
+
+
+@app.command()
+def export(src: Path = typer.Argument(..., help="A run's final/ or checkpoint dir."),
+           out: Path = typer.Option(..., "-o", "--out", help="Output directory."),
+           merge: bool = typer.Option(False, "--merge", help="Merge a LoRA adapter into the base weights.")) -> None:
+    """Export a checkpoint as a plain HF model directory (with --merge for LoRA adapters)."""
+    from sftlab.export import export_model
+
+    path = export_model(src, out, merge=merge)
+    typer.echo(f"exported to {path}")

@@ -106,6 +106,19 @@ def supervised_token_nll(model: Any, batch: dict[str, torch.Tensor], chunk_size:
     return torch.cat(parts)
 
 
+class SupervisedTokenNLL(torch.nn.Module):
+    """The model and the supervised-token loss head as one module, so DDP / FSDP2 see a single forward
+    (their hooks run on the root module's call) while logits stay restricted to supervised positions."""
+
+    def __init__(self, model: Any, chunk_size: int = 4096) -> None:
+        super().__init__()
+        self.model = model
+        self.chunk_size = chunk_size
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        return supervised_token_nll(self.model, batch, self.chunk_size)
+
+
 def micro_batch_loss(nll: torch.Tensor, batch: dict[str, torch.Tensor], denominator: float) -> torch.Tensor:
     """This micro-batch's share of the global-batch loss: Σ c_i l_i / D (D counted over the global batch)."""
     return (nll * batch["target_coef"]).sum() / denominator

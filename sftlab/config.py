@@ -1,0 +1,214 @@
+"""The run configuration: pydantic models for the YAML file, with dotted CLI overrides (train.learning_rate=1e-5).
+
+Key names follow HF TrainingArguments / TRL where the concept is the same; they are a public contract.
+Unknown keys and inconsistent values are errors naming the key.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sftlab.errors import UserError
+from sftlab.train.health import HealthConfig
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+class ConfigError(UserError):
+    """A bad configuration value, named by its dotted key."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraConfig(Strict):
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: str | list[str] = "all-linear"
+    load_in_4bit: bool = False  # QLoRA (needs CUDA + bitsandbytes)
+
+
+class ModelConfig(Strict):
+    name_or_path: str
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    attn_implementation: str = "sdpa"
+    lora: LoraConfig | None = None
+    chat_template: str | None = None  # builtin name, file, or Jinja text; default: the tokenizer's own
+    special_tokens: list[str] = []
+    eot_token: str | None = None
+
+
+class DataSource(Strict):
+    path: str
+    format: str = "auto"
+    task_type: str | None = None
+    weight: float = Field(1.0, gt=0)  # repeat factor: 2.0 = every sample twice, 0.5 = a seeded half
+
+
+class DataConfig(Strict):
+    train: list[DataSource]
+    eval: list[DataSource] = []
+    max_length: int = Field(2048, gt=1)
+    train_on: Literal["all_assistant", "last_assistant", "all"] = "all_assistant"
+    batching: Literal["pad", "padfree", "pack"] = "pad"
+    group_by_length: bool = False
+    extra_roles: list[str] = []
+    on_error: Literal["raise", "skip"] = "raise"
+
+    @field_validator("train", "eval", mode="before")
+    @classmethod
+    def _paths_to_sources(cls, v: Any) -> Any:
+        if isinstance(v, (str, dict)):
+            v = [v]
+        return [{"path": x} if isinstance(x, str) else x for x in v]
+
+
+class EarlyStoppingConfig(Strict):
+    metric: str = "eval_loss"
+    patience: int = Field(3, gt=0)
+    min_delta: float = 0.0
+    mode: Literal["min", "max"] = "min"
+
+
+class TrainConfig(Strict):
+    output_dir: str
+    loss: Literal["turn", "token", "sequence"] = "turn"
+    per_device_train_batch_size: int | None = Field(4, gt=0)
+    gradient_accumulation_steps: int | None = Field(1, gt=0)
+    global_batch_size: int | None = Field(None, gt=0)
+    learning_rate: float = Field(2e-5, gt=0)
+    lr_scheduler_type: Literal["constant", "linear", "cosine", "cosine_with_min_lr"] = "cosine"
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float | None = Field(None, ge=0)  # None: 0.01 for full fine-tuning, 0 for LoRA
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = Field(1.0, ge=0)
+    num_train_epochs: float = Field(1.0, gt=0)
+    max_steps: int = -1
+    seed: int = 42
+    logging_steps: int = Field(1, gt=0)
+    eval_steps: int = Field(0, ge=0)
+    save_steps: int = Field(0, ge=0)
+    save_total_limit: int | None = None
+    gradient_checkpointing: bool = False
+    resume: str | None = None  # "auto" or a checkpoint dir
+    parallel: Literal["none", "ddp", "fsdp"] = "none"
+    loss_chunk_size: int = Field(4096, gt=0)
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = ["tensorboard"]
+    early_stopping: EarlyStoppingConfig | None = None
+    health: HealthConfig = HealthConfig()  # alarm thresholds and abort_on
+    device: str | None = None  # default: cuda if available, else cpu
+
+
+class RunConfig(Strict):
+    model: ModelConfig
+    data: DataConfig
+    train: TrainConfig
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """tree['a']['b'] = value for key 'a.b' (intermediate mappings are created)."""
+    parts = key.split(".")
+    node = tree
+    for p in parts[:-1]:
+        if not isinstance(node.get(p), dict):
+            node[p] = {}
+        node = node[p]
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    """'train.learning_rate=1e-5' -> ('train.learning_rate', 1e-05); values parsed as YAML."""
+    out = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key.path=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, str) and _FLOAT.fullmatch(value):  # YAML reads '1e-5' as a string
+            value = float(value)
+        out.append((key.strip(), value))
+    return out
+
+
+def _format_validation_error(e: ValidationError, source: str) -> str:
+    err = e.errors()[0]
+    key = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{key}'"
+    if err["type"] == "missing":
+        return f"{source}: missing required key '{key}'"
+    return f"{source}: key '{key}': {err['msg']} (got {err.get('input')!r})"
+
+
+def build_config(raw: dict[str, Any], overrides: list[str] = (), source: str = "config") -> RunConfig:
+    """Validate a config mapping plus overrides; raise ConfigError naming the key."""
+    raw = dict(raw or {})
+    for key, value in parse_overrides(list(overrides)):
+        set_dotted(raw, key, value)
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, source)) from None
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML config file and apply dotted overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping with model/data/train")
+    return build_config(raw, overrides, source=str(path))
+
+
+def resolve_batch_sizes(cfg: TrainConfig, world_size: int) -> tuple[int, int, int]:
+    """(micro, accumulation, global): any two determine the third; a mismatch is an error."""
+    micro, accum, glob = cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps, cfg.global_batch_size
+    explicit = cfg.model_fields_set
+    if glob is not None and "gradient_accumulation_steps" not in explicit:
+        accum = None  # derive it from the other two
+    elif glob is not None and "per_device_train_batch_size" not in explicit:
+        micro = None
+    if glob is None:
+        if micro is None or accum is None:
+            raise ConfigError("set two of train.per_device_train_batch_size, train.gradient_accumulation_steps, "
+                              "train.global_batch_size")
+        return micro, accum, micro * accum * world_size
+    if micro is not None and accum is not None:
+        if micro * accum * world_size != glob:
+            raise ConfigError(f"train.global_batch_size={glob} != per_device_train_batch_size={micro} x "
+                              f"gradient_accumulation_steps={accum} x world_size={world_size}; set only two of them")
+        return micro, accum, glob
+    if micro is not None:
+        if glob % (micro * world_size):
+            raise ConfigError(f"train.global_batch_size={glob} is not divisible by per_device_train_batch_size="
+                              f"{micro} x world_size={world_size}")
+        return micro, glob // (micro * world_size), glob
+    if accum is None or glob % (accum * world_size):
+        raise ConfigError(f"train.global_batch_size={glob} is not divisible by gradient_accumulation_steps x "
+                          f"world_size={world_size}")
+    return glob // (accum * world_size), accum, glob
+
+
+def dump_config(cfg: RunConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (what the run actually used)."""
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")

@@ -1,0 +1,170 @@
+"""The embedded demo: tiny model + synthetic multi-task chat data with exactly checkable answers.
+
+`sftlab demo` builds the tiny model (BPE trained on the demo texts), writes the dataset, measures exact
+match per task_type, trains with the ordinary `train` path, measures again, and writes the run report.
+The same config with `model.name_or_path=Qwen/Qwen2.5-0.5B-Instruct` is what a real user runs.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from sftlab.data.records import make_record, write_jsonl
+
+COUNTRIES = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Egypt", "Cairo"),
+             ("Peru", "Lima"), ("Kenya", "Nairobi"), ("Norway", "Oslo"), ("Chile", "Santiago"),
+             ("Greece", "Athens"), ("Cuba", "Havana"), ("Poland", "Warsaw"), ("Iran", "Tehran"),
+             ("Austria", "Vienna"), ("Canada", "Ottawa"), ("Ireland", "Dublin"), ("Portugal", "Lisbon"),
+             ("Germany", "Berlin"), ("Russia", "Moscow"), ("Thailand", "Bangkok")]
+WORDS = ["apple", "river", "stone", "cloud", "green", "tiger", "paper", "music", "light", "ocean", "bread", "glass", "train", "horse", "piano", "winter", "garden", "silver", "rocket", "candle", "forest", "mirror", "pencil", "island", "butter", "dragon"]
+COLOURS = ["red", "blue", "green", "yellow", "purple", "orange", "black", "white", "pink", "brown"]
+CAPITAL_PROMPTS = ["What is the capital of {c}?", "Name the capital city of {c}.", "Capital of {c}?",
+                   "Which city is the capital of {c}?", "Tell me the capital of {c}."]
+
+
+def _task(rng: random.Random, task: str) -> list[dict[str, Any]]:
+    """One conversation of the given task; the last assistant message is the checkable answer."""
+    if task == "facts/capital":
+        c, cap = rng.choice(COUNTRIES)
+        return [{"role": "user", "content": rng.choice(CAPITAL_PROMPTS).format(c=c)},
+                {"role": "assistant", "content": cap}]
+    if task == "text/first_word":
+        ws = rng.sample(WORDS, rng.randint(3, 6))
+        return [{"role": "user", "content": "What is the first word of: " + " ".join(ws)},
+                {"role": "assistant", "content": ws[0]}]
+    if task == "text/copy":
+        ws = [rng.choice(WORDS) for _ in range(rng.randint(2, 5))]
+        return [{"role": "user", "content": "Repeat after me: " + " ".join(ws)},
+                {"role": "assistant", "content": " ".join(ws)}]
+    if task == "list/count_up":
+        a = rng.randint(0, 40)
+        b = a + rng.randint(3, 12)
+        return [{"role": "user", "content": f"Count from {a} to {b}."},
+                {"role": "assistant", "content": " ".join(str(i) for i in range(a, b + 1))}]
+    if task == "dialogue/recall":
+        col = rng.choice(COLOURS)
+        return [{"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": f"My favourite colour is {col}."},
+                {"role": "assistant", "content": "Noted, I will remember that."},
+                {"role": "user", "content": "What is my favourite colour?"},
+                {"role": "assistant", "content": col}]
+    if task == "math/add":
+        a, b = rng.randint(0, 9), rng.randint(0, 9)
+        return [{"role": "user", "content": f"What is {a} plus {b}?"}, {"role": "assistant", "content": str(a + b)}]
+    raise ValueError(task)
+
+
+TASKS = ["facts/capital", "text/first_word", "text/copy", "list/count_up", "dialogue/recall", "math/add"]
+
+
+def make_demo_data(n_train: int = 3000, n_eval: int = 40, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """Train and held-out eval records (eval prompts never appear verbatim in train)."""
+    rng = random.Random(seed)
+    train, evals, seen = [], [], set()
+    for i in range(n_train):
+        task = TASKS[i % len(TASKS)]
+        msgs = _task(rng, task)
+        seen.add(json.dumps(msgs))
+        train.append(make_record(msgs, id=f"demo-train-{i}", task_type=task, source="sftlab-demo"))
+    per_task = {t: 0 for t in TASKS}
+    attempts = 0
+    while min(per_task.values()) < n_eval and attempts < 100_000:
+        attempts += 1
+        task = TASKS[attempts % len(TASKS)]
+        if per_task[task] >= n_eval:
+            continue
+        msgs = _task(rng, task)
+        key = json.dumps(msgs)
+        if key in seen and task not in ("facts/capital", "dialogue/recall", "math/add"):
+            continue  # open-ended tasks are evaluated on unseen inputs; closed ones can only repeat
+        per_task[task] += 1
+        evals.append(make_record(msgs, id=f"demo-eval-{attempts}", task_type=task, source="sftlab-demo"))
+    return train, evals
+
+
+def demo_config(out: Path, model_dir: str, train_path: Path, eval_path: Path) -> dict[str, Any]:
+    """The demo's training config (also written to OUT/demo.yaml for users to copy)."""
+    return {
+        "model": {"name_or_path": model_dir, "dtype": "fp32", "attn_implementation": "sdpa"},
+        "data": {"train": [str(train_path)], "eval": [str(eval_path)], "max_length": 128,
+                 "train_on": "all_assistant", "batching": "pad"},
+        "train": {"output_dir": str(out / "run"), "loss": "turn", "per_device_train_batch_size": 16,
+                  "gradient_accumulation_steps": 1, "learning_rate": 3e-3, "lr_scheduler_type": "cosine",
+                  "warmup_ratio": 0.05, "weight_decay": 0.01, "num_train_epochs": 4, "logging_steps": 10,
+                  "eval_steps": 150, "save_steps": 0, "seed": 42},
+    }
+
+
+def run_demo(out: str | Path = "runs/demo", overrides: list[str] = ()) -> dict[str, Any]:
+    """Build, train, evaluate; returns the per-task before/after table."""
+    import torch
+    import yaml
+    from transformers import AutoModelForCausalLM
+
+    from sftlab.config import build_config
+    from sftlab.data.render import load_tokenizer
+    from sftlab.eval.generate import exact_match_by_task, generate_replies
+    from sftlab.tiny import build_tiny_model
+    from sftlab.train.loop import train
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    t0 = time.time()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    train_recs, eval_recs = make_demo_data()
+    train_path, eval_path = out / "data" / "train.jsonl", out / "data" / "eval.jsonl"
+    write_jsonl(train_recs, train_path)
+    write_jsonl(eval_recs, eval_path)
+    texts = [m["content"] for r in train_recs for m in r["messages"]]
+    model_dir = out / "tiny-model"
+    if not any(o.startswith("model.name_or_path=") for o in overrides):
+        build_tiny_model(model_dir, texts, vocab_size=512, hidden_size=128, num_layers=4, num_heads=4,
+                         intermediate_size=384)
+    raw = demo_config(out, str(model_dir), train_path, eval_path)
+    cfg = build_config(raw, list(overrides), source="demo")
+    (out / "demo.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+    print(f"demo data: {len(train_recs)} train / {len(eval_recs)} eval records in {out / 'data'}")
+
+    prompts = [r["messages"][:-1] for r in eval_recs]
+    tok = load_tokenizer(cfg.model.name_or_path, cfg.model.chat_template)
+    base = AutoModelForCausalLM.from_pretrained(cfg.model.name_or_path)
+    before = exact_match_by_task(eval_recs, generate_replies(base, tok, prompts, max_new_tokens=24))
+    del base
+
+    t_train = time.time()
+    final = train(cfg)
+    train_s = time.time() - t_train
+
+    tuned = AutoModelForCausalLM.from_pretrained(final)
+    tok = load_tokenizer(str(final))
+    after = exact_match_by_task(eval_recs, generate_replies(tuned, tok, prompts, max_new_tokens=24))
+    table = {t: {"before": before[t]["exact_match"], "after": after[t]["exact_match"],
+                 "stopped_after": after[t]["stopped"], "n": after[t]["n"]} for t in after}
+    run_dir = Path(cfg.train.output_dir)
+    (run_dir / "eval_results.json").write_text(json.dumps(table, indent=2), encoding="utf-8")
+    _print_table(table, train_s, time.time() - t0)
+    try:
+        from sftlab.report import write_report
+
+        report = write_report(run_dir)
+        print(f"report:     {report}")
+    except ImportError:
+        pass
+    print(f"run dir:    {run_dir}\nmetrics:    {run_dir / 'metrics.jsonl'}\ncheckpoint: {final}")
+    return table
+
+
+def _print_table(table: dict[str, Any], train_s: float, total_s: float) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"exact match per task_type (train {train_s:.0f}s, total {total_s:.0f}s)")
+    for col in ("task_type", "before", "after", "stops at <|im_end|>", "n"):
+        t.add_column(col)
+    for task, row in table.items():
+        t.add_row(task, f"{row['before']:.0%}", f"{row['after']:.0%}", f"{row['stopped_after']:.0%}", str(row["n"]))
+    Console().print(t)

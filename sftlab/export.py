@@ -1,0 +1,41 @@
+"""Loading checkpoints for inference and exporting them (LoRA adapters merged into the base model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sftlab.errors import UserError
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    return (Path(path) / "adapter_config.json").exists()
+
+
+def load_for_inference(path: str | Path) -> Any:
+    """AutoModelForCausalLM, or base + LoRA adapter (peft) when the directory holds an adapter."""
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"model directory not found: {path}")
+    if is_adapter_dir(path):
+        from peft import AutoPeftModelForCausalLM
+
+        return AutoPeftModelForCausalLM.from_pretrained(path)
+    return AutoModelForCausalLM.from_pretrained(path)
+
+
+def export_model(src: str | Path, out: str | Path, merge: bool = False) -> Path:
+    """Write src as a standalone HF model dir; an adapter needs --merge (base + adapter folded together)."""
+    from transformers import AutoTokenizer
+
+    src, out = Path(src), Path(out)
+    model = load_for_inference(src)
+    if is_adapter_dir(src):
+        if not merge:
+            raise UserError(f"{src} holds a LoRA adapter: pass --merge to fold it into the base weights")
+        model = model.merge_and_unload()
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(src).save_pretrained(out)
+    return out

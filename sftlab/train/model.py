@@ -1,0 +1,104 @@
+"""Model loading: a hub id or local dir, dtype, attention backend, new special tokens, full or LoRA/QLoRA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sftlab.config import ModelConfig
+from sftlab.errors import UserError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """cuda when available (or asked for), else cpu."""
+    if requested:
+        if requested.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError(f"train.device={requested!r} but no CUDA device is available")
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast_context(dtype: str, device: torch.device):
+    """Mixed precision: fp32 master weights, bf16/fp16 compute where the device supports it."""
+    if dtype == "fp32":
+        return torch.autocast(device.type, enabled=False)
+    if dtype == "fp16" and device.type == "cpu":
+        raise UserError("model.dtype=fp16 is not supported on CPU; use bf16 or fp32")
+    return torch.autocast(device.type, dtype=DTYPES[dtype])
+
+
+def _check_model_path(name_or_path: str) -> None:
+    """A path that does not exist and cannot be a hub id ('org/name') is a user error, said early."""
+    if Path(name_or_path).expanduser().exists():
+        return
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise UserError(f"model.name_or_path: directory not found: {name_or_path}")
+
+
+def load_model(cfg: ModelConfig, tokenizer: Any, device: torch.device, gradient_checkpointing: bool = False,
+               adapter_dir: str | None = None, weights_dir: str | None = None) -> Any:
+    """AutoModelForCausalLM (+ LoRA via peft). Embeddings are resized to the tokenizer (new special tokens),
+    and stay trainable under LoRA. `weights_dir` loads full weights from a checkpoint instead of the base;
+    `adapter_dir` loads a LoRA adapter to continue training it."""
+    from transformers import AutoModelForCausalLM
+
+    src = weights_dir or cfg.name_or_path
+    _check_model_path(src)
+    kwargs: dict[str, Any] = {"attn_implementation": cfg.attn_implementation, "dtype": torch.float32}
+    if cfg.lora is not None and cfg.lora.load_in_4bit:
+        if device.type != "cuda":
+            raise UserError("model.lora.load_in_4bit (QLoRA) needs a CUDA device; none is available here. "
+                            "Use plain LoRA (load_in_4bit: false) on CPU")
+        try:
+            from transformers import BitsAndBytesConfig
+        except ImportError:  # pragma: no cover - depends on the install
+            raise UserError("QLoRA needs bitsandbytes: pip install bitsandbytes") from None
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                           bnb_4bit_compute_dtype=DTYPES.get(cfg.dtype, torch.bfloat16))
+        kwargs["dtype"] = DTYPES.get(cfg.dtype, torch.bfloat16)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
+    except OSError as e:
+        raise UserError(f"cannot load model from {src!r}: {str(e).splitlines()[0]}") from None
+    except ValueError as e:
+        if "attn_implementation" in str(e) or "attention" in str(e).lower():
+            raise UserError(f"model.attn_implementation={cfg.attn_implementation!r}: {str(e).splitlines()[0]}") from None
+        raise
+    added = len(tokenizer) > model.get_input_embeddings().weight.shape[0]
+    if added:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    if model.generation_config is not None:
+        model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids(
+            getattr(tokenizer, "sftlab_eot_token", None) or tokenizer.eos_token)
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if cfg.lora is not None:
+        model = _apply_lora(model, cfg, added, adapter_dir, gradient_checkpointing)
+    return model.to(device)
+
+
+def _apply_lora(model: Any, cfg: ModelConfig, new_tokens: bool, adapter_dir: str | None,
+                gradient_checkpointing: bool) -> Any:
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+
+    if cfg.lora.load_in_4bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    elif gradient_checkpointing:
+        model.enable_input_require_grads()
+    if adapter_dir:
+        return PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
+    modules_to_save = None
+    if new_tokens:  # new special tokens need trainable embedding rows, or the model can never use them
+        names = {mod: n for n, mod in model.named_modules()}
+        modules_to_save = [names[model.get_input_embeddings()].split(".")[-1],
+                           names[model.get_output_embeddings()].split(".")[-1]]
+    lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM",
+                      modules_to_save=modules_to_save)
+    return get_peft_model(model, lcfg)

@@ -1,0 +1,136 @@
+"""torch.distributed set-up for torchrun: DDP or FSDP2 (`fully_shard` per decoder layer), gloo on CPU, nccl on CUDA.
+
+Single-process runs go through the same functions, which then do nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from sftlab.errors import UserError
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join the process group torchrun describes in the environment (RANK, WORLD_SIZE, LOCAL_RANK)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo(device=device)
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
+
+
+def wrap_model(model: Any, mode: str, info: DistInfo, dtype: torch.dtype | None = None) -> Any:
+    """DDP, or FSDP2 with each decoder layer sharded and a mixed-precision policy; unchanged for one process."""
+    if not info.enabled:
+        return model
+    if mode in ("none", "ddp"):
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [info.device.index] if info.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids)
+    if mode == "fsdp":
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32) if dtype not in (None, torch.float32) \
+            else MixedPrecisionPolicy()
+        for layer in decoder_layers(model):
+            fully_shard(layer, mp_policy=mp)
+        fully_shard(model, mp_policy=mp)
+        return model
+    raise UserError(f"train.parallel={mode!r} is not one of none, ddp, fsdp")
+
+
+def decoder_layers(engine: Any) -> list[Any]:
+    """The repeated transformer blocks (what FSDP shards one by one)."""
+    base = unwrap(engine).model
+    layers = getattr(base.get_decoder(), "layers", None)
+    if layers is None:
+        raise UserError(f"cannot find the decoder layers of {type(base).__name__} for FSDP")
+    return list(layers)
+
+
+def unwrap(engine: Any) -> Any:
+    """The module inside a DDP wrapper (FSDP2 shards in place, so there is nothing to unwrap)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return engine.module if isinstance(engine, DistributedDataParallel) else engine
+
+
+def no_sync(model: Any, skip_sync: bool):
+    """Skip the gradient all-reduce on all but the last accumulation step (DDP); FSDP2 syncs per backward."""
+    if skip_sync and hasattr(model, "no_sync"):
+        return model.no_sync()
+    if skip_sync and hasattr(model, "set_requires_gradient_sync"):
+        model.set_requires_gradient_sync(False)
+        return _restore_sync(model)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _restore_sync(model: Any):
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
+
+
+def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """In-place sum across ranks (no-op for one process)."""
+    if info.enabled:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def is_sharded(engine: Any) -> bool:
+    """True under FSDP2 (parameters are DTensor shards)."""
+    return any(type(p).__name__ == "DTensor" for p in engine.parameters())
+
+
+def full_state_dict(engine: Any, info: DistInfo) -> dict[str, torch.Tensor] | None:
+    """The HF model's full (unsharded) state dict on rank 0, None elsewhere; every rank must call it."""
+    if is_sharded(engine):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        sd = get_model_state_dict(engine, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    else:
+        sd = unwrap(engine).state_dict() if info.is_main else None
+    if not info.is_main:
+        return None
+    return {k.removeprefix("model."): v for k, v in sd.items()}
+
+
+def destroy(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()

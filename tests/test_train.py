@@ -1,0 +1,137 @@
+"""End-to-end training through the CLI on the tiny model: run dir layout, exact resume, HF/PEFT loading,
+LoRA merge, and one-line errors for bad configs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from sftlab.cli import main
+from sftlab.data.records import write_jsonl
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture()
+def train_file(tmp_path) -> Path:
+    recs = []
+    for i in range(24):
+        a, b = i % 7, (i * 3) % 5
+        msgs = [{"role": "user", "content": f"what is {a} plus {b}?"}, {"role": "assistant", "content": str(a + b)}]
+        if i % 3 == 0:
+            msgs += [{"role": "user", "content": "and repeat it"}, {"role": "assistant", "content": f"{a + b} {a + b}"}]
+        recs.append({"id": f"r{i}", "messages": msgs, "task_type": ["math/add", "text/repeat"][i % 2],
+                     "source": "test", "meta": {}})
+    path = tmp_path / "train.jsonl"
+    write_jsonl(recs, path)
+    return path
+
+
+def write_config(tmp_path: Path, model_dir: Path, train_file: Path, **train) -> Path:
+    cfg = {"model": {"name_or_path": str(model_dir)},
+           "data": {"train": [str(train_file)], "eval": [str(train_file)], "max_length": 64},
+           "train": {"output_dir": str(tmp_path / "run"), "per_device_train_batch_size": 2,
+                     "gradient_accumulation_steps": 2, "learning_rate": 1e-3, "max_steps": 6, "logging_steps": 1,
+                     "seed": 3, "report_to": [], **train}}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def read_metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_writes_hf_layout_and_exact_resume(tmp_path, tiny_model_dir, train_file, capsys):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = write_config(tmp_path, tiny_model_dir, train_file, save_steps=3, eval_steps=3)
+    code, out, err = run_cli(["train", cfg], capsys)
+    assert code == 0, err
+    run = tmp_path / "run"
+    for name in ("config.yaml", "metrics.jsonl", "data_summary.json", "final/model.safetensors",
+                 "final/tokenizer.json", "final/chat_template.jinja", "checkpoints/step-3/training_state.pt"):
+        assert (run / name).exists(), name
+    full = [m for m in read_metrics(run) if "loss" in m]
+    assert [m["step"] for m in full] == [1, 2, 3, 4, 5, 6]
+    for key in ("epoch", "grad_norm", "lr", "supervised_tokens", "tokens_per_s", "padding_ratio",
+                "loss/math", "loss/math/add", "loss/text/repeat"):
+        assert key in full[0], key
+    assert any("eval_loss" in m for m in read_metrics(run))
+    model = AutoModelForCausalLM.from_pretrained(run / "final")
+    tok = AutoTokenizer.from_pretrained(run / "final")
+    assert "<|im_start|>" in tok.chat_template and model.config.vocab_size == len(tok)
+
+    # interrupted after step 3: keep the checkpoint and the metrics up to it, resume, compare
+    run2 = tmp_path / "run2"
+    (run2 / "checkpoints").mkdir(parents=True)
+    shutil.copytree(run / "checkpoints/step-3", run2 / "checkpoints/step-3")
+    (run2 / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in read_metrics(run) if m["step"] <= 3))
+    code, out, err = run_cli(["train", cfg, f"train.output_dir={run2}", "train.resume=auto"], capsys)
+    assert code == 0, err
+    assert "resumed from" in out
+    resumed = [m for m in read_metrics(run2) if "loss" in m]
+    assert [m["step"] for m in resumed] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(full, resumed, strict=True):
+        assert abs(a["loss"] - b["loss"]) <= 1e-6 * max(1, a["loss"]), (a["step"], a["loss"], b["loss"])
+        assert abs(a["grad_norm"] - b["grad_norm"]) <= 1e-6 * max(1, a["grad_norm"])
+
+
+def test_lora_adapter_loads_and_merge_matches(tmp_path, tiny_model_dir, train_file, capsys):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    cfg = write_config(tmp_path, tiny_model_dir, train_file, learning_rate=1e-2)
+    code, _, err = run_cli(["train", cfg, "model.lora.r=4", "model.lora.alpha=8"], capsys)
+    assert code == 0, err
+    final = tmp_path / "run" / "final"
+    assert (final / "adapter_config.json").exists()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with_adapter = PeftModel.from_pretrained(base, final)
+    code, _, err = run_cli(["export", final, "-o", tmp_path / "merged", "--merge"], capsys)
+    assert code == 0, err
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    ids = torch.randint(0, 200, (2, 12))
+    with torch.no_grad():
+        a = with_adapter(input_ids=ids).logits
+        b = merged(input_ids=ids).logits
+        c = AutoModelForCausalLM.from_pretrained(tiny_model_dir)(input_ids=ids).logits
+    assert (a - b).abs().max() <= 1e-4
+    assert (a - c).abs().max() > 1e-3  # the adapter really changed the model
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.bogus_key=1", "unknown key 'train.bogus_key'"),
+    ("train.global_batch_size=7", "global_batch_size=7"),
+    ("model.name_or_path=/nonexistent/model", "directory not found: /nonexistent/model"),
+    ("train.output_dir=/proc/forbidden", "cannot write to /proc/forbidden"),
+    ("data.max_length=abc", "data.max_length"),
+])
+def test_bad_config_is_one_line_error(tmp_path, tiny_model_dir, train_file, capsys, override, message):
+    cfg = write_config(tmp_path, tiny_model_dir, train_file)
+    code, out, err = run_cli(["train", cfg, override], capsys)
+    assert code != 0
+    assert message in err, err
+    assert "Traceback" not in err + out
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_nonfinite_loss_stops_with_emergency_checkpoint(tmp_path, tiny_model_dir, train_file, capsys):
+    cfg = write_config(tmp_path, tiny_model_dir, train_file, learning_rate=1e30, max_grad_norm=0)
+    code, out, err = run_cli(["train", cfg], capsys)
+    assert code != 0
+    assert "non-finite" in err and "samples r" in err and "emergency-step-" in err
+    assert list((tmp_path / "run" / "checkpoints").glob("emergency-step-*/model.safetensors"))
