@@ -1,3 +1,19 @@
 """`sftlab report RUN_DIR` (observability)."""
 
-from sftlab.cli_apps import app  # noqa: F401
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from sftlab.cli_apps import app
+
+
+@app.command("report")
+def report(run_dir: Path = typer.Argument(..., help="A run directory written by `sftlab train`."),
+           out: Path | None = typer.Option(None, "--out", "-o",
+                                           help="Where to write the HTML (default: RUN_DIR/report.html).")) -> None:
+    """Write a self-contained HTML report of a run (loss curves per channel, alarms, data, config)."""
+    from sftlab.report import write_report
+
+    typer.echo(str(write_report(run_dir, out)))

@@ -89,7 +89,7 @@ def make_demo_data(n_train: int = 3000, n_eval: int = 40, seed: int = 0) -> tupl
 def demo_config(out: Path, model_dir: str, train_path: Path, eval_path: Path) -> dict[str, Any]:
     """The demo's training config (also written to OUT/demo.yaml for users to copy)."""
     return {
-        "model": {"name_or_path": model_dir, "dtype": "fp32", "attn_implementation": "sdpa"},
+        "model": {"name_or_path": model_dir, "dtype": "fp32", "attn_implementation": "eager"},
         "data": {"train": [str(train_path)], "eval": [str(eval_path)], "max_length": 128,
                  "train_on": "all_assistant", "batching": "pad"},
         "train": {"output_dir": str(out / "run"), "loss": "turn", "per_device_train_batch_size": 16,
