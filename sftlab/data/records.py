@@ -50,8 +50,12 @@ class RecordError(UserError, ValueError):
                            field=self.field, code=self.code, unit=self.unit)
 
 
-def validate_record(rec: dict[str, Any], extra_roles: Iterable[str] = ()) -> dict[str, Any]:
-    """Check a canonical record; raise RecordError naming the field. Returns the record."""
+def validate_record(rec: dict[str, Any], extra_roles: Iterable[str] = (), *,
+                    require_answer: bool = True) -> dict[str, Any]:
+    """Check a canonical record; raise RecordError naming the field. Returns the record.
+
+    require_answer=False (prompt-only records, e.g. eval prompts) drops the "ends on an assistant turn" rule.
+    """
     roles = set(BASE_ROLES) | set(extra_roles)
     if not isinstance(rec.get("id"), str) or not rec["id"]:
         raise RecordError("missing or empty id", field="id", code="missing_id")
@@ -77,7 +81,7 @@ def validate_record(rec: dict[str, Any], extra_roles: Iterable[str] = ()) -> dic
         if lw is not None and (isinstance(lw, bool) or not isinstance(lw, (int, float)) or lw < 0):
             raise RecordError(f"loss_weight must be a number >= 0, got {lw!r}", field=f"{f}.loss_weight",
                               code="bad_loss_weight")
-    if msgs[-1].get("role") != "assistant":
+    if require_answer and msgs[-1].get("role") != "assistant":
         raise RecordError(f"conversation ends on a {msgs[-1].get('role')!r} turn, not an assistant turn",
                           field=f"messages[{len(msgs) - 1}].role", code="not_ending_on_assistant")
     if not isinstance(rec.get("task_type"), str) or not rec["task_type"]:

@@ -139,6 +139,11 @@ def _template_text(tokenizer: Any, messages: list[dict], tools: Any, add_generat
                                          add_generation_prompt=add_generation_prompt)
 
 
+def prompt_text(record: dict[str, Any], tokenizer: Any) -> str:
+    """A record's messages rendered with the generation prompt: what the model would answer (eval prompts)."""
+    return _template_text(tokenizer, _clean_messages(record["messages"]), record.get("tools"), True)
+
+
 def _clean_messages(messages: list[dict]) -> list[dict]:
     """Messages as templates expect them: content always a string, our own keys removed."""
     out = []
@@ -188,30 +193,40 @@ def render_records(records: Sequence[dict[str, Any]], tokenizer: Any, *, train_o
     eot_ids = set(eot_token_ids(tokenizer))
 
     # 1. Template texts for every sample: the whole conversation, and per supervised turn the prompt
-    #    before it (with generation prompt) and the conversation up to it.
+    #    before it (with generation prompt) and the conversation up to it. Identical texts are tokenized
+    #    once; the conversation up to the last message is the whole conversation (not rendered again).
     texts: list[str] = []
-    plans: list[tuple[dict, int, list[tuple[int, int, int, float]]] | None] = []
+    text_index: dict[str, int] = {}
+
+    def add(text: str) -> int:
+        i = text_index.get(text)
+        if i is None:
+            i = text_index[text] = len(texts)
+            texts.append(text)
+        return i
+
+    plans: list[tuple[dict, int, list[tuple[int, int, int, float]]]] = []
     for rec in records:
         msgs = _clean_messages(rec["messages"])
         tools = rec.get("tools")
-        full_i = len(texts)
-        texts.append(_template_text(tokenizer, msgs, tools, False))
+        full_i = add(_template_text(tokenizer, msgs, tools, False))
         turns = []
         if train_on != "all":
             for k, w in _supervised_turns(rec["messages"], train_on):
-                turns.append((len(texts), len(texts) + 1, k, w))
-                texts.append(_template_text(tokenizer, msgs[:k], tools, True))
-                texts.append(_template_text(tokenizer, msgs[: k + 1], tools, False))
+                prompt_i = add(_template_text(tokenizer, msgs[:k], tools, True))
+                upto_i = full_i if k + 1 == len(msgs) else add(_template_text(tokenizer, msgs[: k + 1], tools, False))
+                turns.append((prompt_i, upto_i, k, w))
         plans.append((rec, full_i, turns))
 
     # 2. One batched tokenization for all texts.
-    ids_all = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    ids_all = (tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+               if texts else [])
 
     samples = []
     for idx, (rec, full_i, turns) in enumerate(plans):
         full = ids_all[full_i]
         try:
-            spans = _turn_spans(rec, full, turns, ids_all, eot_ids, tokenizer, train_on)
+            spans = _turn_spans(rec, full_i, turns, texts, ids_all, eot_ids, tokenizer, train_on)
         except RecordError as e:
             err = e.located(index=idx)
             if on_error == "raise":
@@ -232,33 +247,27 @@ def render_records(records: Sequence[dict[str, Any]], tokenizer: Any, *, train_o
     return samples, report
 
 
-def _turn_spans(rec: dict, full: list[int], turns: list, ids_all: list, eot_ids: set[int], tokenizer: Any,
-                train_on: str) -> list[tuple[int, int, float]]:
-    """[(start, end_exclusive, weight)] token spans of the supervised turns in `full`."""
+def _turn_spans(rec: dict, full_i: int, turns: list, texts: list[str], ids_all: list, eot_ids: set[int],
+                tokenizer: Any, train_on: str) -> list[tuple[int, int, float]]:
+    """[(start, end_exclusive, weight)] token spans of the supervised turns in the whole conversation."""
+    full = ids_all[full_i]
     if train_on == "all":
         if len(full) < 2:
             raise RecordError("conversation renders to fewer than 2 tokens", field="messages", code="too_short")
         return [(1, len(full), 1.0)]  # token 0 is never predicted
     spans = []
     for prompt_i, upto_i, k, w in turns:
-        prompt, upto = ids_all[prompt_i], ids_all[upto_i]
-        for part, what in ((prompt, "prompt before"), (upto, "conversation up to")):
+        for part_i, what in ((prompt_i, "prompt before"), (upto_i, "conversation up to")):
+            part = ids_all[part_i]
             if full[: len(part)] != part:
-                pos = _first_mismatch(full, part)
-                raise TemplateError(
-                    f"{_template_name(tokenizer)} is not prefix-stable: the {what} assistant message {k} of "
-                    f"record {rec['id']!r} tokenizes differently from the same span of the whole conversation "
-                    f"(first mismatch at token {pos}). Set data.chat_template to a prefix-stable template "
-                    "(e.g. 'chatml').")
-        start, stop = len(prompt), len(upto)
-        delta = full[start:stop]
-        ends = [j for j in range(len(delta) - 1, -1, -1) if delta[j] in eot_ids][:1]
-        if not ends:
+                _raise_not_prefix(rec, k, what, texts[full_i], texts[part_i], full, part, tokenizer)
+        start, stop = len(ids_all[prompt_i]), len(ids_all[upto_i])
+        end = next((j + 1 for j in range(stop - 1, start - 1, -1) if full[j] in eot_ids), None)
+        if end is None:
             raise TemplateError(
                 f"{_template_name(tokenizer)} does not close assistant message {k} of record {rec['id']!r} "
                 "with an end-of-turn token, so the model would never learn to stop; set data.eot_token "
                 "to the token the template ends turns with")
-        end = start + ends[0] + 1
         if end - start < 2:
             raise RecordError("assistant message renders to no tokens", field=f"messages[{k}].content",
                               code="empty_assistant")
@@ -267,6 +276,25 @@ def _turn_spans(rec: dict, full: list[int], turns: list, ids_all: list, eot_ids:
         raise RecordError("no supervised assistant turn (all loss_weight 0, or no assistant message)",
                           field="messages", code="no_supervised_tokens")
     return spans
+
+
+def _raise_not_prefix(rec: dict, k: int, what: str, full_text: str, part_text: str, full: list[int],
+                      part: list[int], tokenizer: Any) -> None:
+    """A prefix that does not tokenize as a prefix: the template's fault, or (when the texts agree) the record's."""
+    pos = _first_mismatch(full, part)
+    if full_text.startswith(part_text):
+        # Same text, different tokens: the record's text merges with the template's text around the
+        # boundary (e.g. an answer starting with whitespace). Only this record is affected.
+        raise RecordError(
+            f"the {what} assistant message {k} tokenizes differently inside the whole conversation (first "
+            f"mismatch at token {pos}): its text merges with the template's text at the boundary",
+            field=f"messages[{k}].content", code="token_boundary")
+    c = _first_mismatch(full_text, part_text)
+    raise TemplateError(
+        f"{_template_name(tokenizer)} is not prefix-stable: the {what} assistant message {k} of record "
+        f"{rec['id']!r} renders differently from the same span of the whole conversation (first mismatch at "
+        f"token {pos}, character {c}: {part_text[max(0, c - 20):c + 20]!r} vs {full_text[max(0, c - 20):c + 20]!r}). "
+        "Set data.chat_template to a prefix-stable template (e.g. 'chatml').")
 
 
 def _build_sample(rec: dict, full: list[int], spans: list[tuple[int, int, float]], max_length: int,

@@ -1,0 +1,595 @@
+"""Readers: alpaca / sharegpt / openai-messages / eval-prompt data in JSON, JSONL, Parquet, CSV or a saved
+HF `datasets` directory -> canonical records (see records.py).
+
+    records, rejects = read_records("data.json")                 # format detected from the fields
+    records, rejects = read_records("qa.csv", "alpaca", columns={"question": "instruction", "answer": "output"})
+
+Record formats (`fmt`):
+- alpaca:   instruction, input?, output, system?, history? [[q, a], ...]
+- sharegpt: conversations [{from, value}] (from: human/user, gpt/assistant, system, function_call,
+            observation), system?, tools? (a list or a JSON string)
+- openai:   messages [{role, content (string or text parts), tool_calls?, tool_call_id?, name?, loss_weight?}],
+            plus our id, task_type, source, meta, tools. This is the canonical layout `sftlab data convert` writes.
+- prompts:  eval prompts, mt_bench style {question_id, category, turns: [str, ...]} -> user turns only,
+            meta.prompt_only = True (validated without the "ends on an assistant turn" rule).
+
+Every record is validated; a bad one is a RecordError naming file, line (JSONL, 1-based) or index (0-based),
+the field in the user's own layout (e.g. `conversations[3].value`) and the reason. on_error="skip" collects
+rejects {file, index, unit, field, code, reason, raw} instead; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from sftlab.data.records import RecordError, make_record, validate_record, write_jsonl
+
+FORMATS = ("alpaca", "sharegpt", "openai", "prompts")
+FORMAT_ALIASES = {"messages": "openai", "canonical": "openai", "chatml": "openai", "mt_bench": "prompts",
+                  "eval": "prompts", "eval_prompts": "prompts"}
+ON_ERROR = ("raise", "skip")
+
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+# Fields that hold lists/objects; tabular files (CSV, or Parquet written by other tools) may store them as JSON text.
+NESTED_FIELDS = ("messages", "conversations", "history", "turns", "tools", "meta")
+# Record-level fields every format understands.
+COMMON_FIELDS = ("id", "task_type", "category", "source", "meta", "tools")
+
+# Where each canonical message came from (to name the user's own field in errors): a field holding the content
+# itself ("output", "turns[1]"), or a message object with its role and content keys ("conversations[3]", "from", "value").
+Origin = list[Any]
+
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "system": "system", "observation": "tool", "tool": "tool", "function": "tool"}
+
+
+def normalize_format(fmt: str | None) -> str:
+    """'auto' or one of FORMATS (aliases accepted); anything else is a RecordError naming the choices."""
+    fmt = (fmt or "auto").strip().lower()
+    fmt = FORMAT_ALIASES.get(fmt, fmt)
+    if fmt != "auto" and fmt not in FORMATS:
+        raise RecordError(f"unknown format {fmt!r} (choose auto, {', '.join(FORMATS)})", field="format",
+                          code="unknown_format")
+    return fmt
+
+
+def detect_format(row: Any) -> str | None:
+    """The record format a row's fields indicate, or None."""
+    if not isinstance(row, Mapping):
+        return None
+    if "conversations" in row:
+        return "sharegpt"
+    if "messages" in row:
+        msgs = row["messages"]
+        first = msgs[0] if isinstance(msgs, list) and msgs else None
+        if isinstance(first, Mapping) and "from" in first and "role" not in first:
+            return "sharegpt"
+        return "openai"
+    if "turns" in row:
+        return "prompts"
+    if "instruction" in row or "output" in row:
+        return "alpaca"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- file layer
+
+
+def _decode(data: bytes, path: str, index: int | None = None, unit: str = "record") -> str:
+    try:
+        return data.decode("utf-8-sig" if index in (None, 1) else "utf-8")
+    except UnicodeDecodeError as e:
+        raise RecordError(f"not valid UTF-8 ({e.reason} at byte {e.start})", file=path, index=index, unit=unit,
+                          code="bad_encoding") from None
+
+
+def _iter_jsonl(path: str) -> Iterator[tuple[int, Any]]:
+    """(line number, object or RecordError) per non-blank line; a bad line does not stop the file."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = _decode(raw, path, lineno, "line")
+            except RecordError as e:
+                yield lineno, e
+                continue
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as e:
+                err = RecordError(f"malformed JSON ({e.msg} at column {e.colno})", file=path, index=lineno,
+                                  unit="line", code="malformed_json")
+                err.raw = line.rstrip("\r\n")
+                yield lineno, err
+
+
+def _json_rows(path: str) -> tuple[str, Iterable[tuple[int, Any]]]:
+    with open(path, "rb") as f:
+        text = _decode(f.read(), path)
+    if not text.strip():
+        return "record", iter(())  # an empty file holds no records (like an empty JSONL file)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data" and text.lstrip().startswith("{"):
+            return "line", _iter_jsonl(path)  # JSON Lines under a .json name
+        raise RecordError(f"malformed JSON ({e.msg} at line {e.lineno} column {e.colno})", file=path,
+                          code="malformed_json") from None
+    if isinstance(data, dict):
+        if detect_format(data):
+            data = [data]
+        else:
+            lists = [k for k, v in data.items() if isinstance(v, list)]
+            if len(lists) != 1:
+                what = f"several lists ({', '.join(lists)})" if lists else "no list of records"
+                raise RecordError(f"JSON object holds {what}; expected a list of records or an object holding "
+                                  "exactly one", file=path, code="bad_layout")
+            data = data[lists[0]]
+    if not isinstance(data, list):
+        raise RecordError(f"top-level JSON is a {type(data).__name__}, expected a list of records", file=path,
+                          code="bad_layout")
+    return "record", enumerate(data)
+
+
+def _csv_rows(path: str) -> Iterator[tuple[int, Any]]:
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f)
+        i = -1
+        try:
+            for i, row in enumerate(reader):
+                extra = row.pop(None, None)
+                if extra:
+                    yield i, RecordError(f"row has {len(extra)} more cells than the header", file=path, index=i,
+                                         code="bad_row")
+                    continue
+                # A short row leaves cells as None: treat them as absent.
+                yield i, {k: v for k, v in row.items() if v is not None}
+        except csv.Error as e:
+            raise RecordError(f"malformed CSV ({e})", file=path, index=i + 1, code="malformed_csv") from None
+        except UnicodeDecodeError as e:
+            raise RecordError(f"not valid UTF-8 ({e.reason})", file=path, index=i + 1, code="bad_encoding") from None
+
+
+def _parquet_rows(path: str) -> Iterator[tuple[int, Any]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise RecordError(f"cannot read as Parquet ({str(e).splitlines()[0]})", file=path,
+                          code="bad_parquet") from None
+    i = 0
+    for batch in pf.iter_batches(batch_size=1024):
+        for row in batch.to_pylist():
+            yield i, row
+            i += 1
+
+
+def _hf_rows(path: str) -> Iterator[tuple[int, Any]]:
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(path)
+    except (FileNotFoundError, ValueError) as e:
+        raise RecordError(f"not a saved HF datasets directory ({str(e).splitlines()[0]})", file=path,
+                          code="bad_dataset_dir") from None
+    if isinstance(ds, datasets.DatasetDict):
+        splits = list(ds)
+        if len(splits) != 1:
+            raise RecordError(f"dataset has splits {', '.join(splits)}; pass one of them as {path}/<split>",
+                              file=path, code="several_splits")
+        ds = ds[splits[0]]
+    i = 0
+    for batch in ds.iter(batch_size=1024):
+        cols = list(batch)
+        for values in zip(*(batch[c] for c in cols), strict=True):
+            yield i, dict(zip(cols, values, strict=True))
+            i += 1
+
+
+def iter_rows(path: str | Path) -> tuple[str, str, Iterable[tuple[int, Any]]]:
+    """(file kind, position unit, iterator of (position, raw row or RecordError)) for one input."""
+    p = Path(path)
+    path = str(path)
+    if p.is_dir():
+        return "hf_dataset", "record", _hf_rows(path)
+    if not p.exists():
+        raise FileNotFoundError(2, "No such file or directory", path)
+    suffix = p.suffix.lower()
+    if suffix in JSONL_SUFFIXES:
+        return "jsonl", "line", _iter_jsonl(path)
+    if suffix == ".json":
+        unit, rows = _json_rows(path)
+        return ("jsonl" if unit == "line" else "json"), unit, rows
+    if suffix == ".parquet":
+        return "parquet", "record", _parquet_rows(path)
+    if suffix == ".csv":
+        return "csv", "record", _csv_rows(path)
+    with open(path, "rb") as f:  # unknown suffix: JSON or JSON Lines by content
+        head = f.read(4096).lstrip()
+    if head.startswith(b"["):
+        unit, rows = _json_rows(path)
+        return "json", unit, rows
+    if head.startswith(b"{"):
+        return "jsonl", "line", _iter_jsonl(path)
+    raise RecordError(f"cannot tell the file type from the suffix {p.suffix!r} (use .json, .jsonl, .parquet, .csv "
+                      "or a saved HF datasets directory)", file=path, code="unknown_file_type")
+
+
+# ---------------------------------------------------------------------------------------------- record layer
+
+
+def _missing(field: str) -> RecordError:
+    return RecordError("missing field", field=field, code="missing_field")
+
+
+def _bad(field: str, reason: str, code: str = "bad_field") -> RecordError:
+    return RecordError(reason, field=field, code=code)
+
+
+def _text(row: Mapping, key: str, *, required: bool, where: str | None = None) -> str | None:
+    field = where or key
+    v = row.get(key)
+    if v is None:
+        if required:
+            raise _missing(field)
+        return None
+    if not isinstance(v, str):
+        raise _bad(field, f"must be a string, got {type(v).__name__}")
+    return v
+
+
+def _parse_json_field(row: dict, key: str) -> None:
+    """Nested fields stored as JSON text (CSV cells, Parquet string columns) -> objects."""
+    v = row.get(key)
+    if isinstance(v, str):
+        s = v.strip()
+        if not s:
+            row[key] = None
+        elif s[0] in "[{":
+            try:
+                row[key] = json.loads(s)
+            except json.JSONDecodeError as e:
+                raise _bad(key, f"malformed JSON text ({e.msg} at column {e.colno})", "malformed_json") from None
+
+
+def _tools(row: Mapping) -> list | None:
+    tools = row.get("tools")
+    if tools in (None, "", []):
+        return None
+    if isinstance(tools, dict):
+        return [tools]
+    if not isinstance(tools, list):
+        raise _bad("tools", f"must be a list (or its JSON text), got {type(tools).__name__}")
+    return tools
+
+
+def _alpaca(row: Mapping) -> tuple[list[dict], Origin]:
+    instruction = _text(row, "instruction", required=True)
+    inp = _text(row, "input", required=False) or ""
+    output = _text(row, "output", required=True)
+    system = _text(row, "system", required=False)
+    msgs: list[dict] = []
+    origin: Origin = []
+    if system:
+        msgs.append({"role": "system", "content": system})
+        origin.append("system")
+    history = row.get("history") or []
+    if not isinstance(history, list):
+        raise _bad("history", "must be a list of [question, answer] pairs")
+    for i, pair in enumerate(history):
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+            raise _bad(f"history[{i}]", "must be a [question, answer] pair of strings")
+        msgs += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+        origin += [f"history[{i}][0]", f"history[{i}][1]"]
+    if not instruction and not inp:
+        raise _bad("instruction", "empty prompt (instruction and input are both empty)", "empty_prompt")
+    user = instruction + "\n" + inp if instruction and inp else instruction or inp
+    msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+    origin += ["instruction", "output"]
+    return msgs, origin
+
+
+def _tool_calls(value: str, field: str) -> list[dict]:
+    try:
+        calls = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise _bad(field, f"function_call value is not valid JSON ({e.msg} at column {e.colno})",
+                   "bad_tool_call") from None
+    calls = calls if isinstance(calls, list) else [calls]
+    out = []
+    for c in calls:
+        if not (isinstance(c, dict) and isinstance(c.get("name"), str) and c["name"]):
+            raise _bad(field, "function_call must be {\"name\": ..., \"arguments\": ...} (or a list of them)",
+                       "bad_tool_call")
+        out.append({"type": "function", "function": {"name": c["name"], "arguments": c.get("arguments", {})}})
+    return out
+
+
+def _sharegpt(row: Mapping, columns: Mapping[str, str]) -> tuple[list[dict], Origin]:
+    key = "conversations" if "conversations" in row else "messages"
+    conv = row.get(key)
+    if conv is None:
+        raise _missing("conversations")
+    if not isinstance(conv, list):
+        raise _bad(key, f"must be a list of {{from, value}} messages, got {type(conv).__name__}")
+    msgs: list[dict] = []
+    origin: Origin = []
+    system = _text(row, "system", required=False)
+    if system:
+        msgs.append({"role": "system", "content": system})
+        origin.append("system")
+    for i, m in enumerate(conv):
+        f = f"{key}[{i}]"
+        if not isinstance(m, Mapping):
+            raise _bad(f, "message is not an object", "bad_message")
+        m = _rename(m, columns)
+        tag = "from" if "from" in m or "role" not in m else "role"
+        val = "value" if "value" in m or "content" not in m else "content"
+        who = _text(m, tag, required=True, where=f"{f}.{tag}")
+        content = _text(m, val, required=True, where=f"{f}.{val}")
+        if who == "function_call":
+            msg = {"role": "assistant", "content": "", "tool_calls": _tool_calls(content, f"{f}.{val}")}
+        else:
+            if who == "system" and system:
+                raise _bad(f"{f}.{tag}", "system prompt given twice (record field 'system' and a system turn)",
+                           "conflicting_system")
+            msg = {"role": SHAREGPT_ROLES.get(who, who), "content": content}
+        msgs.append(msg)
+        origin.append((f, tag, val))
+    return msgs, origin
+
+
+def _content_text(content: Any, field: str) -> str | None:
+    if content is None or isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for j, part in enumerate(content):
+            if isinstance(part, str):
+                parts.append(part)
+            elif isinstance(part, Mapping) and part.get("type", "text") == "text" and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+            else:
+                kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
+                raise _bad(f"{field}[{j}]", f"unsupported content part {kind!r} (only text parts are supported)",
+                           "unsupported_content")
+        return "".join(parts)
+    raise _bad(field, f"content must be a string or a list of text parts, got {type(content).__name__}",
+               "bad_content")
+
+
+def _openai(row: Mapping, columns: Mapping[str, str]) -> tuple[list[dict], None]:
+    msgs = row.get("messages")
+    if msgs is None:
+        raise _missing("messages")
+    if not isinstance(msgs, list):
+        raise _bad("messages", f"must be a list of {{role, content}} messages, got {type(msgs).__name__}")
+    out = []
+    for i, m in enumerate(msgs):
+        f = f"messages[{i}]"
+        if not isinstance(m, Mapping):
+            raise _bad(f, "message is not an object", "bad_message")
+        m = {k: v for k, v in _rename(m, columns).items() if v is not None}  # Arrow rows carry None for absent
+        if "role" not in m:
+            raise _missing(f"{f}.role")
+        m["content"] = _content_text(m.get("content"), f"{f}.content")
+        if m["content"] is None:
+            if not m.get("tool_calls"):
+                raise _missing(f"{f}.content")
+            m["content"] = ""
+        out.append(m)
+    return out, None
+
+
+def _prompts(row: Mapping) -> tuple[list[dict], Origin]:
+    turns = row.get("turns")
+    if turns is None:
+        raise _missing("turns")
+    if not isinstance(turns, list) or not turns:
+        raise _bad("turns", "must be a non-empty list of strings")
+    msgs: list[dict] = []
+    origin: Origin = []
+    system = _text(row, "system", required=False)
+    if system:
+        msgs.append({"role": "system", "content": system})
+        origin.append("system")
+    for i, t in enumerate(turns):
+        if not isinstance(t, str) or not t.strip():
+            raise _bad(f"turns[{i}]", "must be a non-empty string", "empty_prompt")
+        msgs.append({"role": "user", "content": t})
+        origin.append(f"turns[{i}]")
+    return msgs, origin
+
+
+FORMAT_FIELDS = {
+    "alpaca": ("instruction", "input", "output", "system", "history"),
+    "sharegpt": ("conversations", "messages", "system"),
+    "openai": ("messages",),
+    "prompts": ("turns", "question_id", "system"),
+}
+
+
+def _rename(d: Mapping, columns: Mapping[str, str]) -> Mapping:
+    if not columns or not any(k in d for k in columns):
+        return d
+    return {columns.get(k, k): v for k, v in d.items()}
+
+
+_MSG_FIELD = re.compile(r"messages\[(\d+)\](?:\.(\w+))?(.*)$")
+
+
+def _user_field(field: str | None, origin: Origin | None) -> str | None:
+    """A canonical field name (messages[3].content) -> the same place in the user's layout."""
+    m = _MSG_FIELD.match(field or "")
+    if not m or origin is None or int(m[1]) >= len(origin):
+        return field
+    o = origin[int(m[1])]
+    if isinstance(o, str):
+        return o
+    base, tag, val = o
+    if m[2] is None:
+        return base
+    return f"{base}.{ {'role': tag, 'content': val}.get(m[2], m[2]) }{m[3]}"
+
+
+def _to_record(row: Any, fmt: str, *, index: int, stem: str, task_type: str | None, source: str | None,
+               columns: Mapping[str, str] | None, extra_roles: Iterable[str]) -> tuple[dict[str, Any], str]:
+    """One raw row -> (validated canonical record, the format it was read as). A RecordError names the field
+    in the row's own layout (e.g. conversations[3].value), without file and position (the caller adds them)."""
+    if not isinstance(row, Mapping):
+        raise RecordError(f"record is a JSON {type(row).__name__}, not an object", code="not_an_object")
+    row = dict(_rename(row, columns or {}))
+    for key in NESTED_FIELDS:
+        _parse_json_field(row, key)
+    if fmt == "auto":
+        fmt = detect_format(row) or "auto"
+        if fmt == "auto":
+            raise RecordError(f"cannot detect the format from the fields {sorted(row)[:8]} (expected "
+                              "instruction/output, conversations, messages or turns; pass --format / --columns)",
+                              code="unknown_format")
+    if fmt == "alpaca":
+        msgs, origin = _alpaca(row)
+    elif fmt == "sharegpt":
+        msgs, origin = _sharegpt(row, columns or {})
+    elif fmt == "openai":
+        msgs, origin = _openai(row, columns or {})
+    else:
+        msgs, origin = _prompts(row)
+
+    meta = row.get("meta")
+    if meta is not None and not isinstance(meta, dict):
+        raise _bad("meta", f"must be an object, got {type(meta).__name__}")
+    known = set(COMMON_FIELDS) | set(FORMAT_FIELDS[fmt])
+    if row.get("task_type"):
+        known.discard("category")  # not used as the task_type: keep it in meta
+    meta = {**{k: v for k, v in row.items() if k not in known}, **(meta or {})}  # nothing dropped silently
+    if fmt == "prompts":
+        meta["prompt_only"] = True
+
+    rid = row.get("id", row.get("question_id") if fmt == "prompts" else None)
+    if rid is None or rid == "":
+        rid = f"{stem}-{index}"
+    elif isinstance(rid, bool) or not isinstance(rid, (str, int)):
+        raise _bad("id", f"must be a string or an integer, got {type(rid).__name__}")
+    tt = row.get("task_type") or row.get("category") or task_type or stem
+    if not isinstance(tt, str):
+        raise _bad("task_type", f"must be a string, got {type(tt).__name__}")
+    src = row.get("source") or source or stem
+    if not isinstance(src, str):
+        raise _bad("source", f"must be a string, got {type(src).__name__}")
+    rec = make_record(msgs, id=str(rid), task_type=tt, source=src, tools=_tools(row), meta=meta)
+    try:
+        validate_record(rec, extra_roles, require_answer=not meta.get("prompt_only"))
+    except RecordError as e:
+        raise RecordError(e.reason, field=_user_field(e.field, origin), code=e.code) from None
+    return rec, fmt
+
+
+def _raw_for_reject(raw: Any) -> Any:
+    try:
+        json.dumps(raw, ensure_ascii=False)
+        return raw
+    except (TypeError, ValueError):
+        return repr(raw)
+
+
+def _read(path: str | Path, fmt: str, *, task_type: str | None, columns: Mapping[str, str] | None,
+          on_error: str, extra_roles: Iterable[str], source: str | None,
+          seen: dict[str, str]) -> tuple[list[dict], list[dict], str]:
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    fmt = normalize_format(fmt)
+    file = str(path)
+    stem = Path(path).stem if Path(path).suffix else Path(path).name
+    kind, unit, rows = iter_rows(path)
+    records: list[dict] = []
+    rejects: list[dict] = []
+    extra_roles = tuple(extra_roles)
+    detected: Counter = Counter()
+    for ordinal, (pos, row) in enumerate(rows):
+        try:
+            if isinstance(row, RecordError):
+                raise row
+            rec, found = _to_record(row, fmt, index=ordinal, stem=stem, task_type=task_type, source=source,
+                                    columns=columns, extra_roles=extra_roles)
+            detected[found] += 1
+            first = seen.get(rec["id"])
+            if first is not None:
+                raise RecordError(f"duplicate id {rec['id']!r} (first at {first})", field="id",
+                                  code="duplicate_id")
+            seen[rec["id"]] = f"{file}, {unit} {pos}"
+            records.append(rec)
+        except RecordError as e:
+            err = RecordError(e.reason, file=e.file or file, index=pos, field=e.field, code=e.code, unit=unit)
+            if on_error == "raise":
+                raise err from None
+            raw = getattr(row, "raw", None) if isinstance(row, RecordError) else _raw_for_reject(row)
+            rejects.append({"file": err.file, "index": pos, "unit": unit, "field": err.field, "code": err.code,
+                            "reason": err.reason, "error": err.describe(), "raw": raw})
+    found = ",".join(k for k, _ in detected.most_common()) or (fmt if fmt != "auto" else "unknown")
+    return records, rejects, f"{kind}/{found}"
+
+
+def read_records(path: str | Path, fmt: str = "auto", *, task_type: str | None = None,
+                 columns: Mapping[str, str] | None = None, on_error: str = "raise",
+                 extra_roles: Iterable[str] = (), source: str | None = None) -> tuple[list[dict], list[dict]]:
+    """Records and rejects of one input (file or saved HF datasets directory).
+
+    fmt: "auto" (by fields, per record) or one of FORMATS. columns: {user column: format column}.
+    task_type: the record's own task_type/category, else this argument, else the file stem.
+    ids: the record's id, else "{stem}-{index}". Duplicate ids are errors.
+    on_error: "raise" -> the first bad record raises RecordError; "skip" -> collected in rejects.
+    """
+    records, rejects, _ = _read(path, fmt, task_type=task_type, columns=columns, on_error=on_error,
+                                extra_roles=extra_roles, source=source, seen={})
+    return records, rejects
+
+
+def read_many(paths: Sequence[str | Path], fmt: str = "auto", **kwargs: Any) -> tuple[list[dict], list[dict]]:
+    """read_records over several inputs, in order; ids must be unique across all of them."""
+    records, rejects, _ = read_many_detailed(paths, fmt, **kwargs)
+    return records, rejects
+
+
+def read_many_detailed(paths: Sequence[str | Path], fmt: str = "auto", *, task_type: str | None = None,
+                       columns: Mapping[str, str] | None = None, on_error: str = "raise",
+                       extra_roles: Iterable[str] = (), source: str | None = None
+                       ) -> tuple[list[dict], list[dict], list[dict]]:
+    """read_many plus per-input info [{file, format, records, rejects}] (for `sftlab data inspect`)."""
+    seen: dict[str, str] = {}
+    records: list[dict] = []
+    rejects: list[dict] = []
+    info = []
+    for p in paths:
+        recs, rejs, found = _read(p, fmt, task_type=task_type, columns=columns, on_error=on_error,
+                                  extra_roles=extra_roles, source=source, seen=seen)
+        records += recs
+        rejects += rejs
+        info.append({"file": str(p), "format": found, "records": len(recs), "rejects": len(rejs)})
+    return records, rejects, info
+
+
+def write_rejects(rejects: Iterable[dict], path: str | Path) -> int:
+    """Rejects as JSONL (one per line, UTF-8). Returns the count."""
+    return write_jsonl(rejects, path)
+
+
+def reject_counts(rejects: Iterable[dict]) -> Counter:
+    """Counts per reason code."""
+    return Counter(r["code"] for r in rejects)
+
+
+def format_reject_counts(rejects: Sequence[dict]) -> str:
+    """'rejected 3 records: malformed_json 2, missing_field 1' (one line)."""
+    counts = reject_counts(rejects)
+    if not counts:
+        return "rejected 0 records"
+    return f"rejected {len(rejects)} records: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))

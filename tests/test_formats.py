@@ -1,0 +1,361 @@
+"""Readers: real public files, every input type, format details, round trip, and bad-input errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+
+import pytest
+
+from sftlab.data.formats import (
+    detect_format,
+    format_reject_counts,
+    read_many,
+    read_records,
+    reject_counts,
+    write_rejects,
+)
+from sftlab.data.records import RecordError, iter_jsonl, validate_record, write_jsonl
+
+REAL = {"alpaca_en_demo.json": 999, "identity.json": 91, "glaive_toolcall_en_demo.json": 300,
+        "mt_bench_question.jsonl": 80}
+
+
+def write_json(path, obj):
+    path.write_text(json.dumps(obj, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def write_lines(path, objs):
+    path.write_text("".join((o if isinstance(o, str) else json.dumps(o, ensure_ascii=False)) + "\n" for o in objs),
+                    encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def alpaca_raw(real_data_dir):
+    return json.loads((real_data_dir / "alpaca_en_demo.json").read_text(encoding="utf-8"))
+
+
+# ------------------------------------------------------------------------------------------ real files
+
+
+@pytest.mark.parametrize("name", list(REAL))
+def test_real_file_loads(real_data_dir, name):
+    recs, rejects = read_records(real_data_dir / name)
+    assert len(recs) == REAL[name] and rejects == []
+    assert len({r["id"] for r in recs}) == len(recs)
+    for r in recs:
+        validate_record(r, require_answer=not r["meta"].get("prompt_only"))
+
+
+def test_alpaca_fields(real_data_dir, alpaca_raw):
+    recs, _ = read_records(real_data_dir / "alpaca_en_demo.json")
+    for raw, rec in zip(alpaca_raw, recs, strict=True):
+        user, answer = rec["messages"]
+        assert user["role"] == "user" and answer["role"] == "assistant"
+        expected = raw["instruction"] + "\n" + raw["input"] if raw["input"] else raw["instruction"]
+        assert user["content"] == expected and answer["content"] == raw["output"]
+    assert recs[0]["id"] == "alpaca_en_demo-0" and recs[0]["task_type"] == "alpaca_en_demo"
+    # non-ASCII text is kept as is
+    non_ascii = [(raw, rec) for raw, rec in zip(alpaca_raw, recs, strict=True)
+                 if any(ord(c) > 127 for c in raw["output"])]
+    assert non_ascii
+    assert all(rec["messages"][1]["content"] == raw["output"] for raw, rec in non_ascii)
+
+
+def test_identity_keeps_placeholders_and_non_ascii(real_data_dir):
+    raw = json.loads((real_data_dir / "identity.json").read_text(encoding="utf-8"))
+    recs, _ = read_records(real_data_dir / "identity.json")
+    assert "{{name}}" in recs[0]["messages"][1]["content"]
+    texts = [m["content"] for r in recs for m in r["messages"]]
+    assert sum(any(ord(c) > 127 for c in t) for t in texts) == sum(
+        any(ord(c) > 127 for c in x["instruction"] + x["input"]) + any(ord(c) > 127 for c in x["output"])
+        for x in raw)
+
+
+def test_glaive_tool_calls_observations_and_tools(real_data_dir):
+    raw = json.loads((real_data_dir / "glaive_toolcall_en_demo.json").read_text(encoding="utf-8"))
+    recs, _ = read_records(real_data_dir / "glaive_toolcall_en_demo.json")
+    roles = Counter(m["role"] for r in recs for m in r["messages"])
+    froms = Counter(m["from"] for r in raw for m in r["conversations"])
+    assert roles["tool"] == froms["observation"] > 0
+    assert roles["assistant"] == froms["gpt"] + froms["function_call"]
+    assert roles["user"] == froms["human"]
+    for r, x in zip(recs, raw, strict=True):
+        assert r["tools"] == (json.loads(x["tools"]) or None)  # parsed from the JSON string
+        for m, c in zip(r["messages"], x["conversations"], strict=True):
+            if c["from"] == "function_call":
+                call = json.loads(c["value"])
+                assert m["tool_calls"] == [{"type": "function", "function": {"name": call["name"],
+                                                                             "arguments": call["arguments"]}}]
+            else:
+                assert m["content"] == c["value"]
+    assert sum(r["tools"] is not None for r in recs) > 0
+
+
+def test_mt_bench_prompts(real_data_dir):
+    recs, _ = read_records(real_data_dir / "mt_bench_question.jsonl")
+    assert recs[0]["id"] == "81" and recs[0]["task_type"] == "writing"
+    assert Counter(r["task_type"] for r in recs) == {c: 10 for c in (
+        "writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities")}
+    for r in recs:
+        assert r["meta"]["prompt_only"] is True
+        assert [m["role"] for m in r["messages"]] == ["user", "user"]
+
+
+@pytest.mark.parametrize("name", list(REAL))
+def test_round_trip_is_lossless(real_data_dir, tmp_path, name):
+    recs, _ = read_records(real_data_dir / name)
+    write_jsonl(recs, tmp_path / "out.jsonl")
+    again, rejects = read_records(tmp_path / "out.jsonl")
+    assert again == recs and rejects == []
+    # explicit format override reads the same
+    assert read_records(tmp_path / "out.jsonl", "openai")[0] == recs
+
+
+# ------------------------------------------------------------------------------------------ input types
+
+
+ROWS = [
+    {"instruction": "Say hi", "input": "", "output": "Hi!"},
+    {"instruction": "Translate", "input": "Guten Tag – schön", "output": "Good day,\nnice\n\n— ok"},
+    {"instruction": "Sum", "input": "2, 3", "output": "5", "system": "Be exact.", "history": [["1+1?", "2"]]},
+]
+
+
+def uniform(rows):
+    """Every row with every key (Arrow's from_pylist takes the columns from the first row); absent -> None."""
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    return [{k: r.get(k) for k in keys} for r in rows]
+
+
+@pytest.fixture
+def expected_rows(tmp_path):
+    return read_records(write_json(tmp_path / "ref.json", ROWS))[0]
+
+
+def same_except_naming(a, b):
+    strip = [{**r, "id": r["id"].split("-")[-1], "source": "", "task_type": ""} for r in a]
+    return strip == [{**r, "id": r["id"].split("-")[-1], "source": "", "task_type": ""} for r in b]
+
+
+def test_alpaca_details(expected_rows):
+    r0, r1, r2 = expected_rows
+    assert r0["messages"] == [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "Hi!"}]
+    assert r1["messages"][0]["content"] == "Translate\nGuten Tag – schön"
+    assert [m["role"] for m in r2["messages"]] == ["system", "user", "assistant", "user", "assistant"]
+    assert r2["messages"][1:3] == [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2"}]
+
+
+def test_jsonl_input(tmp_path, expected_rows):
+    recs, _ = read_records(write_lines(tmp_path / "ref.jsonl", ROWS))
+    assert recs == expected_rows
+
+
+def test_json_dict_holding_one_list_and_jsonl_named_json(tmp_path, expected_rows):
+    assert read_records(write_json(tmp_path / "ref.json", {"data": ROWS}))[0] == expected_rows
+    assert read_records(write_lines(tmp_path / "ref.json", ROWS))[0] == expected_rows
+    with pytest.raises(RecordError, match="several lists"):
+        read_records(write_json(tmp_path / "two.json", {"train": ROWS, "test": ROWS}))
+
+
+def test_parquet_input(tmp_path, expected_rows):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(uniform(ROWS)), tmp_path / "ref.parquet")
+    recs, _ = read_records(tmp_path / "ref.parquet")
+    assert recs == expected_rows  # Arrow's nulls for absent fields (system/history) are treated as absent
+
+
+def test_parquet_canonical_records(tmp_path, expected_rows):
+    """Canonical records as Parquet: nested structs, and nested columns stored as JSON text."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    recs = [{**r, "meta": {"n": i}, "messages": [dict(m, loss_weight=1.0) if m["role"] == "assistant" else m
+                                                 for m in r["messages"]]}
+            for i, r in enumerate(expected_rows)]
+    pq.write_table(pa.Table.from_pylist(recs), tmp_path / "structs.parquet")
+    assert read_records(tmp_path / "structs.parquet")[0] == recs
+    as_text = [{**r, "messages": json.dumps(r["messages"]), "meta": json.dumps(r["meta"])} for r in recs]
+    pq.write_table(pa.Table.from_pylist(as_text), tmp_path / "text.parquet")
+    assert read_records(tmp_path / "text.parquet")[0] == recs
+
+
+def test_csv_input_with_column_mapping(tmp_path, expected_rows):
+    path = tmp_path / "ref.csv"
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["question", "context", "answer", "system", "history"])
+        for r in ROWS:
+            w.writerow([r["instruction"], r["input"], r["output"], r.get("system", ""),
+                        json.dumps(r["history"]) if "history" in r else ""])
+    recs, _ = read_records(path, columns={"question": "instruction", "context": "input", "answer": "output"})
+    assert recs == expected_rows
+
+
+def test_hf_datasets_dir(tmp_path, expected_rows):
+    import datasets
+
+    datasets.Dataset.from_list(uniform(ROWS)).save_to_disk(str(tmp_path / "ref"))
+    assert read_records(tmp_path / "ref")[0] == expected_rows
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(uniform(ROWS))}).save_to_disk(str(tmp_path / "dd" / "ref"))
+    assert same_except_naming(read_records(tmp_path / "dd" / "ref")[0], expected_rows)
+    two = datasets.DatasetDict({"train": datasets.Dataset.from_list(uniform(ROWS)), "test": datasets.Dataset.from_list(uniform(ROWS))})
+    two.save_to_disk(str(tmp_path / "two"))
+    with pytest.raises(RecordError, match="splits train, test"):
+        read_records(tmp_path / "two")
+    assert same_except_naming(read_records(tmp_path / "two" / "test")[0], expected_rows)
+
+
+# ------------------------------------------------------------------------------------------ formats
+
+
+def test_detect_format():
+    assert detect_format({"instruction": "x", "output": "y"}) == "alpaca"
+    assert detect_format({"conversations": []}) == "sharegpt"
+    assert detect_format({"messages": [{"from": "human", "value": "x"}]}) == "sharegpt"
+    assert detect_format({"messages": [{"role": "user", "content": "x"}]}) == "openai"
+    assert detect_format({"question_id": 1, "turns": ["x"]}) == "prompts"
+    assert detect_format({"text": "x"}) is None
+
+
+def test_openai_messages_details(tmp_path):
+    row = {"id": "r1", "task_type": "tools/weather", "source": "mine", "meta": {"k": [1, 2]},
+           "tools": json.dumps([{"type": "function", "function": {"name": "get_weather"}}]),
+           "model": "gpt-x",
+           "messages": [{"role": "system", "content": [{"type": "text", "text": "be "}, {"type": "text", "text": "nice"}]},
+                        {"role": "user", "content": "weather?"},
+                        {"role": "assistant", "content": None, "tool_calls": [
+                            {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+                        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+                        {"role": "assistant", "content": "Sunny.", "loss_weight": 2.0}]}
+    (rec,), _ = read_records(write_lines(tmp_path / "x.jsonl", [row]))
+    assert rec["id"] == "r1" and rec["task_type"] == "tools/weather" and rec["source"] == "mine"
+    assert rec["meta"] == {"model": "gpt-x", "k": [1, 2]}  # unknown fields are kept in meta
+    assert rec["tools"] == [{"type": "function", "function": {"name": "get_weather"}}]
+    msgs = rec["messages"]
+    assert msgs[0]["content"] == "be nice"
+    assert msgs[2] == {"role": "assistant", "content": "", "tool_calls": row["messages"][2]["tool_calls"]}
+    assert msgs[3] == {"role": "tool", "tool_call_id": "c1", "content": "sunny"}
+    assert msgs[4]["loss_weight"] == 2.0
+    bad = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
+                        {"role": "assistant", "content": "ok"}]}
+    with pytest.raises(RecordError) as e:
+        read_records(write_lines(tmp_path / "img.jsonl", [bad]))
+    assert e.value.code == "unsupported_content" and e.value.field == "messages[0].content[0]"
+
+
+def test_sharegpt_details_and_extra_roles(tmp_path):
+    row = {"system": "sys", "tools": [{"name": "f"}],
+           "conversations": [{"from": "human", "value": "q"},
+                             {"from": "function_call", "value": '[{"name": "f", "arguments": "{\\"a\\": 1}"}]'},
+                             {"from": "observation", "value": "r"},
+                             {"from": "critic", "value": "meh"},
+                             {"from": "gpt", "value": "done"}]}
+    path = write_json(tmp_path / "s.json", [row])
+    with pytest.raises(RecordError) as e:
+        read_records(path)
+    assert e.value.code == "unknown_role" and e.value.field == "conversations[3].from" and e.value.index == 0
+    (rec,), _ = read_records(path, extra_roles=["critic"])
+    assert [m["role"] for m in rec["messages"]] == ["system", "user", "assistant", "tool", "critic", "assistant"]
+    assert rec["messages"][2]["tool_calls"] == [{"type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}]
+    assert rec["tools"] == [{"name": "f"}]
+
+
+def test_task_type_and_id_precedence(tmp_path):
+    rows = [{"instruction": "a", "output": "b", "task_type": "own", "category": "cat"},
+            {"instruction": "a", "output": "b", "category": "cat", "id": 7},
+            {"instruction": "a", "output": "b"}]
+    path = write_json(tmp_path / "stemname.json", rows)
+    recs, _ = read_records(path, task_type="arg")
+    assert [r["task_type"] for r in recs] == ["own", "cat", "arg"]
+    assert [r["id"] for r in recs] == ["stemname-0", "7", "stemname-2"]
+    assert recs[0]["meta"] == {"category": "cat"}
+    assert [r["task_type"] for r in read_records(path)[0]] == ["own", "cat", "stemname"]
+    assert read_records(path, "alpaca", source="src")[0][2]["source"] == "src"
+
+
+def test_read_many_and_duplicate_ids(tmp_path):
+    a = write_json(tmp_path / "a.json", ROWS)
+    b = write_lines(tmp_path / "b.jsonl", [{"id": "x", "instruction": "q", "output": "a"}])
+    recs, _ = read_many([a, b])
+    assert [r["id"] for r in recs] == ["a-0", "a-1", "a-2", "x"]
+    with pytest.raises(RecordError) as e:
+        read_many([b, b])
+    assert e.value.code == "duplicate_id" and "first at" in e.value.reason
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+BAD_JSONL = [
+    {"instruction": "ok", "output": "fine"},                                          # line 1: good
+    '{"instruction": "broken", "output": ',                                           # line 2: malformed JSON
+    {"instruction": "no answer"},                                                     # line 3: missing field
+    {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "  "}]},   # 4: empty answer
+    {"conversations": [{"from": "human", "value": "q"}, {"from": "wizard", "value": "a"}]},  # 5: unknown role
+    {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"},
+                       {"from": "human", "value": "and?"}]},                          # 6: ends on a user turn
+    [1, 2],                                                                           # 7: not an object
+    {"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": "{oops"}]},  # 8
+]
+EXPECTED = [(2, "malformed_json", None), (3, "missing_field", "output"),
+            (4, "empty_assistant", "conversations[1].value"), (5, "unknown_role", "conversations[1].from"),
+            (6, "not_ending_on_assistant", "conversations[2].from"), (7, "not_an_object", None),
+            (8, "bad_tool_call", "conversations[1].value")]
+
+
+def test_bad_records_raise_with_location(tmp_path):
+    path = write_lines(tmp_path / "bad.jsonl", BAD_JSONL)
+    with pytest.raises(RecordError) as e:
+        read_records(path)
+    err = e.value
+    assert (err.file, err.index, err.unit, err.code) == (str(path), 2, "line", "malformed_json")
+    assert str(err).startswith(f"{path}, line 2: malformed JSON")
+    for lineno, code, field in EXPECTED[1:]:
+        one = write_lines(tmp_path / f"one{lineno}.jsonl", [BAD_JSONL[0], BAD_JSONL[lineno - 1]])
+        with pytest.raises(RecordError) as e:
+            read_records(one)  # the format is detected per record
+        assert (e.value.index, e.value.code, e.value.field) == (2, code, field)
+
+
+def test_bad_records_skipped_into_rejects(tmp_path):
+    path = write_lines(tmp_path / "bad.jsonl", BAD_JSONL)
+    recs, rejects = read_records(path, on_error="skip")
+    assert [r["id"] for r in recs] == ["bad-0"]
+    assert [(r["index"], r["code"], r["field"]) for r in rejects] == EXPECTED
+    assert all(r["file"] == str(path) and r["unit"] == "line" for r in rejects)
+    assert rejects[0]["raw"] == BAD_JSONL[1] and rejects[1]["raw"] == BAD_JSONL[2]
+    assert reject_counts(rejects)["missing_field"] == 1
+    assert format_reject_counts(rejects).startswith("rejected 7 records: bad_tool_call 1, empty_assistant 1")
+    n = write_rejects(rejects, tmp_path / "rejects.jsonl")
+    assert n == 7 and [o["code"] for _, o in iter_jsonl(tmp_path / "rejects.jsonl")] == [c for _, c, _ in EXPECTED]
+
+
+def test_index_based_errors_for_json(tmp_path):
+    path = write_json(tmp_path / "x.json", [ROWS[0], {"instruction": "q", "output": ""}])
+    with pytest.raises(RecordError) as e:
+        read_records(path)
+    assert (e.value.index, e.value.unit, e.value.field, e.value.code) == (1, "record", "output", "empty_assistant")
+    assert "record 1" in str(e.value) and "field 'output'" in str(e.value)
+    (tmp_path / "broken.json").write_text('[{"instruction": "q",\n "output": }]', encoding="utf-8")
+    with pytest.raises(RecordError, match="malformed JSON .* at line 2 column"):
+        read_records(tmp_path / "broken.json")
+
+
+def test_bad_utf8_line_is_a_reject(tmp_path):
+    path = tmp_path / "enc.jsonl"
+    path.write_bytes(b'{"instruction": "q", "output": "a"}\n{"instruction": "\xff", "output": "a"}\n')
+    recs, rejects = read_records(path, on_error="skip")
+    assert len(recs) == 1 and rejects[0]["code"] == "bad_encoding" and rejects[0]["index"] == 2
+
+
+def test_unknown_format_and_undetectable_rows(tmp_path):
+    path = write_json(tmp_path / "t.json", [{"text": "free text"}])
+    with pytest.raises(RecordError, match="cannot detect the format"):
+        read_records(path)
+    with pytest.raises(RecordError, match="unknown format 'yaml'"):
+        read_records(path, "yaml")
