@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	# otherwise pip would resolve a multi-GB CUDA build as a dependency.
 	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q "torch>=2.4"; \
 	else $(BIN)/pip install -q torch==2.13.0; fi
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,embed]"
 	touch $(STAMP)
 
 demo: $(STAMP)

