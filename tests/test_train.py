@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 
 from sftlab.cli import main
 from sftlab.data.records import write_jsonl
@@ -135,3 +136,33 @@ def test_nonfinite_loss_stops_with_emergency_checkpoint(tmp_path, tiny_model_dir
     assert code != 0
     assert "non-finite" in err and "samples r" in err and "emergency-step-" in err
     assert list((tmp_path / "run" / "checkpoints").glob("emergency-step-*/model.safetensors"))
+
+
+def test_diverging_run_raises_alarm(tmp_path, tiny_model_dir, train_file, capsys):
+    cfg = write_config(tmp_path, tiny_model_dir, train_file, learning_rate=2.0, max_grad_norm=0,
+                       lr_scheduler_type="constant", warmup_ratio=0, max_steps=4)
+    code, out, err = run_cli(["train", cfg, "data.eval=[]"], capsys)
+    assert code == 0, err
+    alarms = [m for m in read_metrics(tmp_path / "run") if "alarm" in m]
+    assert [a["alarm"] for a in alarms][:1] == ["diverged"], alarms
+    assert "learning rate" in alarms[0]["message"]
+    assert "warning [diverged]" in out
+
+
+def test_early_stopping_keeps_best(tmp_path, tiny_model_dir, train_file, capsys):
+    # eval_loss falls while training, so with mode=max the first eval is the best and the metric gets
+    # "worse" at every later eval: patience 2 stops at the third eval (step 3).
+    cfg = write_config(tmp_path, tiny_model_dir, train_file, eval_steps=1, save_steps=1, max_steps=8,
+                       early_stopping={"metric": "eval_loss", "patience": 2, "mode": "max"})
+    code, out, err = run_cli(["train", cfg], capsys)
+    assert code == 0, err
+    run = tmp_path / "run"
+    evals = [m for m in read_metrics(run) if "eval_loss" in m]
+    assert [m["step"] for m in evals] == [1, 2, 3]
+    assert evals[0]["eval_loss"] > evals[1]["eval_loss"] > evals[2]["eval_loss"]
+    assert "early stopping" in out and "best step 1" in out
+    best = load_file(run / "best" / "model.safetensors")
+    step1 = load_file(run / "checkpoints" / "step-1" / "model.safetensors")
+    final = load_file(run / "final" / "model.safetensors")
+    assert all((best[k] == step1[k]).all() for k in step1)
+    assert any((best[k] != final[k]).any() for k in final)

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sftlab.errors import UserError
 
 ALARM_NAMES = ("nonfinite_loss", "no_supervision", "initial_loss", "loss_rising", "grad_spike",
-               "channel_divergence", "padding", "memorisation")
+               "channel_divergence", "padding", "memorisation", "diverged")
 
 
 class HealthConfig(BaseModel):
@@ -174,6 +174,14 @@ class HealthMonitor:
         if self._first_train is None:
             self._first_train, self._first_train_step = loss, step
         alarms += self._check_initial(step)
+
+        # diverged: after the first step, a loss worse than a uniform guess over the vocabulary
+        if self.vocab_size and self.vocab_size > 1 and step > self._first_train_step:
+            ceiling = math.log(self.vocab_size) + cfg.initial_loss_margin
+            if self._edge("diverged", loss > ceiling):
+                fire("diverged", f"train loss {loss:.3g} is above ln(vocab)+margin = {ceiling:.3f}, worse than a "
+                     "uniform guess: the optimisation diverged; lower the learning rate, keep max_grad_norm "
+                     "clipping on, lengthen the warmup")
 
         # loss trending up
         self._loss.append((step, loss))
