@@ -47,8 +47,7 @@ def _task(rng: random.Random, task: str) -> list[dict[str, Any]]:
                 {"role": "assistant", "content": " ".join(str(i) for i in range(a, b + 1))}]
     if task == "dialogue/recall":
         col = rng.choice(COLOURS)
-        return [{"role": "system", "content": "You are a helpful assistant."},
-                {"role": "user", "content": f"My favourite colour is {col}."},
+        return [{"role": "user", "content": f"My favourite colour is {col}."},
                 {"role": "assistant", "content": "Noted, I will remember that."},
                 {"role": "user", "content": "What is my favourite colour?"},
                 {"role": "assistant", "content": col}]
@@ -91,11 +90,11 @@ def demo_config(out: Path, model_dir: str, train_path: Path, eval_path: Path) ->
     return {
         "model": {"name_or_path": model_dir, "dtype": "fp32", "attn_implementation": "eager"},
         "data": {"train": [str(train_path)], "eval": [str(eval_path)], "max_length": 128,
-                 "train_on": "all_assistant", "batching": "pad"},
+                 "train_on": "all_assistant", "batching": "pad", "group_by_length": True},
         "train": {"output_dir": str(out / "run"), "loss": "turn", "per_device_train_batch_size": 16,
-                  "gradient_accumulation_steps": 1, "learning_rate": 3e-3, "lr_scheduler_type": "cosine",
-                  "warmup_ratio": 0.05, "weight_decay": 0.01, "num_train_epochs": 4, "logging_steps": 10,
-                  "eval_steps": 150, "save_steps": 0, "seed": 42},
+                  "gradient_accumulation_steps": 2, "learning_rate": 5e-3, "lr_scheduler_type": "cosine",
+                  "warmup_ratio": 0.05, "weight_decay": 0.01, "num_train_epochs": 5, "logging_steps": 10,
+                  "eval_steps": 100, "save_steps": 0, "seed": 42},
     }
 
 

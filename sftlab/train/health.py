@@ -178,7 +178,7 @@ class HealthMonitor:
         # diverged: after the first step, a loss worse than a uniform guess over the vocabulary
         if self.vocab_size and self.vocab_size > 1 and step > self._first_train_step:
             ceiling = math.log(self.vocab_size) + cfg.initial_loss_margin
-            if self._edge("diverged", loss > ceiling):
+            if self._edge("diverged", loss > ceiling >= self._first_train):  # else initial_loss has fired
                 fire("diverged", f"train loss {loss:.3g} is above ln(vocab)+margin = {ceiling:.3f}, worse than a "
                      "uniform guess: the optimisation diverged; lower the learning rate, keep max_grad_norm "
                      "clipping on, lengthen the warmup")

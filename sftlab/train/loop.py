@@ -27,7 +27,7 @@ from sftlab.errors import UserError
 from sftlab.train import parallel
 from sftlab.train.batching import collate, move_batch
 from sftlab.train.loss import SupervisedTokenNLL, attach_loss_coefficients, micro_batch_loss, per_sample_sums
-from sftlab.train.model import autocast_context, load_model, pick_device
+from sftlab.train.model import DTYPES, autocast_context, load_model, pick_device
 
 STATE_FILE = "training_state.pt"
 
@@ -281,8 +281,13 @@ def evaluate(engine: Any, data: DataSet, cfg: RunConfig, info: parallel.DistInfo
     order = np.argsort(-data.lengths, kind="stable")
     shard = order[info.rank::info.world_size]
     micro = [shard[i:i + micro_size] for i in range(0, len(shard), micro_size)]
+    # Under DDP / FSDP every forward is collective (buffer broadcast, parameter all-gather): a rank with fewer
+    # eval micro-batches than rank 0 runs the difference on a throwaway batch, or the others would wait forever.
+    spare = math.ceil(len(order[0::info.world_size]) / micro_size) - len(micro)
     with torch.no_grad():
         stats = run_micro_batches(engine, data, micro, 1.0, cfg, info, pad_id, eot_ids, train=False)
+        if spare > 0:  # same forward path, results discarded
+            run_micro_batches(engine, data, [order[:1]] * spare, 1.0, cfg, info, pad_id, eot_ids, train=False)
     parallel.all_reduce_sum(stats.sums, info)
     denom = float(data.denoms[:n].sum())
     out = {"eval_loss": float(stats.sums[0]) / denom}
@@ -306,7 +311,7 @@ def train(cfg: RunConfig) -> Path:
     run_dir = Path(cfg.train.output_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
+        probe = run_dir / f".write-test-{info.rank}"  # one per rank: ranks must not delete each other's probe
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
@@ -347,7 +352,7 @@ def train(cfg: RunConfig) -> Path:
                        adapter_dir=str(resume_dir) if resume_dir and cfg.model.lora else None,
                        weights_dir=str(resume_dir) if resume_dir and not cfg.model.lora else None)
     engine = parallel.wrap_model(SupervisedTokenNLL(model, cfg.train.loss_chunk_size), cfg.train.parallel, info,
-                                 None)
+                                 DTYPES[cfg.model.dtype])
     engine.train()
     optimizer = build_optimizer(engine, cfg, device)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
@@ -381,7 +386,8 @@ def train(cfg: RunConfig) -> Path:
 
     def checkpoint(name: str, at_step: int) -> Path:
         path = run_dir / "checkpoints" / name
-        state = {"step": at_step, "scheduler": scheduler.state_dict(), "rng": _rng_state(),
+        rng = parallel.all_gather_object(_rng_state(), info)  # per rank: dropout masks differ between ranks
+        state = {"step": at_step, "scheduler": scheduler.state_dict(), "rng": rng[0], "rng_per_rank": rng,
                  "early_stopping": stopper.state_dict() if stopper else None, "world_size": info.world_size}
         save_model_dir(path, engine, tokenizer, info, extra=state, optimizer=optimizer)
         return path
@@ -503,7 +509,7 @@ def _restore(ckpt: Path, optimizer: Any, scheduler: Any, info: parallel.DistInfo
     opt_file = ckpt / (f"optimizer.rank{info.rank}.pt" if sharded else "optimizer.pt")
     optimizer.load_state_dict(torch.load(opt_file, weights_only=False))
     scheduler.load_state_dict(state["scheduler"])
-    _set_rng_state(state["rng"])
+    _set_rng_state(state.get("rng_per_rank", [state["rng"]] * info.world_size)[info.rank])
     return int(state["step"]), state
 
 

@@ -47,7 +47,9 @@ def init_distributed(device: torch.device) -> DistInfo:
 
 
 def wrap_model(model: Any, mode: str, info: DistInfo, dtype: torch.dtype | None = None) -> Any:
-    """DDP, or FSDP2 with each decoder layer sharded and a mixed-precision policy; unchanged for one process."""
+    """DDP, or FSDP2 (`fully_shard` per decoder layer, then the root) with a mixed-precision policy when
+    `dtype` is bf16/fp16 (compute in `dtype`, gradients reduced in fp32); unchanged for one process.
+    `mode` "none" under torchrun means DDP: several processes without data parallelism make no sense."""
     if not info.enabled:
         return model
     if mode in ("none", "ddp"):
@@ -58,8 +60,13 @@ def wrap_model(model: Any, mode: str, info: DistInfo, dtype: torch.dtype | None 
     if mode == "fsdp":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32) if dtype not in (None, torch.float32) \
-            else MixedPrecisionPolicy()
+        if _is_quantized(model):
+            raise UserError("train.parallel=fsdp does not support 4-bit QLoRA (model.lora.load_in_4bit) yet; "
+                            "use train.parallel=ddp")
+        if dtype in (None, torch.float32):
+            mp = MixedPrecisionPolicy()
+        else:
+            mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
         for layer in decoder_layers(model):
             fully_shard(layer, mp_policy=mp)
         fully_shard(model, mp_policy=mp)
@@ -67,12 +74,21 @@ def wrap_model(model: Any, mode: str, info: DistInfo, dtype: torch.dtype | None 
     raise UserError(f"train.parallel={mode!r} is not one of none, ddp, fsdp")
 
 
+def _is_quantized(engine: Any) -> bool:
+    hf = unwrap(engine).model
+    return bool(getattr(hf, "is_loaded_in_4bit", False) or getattr(hf, "hf_quantizer", None) is not None)
+
+
 def decoder_layers(engine: Any) -> list[Any]:
-    """The repeated transformer blocks (what FSDP shards one by one)."""
+    """The repeated transformer blocks (what FSDP shards one by one): the decoder's `layers`, else the
+    modules whose class the model lists in `_no_split_modules` (HF's own name for its blocks)."""
     base = unwrap(engine).model
     layers = getattr(base.get_decoder(), "layers", None)
     if layers is None:
-        raise UserError(f"cannot find the decoder layers of {type(base).__name__} for FSDP")
+        names = set(getattr(base, "_no_split_modules", None) or [])
+        layers = [m for m in base.modules() if type(m).__name__ in names] or None
+    if layers is None:
+        raise UserError(f"cannot find the decoder layers of {type(base).__name__} for FSDP; use train.parallel=ddp")
     return list(layers)
 
 
@@ -106,6 +122,15 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.enabled:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def all_gather_object(obj: Any, info: DistInfo) -> list[Any]:
+    """Every rank's `obj`, indexed by rank (a one-item list for one process); every rank must call it."""
+    if not info.enabled:
+        return [obj]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def barrier(info: DistInfo) -> None:
