@@ -37,7 +37,7 @@ def train(ctx: typer.Context, config: Path = typer.Argument(..., help="YAML conf
         import os
         import sys
 
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "-m", "sftlab",
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "sftlab",
                "train", str(config), *overrides]
         os.execv(sys.executable, cmd)
     from sftlab.train.loop import train as run_train

@@ -1,0 +1,261 @@
+"""Multi-process training on CPU (gloo, 2 processes through torchrun): the loss contract across ranks.
+
+2 ranks x accumulation 2 must log the same per-step loss, grad norm and channel losses as 1 rank x
+accumulation 4 on the same global batches, export the same weights, and resume exactly. The 1-rank
+reference runs in-process; the 2-rank runs go through the real launch line
+(`python -m torch.distributed.run --nproc_per_node 2 -m sftlab train cfg.yaml ...`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import yaml
+
+from sftlab.cli import main
+from sftlab.data.records import write_jsonl
+
+pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
+                                reason="torch.distributed with gloo is not available")
+
+REL = 1e-5  # the contract's tolerance (fp32)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+@pytest.fixture()
+def data_files(tmp_path) -> tuple[Path, Path]:
+    """24 train records over two task types (some multi-turn); 5 eval records, so the eval shards are uneven."""
+    recs = []
+    for i in range(24):
+        a, b = i % 7, (i * 3) % 5
+        msgs = [{"role": "user", "content": f"what is {a} plus {b}?"}, {"role": "assistant", "content": str(a + b)}]
+        if i % 3 == 0:
+            msgs += [{"role": "user", "content": "and repeat it"}, {"role": "assistant", "content": f"{a + b} {a + b}"}]
+        recs.append({"id": f"r{i}", "messages": msgs, "task_type": ["math/add", "text/repeat"][i % 2],
+                     "source": "test", "meta": {}})
+    train, ev = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
+    write_jsonl(recs, train)
+    write_jsonl(recs[:5], ev)
+    return train, ev
+
+
+def write_config(tmp_path: Path, model_dir: Path, files: tuple[Path, Path], **train) -> Path:
+    cfg = {"model": {"name_or_path": str(model_dir)},
+           "data": {"train": [str(files[0])], "eval": [str(files[1])], "max_length": 64},
+           "train": {"output_dir": str(tmp_path / "run1"), "per_device_train_batch_size": 2,
+                     "gradient_accumulation_steps": 4, "learning_rate": 1e-3, "max_steps": 4, "logging_steps": 1,
+                     "eval_steps": 2, "seed": 3, "report_to": [], **train}}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def train_one_rank(cfg: Path, *overrides: str) -> None:
+    """The reference: one process, in this interpreter (no torch.distributed)."""
+    try:
+        main(["train", str(cfg), *overrides])
+    except SystemExit as e:
+        assert not e.code, f"1-rank training failed with exit code {e.code}"
+
+
+def torchrun(cfg: Path, *overrides: str, nproc: int = 2) -> str:
+    """`torchrun --standalone` (a free port: parallel tests never collide) -> `sftlab train`; returns stdout.
+    A hang (a collective that one rank never joins) fails on the timeout instead of blocking the suite."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "sftlab", "train", str(cfg), *overrides, "--debug"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, f"torchrun failed:\n{res.stdout[-4000:]}\n{res.stderr[-6000:]}"
+    return res.stdout
+
+
+def read_metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_metrics(ref: Path, other: Path, min_steps: int = 4) -> None:
+    """Per-step loss, grad norm, channel losses (loss/<task>) and eval losses equal within REL; token counts exact."""
+    a, b = read_metrics(ref), read_metrics(other)
+    a_steps, b_steps = [m for m in a if "loss" in m], [m for m in b if "loss" in m]
+    assert [m["step"] for m in a_steps] == [m["step"] for m in b_steps]
+    assert len(a_steps) >= min_steps
+    for x, y in zip(a_steps, b_steps, strict=True):
+        keys = {k for k in x if k in ("loss", "grad_norm") or k.startswith("loss/")}
+        assert keys == {k for k in y if k in ("loss", "grad_norm") or k.startswith("loss/")}
+        assert {"loss/math/add", "loss/text/repeat"} <= keys
+        for k in keys:
+            assert abs(x[k] - y[k]) <= REL * abs(x[k]), (x["step"], k, x[k], y[k])
+        assert (x["supervised_tokens"], x["tokens"]) == (y["supervised_tokens"], y["tokens"])
+    a_eval, b_eval = [m for m in a if "eval_loss" in m], [m for m in b if "eval_loss" in m]
+    assert [m["step"] for m in a_eval] == [m["step"] for m in b_eval] and a_eval
+    for x, y in zip(a_eval, b_eval, strict=True):
+        for k in x:
+            if k.startswith("eval_loss"):
+                assert abs(x[k] - y[k]) <= REL * abs(x[k]), (x["step"], k, x[k], y[k])
+
+
+def assert_same_weights(ref: Path, other: Path, base: Path) -> None:
+    """Both exports load with from_pretrained and hold the same weights, which really moved from `base`."""
+    from transformers import AutoModelForCausalLM
+
+    a = AutoModelForCausalLM.from_pretrained(ref).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(other).state_dict()
+    init = AutoModelForCausalLM.from_pretrained(base).state_dict()
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
+    assert max((a[k] - init[k]).abs().max().item() for k in a) > 1e-3
+
+
+# -------------------------------------------------------------------------------------------- tests
+
+
+def test_fsdp_two_ranks_match_one_rank_and_resume(tmp_path, tiny_model_dir, data_files, capsys):
+    """FSDP2, turn loss: same metrics and final weights as one rank; sharded optimizer state per rank; resume
+    from step 2 reproduces the uninterrupted 2-rank run; resuming with another world size is a clear error."""
+    cfg = write_config(tmp_path, tiny_model_dir, data_files, loss="turn", save_steps=2)
+    train_one_rank(cfg)
+    run2 = tmp_path / "run2"
+    out = torchrun(cfg, f"train.output_dir={run2}", "train.gradient_accumulation_steps=2", "train.parallel=fsdp")
+    assert "micro 2 x accumulation 2 x world 2" in out
+    assert_same_metrics(tmp_path / "run1", run2)
+    final = run2 / "final"
+    assert sorted(p.name for p in final.glob("*.safetensors")) == ["model.safetensors"]
+    assert_same_weights(tmp_path / "run1" / "final", final, tiny_model_dir)
+    ckpt = run2 / "checkpoints" / "step-2"
+    shards = sorted(p.name for p in ckpt.glob("optimizer*.pt"))
+    assert shards == ["optimizer.rank0.pt", "optimizer.rank1.pt"]
+    # AdamW keeps two fp32 tensors per parameter: a full copy would be ~2x the weights, a half shard ~1x
+    weights = (ckpt / "model.safetensors").stat().st_size
+    assert all((ckpt / name).stat().st_size < 1.5 * weights for name in shards)
+
+    # interrupted after step 2: keep the checkpoint and the metrics up to it, resume with 2 ranks, compare
+    run3 = tmp_path / "run3"
+    (run3 / "checkpoints").mkdir(parents=True)
+    shutil.copytree(ckpt, run3 / "checkpoints" / "step-2")
+    (run3 / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in read_metrics(run2) if m["step"] <= 2))
+    out = torchrun(cfg, f"train.output_dir={run3}", "train.gradient_accumulation_steps=2", "train.parallel=fsdp",
+                   "train.resume=auto")
+    assert "resumed from" in out and "at step 2" in out
+    a = [m for m in read_metrics(run2) if "loss" in m]
+    b = [m for m in read_metrics(run3) if "loss" in m]
+    assert [m["step"] for m in b] == [1, 2, 3, 4]
+    for x, y in zip(a, b, strict=True):
+        assert abs(x["loss"] - y["loss"]) <= 1e-6 * x["loss"], (x["step"], x["loss"], y["loss"])
+        assert abs(x["grad_norm"] - y["grad_norm"]) <= 1e-6 * x["grad_norm"], (x["step"], x["grad_norm"], y["grad_norm"])
+    assert_same_weights(final, run3 / "final", tiny_model_dir)
+
+    # the same checkpoint under one process: refused with a one-line error naming both world sizes
+    with pytest.raises(SystemExit):
+        main(["train", str(cfg), f"train.output_dir={run3}", "train.resume=auto"])
+    err = capsys.readouterr().err
+    assert "world size 2" in err and "this run has 1" in err
+
+
+def test_ddp_two_ranks_match_one_rank_token_loss(tmp_path, tiny_model_dir, data_files):
+    """DDP, token loss: same metrics and final weights as one rank; optimizer state saved once (replicated)."""
+    cfg = write_config(tmp_path, tiny_model_dir, data_files, loss="token", save_steps=2)
+    train_one_rank(cfg)
+    run2 = tmp_path / "run2"
+    torchrun(cfg, f"train.output_dir={run2}", "train.gradient_accumulation_steps=2", "train.parallel=ddp")
+    assert_same_metrics(tmp_path / "run1", run2)
+    assert_same_weights(tmp_path / "run1" / "final", run2 / "final", tiny_model_dir)
+    assert sorted(p.name for p in (run2 / "checkpoints" / "step-2").glob("optimizer*.pt")) == ["optimizer.pt"]
+
+
+def test_fsdp_refuses_4bit_qlora(tiny_model_dir):
+    """FSDP2 cannot shard bitsandbytes 4-bit weights here: a clear error instead of a crash deep in torch."""
+    from transformers import AutoModelForCausalLM
+
+    from sftlab.errors import UserError
+    from sftlab.train import parallel
+    from sftlab.train.loss import SupervisedTokenNLL
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model.is_loaded_in_4bit = True
+    with pytest.raises(UserError, match="QLoRA"):
+        parallel.wrap_model(SupervisedTokenNLL(model), "fsdp", parallel.DistInfo(rank=0, world_size=2))
+
+
+# ----------------------------------------------------------------------------- slow: the rest of the matrix
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode, loss", [("fsdp", "token"), ("ddp", "turn"), ("fsdp", "sequence")])
+def test_other_layouts_match_one_rank(tmp_path, tiny_model_dir, data_files, mode, loss):
+    cfg = write_config(tmp_path, tiny_model_dir, data_files, loss=loss)
+    train_one_rank(cfg)
+    run2 = tmp_path / "run2"
+    torchrun(cfg, f"train.output_dir={run2}", "train.gradient_accumulation_steps=2", f"train.parallel={mode}")
+    assert_same_metrics(tmp_path / "run1", run2)
+    assert_same_weights(tmp_path / "run1" / "final", run2 / "final", tiny_model_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_lora_two_ranks_match_one_rank(tmp_path, tiny_model_dir, data_files, mode):
+    """LoRA (peft) under DDP and FSDP2: same metrics and the same adapter as one rank; the adapter loads."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    cfg = write_config(tmp_path, tiny_model_dir, data_files, learning_rate=1e-2)
+    lora = ["model.lora.r=4", "model.lora.alpha=8"]
+    train_one_rank(cfg, *lora)
+    run2 = tmp_path / "run2"
+    torchrun(cfg, *lora, f"train.output_dir={run2}", "train.gradient_accumulation_steps=2", f"train.parallel={mode}")
+    assert_same_metrics(tmp_path / "run1", run2)
+    a = load_file(tmp_path / "run1" / "final" / "adapter_model.safetensors")
+    b = load_file(run2 / "final" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and any("lora_B" in k for k in a)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-4
+    assert max(b[k].abs().max().item() for k in b if "lora_B" in k) > 1e-3  # B starts at zero: it trained
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), run2 / "final")
+
+
+@pytest.mark.slow
+def test_ddp_resume_with_dropout_restores_each_ranks_rng(tmp_path, tiny_model_dir, data_files):
+    """With LoRA dropout every rank draws its own masks: resume must restore each rank's RNG, not rank 0's."""
+    cfg = write_config(tmp_path, tiny_model_dir, data_files, learning_rate=1e-2, save_steps=2,
+                       gradient_accumulation_steps=2, parallel="ddp")
+    lora = ["model.lora.r=4", "model.lora.alpha=8", "model.lora.dropout=0.3"]
+    run2, run3 = tmp_path / "run2", tmp_path / "run3"
+    torchrun(cfg, *lora, f"train.output_dir={run2}")
+    (run3 / "checkpoints").mkdir(parents=True)
+    shutil.copytree(run2 / "checkpoints" / "step-2", run3 / "checkpoints" / "step-2")
+    (run3 / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in read_metrics(run2) if m["step"] <= 2))
+    torchrun(cfg, *lora, f"train.output_dir={run3}", "train.resume=auto")
+    a = [m for m in read_metrics(run2) if "loss" in m]
+    b = [m for m in read_metrics(run3) if "loss" in m]
+    for x, y in zip(a, b, strict=True):
+        assert abs(x["loss"] - y["loss"]) <= 1e-6 * x["loss"], (x["step"], x["loss"], y["loss"])
+        assert abs(x["grad_norm"] - y["grad_norm"]) <= 1e-6 * x["grad_norm"], (x["step"], x["grad_norm"], y["grad_norm"])
+
+
+@pytest.mark.slow
+def test_fsdp_bf16_mixed_precision(tmp_path, tiny_model_dir, data_files):
+    """bf16 under FSDP2 (MixedPrecisionPolicy: bf16 compute, fp32 reduction and master weights): the losses
+    follow the 1-rank bf16 run to bf16 precision and the export keeps fp32 weights."""
+    from safetensors.torch import load_file
+
+    cfg = write_config(tmp_path, tiny_model_dir, data_files, eval_steps=0)
+    train_one_rank(cfg, "model.dtype=bf16")
+    run2 = tmp_path / "run2"
+    torchrun(cfg, "model.dtype=bf16", f"train.output_dir={run2}", "train.gradient_accumulation_steps=2",
+             "train.parallel=fsdp")
+    a = [m for m in read_metrics(tmp_path / "run1") if "loss" in m]
+    b = [m for m in read_metrics(run2) if "loss" in m]
+    assert len(a) == len(b) == 4
+    for x, y in zip(a, b, strict=True):
+        assert abs(x["loss"] - y["loss"]) <= 1e-2 * x["loss"], (x["step"], x["loss"], y["loss"])
+    weights = load_file(run2 / "final" / "model.safetensors")
+    assert {t.dtype for t in weights.values()} == {torch.float32}
