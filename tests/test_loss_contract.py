@@ -42,8 +42,9 @@ def _dataset(tokenizer, reduction: str) -> DataSet:
                    np.array([s["num_tokens"] for s in samples]))
 
 
-def _cfg(tmp_path, model_dir, reduction: str):
-    return build_config({"model": {"name_or_path": str(model_dir)}, "data": {"train": ["x.jsonl"]},
+def _cfg(tmp_path, model_dir, reduction: str, batching: str = "pad"):
+    return build_config({"model": {"name_or_path": str(model_dir)},
+                         "data": {"train": ["x.jsonl"], "batching": batching, "max_length": 256},
                          "train": {"output_dir": str(tmp_path), "loss": reduction}})
 
 
@@ -52,13 +53,14 @@ def _step_grads(engine, data, cfg, world: int, accum: int, pad_id: int):
     (each rank's gradient is computed separately, then averaged as DDP would)."""
     idx = np.arange(len(data.samples))
     denom = float(data.denoms[idx].sum())
+    lengths = data.lengths if cfg.data.batching == "pack" else None
     eot = torch.tensor([0])
     total_sums = None
     grads = None
     for rank in range(world):
         engine.zero_grad(set_to_none=True)
         info = parallel.DistInfo(rank=rank, world_size=world)
-        stats = run_micro_batches(engine, data, split_global_batch(idx, world, accum, rank), denom, cfg, info,
+        stats = run_micro_batches(engine, data, split_global_batch(idx, world, accum, rank, lengths, 96), denom, cfg, info,
                                   pad_id, eot, train=True)
         g = [p.grad.detach().clone() for p in engine.parameters()]
         grads = g if grads is None else [a + b for a, b in zip(grads, g, strict=True)]
@@ -86,6 +88,15 @@ def test_gradient_and_loss_invariant_to_layout(reduction, tiny_model_dir, tiny_t
         assert rel <= 1e-5, (reduction, world, accum, rel)
         assert abs(loss - ref_loss) / ref_loss <= 1e-5
         # channel numerators are layout-invariant too
+        assert torch.allclose(sums[1:1 + len(data.channels)], ref_sums[1:1 + len(data.channels)], rtol=1e-5)
+    # padfree and pack (rows of <= 96 tokens, dealt to micro-batches) through the same loop code
+    for batching, world, accum in [("padfree", 1, 1), ("padfree", 2, 2), ("pack", 1, 1), ("pack", 2, 2),
+                                   ("pack", 1, 4)]:
+        g, loss, sums = _step_grads(engine, data, _cfg(tmp_path, tiny_model_dir, reduction, batching), world,
+                                    accum, pad)
+        rel = float(torch.linalg.norm(g - ref_g) / torch.linalg.norm(ref_g))
+        assert rel <= 1e-5, (reduction, batching, world, accum, rel)
+        assert abs(loss - ref_loss) / ref_loss <= 1e-5
         assert torch.allclose(sums[1:1 + len(data.channels)], ref_sums[1:1 + len(data.channels)], rtol=1e-5)
 
 

@@ -166,3 +166,20 @@ def test_early_stopping_keeps_best(tmp_path, tiny_model_dir, train_file, capsys)
     final = load_file(run / "final" / "model.safetensors")
     assert all((best[k] == step1[k]).all() for k in step1)
     assert any((best[k] != final[k]).any() for k in final)
+
+
+@pytest.mark.parametrize("batching, attn", [("padfree", "sdpa"), ("pack", "eager")])
+def test_padfree_and_pack_train_end_to_end(tmp_path, tiny_model_dir, train_file, capsys, batching, attn):
+    cfg = write_config(tmp_path, tiny_model_dir, train_file, max_steps=2, eval_steps=2)
+    code, _, err = run_cli(["train", cfg, f"data.batching={batching}", f"model.attn_implementation={attn}"], capsys)
+    assert code == 0, err
+    train = [m for m in read_metrics(tmp_path / "run") if "loss" in m]
+    assert len(train) == 2 and all(m["padding_ratio"] < 0.3 for m in train)
+    assert any("eval_loss" in m for m in read_metrics(tmp_path / "run"))
+
+
+def test_backend_that_cannot_isolate_is_refused(tmp_path, tiny_model_dir, train_file, capsys):
+    cfg = write_config(tmp_path, tiny_model_dir, train_file)
+    code, out, err = run_cli(["train", cfg, "data.batching=padfree", "model.attn_implementation=flash_attention_2"],
+                             capsys)
+    assert code != 0 and "flash_attention_2" in err and "Traceback" not in err

@@ -25,7 +25,7 @@ from sftlab.data.records import task_channels, write_jsonl
 from sftlab.data.render import eot_token_ids, load_tokenizer, render_records
 from sftlab.errors import UserError
 from sftlab.train import parallel
-from sftlab.train.batching import collate, move_batch
+from sftlab.train.batching import collate, move_batch, packed_micro_batch, plan_packed_micro_batches
 from sftlab.train.loss import SupervisedTokenNLL, attach_loss_coefficients, micro_batch_loss, per_sample_sums
 from sftlab.train.model import DTYPES, autocast_context, load_model, pick_device
 
@@ -123,11 +123,23 @@ def step_plan(n: int, global_batch: int, min_batch: int, epochs: float, max_step
     return plan, per_epoch
 
 
-def split_global_batch(idx: np.ndarray, world: int, accum: int, rank: int) -> list[np.ndarray]:
-    """This rank's micro-batches: the global batch cut into world × accum contiguous parts,
-    part (a · world + r) going to rank r at accumulation step a."""
-    parts = np.array_split(idx, world * accum)
-    return [parts[a * world + rank] for a in range(accum)]
+def split_global_batch(idx: np.ndarray, world: int, accum: int, rank: int, lengths: np.ndarray | None = None,
+                       max_len: int | None = None) -> list[tuple[np.ndarray, list[list[int]] | None]]:
+    """This rank's micro-batches of one global batch, as (sample indices, packed rows or None).
+
+    pad / padfree: the global batch is cut into world × accum contiguous parts, part (a · world + r) going
+    to rank r at accumulation step a. pack (`lengths` given): the global batch is bin-packed into rows of
+    max_len tokens first and the rows are dealt to the micro-batches, so packing never changes which
+    samples make an optimizer step."""
+    if lengths is None:
+        parts = np.array_split(idx, world * accum)
+        return [(parts[a * world + rank], None) for a in range(accum)]
+    plan = plan_packed_micro_batches(lengths[idx], max_len, world * accum)
+    out = []
+    for a in range(accum):
+        flat, local = packed_micro_batch(list(idx), plan[a * world + rank])
+        out.append((np.asarray(flat), local))
+    return out
 
 
 # ---------------------------------------------------------------------------------------- optimizer
@@ -240,7 +252,7 @@ class StepStats:
     supervised: int = 0
 
 
-def run_micro_batches(engine: Any, data: DataSet, micro: list[np.ndarray], denom: float, cfg: RunConfig,
+def run_micro_batches(engine: Any, data: DataSet, micro: list[tuple[np.ndarray, Any]], denom: float, cfg: RunConfig,
                       info: parallel.DistInfo, pad_id: int, eot_ids: torch.Tensor, train: bool) -> StepStats:
     """Forward (and backward when training) over this rank's micro-batches of one global batch.
     Each micro-batch's loss is its partial sum over the *global* denominator, scaled by the world size to
@@ -249,10 +261,12 @@ def run_micro_batches(engine: Any, data: DataSet, micro: list[np.ndarray], denom
     n_ch = len(data.channels)
     stats = StepStats(sums=torch.zeros(n_ch + 3, dtype=torch.float64, device=device))
     matrix = data.channel_matrix.to(device)
-    for a, idx in enumerate(micro):
+    for a, (idx, rows) in enumerate(micro):
         if len(idx) == 0:
             continue
-        batch = move_batch(collate([data.samples[i] for i in idx], cfg.data.batching, pad_id), device)
+        batch = collate([data.samples[i] for i in idx], cfg.data.batching, pad_id, rows=rows,
+                        attn_implementation=cfg.model.attn_implementation, max_len=cfg.data.max_length)
+        batch = move_batch(batch, device)
         ctx = parallel.no_sync(engine, train and a < len(micro) - 1)
         with ctx, autocast_context(cfg.model.dtype, device):
             nll = engine(batch)
@@ -280,14 +294,14 @@ def evaluate(engine: Any, data: DataSet, cfg: RunConfig, info: parallel.DistInfo
     n = len(data.samples)
     order = np.argsort(-data.lengths, kind="stable")
     shard = order[info.rank::info.world_size]
-    micro = [shard[i:i + micro_size] for i in range(0, len(shard), micro_size)]
+    micro = [(shard[i:i + micro_size], None) for i in range(0, len(shard), micro_size)]
     # Under DDP / FSDP every forward is collective (buffer broadcast, parameter all-gather): a rank with fewer
     # eval micro-batches than rank 0 runs the difference on a throwaway batch, or the others would wait forever.
     spare = math.ceil(len(order[0::info.world_size]) / micro_size) - len(micro)
     with torch.no_grad():
         stats = run_micro_batches(engine, data, micro, 1.0, cfg, info, pad_id, eot_ids, train=False)
         if spare > 0:  # same forward path, results discarded
-            run_micro_batches(engine, data, [order[:1]] * spare, 1.0, cfg, info, pad_id, eot_ids, train=False)
+            run_micro_batches(engine, data, [(order[:1], None)] * spare, 1.0, cfg, info, pad_id, eot_ids, train=False)
     parallel.all_reduce_sum(stats.sums, info)
     denom = float(data.denoms[:n].sum())
     out = {"eval_loss": float(stats.sums[0]) / denom}
@@ -396,7 +410,9 @@ def train(cfg: RunConfig) -> Path:
         while step < total_steps:
             idx = plan[step]
             denom = float(train_data.denoms[idx].sum())
-            micro = split_global_batch(idx, info.world_size, accum, info.rank)
+            micro = split_global_batch(idx, info.world_size, accum, info.rank,
+                                       train_data.lengths if cfg.data.batching == "pack" else None,
+                                       cfg.data.max_length)
             try:
                 stats = run_micro_batches(engine, train_data, micro, denom, cfg, info, pad_id, eot_ids, train=True)
             except torch.OutOfMemoryError:

@@ -1,0 +1,351 @@
+"""Training-step throughput of sftlab's pad / padfree / pack layouts, side by side with TRL's SFTTrainer.
+
+    .venv/bin/python benchmarks/bench_batching.py                # the full run (see benchmarks/README.md)
+    .venv/bin/python benchmarks/bench_batching.py --groups tiny:longtail --rounds 1 --steps 2   # a quick look
+
+What is measured, per (model, data set, mode): non-padding tokens per second of whole optimizer steps
+(forward + backward + AdamW step, data collation included: time between consecutive step ends, the
+first step of every run excluded as warm-up) per CPU second of the single-threaded worker (the headline:
+robust on a shared machine) and per wall second, the padding ratio (padding / computed positions), and the
+peak RSS of the process. Every mode runs in its own worker process (so peak RSS is per mode), the workers
+of a group stay alive and the parent alternates them run by run (A B C ... A B C ...), so machine noise
+hits every mode alike; the table gives medians over all measured steps of all runs.
+
+Same model weights, data, max_len, order of samples and effective batch (global batch of G samples =
+micro-batch × accumulation) everywhere. TRL runs with its sequential sampler, gradient checkpointing off
+(like ours), fused AdamW, lr 1e-5, max_grad_norm 1 (ours clips too). TRL packing packs the run's whole
+sample list up front (not per global batch), one packed row per micro-batch, and accumulates as many rows
+per step as the global batches pack to on average (so about the same tokens per step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+OURS = ("pad", "padfree", "pack")
+TRL = ("trl_pad", "trl_padfree", "trl_pack")
+MODELS = {  # name -> build_tiny_model kwargs
+    "tiny": {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 384},
+    "large": {"hidden_size": 512, "num_layers": 8, "num_heads": 8, "intermediate_size": 1536},
+}
+MARK = "@@BENCH "
+ALPACA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "alpaca_en_demo.json"
+
+
+# ----------------------------------------------------------------------------------------------- data
+def alpaca_records(path: Path) -> list[dict]:
+    """alpaca rows -> canonical records (user = instruction + "\\n" + input, assistant = output)."""
+    rows = json.loads(path.read_text(encoding="utf-8"))
+    recs = []
+    for i, r in enumerate(rows):
+        user = r["instruction"] + ("\n" + r["input"] if r.get("input") else "")
+        recs.append({"id": f"alpaca-{i}", "task_type": "alpaca", "source": "alpaca_en_demo", "meta": {},
+                     "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": r["output"]}]})
+    random.Random(0).shuffle(recs)
+    return recs
+
+
+def longtail_records(n: int, seed: int = 0) -> list[dict]:
+    """Synthetic chats whose answer lengths are log-normal: mostly short, a few very long (the SFT mix
+    where padding hurts most). Median answer ~35 words, 1% above ~350."""
+    from sftlab.tiny import builtin_texts
+
+    rng = random.Random(seed)
+    words = " ".join(builtin_texts(300, seed=seed)).split()
+    recs = []
+    for i in range(n):
+        q = rng.randint(4, 40)
+        a = max(1, int(rng.lognormvariate(3.5, 1.1)))
+        recs.append({"id": f"lt-{i}", "task_type": "longtail", "source": "synthetic", "meta": {},
+                     "messages": [{"role": "user", "content": " ".join(rng.choices(words, k=q))},
+                                  {"role": "assistant", "content": " ".join(rng.choices(words, k=a))}]})
+    return recs
+
+
+def prepare(workdir: Path, groups: list[tuple[str, str]], n_samples: int, max_len: int) -> None:
+    """Build the models (one tokenizer trained on both corpora) and render the data sets once."""
+    from sftlab.data.render import load_tokenizer, render_records
+    from sftlab.tiny import build_tiny_model, builtin_texts
+
+    texts = builtin_texts()
+    if ALPACA.exists():
+        texts += [m["content"] for r in alpaca_records(ALPACA) for m in r["messages"]]
+    for model in sorted({m for m, _ in groups}):
+        if not (workdir / model / "config.json").exists():
+            build_tiny_model(workdir / model, texts, vocab_size=2048, max_position_embeddings=max_len,
+                             **MODELS[model])
+    tok = load_tokenizer(str(workdir / groups[0][0]))
+    for data in sorted({d for _, d in groups}):
+        out = workdir / f"{data}.json"
+        if out.exists() and len(json.loads(out.read_text())) >= n_samples:
+            continue
+        recs = alpaca_records(ALPACA) if data == "alpaca" else longtail_records(4 * n_samples)
+        samples, _ = render_records(recs[: 4 * n_samples], tok, max_length=max_len)
+        keep = [{k: s[k] for k in ("input_ids", "labels", "turn_index", "turn_weights", "num_tokens")}
+                for s in samples[:n_samples]]
+        out.write_text(json.dumps(keep))
+
+
+# -------------------------------------------------------------------------------------------- workers
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class OurRunner:
+    """sftlab's step: collate -> supervised_token_nll -> micro_batch_loss / global D -> backward; AdamW."""
+
+    def __init__(self, model_dir: Path, samples: list[dict], mode: str, a: argparse.Namespace) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from sftlab.train.loss import attach_loss_coefficients
+
+        self.torch, self.mode, self.a = torch, mode, a
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="sdpa",
+                                                          dtype=torch.float32).train()
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-5, weight_decay=0.0, fused=True)
+        attach_loss_coefficients(samples, "turn")
+        self.samples = samples
+        self.pad_id = 0
+
+    def batches(self, glob: list[dict]) -> list[dict]:
+        from sftlab.train.batching import collate, packed_micro_batch, plan_packed_micro_batches
+
+        a = self.a
+        if self.mode == "pack":
+            out = []
+            for rows in plan_packed_micro_batches(glob, a.max_len, a.global_batch // a.micro):
+                micro, local = packed_micro_batch(glob, rows)
+                out.append(collate(micro, "pack", self.pad_id, attn_implementation="sdpa", rows=local))
+            return out
+        return [collate(glob[i:i + a.micro], self.mode, self.pad_id, attn_implementation="sdpa")
+                for i in range(0, len(glob), a.micro)]
+
+    def run(self) -> dict:
+        from sftlab.train.loss import micro_batch_loss, supervised_token_nll
+
+        torch, a = self.torch, self.a
+        ends, cpu, toks, padded = [time.perf_counter()], [time.process_time()], [], []
+        for step in range(a.steps + 1):
+            glob = self.samples[step * a.global_batch:(step + 1) * a.global_batch]
+            denom = sum(s["loss_denom"] for s in glob)
+            t = p = 0
+            for b in self.batches(glob):
+                loss = micro_batch_loss(supervised_token_nll(self.model, b), b, denom)
+                loss.backward()
+                t, p = t + b["tokens"], p + b["padded_tokens"]
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            ends.append(time.perf_counter())
+            cpu.append(time.process_time())
+            toks.append(t)
+            padded.append(p)
+        return step_stats(ends, cpu, toks, padded)
+
+
+def step_stats(ends: list[float], cpu: list[float], toks: list[int], padded: list[int]) -> dict:
+    """Per-step rates, warm-up step (the first) excluded: per wall second, and per CPU second of the
+    (single-threaded) worker, which other processes on a shared machine disturb much less."""
+    dts = [b - a for a, b in zip(ends[1:-1], ends[2:], strict=True)]
+    cts = [b - a for a, b in zip(cpu[1:-1], cpu[2:], strict=True)]
+    return {"rates": [t / dt for t, dt in zip(toks[1:], dts, strict=True)],
+            "cpu_rates": [t / dt for t, dt in zip(toks[1:], cts, strict=True)],
+            "tokens": sum(toks[1:]), "padded": sum(padded[1:]), "seconds": sum(dts), "peak_rss_mb": rss_mb()}
+
+
+class TrlRunner:
+    """TRL SFTTrainer on the same pre-tokenized samples (input_ids + completion_mask)."""
+
+    def __init__(self, model_dir: Path, samples: list[dict], mode: str, a: argparse.Namespace) -> None:
+        import torch
+        from datasets import Dataset
+        from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+        from trl import SFTConfig, SFTTrainer
+
+        from sftlab.train.batching import pack_samples
+
+        n = (a.steps + 1) * a.global_batch
+        samples = samples[:n]
+        data = Dataset.from_dict({"input_ids": [s["input_ids"] for s in samples],
+                                  "completion_mask": [[int(x != -100) for x in s["labels"]] for s in samples]})
+        accum, per_device = a.global_batch // a.micro, a.micro
+        if mode == "trl_pack":  # one packed row per micro-batch, as many rows per step as a global batch packs to
+            per_device, accum = 1, max(1, round(len(pack_samples(samples, a.max_len)) / (a.steps + 1)))
+        cfg = SFTConfig(
+            output_dir=str(a.workdir / "trl_out"), report_to="none", use_cpu=True, bf16=False,
+            per_device_train_batch_size=per_device, gradient_accumulation_steps=accum, max_steps=a.steps + 1,
+            learning_rate=1e-5, weight_decay=0.0, max_grad_norm=1.0, lr_scheduler_type="constant",
+            gradient_checkpointing=False, logging_steps=10_000, save_strategy="no", disable_tqdm=True,
+            train_sampling_strategy="sequential", completion_only_loss=True, dataloader_num_workers=0,
+            max_length=None if mode == "trl_padfree" else a.max_len,
+            padding_free=mode == "trl_padfree", packing=mode == "trl_pack", packing_strategy="bfd",
+        )
+        model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="sdpa", dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        counts = {"tokens": 0, "padded": 0}
+        self.ends: list[float] = []
+        self.cpu: list[float] = []
+        self.toks: list[int] = []
+        self.padded: list[int] = []
+        runner = self
+
+        class Counting(SFTTrainer):
+            def compute_loss(self, model, inputs, *args, **kwargs):  # noqa: ANN001
+                am = inputs.get("attention_mask")
+                counts["tokens"] += int(am.sum()) if am is not None else int(inputs["input_ids"].numel())
+                counts["padded"] += int(inputs["input_ids"].numel())
+                return super().compute_loss(model, inputs, *args, **kwargs)
+
+        class Clock(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001
+                runner.ends, runner.cpu = [time.perf_counter()], [time.process_time()]
+                runner.toks, runner.padded = [], []
+                counts.update(tokens=0, padded=0)
+
+            def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+                runner.ends.append(time.perf_counter())
+                runner.cpu.append(time.process_time())
+                runner.toks.append(counts["tokens"])
+                runner.padded.append(counts["padded"])
+                counts.update(tokens=0, padded=0)
+
+        self.trainer = Counting(model=model, args=cfg, train_dataset=data, processing_class=tok, callbacks=[Clock()])
+
+    def run(self) -> dict:
+        self.trainer.train()
+        return step_stats(self.ends, self.cpu, self.toks, self.padded)
+
+
+def worker(a: argparse.Namespace) -> None:
+    """Serve `run` requests on stdin for one (model, data, mode); answer JSON lines prefixed with MARK."""
+    import torch
+
+    torch.set_num_threads(a.threads)
+    samples = json.loads((a.workdir / f"{a.data}.json").read_text())
+    cls = TrlRunner if a.mode.startswith("trl") else OurRunner
+    runner = cls(a.workdir / a.model, samples, a.mode, a)
+    print(MARK + json.dumps({"ready": True, "setup_rss_mb": rss_mb()}), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "run":
+            break
+        print(MARK + json.dumps(runner.run()), flush=True)
+
+
+# --------------------------------------------------------------------------------------------- parent
+def read_reply(proc: subprocess.Popen) -> dict:
+    for line in proc.stdout:
+        if line.startswith(MARK):
+            return json.loads(line[len(MARK):])
+    raise RuntimeError(f"worker exited (code {proc.wait()}) without answering: see its log in --workdir")
+
+
+def run_group(a: argparse.Namespace, model: str, data: str) -> dict[str, dict]:
+    modes = [m for m in a.modes if m in OURS or not a.no_trl]
+    cmd = [sys.executable, __file__, "--worker", "--model", model, "--data", data, "--workdir", str(a.workdir),
+           "--threads", str(a.threads), "--steps", str(a.steps), "--global-batch", str(a.global_batch),
+           "--micro", str(a.micro), "--max-len", str(a.max_len)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore",
+               TRANSFORMERS_VERBOSITY="error", OMP_NUM_THREADS=str(a.threads))
+    procs = {m: subprocess.Popen(cmd + ["--mode", m], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                 stderr=None if a.verbose else open(a.workdir / f"{model}-{data}-{m}.log", "w"),  # noqa: SIM115 (lives as long as the worker)
+                                 env=env)
+             for m in modes}
+    res: dict[str, dict] = {}
+    for m, p in procs.items():
+        res[m] = {"setup_rss_mb": read_reply(p)["setup_rss_mb"], "runs": []}
+    for r in range(a.rounds):
+        order = modes if r % 2 == 0 else modes[::-1]  # A B C, C B A: no mode always runs first
+        for m in order:
+            procs[m].stdin.write("run\n")
+            procs[m].stdin.flush()
+            res[m]["runs"].append(read_reply(procs[m]))
+            last = res[m]["runs"][-1]
+            print(f"  {model}/{data} round {r + 1} {m}: {statistics.median(last['rates']):,.0f} tok/s wall, "
+                  f"{statistics.median(last['cpu_rates']):,.0f} tok/CPU-s", file=sys.stderr, flush=True)
+    for p in procs.values():
+        p.stdin.close()
+        p.wait()
+    return res
+
+
+def summarize(res: dict[str, dict]) -> dict[str, dict]:
+    out = {}
+    for m, r in res.items():
+        rates = [x for run in r["runs"] for x in run["rates"]]
+        cpu_rates = [x for run in r["runs"] for x in run["cpu_rates"]]
+        tokens = sum(run["tokens"] for run in r["runs"])
+        padded = sum(run["padded"] for run in r["runs"])
+        out[m] = {"tok_s": statistics.median(rates), "tok_cpu_s": statistics.median(cpu_rates),
+                  "padding": 1 - tokens / padded,
+                  "peak_rss_mb": max(run["peak_rss_mb"] for run in r["runs"]), "setup_rss_mb": r["setup_rss_mb"],
+                  "n_steps": len(rates)}
+    return out
+
+
+def table(summary: dict[str, dict[str, dict]]) -> str:
+    lines = ["| model | data | mode | non-pad tok/CPU-s | vs our pad | vs TRL pad | vs TRL best | non-pad tok/s "
+             "wall | padding | peak RSS MB (after setup) |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for group, s in summary.items():
+        model, data = group.split(":")
+        trl_best = max((v["tok_cpu_s"] for m, v in s.items() if m.startswith("trl")), default=float("nan"))
+        for m, v in s.items():
+            vs_pad = v["tok_cpu_s"] / s["pad"]["tok_cpu_s"] if "pad" in s else float("nan")
+            vs_trl = v["tok_cpu_s"] / s["trl_pad"]["tok_cpu_s"] if "trl_pad" in s else float("nan")
+            lines.append(f"| {model} | {data} | {m} | {v['tok_cpu_s']:,.0f} | {vs_pad:.2f}x | {vs_trl:.2f}x | "
+                         f"{v['tok_cpu_s'] / trl_best:.2f}x | {v['tok_s']:,.0f} | {v['padding']:.1%} | "
+                         f"{v['peak_rss_mb']:,.0f} ({v['setup_rss_mb']:,.0f}) |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--groups", default="tiny:alpaca,tiny:longtail,large:longtail",
+                   help="comma-separated model:data pairs (models: tiny, large; data: alpaca, longtail)")
+    p.add_argument("--modes", default=",".join(OURS + TRL))
+    p.add_argument("--no-trl", action="store_true")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--steps", type=int, default=3, help="measured steps per run (one more warm-up step)")
+    p.add_argument("--global-batch", type=int, default=16)
+    p.add_argument("--micro", type=int, default=4)
+    p.add_argument("--max-len", type=int, default=1024)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/sftlab-bench"))
+    p.add_argument("--out", type=Path, default=None, help="write the summary JSON here")
+    p.add_argument("--verbose", action="store_true")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--model", help=argparse.SUPPRESS)
+    p.add_argument("--data", help=argparse.SUPPRESS)
+    p.add_argument("--mode", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.worker:
+        worker(a)
+        return
+    a.modes = a.modes.split(",")
+    groups = [tuple(g.split(":")) for g in a.groups.split(",")]
+    a.workdir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    prepare(a.workdir, groups, (a.steps + 1) * a.global_batch, a.max_len)
+    summary = {}
+    for model, data in groups:
+        summary[f"{model}:{data}"] = summarize(run_group(a, model, data))
+        print(table({f"{model}:{data}": summary[f"{model}:{data}"]}), file=sys.stderr, flush=True)
+        if a.out:
+            a.out.write_text(json.dumps(summary, indent=1))
+    print(table(summary))
+    print(f"\n{a.rounds} rounds x {a.steps} measured steps, global batch {a.global_batch} = micro {a.micro} x "
+          f"accumulation {a.global_batch // a.micro}, max_len {a.max_len}, {a.threads} thread(s); "
+          f"total {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Attention isolation for padding-free and packed batches (docs/DESIGN.md §3).
+
+When several samples share a row, attention must never cross from one sample into another. How that is
+achieved depends on the attention backend, so each backend gets one *layout*:
+
+    sdpa                  "bool_mask"   a 4-D boolean block-diagonal causal mask [rows, 1, L, L] (True = attend)
+    eager                 "float_mask"  the same mask as an additive float mask (0 / dtype min): eager attention
+                                        adds the mask to the scores, so a boolean mask would silently leak
+    flash_attention_2/3/4 "varlen"      one row, position_ids restarting at 0 per sample, no mask: transformers
+                                        derives cu_seqlens from the position ids (flash_attn_varlen_func)
+    flex_attention        "doc_ids"     position_ids restarting per sample, no mask: transformers builds a
+                                        document BlockMask from them (CUDA only here)
+
+Position ids alone do NOT isolate samples under sdpa / eager (checked with transformers 5.x: the logits of a
+packed row differ from separate runs by ~0.5), so any backend outside this table is refused with a UserError
+instead of training on contaminated attention. `verify_isolation` checks it numerically on the real model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import torch
+
+from sftlab.errors import UserError
+
+LAYOUTS = {
+    "sdpa": "bool_mask",
+    "eager": "float_mask",
+    "flash_attention_2": "varlen",
+    "flash_attention_3": "varlen",
+    "flash_attention_4": "varlen",
+    "flex_attention": "doc_ids",
+}
+_FLASH_PACKAGES = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface",
+                   "flash_attention_4": "flash_attn"}
+_FIX = "set model.attn_implementation to 'sdpa' (4-D block mask, any device) or use data.batching: pad"
+
+
+def attention_layout(attn_implementation: str | None) -> str:
+    """The isolation layout of a backend (see the module docstring); UserError for backends that cannot isolate."""
+    impl = attn_implementation or "sdpa"
+    if impl not in LAYOUTS:
+        raise UserError(f"attention backend {impl!r} cannot keep packed samples apart (padfree/pack would let "
+                        f"attention cross samples); {_FIX}")
+    return LAYOUTS[impl]
+
+
+def check_attention_isolation(attn_implementation: str | None, mode: str, device: torch.device | str) -> str | None:
+    """Start-up check: can this backend on this device isolate the samples of a padfree / packed row?
+
+    Returns the layout to pass to `collate` (None for `pad`, which needs no isolation), or raises a
+    UserError naming the backend and the fix. Cheap: looks at the backend name, the device and the
+    installed packages only; `verify_isolation` is the numerical check.
+    """
+    if mode == "pad":
+        return None
+    impl = attn_implementation or "sdpa"
+    layout = attention_layout(impl)
+    dev = torch.device(device)
+    if layout == "varlen":
+        pkg = _FLASH_PACKAGES[impl]
+        if dev.type != "cuda" or importlib.util.find_spec(pkg) is None:
+            raise UserError(f"attention backend {impl!r} needs CUDA and the {pkg!r} package for {mode} batching "
+                            f"(device is {dev.type}, {pkg} {'found' if importlib.util.find_spec(pkg) else 'missing'}); "
+                            f"{_FIX}")
+    if layout == "doc_ids":
+        from transformers import masking_utils
+
+        if dev.type != "cuda":
+            raise UserError(f"attention backend 'flex_attention' isolates {mode} rows with a document mask on CUDA "
+                            f"only (device is {dev.type}); {_FIX}")
+        if not hasattr(masking_utils, "find_packed_sequence_indices"):
+            raise UserError("this transformers version does not build document masks from position_ids for "
+                            f"flex_attention; {_FIX}")
+    return layout
+
+
+def block_causal_mask(doc: torch.Tensor, layout: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """[rows, 1, L, L] causal mask that only lets a token attend to earlier tokens of its own document.
+
+    doc: [rows, L] document id of each token (padding forms its own document, so no query row is fully
+    masked: a fully masked row gives NaN attention, and NaN * 0 in backward would poison the gradients).
+    """
+    length = doc.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool).tril_()
+    mask = (doc[:, :, None] == doc[:, None, :]) & causal
+    mask = mask[:, None]
+    if layout == "bool_mask":
+        return mask
+    if layout == "float_mask":
+        return torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask, torch.finfo(dtype).min)
+    raise ValueError(f"layout {layout!r} uses no 4-D mask")
+
+
+@torch.no_grad()
+def verify_isolation(model: Any, layout: str, lengths: tuple[int, int] = (11, 7), tol: float = 1e-3) -> float:
+    """Numerical leak check on the real model: change the first sample of a two-sample row and make sure
+    the second sample's hidden states do not move. Returns the relative change; UserError above `tol`.
+
+    Same shapes and kernels in both runs, so an isolating backend gives (near) bit-identical outputs, while a
+    leak moves them by O(1) relative amounts whatever the precision.
+    """
+    from sftlab.train.batching import collate_rows
+
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    gen = torch.Generator().manual_seed(0)
+    vocab = model.get_input_embeddings().weight.shape[0]
+    second = torch.randint(0, vocab, (lengths[1],), generator=gen).tolist()
+    outs = []
+    for _ in range(2):
+        first = torch.randint(0, vocab, (lengths[0],), generator=gen).tolist()
+        samples = [{"input_ids": ids, "labels": [-100] * len(ids), "loss_coef": [0.0] * len(ids),
+                    "num_tokens": len(ids)} for ids in (first, second)]
+        batch = collate_rows(samples, [[0, 1]], pad_id=0, layout=layout, mask_dtype=dtype)
+        kwargs = {"input_ids": batch["input_ids"].to(device), "position_ids": batch["position_ids"].to(device),
+                  "use_cache": False}
+        if batch["attention_mask"] is not None:
+            kwargs["attention_mask"] = batch["attention_mask"].to(device)
+        hidden = model.get_decoder()(**kwargs).last_hidden_state[0, lengths[0]:].float()
+        outs.append(hidden)
+    rel = float((outs[0] - outs[1]).abs().max() / outs[1].abs().max().clamp_min(1e-12))
+    if rel > tol:
+        impl = getattr(model.config, "_attn_implementation", "?")
+        raise UserError(f"attention backend {impl!r} leaks across packed samples (a change in one sample moved "
+                        f"another's hidden states by {rel:.2e} relative); {_FIX}")
+    return rel
