@@ -57,7 +57,9 @@ class DataConfig(Strict):
     eval: list[DataSource] = []
     max_length: int = Field(2048, gt=1)
     train_on: Literal["all_assistant", "last_assistant", "all"] = "all_assistant"
-    batching: Literal["pad", "padfree", "pack"] = "pad"
+    # auto: padfree where it was measured faster and isolation is exact (CPU: sdpa/eager with block masks;
+    # CUDA: flash_attention_2 / flex_attention), else pad. See benchmarks/README.md.
+    batching: Literal["auto", "pad", "padfree", "pack"] = "auto"
     group_by_length: bool = False
     extra_roles: list[str] = []
     on_error: Literal["raise", "skip"] = "raise"

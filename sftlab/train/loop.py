@@ -343,6 +343,7 @@ def train(cfg: RunConfig) -> Path:
         _check_model_path(cfg.model.name_or_path)
     tokenizer = load_tokenizer(tok_src, cfg.model.chat_template if not resume_dir else None,
                                cfg.model.special_tokens, cfg.model.eot_token)
+    cfg.data.batching = resolve_batching(cfg, device)
     check_isolation(cfg, device)
 
     train_data = load_split(cfg.data.train, cfg, tokenizer, run_dir, "train", info.is_main)
@@ -527,6 +528,18 @@ def _restore(ckpt: Path, optimizer: Any, scheduler: Any, info: parallel.DistInfo
     scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(state.get("rng_per_rank", [state["rng"]] * info.world_size)[info.rank])
     return int(state["step"]), state
+
+
+def resolve_batching(cfg: RunConfig, device: torch.device) -> str:
+    """`auto` -> padfree where it is measured faster with exact isolation, else pad (docs/DESIGN.md §3)."""
+    if cfg.data.batching != "auto":
+        return cfg.data.batching
+    attn = cfg.model.attn_implementation
+    if device.type == "cpu" and attn in ("sdpa", "eager"):
+        return "padfree"
+    if device.type == "cuda" and (attn.startswith("flash_attention") or attn == "flex_attention"):
+        return "padfree"
+    return "pad"
 
 
 def check_isolation(cfg: RunConfig, device: torch.device) -> None:
