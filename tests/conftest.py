@@ -36,3 +36,17 @@ def tiny_tokenizer(tiny_model_dir):
     from sftlab.data.render import load_tokenizer
 
     return load_tokenizer(str(tiny_model_dir))
+
+
+@pytest.fixture()
+def small_records() -> list[dict]:
+    """24 short chat records over two task types (every third one two-turn), for quick training runs."""
+    recs = []
+    for i in range(24):
+        a, b = i % 7, (i * 3) % 5
+        msgs = [{"role": "user", "content": f"what is {a} plus {b}?"}, {"role": "assistant", "content": str(a + b)}]
+        if i % 3 == 0:
+            msgs += [{"role": "user", "content": "and repeat it"}, {"role": "assistant", "content": f"{a + b} {a + b}"}]
+        recs.append({"id": f"r{i}", "messages": msgs, "task_type": ["math/add", "text/repeat"][i % 2],
+                     "source": "test", "meta": {}})
+    return recs

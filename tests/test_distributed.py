@@ -33,16 +33,9 @@ REL = 1e-5  # the contract's tolerance (fp32)
 
 
 @pytest.fixture()
-def data_files(tmp_path) -> tuple[Path, Path]:
-    """24 train records over two task types (some multi-turn); 5 eval records, so the eval shards are uneven."""
-    recs = []
-    for i in range(24):
-        a, b = i % 7, (i * 3) % 5
-        msgs = [{"role": "user", "content": f"what is {a} plus {b}?"}, {"role": "assistant", "content": str(a + b)}]
-        if i % 3 == 0:
-            msgs += [{"role": "user", "content": "and repeat it"}, {"role": "assistant", "content": f"{a + b} {a + b}"}]
-        recs.append({"id": f"r{i}", "messages": msgs, "task_type": ["math/add", "text/repeat"][i % 2],
-                     "source": "test", "meta": {}})
+def data_files(tmp_path, small_records) -> tuple[Path, Path]:
+    """The shared 24 train records; 5 eval records, so the eval shards are uneven."""
+    recs = small_records
     train, ev = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
     write_jsonl(recs, train)
     write_jsonl(recs[:5], ev)

@@ -27,15 +27,8 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
 
 
 @pytest.fixture()
-def train_file(tmp_path) -> Path:
-    recs = []
-    for i in range(24):
-        a, b = i % 7, (i * 3) % 5
-        msgs = [{"role": "user", "content": f"what is {a} plus {b}?"}, {"role": "assistant", "content": str(a + b)}]
-        if i % 3 == 0:
-            msgs += [{"role": "user", "content": "and repeat it"}, {"role": "assistant", "content": f"{a + b} {a + b}"}]
-        recs.append({"id": f"r{i}", "messages": msgs, "task_type": ["math/add", "text/repeat"][i % 2],
-                     "source": "test", "meta": {}})
+def train_file(tmp_path, small_records) -> Path:
+    recs = small_records
     path = tmp_path / "train.jsonl"
     write_jsonl(recs, path)
     return path
