@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 import typer
 
@@ -55,4 +54,4 @@ def main(argv: list[str] | None = None) -> None:
         raise
 
 
-__all__ = ["main", "Path"]
+__all__ = ["main"]

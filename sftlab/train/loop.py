@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import shutil
 import time
@@ -27,7 +26,7 @@ from sftlab.errors import UserError
 from sftlab.train import parallel
 from sftlab.train.batching import collate, move_batch, packed_micro_batch, plan_packed_micro_batches
 from sftlab.train.loss import SupervisedTokenNLL, attach_loss_coefficients, micro_batch_loss, per_sample_sums
-from sftlab.train.model import DTYPES, autocast_context, load_model, pick_device
+from sftlab.train.model import DTYPES, autocast_context, check_model_path, load_model, pick_device
 
 STATE_FILE = "training_state.pt"
 
@@ -338,9 +337,7 @@ def train(cfg: RunConfig) -> Path:
     resume_dir = find_resume_dir(run_dir, cfg.train.resume)
     tok_src = str(resume_dir) if resume_dir else cfg.model.name_or_path
     if not resume_dir:
-        from sftlab.train.model import _check_model_path
-
-        _check_model_path(cfg.model.name_or_path)
+        check_model_path(cfg.model.name_or_path)
     tokenizer = load_tokenizer(tok_src, cfg.model.chat_template if not resume_dir else None,
                                cfg.model.special_tokens, cfg.model.eot_token)
     cfg.data.batching = resolve_batching(cfg, device)
@@ -553,4 +550,4 @@ def check_isolation(cfg: RunConfig, device: torch.device) -> None:
     check_attention_isolation(cfg.model.attn_implementation, cfg.data.batching, device)
 
 
-__all__ = ["train", "evaluate", "step_plan", "split_global_batch", "TrainingError", "os"]
+__all__ = ["train", "evaluate", "step_plan", "split_global_batch", "TrainingError"]

@@ -31,7 +31,7 @@ def autocast_context(dtype: str, device: torch.device):
     return torch.autocast(device.type, dtype=DTYPES[dtype])
 
 
-def _check_model_path(name_or_path: str) -> None:
+def check_model_path(name_or_path: str) -> None:
     """A path that does not exist and cannot be a hub id ('org/name') is a user error, said early."""
     if Path(name_or_path).expanduser().exists():
         return
@@ -47,7 +47,7 @@ def load_model(cfg: ModelConfig, tokenizer: Any, device: torch.device, gradient_
     from transformers import AutoModelForCausalLM
 
     src = weights_dir or cfg.name_or_path
-    _check_model_path(src)
+    check_model_path(src)
     kwargs: dict[str, Any] = {"attn_implementation": cfg.attn_implementation, "dtype": torch.float32}
     if cfg.lora is not None and cfg.lora.load_in_4bit:
         if device.type != "cuda":
