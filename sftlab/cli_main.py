@@ -28,11 +28,18 @@ def tiny_model(out_dir: Path = typer.Argument(..., help="Where to write the mode
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def train(ctx: typer.Context, config: Path = typer.Argument(..., help="YAML config (model/data/train)."),
           nproc: int = typer.Option(1, "--nproc", help="Processes on this node (execs torchrun when > 1).")) -> None:
-    """Fine-tune a model: `sftlab train CONFIG.yaml [train.learning_rate=1e-5 ...]`."""
-    from sftlab.config import load_config
+    """Fine-tune a model: `sftlab train CONFIG.yaml [train.learning_rate=1e-5 ...]` (a config with `stages:`
+    is a run plan: the stages train in order, each from the previous one's final model)."""
+    from sftlab.config import build_config, read_config_file
 
     overrides = list(ctx.args)
-    cfg = load_config(config, overrides)  # validate before spawning anything
+    raw = read_config_file(config)
+    if "stages" in raw:
+        from sftlab.train.plan import plan_configs
+
+        plan_configs(raw, overrides, source=str(config))  # validate every stage before spawning anything
+    else:
+        cfg = build_config(raw, overrides, source=str(config))
     if nproc > 1:
         import os
         import sys
@@ -40,6 +47,11 @@ def train(ctx: typer.Context, config: Path = typer.Argument(..., help="YAML conf
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "sftlab",
                "train", str(config), *overrides]
         os.execv(sys.executable, cmd)
+    if "stages" in raw:
+        from sftlab.train.plan import run_plan
+
+        run_plan(raw, overrides, source=str(config))
+        return
     from sftlab.train.loop import train as run_train
 
     run_train(cfg)

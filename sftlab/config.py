@@ -168,8 +168,8 @@ def build_config(raw: dict[str, Any], overrides: list[str] = (), source: str = "
     return cfg
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
-    """Read a YAML config file and apply dotted overrides."""
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The raw YAML mapping of a config file (a run config, or a run plan with `stages:`)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -179,6 +179,14 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
         raise ConfigError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping with model/data/train")
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML config file and apply dotted overrides."""
+    raw = read_config_file(path)
+    if "stages" in raw:
+        raise ConfigError(f"{path}: has 'stages' (a run plan): run it with `sftlab train` / sftlab.train.plan.run_plan")
     return build_config(raw, overrides, source=str(path))
 
 

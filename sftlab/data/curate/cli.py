@@ -217,11 +217,27 @@ def mix_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
             general: list[Path] = typer.Option([], "--general", help="general-text record file(s)"),
             general_fraction: float | None = typer.Option(None, help="share of general records"),
             upsample: bool | None = typer.Option(None, "--upsample/--no-upsample", help="repeat scarce task_types"),
-            seed: int | None = typer.Option(None), config: Path | None = CONFIG, set_: list[str] = SET) -> None:
-    """Sample a mixture with per-task_type weights and an optional general-text share."""
+            seed: int | None = typer.Option(None), config: Path | None = CONFIG, set_: list[str] = SET,
+            strategy: str | None = typer.Option(None, help="multitask | sequential | mixed_sequential | dmt: write "
+                                                "the stage datasets and plan.yaml to the directory OUT"),
+            dmt_k: float = typer.Option(0.25, "--dmt-k", help="dmt: share of each specialised task_type replayed "
+                                        "with the general data (1, 1/2, ..., 1/32)"),
+            general_task: list[str] = typer.Option([], "--general-task", help="with --strategy: input records of "
+                                                   "this task_type (or channel) are general, repeatable")) -> None:
+    """Sample a mixture with per-task_type weights and an optional general-text share; or, with --strategy,
+    split the data into the stages of a multi-stage training plan."""
     from sftlab.data.curate.config import parse_config
     from sftlab.data.curate.io import load_records
     from sftlab.data.curate.mix import MixConfig, mix_records
+
+    if strategy is not None:
+        if weight or total is not None or general_fraction is not None or upsample is not None or config or set_:
+            raise UserError("mix: --strategy does not sample (no --weight/--total/--general-fraction/--upsample/"
+                            "--config/--set); run `sftlab data mix` first, then split the result with --strategy")
+        _mix_strategy(inputs, out, general, general_task, strategy, dmt_k, seed or 0)
+        return
+    if general_task:
+        raise UserError("mix: --general-task only applies with --strategy")
 
     weights = {}
     for w in weight:
@@ -238,6 +254,24 @@ def mix_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
     _finish(res, out)
     if res.info["shortfall"]:
         typer.echo(f"mix: fewer records than asked (not upsampled): {res.info['shortfall']}")
+
+
+def _mix_strategy(inputs: list[Path], out: Path, general: list[Path], general_task: list[str], strategy: str,
+                  k: float, seed: int) -> None:
+    from sftlab.data.curate.io import load_records
+    from sftlab.data.curate.mix import strategy_stages, write_strategy
+    from sftlab.data.records import task_channels
+
+    records = load_records(inputs)
+    wanted = set(general_task)
+    is_general = [bool(wanted & set(task_channels(r["task_type"]))) for r in records]
+    gen = [r for r, g in zip(records, is_general, strict=True) if g] + (load_records(general) if general else [])
+    special = [r for r, g in zip(records, is_general, strict=True) if not g]
+    stages = strategy_stages(special, gen, strategy, k=k, seed=seed)
+    plan = write_strategy(stages, out)
+    parts = ", ".join(f"{i}. {name} {len(rs)}" for i, (name, rs) in enumerate(stages, start=1))
+    typer.echo(f"mix {strategy}: {len(special)} specialised + {len(gen)} general records -> stages {parts}; "
+               f"plan in {plan}")
 
 
 @data_app.command("stats")
@@ -275,25 +309,60 @@ def mods_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
              reward_model: str = typer.Option(..., help="reward model (AutoModelForSequenceClassification)"),
              alpha: float | None = typer.Option(None, help="quality threshold on the reward (default 0)"),
              seed_k: int | None = typer.Option(None, help="seed records picked by K-Center-Greedy"),
-             necessity_model: str | None = typer.Option(None, help="model fine-tuned on the seed records"),
+             necessity_model: str | None = typer.Option(None, help="model already fine-tuned on the seed records"),
+             base_model: str | None = typer.Option(None, "--base-model", help="fine-tune this model on the seed "
+                                                   "records here (sftlab's training loop) for the necessity stage"),
+             train_config: Path | None = typer.Option(None, "--train-config", help="YAML with model/data/train keys "
+                                                      "for that seed run (data.train/output_dir are set here)"),
+             train_set: list[str] = typer.Option([], "--train-set", help="dotted override of the seed run, "
+                                                 "e.g. train.max_steps=100, repeatable"),
+             work_dir: Path | None = typer.Option(None, "--work-dir", help="seed set and run of the seed model "
+                                                  "(default OUT without suffix + '.mods')"),
              beta: float | None = typer.Option(None, help="generated answers scoring below this are 'needed'"),
              aug_k: int | None = typer.Option(None, help="augmented records picked among the needed"),
              embeddings: Path | None = EMB, embed_model: str | None = EMB_MODEL, field: str = FIELD,
              cache_dir: Path | None = CACHE, config: Path | None = CONFIG, set_: list[str] = SET) -> None:
-    """MoDS: reward-model quality filter, K-Center seed set, optional necessity-based augmentation."""
+    """MoDS: reward-model quality filter, K-Center seed set, then (with --necessity-model, or --base-model /
+    --train-config to fine-tune the seed model here) necessity-based augmentation."""
+    from sftlab.config import read_config_file
     from sftlab.data.curate.config import parse_config
     from sftlab.data.curate.ifd import load_causal_lm
     from sftlab.data.curate.io import load_records
-    from sftlab.data.curate.mods import MoDSConfig, mods_select
+    from sftlab.data.curate.mods import (
+        MoDSConfig,
+        load_generation_model,
+        mods_select,
+        mods_summary,
+        seed_run_config,
+        train_seed_model,
+    )
     from sftlab.data.curate.reward import load_reward_model
     from sftlab.data.render import load_tokenizer
 
     cfg = parse_config(MoDSConfig, "select mods", step_options(config, set_, alpha=alpha, seed_k=seed_k, beta=beta,
                                                                aug_k=aug_k))
+    self_train = base_model is not None or train_config is not None
+    if self_train and necessity_model:
+        raise UserError("select mods: give either --necessity-model or --base-model/--train-config, not both")
+    if train_set and not self_train:
+        raise UserError("select mods: --train-set needs --base-model or --train-config")
+    train_raw = read_config_file(train_config) if train_config is not None else None
+    work = work_dir or out.with_name(out.name.split(".")[0] + ".mods")
+    if self_train:  # validate the seed run's config before the (slow) scoring
+        seed_run_config(work, base_model=base_model, train_config=train_raw, overrides=train_set)
     records = load_records(inputs)
     emb = _embeddings(records, embeddings, embed_model, field, cache_dir)
     rm, rtok = load_reward_model(reward_model)
     nm = load_causal_lm(necessity_model) if necessity_model else None
     ntok = load_tokenizer(necessity_model) if necessity_model else None
-    _finish(mods_select(records, emb, cfg, reward_model=rm, reward_tokenizer=rtok, necessity_model=nm,
-                        necessity_tokenizer=ntok), out)
+
+    def seed_trainer(seed_records: list[dict]) -> tuple[Any, Any]:
+        final = train_seed_model(seed_records, work, base_model=base_model, train_config=train_raw,
+                                 overrides=train_set)
+        typer.echo(f"select mods: seed model fine-tuned on {len(seed_records)} seed records -> {final}")
+        return load_generation_model(final)
+
+    res = mods_select(records, emb, cfg, reward_model=rm, reward_tokenizer=rtok, necessity_model=nm,
+                      necessity_tokenizer=ntok, seed_trainer=seed_trainer if self_train else None)
+    _finish(res, out)
+    typer.echo(mods_summary(res.info, cfg.alpha, cfg.beta))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -105,3 +106,88 @@ def mix_records(records: Sequence[dict[str, Any]], config: MixConfig | dict | No
     dropped += [drop(r, "mix", "not_sampled") for i, r in enumerate(records) if i not in chosen and i not in unmatched_set]
     dropped += [drop(r, "mix", "not_sampled", group="general") for i, r in enumerate(general) if i not in gen_chosen]
     return StepResult("mix", kept, dropped, info={"wanted": want | {"general": n_general}, "shortfall": shortfall})
+
+
+# ---- training strategies: the stage datasets of a multi-stage run plan (`sftlab train` with `stages:`) ----
+#
+# Why here: the strategies of "How Abilities in LLMs are Affected by SFT Data Composition" (Dong et al., 2023)
+# differ only in which records each training stage sees, so they are a records -> stages step like mix itself.
+
+STRATEGIES = ("multitask", "sequential", "mixed_sequential", "dmt")
+DMT_KS = (1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125)  # k in {1, 1/2, ..., 1/32}
+
+
+def _stage_name(task_type: str) -> str:
+    return "".join(c if c.isalnum() or c in "_.-" else "_" for c in task_type).strip("_.-") or "task"
+
+
+def _tag(records: Sequence[dict[str, Any]], stage: str) -> list[dict[str, Any]]:
+    return [{**r, "meta": {**(r.get("meta") or {}), "mix_stage": stage}} for r in records]
+
+
+def subsample_per_task(records: Sequence[dict[str, Any]], k: float, seed: int) -> list[dict[str, Any]]:
+    """round(k * n) (at least 1) records of each task_type, seeded per task_type, in input order."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(records):
+        groups[r["task_type"]].append(i)
+    keep: set[int] = set()
+    for t, idx in groups.items():
+        n = max(1, round(k * len(idx)))
+        keep.update(idx[j] for j in _rng(seed, "\x00dmt" + t).permutation(len(idx))[:n])
+    return [r for i, r in enumerate(records) if i in keep]
+
+
+def strategy_stages(specialised: Sequence[dict[str, Any]], general: Sequence[dict[str, Any]], strategy: str, *,
+                    k: float = 0.25, seed: int = 0) -> list[tuple[str, list[dict[str, Any]]]]:
+    """(stage name, records) in training order for one strategy.
+
+    multitask: one stage with everything; sequential: one stage per specialised task_type (first-appearance
+    order), then general; mixed_sequential: all specialised together, then general; dmt: all specialised, then
+    general + k x specialised (a seeded per-task_type subsample, k in {1, 1/2, ..., 1/32}).
+    """
+    if strategy not in STRATEGIES:
+        raise UserError(f"mix: option 'strategy': expected one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    if not specialised:
+        raise UserError("mix: no specialised records (every input record was taken as general)")
+    if strategy in ("mixed_sequential", "dmt") and not general:
+        raise UserError(f"mix: strategy {strategy} needs general records (--general FILE or --general-task TYPE)")
+    if strategy == "dmt" and not any(abs(k - x) < 1e-9 for x in DMT_KS):
+        raise UserError(f"mix: option 'dmt_k': expected one of 1, 1/2, 1/4, 1/8, 1/16, 1/32, got {k}")
+    stages: list[tuple[str, list[dict[str, Any]]]]
+    if strategy == "multitask":
+        stages = [("multitask", [*specialised, *general])]
+    elif strategy == "sequential":
+        by_task: dict[str, list[dict[str, Any]]] = {}
+        for r in specialised:
+            by_task.setdefault(r["task_type"], []).append(r)
+        stages = [(_stage_name(t), rs) for t, rs in by_task.items()]
+        names = [n for n, _ in stages]
+        if len(set(names)) != len(names):
+            raise UserError(f"mix: task_types map to the same stage name: {names}")
+        if general:
+            stages.append(("general", list(general)))
+    elif strategy == "mixed_sequential":
+        stages = [("specialised", list(specialised)), ("general", list(general))]
+    else:
+        stages = [("specialised", list(specialised)),
+                  ("general_mix", [*general, *subsample_per_task(specialised, k, seed)])]
+    return [(name, _tag(rs, name)) for name, rs in stages]
+
+
+def write_strategy(stages: Sequence[tuple[str, Sequence[dict[str, Any]]]], out_dir: str | Path) -> Path:
+    """OUT/stage-<i>-<name>.jsonl per stage and OUT/plan.yaml, the `stages:` list to merge into a train config."""
+    import yaml
+
+    from sftlab.data.curate.io import save_records
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plan = []
+    for i, (name, recs) in enumerate(stages, start=1):
+        path = out_dir / f"stage-{i}-{name}.jsonl"
+        save_records(recs, path)
+        plan.append({"name": name, "data": {"train": [str(path.resolve())]}})
+    plan_path = out_dir / "plan.yaml"
+    plan_path.write_text("# merge into a train config (model/data/train) and run `sftlab train CONFIG`\n"
+                         + yaml.safe_dump({"stages": plan}, sort_keys=False), encoding="utf-8")
+    return plan_path

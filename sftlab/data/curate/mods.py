@@ -2,15 +2,19 @@
 
 1. quality: reward-model score of (instruction, response) >= alpha;
 2. coverage: K-Center-Greedy over the instruction embeddings of the high-quality records -> seed_k seed records;
-3. necessity (optional): a model fine-tuned on the seed records (train it with `sftlab train` on the seed
-   output, then pass it as necessity_model) answers the other high-quality instructions; those whose
-   generated answer scores < beta are what the model still needs, and K-Center-Greedy picks aug_k of them.
-The result is seed + augmented records; meta.mods_stage says which, meta.reward the quality score.
+3. necessity (optional): a model fine-tuned on the seed records answers the other high-quality instructions;
+   those whose generated answer scores < beta are what the model still needs, and K-Center-Greedy picks aug_k
+   of them. The fine-tuned model is either given (necessity_model: trained elsewhere) or trained here on the
+   seed records with sftlab's own training engine (train_seed_model: a RunConfig fragment, see below).
+The result is seed + augmented records; meta.mods_stage says which, meta.reward the quality score, and
+StepResult.info the count of every stage (mods_summary formats it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,24 +40,78 @@ class MoDSConfig(StepConfig):
 
 def generate_answers(records: Sequence[dict[str, Any]], model: Any, tokenizer: Any, *, max_new_tokens: int = 256,
                      batch_size: int = 8) -> list[str]:
-    """Greedy answers to each record's conversation up to its last assistant turn (left-padded batches)."""
-    import torch
+    """Greedy answers to each record's conversation up to its last assistant turn (stops at end-of-turn)."""
+    from sftlab.eval.generate import generate_replies
 
-    prompts = []
+    convs = []
     for r in records:
         last = max(i for i, m in enumerate(r["messages"]) if m.get("role") == "assistant")
-        msgs = [{"role": m["role"], "content": m.get("content") or ""} for m in r["messages"][:last]]
-        prompts.append(tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True))
-    out: list[str] = []
-    dev = next(model.parameters()).device
-    with torch.inference_mode():
-        for b in range(0, len(prompts), batch_size):
-            enc = tokenizer(prompts[b:b + batch_size], padding=True, padding_side="left", add_special_tokens=False,
-                            return_tensors="pt").to(dev)
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    return out
+        convs.append([{"role": m["role"], "content": m.get("content") or ""} for m in r["messages"][:last]])
+    replies = generate_replies(model, tokenizer, convs, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return [x["text"] for x in replies]
+
+
+# The small run that fine-tunes the initial model on the seed records when `select mods` trains it itself.
+# Why these values: MoDS fine-tunes the seed set for a few epochs at the usual SFT learning rate; everything can
+# be replaced by a --train-config file (model/data/train keys) and dotted --train-set overrides.
+SEED_TRAIN_DEFAULTS: dict[str, Any] = {
+    "data": {"max_length": 1024},
+    "train": {"num_train_epochs": 3, "learning_rate": 2e-5, "per_device_train_batch_size": 4,
+              "gradient_accumulation_steps": 1, "report_to": [], "save_steps": 0, "eval_steps": 0},
+}
+
+
+def seed_run_config(work_dir: str | Path, *, base_model: str | None = None, train_config: dict[str, Any] | None = None,
+                    overrides: Sequence[str] = ()) -> Any:
+    """The RunConfig of the seed run: SEED_TRAIN_DEFAULTS, then train_config (replacing keys within
+    model/data/train), then base_model as model.name_or_path, then the dotted overrides; data.train
+    (WORK/seed.jsonl) and train.output_dir (WORK/run) are set here. Built before any scoring, so bad keys fail fast.
+    """
+    from sftlab.config import ConfigError, build_config
+
+    work = Path(work_dir)
+    raw = copy.deepcopy(SEED_TRAIN_DEFAULTS)
+    for part, values in (train_config or {}).items():
+        if isinstance(values, dict) and isinstance(raw.get(part), dict):
+            raw[part].update(values)
+        else:
+            raw[part] = values
+    if base_model is not None:
+        raw.setdefault("model", {})["name_or_path"] = base_model
+    if not (raw.get("model") or {}).get("name_or_path"):
+        raise ConfigError("select mods: the seed model needs a base model (--base-model or model.name_or_path in "
+                          "--train-config)")
+    for key in ("data.train", "train.output_dir"):
+        part, sub = key.split(".")
+        if sub in (raw.get(part) or {}):
+            raise ConfigError(f"select mods: --train-config key '{key}' is set by the command")
+    raw["data"]["train"] = [str(work / "seed.jsonl")]
+    raw["train"]["output_dir"] = str(work / "run")
+    return build_config(raw, list(overrides), source="select mods --train-config")
+
+
+def train_seed_model(seed_records: Sequence[dict[str, Any]], work_dir: str | Path, *, base_model: str | None = None,
+                     train_config: dict[str, Any] | None = None, overrides: Sequence[str] = ()) -> Path:
+    """Fine-tune the initial model on the seed records with sftlab's training loop (config: seed_run_config);
+    returns its final/ dir."""
+    from sftlab.data.records import write_jsonl
+    from sftlab.train.loop import train
+
+    cfg = seed_run_config(work_dir, base_model=base_model, train_config=train_config, overrides=overrides)
+    Path(work_dir).mkdir(parents=True, exist_ok=True)
+    write_jsonl(list(seed_records), cfg.data.train[0].path)
+    return train(cfg)
+
+
+def load_generation_model(path: str | Path) -> tuple[Any, Any]:
+    """(model, tokenizer) of a trained final/ dir (full weights or a LoRA adapter), on CUDA when present."""
+    import torch
+
+    from sftlab.data.render import load_tokenizer
+    from sftlab.export import load_for_inference
+
+    model = load_for_inference(path).to("cuda" if torch.cuda.is_available() else "cpu").eval()
+    return model, load_tokenizer(str(path))
 
 
 def _with_answer(rec: dict[str, Any], answer: str) -> dict[str, Any]:
@@ -65,14 +123,22 @@ def _with_answer(rec: dict[str, Any], answer: str) -> dict[str, Any]:
 
 def mods_select(records: Sequence[dict[str, Any]], emb: np.ndarray, config: MoDSConfig | dict, *,
                 reward_model: Any, reward_tokenizer: Any, necessity_model: Any = None,
-                necessity_tokenizer: Any = None) -> StepResult:
-    """Run the MoDS stages; emb are the instruction embeddings aligned with records."""
+                necessity_tokenizer: Any = None,
+                seed_trainer: Callable[[list[dict[str, Any]]], tuple[Any, Any]] | None = None) -> StepResult:
+    """Run the MoDS stages; emb are the instruction embeddings aligned with records.
+
+    seed_trainer (used when no necessity_model is given): seed records -> (fine-tuned model, tokenizer), e.g.
+    train_seed_model + load_generation_model, so the necessity stage uses a model trained on this very seed set.
+    """
     cfg = config if isinstance(config, MoDSConfig) else parse_config(MoDSConfig, "select mods", config)
     scores = reward_scores(records, reward_model, reward_tokenizer, batch_size=cfg.batch_size)
     good = [i for i in range(len(records)) if scores[i] >= cfg.alpha]
     seed_pos, _ = kcenter_greedy(emb[good], cfg.seed_k, seed=cfg.seed) if good else ([], 0.0)
     stage = {good[p]: "seed" for p in seed_pos}
     gen_scores: dict[int, float] = {}
+    needed: list[int] = []
+    if necessity_model is None and seed_trainer is not None and stage:
+        necessity_model, necessity_tokenizer = seed_trainer([records[i] for i in sorted(stage)])
     if necessity_model is not None:
         rest = [i for i in good if i not in stage]
         answers = generate_answers([records[i] for i in rest], necessity_model, necessity_tokenizer,
@@ -97,8 +163,27 @@ def mods_select(records: Sequence[dict[str, Any]], emb: np.ndarray, config: MoDS
         elif i in gen_scores and gen_scores[i] >= cfg.beta:
             dropped.append(drop(rec, "select_mods", "not_necessary", reward=s,
                                 generated_reward=round(gen_scores[i], 6)))
+        elif i in gen_scores:
+            dropped.append(drop(rec, "select_mods", "not_selected", reward=s,
+                                generated_reward=round(gen_scores[i], 6)))
         else:
             dropped.append(drop(rec, "select_mods", "not_selected", reward=s))
-    return StepResult("select_mods", kept, dropped,
-                      info={"high_quality": len(good), "seed": sum(v == "seed" for v in stage.values()),
-                            "augmented": sum(v == "augmented" for v in stage.values())})
+    info = {"input": len(records), "high_quality": len(good), "low_quality": len(records) - len(good),
+            "seed": sum(v == "seed" for v in stage.values()), "necessity_stage": necessity_model is not None,
+            "answered": len(gen_scores), "needed": len(needed), "not_necessary": len(gen_scores) - len(needed),
+            "augmented": sum(v == "augmented" for v in stage.values())}
+    return StepResult("select_mods", kept, dropped, info=info)
+
+
+def mods_summary(info: dict[str, Any], alpha: float, beta: float) -> str:
+    """One line with every stage's counts and the reasons records left at that stage."""
+    parts = [f"quality: {info['high_quality']} of {info['input']} with reward >= {alpha:g} "
+             f"(low_quality: {info['low_quality']})", f"coverage: {info['seed']} seed (K-Center)"]
+    if info["necessity_stage"]:
+        parts.append(f"necessity: {info['answered']} answered by the seed model, {info['needed']} with generated "
+                     f"reward < {beta:g} (not_necessary: {info['not_necessary']})")
+        parts.append(f"augmented: {info['augmented']} (K-Center; not_selected: {info['needed'] - info['augmented']})")
+    else:
+        parts.append(f"not_selected: {info['high_quality'] - info['seed']} (no necessity stage)")
+    parts.append(f"output: {info['seed'] + info['augmented']} = seed + augmented")
+    return "select_mods stages: " + "; ".join(parts)
