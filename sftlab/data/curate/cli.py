@@ -22,6 +22,7 @@ data_app.add_typer(select_app, name="select")
 OUT = typer.Option(..., "-o", "--out", help="output file (.jsonl or .parquet); removed records go to OUT.dropped.jsonl")
 CONFIG = typer.Option(None, "--config", help="YAML file with the step's options")
 SET = typer.Option([], "--set", help="an option as key=value (value parsed as YAML), repeatable")
+CACHE = typer.Option(None, "--cache-dir", help="embedding cache directory")
 
 
 def step_options(config: Path | None, sets: list[str], **explicit: Any) -> dict[str, Any]:
@@ -75,15 +76,23 @@ def dedup_cmd(inputs: list[Path] = typer.Argument(..., help="record files"), out
               threshold: float | None = typer.Option(None, help="Jaccard threshold (default 0.7)"),
               keep: str | None = typer.Option(None, help="first | score (highest meta[score_key] kept)"),
               score_key: str | None = typer.Option(None, help="meta field ranking records when keep=score"),
-              config: Path | None = CONFIG, set_: list[str] = SET) -> None:
-    """Remove exact and near-duplicate records (keeps the first / best of each cluster)."""
+              semantic_threshold: float | None = typer.Option(None, help="also drop records whose embedding cosine "
+                                                              "with a kept record is >= this (default off)"),
+              embedding_model: str | None = typer.Option(None, "--embedding-model", "--embed-model",
+                                                         help="sentence-transformers path or id for "
+                                                         "--semantic-threshold (default all-MiniLM-L6-v2)"),
+              cache_dir: Path | None = CACHE, config: Path | None = CONFIG, set_: list[str] = SET) -> None:
+    """Remove exact and near-duplicate records (keeps the first / best of each cluster); optionally also
+    semantic (embedding cosine) duplicates."""
     from sftlab.data.curate.config import parse_config
     from sftlab.data.curate.dedup import DedupConfig, dedup_records
     from sftlab.data.curate.io import load_records
 
     cfg = parse_config(DedupConfig, "dedup", step_options(config, set_, field=field, mode=mode, threshold=threshold,
-                                                          keep=keep, score_key=score_key))
-    _finish(dedup_records(load_records(inputs), cfg), out)
+                                                          keep=keep, score_key=score_key,
+                                                          semantic_threshold=semantic_threshold,
+                                                          embedding_model=embedding_model))
+    _finish(dedup_records(load_records(inputs), cfg, cache_dir=cache_dir), out)
 
 
 @data_app.command("split")
@@ -138,7 +147,6 @@ def _embeddings(records: list[dict], embeddings: Path | None, model: str | None,
 EMB = typer.Option(None, "--embeddings", help=".npz from `sftlab data embed` (else embedded now)")
 EMB_MODEL = typer.Option(None, "--embed-model", help="sentence-transformers path or id")
 FIELD = typer.Option("prompt", "--field", help="text embedded: prompt | answer | both")
-CACHE = typer.Option(None, "--cache-dir", help="embedding cache directory")
 
 
 @select_app.command("kcenter")
@@ -163,17 +171,31 @@ def cluster_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
                 n_clusters: int | None = typer.Option(None, help="K-means clusters"),
                 per_cluster: int | None = typer.Option(None, help="records kept per cluster (default 1)"),
                 pick: str | None = typer.Option(None, help="closest | random"), seed: int | None = typer.Option(None),
+                band: str | None = typer.Option(None, help="all | middle: sample only between the --band-low and "
+                                                "--band-high quantiles of answer perplexity per cluster"),
+                band_low: float | None = typer.Option(None, help="lower perplexity quantile (default 0.25)"),
+                band_high: float | None = typer.Option(None, help="upper perplexity quantile (default 0.75)"),
+                model: str | None = typer.Option(None, help="causal LM for the answer perplexity (--band middle)"),
                 embeddings: Path | None = EMB, embed_model: str | None = EMB_MODEL, field: str = FIELD,
                 cache_dir: Path | None = CACHE, config: Path | None = CONFIG, set_: list[str] = SET) -> None:
-    """K-means on embeddings, then n records per cluster."""
+    """K-means on embeddings, then n records per cluster (optionally from the middle perplexity band)."""
     from sftlab.data.curate.config import parse_config
     from sftlab.data.curate.io import load_records
     from sftlab.data.curate.select import ClusterConfig, cluster_select
 
     cfg = parse_config(ClusterConfig, "select cluster", step_options(
-        config, set_, n_clusters=n_clusters, per_cluster=per_cluster, pick=pick, seed=seed))
+        config, set_, n_clusters=n_clusters, per_cluster=per_cluster, pick=pick, seed=seed, band=band,
+        band_low=band_low, band_high=band_high))
+    if cfg.band == "middle" and not model:
+        raise UserError("select cluster: --band middle needs --model (the answer perplexity model)")
     records = load_records(inputs)
-    _finish(cluster_select(records, _embeddings(records, embeddings, embed_model, field, cache_dir), cfg), out)
+    ppl = None
+    if cfg.band == "middle":
+        from sftlab.data.curate.ifd import answer_perplexities
+
+        ppl = answer_perplexities(records, model)
+    _finish(cluster_select(records, _embeddings(records, embeddings, embed_model, field, cache_dir), cfg,
+                           perplexity=ppl), out)
 
 
 @select_app.command("ifd")
@@ -182,15 +204,45 @@ def ifd_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
             max_ifd: float | None = typer.Option(None, help="drop IFD >= this (default 1.0)"),
             keep_fraction: float | None = typer.Option(None, help="keep this top fraction by IFD"),
             k: int | None = typer.Option(None, help="keep the top k by IFD"),
-            batch_size: int | None = typer.Option(None), config: Path | None = CONFIG, set_: list[str] = SET) -> None:
-    """Instruction-Following Difficulty scoring and selection (Cherry LLM)."""
+            batch_size: int | None = typer.Option(None),
+            pre_experience: int | None = typer.Option(None, "--pre-experience", help="first fine-tune --model for "
+                                                      "one short epoch on this many cluster-sampled records, then "
+                                                      "score with it"),
+            train_config: Path | None = typer.Option(None, "--train-config", help="YAML with model/data/train keys "
+                                                     "for the pre-experience run"),
+            train_set: list[str] = typer.Option([], "--train-set", help="dotted override of the pre-experience run, "
+                                                "e.g. train.max_steps=100, repeatable"),
+            work_dir: Path | None = typer.Option(None, "--work-dir", help="pre-experience set and run (default OUT "
+                                                 "without suffix + '.ifd')"),
+            seed: int | None = typer.Option(None), embeddings: Path | None = EMB, embed_model: str | None = EMB_MODEL,
+            field: str = FIELD, cache_dir: Path | None = CACHE, config: Path | None = CONFIG,
+            set_: list[str] = SET) -> None:
+    """Instruction-Following Difficulty scoring and selection (Cherry LLM); --model may be a small scorer
+    (Superfiltering), optionally pre-experienced on a cluster sample first."""
+    from sftlab.config import read_config_file
     from sftlab.data.curate.config import parse_config
-    from sftlab.data.curate.ifd import IFDConfig, ifd_select
+    from sftlab.data.curate.ifd import IFDConfig, ifd_select, ifd_summary, pre_experience_config
     from sftlab.data.curate.io import load_records
+    from sftlab.data.curate.mods import seed_run_config
 
     cfg = parse_config(IFDConfig, "select ifd", step_options(config, set_, max_ifd=max_ifd, k=k,
-                                                             keep_fraction=keep_fraction, batch_size=batch_size))
-    _finish(ifd_select(load_records(inputs), model, cfg), out)
+                                                             keep_fraction=keep_fraction, batch_size=batch_size,
+                                                             pre_experience=pre_experience, seed=seed))
+    if cfg.pre_experience is None and (train_config is not None or train_set or work_dir is not None):
+        raise UserError("select ifd: --train-config/--train-set/--work-dir need --pre-experience")
+    records = load_records(inputs)
+    if cfg.pre_experience is None:
+        _finish(ifd_select(records, model, cfg), out)
+        return
+    train_raw = read_config_file(train_config) if train_config is not None else None
+    work = work_dir or out.with_name(out.name.split(".")[0] + ".ifd")
+    # validate the run's config before embedding and training
+    seed_run_config(work, base_model=model, train_config=pre_experience_config(train_raw), overrides=train_set,
+                    command="select ifd")
+    emb = _embeddings(records, embeddings, embed_model, field, cache_dir)
+    res = ifd_select(records, model, cfg, emb=emb, work_dir=work, train_config=train_raw, train_overrides=train_set)
+    _finish(res, out)
+    typer.echo(ifd_summary(res.info))
 
 
 @select_app.command("reward")

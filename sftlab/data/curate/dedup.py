@@ -38,6 +38,9 @@ class DedupConfig(StepConfig):
     verify: bool = True
     seed: int = 0
     workers: int = Field(1, ge=1, le=256)
+    semantic_threshold: float | None = Field(None, gt=0, le=1)
+    embedding_model: str | None = None
+    semantic_group_size: int = Field(10000, ge=2)
 
 
 def lsh_bands(threshold: float, num_perm: int, min_recall: float = 0.99) -> int:
@@ -187,9 +190,59 @@ def _features(texts: list[str], cfg: DedupConfig, chunk_size: int) -> list[tuple
     return [_chunk_features(c, *args) for c in chunks]
 
 
+def _semantic_groups(emb: np.ndarray, group_size: int, seed: int) -> list[np.ndarray]:
+    """Row groups searched exactly: all rows when there are few, else seeded K-means clusters of about
+    group_size rows (pairs across clusters are not compared: the SemDeDup trade-off for large data)."""
+    n = emb.shape[0]
+    if n <= group_size:
+        return [np.arange(n)]
+    from sklearn.cluster import KMeans
+
+    k = -(-n // group_size)
+    labels = KMeans(n_clusters=k, n_init=1, random_state=seed).fit(emb.astype(np.float64)).labels_
+    return [np.flatnonzero(labels == c) for c in range(k)]
+
+
+def semantic_duplicates(emb: np.ndarray, threshold: float, group_size: int = 10000, seed: int = 0,
+                        block: int = 1024) -> dict[int, tuple[int, float]]:
+    """Greedy semantic dedup over rows in priority order: row i -> (kept row, cosine) when its cosine with
+    an earlier kept row of its group is >= threshold (the most similar such row; ties: the earliest).
+
+    emb: L2-normalised rows. Similarities are computed block by block (float64, so reruns are identical);
+    only the pairs above the threshold are kept, and only those are walked in Python."""
+    x = emb.astype(np.float64)
+    out: dict[int, tuple[int, float]] = {}
+    for members in _semantic_groups(x, group_size, seed):
+        members = np.sort(members)
+        g = x[members]
+        cand: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # local row -> (earlier local rows, cosines)
+        for s in range(0, len(members), block):
+            e = min(s + block, len(members))
+            sims = g[s:e] @ g[:e].T
+            earlier = np.arange(e)[None, :] < np.arange(s, e)[:, None]
+            rows, cols = np.nonzero((sims >= threshold) & earlier)  # row-major: rows sorted
+            bounds = np.searchsorted(rows, np.arange(e - s + 1))
+            for r in np.unique(rows).tolist():
+                c = cols[bounds[r]:bounds[r + 1]]
+                cand[s + r] = (c, sims[r, c])
+        dropped: set[int] = set()
+        for r in sorted(cand):
+            c, v = cand[r]
+            alive = np.array([j not in dropped for j in c.tolist()], dtype=bool)
+            if alive.any():
+                c, v = c[alive], v[alive]
+                best = int(np.argmax(v))  # first maximum: the earliest of equally similar rows
+                dropped.add(r)
+                out[int(members[r])] = (int(members[c[best]]), float(v[best]))
+    return out
+
+
 def dedup_records(records: Sequence[dict[str, Any]], config: DedupConfig | dict | None = None,
-                  chunk_size: int = 8192) -> StepResult:
-    """Keep one record per duplicate cluster; meta.dedup_cluster = id of the kept representative."""
+                  chunk_size: int = 8192, *, cache_dir: Any = None) -> StepResult:
+    """Keep one record per duplicate cluster; meta.dedup_cluster = id of the kept representative.
+
+    With semantic_threshold, the records left by exact + MinHash dedup are embedded (embed.py, cached in
+    cache_dir, default ~/.cache/sftlab/embeddings) and cosine near-duplicates removed (semantic_duplicates)."""
     cfg = config if isinstance(config, DedupConfig) else parse_config(DedupConfig, "dedup", config)
     order = _priority(records, cfg)
     feats = _features([field_text(records[i], cfg.field) for i in order], cfg, chunk_size)
@@ -244,6 +297,19 @@ def dedup_records(records: Sequence[dict[str, Any]], config: DedupConfig | dict 
                     rep_of[uniq[v]] = (uniq[u], "near_duplicate", round(sim, 4))
             sets.pop(u, None)
 
+    n_semantic = 0
+    if cfg.semantic_threshold is not None:
+        from sftlab.data.curate.embed import DEFAULT_CACHE, embed_texts
+
+        alive = [p for p in range(len(order)) if p not in rep_of]
+        emb = embed_texts([field_text(records[order[p]], cfg.field) for p in alive], cfg.embedding_model,
+                          cache_dir=cache_dir or DEFAULT_CACHE)
+        if alive:
+            for a, (b, cos) in semantic_duplicates(emb, cfg.semantic_threshold, cfg.semantic_group_size,
+                                                   cfg.seed).items():
+                rep_of[alive[a]] = (alive[b], "semantic_duplicate", round(cos, 4))
+                n_semantic += 1
+
     def final_rep(pos: int) -> int:
         while pos in rep_of:
             pos = rep_of[pos][0]
@@ -256,10 +322,12 @@ def dedup_records(records: Sequence[dict[str, Any]], config: DedupConfig | dict 
         cluster[i] = records[order[root]]["id"]
         if pos in rep_of:
             rep, reason, sim = rep_of[pos]
+            score = {"cosine": sim} if reason == "semantic_duplicate" else {"similarity": sim}
             dropped.append((i, drop(records[i], "dedup", reason, duplicate_of=records[order[rep]]["id"],
-                                    cluster=cluster[i], similarity=sim)))
+                                    cluster=cluster[i], **score)))
     dropped_idx = {i for i, _ in dropped}
     kept = [{**r, "meta": {**(r.get("meta") or {}), "dedup_cluster": cluster[i]}}
             for i, r in enumerate(records) if i not in dropped_idx]
     return StepResult("dedup", kept, [d for _, d in sorted(dropped, key=lambda x: x[0])],
-                      info={"candidate_pairs": n_candidates, "near_pairs": n_verified})
+                      info={"candidate_pairs": n_candidates, "near_pairs": n_verified,
+                            "semantic_duplicates": n_semantic})

@@ -11,6 +11,7 @@ Losses are computed in length-sorted, right-padded batches with an attention mas
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,8 @@ class IFDConfig(StepConfig):
     k: int | None = Field(None, ge=1)
     batch_size: int = Field(8, ge=1)
     max_length: int = Field(2048, ge=2)
+    pre_experience: int | None = Field(None, ge=1)
+    seed: int = 0
 
     @model_validator(mode="after")
     def _one(self) -> IFDConfig:
@@ -82,17 +85,32 @@ def load_causal_lm(path: str) -> Any:
     return model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
 
 
+def conditional_losses(records: Sequence[dict[str, Any]], model: Any, tokenizer: Any, *, batch_size: int = 8,
+                       max_length: int = 2048) -> np.ndarray:
+    """Mean NLL of each record's last assistant turn given the conversation (the numerator of IFD; its exp is
+    the answer perplexity used by `select cluster --band`)."""
+    cond, _ = render_records(records, tokenizer, train_on="last_assistant", max_length=max_length)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return mean_answer_losses(model, cond, pad, batch_size)
+
+
+def answer_perplexities(records: Sequence[dict[str, Any]], model_path: str, *, batch_size: int = 8,
+                        max_length: int = 2048) -> np.ndarray:
+    """exp(conditional_losses) with the model at model_path (its chat template)."""
+    model, tokenizer = load_causal_lm(model_path), load_tokenizer(model_path)
+    return np.exp(conditional_losses(records, model, tokenizer, batch_size=batch_size, max_length=max_length))
+
+
 def ifd_scores(records: Sequence[dict[str, Any]], model: Any, tokenizer: Any, *, batch_size: int = 8,
                max_length: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ifd, conditioned loss, direct loss) per record, for the last assistant turn."""
-    cond, _ = render_records(records, tokenizer, train_on="last_assistant", max_length=max_length)
+    lc = conditional_losses(records, model, tokenizer, batch_size=batch_size, max_length=max_length)
     alone = [{"id": r["id"], "task_type": r["task_type"], "tools": None,
               "messages": [{"role": "user", "content": ""},
                            next(m for m in reversed(r["messages"]) if m.get("role") == "assistant")]}
              for r in records]
     direct, _ = render_records(alone, tokenizer, train_on="last_assistant", max_length=max_length)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    lc = mean_answer_losses(model, cond, pad, batch_size)
     ld = mean_answer_losses(model, direct, pad, batch_size)
     return lc / np.maximum(ld, 1e-12), lc, ld
 
@@ -106,10 +124,60 @@ def top_selection(scores: np.ndarray, keep_fraction: float | None, k: int | None
     return set(order if k is None else order[:k])
 
 
+# The pre-experience run (Cherry LLM): one short epoch on the sampled records; --train-config / --train-set
+# replace any of it (it goes through the same seed-run builder as `select mods`).
+PRE_EXPERIENCE_TRAIN: dict[str, Any] = {"train": {"num_train_epochs": 1}}
+
+
+def pre_experience_config(train_config: dict[str, Any] | None) -> dict[str, Any]:
+    """PRE_EXPERIENCE_TRAIN with train_config's model/data/train keys on top (key by key)."""
+    raw: dict[str, Any] = {part: dict(v) for part, v in PRE_EXPERIENCE_TRAIN.items()}
+    for part, values in (train_config or {}).items():
+        raw[part] = {**raw[part], **values} if isinstance(values, dict) and part in raw else values
+    return raw
+
+
+def pre_experience_model(records: Sequence[dict[str, Any]], emb: np.ndarray, n: int, base_model: str,
+                         work_dir: str | Path, *, train_config: dict[str, Any] | None = None,
+                         overrides: Sequence[str] = (), seed: int = 0) -> tuple[Path, list[int]]:
+    """K-means on emb into n clusters, the record nearest each centre, then one short epoch of base_model on
+    them with sftlab's training loop (mods.train_seed_model); returns (final/ dir, chosen indices)."""
+    from sftlab.data.curate.mods import train_seed_model
+    from sftlab.data.curate.select import ClusterConfig, cluster_select
+
+    res = cluster_select(records, emb, ClusterConfig(n_clusters=n, per_cluster=1, seed=seed))
+    chosen_ids = {r["id"] for r in res.kept}
+    chosen = [i for i, r in enumerate(records) if r["id"] in chosen_ids]
+    final = train_seed_model([records[i] for i in chosen], work_dir, base_model=base_model,
+                             train_config=pre_experience_config(train_config), overrides=overrides,
+                             command="select ifd")
+    return Path(final), chosen
+
+
 def ifd_select(records: Sequence[dict[str, Any]], model_path: str, config: IFDConfig | dict | None = None, *,
-               model: Any = None, tokenizer: Any = None) -> StepResult:
-    """Score IFD (meta.ifd, meta.ifd_loss_cond, meta.ifd_loss_direct), drop IFD >= max_ifd, keep the top."""
+               model: Any = None, tokenizer: Any = None, emb: np.ndarray | None = None,
+               work_dir: str | Path | None = None, train_config: dict[str, Any] | None = None,
+               train_overrides: Sequence[str] = ()) -> StepResult:
+    """Score IFD (meta.ifd, meta.ifd_loss_cond, meta.ifd_loss_direct), drop IFD >= max_ifd, keep the top.
+
+    pre_experience n: first fine-tune model_path briefly on n cluster-sampled records (pre_experience_model,
+    emb = instruction embeddings, embedded with the default model when not given; run in work_dir), then score
+    with that model (Cherry LLM's "pre-experienced" model). model_path may be a small scorer (Superfiltering)."""
     cfg = config if isinstance(config, IFDConfig) else parse_config(IFDConfig, "select ifd", config)
+    info: dict[str, Any] = {"scorer": str(model_path), "scored": len(records)}
+    if cfg.pre_experience is not None:
+        from sftlab.data.curate.mods import load_generation_model
+
+        if work_dir is None:
+            raise UserError("select ifd: pre_experience needs a work directory for its training run (--work-dir)")
+        if emb is None:
+            from sftlab.data.curate.embed import embed_records
+
+            emb = embed_records(records)
+        final, chosen = pre_experience_model(records, emb, cfg.pre_experience, model_path, work_dir,
+                                             train_config=train_config, overrides=train_overrides, seed=cfg.seed)
+        model, tokenizer = load_generation_model(final)
+        info.update({"pre_experience": len(chosen), "base_model": str(model_path), "scorer": str(final)})
     tokenizer = tokenizer or load_tokenizer(model_path)
     model = model or load_causal_lm(model_path)
     ifd, lc, ld = ifd_scores(records, model, tokenizer, batch_size=cfg.batch_size, max_length=cfg.max_length)
@@ -125,4 +193,14 @@ def ifd_select(records: Sequence[dict[str, Any]], model_path: str, config: IFDCo
             dropped.append(drop(rec, "select_ifd", "ifd_too_high", **scores))
         else:
             dropped.append(drop(rec, "select_ifd", "below_cut", **scores))
-    return StepResult("select_ifd", kept, dropped)
+    return StepResult("select_ifd", kept, dropped, info=info)
+
+
+def ifd_summary(info: dict[str, Any]) -> str:
+    """One line naming the stages: the pre-experience run (when there was one) and the scoring model."""
+    parts = []
+    if "pre_experience" in info:
+        parts.append(f"pre-experience: {info['pre_experience']} cluster-sampled records, one short epoch of "
+                     f"{info['base_model']} -> {info['scorer']}")
+    parts.append(f"ifd: {info['scored']} records scored with {info['scorer']}")
+    return "select_ifd stages: " + "; ".join(parts)

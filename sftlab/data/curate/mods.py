@@ -62,10 +62,11 @@ SEED_TRAIN_DEFAULTS: dict[str, Any] = {
 
 
 def seed_run_config(work_dir: str | Path, *, base_model: str | None = None, train_config: dict[str, Any] | None = None,
-                    overrides: Sequence[str] = ()) -> Any:
+                    overrides: Sequence[str] = (), command: str = "select mods") -> Any:
     """The RunConfig of the seed run: SEED_TRAIN_DEFAULTS, then train_config (replacing keys within
     model/data/train), then base_model as model.name_or_path, then the dotted overrides; data.train
     (WORK/seed.jsonl) and train.output_dir (WORK/run) are set here. Built before any scoring, so bad keys fail fast.
+    command names the calling command in errors (`select ifd --pre-experience` trains through here too).
     """
     from sftlab.config import ConfigError, build_config
 
@@ -79,25 +80,27 @@ def seed_run_config(work_dir: str | Path, *, base_model: str | None = None, trai
     if base_model is not None:
         raw.setdefault("model", {})["name_or_path"] = base_model
     if not (raw.get("model") or {}).get("name_or_path"):
-        raise ConfigError("select mods: the seed model needs a base model (--base-model or model.name_or_path in "
+        raise ConfigError(f"{command}: the seed model needs a base model (--base-model or model.name_or_path in "
                           "--train-config)")
     for key in ("data.train", "train.output_dir"):
         part, sub = key.split(".")
         if sub in (raw.get(part) or {}):
-            raise ConfigError(f"select mods: --train-config key '{key}' is set by the command")
+            raise ConfigError(f"{command}: --train-config key '{key}' is set by the command")
     raw["data"]["train"] = [str(work / "seed.jsonl")]
     raw["train"]["output_dir"] = str(work / "run")
-    return build_config(raw, list(overrides), source="select mods --train-config")
+    return build_config(raw, list(overrides), source=f"{command} --train-config")
 
 
 def train_seed_model(seed_records: Sequence[dict[str, Any]], work_dir: str | Path, *, base_model: str | None = None,
-                     train_config: dict[str, Any] | None = None, overrides: Sequence[str] = ()) -> Path:
+                     train_config: dict[str, Any] | None = None, overrides: Sequence[str] = (),
+                     command: str = "select mods") -> Path:
     """Fine-tune the initial model on the seed records with sftlab's training loop (config: seed_run_config);
     returns its final/ dir."""
     from sftlab.data.records import write_jsonl
     from sftlab.train.loop import train
 
-    cfg = seed_run_config(work_dir, base_model=base_model, train_config=train_config, overrides=overrides)
+    cfg = seed_run_config(work_dir, base_model=base_model, train_config=train_config, overrides=overrides,
+                          command=command)
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     write_jsonl(list(seed_records), cfg.data.train[0].path)
     return train(cfg)

@@ -40,6 +40,15 @@ class ClusterConfig(StepConfig):
     per_cluster: int = Field(1, ge=1)
     pick: Literal["closest", "random"] = "closest"
     seed: int = 0
+    band: Literal["all", "middle"] = "all"
+    band_low: float = Field(0.25, ge=0, le=1)
+    band_high: float = Field(0.75, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _band(self) -> ClusterConfig:
+        if self.band_low >= self.band_high:
+            raise ValueError("band_low must be < band_high")
+        return self
 
 
 def kcenter_greedy(emb: np.ndarray, k: int | None = None, radius: float | None = None,
@@ -95,19 +104,34 @@ def kcenter_select(records: Sequence[dict[str, Any]], emb: np.ndarray,
 
 
 def cluster_select(records: Sequence[dict[str, Any]], emb: np.ndarray,
-                   config: ClusterConfig | dict | None = None) -> StepResult:
-    """K-means (scikit-learn) then per_cluster records per cluster; meta.cluster = cluster id."""
+                   config: ClusterConfig | dict | None = None, *, perplexity: np.ndarray | None = None) -> StepResult:
+    """K-means (scikit-learn) then per_cluster records per cluster; meta.cluster = cluster id.
+
+    band 'middle': only records whose answer perplexity (ifd.answer_perplexities) lies between the band_low and
+    band_high quantiles of their cluster are sampled (neither the trivial nor the noisy ones); the others are
+    dropped as outside_band, and meta.perplexity is kept."""
     from sklearn.cluster import KMeans
 
     cfg = config if isinstance(config, ClusterConfig) else parse_config(ClusterConfig, "select cluster", config)
     _check(records, emb)
+    if cfg.band == "middle" and (perplexity is None or len(perplexity) != len(records)):
+        raise UserError("select cluster: band 'middle' needs one answer perplexity per record (--model)")
     n_clusters = min(cfg.n_clusters, len(records))
     km = KMeans(n_clusters=n_clusters, n_init=4, random_state=cfg.seed).fit(emb.astype(np.float64))
     dist = np.linalg.norm(emb - km.cluster_centers_[km.labels_], axis=1)
     rng = np.random.default_rng(cfg.seed)
     keep: set[int] = set()
+    outside: set[int] = set()
     for c in range(n_clusters):
         members = np.flatnonzero(km.labels_ == c)
+        if cfg.band == "middle":
+            p = perplexity[members]
+            lo, hi = np.quantile(p, [cfg.band_low, cfg.band_high])  # linear interpolation
+            inside = (p >= lo) & (p <= hi)
+            if not inside.any():  # tiny clusters: no member inside, take the one nearest the band's middle
+                inside[int(np.argmin(np.abs(p - (lo + hi) / 2)))] = True
+            outside.update(members[~inside].tolist())
+            members = members[inside]
         if cfg.pick == "closest":
             members = members[np.argsort(dist[members], kind="stable")]
         else:
@@ -115,8 +139,11 @@ def cluster_select(records: Sequence[dict[str, Any]], emb: np.ndarray,
         keep.update(members[: cfg.per_cluster].tolist())
     kept, dropped = [], []
     for i, rec in enumerate(records):
+        extra = {"cluster": int(km.labels_[i])}
+        if cfg.band == "middle":
+            extra["perplexity"] = round(float(perplexity[i]), 6)
         if i in keep:
-            kept.append({**rec, "meta": {**(rec.get("meta") or {}), "cluster": int(km.labels_[i])}})
+            kept.append({**rec, "meta": {**(rec.get("meta") or {}), **extra}})
         else:
-            dropped.append(drop(rec, "select_cluster", "not_selected", cluster=int(km.labels_[i])))
+            dropped.append(drop(rec, "select_cluster", "outside_band" if i in outside else "not_selected", **extra))
     return StepResult("select_cluster", kept, dropped, info={"clusters": n_clusters})
