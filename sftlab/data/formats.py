@@ -275,12 +275,7 @@ def _alpaca(row: Mapping) -> tuple[list[dict], Origin]:
     instruction = _text(row, "instruction", required=True)
     inp = _text(row, "input", required=False) or ""
     output = _text(row, "output", required=True)
-    system = _text(row, "system", required=False)
-    msgs: list[dict] = []
-    origin: Origin = []
-    if system:
-        msgs.append({"role": "system", "content": system})
-        origin.append("system")
+    msgs, origin = _system_start(row)
     history = row.get("history") or []
     if not isinstance(history, list):
         raise _bad("history", "must be a list of [question, answer] pairs")
@@ -295,6 +290,12 @@ def _alpaca(row: Mapping) -> tuple[list[dict], Origin]:
     msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
     origin += ["instruction", "output"]
     return msgs, origin
+
+
+def _system_start(row: Mapping) -> tuple[list[dict], Origin]:
+    """Messages and origins so far: the optional top-level `system` field as the first message."""
+    system = _text(row, "system", required=False)
+    return ([{"role": "system", "content": system}], ["system"]) if system else ([], [])
 
 
 def _tool_calls(value: str, field: str) -> list[dict]:
@@ -320,12 +321,7 @@ def _sharegpt(row: Mapping, columns: Mapping[str, str]) -> tuple[list[dict], Ori
         raise _missing("conversations")
     if not isinstance(conv, list):
         raise _bad(key, f"must be a list of {{from, value}} messages, got {type(conv).__name__}")
-    msgs: list[dict] = []
-    origin: Origin = []
-    system = _text(row, "system", required=False)
-    if system:
-        msgs.append({"role": "system", "content": system})
-        origin.append("system")
+    msgs, origin = _system_start(row)
     for i, m in enumerate(conv):
         f = f"{key}[{i}]"
         if not isinstance(m, Mapping):
@@ -338,7 +334,7 @@ def _sharegpt(row: Mapping, columns: Mapping[str, str]) -> tuple[list[dict], Ori
         if who == "function_call":
             msg = {"role": "assistant", "content": "", "tool_calls": _tool_calls(content, f"{f}.{val}")}
         else:
-            if who == "system" and system:
+            if who == "system" and origin[:1] == ["system"]:
                 raise _bad(f"{f}.{tag}", "system prompt given twice (record field 'system' and a system turn)",
                            "conflicting_system")
             msg = {"role": SHAREGPT_ROLES.get(who, who), "content": content}
@@ -395,12 +391,7 @@ def _prompts(row: Mapping) -> tuple[list[dict], Origin]:
         raise _missing("turns")
     if not isinstance(turns, list) or not turns:
         raise _bad("turns", "must be a non-empty list of strings")
-    msgs: list[dict] = []
-    origin: Origin = []
-    system = _text(row, "system", required=False)
-    if system:
-        msgs.append({"role": "system", "content": system})
-        origin.append("system")
+    msgs, origin = _system_start(row)
     for i, t in enumerate(turns):
         if not isinstance(t, str) or not t.strip():
             raise _bad(f"turns[{i}]", "must be a non-empty string", "empty_prompt")

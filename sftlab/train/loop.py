@@ -78,6 +78,9 @@ def load_split(sources: list, cfg: RunConfig, tokenizer: Any, run_dir: Path | No
     if not samples:
         raise UserError(f"data.{name}: every record was rejected ({len(rejects)}); see the rejects file")
     attach_loss_coefficients(samples, cfg.train.loss)
+    for s in samples:  # arrays once here, so collating a micro-batch never converts Python lists again
+        s["input_ids"] = np.asarray(s["input_ids"], dtype=np.int64)
+        s["labels"] = np.asarray(s["labels"], dtype=np.int64)
     if channels is None:
         channels = sorted({c for s in samples for c in task_channels(s["task_type"])})
     index = {c: i for i, c in enumerate(channels)}
@@ -290,7 +293,6 @@ def evaluate(engine: Any, data: DataSet, cfg: RunConfig, info: parallel.DistInfo
     """Eval loss (same reduction, denominator = the whole eval set) overall and per channel."""
     was_training = engine.training
     engine.eval()
-    n = len(data.samples)
     order = np.argsort(-data.lengths, kind="stable")
     shard = order[info.rank::info.world_size]
     micro = [(shard[i:i + micro_size], None) for i in range(0, len(shard), micro_size)]
@@ -302,7 +304,7 @@ def evaluate(engine: Any, data: DataSet, cfg: RunConfig, info: parallel.DistInfo
         if spare > 0:  # same forward path, results discarded
             run_micro_batches(engine, data, [(order[:1], None)] * spare, 1.0, cfg, info, pad_id, eot_ids, train=False)
     parallel.all_reduce_sum(stats.sums, info)
-    denom = float(data.denoms[:n].sum())
+    denom = float(data.denoms.sum())
     out = {"eval_loss": float(stats.sums[0]) / denom}
     ch_den = data.channel_matrix.T @ torch.as_tensor(data.denoms, dtype=torch.float64)
     for j, c in enumerate(data.channels):

@@ -146,6 +146,10 @@ def _embeddings(records: list[dict], embeddings: Path | None, model: str | None,
 
 EMB = typer.Option(None, "--embeddings", help=".npz from `sftlab data embed` (else embedded now)")
 EMB_MODEL = typer.Option(None, "--embed-model", help="sentence-transformers path or id")
+TRAIN_CONFIG = typer.Option(None, "--train-config", help="YAML with model/data/train keys for the fine-tuning run "
+                            "this step makes (data.train and train.output_dir are set by the step)")
+TRAIN_SET = typer.Option([], "--train-set", help="dotted override of that fine-tuning run, e.g. "
+                         "train.max_steps=100, repeatable")
 FIELD = typer.Option("prompt", "--field", help="text embedded: prompt | answer | both")
 
 
@@ -208,10 +212,7 @@ def ifd_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
             pre_experience: int | None = typer.Option(None, "--pre-experience", help="first fine-tune --model for "
                                                       "one short epoch on this many cluster-sampled records, then "
                                                       "score with it"),
-            train_config: Path | None = typer.Option(None, "--train-config", help="YAML with model/data/train keys "
-                                                     "for the pre-experience run"),
-            train_set: list[str] = typer.Option([], "--train-set", help="dotted override of the pre-experience run, "
-                                                "e.g. train.max_steps=100, repeatable"),
+            train_config: Path | None = TRAIN_CONFIG, train_set: list[str] = TRAIN_SET,
             work_dir: Path | None = typer.Option(None, "--work-dir", help="pre-experience set and run (default OUT "
                                                  "without suffix + '.ifd')"),
             seed: int | None = typer.Option(None), embeddings: Path | None = EMB, embed_model: str | None = EMB_MODEL,
@@ -364,10 +365,7 @@ def mods_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
              necessity_model: str | None = typer.Option(None, help="model already fine-tuned on the seed records"),
              base_model: str | None = typer.Option(None, "--base-model", help="fine-tune this model on the seed "
                                                    "records here (sftlab's training loop) for the necessity stage"),
-             train_config: Path | None = typer.Option(None, "--train-config", help="YAML with model/data/train keys "
-                                                      "for that seed run (data.train/output_dir are set here)"),
-             train_set: list[str] = typer.Option([], "--train-set", help="dotted override of the seed run, "
-                                                 "e.g. train.max_steps=100, repeatable"),
+             train_config: Path | None = TRAIN_CONFIG, train_set: list[str] = TRAIN_SET,
              work_dir: Path | None = typer.Option(None, "--work-dir", help="seed set and run of the seed model "
                                                   "(default OUT without suffix + '.mods')"),
              beta: float | None = typer.Option(None, help="generated answers scoring below this are 'needed'"),
