@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from sftlab.cli_apps import data_app
+from sftlab.cli.apps import data_app
 from sftlab.errors import UserError
 
 select_app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,

@@ -1,4 +1,4 @@
-"""The `sftlab` command line. Subcommands live in their own modules and only parse arguments and call
+"""The `sftlab` command line. Subcommands live in their own modules of this package and only parse arguments and call
 library functions; this module wires them up and turns user errors into one-line messages."""
 
 from __future__ import annotations
@@ -8,14 +8,9 @@ import sys
 
 import typer
 
-# Command modules register themselves on the apps when imported.
-from sftlab import (
-    cli_data,  # noqa: E402,F401
-    cli_main,  # noqa: E402,F401
-    cli_report,  # noqa: E402,F401
-)
-from sftlab.cli_apps import app
-from sftlab.data.curate import cli as curate_cli  # noqa: E402,F401
+# Command modules register themselves on the apps when imported (one module per command group).
+from sftlab.cli import curate, data, report, train  # noqa: F401
+from sftlab.cli.apps import app
 from sftlab.errors import UserError
 
 

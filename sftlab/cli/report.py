@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from sftlab.cli_apps import app
+from sftlab.cli.apps import app
 
 
 @app.command("report")

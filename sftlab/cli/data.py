@@ -15,7 +15,7 @@ from typing import Any
 
 import typer
 
-from sftlab.cli_apps import data_app
+from sftlab.cli.apps import data_app
 from sftlab.errors import UserError
 
 FORMAT = typer.Option("auto", "--format", "-f", help="auto | alpaca | sharegpt | openai | prompts")

@@ -1,4 +1,4 @@
-"""Top-level commands: tiny-model, train, demo, generate, export, report."""
+"""Top-level commands: tiny-model, train, demo, generate, export."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from sftlab.cli_apps import app
+from sftlab.cli.apps import app
 
 
 @app.command("tiny-model")
