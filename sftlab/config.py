@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sftlab.errors import UserError
 from sftlab.train.health import HealthConfig
@@ -101,12 +101,16 @@ class TrainConfig(Strict):
     logging_steps: int = Field(1, gt=0)
     eval_steps: int = Field(0, ge=0)
     save_steps: int = Field(0, ge=0)
-    save_total_limit: int | None = None
+    save_total_limit: int | None = Field(None, ge=0)  # newest N step-* checkpoints kept; 0 / None = keep all
+    overwrite_output_dir: bool = False  # replace the run already in output_dir (else a non-empty dir is refused)
+    eval_on_start: bool = False  # evaluate once before the first step (a step-0 baseline), as HF Trainer does
     gradient_checkpointing: bool = False
     resume: str | None = None  # "auto" or a checkpoint dir
     parallel: Literal["none", "ddp", "fsdp"] = "none"
     loss_chunk_size: int = Field(4096, gt=0)
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = ["tensorboard"]
+    wandb: dict[str, Any] = {}  # wandb.init options: project, name, entity, group, tags, mode (offline), notes
+    mlflow: dict[str, Any] = {}  # tracking_uri (default: file store RUN/mlruns), experiment, run_name
     early_stopping: EarlyStoppingConfig | None = None
     health: HealthConfig = HealthConfig()  # alarm thresholds and abort_on
     device: str | None = None  # default: cuda if available, else cpu
@@ -116,6 +120,17 @@ class RunConfig(Strict):
     model: ModelConfig
     data: DataConfig
     train: TrainConfig
+
+    @model_validator(mode="after")
+    def _settings_that_need_eval(self) -> RunConfig:
+        """Early stopping watches eval metrics: without an eval set and eval_steps it could never fire."""
+        if self.train.early_stopping is not None and not self.data.eval:
+            raise ValueError("train.early_stopping needs an eval set: set data.eval (and train.eval_steps)")
+        if self.train.early_stopping is not None and not self.train.eval_steps:
+            raise ValueError("train.early_stopping needs train.eval_steps > 0 (it is checked at each eval)")
+        if self.train.eval_on_start and not self.data.eval:
+            raise ValueError("train.eval_on_start needs an eval set: set data.eval")
+        return self
 
 
 def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -153,6 +168,8 @@ def _format_validation_error(e: ValidationError, source: str) -> str:
         return f"{source}: unknown key '{key}'"
     if err["type"] == "missing":
         return f"{source}: missing required key '{key}'"
+    if err["type"] == "value_error" and not key:  # a check across keys (RunConfig's model validator)
+        return f"{source}: {err['msg'].removeprefix('Value error, ')}"
     return f"{source}: key '{key}': {err['msg']} (got {err.get('input')!r})"
 
 
@@ -219,6 +236,14 @@ def resolve_batch_sizes(cfg: TrainConfig, world_size: int) -> tuple[int, int, in
     return glob // (accum * world_size), accum, glob
 
 
-def dump_config(cfg: RunConfig, path: str | Path) -> None:
-    """Write the resolved config as YAML (what the run actually used)."""
-    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+def dump_config(cfg: RunConfig, path: str | Path, resolved: dict[str, Any] | None = None) -> None:
+    """Write the resolved config as YAML (what the run actually used): `resolved` fills in the values the
+    loop derived ({'train.weight_decay': 0.01, 'train.global_batch_size': 16, ...}) instead of nulls.
+    Written through a temporary file, so a kill never leaves half a config."""
+    tree = cfg.model_dump(mode="json")
+    for key, value in (resolved or {}).items():
+        set_dotted(tree, key, value)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(tree, sort_keys=False), encoding="utf-8")
+    tmp.replace(path)

@@ -127,6 +127,7 @@ def run_demo(out: str | Path = "runs/demo", overrides: list[str] = ()) -> dict[s
     cfg = build_config(raw, list(overrides), source="demo")
     (out / "demo.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
     print(f"demo data: {len(train_recs)} train / {len(eval_recs)} eval records in {out / 'data'}")
+    cfg.train.overwrite_output_dir = not cfg.train.resume  # data and model were just rebuilt: replace the old run
 
     prompts = [r["messages"][:-1] for r in eval_recs]
     tok = load_tokenizer(cfg.model.name_or_path, cfg.model.chat_template)

@@ -44,7 +44,7 @@ def train(ctx: typer.Context, config: Path = typer.Argument(..., help="YAML conf
         import os
         import sys
 
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "sftlab",
+        cmd = [sys.executable, "-m", "sftlab.train.launch", "--standalone", f"--nproc_per_node={nproc}", "-m", "sftlab",
                "train", str(config), *overrides]
         os.execv(sys.executable, cmd)
     if "stages" in raw:

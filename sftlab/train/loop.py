@@ -11,6 +11,7 @@ import json
 import math
 import random
 import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +24,12 @@ from sftlab.config import RunConfig, dump_config, resolve_batch_sizes
 from sftlab.data.records import task_channels, write_jsonl
 from sftlab.data.render import eot_token_ids, load_tokenizer, render_records
 from sftlab.errors import UserError
-from sftlab.train import parallel
+from sftlab.train import parallel, preflight, rundir
 from sftlab.train.batching import collate, move_batch, packed_micro_batch, plan_packed_micro_batches
 from sftlab.train.loss import SupervisedTokenNLL, attach_loss_coefficients, micro_batch_loss, per_sample_sums
 from sftlab.train.model import DTYPES, autocast_context, check_model_path, load_model, pick_device
 
-STATE_FILE = "training_state.pt"
+STATE_FILE = rundir.STATE_FILE
 
 
 class TrainingError(UserError):
@@ -149,9 +150,7 @@ def split_global_batch(idx: np.ndarray, world: int, accum: int, rank: int, lengt
 
 def build_optimizer(model: Any, cfg: RunConfig, device: torch.device) -> torch.optim.Optimizer:
     """AdamW; no weight decay on norms and biases (1-D parameters)."""
-    wd = cfg.train.weight_decay
-    if wd is None:
-        wd = 0.0 if cfg.model.lora is not None else 0.01
+    wd = preflight.weight_decay(cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": wd},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
@@ -161,14 +160,23 @@ def build_optimizer(model: Any, cfg: RunConfig, device: torch.device) -> torch.o
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig, total_steps: int) -> Any:
-    """Warmup (ratio or steps) then constant / linear / cosine / cosine to a minimum lr."""
+    """Warmup (ratio or steps) then constant / linear / cosine / cosine to a minimum lr.
+    Warmup starts at lr/warmup, not 0: transformers' schedules give step 0 a zero learning rate (a wasted
+    step), so the warmup part is read one step ahead (step s uses the factor of s + 1)."""
     from transformers import get_scheduler
 
-    warmup = cfg.train.warmup_steps or math.ceil(cfg.train.warmup_ratio * total_steps)
+    warmup = preflight.warmup_steps(cfg, total_steps)
     name = {"constant": "constant_with_warmup"}.get(cfg.train.lr_scheduler_type, cfg.train.lr_scheduler_type)
     extra = {"min_lr_rate": cfg.train.min_lr_ratio} if name == "cosine_with_min_lr" else None
-    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps,
-                         scheduler_specific_kwargs=extra)
+    scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps,
+                              scheduler_specific_kwargs=extra)
+    if warmup > 0:
+        factors = scheduler.lr_lambdas
+        scheduler.lr_lambdas = [lambda s, f=f: f(s + 1) if s < warmup else f(s) for f in factors]
+        for group, base, f in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
+            group["lr"] = base * f(scheduler.last_epoch)
+        scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+    return scheduler
 
 
 # ------------------------------------------------------------------------------------ checkpoints
@@ -227,8 +235,8 @@ def find_resume_dir(run_dir: Path, resume: str | None) -> Path | None:
     if not resume:
         return None
     if resume == "auto":
-        ckpts = [p for p in (run_dir / "checkpoints").glob("step-*") if (p / STATE_FILE).exists()]
-        return max(ckpts, key=lambda p: int(p.name.split("-")[1])) if ckpts else None
+        ckpts = rundir.complete_checkpoints(run_dir)  # step-<int> with a state file; never step-N.tmp / .old
+        return ckpts[-1][1] if ckpts else None
     p = Path(resume)
     if not (p / STATE_FILE).exists():
         raise UserError(f"train.resume: {resume} is not a checkpoint directory (no {STATE_FILE})")
@@ -236,11 +244,7 @@ def find_resume_dir(run_dir: Path, resume: str | None) -> Path | None:
 
 
 def prune_checkpoints(run_dir: Path, limit: int | None) -> None:
-    if not limit:
-        return
-    ckpts = sorted((run_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-    for p in ckpts[:-limit]:
-        shutil.rmtree(p, ignore_errors=True)
+    rundir.prune(run_dir, limit)
 
 
 # ------------------------------------------------------------------------------------------ steps
@@ -324,6 +328,9 @@ def train(cfg: RunConfig) -> Path:
     info = parallel.init_distributed(device)
     device = info.device
     run_dir = Path(cfg.train.output_dir)
+    rundir.claim_run_dir(run_dir, cfg, info.is_main)
+    parallel.barrier(info)  # no rank may write into the dir before every rank has checked it
+    preflight.check_before_loading(cfg)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / f".write-test-{info.rank}"  # one per rank: ranks must not delete each other's probe
@@ -336,6 +343,9 @@ def train(cfg: RunConfig) -> Path:
     np.random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
 
+    if info.is_main and cfg.train.resume == "auto":
+        rundir.tidy_checkpoints(run_dir)
+    parallel.barrier(info)
     resume_dir = find_resume_dir(run_dir, cfg.train.resume)
     tok_src = str(resume_dir) if resume_dir else cfg.model.name_or_path
     if not resume_dir:
@@ -352,8 +362,14 @@ def train(cfg: RunConfig) -> Path:
                                 cfg.train.num_train_epochs, cfg.train.max_steps, cfg.train.seed,
                                 train_data.lengths if cfg.data.group_by_length else None)
     total_steps = len(plan)
+    fingerprint = rundir.fingerprint(cfg)
+    if resume_dir:
+        saved = torch.load(resume_dir / STATE_FILE, weights_only=False)
+        rundir.check_resume(resume_dir, saved.get("fingerprint"), fingerprint, int(saved["step"]), total_steps)
+    preflight.check_run(cfg, len(train_data.samples), global_batch, total_steps, info.is_main)
     if info.is_main:
-        dump_config(cfg, run_dir / "config.yaml")
+        dump_config(cfg, run_dir / "config.yaml", preflight.resolved_values(cfg, micro_size, accum, global_batch,
+                                                                            total_steps))
         summary = {"train": train_data.summary, **({"eval": eval_data.summary} if eval_data else {})}
         (run_dir / "data_summary.json").write_text(json.dumps(summary), encoding="utf-8")
         print(f"global batch {global_batch} = micro {micro_size} x accumulation {accum} x world {info.world_size}; "
@@ -380,7 +396,8 @@ def train(cfg: RunConfig) -> Path:
     from sftlab.train.metrics import LiveView, MetricsWriter
 
     writer = MetricsWriter(run_dir, tensorboard="tensorboard" in cfg.train.report_to,
-                           resume_from_step=start_step if resume_dir else None) if info.is_main else None
+                           resume_from_step=start_step if resume_dir else None,
+                           **preflight.tracker_options(cfg)) if info.is_main else None
     view = LiveView(total_steps) if info.is_main else None
     monitor = HealthMonitor(cfg.train.health, vocab_size=len(tokenizer))
     stopper = (EarlyStopping(cfg.train.early_stopping.metric, cfg.train.early_stopping.patience,
@@ -402,10 +419,17 @@ def train(cfg: RunConfig) -> Path:
         path = run_dir / "checkpoints" / name
         rng = parallel.all_gather_object(_rng_state(), info)  # per rank: dropout masks differ between ranks
         state = {"step": at_step, "scheduler": scheduler.state_dict(), "rng": rng[0], "rng_per_rank": rng,
-                 "early_stopping": stopper.state_dict() if stopper else None, "world_size": info.world_size}
+                 "early_stopping": stopper.state_dict() if stopper else None, "world_size": info.world_size,
+                 "fingerprint": fingerprint}
         save_model_dir(path, engine, tokenizer, info, extra=state, optimizer=optimizer)
         return path
 
+    if cfg.train.eval_on_start and eval_data is not None and step == 0:  # the step-0 baseline
+        ev = {**evaluate(engine, eval_data, cfg, info, pad_id, eot_ids, micro_size), "step": 0}
+        if info.is_main:
+            writer.log(ev)
+            view.update(ev)
+    restore_signals = parallel.install_stop_handlers(info)
     try:
         while step < total_steps:
             idx = plan[step]
@@ -486,13 +510,19 @@ def train(cfg: RunConfig) -> Path:
                 checkpoint(f"step-{step}", step)
                 if info.is_main:
                     prune_checkpoints(run_dir, cfg.train.save_total_limit)
-    except KeyboardInterrupt:
+            signum = parallel.stop_requested(info) if step < total_steps else 0
+            if signum:
+                raise parallel.StopRequested(signum)
+    except parallel.StopRequested as stop:  # SIGTERM / Ctrl-C: every rank is here after the same step
         path = checkpoint(f"step-{step}", step)
         if info.is_main:
             view.close()
-            print(f"\ninterrupted at step {step}; checkpoint saved to {path}; continue with train.resume=auto")
-        raise SystemExit(130) from None
+            print(f"\nstopped by {signal.Signals(stop.signum).name} at step {step}; checkpoint saved to {path}; "
+                  "continue with train.resume=auto")
+        parallel.destroy(info)
+        raise SystemExit(128 + stop.signum) from None
     finally:
+        restore_signals()
         if info.is_main:
             view.close()
             writer.close()

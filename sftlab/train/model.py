@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import socket
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 
@@ -32,11 +36,58 @@ def autocast_context(dtype: str, device: torch.device):
 
 
 def check_model_path(name_or_path: str) -> None:
-    """A path that does not exist and cannot be a hub id ('org/name') is a user error, said early."""
-    if Path(name_or_path).expanduser().exists():
+    """Fail at once (not after a minute of hub retries) when the model can be neither a local directory nor
+    a hub id that can be fetched: a missing path, a name whose first part is a local directory (a mistyped
+    local path), or a hub id while the hub is offline / unreachable and the id is not in the local cache."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
         return
-    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
-        raise UserError(f"model.name_or_path: directory not found: {name_or_path}")
+    parts = name_or_path.split("/")
+    if (name_or_path.startswith((".", "/", "~", "\\")) or len(parts) > 2
+            or (len(parts) == 2 and Path(parts[0]).is_dir())):
+        parent = next((p for p in path.parents if p.is_dir()), None)
+        raise UserError(f"model.name_or_path: directory not found: {name_or_path}"
+                        f"{f' (looked in {parent.resolve()})' if parent is not None and str(parent) != '.' else ''}")
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
+        return  # cached hub model: loads offline
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    if offline or not _reachable(endpoint):
+        why = "HF_HUB_OFFLINE is set" if offline else f"the hub ({endpoint}) is unreachable"
+        raise UserError(f"model.name_or_path: {name_or_path!r} is not a local directory, and {why} (not in the "
+                        "local cache either); check the path, or download the model first")
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    """Can a TCP connection to the URL's host be opened within `timeout` seconds?"""
+    u = urlparse(url)
+    try:
+        with socket.create_connection((u.hostname or "", u.port or (443 if u.scheme == "https" else 80)), timeout):
+            return True
+    except OSError:
+        return False
+
+
+def available_attention() -> list[str]:
+    """The attention backends that can run here (for error messages)."""
+    out = ["eager", "sdpa"]
+    if importlib.util.find_spec("torch.nn.attention.flex_attention") is not None:
+        out.append("flex_attention")
+    out += [n for n, pkg in FLASH_PACKAGES.items() if importlib.util.find_spec(pkg) is not None]
+    return out
+
+
+FLASH_PACKAGES = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}
+
+
+def check_attn_implementation(name: str) -> None:
+    """A FlashAttention backend without its package is one line naming the package, not an ImportError."""
+    pkg = FLASH_PACKAGES.get(name)
+    if pkg is not None and importlib.util.find_spec(pkg) is None:
+        raise UserError(f"model.attn_implementation={name!r} needs the {pkg!r} package, which is not installed "
+                        f"(pip install flash-attn, CUDA only); available here: {', '.join(available_attention())}")
 
 
 def load_model(cfg: ModelConfig, tokenizer: Any, device: torch.device, gradient_checkpointing: bool = False,
@@ -48,6 +99,8 @@ def load_model(cfg: ModelConfig, tokenizer: Any, device: torch.device, gradient_
 
     src = weights_dir or cfg.name_or_path
     check_model_path(src)
+    if Path(src).expanduser().exists():  # recorded as the adapter's base_model_name_or_path: make it absolute
+        src = str(Path(src).expanduser().resolve())
     kwargs: dict[str, Any] = {"attn_implementation": cfg.attn_implementation, "dtype": torch.float32}
     if cfg.lora is not None and cfg.lora.load_in_4bit:
         if device.type != "cuda":
@@ -64,6 +117,9 @@ def load_model(cfg: ModelConfig, tokenizer: Any, device: torch.device, gradient_
         model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
     except OSError as e:
         raise UserError(f"cannot load model from {src!r}: {str(e).splitlines()[0]}") from None
+    except ImportError as e:  # a backend whose package is missing (or broken)
+        raise UserError(f"model.attn_implementation={cfg.attn_implementation!r}: {str(e).splitlines()[0]}; "
+                        f"available here: {', '.join(available_attention())}") from None
     except ValueError as e:
         if "attn_implementation" in str(e) or "attention" in str(e).lower():
             raise UserError(f"model.attn_implementation={cfg.attn_implementation!r}: {str(e).splitlines()[0]}") from None

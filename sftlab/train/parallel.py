@@ -159,3 +159,61 @@ def full_state_dict(engine: Any, info: DistInfo) -> dict[str, torch.Tensor] | No
 def destroy(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+# -------------------------------------------------------------------------------- stopping on signals
+#
+# SIGTERM (schedulers, spot/preemptible machines) and Ctrl-C (SIGINT) only set a flag; the loop asks
+# `stop_requested` after each optimizer step, all ranks agree on it (one all-reduce), save a checkpoint at
+# the same step and exit 128 + signal (143 / 130). A second Ctrl-C in a single process stops at once
+# without a checkpoint; under torchrun repeated signals are expected (the launcher forwards the one it got)
+# and torchrun's own SIGKILL after its shutdown timeout is the hard stop.
+
+_stop = {"signum": 0}
+
+
+class StopRequested(KeyboardInterrupt):
+    """Raised by the loop once every rank has seen the stop signal `signum`."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def install_stop_handlers(info: DistInfo) -> Any:
+    """Route SIGTERM and SIGINT to the stop flag; returns a function restoring the previous handlers."""
+    import signal
+    import sys
+    import threading
+
+    _stop["signum"] = 0
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if _stop["signum"]:
+            if signum == signal.SIGINT and not info.enabled:
+                raise KeyboardInterrupt  # second Ctrl-C: stop now, no checkpoint
+            return
+        _stop["signum"] = signum
+        if info.is_main:
+            then = "Ctrl-C again to stop at once" if not info.enabled else "on every rank"
+            print(f"\n{signal.Signals(signum).name} received: finishing this step, then saving a checkpoint "
+                  f"({then})", file=sys.stderr, flush=True)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore() -> None:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+    return restore
+
+
+def stop_requested(info: DistInfo) -> int:
+    """The stop signal if any rank got one (0: none); every rank must call it at the same point."""
+    if not info.enabled:
+        return _stop["signum"]
+    flag = torch.tensor([_stop["signum"]], dtype=torch.int64, device=info.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item())

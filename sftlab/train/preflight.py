@@ -1,0 +1,78 @@
+"""Start-up checks: every setting either takes effect or fails (or warns) in one line, before hours are spent.
+
+`check_before_loading` runs before any data or model is read (packages that a setting needs);
+`check_run` once the train set and the step plan are known (settings that cannot take effect).
+`resolved_values` are the values the run derived, written into RUN/config.yaml instead of nulls.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from typing import Any
+
+from sftlab.config import RunConfig
+from sftlab.errors import UserError
+from sftlab.train.model import check_attn_implementation
+
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+def check_before_loading(cfg: RunConfig) -> None:
+    """Packages the settings need: the attention backend, the experiment trackers in report_to."""
+    check_attn_implementation(cfg.model.attn_implementation)
+    for name in cfg.train.report_to:
+        pkg = TRACKER_PACKAGES[name]
+        if importlib.util.find_spec(pkg) is None:
+            raise UserError(f"train.report_to: {name} is not installed here: pip install {pkg} "
+                            f"(or remove {name} from train.report_to)")
+
+
+def check_run(cfg: RunConfig, n_train: int, global_batch: int, total_steps: int, is_main: bool) -> None:
+    """Errors for settings that cannot work, one warning line for those that cannot take effect."""
+    if n_train < global_batch:
+        raise UserError(f"the train set has {n_train} samples, fewer than one global batch ({global_batch}); "
+                        "lower train.per_device_train_batch_size / gradient_accumulation_steps / global_batch_size")
+    warnings = []
+    if cfg.data.eval and not cfg.train.eval_steps:
+        warnings.append("data.eval is set but train.eval_steps=0: no evaluation will run; set train.eval_steps=N")
+    if cfg.train.warmup_steps > total_steps:
+        warnings.append(f"train.warmup_steps={cfg.train.warmup_steps} is longer than the run ({total_steps} steps): "
+                        "the learning rate never reaches train.learning_rate")
+    if cfg.train.save_steps and cfg.train.save_steps >= total_steps:
+        warnings.append(f"train.save_steps={cfg.train.save_steps} >= the run's {total_steps} steps: no intermediate "
+                        "checkpoint will be written (final/ still is)")
+    if is_main:
+        for w in warnings:
+            print(f"warning: {w}")
+
+
+def weight_decay(cfg: RunConfig) -> float:
+    """train.weight_decay, or its default: 0.01 for full fine-tuning, 0 for LoRA."""
+    if cfg.train.weight_decay is not None:
+        return cfg.train.weight_decay
+    return 0.0 if cfg.model.lora is not None else 0.01
+
+
+def warmup_steps(cfg: RunConfig, total_steps: int) -> int:
+    """train.warmup_steps, else warmup_ratio of the run."""
+    return cfg.train.warmup_steps or math.ceil(cfg.train.warmup_ratio * total_steps)
+
+
+def resolved_values(cfg: RunConfig, micro: int, accum: int, global_batch: int, total_steps: int) -> dict[str, Any]:
+    """The derived values as dotted keys, for RUN/config.yaml (what the run used, not null)."""
+    return {"train.weight_decay": weight_decay(cfg), "train.per_device_train_batch_size": micro,
+            "train.gradient_accumulation_steps": accum, "train.global_batch_size": global_batch,
+            "train.warmup_steps": warmup_steps(cfg, total_steps)}
+
+
+def tracker_options(cfg: RunConfig) -> dict[str, Any]:
+    """MetricsWriter's wandb / mlflow options: the user's options plus the run config (None: not reported to)."""
+    from sftlab.train.rundir import flatten
+
+    tree = cfg.model_dump(mode="json")
+    params: dict[str, Any] = {}
+    flatten(tree, "", params)
+    params = {k: str(v)[:500] for k, v in params.items()}  # MLflow caps a param value at 500 characters
+    return {"wandb": {"config": tree, **cfg.train.wandb} if "wandb" in cfg.train.report_to else None,
+            "mlflow": {"params": params, **cfg.train.mlflow} if "mlflow" in cfg.train.report_to else None}

@@ -1,0 +1,173 @@
+"""Run-directory ownership and resume checks: a run never overwrites another run, and never resumes one.
+
+- A new run refuses an output_dir that already holds something, unless `train.resume` is set (continue
+  the run there) or `train.overwrite_output_dir=true` (HF's name; the old run's outputs are deleted first,
+  so no stale checkpoint can be resumed later).
+- Every checkpoint records a fingerprint of what decides the training trajectory: the data files'
+  content, the model, and every setting except the few listed in RESUMABLE. A resume compares it with
+  this run's and refuses with a one-line diff: one value is never recorded while another is used.
+- Only complete `step-<int>` checkpoints count; leftovers of a kill in the save window (`step-N.tmp`,
+  `step-N.old`) are cleaned up with a line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from sftlab.config import RunConfig
+from sftlab.errors import UserError
+
+STATE_FILE = "training_state.pt"
+CHECKPOINT = re.compile(r"step-(\d+)")
+LEFTOVER = re.compile(r"step-(\d+)\.(tmp|old)")
+
+# What a run writes into its output_dir (deleted by train.overwrite_output_dir=true).
+RUN_OUTPUTS = ("checkpoints", "final", "best", "tb", "mlruns", "wandb", "metrics.jsonl", "config.yaml",
+               "data_summary.json", "wandb_run_id", "mlflow_run_id", "report.html", "report", "eval_results.json")
+
+# Settings that may change on resume; they change what is logged, evaluated or saved, or the run's length
+# (max_steps / num_train_epochs: the lr schedule is stretched to the new length from the resume step on).
+# Any other change (data content, model, learning rate, batch, seed, ...) refuses the resume.
+RESUMABLE = ("train.output_dir", "train.resume", "train.overwrite_output_dir", "train.max_steps",
+             "train.num_train_epochs", "train.logging_steps", "train.eval_steps", "train.save_steps",
+             "train.save_total_limit", "train.report_to", "train.wandb", "train.mlflow", "train.early_stopping",
+             "train.health", "train.eval_on_start", "train.device", "train.gradient_checkpointing",
+             "train.loss_chunk_size", "data.eval", "model.attn_implementation")
+
+
+# ------------------------------------------------------------------------------------------ ownership
+
+
+def claim_run_dir(run_dir: Path, cfg: RunConfig, is_main: bool) -> None:
+    """Refuse to start a new run in a directory that holds one (call on every rank, then barrier)."""
+    if not run_dir.is_dir():
+        return
+    entries = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".write-test-"))
+    if not entries or cfg.train.resume:
+        return
+    if not cfg.train.overwrite_output_dir:
+        shown = ", ".join(entries[:5]) + (" ..." if len(entries) > 5 else "")
+        raise UserError(f"train.output_dir: {run_dir} is not empty ({shown}); continue that run with "
+                        "train.resume=auto, replace it with train.overwrite_output_dir=true, or choose another "
+                        "train.output_dir")
+    if is_main:
+        removed = []
+        for p in [run_dir / n for n in RUN_OUTPUTS] + sorted(run_dir.glob("rejects-*.jsonl")):
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+            else:
+                continue
+            removed.append(p.name)
+        print(f"train.overwrite_output_dir: removed the previous run's {', '.join(removed) or 'nothing'} from {run_dir}")
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+
+def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, dir) of every complete `step-<int>` checkpoint in RUN/checkpoints, oldest first."""
+    out = []
+    for p in (run_dir / "checkpoints").glob("step-*"):
+        m = CHECKPOINT.fullmatch(p.name)
+        if m and (p / STATE_FILE).is_file():
+            out.append((int(m.group(1)), p))
+    return sorted(out)
+
+
+def tidy_checkpoints(run_dir: Path) -> None:
+    """Deal with what a kill in the save window leaves (rank 0 only): `step-N.old` is the previous complete
+    copy of step-N, renamed back when step-N is missing; `step-N.tmp` (possibly half-written) is removed."""
+    for p in sorted((run_dir / "checkpoints").glob("step-*")):
+        m = LEFTOVER.fullmatch(p.name)
+        if m is None:
+            continue
+        final = p.with_name(f"step-{m.group(1)}")
+        if m.group(2) == "old" and not final.exists() and (p / STATE_FILE).is_file():
+            p.rename(final)
+            print(f"checkpoints: restored {final.name} from {p.name} (left by a kill while saving)")
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+            print(f"checkpoints: removed {p.name} (an incomplete save left by a kill)")
+
+
+def prune(run_dir: Path, limit: int | None, keep: Path | None = None) -> None:
+    """Keep the newest `limit` complete checkpoints (0 / None: all). `keep` (the one just written) and
+    best/ are never deleted."""
+    if not limit:
+        return
+    ckpts = complete_checkpoints(run_dir)
+    for _, p in ckpts[:-limit]:
+        if keep is None or p.resolve() != keep.resolve():
+            shutil.rmtree(p, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------ fingerprint
+
+
+def _file_digest(path: Path) -> str:
+    """sha256 of a file, or of a directory's files (names and content, sorted): an HF datasets dir."""
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        if f != path:
+            h.update(str(f.relative_to(path)).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def flatten(tree: Any, prefix: str, out: dict[str, Any]) -> None:
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            flatten(v, f"{prefix}.{k}" if prefix else k, out)
+    elif isinstance(tree, list) and tree and all(isinstance(x, dict) for x in tree):
+        for i, v in enumerate(tree):
+            flatten(v, f"{prefix}[{i}]", out)
+    else:
+        out[prefix] = tree
+
+
+def fingerprint(cfg: RunConfig) -> dict[str, Any]:
+    """What decides this run's trajectory, as flat dotted keys: the settings outside RESUMABLE, the
+    model (a local path resolved), and a content hash per training data file (its path may move)."""
+    flat: dict[str, Any] = {}
+    flatten(cfg.model_dump(mode="json"), "", flat)
+    out = {k: v for k, v in flat.items()
+           if not any(k == r or k.startswith(r + ".") or k.startswith(r + "[") for r in RESUMABLE)}
+    name = cfg.model.name_or_path
+    if Path(name).expanduser().exists():
+        out["model.name_or_path"] = str(Path(name).expanduser().resolve())
+    for i, src in enumerate(cfg.data.train):
+        del out[f"data.train[{i}].path"]
+        path = Path(src.path)
+        out[f"data.train[{i}].sha256"] = _file_digest(path) if path.exists() else None
+    return out
+
+
+def check_resume(ckpt: Path, saved: dict[str, Any] | None, current: dict[str, Any], step: int,
+                 total_steps: int) -> None:
+    """Refuse a resume from a checkpoint of another run (a one-line diff of what differs)."""
+    if saved is None:
+        print(f"warning: {ckpt} has no run fingerprint (written by an older sftlab); its settings are not checked")
+    else:
+        diffs = []
+        for k in sorted(set(saved) | set(current)):
+            a, b = saved.get(k, "(unset)"), current.get(k, "(unset)")
+            if a != b:
+                diffs.append(f"{k}: content changed" if k.endswith(".sha256") else f"{k}: {a!r} -> {b!r}")
+        if diffs:
+            shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
+            raise UserError(f"train.resume: {ckpt} belongs to a run with other settings ({shown}); only "
+                            f"{', '.join(RESUMABLE[3:])} may change on resume. "
+                            "Undo the change, or start a new run (another train.output_dir, or "
+                            "train.overwrite_output_dir=true)")
+    if step > total_steps:
+        raise UserError(f"train.resume: {ckpt} is at step {step}, past the end of this run ({total_steps} "
+                        "steps); raise train.max_steps / num_train_epochs or start a new run")
