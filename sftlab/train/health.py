@@ -47,6 +47,8 @@ class HealthConfig(BaseModel):
     initial_loss_margin: float = Field(1.0, ge=0)  # nats above ln(vocab_size)
     initial_loss_factor: float = Field(2.0, gt=1)  # first train loss vs first eval loss
     grad_spike_k: float = Field(10.0, gt=1)
+    grad_spike_every: int = Field(50, ge=1)  # at most one grad_spike alarm per this many records (near zero loss
+    # the median is tiny and relative spikes come often: one line per window says it, a flood hides the rest)
     divergence_window: int = Field(50, ge=3)
     padding_ratio_max: float = Field(0.5, gt=0, le=1)
     memorisation_floor: float = Field(0.05, ge=0)
@@ -116,6 +118,8 @@ class HealthMonitor:
         self._initial_checked = False
         self._active: set[str] = set()  # latched conditions (name or name:channel)
         self._runs: dict[str, int] = {}  # consecutive records a trend condition has held
+        self._n_train = 0  # train records seen
+        self._last_spike: int | None = None  # record number of the last grad_spike alarm
 
     # -- helpers ----------------------------------------------------------------------------------
     def _edge(self, key: str, condition: bool) -> bool:
@@ -191,7 +195,8 @@ class HealthMonitor:
                  f"(slope t={t:.1f}): check the learning rate (too high? warmup too short?), the data "
                  "order (a new data source or epoch boundary?), and the grad norm")
 
-        # grad norm spike (vs the median of the previous records)
+        # grad norm spike (vs the median of the previous records), rate-limited
+        self._n_train += 1
         g = record.get("grad_norm")
         if g is not None and isinstance(g, (int, float)):
             g = float(g)
@@ -199,7 +204,9 @@ class HealthMonitor:
             if len(self._grad) >= cfg.min_points:
                 med = statistics.median(self._grad)
                 spike = (not math.isfinite(g)) or (med > 0 and g > cfg.grad_spike_k * med)
-                if self._edge("grad_spike", spike):
+                quiet = self._last_spike is not None and self._n_train - self._last_spike < cfg.grad_spike_every
+                if self._edge("grad_spike", spike) and not quiet:
+                    self._last_spike = self._n_train
                     fire("grad_spike", f"grad norm {g:.3g} is more than {cfg.grad_spike_k:g}x the running "
                          f"median {med:.3g}: check this step's batch for broken or very long samples, "
                          "lower the learning rate, keep max_grad_norm clipping on")
