@@ -111,7 +111,9 @@ def test_item2_resume_refuses_changed_lr_and_applies_resumable_changes(tmp_path,
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["learning_rate"] == 1e-3  # not rewritten
 
     # max_steps / logging_steps may change (documented): they take effect and are what config.yaml records
-    code, out, err = run_cli(["train", cfg, "train.resume=auto", "train.max_steps=8", "train.logging_steps=2"], capsys)
+    # ... and so may the micro-batch / accumulation split of the same global batch (e.g. after an OOM)
+    code, out, err = run_cli(["train", cfg, "train.resume=auto", "train.max_steps=8", "train.logging_steps=2",
+                              "train.per_device_train_batch_size=1", "train.gradient_accumulation_steps=4"], capsys)
     assert code == 0, err
     assert "resumed from" in out and "checkpoints/step-3" in out
     steps = [m["step"] for m in metrics(run) if "loss" in m]

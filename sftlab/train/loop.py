@@ -362,10 +362,10 @@ def train(cfg: RunConfig) -> Path:
                                 cfg.train.num_train_epochs, cfg.train.max_steps, cfg.train.seed,
                                 train_data.lengths if cfg.data.group_by_length else None)
     total_steps = len(plan)
-    fingerprint = rundir.fingerprint(cfg)
+    fingerprint = rundir.fingerprint(cfg, global_batch)
     if resume_dir:
-        saved = torch.load(resume_dir / STATE_FILE, weights_only=False)
-        rundir.check_resume(resume_dir, saved.get("fingerprint"), fingerprint, int(saved["step"]), total_steps)
+        rundir.check_resume(resume_dir, torch.load(resume_dir / STATE_FILE, weights_only=False), fingerprint,
+                            total_steps, info.world_size)
     preflight.check_run(cfg, len(train_data.samples), global_batch, total_steps, info.is_main)
     if info.is_main:
         dump_config(cfg, run_dir / "config.yaml", preflight.resolved_values(cfg, micro_size, accum, global_batch,

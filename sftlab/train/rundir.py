@@ -37,6 +37,7 @@ RESUMABLE = ("train.output_dir", "train.resume", "train.overwrite_output_dir", "
              "train.save_total_limit", "train.report_to", "train.wandb", "train.mlflow", "train.early_stopping",
              "train.health", "train.eval_on_start", "train.device", "train.gradient_checkpointing",
              "train.loss_chunk_size", "data.eval", "model.attn_implementation")
+BATCH_SPLIT = ("train.per_device_train_batch_size", "train.gradient_accumulation_steps", "train.global_batch_size")
 
 
 # ------------------------------------------------------------------------------------------ ownership
@@ -46,7 +47,10 @@ def claim_run_dir(run_dir: Path, cfg: RunConfig, is_main: bool) -> None:
     """Refuse to start a new run in a directory that holds one (call on every rank, then barrier)."""
     if not run_dir.is_dir():
         return
-    entries = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".write-test-"))
+    model = Path(cfg.model.name_or_path).expanduser().resolve()
+    inputs = {model.relative_to(run_dir.resolve()).parts[0]} if model.is_relative_to(run_dir.resolve()) else set()
+    # a run plan writes the stage's input model into the stage dir (init/): that is this run's, not another's
+    entries = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".write-test-") and p.name not in inputs)
     if not entries or cfg.train.resume:
         return
     if not cfg.train.overwrite_output_dir:
@@ -134,13 +138,16 @@ def flatten(tree: Any, prefix: str, out: dict[str, Any]) -> None:
         out[prefix] = tree
 
 
-def fingerprint(cfg: RunConfig) -> dict[str, Any]:
+def fingerprint(cfg: RunConfig, global_batch: int) -> dict[str, Any]:
     """What decides this run's trajectory, as flat dotted keys: the settings outside RESUMABLE, the
-    model (a local path resolved), and a content hash per training data file (its path may move)."""
+    model (a local path resolved), a content hash per training data file (its path may move), and the
+    global batch (how it splits into micro-batches and accumulation steps does not change the
+    trajectory: the loss contract, docs/DESIGN.md section 2)."""
     flat: dict[str, Any] = {}
     flatten(cfg.model_dump(mode="json"), "", flat)
     out = {k: v for k, v in flat.items()
-           if not any(k == r or k.startswith(r + ".") or k.startswith(r + "[") for r in RESUMABLE)}
+           if not any(k == r or k.startswith(r + ".") or k.startswith(r + "[") for r in RESUMABLE + BATCH_SPLIT)}
+    out["train.global_batch_size"] = global_batch
     name = cfg.model.name_or_path
     if Path(name).expanduser().exists():
         out["model.name_or_path"] = str(Path(name).expanduser().resolve())
@@ -151,21 +158,28 @@ def fingerprint(cfg: RunConfig) -> dict[str, Any]:
     return out
 
 
-def check_resume(ckpt: Path, saved: dict[str, Any] | None, current: dict[str, Any], step: int,
-                 total_steps: int) -> None:
+def check_resume(ckpt: Path, state: dict[str, Any], current: dict[str, Any], total_steps: int,
+                 world_size: int) -> None:
     """Refuse a resume from a checkpoint of another run (a one-line diff of what differs)."""
+    if state.get("world_size", 1) != world_size:
+        raise UserError(f"train.resume: {ckpt} was written with world size {state.get('world_size')}, "
+                        f"this run has {world_size}; resume with the same number of processes")
+    saved, step = state.get("fingerprint"), int(state["step"])
     if saved is None:
         print(f"warning: {ckpt} has no run fingerprint (written by an older sftlab); its settings are not checked")
     else:
         diffs = []
-        for k in sorted(set(saved) | set(current)):
+        # a setting only one side knows (added or removed by another sftlab version) is not a difference;
+        # a training data file added or removed is
+        keys = (set(saved) & set(current)) | {k for k in set(saved) ^ set(current) if k.startswith("data.train[")}
+        for k in sorted(keys):
             a, b = saved.get(k, "(unset)"), current.get(k, "(unset)")
             if a != b:
                 diffs.append(f"{k}: content changed" if k.endswith(".sha256") else f"{k}: {a!r} -> {b!r}")
         if diffs:
             shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
             raise UserError(f"train.resume: {ckpt} belongs to a run with other settings ({shown}); only "
-                            f"{', '.join(RESUMABLE[3:])} may change on resume. "
+                            f"{', '.join(RESUMABLE[3:] + BATCH_SPLIT[:2])} may change on resume. "
                             "Undo the change, or start a new run (another train.output_dir, or "
                             "train.overwrite_output_dir=true)")
     if step > total_steps:
