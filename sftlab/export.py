@@ -22,8 +22,25 @@ def load_for_inference(path: str | Path) -> Any:
     if is_adapter_dir(path):
         from peft import AutoPeftModelForCausalLM
 
+        check_adapter_base(path)
         return AutoPeftModelForCausalLM.from_pretrained(path)
     return AutoModelForCausalLM.from_pretrained(path)
+
+
+def check_adapter_base(path: Path) -> None:
+    """The adapter's base model must be reachable: a one-line error (not a hub traceback) when it is not, e.g.
+    an adapter written by an older sftlab that recorded the base as a relative path."""
+    import json
+
+    from sftlab.train.model import check_model_path
+
+    config = path / "adapter_config.json"
+    base = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path") or ""
+    try:
+        check_model_path(base)
+    except UserError as e:
+        raise UserError(f"{path}: the adapter's base model: {str(e).removeprefix('model.name_or_path: ')}; "
+                        f"fix base_model_name_or_path in {config}") from None
 
 
 def export_model(src: str | Path, out: str | Path, merge: bool = False) -> Path:

@@ -319,3 +319,12 @@ def test_item12_eval_on_start_logs_a_step_0_baseline(tmp_path, tiny_model_dir, t
     assert code == 0, err
     evals = [m for m in metrics(tmp_path / "run") if "eval_loss" in m]
     assert [m["step"] for m in evals] == [0, 2] and evals[0]["eval_loss"] > evals[1]["eval_loss"]
+
+
+def test_item9_adapter_with_an_unreachable_base_is_one_line(tmp_path, capsys):
+    adapter = tmp_path / "old-adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "model", "peft_type": "LORA"}))
+    code, out, err = run_cli(["export", adapter, "-o", tmp_path / "out", "--merge"], capsys)
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "the adapter's base model: 'model' is not a local directory" in err and "adapter_config.json" in err
