@@ -110,8 +110,14 @@ def test_sigterm_single_process_checkpoints_and_resumes_exactly(tmp_path, tiny_m
     assert step >= at
     assert not (run / "final").exists()
 
-    in_process(cfg, "train.resume=auto")
-    in_process(cfg, f"train.output_dir={tmp_path / 'ref'}")
+    # resume, and the uninterrupted reference, in fresh processes like the interrupted part (same thread
+    # settings: the test process may have been changed by other tests); both at once
+    train = [sys.executable, "-m", "sftlab", "train", str(cfg)]
+    procs = [subprocess.Popen([*train, *extra], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for extra in (["train.resume=auto"], [f"train.output_dir={tmp_path / 'ref'}"])]
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
     assert_same_weights(tmp_path / "ref" / "final", run / "final")
     logged = [json.loads(ln)["step"] for ln in (run / "metrics.jsonl").read_text().splitlines()]
     assert logged == list(range(1, total + 1))  # each step logged once, across the stop

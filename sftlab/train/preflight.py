@@ -1,7 +1,7 @@
 """Start-up checks: every setting either takes effect or fails (or warns) in one line, before hours are spent.
 
 `check_before_loading` runs before any data or model is read (packages that a setting needs);
-`check_run` once the train set and the step plan are known (settings that cannot take effect).
+`check_run` once the train set and the step plan are known (warns about settings that cannot take effect).
 `resolved_values` are the values the run derived, written into RUN/config.yaml instead of nulls.
 """
 
@@ -29,11 +29,12 @@ def check_before_loading(cfg: RunConfig) -> None:
 
 
 def check_run(cfg: RunConfig, n_train: int, global_batch: int, total_steps: int, is_main: bool) -> None:
-    """Errors for settings that cannot work, one warning line for those that cannot take effect."""
-    if n_train < global_batch:
-        raise UserError(f"the train set has {n_train} samples, fewer than one global batch ({global_batch}); "
-                        "lower train.per_device_train_batch_size / gradient_accumulation_steps / global_batch_size")
+    """One warning line for each setting that cannot take effect as written."""
     warnings = []
+    if n_train < global_batch:  # step_plan then makes one short batch per epoch (or refuses when too short)
+        warnings.append(f"the train set has {n_train} samples, fewer than one global batch ({global_batch}): every "
+                        f"step uses all {n_train}; lower train.per_device_train_batch_size / "
+                        "gradient_accumulation_steps / global_batch_size to set it")
     if cfg.data.eval and not cfg.train.eval_steps:
         warnings.append("data.eval is set but train.eval_steps=0: no evaluation will run; set train.eval_steps=N")
     if cfg.train.warmup_steps > total_steps:
