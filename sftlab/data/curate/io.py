@@ -36,8 +36,14 @@ class StepResult:
         return Counter(d["reason"] for d in self.dropped)
 
     def summary(self) -> str:
-        n_in = len(self.kept) + len(self.dropped)
-        parts = [f"{self.step}: kept {len(self.kept)} of {n_in}"]
+        """'step: kept K of N; reason: n ...'; steps that add records (mix --upsample) set info['inputs'] and
+        info['copies'] so the line counts inputs, not outputs."""
+        copies = self.info.get("copies", 0)
+        n_in = self.info.get("inputs", len(self.kept) - copies + len(self.dropped))
+        kept = f"kept {len(self.kept) - copies} of {n_in}"
+        if copies:
+            kept += f" + {copies} upsampled copies = {len(self.kept)} records"
+        parts = [f"{self.step}: {kept}"]
         parts += [f"{reason}: {n}" for reason, n in sorted(self.counts().items())]
         return "; ".join(parts)
 
