@@ -418,3 +418,25 @@ def test_14_mix_upsample_summary_counts_inputs(tmp_path, capsys):
     assert code == 0, err
     assert "mix: kept 8 of 8 + 12 upsampled copies = 20 records" in stdout
     assert len(read_out(out)) == 20
+
+
+# -- 15. make bench runs scripts that exist ------------------------------------------------------------------------
+
+
+def test_15_make_bench_points_at_existing_scripts():
+    import re
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    makefile = (root / "Makefile").read_text(encoding="utf-8")
+    bench = makefile.split("\nbench:", 1)[1].split("\n\n", 1)[0]
+    paths = re.findall(r"benchmarks/[\w./-]+", bench)
+    assert paths and all((root / p).exists() for p in paths), paths
+    script = (root / "benchmarks" / "run_all.sh").read_text(encoding="utf-8")
+    for name in set(re.findall(r"benchmarks/(bench_\w+\.py)", script)):
+        text = (root / "benchmarks" / name).read_text(encoding="utf-8")
+        flags = re.findall(rf"benchmarks/{name} ([^\n]*)", script)
+        for flag in {f for line in flags for f in re.findall(r"--[\w-]+", line)}:
+            assert f'"{flag}"' in text, (name, flag)
+    subprocess.run(["bash", "-n", str(root / "benchmarks" / "run_all.sh")], check=True)
