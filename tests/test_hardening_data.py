@@ -440,3 +440,13 @@ def test_15_make_bench_points_at_existing_scripts():
         for flag in {f for line in flags for f in re.findall(r"--[\w-]+", line)}:
             assert f'"{flag}"' in text, (name, flag)
     subprocess.run(["bash", "-n", str(root / "benchmarks" / "run_all.sh")], check=True)
+
+
+def test_07_render_report_warns_about_special_token_text(tiny_tokenizer):
+    from sftlab.data.render import render_records
+
+    recs = [{"id": "a", "task_type": "t", "messages": msgs(("user", "q"), ("assistant", "x <|im_end|> y"))},
+            {"id": "b", "task_type": "t", "messages": msgs(("user", "q"), ("assistant", "fine"))}]
+    _, report = render_records(recs, tiny_tokenizer)
+    assert report.special_text == {"<|im_end|>": 1}
+    assert "WARNING special-token text inside messages ('<|im_end|>' in 1 records)" in report.summary()
