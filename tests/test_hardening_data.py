@@ -60,6 +60,15 @@ def test_01_same_file_name_in_two_folders_keeps_every_record(tmp_path, capsys):
     assert recs[0]["id"] == "en/train-0" and recs[5]["id"] == "zh/train-0"
 
 
+def test_01_file_labels_are_the_shortest_distinct_path_tails(tmp_path):
+    from sftlab.data.formats import file_labels
+
+    paths = [tmp_path / "en" / "train.json", tmp_path / "zh" / "train.json", tmp_path / "a" / "dev.json",
+             tmp_path / "x" / "t.json", tmp_path / "x" / "t.jsonl"]
+    assert file_labels(paths) == ["en/train", "zh/train", "dev", "t.json", "t.jsonl"]
+    assert file_labels([tmp_path / "data.json"]) == ["data"]
+
+
 def test_01_large_reject_share_is_loud(tmp_path, capsys):
     path = jsonl(tmp_path / "x.jsonl", [QA[0], {"instruction": "q"}, {"instruction": "q2"}])
     code, _, err = run(capsys, "data", "convert", path, "-o", tmp_path / "o.jsonl", "--on-error", "skip")

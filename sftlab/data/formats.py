@@ -728,17 +728,20 @@ def _read(path: str | Path, fmt: str, *, task_type: str | None, columns: Mapping
 
 def file_labels(paths: Sequence[str | Path]) -> list[str]:
     """Per input, the shortest tail of its path (without suffix) that no other input shares: ids and default
-    task types come from it, so en/train.json and zh/train.json give 'en/train' and 'zh/train', not 'train'."""
+    task types come from it, so en/train.json and zh/train.json give 'en/train' and 'zh/train', not 'train'
+    (train.json and train.jsonl in one folder keep their suffixes)."""
     parts = []
-    for p in paths:
-        p = Path(p)
-        tail = list(p.parent.resolve().parts[1:]) + [p.stem if p.suffix and not p.is_dir() else p.name]
-        parts.append(tail)
+    for p in map(Path, paths):
+        parts.append(list(p.parent.resolve().parts[1:]) + [p.stem if p.suffix and not p.is_dir() else p.name])
+    full = Counter(tuple(t) for t in parts)
+    for p, t in zip(map(Path, paths), parts, strict=True):
+        if full[tuple(t)] > 1:
+            t[-1] = p.name
     labels = [t[-1] for t in parts]
     for k in range(2, max((len(t) for t in parts), default=1) + 1):
-        if len(set(labels)) == len(labels):
-            break
         counts = Counter(labels)
+        if all(n == 1 for n in counts.values()):
+            break
         labels = ["/".join(t[-k:]) if counts[lab] > 1 else lab for t, lab in zip(parts, labels, strict=True)]
     return labels
 
