@@ -413,6 +413,11 @@ def test_13_kcenter_warns_about_english_only_model(tmp_path, capsys, monkeypatch
                        "--embed-model", "multilingual")
     assert code == 0 and "non-Latin" not in err
     assert embed.resolve_model_path("multilingual") == embed.MULTILINGUAL_MODEL
+    pipe = tmp_path / "pipe.yaml"
+    pipe.write_text(json.dumps({"inputs": [str(path)], "output": str(tmp_path / "p.jsonl"),
+                                "steps": [{"select_kcenter": {"k": 4}}]}), encoding="utf-8")
+    code, _, err = run(capsys, "data", "pipeline", pipe)
+    assert code == 0 and "mostly non-Latin script" in err
 
 
 # -- 14. mix --upsample counts its inputs -------------------------------------------------------------------------
