@@ -464,3 +464,15 @@ def test_07_render_report_warns_about_special_token_text(tiny_tokenizer):
     _, report = render_records(recs, tiny_tokenizer)
     assert report.special_text == {"<|im_end|>": 1}
     assert "WARNING special-token text inside messages ('<|im_end|>' in 1 records)" in report.summary()
+
+
+def test_06_parquet_values_that_are_not_json_name_the_column(tmp_path, capsys):
+    import datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "x.parquet"
+    pq.write_table(pa.table({"instruction": ["q"], "output": ["a"], "created": [datetime.datetime(2026, 1, 1)]}), path)
+    code, _, err = run(capsys, "data", "convert", path, "-o", tmp_path / "o.jsonl")
+    assert code == 2 and "index 0, field 'created': a datetime value is not JSON" in err

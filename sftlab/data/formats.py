@@ -560,6 +560,8 @@ def _bad_value_path(obj: Any, path: str = "") -> tuple[str, str] | None:
             stack += [(v, f"{p}.{k}" if p else str(k)) for k, v in reversed(list(o.items()))]
         elif isinstance(o, (list, tuple)):
             stack += [(v, f"{p}[{i}]") for i, v in reversed(list(enumerate(o)))]
+        elif not isinstance(o, (int, float, bool, type(None))):
+            return p or "record", f"a {type(o).__name__} value is not JSON (store it as text)"
     return None
 
 
@@ -574,7 +576,8 @@ def _check_writable(row: Any) -> None:
         if found is None:
             raise RecordError("holds values that are not JSON (cannot be written back)", code="not_json") from None
         field, reason = found
-        code = "non_finite_number" if reason.startswith("non-finite") else "bad_unicode"
+        code = ("non_finite_number" if reason.startswith("non-finite") else "bad_unicode" if "surrogate" in reason
+                else "not_json")
         raise RecordError(reason, field=field, code=code) from None
 
 
