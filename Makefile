@@ -24,7 +24,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/pip install -q -e ".[dev,bench]"
-	$(BIN)/python benchmarks/bench_train.py
+	PY=$(BIN)/python benchmarks/run_all.sh  # QUICK=1 make bench: small sizes, a few minutes
 
 clean-venv:
 	rm -rf $(VENV)

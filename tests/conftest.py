@@ -10,7 +10,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+# ../shared/data/real next to the checkout; SFTLAB_REAL_DATA points elsewhere (e.g. from a git worktree).
+REAL_DATA = Path(os.environ.get("SFTLAB_REAL_DATA")
+                 or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real")
 
 
 @pytest.fixture(scope="session")

@@ -68,7 +68,7 @@ def test_bad_input_subprocess_no_traceback(tmp_path):
     p = subprocess.run([sys.executable, "-m", "sftlab", "data", "convert", str(path), "-o", str(tmp_path / "o.jsonl")],
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and "Traceback" not in p.stderr
-    assert p.stderr.strip() == f"error: {path}, record 1, field 'output': missing field"
+    assert p.stderr.strip() == f"error: {path}, index 1, field 'output': missing field"
 
 
 def all_bad_file(tmp_path):

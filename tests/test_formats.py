@@ -339,8 +339,8 @@ def test_index_based_errors_for_json(tmp_path):
     path = write_json(tmp_path / "x.json", [ROWS[0], {"instruction": "q", "output": ""}])
     with pytest.raises(RecordError) as e:
         read_records(path)
-    assert (e.value.index, e.value.unit, e.value.field, e.value.code) == (1, "record", "output", "empty_assistant")
-    assert "record 1" in str(e.value) and "field 'output'" in str(e.value)
+    assert (e.value.index, e.value.unit, e.value.field, e.value.code) == (1, "index", "output", "empty_assistant")
+    assert "index 1" in str(e.value) and "field 'output'" in str(e.value)
     (tmp_path / "broken.json").write_text('[{"instruction": "q",\n "output": }]', encoding="utf-8")
     with pytest.raises(RecordError, match="malformed JSON .* at line 2 column"):
         read_records(tmp_path / "broken.json")

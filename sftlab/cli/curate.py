@@ -121,7 +121,8 @@ def split_cmd(inputs: list[Path] = typer.Argument(..., help="record files"),
 @data_app.command("embed")
 def embed_cmd(inputs: list[Path] = typer.Argument(..., help="record files"),
               out: Path = typer.Option(..., "-o", "--out", help="output .npz (ids, embeddings)"),
-              model: str | None = typer.Option(None, help="sentence-transformers path or id (default all-MiniLM-L6-v2)"),
+              model: str | None = typer.Option(None, help="sentence-transformers path or id (default all-MiniLM-L6-v2, "
+                                               "English only; 'multilingual' for Chinese and other languages)"),
               field: str = typer.Option("prompt", help="prompt | answer | both"),
               cache_dir: Path | None = typer.Option(None, help="embedding cache (default ~/.cache/sftlab/embeddings)"),
               batch_size: int = typer.Option(64, min=1)) -> None:
@@ -130,9 +131,19 @@ def embed_cmd(inputs: list[Path] = typer.Argument(..., help="record files"),
     from sftlab.data.curate.io import load_records
 
     records = load_records(inputs)
+    _warn_language(records, model, field)
     emb = embed_records(records, model, field=field, cache_dir=cache_dir or DEFAULT_CACHE, batch_size=batch_size)
     save_embeddings(out, [r["id"] for r in records], emb)
     typer.echo(f"embed: {emb.shape[0]} x {emb.shape[1]} -> {out}")
+
+
+def _warn_language(records: list[dict], model: str | None, field: str) -> None:
+    from sftlab.data.curate.embed import language_warning
+    from sftlab.data.curate.text import field_text
+
+    warning = language_warning([field_text(r, field) for r in records], model)
+    if warning:
+        typer.echo(f"warning: {warning}", err=True)
 
 
 def _embeddings(records: list[dict], embeddings: Path | None, model: str | None, field: str,
@@ -141,11 +152,13 @@ def _embeddings(records: list[dict], embeddings: Path | None, model: str | None,
 
     if embeddings is not None:
         return load_embeddings(embeddings, records)
+    _warn_language(records, model, field)
     return embed_records(records, model, field=field, cache_dir=cache_dir or DEFAULT_CACHE)
 
 
 EMB = typer.Option(None, "--embeddings", help=".npz from `sftlab data embed` (else embedded now)")
-EMB_MODEL = typer.Option(None, "--embed-model", help="sentence-transformers path or id")
+EMB_MODEL = typer.Option(None, "--embed-model", help="sentence-transformers path or id (default all-MiniLM-L6-v2, "
+                         "English only; 'multilingual' for Chinese and other languages)")
 TRAIN_CONFIG = typer.Option(None, "--train-config", help="YAML with model/data/train keys for the fine-tuning run "
                             "this step makes (data.train and train.output_dir are set by the step)")
 TRAIN_SET = typer.Option([], "--train-set", help="dotted override of that fine-tuning run, e.g. "

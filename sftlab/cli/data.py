@@ -24,6 +24,9 @@ COLUMNS = typer.Option(None, "--columns", help="rename columns to the format's: 
 EXTRA_ROLE = typer.Option([], "--extra-role", help="a custom message role to accept (repeatable)")
 TASK_TYPE = typer.Option(None, "--task-type", help="task_type for records without one (default: the file name)")
 CHAT_TEMPLATE = typer.Option(None, "--chat-template", help="builtin name, file or Jinja text (default: the tokenizer's)")
+SPECIAL_TEXT = typer.Option("warn", "--special-text",
+                            help="chat-control strings like <|im_end|> inside message text: warn | escape | reject")
+WARN_SHARE = typer.Option(0.1, "--warn-rejected-share", help="warn when more than this share of records is rejected")
 OPEN, CLOSE = "⟦", "⟧"  # --plain markers around supervised spans
 
 
@@ -49,19 +52,33 @@ def _check_on_error(on_error: str) -> str:
 
 
 def _read(paths: list[Path], fmt: str, on_error: str, columns: str | None, extra_role: list[str],
-          task_type: str | None = None) -> tuple[list[dict], list[dict], list[dict]]:
-    from sftlab.data.formats import read_many_detailed
+          task_type: str | None = None, special_text: str = "warn") -> tuple[list[dict], list[dict], list[dict]]:
+    from sftlab.data.formats import SPECIAL_TEXT, read_many_detailed
 
-    return read_many_detailed(paths, fmt, task_type=task_type, columns=parse_columns(columns),
-                              on_error=_check_on_error(on_error), extra_roles=extra_role)
+    if special_text not in SPECIAL_TEXT:
+        raise UserError(f"--special-text {special_text!r}: choose {', '.join(SPECIAL_TEXT)}")
+    records, rejects, info = read_many_detailed(paths, fmt, task_type=task_type, columns=parse_columns(columns),
+                                                on_error=_check_on_error(on_error), extra_roles=extra_role,
+                                                special_text=special_text)
+    for i in info:
+        for w in i["warnings"]:
+            typer.echo(f"warning: {w}", err=True)
+    return records, rejects, info
 
 
-def _report_rejects(rejects: list[dict], path: Path) -> None:
-    """Write rejects (even none, so an old file never lingers) and print one line of counts per reason."""
+def _report_rejects(rejects: list[dict], path: Path, n_kept: int, warn_share: float) -> None:
+    """Write rejects (even none, so an old file never lingers) and print one line of counts per reason.
+    Nothing kept is an error (exit 2); more than `warn_share` rejected is a warning."""
     from sftlab.data.formats import format_reject_counts, write_rejects
 
     write_rejects(rejects, path)
     typer.echo(f"{format_reject_counts(rejects)} -> {path}")
+    total = n_kept + len(rejects)
+    if rejects and not n_kept:
+        raise UserError(f"every record was rejected ({len(rejects)} of {total}; see {path})")
+    if total and len(rejects) / total > warn_share:
+        typer.echo(f"warning: {len(rejects)} of {total} records ({len(rejects) / total:.0%}) were rejected, more than "
+                   f"--warn-rejected-share {warn_share:g}; see {path}", err=True)
 
 
 def _console():
@@ -90,11 +107,12 @@ def inspect_cmd(paths: list[Path] = typer.Argument(..., help="data files or save
                 rejects: Path = typer.Option(Path("rejects.jsonl"), "--rejects", help="rejects file (--on-error skip)"),
                 columns: str | None = COLUMNS, extra_role: list[str] = EXTRA_ROLE, task_type: str | None = TASK_TYPE,
                 chat_template: str | None = CHAT_TEMPLATE,
-                max_length: int = typer.Option(2048, "--max-length", help="count samples longer than this")) -> None:
+                max_length: int = typer.Option(2048, "--max-length", help="count samples longer than this"),
+                special_text: str = SPECIAL_TEXT, warn_share: float = WARN_SHARE) -> None:
     """Formats, counts, roles, task types, turns, token lengths (with --tokenizer) and rejects by reason."""
     from rich.table import Table
 
-    records, rejs, info = _read(paths, fmt, on_error, columns, extra_role, task_type)
+    records, rejs, info = _read(paths, fmt, on_error, columns, extra_role, task_type, special_text)
     con = _console()
 
     t = Table(title="inputs")
@@ -159,7 +177,7 @@ def inspect_cmd(paths: list[Path] = typer.Argument(..., help="data files or save
             for code, n in sorted(Counter(r["code"] for r in rejs).items()):
                 t.add_row(code, str(n), first[code])
             con.print(t)
-        _report_rejects(rejs, rejects)
+        _report_rejects(rejs, rejects, len(records), warn_share)
 
 
 def _token_stats(table: Any, trainable: list[dict], prompt_only: list[dict], tokenizer: str,
@@ -191,6 +209,27 @@ def _segments(sample: dict) -> list[tuple[bool, list[int]]]:
     return [(sup, [i for i, _ in grp]) for sup, grp in itertools.groupby(pairs, key=lambda p: p[1] != -100)]
 
 
+def _records_at(path: Path, index: int, count: int, fmt: str, columns: str | None,
+                extra_role: list[str]) -> list[dict]:
+    """Records index..index+count-1 of the file (counting every record, good or bad): a bad record elsewhere
+    in the file does not stop these; a bad record among them is its one-line error."""
+    records, rejects, _ = _read([path], fmt, "skip", columns, extra_role)
+    bad = {r["ordinal"]: r for r in rejects}
+    total = len(records) + len(rejects)
+    if index >= total:
+        raise UserError(f"{path}: --index {index} out of range ({total} records)")
+    chosen, k = [], 0
+    for ordinal in range(min(total, index + count)):
+        if ordinal in bad:
+            if ordinal >= index:
+                raise UserError(bad[ordinal]["error"])
+            continue
+        if ordinal >= index:
+            chosen.append(records[k])
+        k += 1
+    return chosen
+
+
 @data_app.command("render")
 def render_cmd(path: Path = typer.Argument(..., help="data file or saved HF datasets directory"),
                tokenizer: str = typer.Option(..., "--tokenizer", help="tokenizer directory (HF layout)"),
@@ -210,10 +249,7 @@ def render_cmd(path: Path = typer.Argument(..., help="data file or saved HF data
         raise UserError(f"--train-on {train_on!r}: choose {', '.join(TRAIN_ON)}")
     if count < 1 or index < 0:
         raise UserError("--index must be >= 0 and --count >= 1")
-    records, _, _ = _read([path], fmt, "raise", columns, extra_role)
-    if index >= len(records):
-        raise UserError(f"{path}: --index {index} out of range ({len(records)} records)")
-    chosen = records[index:index + count]
+    chosen = _records_at(path, index, count, fmt, columns, extra_role)
     tok = load_tokenizer(tokenizer, chat_template)
     con = _console()
     for i, rec in enumerate(chosen, start=index):
@@ -224,7 +260,11 @@ def render_cmd(path: Path = typer.Argument(..., help="data file or saved HF data
             typer.echo(f"{head}: {n} tokens, prompt only (nothing supervised)")
             typer.echo(text)
             continue
-        (sample,), report = render_records([rec], tok, train_on=train_on, max_length=max_length)
+        samples, report = render_records([rec], tok, train_on=train_on, max_length=max_length, on_error="skip")
+        if not samples:
+            raise UserError(f"{path}: record {i} (id {rec['id']}): nothing to show: "
+                            f"{report.rejects[0]['reason']} (raise --max-length?)")
+        sample = samples[0]
         n_sup = sum(x != -100 for x in sample["labels"])
         trunc = f", truncated to --max-length {max_length}" if report.truncated else ""
         typer.echo(f"{head}: {sample['num_tokens']} tokens, {n_sup} supervised in "
@@ -244,13 +284,14 @@ def convert_cmd(inputs: list[Path] = typer.Argument(..., help="data files or sav
                 out: Path = typer.Option(..., "-o", "--out", help="output JSONL (canonical OpenAI-messages records)"),
                 fmt: str = FORMAT, task_type: str | None = TASK_TYPE, on_error: str = ON_ERROR,
                 rejects: Path | None = typer.Option(None, "--rejects", help="rejects file (default OUT.rejects.jsonl)"),
-                columns: str | None = COLUMNS, extra_role: list[str] = EXTRA_ROLE) -> None:
+                columns: str | None = COLUMNS, extra_role: list[str] = EXTRA_ROLE,
+                special_text: str = SPECIAL_TEXT, warn_share: float = WARN_SHARE) -> None:
     """Convert alpaca / sharegpt / openai / eval-prompt data to canonical records (JSONL)."""
     from sftlab.data.records import write_jsonl
 
-    records, rejs, info = _read(inputs, fmt, on_error, columns, extra_role, task_type)
+    records, rejs, info = _read(inputs, fmt, on_error, columns, extra_role, task_type, special_text)
     n = write_jsonl(records, out)
     formats = ", ".join(f"{i['file']} ({i['format']})" for i in info)
     typer.echo(f"wrote {n} records to {out} from {formats}")
     if on_error == "skip":
-        _report_rejects(rejs, rejects or Path(str(out) + ".rejects.jsonl"))
+        _report_rejects(rejs, rejects or Path(str(out) + ".rejects.jsonl"), n, warn_share)

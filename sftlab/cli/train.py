@@ -32,6 +32,9 @@ def train(ctx: typer.Context, config: Path = typer.Argument(..., help="YAML conf
     is a run plan: the stages train in order, each from the previous one's final model)."""
     from sftlab.config import build_config, read_config_file
 
+    unknown = [a for a in (str(config), *ctx.args) if a.startswith("-")]  # extra args are key=value overrides only
+    if unknown:
+        ctx.fail(f"No such option: {unknown[0]}")
     overrides = list(ctx.args)
     raw = read_config_file(config)
     if "stages" in raw:

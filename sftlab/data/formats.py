@@ -13,15 +13,24 @@ Record formats (`fmt`):
 - prompts:  eval prompts, mt_bench style {question_id, category, turns: [str, ...]} -> user turns only,
             meta.prompt_only = True (validated without the "ends on an assistant turn" rule).
 
-Every record is validated; a bad one is a RecordError naming file, line (JSONL, 1-based) or index (0-based),
+Every record is validated; a bad one is a RecordError naming file, line (JSONL, 1-based) or index (0-based:
+JSON arrays, CSV data rows, Parquet and HF rows),
 the field in the user's own layout (e.g. `conversations[3].value`) and the reason. on_error="skip" collects
-rejects {file, index, unit, field, code, reason, raw} instead; nothing is dropped silently.
+rejects {file, index, unit, ordinal, field, code, reason, raw} instead; nothing is dropped silently.
+
+Refused with a one-line reason (not SFT data, or not text): preference pairs (chosen/rejected), KTO records
+(a boolean `label`), multimodal records (images/videos/audios). Tool calls are checked at read time (a name,
+arguments as a JSON object or JSON text of one). Non-finite numbers (NaN, Infinity), lone surrogates and
+nesting too deep to write back are rejected, so what `convert` writes is always valid UTF-8 JSON. Chat-control
+strings inside message text (e.g. `<|im_end|>`, tokenized as the real special token) are counted per file
+(special_text="warn"), escaped with a zero-width space after their first character ("escape") or rejected.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -44,6 +53,14 @@ COMMON_FIELDS = ("id", "task_type", "category", "source", "meta", "tools")
 # Where each canonical message came from (to name the user's own field in errors): a field holding the content
 # itself ("output", "turns[1]"), or a message object with its role and content keys ("conversations[3]", "from", "value").
 Origin = list[Any]
+
+# Chat-control strings of common templates; inside message text they tokenize as the real special token.
+CONTROL_STRINGS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|start_header_id|>",
+                   "<|end_header_id|>", "<|begin_of_text|>", "<|end_of_text|>", "<|end|>", "<|user|>",
+                   "<|assistant|>", "<|system|>", "<start_of_turn>", "<end_of_turn>", "</s>")
+_CONTROL_RE = re.compile("|".join(re.escape(t) for t in CONTROL_STRINGS))
+SPECIAL_TEXT = ("warn", "escape", "reject")
+MEDIA_FIELDS = ("images", "videos", "audios")
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system", "observation": "tool", "tool": "tool", "function": "tool"}
@@ -85,12 +102,37 @@ def _decode(data: bytes, path: str, index: int | None = None, unit: str = "recor
     try:
         return data.decode("utf-8-sig" if index in (None, 1) else "utf-8")
     except UnicodeDecodeError as e:
-        raise RecordError(f"not valid UTF-8 ({e.reason} at byte {e.start})", file=path, index=index, unit=unit,
+        hint = "; it is UTF-16 (byte-order mark): save it as UTF-8" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else \
+            "; save it as UTF-8"
+        raise RecordError(f"not valid UTF-8 ({e.reason} at byte {e.start}){hint}", file=path, index=index, unit=unit,
                           code="bad_encoding") from None
 
 
-def _iter_jsonl(path: str) -> Iterator[tuple[int, Any]]:
+class _Duplicates:
+    """object_pairs_hook that keeps the last value of a repeated key (like json.loads) and remembers the key."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+
+    def __call__(self, pairs: list[tuple[str, Any]]) -> dict:
+        d = dict(pairs)
+        if len(d) != len(pairs):
+            seen: set[str] = set()
+            self.keys += [k for k, _ in pairs if k in seen or seen.add(k)]
+        return d
+
+
+def _loads(text: str, dup: _Duplicates) -> Any:
+    """json.loads that reports repeated keys to `dup`; too deep nesting is a JSONDecodeError-like ValueError."""
+    try:
+        return json.loads(text, object_pairs_hook=dup)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def _iter_jsonl(path: str, notes: list | None = None) -> Iterator[tuple[int, Any]]:
     """(line number, object or RecordError) per non-blank line; a bad line does not stop the file."""
+    dup = _Duplicates()
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             try:
@@ -101,26 +143,37 @@ def _iter_jsonl(path: str) -> Iterator[tuple[int, Any]]:
             if not line.strip():
                 continue
             try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as e:
-                err = RecordError(f"malformed JSON ({e.msg} at column {e.colno})", file=path, index=lineno,
-                                  unit="line", code="malformed_json")
+                obj = _loads(line, dup)
+            except ValueError as e:
+                reason = (f"malformed JSON ({e.msg} at column {e.colno})" if isinstance(e, json.JSONDecodeError)
+                          else f"malformed JSON ({e})")
+                err = RecordError(reason, file=path, index=lineno, unit="line", code="malformed_json")
                 err.raw = line.rstrip("\r\n")
                 yield lineno, err
+                continue
+            if dup.keys and notes is not None:
+                notes.append((lineno, dup.keys))
+            dup.keys = []
+            yield lineno, obj
 
 
-def _json_rows(path: str) -> tuple[str, Iterable[tuple[int, Any]]]:
+def _json_rows(path: str, notes: list | None = None) -> tuple[str, Iterable[tuple[int, Any]]]:
     with open(path, "rb") as f:
         text = _decode(f.read(), path)
     if not text.strip():
-        return "record", iter(())  # an empty file holds no records (like an empty JSONL file)
+        return "index", iter(())  # an empty file holds no records (like an empty JSONL file)
+    dup = _Duplicates()
     try:
-        data = json.loads(text)
+        data = _loads(text, dup)
     except json.JSONDecodeError as e:
         if e.msg == "Extra data" and text.lstrip().startswith("{"):
-            return "line", _iter_jsonl(path)  # JSON Lines under a .json name
+            return "line", _iter_jsonl(path, notes)  # JSON Lines under a .json name
         raise RecordError(f"malformed JSON ({e.msg} at line {e.lineno} column {e.colno})", file=path,
                           code="malformed_json") from None
+    except ValueError as e:
+        raise RecordError(f"malformed JSON ({e})", file=path, code="malformed_json") from None
+    if dup.keys and notes is not None:
+        notes.append((None, dup.keys))
     if isinstance(data, dict):
         if detect_format(data):
             data = [data]
@@ -134,12 +187,12 @@ def _json_rows(path: str) -> tuple[str, Iterable[tuple[int, Any]]]:
     if not isinstance(data, list):
         raise RecordError(f"top-level JSON is a {type(data).__name__}, expected a list of records", file=path,
                           code="bad_layout")
-    return "record", enumerate(data)
+    return "index", enumerate(data)
 
 
 def _csv_rows(path: str) -> Iterator[tuple[int, Any]]:
     with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.DictReader(f)
+        reader = csv.DictReader(f, strict=True)  # strict: an unterminated quote is an error, not one huge cell
         i = -1
         try:
             for i, row in enumerate(reader):
@@ -151,9 +204,11 @@ def _csv_rows(path: str) -> Iterator[tuple[int, Any]]:
                 # A short row leaves cells as None: treat them as absent.
                 yield i, {k: v for k, v in row.items() if v is not None}
         except csv.Error as e:
-            raise RecordError(f"malformed CSV ({e})", file=path, index=i + 1, code="malformed_csv") from None
+            raise RecordError(f"malformed CSV ({e})", file=path, index=i + 1, unit="index",
+                              code="malformed_csv") from None
         except UnicodeDecodeError as e:
-            raise RecordError(f"not valid UTF-8 ({e.reason})", file=path, index=i + 1, code="bad_encoding") from None
+            raise RecordError(f"not valid UTF-8 ({e.reason})", file=path, index=i + 1, unit="index",
+                              code="bad_encoding") from None
 
 
 def _parquet_rows(path: str) -> Iterator[tuple[int, Any]]:
@@ -194,31 +249,33 @@ def _hf_rows(path: str) -> Iterator[tuple[int, Any]]:
             i += 1
 
 
-def iter_rows(path: str | Path) -> tuple[str, str, Iterable[tuple[int, Any]]]:
-    """(file kind, position unit, iterator of (position, raw row or RecordError)) for one input."""
+def iter_rows(path: str | Path, notes: list | None = None) -> tuple[str, str, Iterable[tuple[int, Any]]]:
+    """(file kind, position unit, iterator of (position, raw row or RecordError)) for one input.
+
+    notes (optional) collects (position, [repeated JSON keys]) of JSON rows that repeat a key."""
     p = Path(path)
     path = str(path)
     if p.is_dir():
-        return "hf_dataset", "record", _hf_rows(path)
+        return "hf_dataset", "index", _hf_rows(path)
     if not p.exists():
         raise FileNotFoundError(2, "No such file or directory", path)
     suffix = p.suffix.lower()
     if suffix in JSONL_SUFFIXES:
-        return "jsonl", "line", _iter_jsonl(path)
+        return "jsonl", "line", _iter_jsonl(path, notes)
     if suffix == ".json":
-        unit, rows = _json_rows(path)
+        unit, rows = _json_rows(path, notes)
         return ("jsonl" if unit == "line" else "json"), unit, rows
     if suffix == ".parquet":
-        return "parquet", "record", _parquet_rows(path)
+        return "parquet", "index", _parquet_rows(path)
     if suffix == ".csv":
-        return "csv", "record", _csv_rows(path)
+        return "csv", "index", _csv_rows(path)
     with open(path, "rb") as f:  # unknown suffix: JSON or JSON Lines by content
         head = f.read(4096).lstrip()
     if head.startswith(b"["):
-        unit, rows = _json_rows(path)
+        unit, rows = _json_rows(path, notes)
         return "json", unit, rows
     if head.startswith(b"{"):
-        return "jsonl", "line", _iter_jsonl(path)
+        return "jsonl", "line", _iter_jsonl(path, notes)
     raise RecordError(f"cannot tell the file type from the suffix {p.suffix!r} (use .json, .jsonl, .parquet, .csv "
                       "or a saved HF datasets directory)", file=path, code="unknown_file_type")
 
@@ -298,20 +355,51 @@ def _system_start(row: Mapping) -> tuple[list[dict], Origin]:
     return ([{"role": "system", "content": system}], ["system"]) if system else ([], [])
 
 
+def _check_arguments(args: Any, field: str) -> Any:
+    """Tool-call arguments: a JSON object, or JSON text of one (kept as given); absent -> {}."""
+    if args is None:
+        return {}
+    if isinstance(args, str):
+        try:
+            parsed = json.loads(args)
+        except (json.JSONDecodeError, RecursionError):
+            raise _bad(field, f"arguments are not valid JSON text: {args[:60]!r}", "bad_tool_call") from None
+        if not isinstance(parsed, dict):
+            raise _bad(field, f"arguments must be a JSON object, got JSON {type(parsed).__name__}", "bad_tool_call")
+        return args
+    if not isinstance(args, dict):
+        raise _bad(field, f"arguments must be a JSON object or its JSON text, got {type(args).__name__}",
+                   "bad_tool_call")
+    return args
+
+
+def _check_tool_call(call: Any, field: str) -> dict:
+    """One OpenAI-style tool call ({type, function: {name, arguments}} or flat {name, arguments}), checked."""
+    if not isinstance(call, Mapping):
+        raise _bad(field, f"tool call must be an object, got {type(call).__name__}", "bad_tool_call")
+    fn = call.get("function", call)
+    where = f"{field}.function" if "function" in call else field
+    if not isinstance(fn, Mapping):
+        raise _bad(where, f"must be an object with name and arguments, got {type(fn).__name__}", "bad_tool_call")
+    if not (isinstance(fn.get("name"), str) and fn["name"].strip()):
+        raise _bad(f"{where}.name", "tool call has no function name", "bad_tool_call")
+    args = _check_arguments(fn.get("arguments"), f"{where}.arguments")
+    out = {k: v for k, v in call.items() if k != "function" and k not in ("name", "arguments")}
+    out.setdefault("type", "function")
+    out["function"] = {**{k: v for k, v in fn.items() if k not in ("name", "arguments")}, "name": fn["name"],
+                       "arguments": args}
+    return out
+
+
 def _tool_calls(value: str, field: str) -> list[dict]:
     try:
         calls = json.loads(value)
-    except json.JSONDecodeError as e:
-        raise _bad(field, f"function_call value is not valid JSON ({e.msg} at column {e.colno})",
-                   "bad_tool_call") from None
+    except (json.JSONDecodeError, RecursionError):
+        raise _bad(field, f"function_call value is not valid JSON: {value[:60]!r}", "bad_tool_call") from None
     calls = calls if isinstance(calls, list) else [calls]
-    out = []
-    for c in calls:
-        if not (isinstance(c, dict) and isinstance(c.get("name"), str) and c["name"]):
-            raise _bad(field, "function_call must be {\"name\": ..., \"arguments\": ...} (or a list of them)",
-                       "bad_tool_call")
-        out.append({"type": "function", "function": {"name": c["name"], "arguments": c.get("arguments", {})}})
-    return out
+    if not calls:
+        raise _bad(field, "function_call holds no call", "bad_tool_call")
+    return [_check_tool_call(c, field) for c in calls]
 
 
 def _sharegpt(row: Mapping, columns: Mapping[str, str]) -> tuple[list[dict], Origin]:
@@ -376,6 +464,14 @@ def _openai(row: Mapping, columns: Mapping[str, str]) -> tuple[list[dict], None]
         m = {k: v for k, v in _rename(m, columns).items() if v is not None}  # Arrow rows carry None for absent
         if "role" not in m:
             raise _missing(f"{f}.role")
+        if "tool_calls" in m:
+            calls = m["tool_calls"]
+            if not isinstance(calls, list):
+                raise _bad(f"{f}.tool_calls", f"must be a list of tool calls, got {type(calls).__name__}",
+                           "bad_tool_call")
+            m["tool_calls"] = [_check_tool_call(c, f"{f}.tool_calls[{j}]") for j, c in enumerate(calls)] or None
+            if m["tool_calls"] is None:
+                del m["tool_calls"]
         m["content"] = _content_text(m.get("content"), f"{f}.content")
         if m["content"] is None:
             if not m.get("tool_calls"):
@@ -431,15 +527,90 @@ def _user_field(field: str | None, origin: Origin | None) -> str | None:
     return f"{base}.{ {'role': tag, 'content': val}.get(m[2], m[2]) }{m[3]}"
 
 
+def _refuse_non_sft(row: Mapping) -> None:
+    """Preference pairs, KTO records and multimodal records are not text SFT data: say what they are."""
+    if "chosen" in row and "rejected" in row:
+        raise RecordError("preference (DPO) record with chosen/rejected answers, not SFT data: train it with a "
+                          "preference trainer (e.g. TRL's DPOTrainer); `sftlab data` reads SFT records only",
+                          field="chosen", code="preference_data")
+    if isinstance(row.get("label"), bool) and any(k in row for k in ("messages", "conversations", "instruction")):
+        raise RecordError("KTO record (a boolean 'label'; label false marks an undesirable answer), not SFT data: "
+                          "keep only the label: true records before converting, or train it with a KTO trainer",
+                          field="label", code="kto_data")
+    for key in MEDIA_FIELDS:
+        if row.get(key) not in (None, "", []):
+            raise RecordError(f"multimodal record ({key}: {str(row[key])[:60]}): sftlab trains text-only models; "
+                              f"remove the media and their placeholders (<image>, ...) first", field=key,
+                              code="multimodal")
+
+
+def _bad_value_path(obj: Any, path: str = "") -> tuple[str, str] | None:
+    """(field path, problem) of the first non-finite number or lone surrogate in obj (the error path only)."""
+    stack = [(obj, path)]
+    while stack:
+        o, p = stack.pop()
+        if isinstance(o, float) and not math.isfinite(o):
+            return p or "record", f"non-finite number {o!r} (JSON has no NaN/Infinity)"
+        if isinstance(o, str):
+            try:
+                o.encode("utf-8")
+            except UnicodeEncodeError:
+                return p or "record", "lone surrogate in the text (not valid Unicode; the file is corrupt there)"
+        elif isinstance(o, Mapping):
+            stack += [(v, f"{p}.{k}" if p else str(k)) for k, v in reversed(list(o.items()))]
+        elif isinstance(o, (list, tuple)):
+            stack += [(v, f"{p}[{i}]") for i, v in reversed(list(enumerate(o)))]
+        elif not isinstance(o, (int, float, bool, type(None))):
+            return p or "record", f"a {type(o).__name__} value is not JSON (store it as text)"
+    return None
+
+
+def _check_writable(row: Any) -> None:
+    """A row that could not be written back as valid UTF-8 JSON is rejected, naming the field."""
+    try:
+        json.dumps(row, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except RecursionError:
+        raise RecordError("nested too deeply to process", code="too_deep") from None
+    except (ValueError, UnicodeEncodeError, TypeError):
+        found = _bad_value_path(row)
+        if found is None:
+            raise RecordError("holds values that are not JSON (cannot be written back)", code="not_json") from None
+        field, reason = found
+        code = ("non_finite_number" if reason.startswith("non-finite") else "bad_unicode" if "surrogate" in reason
+                else "not_json")
+        raise RecordError(reason, field=field, code=code) from None
+
+
+def _control_strings(rec: dict, special_text: str) -> int:
+    """Messages whose text holds chat-control strings; 'escape' breaks them up, 'reject' refuses the record."""
+    n = 0
+    for i, m in enumerate(rec["messages"]):
+        content = m.get("content")
+        if not content or not _CONTROL_RE.search(content):
+            continue
+        n += 1
+        if special_text == "reject":
+            found = _CONTROL_RE.search(content).group(0)
+            raise RecordError(f"text holds the chat-control string {found!r}, which tokenizes as the real special "
+                              "token (ends the turn early); use --special-text escape to keep it as text",
+                              field=f"messages[{i}].content", code="special_token_text")
+        if special_text == "escape":
+            m["content"] = _CONTROL_RE.sub(lambda x: x.group(0)[0] + "\u200b" + x.group(0)[1:], content)
+    return n
+
+
 def _to_record(row: Any, fmt: str, *, index: int, stem: str, task_type: str | None, source: str | None,
-               columns: Mapping[str, str] | None, extra_roles: Iterable[str]) -> tuple[dict[str, Any], str]:
+               columns: Mapping[str, str] | None, extra_roles: Iterable[str], special_text: str = "warn",
+               allow_empty_answers: bool = False, counts: Counter | None = None) -> tuple[dict[str, Any], str]:
     """One raw row -> (validated canonical record, the format it was read as). A RecordError names the field
     in the row's own layout (e.g. conversations[3].value), without file and position (the caller adds them)."""
     if not isinstance(row, Mapping):
         raise RecordError(f"record is a JSON {type(row).__name__}, not an object", code="not_an_object")
+    _check_writable(row)
     row = dict(_rename(row, columns or {}))
     for key in NESTED_FIELDS:
         _parse_json_field(row, key)
+    _refuse_non_sft(row)
     if fmt == "auto":
         fmt = detect_format(row) or "auto"
         if fmt == "auto":
@@ -478,39 +649,54 @@ def _to_record(row: Any, fmt: str, *, index: int, stem: str, task_type: str | No
         raise _bad("source", f"must be a string, got {type(src).__name__}")
     rec = make_record(msgs, id=str(rid), task_type=tt, source=src, tools=_tools(row), meta=meta)
     try:
-        validate_record(rec, extra_roles, require_answer=not meta.get("prompt_only"))
+        validate_record(rec, extra_roles, require_answer=not meta.get("prompt_only"),
+                        allow_empty_answers=allow_empty_answers)
+        if _control_strings(rec, special_text) and counts is not None:
+            counts["control_text"] += 1
     except RecordError as e:
         raise RecordError(e.reason, field=_user_field(e.field, origin), code=e.code) from None
     return rec, fmt
 
 
 def _raw_for_reject(raw: Any) -> Any:
+    """The rejected row as it was, or its repr where it cannot be written as valid JSON (NaN, surrogates)."""
     try:
-        json.dumps(raw, ensure_ascii=False)
+        json.dumps(raw, ensure_ascii=False, allow_nan=False).encode("utf-8")
         return raw
-    except (TypeError, ValueError):
-        return repr(raw)
+    except (TypeError, ValueError, UnicodeEncodeError, RecursionError):
+        try:
+            return repr(raw)[:100_000]
+        except RecursionError:
+            return "<nested too deeply to show>"
 
 
 def _read(path: str | Path, fmt: str, *, task_type: str | None, columns: Mapping[str, str] | None,
-          on_error: str, extra_roles: Iterable[str], source: str | None,
-          seen: dict[str, str]) -> tuple[list[dict], list[dict], str]:
+          on_error: str, extra_roles: Iterable[str], source: str | None, seen: dict[str, str],
+          label: str | None = None, special_text: str = "warn",
+          allow_empty_answers: bool = False) -> tuple[list[dict], list[dict], dict]:
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    if special_text not in SPECIAL_TEXT:
+        raise RecordError(f"special_text {special_text!r}: choose {', '.join(SPECIAL_TEXT)}", field="special_text",
+                          code="bad_option")
     fmt = normalize_format(fmt)
     file = str(path)
-    stem = Path(path).stem if Path(path).suffix else Path(path).name
-    kind, unit, rows = iter_rows(path)
+    stem = label or (Path(path).stem if Path(path).suffix else Path(path).name)
+    notes: list = []
+    kind, unit, rows = iter_rows(path, notes)
     records: list[dict] = []
     rejects: list[dict] = []
     extra_roles = tuple(extra_roles)
     detected: Counter = Counter()
+    counts: Counter = Counter()
+    ordinal = -1
     for ordinal, (pos, row) in enumerate(rows):
         try:
             if isinstance(row, RecordError):
                 raise row
             rec, found = _to_record(row, fmt, index=ordinal, stem=stem, task_type=task_type, source=source,
-                                    columns=columns, extra_roles=extra_roles)
+                                    columns=columns, extra_roles=extra_roles, special_text=special_text,
+                                    allow_empty_answers=allow_empty_answers, counts=counts)
             detected[found] += 1
             first = seen.get(rec["id"])
             if first is not None:
@@ -523,24 +709,62 @@ def _read(path: str | Path, fmt: str, *, task_type: str | None, columns: Mapping
             if on_error == "raise":
                 raise err from None
             raw = getattr(row, "raw", None) if isinstance(row, RecordError) else _raw_for_reject(row)
-            rejects.append({"file": err.file, "index": pos, "unit": unit, "field": err.field, "code": err.code,
-                            "reason": err.reason, "error": err.describe(), "raw": raw})
+            rejects.append({"file": err.file, "index": pos, "unit": unit, "ordinal": ordinal, "field": err.field,
+                            "code": err.code, "reason": err.reason, "error": err.describe(), "raw": raw})
+    if ordinal < 0:
+        raise RecordError("empty file (no records)", file=file, code="empty_file")
     found = ",".join(k for k, _ in detected.most_common()) or (fmt if fmt != "auto" else "unknown")
-    return records, rejects, f"{kind}/{found}"
+    warnings = []
+    if notes:
+        first_pos, keys = notes[0]
+        at = f", first at {unit} {first_pos}" if first_pos is not None else ""
+        warnings.append(f"{file}: {len(notes)} record(s) repeat a JSON key (the last value is used){at}: "
+                        f"{', '.join(repr(k) for k in dict.fromkeys(keys))}")
+    if counts["control_text"]:
+        did = "escaped" if special_text == "escape" else "kept as is: they end the turn early in training"
+        warnings.append(f"{file}: {counts['control_text']} message(s) hold chat-control strings such as "
+                        f"<|im_end|> ({did}; --special-text escape|reject)")
+    info = {"file": file, "format": f"{kind}/{found}", "records": len(records), "rejects": len(rejects),
+            "warnings": warnings}
+    return records, rejects, info
+
+
+def file_labels(paths: Sequence[str | Path]) -> list[str]:
+    """Per input, the shortest tail of its path (without suffix) that no other input shares: ids and default
+    task types come from it, so en/train.json and zh/train.json give 'en/train' and 'zh/train', not 'train'
+    (train.json and train.jsonl in one folder keep their suffixes)."""
+    parts = []
+    for p in map(Path, paths):
+        parts.append(list(p.parent.resolve().parts[1:]) + [p.stem if p.suffix and not p.is_dir() else p.name])
+    full = Counter(tuple(t) for t in parts)
+    for p, t in zip(map(Path, paths), parts, strict=True):
+        if full[tuple(t)] > 1:
+            t[-1] = p.name
+    labels = [t[-1] for t in parts]
+    for k in range(2, max((len(t) for t in parts), default=1) + 1):
+        counts = Counter(labels)
+        if all(n == 1 for n in counts.values()):
+            break
+        labels = ["/".join(t[-k:]) if counts[lab] > 1 else lab for t, lab in zip(parts, labels, strict=True)]
+    return labels
 
 
 def read_records(path: str | Path, fmt: str = "auto", *, task_type: str | None = None,
                  columns: Mapping[str, str] | None = None, on_error: str = "raise",
-                 extra_roles: Iterable[str] = (), source: str | None = None) -> tuple[list[dict], list[dict]]:
+                 extra_roles: Iterable[str] = (), source: str | None = None,
+                 special_text: str = "warn", allow_empty_answers: bool = False) -> tuple[list[dict], list[dict]]:
     """Records and rejects of one input (file or saved HF datasets directory).
 
     fmt: "auto" (by fields, per record) or one of FORMATS. columns: {user column: format column}.
     task_type: the record's own task_type/category, else this argument, else the file stem.
-    ids: the record's id, else "{stem}-{index}". Duplicate ids are errors.
+    ids: the record's id, else "{stem}-{index}". Duplicate ids are errors. An empty file is an error.
     on_error: "raise" -> the first bad record raises RecordError; "skip" -> collected in rejects.
+    special_text: chat-control strings in message text: "warn" (counted), "escape" or "reject".
+    allow_empty_answers: accept empty assistant turns (for `data clean`, which drops them with a reason).
     """
     records, rejects, _ = _read(path, fmt, task_type=task_type, columns=columns, on_error=on_error,
-                                extra_roles=extra_roles, source=source, seen={})
+                                extra_roles=extra_roles, source=source, seen={}, special_text=special_text,
+                                allow_empty_answers=allow_empty_answers)
     return records, rejects
 
 
@@ -552,19 +776,22 @@ def read_many(paths: Sequence[str | Path], fmt: str = "auto", **kwargs: Any) -> 
 
 def read_many_detailed(paths: Sequence[str | Path], fmt: str = "auto", *, task_type: str | None = None,
                        columns: Mapping[str, str] | None = None, on_error: str = "raise",
-                       extra_roles: Iterable[str] = (), source: str | None = None
-                       ) -> tuple[list[dict], list[dict], list[dict]]:
-    """read_many plus per-input info [{file, format, records, rejects}] (for `sftlab data inspect`)."""
+                       extra_roles: Iterable[str] = (), source: str | None = None, special_text: str = "warn",
+                       allow_empty_answers: bool = False) -> tuple[list[dict], list[dict], list[dict]]:
+    """read_many plus per-input info [{file, format, records, rejects, warnings}] (for the CLI).
+
+    Inputs that share a file name get ids and default task types from their distinct path tails."""
     seen: dict[str, str] = {}
     records: list[dict] = []
     rejects: list[dict] = []
     info = []
-    for p in paths:
-        recs, rejs, found = _read(p, fmt, task_type=task_type, columns=columns, on_error=on_error,
-                                  extra_roles=extra_roles, source=source, seen=seen)
+    for p, label in zip(paths, file_labels(paths), strict=True):
+        recs, rejs, i = _read(p, fmt, task_type=task_type, columns=columns, on_error=on_error,
+                              extra_roles=extra_roles, source=source, seen=seen, label=label,
+                              special_text=special_text, allow_empty_answers=allow_empty_answers)
         records += recs
         rejects += rejs
-        info.append({"file": str(p), "format": found, "records": len(recs), "rejects": len(rejs)})
+        info.append(i)
     return records, rejects, info
 
 

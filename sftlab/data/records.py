@@ -11,6 +11,7 @@ A record is a plain JSON-serialisable dict, so every stage can read and write it
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -51,10 +52,13 @@ class RecordError(UserError, ValueError):
 
 
 def validate_record(rec: dict[str, Any], extra_roles: Iterable[str] = (), *,
-                    require_answer: bool = True) -> dict[str, Any]:
+                    require_answer: bool = True, allow_empty_answers: bool = False) -> dict[str, Any]:
     """Check a canonical record; raise RecordError naming the field. Returns the record.
 
     require_answer=False (prompt-only records, e.g. eval prompts) drops the "ends on an assistant turn" rule.
+    allow_empty_answers=True accepts empty assistant turns (`data clean` drops them with its own reason).
+    An assistant turn before any user/tool turn is refused: there is no prompt to answer, and chat
+    templates cannot render it.
     """
     roles = set(BASE_ROLES) | set(extra_roles)
     if not isinstance(rec.get("id"), str) or not rec["id"]:
@@ -75,10 +79,15 @@ def validate_record(rec: dict[str, Any], extra_roles: Iterable[str] = (), *,
             raise RecordError("message has no content", field=f"{f}.content", code="missing_content")
         if content is not None and not isinstance(content, str):
             raise RecordError("content must be a string", field=f"{f}.content", code="bad_content")
-        if role == "assistant" and not (content or "").strip() and not m.get("tool_calls"):
+        if (role == "assistant" and not allow_empty_answers and not (content or "").strip()
+                and not m.get("tool_calls")):
             raise RecordError("empty assistant message", field=f"{f}.content", code="empty_assistant")
+        if role == "assistant" and all(x.get("role") == "system" for x in msgs[:i]):
+            raise RecordError("conversation starts with an assistant turn (no user turn before it to answer)",
+                              field=f"{f}.role", code="starts_with_assistant")
         lw = m.get("loss_weight")
-        if lw is not None and (isinstance(lw, bool) or not isinstance(lw, (int, float)) or lw < 0):
+        if lw is not None and (isinstance(lw, bool) or not isinstance(lw, (int, float)) or not lw >= 0
+                               or not math.isfinite(lw)):
             raise RecordError(f"loss_weight must be a number >= 0, got {lw!r}", field=f"{f}.loss_weight",
                               code="bad_loss_weight")
     if require_answer and msgs[-1].get("role") != "assistant":
@@ -103,14 +112,22 @@ def task_channels(task_type: str) -> list[str]:
 
 
 def write_jsonl(records: Iterable[dict[str, Any]], path: str | Path) -> int:
-    """Write records as JSONL (UTF-8, non-ASCII kept, stable key order). Returns the count."""
+    """Write records as JSONL (UTF-8, non-ASCII kept, stable key order), atomically. Returns the count.
+
+    Never writes invalid JSON: a NaN/Infinity or a lone surrogate is a UserError naming the record."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     n = 0
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            try:
+                f.write(json.dumps(rec, ensure_ascii=False, allow_nan=False) + "\n")
+            except (ValueError, UnicodeEncodeError) as e:
+                f.close()
+                tmp.unlink(missing_ok=True)
+                rid = rec.get("id") if isinstance(rec, dict) else None
+                raise UserError(f"{path}: cannot write record {n} (id {rid!r}) as valid JSON: {e}") from None
             n += 1
     tmp.replace(path)
     return n

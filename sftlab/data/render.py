@@ -13,6 +13,7 @@ All texts of all samples are tokenized in one batched fast-tokenizer call; no pe
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -72,6 +73,7 @@ class RenderReport:
     rejects: list[dict[str, Any]] = field(default_factory=list)
     tokens: int = 0
     supervised_tokens: int = 0
+    special_text: Counter = field(default_factory=Counter)  # special-token string in message text -> records
 
     def summary(self) -> str:
         parts = [f"rendered {self.rendered} samples ({self.tokens} tokens, {self.supervised_tokens} supervised)"]
@@ -79,6 +81,10 @@ class RenderReport:
             parts.append(f"{self.truncated} truncated to max_length ({self.turns_truncated_away} turns lost)")
         for reason, n in sorted(self.dropped.items()):
             parts.append(f"dropped {n}: {reason}")
+        if self.special_text:
+            found = ", ".join(f"{t!r} in {n}" for t, n in self.special_text.most_common(3))
+            parts.append(f"WARNING special-token text inside messages ({found} records) tokenizes as the real "
+                         "token and can end a turn early (sftlab data convert --special-text escape|reject)")
         return "; ".join(parts)
 
 
@@ -179,6 +185,15 @@ def _first_mismatch(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+def _special_token_re(tokenizer: Any) -> re.Pattern | None:
+    """A regex over the tokenizer's special-token strings (found in message text, they become control tokens)."""
+    names = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    names |= {t.content for t in decoder.values() if getattr(t, "special", False)}
+    names = sorted((n for n in names if n), key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, names))) if names else None
+
+
 def render_records(records: Sequence[dict[str, Any]], tokenizer: Any, *, train_on: str = "all_assistant",
                    max_length: int = 2048, on_error: str = "raise") -> tuple[list[dict[str, Any]], RenderReport]:
     """Render canonical records to training samples.
@@ -205,8 +220,12 @@ def render_records(records: Sequence[dict[str, Any]], tokenizer: Any, *, train_o
             texts.append(text)
         return i
 
+    special_re = _special_token_re(tokenizer)
     plans: list[tuple[dict, int, list[tuple[int, int, int, float]]]] = []
     for rec in records:
+        if special_re is not None:
+            found = {m for msg in rec["messages"] for m in special_re.findall(msg.get("content") or "")}
+            report.special_text.update(found)
         msgs = _clean_messages(rec["messages"])
         tools = rec.get("tools")
         full_i = add(_template_text(tokenizer, msgs, tools, False))

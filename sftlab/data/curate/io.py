@@ -1,20 +1,22 @@
 """Reading and writing record files for the curation steps, and the shared step result.
 
-Canonical JSONL / Parquet are read here; any other layout (alpaca, sharegpt, openai, CSV, HF dirs) goes
-through `sftlab.data.formats.read_records` when that module is available. Every step writes the kept
-records to OUT and one line per removed record to OUT.dropped.jsonl, so nothing disappears silently.
+Every input (canonical JSONL / Parquet or any layout `sftlab data convert` reads) goes through
+`sftlab.data.formats`, so all commands accept and refuse the same files. Every step writes the kept
+records to OUT and one line per removed record to OUT's name with its suffix replaced by `.dropped.jsonl`
+(clean.jsonl -> clean.dropped.jsonl), so nothing disappears silently.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sftlab.data.records import RecordError, iter_jsonl, validate_record, write_jsonl
+from sftlab.data.records import write_jsonl
 from sftlab.errors import UserError
 
 PARQUET_TAG = b"sftlab.canonical"  # schema metadata key of Parquet files written by save_records
@@ -34,8 +36,14 @@ class StepResult:
         return Counter(d["reason"] for d in self.dropped)
 
     def summary(self) -> str:
-        n_in = len(self.kept) + len(self.dropped)
-        parts = [f"{self.step}: kept {len(self.kept)} of {n_in}"]
+        """'step: kept K of N; reason: n ...'; steps that add records (mix --upsample) set info['inputs'] and
+        info['copies'] so the line counts inputs, not outputs."""
+        copies = self.info.get("copies", 0)
+        n_in = self.info.get("inputs", len(self.kept) - copies + len(self.dropped))
+        kept = f"kept {len(self.kept) - copies} of {n_in}"
+        if copies:
+            kept += f" + {copies} upsampled copies = {len(self.kept)} records"
+        parts = [f"{self.step}: {kept}"]
         parts += [f"{reason}: {n}" for reason, n in sorted(self.counts().items())]
         return "; ".join(parts)
 
@@ -45,91 +53,23 @@ def drop(rec: dict[str, Any], step: str, reason: str, **extra: Any) -> dict[str,
     return {"id": rec["id"], "step": step, "reason": reason, **extra}
 
 
-def _is_canonical(obj: Any) -> bool:
-    msgs = obj.get("messages") if isinstance(obj, dict) else None
-    return (isinstance(msgs, list) and "task_type" in obj and "id" in obj
-            and all(isinstance(m, dict) and "role" in m for m in msgs))
-
-
-def _check(rec: dict[str, Any], file: str, index: int, unit: str, allow_empty_answers: bool) -> dict[str, Any]:
-    rec.setdefault("tools", None)
-    rec.setdefault("source", "")
-    rec.setdefault("meta", {})
-    if rec["meta"] is None:
-        rec["meta"] = {}
-    try:
-        validate_record(rec)
-    except RecordError as e:
-        if not (allow_empty_answers and e.code == "empty_assistant"):
-            raise RecordError(e.reason, file=file, index=index, field=e.field, code=e.code, unit=unit) from None
-    return rec
-
-
-def _read_canonical_jsonl(path: Path, allow_empty_answers: bool) -> list[dict[str, Any]] | None:
-    out = []
-    for lineno, obj in iter_jsonl(path):
-        if not _is_canonical(obj):
-            if not out:
-                return None  # not canonical JSONL: let the format readers try
-            raise RecordError("not a canonical record (needs id, messages[{role, content}], task_type)",
-                              file=str(path), index=lineno, unit="line", code="not_canonical")
-        out.append(_check(obj, str(path), lineno, "line", allow_empty_answers))
-    return out
-
-
-def _read_canonical_parquet(path: Path, allow_empty_answers: bool) -> list[dict[str, Any]] | None:
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path)
-    if PARQUET_TAG not in (table.schema.metadata or {}):
-        return None
-    rows = table.to_pylist()
-    for i, row in enumerate(rows):
-        for col in JSON_COLUMNS:
-            row[col] = json.loads(row[col]) if row.get(col) is not None else None
-        _check(row, str(path), i, "record", allow_empty_answers)
-    return rows
-
-
-def _read_other(path: Path) -> list[dict[str, Any]]:
-    try:
-        from sftlab.data.formats import read_records
-    except ImportError:
-        raise UserError(f"{path}: not canonical JSONL/Parquet records, and no format reader is available "
-                        "(convert it with `sftlab data convert` first)") from None
-    records, _rejects = read_records(str(path))
-    return records
-
-
 def load_records(paths: str | Path | Sequence[str | Path], *, allow_empty_answers: bool = False) -> list[dict[str, Any]]:
-    """Records of one or more files, in order. Empty inputs and duplicate ids are errors (ids key all outputs)."""
+    """Records of one or more files, in order, through the same reader as `sftlab data convert`
+    (sftlab.data.formats: any layout, BOM, encodings and bad lines handled the same way). Empty inputs,
+    bad records and duplicate ids are errors (ids key all outputs); reader warnings go to stderr."""
+    from sftlab.data.formats import read_many_detailed
+
     if isinstance(paths, (str, Path)):
         paths = [paths]
     if not paths:
         raise UserError("no input files given")
-    records: list[dict[str, Any]] = []
-    first_seen: dict[str, str] = {}
     for p in map(Path, paths):
         if not p.exists():
             raise UserError(f"{p}: no such file or directory")
-        recs = None
-        if p.is_file() and p.suffix in (".jsonl", ".ndjson"):
-            recs = _read_canonical_jsonl(p, allow_empty_answers)
-        elif p.is_file() and p.suffix == ".parquet":
-            recs = _read_canonical_parquet(p, allow_empty_answers)
-        if recs is None:
-            if p.is_file() and p.stat().st_size == 0:
-                raise UserError(f"{p}: empty file (no records)")
-            recs = _read_other(p)
-        if not recs:
-            raise UserError(f"{p}: empty file (no records)")
-        for i, rec in enumerate(recs):
-            where = f"{p}, record {i}"
-            if rec["id"] in first_seen:
-                raise RecordError(f"duplicate id {rec['id']!r} (first seen in {first_seen[rec['id']]}); ids must be "
-                                  "unique", file=str(p), index=i, field="id", code="duplicate_id")
-            first_seen[rec["id"]] = where
-        records.extend(recs)
+    records, _, info = read_many_detailed([str(p) for p in paths], allow_empty_answers=allow_empty_answers)
+    for i in info:
+        for w in i["warnings"]:
+            print(f"warning: {w}", file=sys.stderr)
     return records
 
 

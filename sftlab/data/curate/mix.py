@@ -105,7 +105,8 @@ def mix_records(records: Sequence[dict[str, Any]], config: MixConfig | dict | No
     dropped = [drop(records[i], "mix", "task_type_not_in_weights") for i in unmatched]
     dropped += [drop(r, "mix", "not_sampled") for i, r in enumerate(records) if i not in chosen and i not in unmatched_set]
     dropped += [drop(r, "mix", "not_sampled", group="general") for i, r in enumerate(general) if i not in gen_chosen]
-    return StepResult("mix", kept, dropped, info={"wanted": want | {"general": n_general}, "shortfall": shortfall})
+    return StepResult("mix", kept, dropped, info={"wanted": want | {"general": n_general}, "shortfall": shortfall,
+                                                  "inputs": len(records) + len(general), "copies": len(copies)})
 
 
 # ---- training strategies: the stage datasets of a multi-stage run plan (`sftlab train` with `stages:`) ----

@@ -17,6 +17,7 @@ Relative paths are relative to the YAML file. A per-step summary goes to OUTPUT.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,11 +48,15 @@ def _dedup(recs: list, o: dict, base: Path) -> StepResult:
 
 
 def _emb(recs: list, o: dict, base: Path) -> Any:
-    from sftlab.data.curate.embed import DEFAULT_CACHE, embed_records
+    from sftlab.data.curate.embed import DEFAULT_CACHE, embed_records, language_warning
+    from sftlab.data.curate.text import field_text
 
     model = o.pop("embed_model", None)
-    return embed_records(recs, _path(base, model) if model and Path(base, model).exists() else model,
-                         field=o.pop("field", "prompt"), cache_dir=_path(base, o.pop("cache_dir", None)) or DEFAULT_CACHE)
+    model = _path(base, model) if model and Path(base, model).exists() else model
+    field = o.pop("field", "prompt")
+    if warning := language_warning([field_text(r, field) for r in recs], model):
+        print(f"warning: {warning}", file=sys.stderr)
+    return embed_records(recs, model, field=field, cache_dir=_path(base, o.pop("cache_dir", None)) or DEFAULT_CACHE)
 
 
 def _kcenter(recs: list, o: dict, base: Path) -> StepResult:

@@ -137,6 +137,22 @@ def script_counts(text: str) -> dict[str, int]:
             "cyrillic": len(_CYRILLIC_RE.findall(text))}
 
 
+_CODE_RE = re.compile(r"```.*?(?:```|$)|`[^`\n]*`|https?://\S+|[\w.+-]+@[\w-]+\.[\w.]+", re.DOTALL)
+_JSON_RE = re.compile(r"\{[^{}]*\}|\[[^\[\]]*\]")  # innermost JSON-like brackets, removed repeatedly
+
+
+def natural_text(rec: dict[str, Any]) -> str:
+    """The assistant's natural-language text: message content only (no tool-call JSON), with fenced and inline
+    code, JSON-like spans, URLs and e-mail addresses removed. Script-mix rules measure this text."""
+    text = "\n".join(m.get("content") or "" for m in rec["messages"] if m.get("role") == "assistant")
+    text = _CODE_RE.sub(" ", text)
+    for _ in range(4):  # nested JSON: innermost brackets first
+        text, n = _JSON_RE.subn(" ", text)
+        if not n:
+            break
+    return text
+
+
 def script_words(text: str) -> tuple[int, int]:
     """(CJK characters, Latin-script words): comparable units for the mixed-language rule."""
     return len(_CJK_RE.findall(text)), len(_LATIN_WORD_RE.findall(text))
