@@ -14,6 +14,14 @@ from sftlab.errors import UserError
 from sftlab.infer.api import GenerationParams, Reply, check_params
 
 
+class EndpointError(UserError):
+    """The endpoint answered with an error status (after retries for 429/5xx)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class OpenAIGenerator:
     def __init__(self, base_url: str, model: str | None = None, api_key_env: str | None = None,
                  concurrency: int = 8, max_retries: int = 5, timeout: float = 120.0) -> None:
@@ -43,11 +51,13 @@ class OpenAIGenerator:
             return fn(*args, **kwargs)
         except openai.APIStatusError as e:
             if e.status_code >= 500 or e.status_code == 429:
-                raise UserError(f"{self.base_url}: HTTP {e.status_code} after {self.client.max_retries} retries: "
-                                f"{_message(e)}") from e
-            raise UserError(f"{self.base_url} rejected the request (HTTP {e.status_code}): {_message(e)}") from e
+                raise EndpointError(f"{self.base_url}: HTTP {e.status_code} after {self.client.max_retries} retries: "
+                                    f"{_message(e)}", e.status_code) from e
+            raise EndpointError(f"{self.base_url} rejected the request (HTTP {e.status_code}): {_message(e)}",
+                                e.status_code) from e
         except (openai.APIConnectionError, openai.APITimeoutError) as e:
-            raise UserError(f"{self.base_url}: {type(e).__name__} after {self.client.max_retries} retries: {e}") from e
+            raise EndpointError(f"{self.base_url}: {type(e).__name__} after {self.client.max_retries} retries: {e}",
+                                504 if isinstance(e, openai.APITimeoutError) else 502) from e
 
     def generate(self, conversations: list[list[dict]], params: GenerationParams,
                  tools: list[dict] | None = None) -> list[list[Reply]]:
