@@ -246,3 +246,51 @@ def test_openai_backend_against_the_real_server(server, hf):
         assert (b.text, b.finish_reason, b.prompt_tokens, b.completion_tokens) == \
             (a.text, a.finish_reason, a.prompt_tokens, a.completion_tokens)
         assert b.logprobs == pytest.approx(a.logprobs, abs=1e-4)
+
+
+class SlowGenerator:
+    """The hf generator, first call delayed, recording every conversation it is asked to answer."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.model_id, self.max_context = inner, inner.model_id, inner.max_context
+        self.prompt_ids = inner.prompt_ids
+        self.seen: list[str] = []
+
+    def generate(self, conversations, params, tools=None):
+        if not self.seen:
+            time.sleep(1.5)
+        self.seen += [c[-1]["content"] for c in conversations]
+        return self.inner.generate(conversations, params, tools)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_client_that_disconnects_frees_its_slot(hf, tmp_path, stream):
+    import http.client
+
+    gen = SlowGenerator(hf)
+    app = create_app(gen, RequestLog(tmp_path / "d.db"), max_batch_size=1)
+    url, srv = start_in_thread(app)
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    try:
+        c = client(url)
+        with ThreadPoolExecutor(1) as pool:
+            busy = pool.submit(c.chat.completions.create, model="tiny", max_tokens=3,
+                               messages=[{"role": "user", "content": "first"}])
+            while app.state.batcher.waiting() or not busy.running():
+                time.sleep(0.01)
+            time.sleep(0.2)  # "first" is being generated; the next request has to queue
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            conn.request("POST", "/v1/chat/completions", json.dumps(
+                {"model": "tiny", "max_tokens": 3, "stream": stream,
+                 "messages": [{"role": "user", "content": "leaver"}]}), {"Content-Type": "application/json"})
+            deadline = time.time() + 10
+            while app.state.batcher.waiting() == 0 and time.time() < deadline:
+                time.sleep(0.01)
+            assert app.state.batcher.waiting() == 1
+            conn.close()  # the client goes away while its request waits
+            assert busy.result().choices
+        after = c.chat.completions.create(model="tiny", max_tokens=3, messages=[{"role": "user", "content": "next"}])
+        assert after.choices and gen.seen == ["first", "next"]  # "leaver" was never generated
+        assert app.state.log.count() == 2
+    finally:
+        srv.should_exit = True

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from sftlab.errors import UserError
 from sftlab.infer import Generator, Reply
@@ -86,9 +86,20 @@ def create_app(generator: Generator, log: RequestLog | None = None, *, max_batch
             raise APIError(f"the prompt has {n_prompt} tokens, the model's context is {max_context} tokens; "
                            "shorten the messages", "messages", "context_length_exceeded")
 
-    async def answer(req: ChatRequest) -> list[Reply]:
+    async def answer(req: ChatRequest, request: Request) -> list[Reply] | None:
+        """The replies, or None when the client went away first (its queued job is then dropped)."""
+        job = asyncio.ensure_future(batcher.submit(req.messages, req.tools, req.params))
+        gone = asyncio.ensure_future(wait_for_disconnect(request))
         try:
-            return await batcher.submit(req.messages, req.tools, req.params)
+            await asyncio.wait({job, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when this handler is cancelled (a streaming client went away)
+            gone.cancel()
+            if not job.done():
+                job.cancel()
+        if job.cancelled():
+            return None
+        try:
+            return job.result()
         except UserError as e:
             status = getattr(e, "status", 400)
             raise APIError(str(e), None, "upstream_error" if upstream else "invalid_value",
@@ -125,12 +136,14 @@ def create_app(generator: Generator, log: RequestLog | None = None, *, max_batch
         check_prompt(req)
         rid, created = new_response_id(), int(t0)
         if req.stream:
-            return StreamingResponse(stream(rid, created, t0, req), media_type="text/event-stream")
-        replies = await answer(req)
+            return StreamingResponse(stream(rid, created, t0, req, request), media_type="text/event-stream")
+        replies = await answer(req, request)
+        if replies is None:
+            return Response(status_code=499)  # client closed the connection (nginx's code); nobody reads this
         await write_log(rid, t0, req, replies)
         return completion_body(rid, created, model_id, replies)
 
-    async def stream(rid: str, created: int, t0: float, req: ChatRequest) -> AsyncIterator[str]:
+    async def stream(rid: str, created: int, t0: float, req: ChatRequest, request: Request) -> AsyncIterator[str]:
         """SSE chunks: the role first, then each choice's text and finish reason, optional usage, [DONE].
         The text arrives whole (generation runs batched); a client that leaves cancels its queued job."""
         def event(choices: list[dict[str, Any]], counts: dict[str, int] | None = None) -> str:
@@ -140,10 +153,12 @@ def create_app(generator: Generator, log: RequestLog | None = None, *, max_batch
         yield event([{"index": k, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
                      for k in range(n)])
         try:
-            replies = await answer(req)
+            replies = await answer(req, request)
         except APIError as e:
             yield f"data: {json.dumps(e.body())}\n\n"
             yield "data: [DONE]\n\n"
+            return
+        if replies is None:
             return
         for k, r in enumerate(replies):
             yield event([{"index": k, "delta": {"content": r.text}, "finish_reason": None}])
@@ -178,6 +193,12 @@ def create_app(generator: Generator, log: RequestLog | None = None, *, max_batch
                                      status=500, type="server_error").body(), status_code=500)
 
     return app
+
+
+async def wait_for_disconnect(request: Request) -> None:
+    """Returns when the client closes the connection (the request body has been read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def start_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0, timeout: float = 60.0) -> tuple[str, Any]:
