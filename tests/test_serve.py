@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import openai
 import pytest
@@ -170,7 +171,8 @@ def test_feedback_export_log_and_data_inspect(server, tmp_path, capsys):
     assert rec["meta"]["params"]["max_new_tokens"] == 5 and rec["meta"]["usage"]["completion_tokens"] == 5
     capsys.readouterr()
     main(["data", "inspect", str(out)])
-    assert "1" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "1 records (0 prompt-only" in shown and "serve" in shown  # the record count and its task_type
 
     everything = tmp_path / "all.jsonl"
     main(["serve", "export-log", str(app.state.log.path), "-o", str(everything)])
@@ -294,3 +296,41 @@ def test_client_that_disconnects_frees_its_slot(hf, tmp_path, stream):
         assert app.state.log.count() == 2
     finally:
         srv.should_exit = True
+
+
+TOOLS = [{"type": "function", "function": {"name": "add", "description": "add two numbers",
+                                           "parameters": {"type": "object", "properties": {"a": {"type": "number"},
+                                                                                           "b": {"type": "number"}}}}}]
+TOOL_TURNS = [
+    {"role": "user", "content": "what is 2 plus 3?"},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": "{\"a\": 2, \"b\": 3}"}}]},
+    {"role": "tool", "tool_call_id": "call_1", "content": "5"},
+]
+
+
+def test_tools_and_tool_turns_reach_the_template(server, hf):
+    url, app = server
+    resp = client(url).chat.completions.create(model="tiny", messages=TOOL_TURNS, tools=TOOLS, temperature=0,
+                                               max_tokens=4)
+    with_tools = len(hf.prompt_ids(TOOL_TURNS, TOOLS))
+    assert resp.usage.prompt_tokens == with_tools > len(hf.prompt_ids(TOOL_TURNS))
+    assert resp.choices[0].message.content == hf.generate([TOOL_TURNS], GenerationParams(max_new_tokens=4),
+                                                          tools=TOOLS)[0][0].text
+    with sqlite3.connect(app.state.log.path) as conn:
+        logged = conn.execute("SELECT tools, messages FROM requests WHERE id = ?", (resp.id,)).fetchone()
+    assert json.loads(logged[0]) == TOOLS and json.loads(logged[1])[1]["tool_calls"][0]["id"] == "call_1"
+
+
+def test_serve_cli_argument_errors(capsys):
+    from sftlab.cli import main
+    from sftlab.cli.serve import default_log_path
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve"])
+    assert exit_info.value.code == 2 and "exactly one of --model DIR or --upstream URL" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["serve", "export-log", "/nonexistent/serve.db", "-o", "/tmp/x.jsonl"])
+    assert "request log not found: /nonexistent/serve.db" in capsys.readouterr().err
+    assert str(default_log_path(Path("runs/x/final"))) == "runs/x/serve.db"
+    assert str(default_log_path(Path("some/model"))) == "serve.db"
