@@ -160,13 +160,13 @@ def create_app(generator: Generator, log: RequestLog | None = None, *, max_batch
             return
         if replies is None:
             return
+        await write_log(rid, t0, req, replies)  # before sending: a client leaving after the text loses no row
         for k, r in enumerate(replies):
             yield event([{"index": k, "delta": {"content": r.text}, "finish_reason": None}])
         yield event([{"index": k, "delta": {}, "finish_reason": r.finish_reason} for k, r in enumerate(replies)])
         if req.include_usage:
             yield event([], usage(replies))
         yield "data: [DONE]\n\n"
-        await write_log(rid, t0, req, replies)
 
     @app.post("/v1/feedback")
     async def feedback(request: Request) -> dict[str, Any]:
@@ -183,6 +183,7 @@ def create_app(generator: Generator, log: RequestLog | None = None, *, max_batch
             raise APIError("'comment' must be a string", "comment", "invalid_type")
         if log is None:
             raise APIError("this server keeps no request log, so feedback cannot be stored", None, "no_log")
+        score = int(score)
         if not await asyncio.to_thread(log.add_feedback, rid, score, comment):
             raise APIError(f"no logged chat completion has id {rid!r}", "id", "not_found")
         return {"id": rid, "object": "feedback", "score": score, "comment": comment}
