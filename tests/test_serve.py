@@ -69,8 +69,9 @@ def test_replies_equal_hf_backend_streaming_too(server, hf):
 
     chunks = list(c.chat.completions.create(model="tiny", messages=ASK, temperature=0, max_tokens=10, stream=True,
                                             stream_options={"include_usage": True}))
-    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
-    assert text == expected.text
+    pieces = [ch.choices[0].delta.content for ch in chunks if ch.choices and ch.choices[0].delta.content]
+    assert "".join(pieces) == expected.text
+    assert len(pieces) > 3  # the text arrives as it is generated, not in one piece
     assert [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason] == ["length"]
     assert chunks[-1].usage.prompt_tokens == len(prompt_ids) and chunks[-1].usage.completion_tokens == 10
     assert len({ch.id for ch in chunks}) == 1
@@ -89,6 +90,15 @@ def test_sampling_n3_seed_stop(server, hf):
     stop = greedy.strip()[2:4]
     cut = c.chat.completions.create(model="tiny", messages=ASK, temperature=0, max_tokens=10, stop=stop)
     assert cut.choices[0].finish_reason == "stop" and greedy.startswith(cut.choices[0].message.content)
+    chunks = list(c.chat.completions.create(model="tiny", messages=ASK, temperature=0, max_tokens=10, stop=stop,
+                                            stream=True))
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == cut.choices[0].message.content
+    streamed_n = list(c.chat.completions.create(model="tiny", messages=ASK, temperature=1.0, n=3, seed=5,
+                                                max_tokens=8, stream=True))
+    texts = ["".join(ch.choices[0].delta.content or "" for ch in streamed_n if ch.choices and ch.choices[0].index == k)
+             for k in range(3)]
+    assert all(texts) and len(set(texts)) == 3  # three streamed samples
+    assert [ch.finish_reason for ch in streamed_n[-1].choices] == ["length"] * 3
 
 
 def test_16_clients_x_4_requests_batched_and_logged(hf, tmp_path):
@@ -334,3 +344,41 @@ def test_serve_cli_argument_errors(capsys):
     assert "request log not found: /nonexistent/serve.db" in capsys.readouterr().err
     assert str(default_log_path(Path("runs/x/final"))) == "runs/x/serve.db"
     assert str(default_log_path(Path("some/model"))) == "serve.db"
+
+
+def test_client_leaving_mid_stream_stops_its_generation(hf, tmp_path):
+    import http.client
+
+    long_ask = [{"role": "user", "content": "tell me a long story"}]
+    full = hf.generate([long_ask], GenerationParams(max_new_tokens=200))[0][0].completion_tokens
+    assert full > 60  # a long reply, so leaving after a few chunks is mid-generation
+
+    class Recording(SlowGenerator):
+        def generate(self, conversations, params, tools=None, on_text=None):
+            out = self.inner.generate(conversations, params, tools, on_text=on_text)
+            self.seen.append(out[0][0].completion_tokens)
+            return out
+
+    gen = Recording(hf)
+    gen.streams = True
+    app = create_app(gen, RequestLog(tmp_path / "m.db"), max_batch_size=4)
+    url, srv = start_in_thread(app)
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("POST", "/v1/chat/completions", json.dumps(
+            {"model": "tiny", "max_tokens": 200, "temperature": 0, "stream": True, "messages": long_ask}),
+            {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        content = [line for line in (resp.readline() for _ in range(12)) if b'"content": "' in line]
+        assert len(content) >= 2  # text is arriving
+        conn.close()
+        deadline = time.time() + 30
+        while not gen.seen and time.time() < deadline:
+            time.sleep(0.05)
+        assert gen.seen and gen.seen[0] < full  # the row stopped when its client left
+        assert app.state.log.count() == 0
+        ok = client(url).chat.completions.create(model="tiny", messages=ASK, max_tokens=2)
+        assert ok.choices
+    finally:
+        srv.should_exit = True

@@ -86,9 +86,9 @@ def create_app(generator: Generator, log: RequestLog | None = None, *, max_batch
             raise APIError(f"the prompt has {n_prompt} tokens, the model's context is {max_context} tokens; "
                            "shorten the messages", "messages", "context_length_exceeded")
 
-    async def answer(req: ChatRequest, request: Request) -> list[Reply] | None:
+    async def answer(req: ChatRequest, request: Request, on_text: Any = None) -> list[Reply] | None:
         """The replies, or None when the client went away first (its queued job is then dropped)."""
-        job = asyncio.ensure_future(batcher.submit(req.messages, req.tools, req.params))
+        job = asyncio.ensure_future(batcher.submit(req.messages, req.tools, req.params, on_text))
         gone = asyncio.ensure_future(wait_for_disconnect(request))
         try:
             await asyncio.wait({job, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -144,25 +144,53 @@ def create_app(generator: Generator, log: RequestLog | None = None, *, max_batch
         return completion_body(rid, created, model_id, replies)
 
     async def stream(rid: str, created: int, t0: float, req: ChatRequest, request: Request) -> AsyncIterator[str]:
-        """SSE chunks: the role first, then each choice's text and finish reason, optional usage, [DONE].
-        The text arrives whole (generation runs batched); a client that leaves cancels its queued job."""
+        """SSE chunks: the role, then each choice's text as it is generated (hf backend; without stop strings),
+        the rest of the text and the finish reasons, optional usage, [DONE]. A client that leaves stops its
+        rows (or drops its queued job)."""
         def event(choices: list[dict[str, Any]], counts: dict[str, int] | None = None) -> str:
             return f"data: {json.dumps(chunk_body(rid, created, model_id, choices, counts))}\n\n"
+
+        def piece(k: int, text: str) -> str:
+            return event([{"index": k, "delta": {"content": text}, "finish_reason": None}])
+
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[tuple[int, str] | None] = asyncio.Queue()
+        listening = True
+
+        def on_text(k: int, text: str) -> bool:  # called on the batcher's thread
+            if not listening:
+                return False
+            try:
+                loop.call_soon_threadsafe(pieces.put_nowait, (k, text))
+            except RuntimeError:  # the event loop is gone
+                return False
+            return True
 
         n = req.params.n
         yield event([{"index": k, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
                      for k in range(n)])
+        task = asyncio.ensure_future(answer(req, request, on_text))
+        task.add_done_callback(lambda _: pieces.put_nowait(None))  # after every piece already scheduled
+        streamed = [""] * n
         try:
-            replies = await answer(req, request)
+            while (item := await pieces.get()) is not None:
+                streamed[item[0]] += item[1]
+                yield piece(*item)
+            replies = task.result()
         except APIError as e:
             yield f"data: {json.dumps(e.body())}\n\n"
             yield "data: [DONE]\n\n"
             return
+        finally:
+            listening = False
+            task.cancel()
         if replies is None:
             return
-        await write_log(rid, t0, req, replies)  # before sending: a client leaving after the text loses no row
+        await write_log(rid, t0, req, replies)  # before the last chunks: a client leaving after the text loses no row
         for k, r in enumerate(replies):
-            yield event([{"index": k, "delta": {"content": r.text}, "finish_reason": None}])
+            rest = r.text[len(streamed[k]):] if r.text.startswith(streamed[k]) else ""
+            if rest:
+                yield piece(k, rest)
         yield event([{"index": k, "delta": {}, "finish_reason": r.finish_reason} for k, r in enumerate(replies)])
         if req.include_usage:
             yield event([], usage(replies))

@@ -12,6 +12,7 @@ import json
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ class Job:
     conversation: list[dict[str, Any]]
     tools: list[dict[str, Any]] | None
     params: GenerationParams
+    on_text: Callable[[int, str], bool] | None = None  # (choice, new text) -> still wanted? (streaming clients)
     future: Future = field(default_factory=Future)
 
     def key(self) -> str:
@@ -44,10 +46,12 @@ class Batcher:
         self.thread = threading.Thread(target=self._run, name="sftlab-batcher", daemon=True)
         self.thread.start()
 
-    async def submit(self, conversation: list[dict], tools: list[dict] | None, params: GenerationParams) -> list[Reply]:
+    async def submit(self, conversation: list[dict], tools: list[dict] | None, params: GenerationParams,
+                     on_text: Callable[[int, str], bool] | None = None) -> list[Reply]:
         """Wait for this request's replies. Cancelling the await (a client that went away) drops the job if it
-        has not started yet."""
-        job = Job(conversation, tools, params)
+        has not started yet. on_text(choice, text) receives the text as it is generated where the backend
+        streams (hf); returning False stops that choice."""
+        job = Job(conversation, tools, params, on_text)
         self.queue.put(job)
         return await asyncio.wrap_future(job.future)
 
@@ -110,13 +114,25 @@ class Batcher:
         if not batch:
             return
         params = dataclasses.replace(batch[0].params, n=1)
+        uniform = len({j.params.n for j in batch}) == 1
+        if uniform:
+            params.n = batch[0].params.n
+        # generate's rows: conversation index * n + choice; with mixed n every choice is its own conversation
+        owners = [(j, k) for j in batch for k in range(j.params.n)]
+        extra: dict[str, Any] = {}
+        if getattr(self.generator, "streams", False) and any(j.on_text for j in batch):
+            def on_text(row: int, text: str) -> bool:
+                job, k = owners[row]
+                return job.on_text(k, text) if job.on_text else True
+
+            extra["on_text"] = on_text
         try:
-            if len({j.params.n for j in batch}) == 1:
-                params.n = batch[0].params.n
-                replies = self.generator.generate([j.conversation for j in batch], params, tools=batch[0].tools)
+            if uniform:
+                replies = self.generator.generate([j.conversation for j in batch], params, tools=batch[0].tools,
+                                                  **extra)
             else:  # mixed n: one row per sample, regrouped below
-                convs = [j.conversation for j in batch for _ in range(j.params.n)]
-                flat = [r[0] for r in self.generator.generate(convs, params, tools=batch[0].tools)]
+                convs = [j.conversation for j, _ in owners]
+                flat = [r[0] for r in self.generator.generate(convs, params, tools=batch[0].tools, **extra)]
                 replies, start = [], 0
                 for j in batch:
                     replies.append(flat[start:start + j.params.n])
