@@ -382,3 +382,23 @@ def test_client_leaving_mid_stream_stops_its_generation(hf, tmp_path):
         assert ok.choices
     finally:
         srv.should_exit = True
+
+
+def test_generation_failure_is_an_error_object_not_a_dead_server(hf, tmp_path):
+    class Failing(SlowGenerator):
+        def generate(self, conversations, params, tools=None, on_text=None):
+            if any(c[-1]["content"] == "boom" for c in conversations):
+                raise RuntimeError("kaboom")
+            return self.inner.generate(conversations, params, tools)
+
+    gen = Failing(hf)
+    url, srv = start_in_thread(create_app(gen, RequestLog(tmp_path / "f.db")))
+    try:
+        boom = [{"role": "user", "content": "boom"}]
+        status, err = post(f"{url}/chat/completions", {"model": "tiny", "messages": boom})
+        assert status == 500 and err["error"]["type"] == "server_error" and "kaboom" in err["error"]["message"]
+        with pytest.raises(openai.APIError, match="kaboom"):
+            list(client(url).chat.completions.create(model="tiny", messages=boom, stream=True))
+        assert client(url).chat.completions.create(model="tiny", messages=ASK, max_tokens=2).choices
+    finally:
+        srv.should_exit = True

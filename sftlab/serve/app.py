@@ -177,8 +177,10 @@ def create_app(generator: Generator, log: RequestLog | None = None, *, max_batch
                 streamed[item[0]] += item[1]
                 yield piece(*item)
             replies = task.result()
-        except APIError as e:
-            yield f"data: {json.dumps(e.body())}\n\n"
+        except Exception as e:  # headers are sent: the error goes in the stream, as OpenAI does
+            error = e if isinstance(e, APIError) else APIError(f"internal error: {type(e).__name__}: {e}", None,
+                                                               "internal_error", status=500, type="server_error")
+            yield f"data: {json.dumps(error.body())}\n\n"
             yield "data: [DONE]\n\n"
             return
         finally:
