@@ -70,26 +70,28 @@ def demo(out: Path = typer.Option(Path("runs/demo"), "--out", help="Directory fo
 
 
 @app.command()
-def generate(model: Path = typer.Option(..., "--model", help="Model directory (HF layout or LoRA adapter)."),
+def generate(model: str = typer.Option(..., "--model", help="Model directory (HF layout, LoRA adapter or merged "
+                                       "export), or an OpenAI-compatible base URL (http://host:port/v1)."),
              prompt: str | None = typer.Option(None, "--prompt", help="One user message."),
              chat: Path | None = typer.Option(None, "--chat", help="JSON file: a list of messages."),
-             max_new_tokens: int = typer.Option(128), temperature: float = typer.Option(0.0)) -> None:
-    """Sample a reply from a checkpoint with its chat template."""
+             max_new_tokens: int = typer.Option(128), temperature: float = typer.Option(0.0),
+             top_p: float = typer.Option(1.0), seed: int | None = typer.Option(None),
+             backend: str = typer.Option("auto", help="auto | hf | vllm | openai")) -> None:
+    """Sample a reply from a checkpoint with its chat template (or from an OpenAI-compatible server)."""
     import json
 
-    from sftlab.data.render import load_tokenizer
     from sftlab.errors import UserError
-    from sftlab.eval.generate import generate_replies
-    from sftlab.export import load_for_inference
+    from sftlab.infer import GenerationParams, load_generator
 
     if (prompt is None) == (chat is None):
         raise UserError("give exactly one of --prompt or --chat")
     messages = [{"role": "user", "content": prompt}] if prompt is not None else json.loads(chat.read_text())
-    tok = load_tokenizer(str(model))
-    m = load_for_inference(model)
-    reply = generate_replies(m, tok, [messages], max_new_tokens=max_new_tokens, temperature=temperature)[0]
-    typer.echo(reply["text"])
-    if not reply["stopped"]:
+    remote = model.startswith(("http://", "https://"))
+    generator = load_generator({"base_url": model} if remote else Path(model), backend=backend)
+    params = GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+    reply = generator.generate([messages], params)[0][0]
+    typer.echo(reply.text.strip())
+    if reply.finish_reason == "length":
         typer.echo(f"[no end-of-turn token within {max_new_tokens} new tokens]", err=True)
 
 
