@@ -262,7 +262,7 @@ def print_table(r: dict) -> None:
         ("torchrun 2 ranks: 'rendering' lines / 'cache hit' lines",
          f"{r['torchrun']['rendering_lines']} / {r['torchrun']['cache_hit_lines']}"),
     ]
-    rows += [(f"torchrun rank {k}: peak RSS GiB", f"{v / 2**30:.2f}") for k, v in sorted(r["torchrun"]["peak_rss"].items())]
+    rows += [(f"torchrun {k}: peak RSS GiB", f"{v / 2**30:.2f}") for k, v in sorted(r["torchrun"]["peak_rss"].items())]
     width = max(len(k) for k, _ in rows)
     print(f"\nmachine: {r['machine']}")
     for k, v in rows:

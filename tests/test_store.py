@@ -218,3 +218,21 @@ def test_dataset_per_sample_arrays(tmp_path, tiny_model_dir, tiny_tokenizer, sma
         assert data.task_names[data.task_codes[i]] == r["task_type"]
         assert data.channel_matrix[i].tolist() == [float(c in (r["task_type"], r["task_type"].split("/")[0]))
                                                    for c in data.channels]
+
+
+def test_render_cache_builds_every_stage_of_a_plan_once(tmp_path, tiny_model_dir, small_records, capsys):
+    train = tmp_path / "train.jsonl"
+    write_jsonl(small_records, train)
+    plan = {"model": {"name_or_path": str(tiny_model_dir)},
+            "data": {"train": [str(train)], "max_length": 64, "cache_dir": str(tmp_path / "cache")},
+            "train": {"output_dir": str(tmp_path / "plan")},
+            "stages": [{"name": "a"}, {"name": "b", "train": {"learning_rate": 1e-5}},
+                       {"name": "c", "data": {"max_length": 32}}]}
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(plan))
+    code, out, err = run_cli(["data", "render-cache", path], capsys)
+    assert code == 0, err
+    assert out.count("rendering") == 2 and len(list((tmp_path / "cache").iterdir())) == 2  # a = b; c differs
+
+    code, out, err = run_cli(["data", "render-cache", tmp_path / "missing.yaml"], capsys)
+    assert code == 2 and err.startswith("error: config file not found")

@@ -206,6 +206,8 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(tokenizer: Any, settings: RenderSettings) -> None:
+    if multiprocessing.parent_process() is not None:  # a forked worker: one thread each, no fork warning
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _WORKER["tokenizer"], _WORKER["settings"] = tokenizer, settings
 
 
