@@ -142,6 +142,46 @@ def phase_render(work: Path, data: Path, limit: int) -> dict:
     return {"records": len(records), **out}
 
 
+def phase_format(work: Path, cache: Path, n_batches: int = 300) -> dict:
+    """The same columns as an HF datasets (Arrow) table, memory-mapped by load_from_disk, against our memmaps:
+    disk size, open time, and gathering random 16-sample micro-batches."""
+    import datasets
+    import numpy as np
+    import pyarrow as pa
+
+    from sftlab.data.store import Store
+
+    store = Store(next(p for p in cache.iterdir() if p.is_dir()))
+    n, off = len(store), pa.array(store.token_offsets)
+    table = pa.table({"input_ids": pa.LargeListArray.from_arrays(off, pa.array(np.asarray(store.input_ids))),
+                      "turn_index": pa.LargeListArray.from_arrays(off, pa.array(np.asarray(store.turn_index))),
+                      "length": pa.array(store.lengths)})
+    arrow_dir = work / "arrow"
+    datasets.Dataset(table).save_to_disk(str(arrow_dir))
+    del table
+    size = lambda d: sum(f.stat().st_size for f in Path(d).rglob("*") if f.is_file())  # noqa: E731
+    t0 = time.perf_counter()
+    ds = datasets.load_from_disk(str(arrow_dir)).with_format("numpy")
+    arrow_open = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    Store(store.path)
+    ours_open = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    batches = [np.sort(rng.choice(n, 16, replace=False)) for _ in range(n_batches)]
+    t0 = time.perf_counter()
+    for b in batches:
+        rows = ds[b]
+        _ = [np.asarray(x, dtype=np.int64) for x in rows["input_ids"]], list(rows["turn_index"])
+    arrow_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for b in batches:
+        _ = [store.sample(int(i)) for i in b]  # also derives labels and coefficients
+    ours_s = time.perf_counter() - t0
+    return {"samples": n, "arrow_bytes": size(arrow_dir), "ours_bytes": size(store.path), "arrow_open_s": arrow_open,
+            "ours_open_s": ours_open, "arrow_gather_ms": 1000 * arrow_s / n_batches,
+            "ours_gather_ms": 1000 * ours_s / n_batches}
+
+
 def phase_rank(cfg_path: str) -> None:
     """Inside torchrun: train, then print this rank's peak RSS."""
     from sftlab.cli import main
@@ -179,7 +219,8 @@ def main() -> None:
         work, data = Path(rest[0]), Path(rest[1])
         res = {"before": lambda: phase_before(work, data),
                "after": lambda: phase_after(work, data, Path(rest[2])),
-               "render": lambda: phase_render(work, data, int(rest[2]))}[name]()
+               "render": lambda: phase_render(work, data, int(rest[2])),
+               "format": lambda: phase_format(work, Path(rest[2]))}[name]()
         print(json.dumps(res))
         return
 
@@ -214,6 +255,9 @@ def main() -> None:
     results["cold_build_s"] = time.perf_counter() - t0
     print("after: cache hit + one collate pass ...", flush=True)
     results["after"] = run_phase("after", str(work), str(big), str(cache))
+
+    print("format: the same columns as HF datasets / Arrow ...", flush=True)
+    results["format"] = run_phase("format", str(work), str(big), str(cache))
 
     print(f"torchrun: 2 ranks, cold cache, {a.dist_samples} records ...", flush=True)
     dist_cfg = config(work, dist_data, work / "dist-cache", output_dir=str(work / "dist-run"))
@@ -262,6 +306,13 @@ def print_table(r: dict) -> None:
         ("torchrun 2 ranks: 'rendering' lines / 'cache hit' lines",
          f"{r['torchrun']['rendering_lines']} / {r['torchrun']['cache_hit_lines']}"),
     ]
+    if "format" in r:
+        fm = r["format"]
+        rows += [("store on disk MiB: ours (memmaps) / HF datasets Arrow",
+                  f"{fm['ours_bytes'] / 2**20:.0f} / {fm['arrow_bytes'] / 2**20:.0f}"),
+                 ("open seconds: ours / Arrow (load_from_disk)", f"{fm['ours_open_s']:.3f} / {fm['arrow_open_s']:.3f}"),
+                 ("16 random samples, ms: ours (sample dicts) / Arrow (ds[idx], numpy)",
+                  f"{fm['ours_gather_ms']:.2f} / {fm['arrow_gather_ms']:.2f}")]
     rows += [(f"torchrun {k}: peak RSS GiB", f"{v / 2**30:.2f}") for k, v in sorted(r["torchrun"]["peak_rss"].items())]
     width = max(len(k) for k, _ in rows)
     print(f"\nmachine: {r['machine']}")
