@@ -63,6 +63,10 @@ class DataConfig(Strict):
     group_by_length: bool = False
     extra_roles: list[str] = []
     on_error: Literal["raise", "skip"] = "raise"
+    # Rendered stores (sftlab/data/store.py): processes that render (None: all cores) and where the cache lives
+    # (None: $SFTLAB_CACHE, else ~/.cache/sftlab/render).
+    num_proc: int | None = Field(None, gt=0)
+    cache_dir: str | None = None
 
     @field_validator("train", "eval", mode="before")
     @classmethod

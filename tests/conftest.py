@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# rendered-data stores (sftlab/data/store.py) of test runs go to a temp dir, not ~/.cache
+os.environ.setdefault("SFTLAB_CACHE", os.path.join(tempfile.gettempdir(), f"sftlab-test-cache-{os.getuid()}"))
 
 # ../shared/data/real next to the checkout; SFTLAB_REAL_DATA points elsewhere (e.g. from a git worktree).
 REAL_DATA = Path(os.environ.get("SFTLAB_REAL_DATA")

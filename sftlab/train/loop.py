@@ -1,6 +1,6 @@
 """The training loop: plain PyTorch, readable top to bottom.
 
-    config -> records -> rendered samples (+ loss coefficients) -> step plan (global batches) ->
+    config -> rendered store (sftlab/data/store.py, cached) -> step plan (global batches) ->
     for each optimizer step: denominators of the global batch -> micro-batches (forward, backward) ->
     clip, step, log, eval, save.
 """
@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 import signal
 import time
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,11 +25,11 @@ import torch
 
 from sftlab.config import RunConfig, dump_config, resolve_batch_sizes
 from sftlab.data.records import task_channels, write_jsonl
-from sftlab.data.render import eot_token_ids, load_tokenizer, render_records
+from sftlab.data.render import eot_token_ids, load_tokenizer
 from sftlab.errors import UserError
 from sftlab.train import parallel, preflight, rundir
 from sftlab.train.batching import collate, move_batch, packed_micro_batch, plan_packed_micro_batches
-from sftlab.train.loss import SupervisedTokenNLL, attach_loss_coefficients, micro_batch_loss, per_sample_sums
+from sftlab.train.loss import SupervisedTokenNLL, micro_batch_loss, per_sample_sums
 from sftlab.train.model import DTYPES, autocast_context, check_model_path, load_model, pick_device
 
 STATE_FILE = rundir.STATE_FILE
@@ -41,64 +44,107 @@ class TrainingError(UserError):
 
 @dataclass
 class DataSet:
-    """Rendered samples plus what the loop needs about them, precomputed once."""
+    """The samples of a split plus per-sample arrays the loop plans with (step plan, length grouping, packing,
+    channels). `samples[i]` gives sample i as a dict (input_ids, labels, loss_coef, num_tokens, id, task_type);
+    from a store (sftlab/data/store.py) it is sliced from memory-mapped columns when a micro-batch needs it."""
 
-    samples: list[dict[str, Any]]
+    samples: Sequence[dict[str, Any]]
     channels: list[str]
     channel_matrix: torch.Tensor  # [n_samples, n_channels] 1.0 where the sample counts in the channel
     denoms: np.ndarray  # per-sample loss denominator
     lengths: np.ndarray
     summary: dict[str, Any] = field(default_factory=dict)
+    task_codes: np.ndarray | None = None  # per-sample index into task_names (int16)
+    task_names: list[str] = field(default_factory=list)
 
 
 def load_split(sources: list, cfg: RunConfig, tokenizer: Any, run_dir: Path | None, name: str,
                is_main: bool, channels: list[str] | None = None) -> DataSet:
-    """Read every source, render, attach loss coefficients; rejects go to RUN/rejects-<name>.jsonl."""
-    from sftlab.data.formats import read_records
+    """Open the rendered store of every source (local rank 0 renders what the cache lacks, the node's other
+    ranks wait for it and map the same files); rejects go to RUN/rejects-<name>.jsonl, the stores used to
+    RUN/data_cache.json."""
+    from sftlab.data.render import RenderReport
+    from sftlab.data.store import RenderSettings, StoreSamples, build_or_open, tokenizer_hash
 
+    settings = RenderSettings(max_length=cfg.data.max_length, train_on=cfg.data.train_on, loss=cfg.train.loss,
+                              on_error=cfg.data.on_error, extra_roles=tuple(cfg.data.extra_roles))
+    builder = int(os.environ.get("LOCAL_RANK", "0")) == 0
+    digest = tokenizer_hash(tokenizer)
     rng = random.Random(cfg.train.seed)
-    records, rejects = [], []
-    for src in sources:
-        if not Path(src.path).exists():
-            raise UserError(f"data.{name}: file not found: {src.path}")
-        recs, rej = read_records(src.path, src.format, task_type=src.task_type, on_error=cfg.data.on_error,
-                                 extra_roles=cfg.data.extra_roles)
-        rejects += rej
+    opened, parts = [], []
+    for k, src in enumerate(sources):
+        got = build_or_open(src, tokenizer, settings, cfg.data.cache_dir, cfg.data.num_proc, build=builder,
+                            tokenizer_digest=digest, label=f"data.{name}[{k}]")
+        n = len(got.store)
         whole, frac = int(src.weight), src.weight - int(src.weight)
-        records += recs * whole + (rng.sample(recs, round(frac * len(recs))) if frac else [])
-    if not records:
-        raise UserError(f"data.{name}: no records to train on")
-    samples, report = render_records(records, tokenizer, train_on=cfg.data.train_on,
-                                     max_length=cfg.data.max_length, on_error=cfg.data.on_error)
-    rejects += [{"code": r["code"], "reason": r["reason"], "raw": r["record"]} for r in report.rejects]
+        rows = np.concatenate([np.tile(np.arange(n), whole),
+                               np.array(rng.sample(range(n), round(frac * n)) if frac else [], dtype=np.int64)])
+        opened.append(got)
+        parts.append(rows.astype(np.int64))
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    stores = [o.store for o in opened]
+    store_of = np.repeat(np.arange(len(stores), dtype=np.int16), [len(p) for p in parts])
+    rows = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    # per-sample arrays of the split, and the tasks as one code space over all stores
+    task_names = sorted({t for s in stores for t in s.task_names})
+    remap = [np.array([task_names.index(t) for t in s.task_names], dtype=np.int16) for s in stores]
+    pick = [store_of == j for j in range(len(stores))]
+    lengths = np.zeros(len(rows), dtype=np.int64)
+    denoms = np.zeros(len(rows), dtype=np.float64)
+    task_codes = np.zeros(len(rows), dtype=np.int16)
+    supervised = 0
+    for j, s in enumerate(stores):
+        r = rows[pick[j]]
+        lengths[pick[j]] = s.lengths[r]
+        denoms[pick[j]] = s.denoms[r]
+        task_codes[pick[j]] = remap[j][s.task_codes[r]] if len(r) else []
+        supervised += int(s.supervised[r].sum())
+    rejects = [r for s in stores for r in s.rejects()]
+    m = [o.store.manifest for o in opened]
+    report = RenderReport(rendered=len(rows), truncated=sum(x["truncated"] for x in m),
+                          turns_truncated_away=sum(x["turns_truncated_away"] for x in m),
+                          dropped=sum((Counter(x["dropped"]) for x in m), Counter()),
+                          tokens=int(lengths.sum()), supervised_tokens=supervised)
+    cache = [{"path": str(src.path), "store": str(o.store.path), "fingerprint": o.key, "hit": o.hit}
+             for src, o in zip(sources, opened, strict=True)]
+    if not builder:
+        print(f"[{name}] rank {os.environ.get('RANK', '?')}: memory-mapped {', '.join(str(s.path) for s in stores)}")
     if is_main:
-        print(f"[{name}] {len(records)} records: {report.summary()}")
-        if rejects and run_dir is not None:
-            write_jsonl(rejects, run_dir / f"rejects-{name}.jsonl")
-            print(f"[{name}] {len(rejects)} rejected records written to {run_dir / f'rejects-{name}.jsonl'}")
-    if not samples:
+        print(f"[{name}] {sum(x['records'] for x in m)} records: {report.summary()}")
+        for c in cache:
+            print(f"[{name}] {c['path']}: {'cache hit' if c['hit'] else 'rendered'} {c['store']}")
+        if run_dir is not None:
+            if rejects:
+                write_jsonl(rejects, run_dir / f"rejects-{name}.jsonl")
+                print(f"[{name}] {len(rejects)} rejected records written to {run_dir / f'rejects-{name}.jsonl'}")
+            used = run_dir / "data_cache.json"
+            record = json.loads(used.read_text(encoding="utf-8")) if name != "train" and used.exists() else {}
+            record[name] = cache
+            used.write_text(json.dumps(record, indent=1), encoding="utf-8")
+    if not any(x["records"] for x in m):
+        raise UserError(f"data.{name}: no records to train on")
+    if not len(rows):
         raise UserError(f"data.{name}: every record was rejected ({len(rejects)}); see the rejects file")
-    attach_loss_coefficients(samples, cfg.train.loss)
-    for s in samples:  # arrays once here, so collating a micro-batch never converts Python lists again
-        s["input_ids"] = np.asarray(s["input_ids"], dtype=np.int64)
-        s["labels"] = np.asarray(s["labels"], dtype=np.int64)
+
     if channels is None:
-        channels = sorted({c for s in samples for c in task_channels(s["task_type"])})
+        channels = sorted({c for t in task_names for c in task_channels(t)})
     index = {c: i for i, c in enumerate(channels)}
-    matrix = torch.zeros(len(samples), len(channels), dtype=torch.float64)
-    for i, s in enumerate(samples):
-        for c in task_channels(s["task_type"]):
+    per_task = torch.zeros(len(task_names), len(channels), dtype=torch.float64)
+    for t, task in enumerate(task_names):
+        for c in task_channels(task):
             if c in index:
-                matrix[i, index[c]] = 1.0
-    per_task: dict[str, list[int]] = {}
-    for s in samples:
-        per_task.setdefault(s["task_type"], []).append(s["num_tokens"])
-    summary = {"samples_per_task": {t: len(v) for t, v in sorted(per_task.items())},
-               "tokens_per_task": {t: int(sum(v)) for t, v in sorted(per_task.items())},
-               "lengths": [s["num_tokens"] for s in samples], "supervised_tokens": report.supervised_tokens,
-               "truncated": report.truncated, "rejected": len(rejects)}
-    return DataSet(samples, channels, matrix, np.array([s["loss_denom"] for s in samples]),
-                   np.array([s["num_tokens"] for s in samples]), summary)
+                per_task[t, index[c]] = 1.0
+    matrix = per_task[torch.from_numpy(task_codes.astype(np.int64))]
+    counts = np.bincount(task_codes, minlength=len(task_names))
+    tokens = np.bincount(task_codes, weights=lengths, minlength=len(task_names))
+    summary = {"samples_per_task": {t: int(counts[i]) for i, t in enumerate(task_names) if counts[i]},
+               "tokens_per_task": {t: int(tokens[i]) for i, t in enumerate(task_names) if counts[i]},
+               "lengths": lengths.tolist(), "supervised_tokens": supervised,
+               "truncated": report.truncated, "rejected": len(rejects), "cache": cache}
+    return DataSet(StoreSamples(stores, store_of, rows), channels, matrix, denoms, lengths, summary,
+                   task_codes, task_names)
 
 
 def step_plan(n: int, global_batch: int, min_batch: int, epochs: float, max_steps: int, seed: int,
