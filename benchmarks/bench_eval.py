@@ -51,6 +51,9 @@ def bench_judge(n_items: int, delay: float, concurrencies: list[int]) -> list[tu
              "reply": f"CORRECT {i}", "reference": None} for i in range(n_items)]
     out = []
     with JudgeServer(delay=delay) as srv, tempfile.TemporaryDirectory() as tmp:
+        warm = {"base_url": srv.base_url, "model": "fair", "api_key_env": "OPENAI_API_KEY", "mode": "single",
+                "dimensions": ["overall"], "cache": str(Path(tmp) / "warm.sqlite")}
+        run_judge([dict(r) for r in rows[:2]], warm)  # imports and first connection out of the measurement
         for c in concurrencies:
             cfg = {"base_url": srv.base_url, "model": "fair", "api_key_env": "OPENAI_API_KEY", "concurrency": c,
                    "mode": "single", "dimensions": ["overall"], "cache": str(Path(tmp) / f"c{c}.sqlite")}

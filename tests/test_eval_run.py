@@ -161,3 +161,25 @@ def test_human_sheets_roundtrip_with_kappa(tmp_path, suffix):
     k = s["agreement"]["helpfulness"]
     assert k["n"] == 12 and k["kappa"] == pytest.approx(0.625)  # p_o 11/12, p_e 112/144
     shutil.rmtree(tmp_path / "h")
+
+
+def test_rule_judge_model_vs_baseline(server, tmp_path, tiny_model_dir):
+    """The demo's closing eval: pairwise in both orders with the rule-based judge that knows the right answers."""
+    from sftlab.eval.config import EvalConfig
+    from sftlab.eval.judge import ReferenceMatchJudge
+    from sftlab.eval.run import compare_models_on_records, run_eval
+
+    data = _jsonl(tmp_path / "d.jsonl", [{"instruction": f"item {i}", "output": f"echo: item {i}", "task_type": "t"}
+                                         for i in range(6)])
+    base = _jsonl(tmp_path / "base.jsonl", [{"id": f"d:d-{i}", "reply": "no idea" if i < 4 else f"echo: item {i}"}
+                                            for i in range(6)])
+    cfg = EvalConfig(model={"base_url": server.base_url, "model": "echo", "api_key_env": "OPENAI_API_KEY"},
+                     data=[str(data)], baseline=str(base), output_dir=str(tmp_path / "o"), metrics=["exact_match"],
+                     judge={"mode": "pairwise", "cache": str(tmp_path / "c.sqlite")})
+    s = run_eval(cfg, judge_generator=ReferenceMatchJudge())
+    p = s["judge"]["pairwise"]
+    assert (p["win_rate"], p["tie_rate"], p["swap_consistency"]) == (4 / 6, 2 / 6, 1.0)
+    assert s["judge"]["model"] == "rule:reference-match" and s["metrics"]["t"]["exact_match"]["mean"] == 1.0
+
+    s = compare_models_on_records(data, str(tiny_model_dir), str(tiny_model_dir), tmp_path / "self", max_new_tokens=4)
+    assert s["judge"]["pairwise"]["tie_rate"] == 1.0  # the same model on both sides: every pair a tie
