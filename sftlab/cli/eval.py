@@ -20,7 +20,7 @@ class _EvalGroup(TyperGroup):
 
 
 eval_app = typer.Typer(cls=_EvalGroup, no_args_is_help=True, pretty_exceptions_enable=False,
-                       help="Evaluate a model: metrics, LLM judges, reports, human sheets.")
+                       help="Evaluate a model: `sftlab eval CONFIG.yaml [key=value ...]` (= `eval run`); metrics, LLM judges, reports, human sheets (docs/evaluation.md).")
 app.add_typer(eval_app, name="eval")
 
 
