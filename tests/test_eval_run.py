@@ -74,6 +74,8 @@ def test_eval_run_with_endpoint_model_is_resumable(server, tmp_path, real_data_d
     main(["eval", str(path), "generation.max_new_tokens=16"])  # rerun: nothing generated, nothing judged
     assert server.requests == sent
     assert json.loads((out / "summary.json").read_text())["judge"]["cache_hits"] == 12
+    main(["eval", str(path), "generation.max_new_tokens=17"])  # other decoding params: replies are redone
+    assert server.requests == sent + 12  # 12 new replies; the echo replies are the same, so the judge hits the cache
 
 
 def test_eval_bad_config_is_one_line(tmp_path, capsys):

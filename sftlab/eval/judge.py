@@ -222,20 +222,19 @@ def judge_single(rows: list[dict[str, Any]], judge: Judge) -> dict[str, Any]:
     mean over repeats plus the weighted `overall`). Returns the judge part of summary.json."""
     repeats = int(judge.cfg.get("repeats", 1))
     dims = judge.dimensions
-    prompts, seeds, owners = [], [], []
-    for i, row in enumerate(rows):
+    prompts, seeds = [], []
+    for row in rows:
         text = fill(judge.template, question=render_question(row["prompt"]), answer=row["reply"],
                     reference=_reference_block(row, judge.cfg.get("reference", True)),
                     dimensions="\n".join(f"- {d}" for d in dims), example=dims[0])
         for r in range(repeats):
             prompts.append(text)
             seeds.append(r if repeats > 1 else None)
-            owners.append(i)
     results = judge.judge(prompts, seeds)
     failures = 0
     stds = []
     for i, row in enumerate(rows):
-        mine = [res for res, o in zip(results, owners, strict=True) if o == i]
+        mine = results[i * repeats:(i + 1) * repeats]  # a row's repeats are consecutive
         ok = [p for _, p in mine if p is not None]
         failures += len(mine) - len(ok)
         row["judge"] = {"raw": [raws for raws, _ in mine], "parse_failures": len(mine) - len(ok),

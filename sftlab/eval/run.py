@@ -3,10 +3,12 @@ summary.json, bad_cases.jsonl, report.html}. Resumable: replies already in OUT/p
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
 from collections import defaultdict
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +66,8 @@ def load_items(cfg: EvalConfig) -> list[dict[str, Any]]:
             msgs = rec["messages"]
             base = {"set": name, "record_id": rec["id"], "task_type": rec["task_type"], "tools": rec.get("tools")}
             if rec.get("meta", {}).get("prompt_only"):
-                refs = rec["meta"].get("reference") or []
+                refs = rec["meta"].get("reference") or []  # mt_bench: one reference answer per turn
+                refs = [refs] if isinstance(refs, str) else refs
                 users = [i for i, m in enumerate(msgs) if m["role"] == "user"]
                 for k, at in enumerate(users):
                     items.append({**base, "id": f"{name}:{rec['id']}#t{k + 1}", "turn": k + 1,
@@ -94,14 +97,18 @@ def generate_rows(generator: Any, items: list[dict[str, Any]], cfg: EvalConfig, 
 
     from sftlab.infer import GenerationParams
 
-    done: dict[str, dict[str, Any]] = {}
-    if out_path.exists():
-        for row in read_jsonl(out_path):
-            if row.get("reply") is not None:
-                done[row["id"]] = row
     g = cfg.generation
     params = GenerationParams(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
                               seed=g.seed if g.seed is not None else cfg.seed)
+    # Replies are reused only when made by the same model with the same decoding params.
+    fingerprint = hashlib.sha256(json.dumps([generator.model_id, asdict(params)], sort_keys=True,
+                                            default=str).encode()).hexdigest()[:16]
+    done: dict[str, dict[str, Any]] = {}
+    if out_path.exists():
+        for row in read_jsonl(out_path):
+            if row.get("reply") is not None and row.get("generated_by") == fingerprint:
+                done[row["id"]] = row
+        write_jsonl_atomic(list(done.values()), out_path)  # drop stale replies before appending
     todo = [it for it in items if it["id"] not in done]
     with open(out_path, "a", encoding="utf-8") as f, Progress(transient=True) as progress:
         task = progress.add_task(f"{label} ({len(done)} already done)", total=len(todo))
@@ -121,7 +128,8 @@ def generate_rows(generator: Any, items: list[dict[str, Any]], cfg: EvalConfig, 
                         r = rep[0]
                         row = {k: it[k] for k in ("id", "set", "record_id", "turn", "task_type", "reference")}
                         row.update(prompt=conv, reply=r.text, finish_reason=r.finish_reason,
-                                   prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens)
+                                   prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens,
+                                   generated_by=fingerprint)
                         done[it["id"]] = row
                         f.write(json.dumps(row, ensure_ascii=False) + "\n")
                     f.flush()
