@@ -185,3 +185,27 @@ def test_rule_judge_model_vs_baseline(server, tmp_path, tiny_model_dir):
 
     s = compare_models_on_records(data, str(tiny_model_dir), str(tiny_model_dir), tmp_path / "self", max_new_tokens=4)
     assert s["judge"]["pairwise"]["tie_rate"] == 1.0  # the same model on both sides: every pair a tie
+
+
+def test_human_single_sheet_and_judge_vs_human(tmp_path):
+    from sftlab.errors import UserError
+    from sftlab.eval.human import _read_table, _write_table, import_sheets
+
+    rows = [{"id": f"q{i}", "task_type": "t", "prompt": f"p{i}", "reply": f"r{i}",
+             "judge_scores": {"overall": float(1 + i % 10)}} for i in range(10)]
+    pred = _jsonl(tmp_path / "judged.jsonl", rows)
+    sheet = tmp_path / "sheet.csv"
+    main(["eval", "export-sheet", "--pred", str(pred), "-o", str(sheet), "--dimensions", "overall"])
+    blank = _read_table(sheet)
+    assert list(blank[0]) == ["item", "prompt", "answer", "overall", "comment"]
+    by_reply = {r["reply"]: r for r in rows}
+    filled = [[b["item"], b["prompt"], b["answer"], by_reply[b["answer"]]["judge_scores"]["overall"] * 0.5 + 1, ""]
+              for b in blank]
+    _write_table(sheet, list(blank[0]), filled)
+    s = import_sheets([sheet], tmp_path / "h", judged=pred)
+    assert s["mode"] == "single" and s["human"]["scores"]["t"]["overall"]["n"] == 10
+    assert s["judge_vs_human"]["overall"]["pearson"] == pytest.approx(1.0)
+    bad = [[b["item"], b["prompt"], b["answer"], "great", ""] for b in blank]
+    _write_table(sheet, list(blank[0]), bad)
+    with pytest.raises(UserError, match="column 'overall': 'great' is not a number"):
+        import_sheets([sheet], tmp_path / "h")
