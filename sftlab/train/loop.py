@@ -348,8 +348,8 @@ def train(cfg: RunConfig) -> Path:
     train_data = load_split(cfg.data.train, cfg, tokenizer, run_dir, "train", info.is_main)
     eval_data = (load_split(cfg.data.eval, cfg, tokenizer, run_dir, "eval", info.is_main, train_data.channels)
                  if cfg.data.eval else None)
-    gen_records = []  # train.eval_generate: the eval subset answered by generation at every eval (rank 0)
-    if cfg.train.eval_generate is not None and info.is_main:
+    gen_records = []  # train.eval_generate: the eval subset answered by generation at every eval (on rank 0)
+    if cfg.train.eval_generate is not None:
         from sftlab.eval.during_training import eval_subset
 
         gen_records = eval_subset(cfg)
@@ -470,7 +470,7 @@ def train(cfg: RunConfig) -> Path:
                                                                     or step == total_steps):
                 ev = evaluate(engine, eval_data, cfg, info, pad_id, eot_ids, micro_size)
                 ev["step"] = step
-                if gen_records:
+                if gen_records and info.is_main:
                     from sftlab.eval.during_training import eval_generate
 
                     ev.update(eval_generate(parallel.unwrap(engine).model, tokenizer, gen_records, cfg))
