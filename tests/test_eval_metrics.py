@@ -154,6 +154,8 @@ def test_cli_eval_metrics_on_predictions(tmp_path, capsys):
     assert "rougeL" in html and re.search(r"<td>zh</td>", html)
     bad = [json.loads(x) for x in (out / "bad_cases.jsonl").read_text().splitlines()]
     assert {b["task_type"] for b in bad} == {"en", "zh"}
+    assert all(b["primary_score"] == 0.0 for b in bad)  # exact-match misses only: hits are never bad cases
+    assert len(bad) == 4 + 3  # en: 4 misses of 5, zh: 3 of 4
 
     pred.write_text('{"id": "x", "task_type": "t"}\n', encoding="utf-8")
     with pytest.raises(SystemExit) as e:

@@ -53,14 +53,14 @@ def _charts(summary: dict[str, Any]) -> list[Any]:
     for scale, chosen in (("0-1", [m for m in names if m not in ("bleu", "chrf")]), ("0-100", [m for m in names
                                                                                                 if m in ("bleu", "chrf")])):
         if chosen and tasks:
-            plots.append(_bars(f"Metrics per task_type ({scale})", tasks,
+            plots.append(_bars(f"{', '.join(chosen[:4])} per task_type", tasks,
                                {m: [metrics[t].get(m, {}).get("mean", 0.0) for t in tasks] for m in chosen[:4]},
                                scale, f"bar chart of {', '.join(chosen[:4])} per task_type"))
     js = (summary.get("judge") or {}).get("scores", {})
     jt = [t for t in js if t != "all"]
     dims = sorted({d for t in jt for d in js[t]})
     if jt and dims:
-        plots.append(_bars("Judge scores per task_type", jt, {d: [js[t].get(d, {}).get("mean", 0.0) for t in jt]
+        plots.append(_bars(f"Judge {', '.join(dims[:4])} per task_type", jt, {d: [js[t].get(d, {}).get("mean", 0.0) for t in jt]
                                                               for d in dims[:4]},
                            "score", f"bar chart of judge {', '.join(dims[:4])} per task_type"))
     return plots

@@ -155,7 +155,7 @@ def primary_score(row: dict[str, Any]) -> float | None:
 
 
 def bad_cases(rows: list[dict[str, Any]], per_task: int) -> list[dict[str, Any]]:
-    """The lowest-scoring rows of each task_type, plus every row the judge could not grade."""
+    """The lowest-scoring rows of each task_type (below its best score), plus every row the judge could not grade."""
     by_task: dict[str, list[dict]] = defaultdict(list)
     out = []
     for r in rows:
@@ -164,7 +164,8 @@ def bad_cases(rows: list[dict[str, Any]], per_task: int) -> list[dict[str, Any]]
         elif primary_score(r) is not None:
             by_task[r["task_type"]].append(r)
     for task in sorted(by_task):
-        worst = sorted(by_task[task], key=lambda r: primary_score(r))[:per_task]
+        best = max(primary_score(r) for r in by_task[task])  # a reply at the task's best score is not a bad case
+        worst = sorted((r for r in by_task[task] if primary_score(r) < best), key=primary_score)[:per_task]
         out += [{**r, "bad_reason": "lowest_score", "primary_score": primary_score(r)} for r in worst]
     return out
 
