@@ -204,12 +204,14 @@ def finish(rows: list[dict[str, Any]], out: Path, cfg_dict: dict[str, Any], *, m
     return summary
 
 
-def _load_model(model: str | dict, backend: str) -> Any:
+def _load_model(model: str | dict, backend: str, batch_size: int = 32) -> Any:
     from sftlab.infer import load_generator
 
-    if isinstance(model, str) and (Path(model) / "final").is_dir() and not (Path(model) / "config.json").exists():
+    if isinstance(model, dict) or backend == "openai":
+        return load_generator(model, backend=backend)
+    if (Path(model) / "final").is_dir() and not (Path(model) / "config.json").exists():
         model = str(Path(model) / "final")  # a run dir: evaluate its final model
-    return load_generator(model, backend=backend)
+    return load_generator(model, backend=backend, **({"batch_size": batch_size} if backend in ("auto", "hf") else {}))
 
 
 def _baseline_replies(cfg: EvalConfig, items: list[dict], out: Path) -> dict[str, str]:
@@ -217,7 +219,7 @@ def _baseline_replies(cfg: EvalConfig, items: list[dict], out: Path) -> dict[str
     if isinstance(base, str) and base.endswith(".jsonl") and Path(base).is_file():
         rows = read_jsonl(base)
         return {r["id"]: r["reply"] for r in rows if r.get("reply") is not None}
-    gen = _load_model(base, cfg.backend)
+    gen = _load_model(base, cfg.backend, cfg.generation.batch_size)
     rows = generate_rows(gen, items, cfg, out / "baseline_predictions.jsonl", label="baseline")
     return {r["id"]: r["reply"] for r in rows}
 
@@ -230,7 +232,7 @@ def run_eval(cfg: EvalConfig, judge_generator: Any = None) -> dict[str, Any]:
     items = load_items(cfg)
     if not items:
         raise UserError("no eval items: the data sets are empty")
-    gen = _load_model(cfg.model, cfg.backend)
+    gen = _load_model(cfg.model, cfg.backend, cfg.generation.batch_size)
     partial = out / "predictions.jsonl"
     t_gen = time.time()
     rows = generate_rows(gen, items, cfg, partial)
