@@ -209,3 +209,14 @@ def test_human_single_sheet_and_judge_vs_human(tmp_path):
     _write_table(sheet, list(blank[0]), bad)
     with pytest.raises(UserError, match="column 'overall': 'great' is not a number"):
         import_sheets([sheet], tmp_path / "h")
+
+
+def test_eval_without_config_file_flags_and_overrides(server, tmp_path, real_data_dir):
+    out = tmp_path / "o"
+    main(["eval", f"model={{base_url: '{server.base_url}', model: echo}}",
+          f"data=[{real_data_dir / 'alpaca_en_demo.json'}]", "--limit", "5", "--seed", "1", "--out", str(out),
+          "metrics=[rouge, chrf]"])
+    s = json.loads((out / "summary.json").read_text())
+    assert s["n"] == 5 and s["config"]["seed"] == 1 and s["config"]["limit"] == 5
+    assert set(s["metrics"]["all"]) == {"rouge1", "rouge2", "rougeL", "chrf"}
+    assert server.requests == 5

@@ -25,7 +25,7 @@ app.add_typer(eval_app, name="eval")
 
 
 @eval_app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def run(config: Path | None = typer.Argument(None, help="Eval config YAML (optional when everything is overridden)."),
+def run(config: str | None = typer.Argument(None, help="Eval config YAML (optional when everything is overridden)."),
         overrides: list[str] | None = typer.Argument(None, help="Dotted overrides, e.g. limit=10 judge.repeats=3."),
         limit: int | None = typer.Option(None, "--limit", help="Only the first N records of each set."),
         seed: int | None = typer.Option(None, "--seed", help="Sampling seed."),
@@ -35,8 +35,8 @@ def run(config: Path | None = typer.Argument(None, help="Eval config YAML (optio
     from sftlab.eval.run import run_eval
 
     extra = list(overrides or [])
-    if config is not None and "=" in str(config) and not config.exists():
-        extra.insert(0, str(config))
+    if config is not None and "=" in config and not Path(config).exists():  # no file, only overrides
+        extra.insert(0, config)
         config = None
     extra += [f"limit={limit}"] * (limit is not None) + [f"seed={seed}"] * (seed is not None)
     extra += [f"output_dir={output_dir}"] * (output_dir is not None)
