@@ -22,6 +22,7 @@ from sftlab.errors import UserError
 from sftlab.eval.stats import length_controlled_win_rate, pearson, summarize
 
 DEFAULT_DIMENSIONS = ["helpfulness", "honesty", "harmlessness"]  # the 3H
+CHUNK = 64  # judge requests per generate() call (the backend runs them `concurrency` at a time)
 
 SINGLE_TEMPLATE = """You are grading one reply of an AI assistant to a user's request.
 Grade each dimension below from 1 (worst) to 10 (best):
@@ -160,18 +161,25 @@ class Judge:
         """Replies for each conversation: from the cache where present, else from the endpoint."""
         from dataclasses import replace
 
+        from rich.progress import Progress
+
         keys = [self.cache.key(self.gen.model_id, self.template, c, {**asdict(self.params), "seed": s})
                 for c, s in zip(convs, seeds, strict=True)]
         texts: list[str | None] = [self.cache.get(k) for k in keys]
         self.cache_hits += sum(t is not None for t in texts)
         todo = [i for i, t in enumerate(texts) if t is None]
-        for seed in sorted({seeds[i] for i in todo}, key=lambda s: -1 if s is None else s):
-            idx = [i for i in todo if seeds[i] == seed]
-            replies = self.gen.generate([convs[i] for i in idx], replace(self.params, seed=seed))
-            self.requests += len(idx)
-            for i, rep in zip(idx, replies, strict=True):
-                texts[i] = rep[0].text
-            self.cache.put_many([(keys[i], texts[i]) for i in idx])
+        with Progress(transient=True, disable=len(todo) <= CHUNK) as progress:
+            task = progress.add_task(f"judge ({self.gen.model_id})", total=len(todo))
+            for seed in sorted({seeds[i] for i in todo}, key=lambda s: -1 if s is None else s):
+                same_seed = [i for i in todo if seeds[i] == seed]
+                for start in range(0, len(same_seed), CHUNK):  # cached chunk by chunk: a crash loses one chunk
+                    idx = same_seed[start:start + CHUNK]
+                    replies = self.gen.generate([convs[i] for i in idx], replace(self.params, seed=seed))
+                    self.requests += len(idx)
+                    for i, rep in zip(idx, replies, strict=True):
+                        texts[i] = rep[0].text
+                    self.cache.put_many([(keys[i], texts[i]) for i in idx])
+                    progress.advance(task, len(idx))
         return [t or "" for t in texts]
 
     def judge(self, prompts: list[str], seeds: list[int | None]) -> list[tuple[list[str], Any]]:
@@ -195,7 +203,7 @@ def _read_template(value: str | None) -> str | None:
     if not value:
         return None
     p = Path(value)
-    if "\n" not in value and p.suffix in (".txt", ".md", ".j2", ".tmpl") :
+    if "\n" not in value and p.suffix in (".txt", ".md", ".j2", ".tmpl"):
         if not p.is_file():
             raise UserError(f"judge.prompt_template: file not found: {p}")
         return p.read_text(encoding="utf-8")
