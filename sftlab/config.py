@@ -83,6 +83,15 @@ class EarlyStoppingConfig(Strict):
     mode: Literal["min", "max"] = "min"
 
 
+class EvalGenerateConfig(Strict):
+    """Generation metrics during training (sftlab/eval/during_training.py), at every eval step."""
+
+    max_samples: int = Field(32, gt=0)  # eval records, spread over task_types
+    max_new_tokens: int = Field(64, gt=0)
+    metrics: list[Literal["exact_match", "rouge", "bleu", "chrf"]] = ["exact_match", "rouge"]
+    batch_size: int = Field(16, gt=0)
+
+
 class TrainConfig(Strict):
     output_dir: str
     loss: Literal["turn", "token", "sequence"] = "turn"
@@ -116,6 +125,7 @@ class TrainConfig(Strict):
     wandb: dict[str, Any] = {}  # wandb.init options: project, name, entity, group, tags, mode (offline), notes
     mlflow: dict[str, Any] = {}  # tracking_uri (default: file store RUN/mlruns), experiment, run_name
     early_stopping: EarlyStoppingConfig | None = None
+    eval_generate: EvalGenerateConfig | None = None  # generation metrics at every eval (needs data.eval)
     health: HealthConfig = HealthConfig()  # alarm thresholds and abort_on
     device: str | None = None  # default: cuda if available, else cpu
 

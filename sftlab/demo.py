@@ -158,6 +158,16 @@ def run_demo(out: str | Path = "runs/demo", overrides: list[str] = ()) -> dict[s
     except ImportError:
         pass
     print(f"run dir:    {run_dir}\nmetrics:    {run_dir / 'metrics.jsonl'}\ncheckpoint: {final}")
+
+    # Closing eval (`sftlab eval`): the trained model vs the base model, judged pairwise in both orders by a
+    # rule-based judge that knows the right answers.
+    from sftlab.eval.run import compare_models_on_records
+
+    vs_base = compare_models_on_records(eval_path, str(final), cfg.model.name_or_path, run_dir / "eval_vs_base",
+                                        max_new_tokens=24)
+    p = vs_base["judge"]["pairwise"]
+    print(f"vs base:    win {p['win_rate']:.0%} / tie {p['tie_rate']:.0%} / loss {p['loss_rate']:.0%} "
+          f"(swap consistency {p['swap_consistency']:.0%}); {run_dir / 'eval_vs_base' / 'report.html'}")
     return table
 
 

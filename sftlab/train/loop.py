@@ -404,6 +404,11 @@ def train(cfg: RunConfig) -> Path:
     train_data = load_split(cfg.data.train, cfg, tokenizer, run_dir, "train", info.is_main)
     eval_data = (load_split(cfg.data.eval, cfg, tokenizer, run_dir, "eval", info.is_main, train_data.channels)
                  if cfg.data.eval else None)
+    gen_records = []  # train.eval_generate: the eval subset answered by generation at every eval (on rank 0)
+    if cfg.train.eval_generate is not None:
+        from sftlab.eval.during_training import eval_subset
+
+        gen_records = eval_subset(cfg)
     plan, per_epoch = step_plan(len(train_data.samples), global_batch, info.world_size * accum,
                                 cfg.train.num_train_epochs, cfg.train.max_steps, cfg.train.seed,
                                 train_data.lengths if cfg.data.group_by_length else None)
@@ -535,6 +540,10 @@ def train(cfg: RunConfig) -> Path:
                                                                     or step == total_steps):
                 ev = evaluate(engine, eval_data, cfg, info, pad_id, eot_ids, micro_size)
                 ev["step"] = step
+                if gen_records and info.is_main:
+                    from sftlab.eval.during_training import eval_generate
+
+                    ev.update(eval_generate(parallel.unwrap(engine).model, tokenizer, gen_records, cfg))
                 if info.is_main:
                     writer.log(ev)
                     view.update(ev)

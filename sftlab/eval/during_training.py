@@ -1,0 +1,63 @@
+"""`train.eval_generate`: generation metrics on a small eval subset at every eval step of training, logged as
+`eval_gen/<task_type>/<metric>` (and `eval_gen/<metric>` over the subset) next to the channel losses."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from sftlab.eval.metrics import score_rows
+from sftlab.eval.stats import group_scores
+
+
+def eval_subset(cfg: Any) -> list[dict[str, Any]]:
+    """Up to eval_generate.max_samples eval records, spread evenly over task_types (first ones of each; fixed)."""
+    from sftlab.config import ConfigError
+    from sftlab.data.formats import read_records
+
+    if not cfg.data.eval or not cfg.train.eval_steps:
+        raise ConfigError("train.eval_generate needs data.eval and train.eval_steps > 0 (it runs at every eval)")
+    if cfg.train.parallel == "fsdp":
+        raise ConfigError("train.eval_generate is not supported with train.parallel=fsdp (rank 0 generates alone)")
+    per_task: dict[str, list[dict]] = defaultdict(list)
+    for src in cfg.data.eval:
+        recs, _ = read_records(src.path, src.format, task_type=src.task_type)
+        for r in recs:
+            if any(m["role"] == "assistant" for m in r["messages"]):
+                per_task[r["task_type"]].append(r)
+    limit = cfg.train.eval_generate.max_samples
+    chosen: list[dict] = []
+    depth = 0
+    while len(chosen) < limit and any(depth < len(v) for v in per_task.values()):
+        chosen += [v[depth] for _, v in sorted(per_task.items()) if depth < len(v)][:limit - len(chosen)]
+        depth += 1
+    return chosen
+
+
+def eval_generate(model: Any, tokenizer: Any, records: list[dict[str, Any]], cfg: Any) -> dict[str, float]:
+    """Greedy replies to each record's prompt (up to its last assistant turn), scored against that turn."""
+    from sftlab.infer import GenerationParams
+    from sftlab.infer.hf import HFGenerator
+
+    eg = cfg.train.eval_generate
+    was_training = model.training
+    gen = HFGenerator(model, tokenizer, batch_size=eg.batch_size)
+    rows = []
+    prompts = []
+    for r in records:
+        last = max(i for i, m in enumerate(r["messages"]) if m["role"] == "assistant")
+        prompts.append(r["messages"][:last])
+        rows.append({"task_type": r["task_type"], "reference": r["messages"][last].get("content") or ""})
+    try:
+        replies = gen.generate(prompts, GenerationParams(max_new_tokens=eg.max_new_tokens, temperature=0.0))
+    finally:
+        model.train(was_training)
+    for row, rep in zip(rows, replies, strict=True):
+        row["reply"] = rep[0].text.strip()
+    score_rows(rows, list(eg.metrics))
+    out = {}
+    for task, metrics in group_scores(rows).items():
+        for name, values in metrics.items():
+            key = f"eval_gen/{name}" if task == "all" else f"eval_gen/{task}/{name}"
+            out[key] = sum(values) / len(values)
+    return out

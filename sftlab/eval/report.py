@@ -1,0 +1,168 @@
+"""report.html for an eval dir (task_type × dimension table with CIs, bar charts, judge bias statistics, worst
+cases), and `sftlab eval compare A B` (what got better or worse, with paired-bootstrap significance)."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from sftlab.errors import UserError
+from sftlab.eval.stats import paired_diff
+from sftlab.report import _CSS, _bars, _section, _table
+
+_EXTRA_CSS = ".better{color:#137333;font-weight:600}.worse{color:#b3261e;font-weight:600}" \
+             "td.text{max-width:520px;white-space:pre-wrap;font-size:12px}"
+
+
+def _load(eval_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    from sftlab.eval.run import read_jsonl
+
+    path = eval_dir / "summary.json"
+    if not path.is_file():
+        raise UserError(f"{eval_dir}: no summary.json (is it an eval output dir written by `sftlab eval`?)")
+    summary = json.loads(path.read_text(encoding="utf-8"))
+    preds = read_jsonl(eval_dir / "predictions.jsonl") if (eval_dir / "predictions.jsonl").exists() else []
+    bad = read_jsonl(eval_dir / "bad_cases.jsonl") if (eval_dir / "bad_cases.jsonl").exists() else []
+    return summary, preds, bad
+
+
+def score_table(summary: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """Rows task_type, columns every metric and judge dimension: 'mean [ci_low, ci_high]'."""
+    groups = {t: dict(ms) for t, ms in summary.get("metrics", {}).items()}
+    for t, ms in (summary.get("judge") or {}).get("scores", {}).items():
+        groups.setdefault(t, {}).update({f"judge:{k}": v for k, v in ms.items()})
+    cols = sorted({c for ms in groups.values() for c in ms}, key=lambda c: (c.startswith("judge:"), c))
+    rows = []
+    for t, ms in groups.items():
+        row: list[Any] = [t, max((v["n"] for v in ms.values()), default=0)]
+        for c in cols:
+            v = ms.get(c)
+            row.append(f"{v['mean']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]" if v else "-")
+        rows.append(row)
+    return ["task_type", "n", *cols], rows
+
+
+def _charts(summary: dict[str, Any]) -> list[Any]:
+    plots = []
+    metrics = summary.get("metrics", {})
+    tasks = [t for t in metrics if t != "all"]
+    names = sorted({m for t in tasks for m in metrics[t]})
+    for scale, chosen in (("0-1", [m for m in names if m not in ("bleu", "chrf")]), ("0-100", [m for m in names
+                                                                                                if m in ("bleu", "chrf")])):
+        if chosen and tasks:
+            plots.append(_bars(f"{', '.join(chosen[:4])} per task_type", tasks,
+                               {m: [metrics[t].get(m, {}).get("mean", 0.0) for t in tasks] for m in chosen[:4]},
+                               scale, f"bar chart of {', '.join(chosen[:4])} per task_type"))
+    js = (summary.get("judge") or {}).get("scores", {})
+    jt = [t for t in js if t != "all"]
+    dims = sorted({d for t in jt for d in js[t]})
+    if jt and dims:
+        plots.append(_bars(f"Judge {', '.join(dims[:4])} per task_type", jt, {d: [js[t].get(d, {}).get("mean", 0.0) for t in jt]
+                                                              for d in dims[:4]},
+                           "score", f"bar chart of judge {', '.join(dims[:4])} per task_type"))
+    return plots
+
+
+def _judge_section(summary: dict[str, Any]) -> str:
+    j = summary.get("judge")
+    if not j:
+        return ""
+    rows = [[k, j.get(k) if j.get(k) is not None else "-"] for k in
+            ("mode", "model", "requests", "cache_hits", "parse_failures", "unjudged", "repeats", "repeats_std",
+             "length_corr")
+            if k in j]
+    rows += [[k, v if v is not None else "-"] for k, v in (j.get("pairwise") or {}).items()]
+    return "<section><h2>Judge</h2>" + _table(["statistic", "value"], rows) + "</section>"
+
+
+def _cases_section(bad: list[dict[str, Any]]) -> str:
+    if not bad:
+        return ""
+    rows = []
+    for r in bad:
+        prompt = (r.get("prompt") or [{}])[-1].get("content", "") if r.get("prompt") else ""
+        rows.append([r.get("task_type", ""), r.get("id", ""), r.get("bad_reason", ""),
+                     r.get("primary_score", "-"), prompt[:400], (r.get("reply") or "")[:400],
+                     (r.get("reference") or "-")[:400]])
+    head = "".join(f"<th>{h}</th>" for h in ("task_type", "id", "why", "score", "prompt", "reply", "reference"))
+    body = "".join("<tr>" + "".join(f"<td class='{'text' if i >= 4 else ''}'>{html.escape(str(c))}</td>"
+                                    for i, c in enumerate(row)) + "</tr>" for row in rows)
+    return (f"<section><h2>Worst cases per task_type</h2><table><thead><tr>{head}</tr></thead><tbody>{body}"
+            "</tbody></table></section>")
+
+
+def compare(a_dir: str | Path, b_dir: str | Path) -> list[dict[str, Any]]:
+    """Per task_type and metric/dimension: B − A over the items both dirs share, with a paired bootstrap CI."""
+    _, pa, _ = _load(Path(a_dir))
+    _, pb, _ = _load(Path(b_dir))
+    a_by_id = {r["id"]: r for r in pa}
+    pairs = [(a_by_id[r["id"]], r) for r in pb if r["id"] in a_by_id]
+    if not pairs:
+        raise UserError(f"{a_dir} and {b_dir} share no item ids: compare evals of the same eval sets")
+    keyed: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
+    for ra, rb in pairs:
+        for field, prefix in (("scores", ""), ("judge_scores", "judge:")):
+            sa, sb = ra.get(field) or {}, rb.get(field) or {}
+            for k in set(sa) & set(sb):
+                if isinstance(sa[k], (int, float)) and isinstance(sb[k], (int, float)):
+                    for t in (rb.get("task_type", "default"), "all"):
+                        xs = keyed.setdefault((t, prefix + k), ([], []))
+                        xs[0].append(float(sa[k]))
+                        xs[1].append(float(sb[k]))
+    out = []
+    for (t, k), (xa, xb) in sorted(keyed.items(), key=lambda kv: (kv[0][0] == "all", kv[0])):
+        d = paired_diff(xa, xb)
+        d.update(task_type=t, metric=k, a_mean=sum(xa) / len(xa), b_mean=sum(xb) / len(xb),
+                 change="better" if d["significant"] and d["diff"] > 0 else
+                 "worse" if d["significant"] and d["diff"] < 0 else "no significant change")
+        out.append(d)
+    return out
+
+
+def _compare_section(diffs: list[dict[str, Any]], a_dir: Path, b_dir: Path) -> str:
+    head = "".join(f"<th>{h}</th>" for h in ("task_type", "metric", "A", "B", "B − A", "95% CI", "change"))
+    body = ""
+    for d in diffs:
+        cls = {"better": "better", "worse": "worse"}.get(d["change"], "")
+        body += (f"<tr><td>{html.escape(d['task_type'])}</td><td>{html.escape(d['metric'])}</td>"
+                 f"<td class='num'>{d['a_mean']:.4g}</td><td class='num'>{d['b_mean']:.4g}</td>"
+                 f"<td class='num'>{d['diff']:+.4g}</td><td class='num'>[{d['ci_low']:+.4g}, {d['ci_high']:+.4g}]</td>"
+                 f"<td class='{cls}'>{d['change']}</td></tr>")
+    return (f"<section><h2>Comparison</h2><p>A = {html.escape(str(a_dir))}<br>B = {html.escape(str(b_dir))}"
+            f" (paired bootstrap over shared items)</p><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody>"
+            "</table></section>")
+
+
+def render_eval_html(eval_dir: Path, compare_with: Path | None = None) -> str:
+    summary, _, bad = _load(eval_dir)
+    esc = html.escape
+    header, rows = score_table(summary)
+    overall = summary.get("overall")
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>sftlab eval: {esc(eval_dir.name)}"
+             f"</title><style>{_CSS}{_EXTRA_CSS}</style></head><body>",
+             f"<h1>sftlab eval report</h1><p class='sub'>{esc(str(eval_dir.resolve()))} — model "
+             f"{esc(str(summary.get('model', '?')))}, {summary.get('n', 0)} items"
+             + (f", overall {overall['mean']:.3f} [{overall['ci_low']:.3f}, {overall['ci_high']:.3f}]"
+                if isinstance(overall, dict) else "") + "</p>",
+             _section("Scores per task_type (mean [95% bootstrap CI])", _charts(summary), _table(header, rows)),
+             _judge_section(summary)]
+    if compare_with is not None:
+        parts.append(_compare_section(compare(compare_with, eval_dir), compare_with, eval_dir))
+    parts.append(_cases_section(bad))
+    parts.append("</body></html>")
+    return "\n".join(p for p in parts if p)
+
+
+def write_eval_report(eval_dir: str | Path, out: str | Path | None = None, compare_with: str | Path | None = None
+                      ) -> Path:
+    """Write EVAL_DIR/report.html (or `out`); with compare_with, the page also shows the diff against that dir."""
+    eval_dir = Path(eval_dir)
+    page = render_eval_html(eval_dir, Path(compare_with) if compare_with else None)
+    path = Path(out) if out else eval_dir / "report.html"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,283 @@
+"""`sftlab eval`: eval sets → replies (through sftlab.infer) → metrics and judges → OUT/{predictions.jsonl,
+summary.json, bad_cases.jsonl, report.html}. Resumable: replies already in OUT/predictions.jsonl are kept."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import defaultdict
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from sftlab.errors import UserError
+from sftlab.eval.config import EvalConfig
+from sftlab.eval.metrics import score_rows
+from sftlab.eval.stats import summarize
+
+SUMMARY_VERSION = 1
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}: line {i}: invalid JSON ({e.msg}); fix or remove the line") from None
+    return rows
+
+
+def write_jsonl_atomic(rows: list[dict[str, Any]], path: str | Path) -> None:
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def write_json_atomic(obj: Any, path: str | Path) -> None:
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ---- eval items ------------------------------------------------------------------------------------------------
+
+def load_items(cfg: EvalConfig) -> list[dict[str, Any]]:
+    """Eval items: one per record (prompt = messages up to the last assistant reply, which is the reference), or for
+    prompt-only sets (mt_bench `turns`) one per user turn, answered turn by turn with the model's own replies."""
+    from sftlab.data.formats import read_records
+
+    items: list[dict[str, Any]] = []
+    for s in cfg.sets():
+        name = s.name or Path(s.path).stem
+        recs, _ = read_records(s.path, s.format, task_type=s.task_type)
+        if cfg.limit:
+            recs = recs[:cfg.limit]
+        for rec in recs:
+            msgs = rec["messages"]
+            base = {"set": name, "record_id": rec["id"], "task_type": rec["task_type"], "tools": rec.get("tools")}
+            if rec.get("meta", {}).get("prompt_only"):
+                refs = rec["meta"].get("reference") or []  # mt_bench: one reference answer per turn
+                refs = [refs] if isinstance(refs, str) else refs
+                users = [i for i, m in enumerate(msgs) if m["role"] == "user"]
+                for k, at in enumerate(users):
+                    items.append({**base, "id": f"{name}:{rec['id']}#t{k + 1}", "turn": k + 1,
+                                  "prompt": msgs[:at + 1] if k == 0 else [msgs[at]],
+                                  "reference": refs[k] if k < len(refs) else None,
+                                  "history_from": f"{name}:{rec['id']}#t{k}" if k else None})
+            else:
+                last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+                items.append({**base, "id": f"{name}:{rec['id']}", "turn": 1, "prompt": msgs[:last],
+                              "reference": msgs[last].get("content"), "history_from": None})
+    return items
+
+
+def _conversation(item: dict[str, Any], done: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The full prompt of an item: for a later turn of a prompt-only record, the earlier turns with the model's
+    own replies, then this turn's user message."""
+    if not item["history_from"]:
+        return item["prompt"]
+    prev = done[item["history_from"]]
+    return prev["prompt"] + [{"role": "assistant", "content": prev["reply"]}] + item["prompt"]
+
+
+def generate_rows(generator: Any, items: list[dict[str, Any]], cfg: EvalConfig, out_path: Path,
+                  label: str = "generate") -> list[dict[str, Any]]:
+    """Replies for every item, appended to out_path as they come (kept on rerun); later turns wait for earlier ones."""
+    from rich.progress import Progress
+
+    from sftlab.infer import GenerationParams
+
+    g = cfg.generation
+    params = GenerationParams(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
+                              seed=g.seed if g.seed is not None else cfg.seed)
+    # Replies are reused only when made by the same model with the same decoding params.
+    fingerprint = hashlib.sha256(json.dumps([generator.model_id, asdict(params)], sort_keys=True,
+                                            default=str).encode()).hexdigest()[:16]
+    done: dict[str, dict[str, Any]] = {}
+    if out_path.exists():
+        for row in read_jsonl(out_path):
+            if row.get("reply") is not None and row.get("generated_by") == fingerprint:
+                done[row["id"]] = row
+        write_jsonl_atomic(list(done.values()), out_path)  # drop stale replies before appending
+    todo = [it for it in items if it["id"] not in done]
+    with open(out_path, "a", encoding="utf-8") as f, Progress(transient=True) as progress:
+        task = progress.add_task(f"{label} ({len(done)} already done)", total=len(todo))
+        while todo:
+            ready = [it for it in todo if not it["history_from"] or it["history_from"] in done]
+            if not ready:
+                raise UserError(f"eval items wait on turns that were never generated (first: {todo[0]['id']})")
+            by_tools: dict[str, list[dict]] = defaultdict(list)
+            for it in ready:
+                by_tools[json.dumps(it["tools"], sort_keys=True)].append(it)
+            for group in by_tools.values():
+                for start in range(0, len(group), g.batch_size):
+                    chunk = group[start:start + g.batch_size]
+                    convs = [_conversation(it, done) for it in chunk]
+                    replies = generator.generate(convs, params, tools=chunk[0]["tools"])
+                    for it, conv, rep in zip(chunk, convs, replies, strict=True):
+                        r = rep[0]
+                        row = {k: it[k] for k in ("id", "set", "record_id", "turn", "task_type", "reference")}
+                        row.update(prompt=conv, reply=r.text, finish_reason=r.finish_reason,
+                                   prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens,
+                                   generated_by=fingerprint)
+                        done[it["id"]] = row
+                        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    f.flush()
+                    progress.advance(task, len(chunk))
+            ids = {it["id"] for it in ready}
+            todo = [it for it in todo if it["id"] not in ids]
+    return [done[it["id"]] for it in items]
+
+
+# ---- scoring and outputs ---------------------------------------------------------------------------------------
+
+def primary_score(row: dict[str, Any]) -> float | None:
+    """The score bad cases are ranked by: the judge's overall / win, else the first reference metric."""
+    js = row.get("judge_scores") or {}
+    for k in ("overall", "win"):
+        if js.get(k) is not None:
+            return js[k]
+    scores = row.get("scores") or {}
+    for k in ("exact_match", "rougeL", "chrf", "bleu"):
+        if k in scores:
+            return scores[k]
+    return next(iter(scores.values()), None)
+
+
+def bad_cases(rows: list[dict[str, Any]], per_task: int) -> list[dict[str, Any]]:
+    """The lowest-scoring rows of each task_type (below its best score), plus every row the judge could not grade."""
+    by_task: dict[str, list[dict]] = defaultdict(list)
+    out = []
+    for r in rows:
+        if r.get("judge") and not r.get("judge_scores"):
+            out.append({**r, "bad_reason": "judge_unparseable"})
+        elif primary_score(r) is not None:
+            by_task[r["task_type"]].append(r)
+    for task in sorted(by_task):
+        best = max(primary_score(r) for r in by_task[task])  # a reply at the task's best score is not a bad case
+        worst = sorted((r for r in by_task[task] if primary_score(r) < best), key=primary_score)[:per_task]
+        out += [{**r, "bad_reason": "lowest_score", "primary_score": primary_score(r)} for r in worst]
+    return out
+
+
+def build_summary(rows: list[dict[str, Any]], judge: dict[str, Any] | None, info: dict[str, Any]) -> dict[str, Any]:
+    """The stable summary.json layout (documented in docs/evaluation.md)."""
+    by_task: dict[str, int] = defaultdict(int)
+    for r in rows:
+        by_task[r["task_type"]] += 1
+    summary = {"version": SUMMARY_VERSION, **info, "n": len(rows), "task_types": dict(sorted(by_task.items())),
+               "metrics": summarize(rows, "scores")}
+    if judge is not None:
+        summary["judge"] = judge
+        overall = judge["scores"].get("all", {}).get("overall" if judge["mode"] == "single" else "win")
+        summary["overall"] = overall
+    return summary
+
+
+def finish(rows: list[dict[str, Any]], out: Path, cfg_dict: dict[str, Any], *, metrics: list[str],
+           checkers: list[dict] = (), normalization: dict | None = None, judge_cfg: dict | None = None,
+           info: dict[str, Any] | None = None, n_bad: int = 5, generator: Any = None) -> dict[str, Any]:
+    """Score, judge, and write predictions.jsonl, summary.json, bad_cases.jsonl and report.html."""
+    from sftlab.eval.judge import run_judge
+    from sftlab.eval.report import write_eval_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    for r in rows:
+        r["scores"] = {}
+    score_rows(rows, metrics, checkers, normalization)
+    judge = run_judge(rows, judge_cfg, generator) if judge_cfg else None
+    summary = build_summary(rows, judge, {"config": cfg_dict, **(info or {})})
+    write_jsonl_atomic(rows, out / "predictions.jsonl")
+    write_jsonl_atomic(bad_cases(rows, n_bad), out / "bad_cases.jsonl")
+    write_json_atomic(summary, out / "summary.json")
+    write_eval_report(out)
+    return summary
+
+
+def _load_model(model: str | dict, backend: str, batch_size: int = 32) -> Any:
+    from sftlab.infer import load_generator
+
+    if isinstance(model, dict) or backend == "openai":
+        return load_generator(model, backend=backend)
+    if (Path(model) / "final").is_dir() and not (Path(model) / "config.json").exists():
+        model = str(Path(model) / "final")  # a run dir: evaluate its final model
+    return load_generator(model, backend=backend, **({"batch_size": batch_size} if backend in ("auto", "hf") else {}))
+
+
+def _baseline_replies(cfg: EvalConfig, items: list[dict], out: Path) -> dict[str, str]:
+    base = cfg.baseline
+    if isinstance(base, str) and base.endswith(".jsonl") and Path(base).is_file():
+        rows = read_jsonl(base)
+        return {r["id"]: r["reply"] for r in rows if r.get("reply") is not None}
+    gen = _load_model(base, cfg.backend, cfg.generation.batch_size)
+    rows = generate_rows(gen, items, cfg, out / "baseline_predictions.jsonl", label="baseline")
+    return {r["id"]: r["reply"] for r in rows}
+
+
+def run_eval(cfg: EvalConfig, judge_generator: Any = None) -> dict[str, Any]:
+    """The whole `sftlab eval CONFIG` run; returns summary.json's content."""
+    t0 = time.time()
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    items = load_items(cfg)
+    if not items:
+        raise UserError("no eval items: the data sets are empty")
+    gen = _load_model(cfg.model, cfg.backend, cfg.generation.batch_size)
+    partial = out / "predictions.jsonl"
+    t_gen = time.time()
+    rows = generate_rows(gen, items, cfg, partial)
+    gen_s = time.time() - t_gen
+    if cfg.baseline is not None:
+        base = _baseline_replies(cfg, items, out)
+        for r in rows:
+            r["baseline_reply"] = base.get(r["id"])
+    judge_cfg = cfg.judge.as_dict() if cfg.judge else None
+    if judge_cfg and cfg.judge.mode == "pairwise" and cfg.baseline is None:
+        raise UserError("judge.mode=pairwise needs `baseline` (a predictions.jsonl or a model)")
+    info = {"model": getattr(gen, "model_id", str(cfg.model)), "sets": sorted({i["set"] for i in items}),
+            "timing": {"generate_s": round(gen_s, 2)}}
+    summary = finish(rows, out, cfg.model_dump(mode="json"), metrics=cfg.metrics, checkers=cfg.checkers,
+                     normalization=cfg.normalization.model_dump(), judge_cfg=judge_cfg, info=info,
+                     n_bad=cfg.bad_cases, generator=judge_generator)
+    summary["timing"]["total_s"] = round(time.time() - t0, 2)
+    write_json_atomic(summary, out / "summary.json")
+    return summary
+
+
+def rows_from_predictions(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a user's predictions file ({"id", "task_type", "reply", "reference", "prompt"?} per line)."""
+    rows = read_jsonl(path)
+    for i, r in enumerate(rows, 1):
+        for key in ("id", "reply"):
+            if r.get(key) is None:
+                raise UserError(f"{path}: line {i}: missing field '{key}' (each line needs id, task_type, reply, "
+                                "reference)")
+        r.setdefault("task_type", "default")
+        p = r.get("prompt")
+        r["prompt"] = [{"role": "user", "content": p}] if isinstance(p, str) else (p or [])
+    return rows
+
+
+def compare_models_on_records(records_path: str | Path, model: str, baseline: str, out: str | Path,
+                              max_new_tokens: int = 32) -> dict[str, Any]:
+    """Pairwise eval of `model` vs `baseline` on a records file with right answers, judged by the rule-based
+    ReferenceMatchJudge (no LLM needed): the demo's closing eval."""
+    from sftlab.eval.config import EvalConfig
+    from sftlab.eval.judge import ReferenceMatchJudge
+
+    out = Path(out)
+    cfg = EvalConfig(model=str(model), baseline=str(baseline), data=[str(records_path)], output_dir=str(out),
+                     metrics=["exact_match"], generation={"max_new_tokens": max_new_tokens},
+                     judge={"mode": "pairwise", "dimensions": ["correctness"],
+                            "cache": str(out / "judge_cache.sqlite")})
+    return run_eval(cfg, judge_generator=ReferenceMatchJudge())

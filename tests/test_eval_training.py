@@ -1,0 +1,49 @@
+"""train.eval_generate: generation metrics per task_type logged at every eval, next to the channel losses."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from sftlab.cli import main
+from sftlab.data.records import write_jsonl
+
+
+def test_eval_generate_logs_per_task_metrics(tmp_path, tiny_model_dir, small_records, capsys):
+    data = tmp_path / "train.jsonl"
+    write_jsonl(small_records, data)
+    cfg = {"model": {"name_or_path": str(tiny_model_dir)},
+           "data": {"train": [str(data)], "eval": [str(data)], "max_length": 64},
+           "train": {"output_dir": str(tmp_path / "run"), "per_device_train_batch_size": 4, "max_steps": 4,
+                     "eval_steps": 2, "report_to": [], "learning_rate": 1e-3,
+                     "eval_generate": {"max_samples": 6, "max_new_tokens": 4, "metrics": ["exact_match", "rouge"]}}}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    main(["train", str(path)])
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    for r in evals:
+        for task in ("math/add", "text/repeat"):
+            assert f"eval_loss/{task}" in r  # next to the channel losses
+            for m in ("exact_match", "rouge1", "rougeL"):
+                assert 0.0 <= r[f"eval_gen/{task}/{m}"] <= 1.0
+        assert "eval_gen/rougeL" in r
+    train_steps = [r["step"] for r in rows if "loss" in r]
+    assert train_steps == [1, 2, 3, 4]  # training went on after generating (model back in train mode)
+
+
+def test_eval_generate_needs_eval_data(tmp_path, tiny_model_dir, small_records, capsys):
+    import pytest
+
+    data = tmp_path / "train.jsonl"
+    write_jsonl(small_records, data)
+    cfg = {"model": {"name_or_path": str(tiny_model_dir)}, "data": {"train": [str(data)], "max_length": 64},
+           "train": {"output_dir": str(tmp_path / "run"), "max_steps": 1, "report_to": [],
+                     "eval_generate": {"max_samples": 2}}}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(SystemExit) as e:
+        main(["train", str(path)])
+    assert e.value.code == 2 and "train.eval_generate needs data.eval" in capsys.readouterr().err
