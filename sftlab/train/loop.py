@@ -24,6 +24,17 @@ from sftlab.data.records import task_channels, write_jsonl
 from sftlab.data.render import eot_token_ids, load_tokenizer, render_records
 from sftlab.errors import UserError
 from sftlab.train import parallel
+from sftlab.train.balance import (
+    TaskEpochs,
+    epoch_order,
+    format_plan_table,
+    per_sample_values,
+    plan_table,
+    share_metrics,
+    supervised_counts,
+    task_epochs_plan,
+    weighted_sums,
+)
 from sftlab.train.batching import collate, move_batch, packed_micro_batch, plan_packed_micro_batches
 from sftlab.train.loss import SupervisedTokenNLL, attach_loss_coefficients, micro_batch_loss, per_sample_sums
 from sftlab.train.model import DTYPES, autocast_context, check_model_path, load_model, pick_device
@@ -48,6 +59,7 @@ class DataSet:
     denoms: np.ndarray  # per-sample loss denominator
     lengths: np.ndarray
     summary: dict[str, Any] = field(default_factory=dict)
+    weights: np.ndarray | None = None  # per-sample task weight (train.task_weights); None: all 1
 
 
 def load_split(sources: list, cfg: RunConfig, tokenizer: Any, run_dir: Path | None, name: str,
@@ -101,11 +113,13 @@ def load_split(sources: list, cfg: RunConfig, tokenizer: Any, run_dir: Path | No
 
 
 def step_plan(n: int, global_batch: int, min_batch: int, epochs: float, max_steps: int, seed: int,
-              lengths: np.ndarray | None) -> tuple[list[np.ndarray], int]:
+              lengths: np.ndarray | None, task_epochs: TaskEpochs | None = None) -> tuple[list[np.ndarray], int]:
     """The sample indices of every optimizer step. They depend only on the seed and the global batch size;
     how a step is split into micro-batches, accumulation steps and ranks never changes them.
-    With `lengths`, each global batch is sorted by length (grouping inside the global batch)."""
-    per_epoch = n // global_batch + (1 if n % global_batch >= min_batch else 0)
+    With `lengths`, each global batch is sorted by length (grouping inside the global batch).
+    With `task_epochs`, an epoch repeats or subsamples each task's samples (sftlab/train/balance.py)."""
+    pool = n if task_epochs is None else task_epochs.size
+    per_epoch = pool // global_batch + (1 if pool % global_batch >= min_batch else 0)
     if per_epoch == 0:
         raise UserError(f"the train set has {n} samples, fewer than one global batch ({global_batch}); "
                         "lower per_device_train_batch_size or gradient_accumulation_steps")
@@ -113,7 +127,7 @@ def step_plan(n: int, global_batch: int, min_batch: int, epochs: float, max_step
     plan: list[np.ndarray] = []
     epoch = 0
     while len(plan) < total:
-        order = np.random.default_rng([seed, epoch]).permutation(n)
+        order = epoch_order(n, seed, epoch, task_epochs)
         for b in range(per_epoch):
             idx = order[b * global_batch:(b + 1) * global_batch]
             if lengths is not None:
@@ -252,6 +266,7 @@ class StepStats:
     tokens: int = 0
     padded: int = 0
     supervised: int = 0
+    weighted: torch.Tensor | None = None  # [weighted total, weighted channel numerators] (task_weights)
 
 
 def run_micro_batches(engine: Any, data: DataSet, micro: list[tuple[np.ndarray, Any]], denom: float, cfg: RunConfig,
@@ -261,7 +276,8 @@ def run_micro_batches(engine: Any, data: DataSet, micro: list[tuple[np.ndarray, 
     compensate the data-parallel gradient averaging (docs/DESIGN.md §2)."""
     device = info.device
     n_ch = len(data.channels)
-    stats = StepStats(sums=torch.zeros(n_ch + 3, dtype=torch.float64, device=device))
+    stats = StepStats(sums=torch.zeros(n_ch + 3, dtype=torch.float64, device=device),
+                      weighted=torch.zeros(n_ch + 1, dtype=torch.float64, device=device))
     matrix = data.channel_matrix.to(device)
     for a, (idx, rows) in enumerate(micro):
         if len(idx) == 0:
@@ -270,15 +286,18 @@ def run_micro_batches(engine: Any, data: DataSet, micro: list[tuple[np.ndarray, 
                         attn_implementation=cfg.model.attn_implementation, max_len=cfg.data.max_length)
         batch = move_batch(batch, device)
         ctx = parallel.no_sync(engine, train and a < len(micro) - 1)
+        weights = None if data.weights is None else torch.as_tensor(data.weights[idx], device=device)
         with ctx, autocast_context(cfg.model.dtype, device):
             nll = engine(batch)
             if train:
-                loss = micro_batch_loss(nll, batch, denom) * info.world_size
+                loss = micro_batch_loss(nll, batch, denom, weights) * info.world_size
         if train:
             loss.backward()
         per_sample = per_sample_sums(nll, batch, len(idx))
+        rows = matrix[torch.as_tensor(idx, device=device)]
         stats.sums[0] += per_sample.sum()
-        stats.sums[1:1 + n_ch] += matrix[torch.as_tensor(idx, device=device)].T @ per_sample
+        stats.sums[1:1 + n_ch] += rows.T @ per_sample
+        stats.weighted += weighted_sums(per_sample, weights, rows)
         is_eot = torch.isin(batch["targets"], eot_ids)
         stats.sums[1 + n_ch] += nll.detach()[is_eot].double().sum()
         stats.sums[2 + n_ch] += is_eot.sum()
@@ -348,9 +367,17 @@ def train(cfg: RunConfig) -> Path:
     train_data = load_split(cfg.data.train, cfg, tokenizer, run_dir, "train", info.is_main)
     eval_data = (load_split(cfg.data.eval, cfg, tokenizer, run_dir, "eval", info.is_main, train_data.channels)
                  if cfg.data.eval else None)
+    task_types = [s["task_type"] for s in train_data.samples]
+    if cfg.train.task_weights:
+        train_data.weights = per_sample_values(task_types, cfg.train.task_weights, "task_weights")
+    supervised = supervised_counts([s["labels"] for s in train_data.samples])
+    repeats = task_epochs_plan(task_types, cfg.train.task_epochs, cfg.train.seed)
     plan, per_epoch = step_plan(len(train_data.samples), global_batch, info.world_size * accum,
                                 cfg.train.num_train_epochs, cfg.train.max_steps, cfg.train.seed,
-                                train_data.lengths if cfg.data.group_by_length else None)
+                                train_data.lengths if cfg.data.group_by_length else None, repeats)
+    train_data.summary["plan_per_epoch"] = plan_table(
+        task_types, train_data.lengths, supervised,
+        train_data.weights if train_data.weights is not None else np.ones(len(task_types)), repeats)
     total_steps = len(plan)
     if info.is_main:
         dump_config(cfg, run_dir / "config.yaml")
@@ -358,6 +385,7 @@ def train(cfg: RunConfig) -> Path:
         (run_dir / "data_summary.json").write_text(json.dumps(summary), encoding="utf-8")
         print(f"global batch {global_batch} = micro {micro_size} x accumulation {accum} x world {info.world_size}; "
               f"{total_steps} optimizer steps ({per_epoch} per epoch); loss reduction '{cfg.train.loss}'")
+        print(format_plan_table(train_data.summary["plan_per_epoch"]))
         if len(train_data.samples) < 10_000 and "num_train_epochs" not in cfg.train.model_fields_set \
                 and cfg.train.max_steps <= 0:
             print("hint: under 10k training samples - 3 epochs (train.num_train_epochs=3) usually works better")
@@ -423,10 +451,11 @@ def train(cfg: RunConfig) -> Path:
                     "or lower data.max_length") from None
             counts = torch.tensor([stats.tokens, stats.padded, stats.supervised], dtype=torch.float64, device=device)
             parallel.all_reduce_sum(stats.sums, info)
+            parallel.all_reduce_sum(stats.weighted, info)
             parallel.all_reduce_sum(counts, info)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm or float("inf"))
             grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-            loss = float(stats.sums[0]) / denom
+            loss = float(stats.weighted[0]) / denom  # the optimized objective (task weights applied)
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                 optimizer.zero_grad(set_to_none=True)
                 path = checkpoint(f"emergency-step-{step}", step)
@@ -450,6 +479,10 @@ def train(cfg: RunConfig) -> Path:
                     "lr": lr, "supervised_tokens": int(counts[2]), "tokens": int(counts[0]),
                     "tokens_per_s": tok_since / max(now - t_last, 1e-9),
                     "padding_ratio": 1.0 - float(counts[0]) / max(float(counts[1]), 1.0)}
+                if train_data.weights is not None:
+                    rec["loss_unweighted"] = float(stats.sums[0]) / denom
+                ch_tokens = train_data.channel_matrix.numpy()[idx].T @ supervised[idx]
+                rec.update(share_metrics(train_data.channels, stats.weighted, ch_tokens, float(supervised[idx].sum())))
                 for j, c in enumerate(train_data.channels):
                     if ch_den[j] > 0:
                         rec[f"loss/{c}"] = float(stats.sums[1 + j]) / float(ch_den[j])
