@@ -95,6 +95,9 @@ def demo_config(out: Path, model_dir: str, train_path: Path, eval_path: Path) ->
                   "gradient_accumulation_steps": 2, "learning_rate": 5e-3, "lr_scheduler_type": "cosine",
                   "warmup_ratio": 0.05, "weight_decay": 0.01, "num_train_epochs": 5, "logging_steps": 10,
                   "eval_steps": 100, "save_steps": 0, "seed": 42},
+        # Multi-task balancing (docs/DESIGN.md §2.1), e.g. arithmetic counts 3x in the loss and gets a second
+        # pass per epoch; loss/<task> and loss_share/<task> in metrics.jsonl show what it did:
+        #   "train": {..., "task_weights": {"math/add": 3.0}, "task_epochs": {"math/add": 2}},
     }
 
 

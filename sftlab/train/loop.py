@@ -492,7 +492,8 @@ def train(cfg: RunConfig) -> Path:
                 t_last, tok_since = now, 0
                 writer.log(rec)
                 view.update(rec)
-                _raise_alarms(monitor, rec, writer)
+                # health checks compare losses with ln(vocab) etc.: per-token NLL, so the unweighted loss
+                _raise_alarms(monitor, {**rec, "loss": rec.get("loss_unweighted", loss)}, writer)
 
             if eval_data is not None and cfg.train.eval_steps and (step % cfg.train.eval_steps == 0
                                                                     or step == total_steps):
