@@ -144,9 +144,10 @@ def _config(tmp_path: Path, model_dir: Path, records: list[dict], **train) -> Pa
 
 
 def test_train_with_task_weights_and_epochs_end_to_end(tmp_path, tiny_model_dir, small_records, capsys):
-    """math weight 0, text twice per epoch: loss = the weighted objective, loss_unweighted beside it, math's
-    channel loss still logged with a 0 share of the weighted loss; the plan and the report show it."""
-    cfg = _config(tmp_path, tiny_model_dir, small_records, task_weights={"math": 0.0},
+    """math weight 0, text weight 4 and twice per epoch: loss = the weighted objective, loss_unweighted beside
+    it, math's channel loss still logged with a 0 share of the weighted loss, no health alarm from the 4x
+    weighted loss (alarms read the unweighted one); the plan and the report show it."""
+    cfg = _config(tmp_path, tiny_model_dir, small_records, task_weights={"math": 0.0, "text": 4.0},
                   task_epochs={"text/repeat": 2})
     code, out, err = _run(["train", cfg], capsys)
     assert code == 0, err
@@ -155,8 +156,12 @@ def test_train_with_task_weights_and_epochs_end_to_end(tmp_path, tiny_model_dir,
     recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in recs if "loss" in r]
     assert len(train) == (12 + 24) // 4  # 12 math + 2 x 12 text samples, global batch 4
+    assert not [r for r in recs if "alarm" in r]
     for r in train:
-        assert r["loss_unweighted"] >= r["loss"] >= 0
+        if "loss/math" not in r:  # text only: the weighted loss is 4x the unweighted one
+            assert r["loss"] == pytest.approx(4 * r["loss_unweighted"])
+        if "loss/text" not in r:  # math only: nothing is optimized
+            assert r["loss"] == 0.0 and r["loss_unweighted"] > 0
         if "loss/math" in r:
             assert r["loss/math"] > 0 and r.get("loss_share/math", 0.0) == 0.0
         if r.get("token_share/text", 0) > 0:
