@@ -48,7 +48,6 @@ class TaskEpochs:
     """Per-task repetition of the step plan. Each group of samples (one task_type) appears `whole` times per
     epoch plus `extra` more samples, taken in a fixed seeded order that rotates from epoch to epoch."""
 
-    n: int  # samples in the data set
     groups: list[tuple[np.ndarray, int, int]]  # (sample indices in a seeded order, whole copies, extra samples)
 
     @property
@@ -67,12 +66,12 @@ def task_epochs_plan(task_types: Sequence[str], task_epochs: dict[str, float], s
     for code, t in enumerate(np.unique(types)):
         idx = np.flatnonzero(types == t)
         m = float(mult[idx[0]])
-        whole, extra = int(m), round((m - int(m)) * len(idx))
+        whole, extra = int(m), int(np.floor((m - int(m)) * len(idx) + 0.5))  # half up, not to even
         if whole == 0 and extra == 0:
             raise UserError(f"train.task_epochs: {m:g} of task {t!r} ({len(idx)} samples) keeps no sample per epoch;"
                             " raise it, or drop the task from data.train")
         groups.append((np.random.default_rng([seed, 7919, code]).permutation(idx), whole, extra))
-    return TaskEpochs(len(types), groups)
+    return TaskEpochs(groups)
 
 
 def epoch_order(n: int, seed: int, epoch: int, task_epochs: TaskEpochs | None = None) -> np.ndarray:
