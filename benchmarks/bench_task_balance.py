@@ -4,7 +4,7 @@ The embedded demo (tiny model + synthetic multi-task chats with checkable answer
 with the same seed, data and schedule; only `train.task_weights` / `train.task_epochs` change. Prints one
 markdown table: exact match per task_type after training, per variant, plus steps and wall time.
 
-    .venv/bin/python benchmarks/bench_task_balance.py                  # ~8-10 min on a busy 2-core machine
+    .venv/bin/python benchmarks/bench_task_balance.py                  # ~10-20 min on a busy 2-core machine
     .venv/bin/python benchmarks/bench_task_balance.py --task list/count_up --weight 4 --n-train 1800
 """
 
@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--weight", type=float, default=3.0)
     ap.add_argument("--epochs-factor", type=float, default=2.0, help="train.task_epochs for --task")
     ap.add_argument("--n-train", type=int, default=3000)
-    ap.add_argument("--epochs", type=float, default=3.0)
+    ap.add_argument("--epochs", type=float, default=3.0)  # the demo itself trains 5
     ap.add_argument("--variants", default="baseline,weight,epochs,zero")
     args = ap.parse_args()
 
