@@ -85,6 +85,14 @@ def make_demo_data(n_train: int = 3000, n_eval: int = 40, seed: int = 0) -> tupl
     return train, evals
 
 
+BALANCE_HINT = """\
+# Multi-task balancing (docs/DESIGN.md §2.1): set under train: to weight a task in the loss (numerator only)
+# or give it extra passes per epoch; loss/<task>, loss_share/<task> and token_share/<task> show the effect.
+#   task_weights: {math/add: 3.0}
+#   task_epochs: {math/add: 2}
+"""
+
+
 def demo_config(out: Path, model_dir: str, train_path: Path, eval_path: Path) -> dict[str, Any]:
     """The demo's training config (also written to OUT/demo.yaml for users to copy)."""
     return {
@@ -128,7 +136,8 @@ def run_demo(out: str | Path = "runs/demo", overrides: list[str] = ()) -> dict[s
                          intermediate_size=384)
     raw = demo_config(out, str(model_dir), train_path, eval_path)
     cfg = build_config(raw, list(overrides), source="demo")
-    (out / "demo.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+    (out / "demo.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False) + BALANCE_HINT,
+                                   encoding="utf-8")
     print(f"demo data: {len(train_recs)} train / {len(eval_recs)} eval records in {out / 'data'}")
 
     prompts = [r["messages"][:-1] for r in eval_recs]

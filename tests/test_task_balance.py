@@ -189,3 +189,14 @@ def test_unknown_task_weight_is_a_one_line_cli_error(tmp_path, tiny_model_dir, s
     line = err.strip()
     assert line.startswith("error: train.task_weights: task type 'maths' is not in the train data")
     assert "math, math/add, text, text/repeat" in line and "\n" not in line
+
+
+def test_demo_balance_hint_is_a_valid_config(tmp_path):
+    """The commented example appended to the demo's demo.yaml works when uncommented."""
+    from sftlab.demo import BALANCE_HINT, demo_config
+
+    example = yaml.safe_load("\n".join(line[4:] for line in BALANCE_HINT.splitlines() if line.startswith("#   ")))
+    raw = demo_config(tmp_path, "model", tmp_path / "train.jsonl", tmp_path / "eval.jsonl")
+    raw["train"].update(example)
+    cfg = build_config(raw)
+    assert cfg.train.task_weights == {"math/add": 3.0} and cfg.train.task_epochs == {"math/add": 2.0}
