@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -128,6 +128,11 @@ class TrainConfig(Strict):
     eval_generate: EvalGenerateConfig | None = None  # generation metrics at every eval (needs data.eval)
     health: HealthConfig = HealthConfig()  # alarm thresholds and abort_on
     device: str | None = None  # default: cuda if available, else cpu
+    # Multi-task balancing (sftlab/train/balance.py): keys are task types or parent channels ('math' covers
+    # 'math/add'; the most specific wins; others 1). Weights scale the loss numerator only (D unchanged);
+    # epochs repeat (2) or subsample (0.5) a task's samples in each epoch of the step plan.
+    task_weights: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = {}
+    task_epochs: dict[str, Annotated[float, Field(gt=0, allow_inf_nan=False)]] = {}
 
 
 class RunConfig(Strict):

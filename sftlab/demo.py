@@ -88,6 +88,14 @@ def make_demo_data(n_train: int = 3000, n_eval: int = 40, seed: int = 0) -> tupl
     return train, evals
 
 
+BALANCE_HINT = """\
+# Multi-task balancing (docs/DESIGN.md §2.1): set under train: to weight a task in the loss (numerator only)
+# or give it extra passes per epoch; loss/<task>, loss_share/<task> and token_share/<task> show the effect.
+#   task_weights: {math/add: 3.0}
+#   task_epochs: {math/add: 2}
+"""
+
+
 def demo_config(out: Path, model_dir: str, train_path: Path, eval_path: Path) -> dict[str, Any]:
     """The demo's training config (also written to OUT/demo.yaml for users to copy)."""
     return {
@@ -98,6 +106,9 @@ def demo_config(out: Path, model_dir: str, train_path: Path, eval_path: Path) ->
                   "gradient_accumulation_steps": 2, "learning_rate": 5e-3, "lr_scheduler_type": "cosine",
                   "warmup_ratio": 0.05, "weight_decay": 0.01, "num_train_epochs": 5, "logging_steps": 10,
                   "eval_steps": 100, "save_steps": 0, "seed": 42},
+        # Multi-task balancing (docs/DESIGN.md §2.1), e.g. arithmetic counts 3x in the loss and gets a second
+        # pass per epoch; loss/<task> and loss_share/<task> in metrics.jsonl show what it did:
+        #   "train": {..., "task_weights": {"math/add": 3.0}, "task_epochs": {"math/add": 2}},
     }
 
 
@@ -128,7 +139,8 @@ def run_demo(out: str | Path = "runs/demo", overrides: list[str] = ()) -> dict[s
                          intermediate_size=384)
     raw = demo_config(out, str(model_dir), train_path, eval_path)
     cfg = build_config(raw, list(overrides), source="demo")
-    (out / "demo.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+    (out / "demo.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False) + BALANCE_HINT,
+                                   encoding="utf-8")
     print(f"demo data: {len(train_recs)} train / {len(eval_recs)} eval records in {out / 'data'}")
     cfg.train.overwrite_output_dir = not cfg.train.resume  # data and model were just rebuilt: replace the old run
 

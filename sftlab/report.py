@@ -229,6 +229,26 @@ def _channel_plot(title: str, lines: list[tuple[str, Series]], what: str, marker
     return _finish(fig, ax, title, alt, wide=True)
 
 
+def _plot_shares(d: RunData, prefix: str, title: str, what: str) -> Plot | None:
+    """Stacked area of each top-level task's share per step (top-level channels partition the samples)."""
+    chans = sorted({k[len(prefix):] for r in d.train for k in r if k.startswith(prefix)}, key=_channel_order)
+    chans = [c for c in chans if "/" not in c and not c.startswith("@")]
+    recs = [r for r in d.train if is_number(r.get("step")) and any(f"{prefix}{c}" in r for c in chans)]
+    if not chans or not recs:
+        return None
+    xs = [float(r["step"]) for r in recs]
+    ys = [[float(r.get(f"{prefix}{c}", 0.0)) if is_number(r.get(f"{prefix}{c}")) else 0.0 for r in recs]
+          for c in chans]
+    fig, ax = _new_fig()
+    ax.stackplot(xs, ys, labels=chans, colors=_colors(len(chans)), alpha=0.85)
+    ax.set_ylim(0, 1.0)
+    ax.set_ylabel("share of the step")
+    _legend(ax, len(chans))
+    means = ", ".join(f"{c} {sum(y) / len(y):.1%}" for c, y in zip(chans, ys, strict=True))
+    alt = f"Stacked area chart of {what} per task over {len(recs)} logged steps; mean shares: {means}."
+    return _finish(fig, ax, title, alt)
+
+
 def _colors(n: int) -> list[Any]:
     from matplotlib import colormaps
 
@@ -423,6 +443,16 @@ def render_html(d: RunData) -> str:
                       "(solid: task type, dashed: sub-type, dotted: special tokens)"),
         _channel_plot("Eval loss per channel", eval_lines, "the eval loss per channel", marker="o", smooth=False),
     ], "" if d.train or d.evals else "<p>No train or eval metrics logged yet.</p>"))
+
+    # each task's share (what task_weights / task_epochs / mix did to a step)
+    plan = ((d.data_summary or {}).get("train") or {}).get("plan_per_epoch") or {}
+    plan_rows = [[t, r.get("samples", "-"), r.get("tokens", "-"), r.get("supervised_tokens", "-"),
+                  r.get("weight", "-"), r.get("epochs", "-")] for t, r in plan.items() if isinstance(r, dict)]
+    parts.append(_section("Task shares", [
+        _plot_shares(d, "loss_share/", "Share of the weighted loss per task", "the share of the weighted loss"),
+        _plot_shares(d, "token_share/", "Share of supervised tokens per task", "the share of supervised tokens"),
+    ], _table(["task_type", "samples / epoch", "tokens / epoch", "supervised / epoch", "task weight",
+               "task epochs"], plan_rows) if plan_rows else ""))
 
     # final per-task metrics
     if d.eval_results:

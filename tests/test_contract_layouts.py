@@ -3,11 +3,13 @@ gradient of every parameter are the same for pad (any micro-batch size × accumu
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from sftlab.data.render import render_records
+from sftlab.train.balance import per_sample_values
 from sftlab.train.batching import collate, packed_micro_batch, plan_packed_micro_batches
 from sftlab.train.loss import attach_loss_coefficients, micro_batch_loss, supervised_token_nll
 
@@ -57,35 +59,49 @@ def base_samples(tiny_tokenizer):
     return samples
 
 
-def micro_batches(samples: list[dict], mode: str, size: int, pad_id: int, impl: str = "sdpa") -> list[dict]:
-    """The global batch laid out as micro-batches of `size` samples (pack: `4 // size` packed micro-batches)."""
+def micro_batch_layout(samples: list[dict], mode: str, size: int, pad_id: int,
+                       impl: str = "sdpa") -> list[tuple[list[int], dict]]:
+    """The global batch laid out as micro-batches of `size` samples (pack: `4 // size` packed micro-batches),
+    each with the indices of its samples in collate order."""
     if mode == "pack":
         max_len = max(s["num_tokens"] for s in samples) + 8
-        plans = plan_packed_micro_batches(samples, max_len, n_micro=4 // size)
+        plans = plan_packed_micro_batches(samples, max_len, n_micro=len(samples) // size)
         out = []
         for rows in plans:
             micro, local = packed_micro_batch(samples, rows)
-            out.append(collate(micro, "pack", pad_id, attn_implementation=impl, rows=local))
+            order = [i for row in rows for i in row]
+            out.append((order, collate(micro, "pack", pad_id, attn_implementation=impl, rows=local)))
         return out
-    return [collate(samples[i:i + size], mode, pad_id, attn_implementation=impl) for i in range(0, len(samples), size)]
+    return [(list(range(i, min(i + size, len(samples)))),
+             collate(samples[i:i + size], mode, pad_id, attn_implementation=impl)) for i in range(0, len(samples), size)]
 
 
-def loss_and_grads(model, batches: list[dict], denominator: float) -> tuple[float, dict[str, torch.Tensor]]:
+def micro_batches(samples: list[dict], mode: str, size: int, pad_id: int, impl: str = "sdpa") -> list[dict]:
+    return [b for _, b in micro_batch_layout(samples, mode, size, pad_id, impl)]
+
+
+def loss_and_grads(model, batches: list, denominator: float,
+                   weights: np.ndarray | None = None) -> tuple[float, dict[str, torch.Tensor]]:
+    """Loss and gradients of one global batch; with `weights` (per sample), `batches` is a micro_batch_layout."""
     model.zero_grad(set_to_none=True)
     total = 0.0
-    for b in batches:
-        loss = micro_batch_loss(supervised_token_nll(model, b), b, denominator)
+    for item in batches:
+        idx, b = item if weights is not None else (None, item)
+        w = None if weights is None else torch.tensor(weights[idx], dtype=torch.float32)
+        loss = micro_batch_loss(supervised_token_nll(model, b), b, denominator, w)
         loss.backward()
         total += loss.item()
     return total, {n: p.grad.detach().clone() for n, p in model.named_parameters()}
 
 
-def direct_loss(model, samples: list[dict], reduction: str) -> float:
-    """The DESIGN §2 formulas computed the plain way: one HF forward per sample, loops over samples and turns."""
+def direct_loss(model, samples: list[dict], reduction: str, task_weights: list[float] | None = None) -> float:
+    """The DESIGN §2 formulas computed the plain way: one HF forward per sample, loops over samples and turns.
+    `task_weights` (one per sample) multiply the numerator only, the denominator is left as it is."""
     num = den = 0.0
     seq_means = []
     with torch.no_grad():
-        for s in samples:
+        for k, s in enumerate(samples):
+            big_w = 1.0 if task_weights is None else task_weights[k]
             ids = torch.tensor([s["input_ids"]])
             logp = F.log_softmax(model(input_ids=ids, use_cache=False).logits[0].double(), -1)
             ti = torch.tensor(s["turn_index"])
@@ -94,11 +110,11 @@ def direct_loss(model, samples: list[dict], reduction: str) -> float:
                 pos = torch.nonzero(ti == t).flatten()
                 nll = -logp[pos - 1, ids[0, pos]]
                 if reduction == "turn":
-                    num, den = num + w * nll.mean().item(), den + w
+                    num, den = num + big_w * w * nll.mean().item(), den + w
                 elif reduction == "token":
-                    num, den = num + w * nll.sum().item(), den + w * len(pos)
+                    num, den = num + big_w * w * nll.sum().item(), den + w * len(pos)
                 tok_sum, tok_w = tok_sum + w * nll.sum().item(), tok_w + w * len(pos)
-            seq_means.append(tok_sum / tok_w)
+            seq_means.append(big_w * tok_sum / tok_w)
     return sum(seq_means) / len(seq_means) if reduction == "sequence" else num / den
 
 
@@ -137,3 +153,59 @@ def test_eager_pack_matches_sdpa_pad(tiny_model_dir, base_samples, tiny_tokenize
     loss, grads = loss_and_grads(eager, micro_batches(samples, "pack", 2, pad_id, "eager"), denominator)
     assert abs(loss - ref_loss) <= 1e-5 * abs(ref_loss)
     assert all((grads[n] - g).norm() <= 1e-5 * g.norm() + 1e-12 for n, g in ref_grads.items())
+
+
+# Task weights (train.task_weights): per-sample multipliers of the coefficients, denominator unchanged.
+TASK_OF = ["math/add", "chat", "tool", "math"]  # one task per RECORDS entry
+TASK_WEIGHTS = {"math": 2.0, "math/add": 3.0, "chat": 0.5, "tool": 0.0}  # most specific key wins
+
+
+@pytest.mark.parametrize("reduction", ["token", "turn", "sequence"])
+def test_weighted_loss_and_gradients_equal_across_layouts(model, base_samples, tiny_tokenizer, reduction):
+    samples = [dict(s, task_type=t) for s, t in zip(base_samples, TASK_OF, strict=True)]
+    attach_loss_coefficients(samples, reduction)
+    weights = per_sample_values(TASK_OF, TASK_WEIGHTS, "task_weights")
+    assert weights.tolist() == [3.0, 0.5, 0.0, 2.0]
+    denominator = sum(s["loss_denom"] for s in samples)  # unchanged by the weights
+    pad_id = tiny_tokenizer.pad_token_id
+    ref_loss, ref_grads = loss_and_grads(model, micro_batch_layout(samples, "pad", 4, pad_id), denominator, weights)
+
+    expected = direct_loss(model, samples, reduction, weights.tolist())  # Σ W_s c_i l_i / unchanged D
+    assert abs(ref_loss - expected) <= 1e-5 * abs(expected), (ref_loss, expected)
+    unweighted, plain_grads = loss_and_grads(model, micro_batches(samples, "pad", 4, pad_id), denominator)
+    assert abs(unweighted - ref_loss) > 1e-3 * unweighted  # the weights change the objective
+
+    for mode, size in LAYOUTS[1:]:
+        loss, grads = loss_and_grads(model, micro_batch_layout(samples, mode, size, pad_id), denominator, weights)
+        assert abs(loss - ref_loss) <= 1e-5 * abs(ref_loss), (mode, size, loss, ref_loss)
+        for name, g in grads.items():
+            ref = ref_grads[name]
+            err = (g - ref).norm().item()
+            assert err <= 1e-5 * ref.norm().item() + 1e-12, (mode, size, name, err, ref.norm().item())
+    flat = torch.cat([g.flatten() for g in ref_grads.values()])
+    plain = torch.cat([g.flatten() for g in plain_grads.values()])
+    assert (flat - plain).norm() > 1e-3 * flat.norm()
+
+
+@pytest.mark.parametrize("mode", ["pad", "padfree", "pack"])
+def test_weight_zero_task_contributes_exactly_zero_gradient(model, base_samples, tiny_tokenizer, mode):
+    samples = [dict(s, task_type=t) for s, t in zip(base_samples, TASK_OF, strict=True)]
+    attach_loss_coefficients(samples, "turn")
+    weights = per_sample_values(TASK_OF, TASK_WEIGHTS, "task_weights")
+    zero = [i for i, w in enumerate(weights) if w == 0]
+    denominator = sum(s["loss_denom"] for s in samples)
+    pad_id = tiny_tokenizer.pad_token_id
+    # the weight-0 task's samples alone: every gradient entry is exactly 0, while their loss is not 0
+    only = [samples[i] for i in zero]
+    loss, grads = loss_and_grads(model, micro_batch_layout(only, mode, 1, pad_id), denominator, weights[zero])
+    assert loss == 0.0 and all(torch.count_nonzero(g) == 0 for g in grads.values())
+    with torch.no_grad():
+        nll = supervised_token_nll(model, collate(only, mode, pad_id, attn_implementation="sdpa", max_len=512))
+    assert float(nll.sum()) > 0  # the channel loss still has something to report
+    # and the whole batch equals the batch without them (same, unchanged denominator)
+    _, with_zero = loss_and_grads(model, micro_batch_layout(samples, mode, 2, pad_id), denominator, weights)
+    rest = [i for i in range(len(samples)) if i not in zero]
+    _, without = loss_and_grads(model, micro_batch_layout([samples[i] for i in rest], mode, 1, pad_id),
+                                denominator, weights[rest])
+    for name, g in with_zero.items():
+        assert (g - without[name]).norm() <= 1e-5 * g.norm() + 1e-12, name

@@ -11,6 +11,7 @@ import torch
 from sftlab.config import build_config
 from sftlab.data.render import render_records
 from sftlab.train import parallel
+from sftlab.train.balance import per_sample_values
 from sftlab.train.loop import DataSet, run_micro_batches, split_global_batch
 from sftlab.train.loss import SupervisedTokenNLL, attach_loss_coefficients
 
@@ -48,14 +49,14 @@ def _cfg(tmp_path, model_dir, reduction: str, batching: str = "pad"):
                          "train": {"output_dir": str(tmp_path), "loss": reduction}})
 
 
-def _step_grads(engine, data, cfg, world: int, accum: int, pad_id: int):
+def _step_grads(engine, data, cfg, world: int, accum: int, pad_id: int, weighted: bool = False):
     """Gradient and logged loss of one optimizer step, simulating `world` ranks in one process
     (each rank's gradient is computed separately, then averaged as DDP would)."""
     idx = np.arange(len(data.samples))
     denom = float(data.denoms[idx].sum())
     lengths = data.lengths if cfg.data.batching == "pack" else None
     eot = torch.tensor([0])
-    total_sums = None
+    total_sums = total_weighted = None
     grads = None
     for rank in range(world):
         engine.zero_grad(set_to_none=True)
@@ -65,8 +66,10 @@ def _step_grads(engine, data, cfg, world: int, accum: int, pad_id: int):
         g = [p.grad.detach().clone() for p in engine.parameters()]
         grads = g if grads is None else [a + b for a, b in zip(grads, g, strict=True)]
         total_sums = stats.sums if total_sums is None else total_sums + stats.sums
+        total_weighted = stats.weighted if total_weighted is None else total_weighted + stats.weighted
     grads = [g / world for g in grads]
-    return torch.cat([g.flatten() for g in grads]), float(total_sums[0]) / denom, total_sums
+    out = torch.cat([g.flatten() for g in grads]), float(total_sums[0]) / denom, total_sums
+    return (*out, total_weighted) if weighted else out
 
 
 @pytest.mark.parametrize("reduction", ["token", "turn", "sequence"])
@@ -145,3 +148,44 @@ def test_channel_losses_recombine_into_total(tiny_model_dir, tiny_tokenizer, tmp
         recombined = float((ch_loss * ch_den).sum() / ch_den.sum())
         assert abs(recombined - loss) <= 1e-6 * max(1.0, loss)
         assert len({round(float(x), 4) for x in ch_loss}) == len(data.channels)  # channels really differ
+
+
+@pytest.mark.parametrize("reduction", ["token", "turn"])
+def test_task_weights_through_the_loop(reduction, tiny_model_dir, tiny_tokenizer, tmp_path):
+    """With task weights: gradient and weighted loss invariant across micro-batch x accumulation x ranks x
+    pad/padfree/pack; the weighted loss is Σ_ch W_ch numerator_ch / unchanged D; a weight-0 task gives no
+    gradient at all, and its channel loss is still there."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    engine = SupervisedTokenNLL(model)
+    data = _dataset(tiny_tokenizer, reduction)
+    task_weights = {"math": 2.5, "chat": 0.0}  # 'math' covers 'math/add'; text/copy keeps 1
+    data.weights = per_sample_values([s["task_type"] for s in data.samples], task_weights, "task_weights")
+    pad = tiny_tokenizer.pad_token_id
+    cfg = _cfg(tmp_path, tiny_model_dir, reduction)
+    ref_g, _, ref_sums, ref_w = _step_grads(engine, data, cfg, 1, 1, pad, weighted=True)
+    denom = float(data.denoms.sum())
+    by_channel = dict(zip(data.channels, ref_sums[1:1 + len(data.channels)].tolist(), strict=True))
+    assert by_channel["chat"] > 0  # the weight-0 channel's loss is still measured
+    expected = (2.5 * by_channel["math/add"] + by_channel["text/copy"]) / denom
+    assert abs(float(ref_w[0]) / denom - expected) <= 1e-6 * expected
+    assert float(ref_w[1 + data.channels.index("chat")]) == 0.0
+    for batching, world, accum in [("pad", 1, 8), ("pad", 2, 2), ("padfree", 4, 1), ("pack", 2, 2)]:
+        g, _, sums, w = _step_grads(engine, data, _cfg(tmp_path, tiny_model_dir, reduction, batching), world, accum,
+                                    pad, weighted=True)
+        assert float(torch.linalg.norm(g - ref_g) / torch.linalg.norm(ref_g)) <= 1e-5, (batching, world, accum)
+        assert torch.allclose(w, ref_w, rtol=1e-5) and torch.allclose(sums, ref_sums, rtol=1e-5)
+
+    # weight 0 for the chat samples == those samples contributing nothing (same denominator)
+    keep = [i for i, s in enumerate(data.samples) if s["task_type"] != "chat"]
+    engine.zero_grad(set_to_none=True)
+    info = parallel.DistInfo(rank=0, world_size=1)
+    run_micro_batches(engine, data, [(np.array(keep), None)], denom, cfg, info, pad, torch.tensor([0]), train=True)
+    g_keep = torch.cat([p.grad.flatten() for p in engine.parameters()])
+    assert float(torch.linalg.norm(g_keep - ref_g) / torch.linalg.norm(ref_g)) <= 1e-5
+    chat = [i for i, s in enumerate(data.samples) if s["task_type"] == "chat"]
+    engine.zero_grad(set_to_none=True)
+    run_micro_batches(engine, data, [(np.array(chat), None)], denom, cfg, info, pad, torch.tensor([0]), train=True)
+    assert all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in engine.parameters())

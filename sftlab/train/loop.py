@@ -28,6 +28,16 @@ from sftlab.data.records import task_channels, write_jsonl
 from sftlab.data.render import eot_token_ids, load_tokenizer
 from sftlab.errors import UserError
 from sftlab.train import parallel, preflight, rundir
+from sftlab.train.balance import (
+    TaskEpochs,
+    epoch_order,
+    format_plan_table,
+    per_sample_values,
+    plan_table,
+    share_metrics,
+    task_epochs_plan,
+    weighted_sums,
+)
 from sftlab.train.batching import collate, move_batch, packed_micro_batch, plan_packed_micro_batches
 from sftlab.train.loss import SupervisedTokenNLL, micro_batch_loss, per_sample_sums
 from sftlab.train.model import DTYPES, autocast_context, check_model_path, load_model, pick_device
@@ -56,6 +66,8 @@ class DataSet:
     summary: dict[str, Any] = field(default_factory=dict)
     task_codes: np.ndarray | None = None  # per-sample index into task_names (int16)
     task_names: list[str] = field(default_factory=list)
+    weights: np.ndarray | None = None  # per-sample task weight (train.task_weights); None: all 1
+    supervised: np.ndarray | None = None  # per-sample predicted (supervised, shifted) tokens
 
 
 def load_split(sources: list, cfg: RunConfig, tokenizer: Any, run_dir: Path | None, name: str,
@@ -94,6 +106,7 @@ def load_split(sources: list, cfg: RunConfig, tokenizer: Any, run_dir: Path | No
     lengths = np.zeros(len(rows), dtype=np.int64)
     denoms = np.zeros(len(rows), dtype=np.float64)
     task_codes = np.zeros(len(rows), dtype=np.int16)
+    predicted = np.zeros(len(rows), dtype=np.int64)  # supervised targets after the shift (position 0 is never one)
     supervised = 0
     for j, s in enumerate(stores):
         r = rows[pick[j]]
@@ -101,6 +114,8 @@ def load_split(sources: list, cfg: RunConfig, tokenizer: Any, run_dir: Path | No
         denoms[pick[j]] = s.denoms[r]
         task_codes[pick[j]] = remap[j][s.task_codes[r]] if len(r) else []
         supervised += int(s.supervised[r].sum())
+        if len(r):
+            predicted[pick[j]] = s.supervised[r] - (s.turn_index[s.token_offsets[r]] >= 0)
     rejects = [r for s in stores for r in s.rejects()]
     m = [o.store.manifest for o in opened]
     report = RenderReport(rendered=len(rows), truncated=sum(x["truncated"] for x in m),
@@ -144,15 +159,17 @@ def load_split(sources: list, cfg: RunConfig, tokenizer: Any, run_dir: Path | No
                "lengths": lengths.tolist(), "supervised_tokens": supervised,
                "truncated": report.truncated, "rejected": len(rejects), "cache": cache}
     return DataSet(StoreSamples(stores, store_of, rows), channels, matrix, denoms, lengths, summary,
-                   task_codes, task_names)
+                   task_codes, task_names, supervised=predicted)
 
 
 def step_plan(n: int, global_batch: int, min_batch: int, epochs: float, max_steps: int, seed: int,
-              lengths: np.ndarray | None) -> tuple[list[np.ndarray], int]:
+              lengths: np.ndarray | None, task_epochs: TaskEpochs | None = None) -> tuple[list[np.ndarray], int]:
     """The sample indices of every optimizer step. They depend only on the seed and the global batch size;
     how a step is split into micro-batches, accumulation steps and ranks never changes them.
-    With `lengths`, each global batch is sorted by length (grouping inside the global batch)."""
-    per_epoch = n // global_batch + (1 if n % global_batch >= min_batch else 0)
+    With `lengths`, each global batch is sorted by length (grouping inside the global batch).
+    With `task_epochs`, an epoch repeats or subsamples each task's samples (sftlab/train/balance.py)."""
+    pool = n if task_epochs is None else task_epochs.size
+    per_epoch = pool // global_batch + (1 if pool % global_batch >= min_batch else 0)
     if per_epoch == 0:
         raise UserError(f"the train set has {n} samples, fewer than one global batch ({global_batch}); "
                         "lower per_device_train_batch_size or gradient_accumulation_steps")
@@ -160,7 +177,7 @@ def step_plan(n: int, global_batch: int, min_batch: int, epochs: float, max_step
     plan: list[np.ndarray] = []
     epoch = 0
     while len(plan) < total:
-        order = np.random.default_rng([seed, epoch]).permutation(n)
+        order = epoch_order(n, seed, epoch, task_epochs)
         for b in range(per_epoch):
             idx = order[b * global_batch:(b + 1) * global_batch]
             if lengths is not None:
@@ -302,6 +319,7 @@ class StepStats:
     tokens: int = 0
     padded: int = 0
     supervised: int = 0
+    weighted: torch.Tensor | None = None  # [weighted total, weighted channel numerators] (task_weights)
 
 
 def run_micro_batches(engine: Any, data: DataSet, micro: list[tuple[np.ndarray, Any]], denom: float, cfg: RunConfig,
@@ -311,7 +329,8 @@ def run_micro_batches(engine: Any, data: DataSet, micro: list[tuple[np.ndarray, 
     compensate the data-parallel gradient averaging (docs/DESIGN.md §2)."""
     device = info.device
     n_ch = len(data.channels)
-    stats = StepStats(sums=torch.zeros(n_ch + 3, dtype=torch.float64, device=device))
+    stats = StepStats(sums=torch.zeros(n_ch + 3, dtype=torch.float64, device=device),
+                      weighted=torch.zeros(n_ch + 1, dtype=torch.float64, device=device))
     matrix = data.channel_matrix.to(device)
     for a, (idx, rows) in enumerate(micro):
         if len(idx) == 0:
@@ -320,15 +339,18 @@ def run_micro_batches(engine: Any, data: DataSet, micro: list[tuple[np.ndarray, 
                         attn_implementation=cfg.model.attn_implementation, max_len=cfg.data.max_length)
         batch = move_batch(batch, device)
         ctx = parallel.no_sync(engine, train and a < len(micro) - 1)
+        weights = None if data.weights is None else torch.as_tensor(data.weights[idx], device=device)
         with ctx, autocast_context(cfg.model.dtype, device):
             nll = engine(batch)
             if train:
-                loss = micro_batch_loss(nll, batch, denom) * info.world_size
+                loss = micro_batch_loss(nll, batch, denom, weights) * info.world_size
         if train:
             loss.backward()
         per_sample = per_sample_sums(nll, batch, len(idx))
+        rows = matrix[torch.as_tensor(idx, device=device)]
         stats.sums[0] += per_sample.sum()
-        stats.sums[1:1 + n_ch] += matrix[torch.as_tensor(idx, device=device)].T @ per_sample
+        stats.sums[1:1 + n_ch] += rows.T @ per_sample
+        stats.weighted += weighted_sums(per_sample, weights, rows)
         is_eot = torch.isin(batch["targets"], eot_ids)
         stats.sums[1 + n_ch] += nll.detach()[is_eot].double().sum()
         stats.sums[2 + n_ch] += is_eot.sum()
@@ -409,9 +431,17 @@ def train(cfg: RunConfig) -> Path:
         from sftlab.eval.during_training import eval_subset
 
         gen_records = eval_subset(cfg)
+    task_types = [train_data.task_names[c] for c in train_data.task_codes]
+    if cfg.train.task_weights:
+        train_data.weights = per_sample_values(task_types, cfg.train.task_weights, "task_weights")
+    supervised = train_data.supervised
+    repeats = task_epochs_plan(task_types, cfg.train.task_epochs, cfg.train.seed)
     plan, per_epoch = step_plan(len(train_data.samples), global_batch, info.world_size * accum,
                                 cfg.train.num_train_epochs, cfg.train.max_steps, cfg.train.seed,
-                                train_data.lengths if cfg.data.group_by_length else None)
+                                train_data.lengths if cfg.data.group_by_length else None, repeats)
+    train_data.summary["plan_per_epoch"] = plan_table(
+        task_types, train_data.lengths, supervised,
+        train_data.weights if train_data.weights is not None else np.ones(len(task_types)), repeats)
     total_steps = len(plan)
     fingerprint = rundir.fingerprint(cfg, global_batch)
     if resume_dir:
@@ -425,6 +455,7 @@ def train(cfg: RunConfig) -> Path:
         (run_dir / "data_summary.json").write_text(json.dumps(summary), encoding="utf-8")
         print(f"global batch {global_batch} = micro {micro_size} x accumulation {accum} x world {info.world_size}; "
               f"{total_steps} optimizer steps ({per_epoch} per epoch); loss reduction '{cfg.train.loss}'")
+        print(format_plan_table(train_data.summary["plan_per_epoch"]))
         if len(train_data.samples) < 10_000 and "num_train_epochs" not in cfg.train.model_fields_set \
                 and cfg.train.max_steps <= 0:
             print("hint: under 10k training samples - 3 epochs (train.num_train_epochs=3) usually works better")
@@ -498,10 +529,11 @@ def train(cfg: RunConfig) -> Path:
                     "or lower data.max_length") from None
             counts = torch.tensor([stats.tokens, stats.padded, stats.supervised], dtype=torch.float64, device=device)
             parallel.all_reduce_sum(stats.sums, info)
+            parallel.all_reduce_sum(stats.weighted, info)
             parallel.all_reduce_sum(counts, info)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm or float("inf"))
             grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-            loss = float(stats.sums[0]) / denom
+            loss = float(stats.weighted[0]) / denom  # the optimized objective (task weights applied)
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                 optimizer.zero_grad(set_to_none=True)
                 path = checkpoint(f"emergency-step-{step}", step)
@@ -525,6 +557,10 @@ def train(cfg: RunConfig) -> Path:
                     "lr": lr, "supervised_tokens": int(counts[2]), "tokens": int(counts[0]),
                     "tokens_per_s": tok_since / max(now - t_last, 1e-9),
                     "padding_ratio": 1.0 - float(counts[0]) / max(float(counts[1]), 1.0)}
+                if train_data.weights is not None:
+                    rec["loss_unweighted"] = float(stats.sums[0]) / denom
+                ch_tokens = train_data.channel_matrix.numpy()[idx].T @ supervised[idx]
+                rec.update(share_metrics(train_data.channels, stats.weighted, ch_tokens, float(supervised[idx].sum())))
                 for j, c in enumerate(train_data.channels):
                     if ch_den[j] > 0:
                         rec[f"loss/{c}"] = float(stats.sums[1 + j]) / float(ch_den[j])
@@ -534,7 +570,8 @@ def train(cfg: RunConfig) -> Path:
                 t_last, tok_since = now, 0
                 writer.log(rec)
                 view.update(rec)
-                _raise_alarms(monitor, rec, writer)
+                # health checks compare losses with ln(vocab) etc.: per-token NLL, so the unweighted loss
+                _raise_alarms(monitor, {**rec, "loss": rec.get("loss_unweighted", loss)}, writer)
 
             if eval_data is not None and cfg.train.eval_steps and (step % cfg.train.eval_steps == 0
                                                                     or step == total_steps):

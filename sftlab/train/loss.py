@@ -13,6 +13,10 @@ holds the global batch plan), and each micro-batch contributes  Σ_{i in micro} 
 over micro-batches, accumulation steps and ranks gives exactly L, whatever the layout: that is the
 invariance the property tests check. Channel (task_type) losses are the same reduction restricted to the
 samples of one channel: Σ_{i in ch} c_i l_i / Σ_{s in ch} D_s, so they recombine exactly into the total.
+
+Task weights (train.task_weights, sftlab/train/balance.py) multiply the coefficients of a sample's tokens by a
+per-sample W_s when a micro-batch is reduced: L = Σ_i W_s(i) c_i l_i / D with D unchanged. The coefficients
+still depend only on the token's own sample, so the invariance holds as before. Channel losses stay unweighted.
 """
 
 from __future__ import annotations
@@ -119,9 +123,17 @@ class SupervisedTokenNLL(torch.nn.Module):
         return supervised_token_nll(self.model, batch, self.chunk_size)
 
 
-def micro_batch_loss(nll: torch.Tensor, batch: dict[str, torch.Tensor], denominator: float) -> torch.Tensor:
-    """This micro-batch's share of the global-batch loss: Σ c_i l_i / D (D counted over the global batch)."""
-    return (nll * batch["target_coef"]).sum() / denominator
+def micro_batch_loss(nll: torch.Tensor, batch: dict[str, torch.Tensor], denominator: float,
+                     sample_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """This micro-batch's share of the global-batch loss: Σ W_s c_i l_i / D (D counted over the global batch).
+
+    `sample_weights` (one per sample of the micro-batch, in collate order; task_weights) multiply the
+    coefficients of the sample's tokens here, so stored coefficients and D stay as rendered: a weight moves
+    the numerator only, and a weight of 0 gives exactly zero gradient from that sample."""
+    coef = batch["target_coef"]
+    if sample_weights is not None:
+        coef = coef * sample_weights.to(coef.dtype)[batch["target_sample"]]
+    return (nll * coef).sum() / denominator
 
 
 def per_sample_sums(nll: torch.Tensor, batch: dict[str, torch.Tensor], num_samples: int) -> torch.Tensor:

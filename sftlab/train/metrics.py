@@ -5,7 +5,8 @@ The training loop builds one flat dict per logging step and hands the same dict 
 and `LiveView.update`; nothing here computes metrics. Only rank 0 should create these objects.
 
 Record shapes (the run-directory contract, read back by `sftlab report`):
-  train: {"step", "epoch", "loss", "grad_norm", "lr", "tokens_per_s", "padding_ratio", "loss/<channel>", ...}
+  train: {"step", "epoch", "loss", "grad_norm", "lr", "tokens_per_s", "padding_ratio", "loss/<channel>",
+          "loss_share/<channel>", "token_share/<channel>", "loss_unweighted" (with train.task_weights), ...}
   eval:  {"step", "eval_loss", "eval_loss/<channel>", "eval_<set>_loss", ...}
   alarm: {"step", "alarm", "message"}
 """
