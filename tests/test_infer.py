@@ -120,6 +120,20 @@ def test_vllm_refused_cleanly_without_cuda(tiny_model_dir):
         load_generator(tiny_model_dir, backend="vllm")
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_vllm_greedy_matches_hf(tiny_model_dir):
+    pytest.importorskip("vllm")
+    gen = load_generator(tiny_model_dir, backend="vllm", gpu_memory_utilization=0.3, dtype="float32")
+    hf = load_generator(tiny_model_dir, dtype="float32")
+    params = GenerationParams(max_new_tokens=8, logprobs=True)
+    for (a,), (b,) in zip(hf.generate(CONVS, params), gen.generate(CONVS, params), strict=True):
+        assert (b.prompt_tokens, b.completion_tokens) == (a.prompt_tokens, a.completion_tokens)
+        assert b.logprobs == pytest.approx(a.logprobs, abs=1e-2)
+    sampled = gen.generate(CONVS[:1], GenerationParams(max_new_tokens=8, temperature=1.0, n=3, seed=1))
+    assert len(sampled[0]) == 3
+
+
 # ---- the openai backend against a real HTTP server -------------------------------------------------------------
 
 def free_port() -> int:

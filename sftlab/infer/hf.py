@@ -3,6 +3,7 @@ template's end-of-turn token; greedy or sampled (temperature, top_p, seed), n re
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,13 @@ import torch
 from sftlab.errors import UserError
 from sftlab.infer.api import GenerationParams, Reply, check_params, cut_at_stop
 
+OnText = Callable[[int, str], bool]
+
 
 class HFGenerator:
     """Generator over an in-memory model + tokenizer (use `from_dir` to load a checkpoint directory)."""
+
+    streams = True  # generate() takes on_text (the server streams tokens as they are generated)
 
     def __init__(self, model: Any, tokenizer: Any, model_id: str = "model", *, batch_size: int = 32,
                  max_context: int | None = None, progress: bool = False) -> None:
@@ -55,7 +60,10 @@ class HFGenerator:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def generate(self, conversations: list[list[dict]], params: GenerationParams,
-                 tools: list[dict] | None = None) -> list[list[Reply]]:
+                 tools: list[dict] | None = None, on_text: OnText | None = None) -> list[list[Reply]]:
+        """on_text(row, new_text), row = conversation index * n + choice, receives each row's text as it is
+        generated (not with stop strings: those can only be cut once the text is complete); returning False
+        says nobody wants that row any more, and its generation stops."""
         check_params(params)
         prompts = [self.prompt_ids(c, tools) for c in conversations]
         for i, p in enumerate(prompts):
@@ -68,11 +76,14 @@ class HFGenerator:
         by_row: dict[int, Reply] = {}
         batches = [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
         for batch in _progress(batches, self.progress and len(batches) > 1):
-            for r, reply in zip(batch, self._generate_batch([prompts[rows[r]] for r in batch], params), strict=True):
+            stream = _StreamRows(self.tokenizer, batch, self.eot_ids, on_text) if on_text and not params.stop else None
+            replies = self._generate_batch([prompts[rows[r]] for r in batch], params, stream)
+            for r, reply in zip(batch, replies, strict=True):
                 by_row[r] = reply
         return [[by_row[i * params.n + k] for k in range(params.n)] for i in range(len(prompts))]
 
-    def _generate_batch(self, prompts: list[list[int]], params: GenerationParams) -> list[Reply]:
+    def _generate_batch(self, prompts: list[list[int]], params: GenerationParams,
+                        stream: _StreamRows | None = None) -> list[Reply]:
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -90,6 +101,10 @@ class HFGenerator:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         if params.stop:
             kwargs.update(stop_strings=params.stop, tokenizer=self.tokenizer)
+        if stream is not None:
+            from transformers import StoppingCriteriaList
+
+            kwargs["stopping_criteria"] = StoppingCriteriaList([stream])
         with torch.no_grad(), torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             if params.seed is not None:
                 torch.manual_seed(params.seed)
@@ -108,6 +123,35 @@ class HFGenerator:
                                  prompt_tokens=len(prompts[i]), completion_tokens=lengths_l[i],
                                  logprobs=token_logprobs[i][:lengths_l[i]] if token_logprobs else None))
         return replies
+
+
+class _StreamRows:
+    """A per-step hook of generate (a stopping criterion): hands each row's new text to on_text, and stops the
+    rows whose consumer has gone. Text is re-decoded from the row's tokens so multi-token characters come out
+    whole (an incomplete UTF-8 sequence decodes to U+FFFD and waits for the next token)."""
+
+    def __init__(self, tokenizer: Any, rows: list[int], eot_ids: list[int], on_text: OnText) -> None:
+        self.tokenizer, self.rows, self.eot_ids, self.on_text = tokenizer, rows, set(eot_ids), on_text
+        self.ids: list[list[int]] = [[] for _ in rows]
+        self.sent = [0] * len(rows)
+        self.finished = [False] * len(rows)
+        self.gone = torch.zeros(len(rows), dtype=torch.bool)
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any = None, **kwargs: Any) -> torch.Tensor:
+        for i, token in enumerate(input_ids[:, -1].tolist()):
+            if self.finished[i]:
+                continue
+            if token in self.eot_ids:
+                self.finished[i] = True
+                continue
+            self.ids[i].append(token)
+            text = self.tokenizer.decode(self.ids[i], skip_special_tokens=True)
+            if len(text) > self.sent[i] and not text.endswith("\ufffd"):
+                if self.on_text(self.rows[i], text[self.sent[i]:]) is False:
+                    self.finished[i] = True
+                    self.gone[i] = True
+                self.sent[i] = len(text)
+        return self.gone.to(input_ids.device)
 
 
 def _generated_lengths(new: torch.Tensor, eot_ids: list[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

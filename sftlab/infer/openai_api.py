@@ -7,16 +7,24 @@ Retries with exponential backoff on 429 / 5xx / timeouts / dropped connections a
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 from sftlab.errors import UserError
 from sftlab.infer.api import GenerationParams, Reply, check_params
 
 
+class EndpointError(UserError):
+    """The endpoint answered with an error status (after retries for 429/5xx)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class OpenAIGenerator:
     def __init__(self, base_url: str, model: str | None = None, api_key_env: str | None = None,
-                 concurrency: int = 8, max_retries: int = 5, timeout: float = 120.0) -> None:
+                 concurrency: int = 8, max_retries: int = 5, timeout: float = 120.0, progress: bool = False) -> None:
         import openai
 
         if api_key_env and not os.environ.get(api_key_env):
@@ -27,6 +35,7 @@ class OpenAIGenerator:
         self.base_url = base_url
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=max_retries, timeout=timeout)
         self.concurrency = concurrency
+        self.progress = progress
         self.model_id = model or self._only_model()
 
     def _only_model(self) -> str:
@@ -43,11 +52,13 @@ class OpenAIGenerator:
             return fn(*args, **kwargs)
         except openai.APIStatusError as e:
             if e.status_code >= 500 or e.status_code == 429:
-                raise UserError(f"{self.base_url}: HTTP {e.status_code} after {self.client.max_retries} retries: "
-                                f"{_message(e)}") from e
-            raise UserError(f"{self.base_url} rejected the request (HTTP {e.status_code}): {_message(e)}") from e
+                raise EndpointError(f"{self.base_url}: HTTP {e.status_code} after {self.client.max_retries} retries: "
+                                    f"{_message(e)}", e.status_code) from e
+            raise EndpointError(f"{self.base_url} rejected the request (HTTP {e.status_code}): {_message(e)}",
+                                e.status_code) from e
         except (openai.APIConnectionError, openai.APITimeoutError) as e:
-            raise UserError(f"{self.base_url}: {type(e).__name__} after {self.client.max_retries} retries: {e}") from e
+            raise EndpointError(f"{self.base_url}: {type(e).__name__} after {self.client.max_retries} retries: {e}",
+                                504 if isinstance(e, openai.APITimeoutError) else 502) from e
 
     def generate(self, conversations: list[list[dict]], params: GenerationParams,
                  tools: list[dict] | None = None) -> list[list[Reply]]:
@@ -56,7 +67,20 @@ class OpenAIGenerator:
             return []
         workers = min(self.concurrency, len(conversations))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sftlab-openai") as pool:
-            return list(pool.map(lambda c: self._one(c, params, tools), conversations))
+            futures = [pool.submit(self._one, c, params, tools) for c in conversations]
+            if self.progress and len(futures) > 1:
+                from rich.progress import Progress
+
+                with Progress(transient=True) as bar:
+                    task = bar.add_task(f"requests to {self.base_url}", total=len(futures))
+                    for _ in as_completed(futures):
+                        bar.advance(task)
+            try:
+                return [f.result() for f in futures]
+            except BaseException:
+                for f in futures:  # the first failure ends the call: do not send the requests still queued
+                    f.cancel()
+                raise
 
     def _one(self, conversation: list[dict], params: GenerationParams, tools: list[dict] | None) -> list[Reply]:
         request: dict[str, Any] = dict(model=self.model_id, messages=conversation, max_tokens=params.max_new_tokens,

@@ -36,8 +36,14 @@ class VLLMGenerator:
                             "and serve DIR with the vllm backend")
         from vllm import LLM
 
+        from sftlab.data.render import eot_token_ids, load_tokenizer
+
         self.model_id = model_id or str(path)
+        # stop at the same end-of-turn tokens as the hf backend (vLLM alone knows only generation_config's eos)
+        self.stop_token_ids = eot_token_ids(load_tokenizer(str(path)))
         self.llm = LLM(model=str(path), **engine_options)
+        model_config = getattr(getattr(self.llm, "llm_engine", None), "model_config", None)
+        self.max_context = getattr(model_config, "max_model_len", None)
 
     def generate(self, conversations: list[list[dict]], params: GenerationParams,
                  tools: list[dict] | None = None) -> list[list[Reply]]:
@@ -46,6 +52,7 @@ class VLLMGenerator:
         check_params(params)
         sampling = SamplingParams(n=params.n, temperature=params.temperature, top_p=params.top_p, seed=params.seed,
                                   max_tokens=params.max_new_tokens, stop=params.stop,
+                                  stop_token_ids=self.stop_token_ids,
                                   logprobs=0 if params.logprobs else None)
         outputs = self.llm.chat(conversations, sampling, use_tqdm=False, tools=tools or None)
         replies = []

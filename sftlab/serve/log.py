@@ -1,0 +1,127 @@
+"""The request/feedback log (SQLite, WAL mode: readers never block the writer, several server processes may share
+one file) and its export to canonical records for `sftlab data ...`."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sftlab.errors import UserError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    id TEXT PRIMARY KEY,            -- the response id the client saw (chatcmpl-...)
+    created REAL NOT NULL,          -- unix time the request arrived
+    latency_ms REAL NOT NULL,
+    model TEXT NOT NULL,
+    messages TEXT NOT NULL,         -- JSON: the conversation as received (normalised roles)
+    tools TEXT,                     -- JSON or NULL
+    params TEXT NOT NULL,           -- JSON: the sampling parameters used
+    choices TEXT NOT NULL,          -- JSON: [{text, finish_reason, completion_tokens}]
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    stream INTEGER NOT NULL,
+    upstream TEXT                   -- base URL in gateway mode, else NULL
+);
+CREATE TABLE IF NOT EXISTS feedback (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    response_id TEXT NOT NULL REFERENCES requests(id),
+    created REAL NOT NULL,
+    score INTEGER NOT NULL,
+    comment TEXT
+);
+CREATE INDEX IF NOT EXISTS feedback_response ON feedback(response_id);
+"""
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+class RequestLog:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = connect(self.path)
+        self.conn.executescript(SCHEMA)
+        self.lock = threading.Lock()
+
+    def add_request(self, *, response_id: str, created: float, latency_ms: float, model: str,
+                    messages: list[dict], tools: list[dict] | None, params: dict[str, Any],
+                    choices: list[dict[str, Any]], prompt_tokens: int, completion_tokens: int, stream: bool,
+                    upstream: str | None = None) -> None:
+        row = (response_id, created, latency_ms, model, json.dumps(messages, ensure_ascii=False),
+               json.dumps(tools, ensure_ascii=False) if tools else None, json.dumps(params),
+               json.dumps(choices, ensure_ascii=False), prompt_tokens, completion_tokens, int(stream), upstream)
+        with self.lock, self.conn:
+            self.conn.execute("INSERT INTO requests VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", row)
+
+    def add_feedback(self, response_id: str, score: int, comment: str | None) -> bool:
+        """Attach feedback to a logged response; False when the id is unknown."""
+        with self.lock, self.conn:
+            if self.conn.execute("SELECT 1 FROM requests WHERE id = ?", (response_id,)).fetchone() is None:
+                return False
+            self.conn.execute("INSERT INTO feedback (response_id, created, score, comment) VALUES (?,?,?,?)",
+                              (response_id, time.time(), score, comment))
+        return True
+
+    def count(self) -> int:
+        with self.lock:
+            return self.conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def export_records(db: str | Path, min_score: int | None = None) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """One canonical record per logged choice: the conversation plus the reply, the latest feedback and the
+    provenance (response id, model, time, latency, params, usage) in meta. With min_score, only choices whose
+    response has feedback with score >= min_score. Also returns what was left out and why (counts)."""
+    db = Path(db)
+    if not db.exists():
+        raise UserError(f"request log not found: {db}")
+    conn = connect(db)
+    try:
+        rows = conn.execute(
+            "SELECT r.id, r.created, r.latency_ms, r.model, r.messages, r.tools, r.params, r.choices, "
+            "r.prompt_tokens, r.upstream, f.score, f.comment FROM requests r LEFT JOIN "
+            "(SELECT response_id, score, comment, MAX(seq) FROM feedback GROUP BY response_id) f "
+            "ON f.response_id = r.id ORDER BY r.created, r.id").fetchall()
+    except sqlite3.DatabaseError as e:
+        raise UserError(f"{db}: not an sftlab request log ({e})") from e
+    finally:
+        conn.close()
+    records: list[dict[str, Any]] = []
+    skipped = {"below_min_score": 0, "no_feedback": 0, "empty_reply": 0}
+    for (rid, created, latency_ms, model, messages, tools, params, choices, prompt_tokens,
+         upstream, score, comment) in rows:
+        choices = json.loads(choices)
+        if min_score is not None and (score is None or score < min_score):
+            skipped["no_feedback" if score is None else "below_min_score"] += len(choices)
+            continue
+        for k, choice in enumerate(choices):
+            if not choice["text"].strip():
+                skipped["empty_reply"] += 1  # not a training example (the record format rejects it)
+                continue
+            meta = {"response_id": rid, "choice": k, "model": model,
+                    "created": datetime.fromtimestamp(created, timezone.utc).isoformat(),
+                    "latency_ms": round(latency_ms, 3), "params": json.loads(params),
+                    "finish_reason": choice["finish_reason"],
+                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": choice["completion_tokens"]},
+                    "feedback": None if score is None else {"score": score, "comment": comment}}
+            if upstream:
+                meta["upstream"] = upstream
+            records.append({"id": rid if len(choices) == 1 else f"{rid}-{k}",
+                            "messages": [*json.loads(messages), {"role": "assistant", "content": choice["text"]}],
+                            "tools": json.loads(tools) if tools else None, "task_type": "serve",
+                            "source": f"serve:{model}", "meta": meta})
+    return records, skipped
