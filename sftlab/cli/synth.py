@@ -1,0 +1,143 @@
+"""`sftlab synth best-of-n | self-instruct` and `sftlab data turns`: data production commands.
+
+They only parse arguments, load the teacher through sftlab.infer.load_generator, call sftlab.synth and write the
+outputs (kept records, OUT.dropped.jsonl with a reason per line, a one-line summary of counts per reason).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from sftlab.cli.apps import app, data_app
+
+synth_app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
+                        help="Produce training data with a teacher: best-of-n, self-instruct.")
+app.add_typer(synth_app, name="synth")
+
+TEACHER = typer.Option(..., "--teacher", help="an OpenAI-compatible base URL (http://host:port/v1) or a local model dir")
+TEACHER_MODEL = typer.Option(None, "--teacher-model", help="model name at the endpoint (default: its only model)")
+API_KEY_ENV = typer.Option(None, "--api-key-env", help="environment variable holding the endpoint's API key")
+CONCURRENCY = typer.Option(8, "--concurrency", help="parallel requests to an endpoint")
+SEED = typer.Option(0, "--seed", help="sampling seed (same seed, same teacher -> same output)")
+
+
+def _teacher(teacher: str, model: str | None, api_key_env: str | None, concurrency: int):  # noqa: ANN202
+    from sftlab.synth.teacher import load_teacher
+
+    return load_teacher(teacher, model, api_key_env, concurrency)
+
+
+def _counts_line(step: str, kept: int, dropped: list[dict]) -> str:
+    from collections import Counter
+
+    parts = [f"{step}: kept {kept} of {kept + len(dropped)}"]
+    parts += [f"{r}: {n}" for r, n in sorted(Counter(d["reason"] for d in dropped).items())]
+    return "; ".join(parts)
+
+
+@synth_app.command("best-of-n")
+def best_of_n_cmd(prompts: Path = typer.Argument(..., help="canonical records; the last assistant turn or a "
+                                                 "`reference` field is the reference answer"),
+                  out_dir: Path = typer.Option(..., "-o", "--out", help="output directory"),
+                  teacher: str = TEACHER, teacher_model: str | None = TEACHER_MODEL,
+                  api_key_env: str | None = API_KEY_ENV, concurrency: int = CONCURRENCY,
+                  n: int = typer.Option(4, "-n", help="replies sampled per prompt"),
+                  verifier: str = typer.Option("numeric", "--verifier", help="numeric[:TOL] | regex:PATTERN | "
+                                               "python:module:function | code[:SECONDS] | reward:DIR"),
+                  threshold: float = typer.Option(1.0, "--threshold", help="a reply passes at score >= this"),
+                  temperature: float = typer.Option(1.0, "--temperature"),
+                  top_p: float = typer.Option(1.0, "--top-p"),
+                  max_new_tokens: int = typer.Option(512, "--max-new-tokens"),
+                  pairs_format: str = typer.Option("trl", "--pairs-format", help="trl | llamafactory"),
+                  seed: int = SEED) -> None:
+    """Sample N replies per prompt, verify them; write sft.jsonl, pairs.jsonl, dropped.jsonl, summary.json."""
+    from sftlab.data.records import write_jsonl
+    from sftlab.synth.best_of_n import best_of_n
+    from sftlab.synth.io import read_prompt_records, write_json
+    from sftlab.synth.verifiers import make_verifier
+
+    records = read_prompt_records(prompts)
+    ver = make_verifier(verifier)
+    gen = _teacher(teacher, teacher_model, api_key_env, concurrency)
+    res = best_of_n(records, gen, ver, n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                    seed=seed, threshold=threshold, pairs_format=pairs_format)
+    write_jsonl(res.sft, out_dir / "sft.jsonl")
+    write_jsonl(res.pairs, out_dir / "pairs.jsonl")
+    write_jsonl(res.dropped, out_dir / "dropped.jsonl")
+    write_json(res.summary, out_dir / "summary.json")
+    typer.echo(f"{_counts_line('best-of-n', len(res.sft), res.dropped)}; pairs: {len(res.pairs)}; "
+               f"{res.summary['prompts_per_s']} prompts/s -> {out_dir}")
+
+
+@synth_app.command("self-instruct")
+def self_instruct_cmd(seeds: Path = typer.Argument(..., help="seed records (canonical); grouped by task_type"),
+                      out: Path = typer.Option(..., "-o", "--out", help="kept records; removed ones go to "
+                                               "OUT.dropped.jsonl, counts to OUT.summary.json"),
+                      teacher: str = TEACHER, teacher_model: str | None = TEACHER_MODEL,
+                      api_key_env: str | None = API_KEY_ENV, concurrency: int = CONCURRENCY,
+                      n: int = typer.Option(..., "-n", help="instructions to generate per task_type"),
+                      per_request: int = typer.Option(8, "--per-request", help="instructions asked per request"),
+                      few_shot: int = typer.Option(3, "--few-shot", help="seed instructions shown per request"),
+                      rouge_threshold: float = typer.Option(0.7, "--rouge-threshold",
+                                                            help="drop at ROUGE-L >= this to a seed/kept one"),
+                      temperature: float = typer.Option(1.0, "--temperature"),
+                      max_new_tokens: int = typer.Option(512, "--max-new-tokens"),
+                      seed: int = SEED) -> None:
+    """Generate new instructions per task_type from seed examples, answer them, keep the novel clean ones."""
+    from sftlab.data.curate.io import dropped_path, load_records
+    from sftlab.data.records import write_jsonl
+    from sftlab.errors import UserError
+    from sftlab.synth.io import write_json
+    from sftlab.synth.self_instruct import self_instruct
+
+    if n < 1 or per_request < 1 or few_shot < 1:
+        raise UserError("-n, --per-request and --few-shot must be >= 1")
+    records = load_records(seeds)
+    gen = _teacher(teacher, teacher_model, api_key_env, concurrency)
+    res = self_instruct(records, gen, n=n, per_request=per_request, few_shot=few_shot, seed=seed,
+                        rouge_threshold=rouge_threshold, temperature=temperature, max_new_tokens=max_new_tokens)
+    write_jsonl(res.kept, out)
+    write_jsonl(res.dropped, dropped_path(out))
+    write_json(res.summary, out.with_name(out.stem + ".summary.json"))
+    typer.echo(f"{_counts_line('self-instruct', len(res.kept), res.dropped)} -> {out}")
+
+
+@data_app.command("turns")
+def turns_cmd(inputs: list[Path] = typer.Argument(..., help="record files"),
+              out: Path = typer.Option(..., "-o", "--out", help="output records; folded ones go to OUT.dropped.jsonl"),
+              split: bool = typer.Option(False, "--split", help="one sample per assistant turn, with its history"),
+              merge: bool = typer.Option(False, "--merge", help="fold --split samples back into one per dialogue"),
+              detect_pseudo: bool = typer.Option(False, "--detect-pseudo", help="score topic switches between "
+                                                 "exchanges; writes meta.pseudo_multiturn(_score), keeps all"),
+              min_similarity: float = typer.Option(None, "--min-similarity", help="exchange cosine below this "
+                                                   "flags a dialogue (default 0.2)"),
+              embed_model: str | None = typer.Option(None, "--embed-model", help="sentence-transformers model "
+                                                     "(default: the shipped all-MiniLM-L6-v2)")) -> None:
+    """Multi-turn tools: --split / --merge / --detect-pseudo (exactly one)."""
+    from collections import Counter
+
+    from sftlab.data.curate.io import dropped_path, load_records
+    from sftlab.data.records import write_jsonl
+    from sftlab.errors import UserError
+    from sftlab.synth import turns
+
+    if split + merge + detect_pseudo != 1:
+        raise UserError("data turns: give exactly one of --split, --merge, --detect-pseudo")
+    records = load_records(inputs)
+    folded: list[dict] = []
+    if split:
+        result = turns.split_turns(records)
+        line = f"turns --split: {len(records)} dialogues -> {len(result)} samples"
+    elif merge:
+        result, folded = turns.merge_turns(records)
+        line = f"turns --merge: {len(records)} samples -> {len(result)} records"
+    else:
+        threshold = turns.PSEUDO_MIN_SIMILARITY if min_similarity is None else min_similarity
+        result = turns.detect_pseudo(records, min_similarity=threshold, model=embed_model)
+        flagged = Counter(r["meta"]["pseudo_multiturn"] for r in result)
+        line = f"turns --detect-pseudo: {flagged[True]} of {len(result)} flagged pseudo multi-turn"
+    write_jsonl(result, out)
+    write_jsonl(folded, dropped_path(out))
+    typer.echo(f"{line} -> {out}")
