@@ -112,7 +112,7 @@ def turns_cmd(inputs: list[Path] = typer.Argument(..., help="record files"),
               detect_pseudo: bool = typer.Option(False, "--detect-pseudo", help="score topic switches between "
                                                  "exchanges; writes meta.pseudo_multiturn(_score), keeps all"),
               min_similarity: float = typer.Option(None, "--min-similarity", help="exchange cosine below this "
-                                                   "flags a dialogue (default 0.2)"),
+                                                   "flags a dialogue (default 0.35)"),
               embed_model: str | None = typer.Option(None, "--embed-model", help="sentence-transformers model "
                                                      "(default: the shipped all-MiniLM-L6-v2)")) -> None:
     """Multi-turn tools: --split / --merge / --detect-pseudo (exactly one)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-PSEUDO_MIN_SIMILARITY = 0.2  # calibrated on the planted glaive set in tests/test_synth_turns.py
+PSEUDO_MIN_SIMILARITY = 0.35  # planted glaive set (tests/test_synth_turns.py): coherent >= 0.48, spliced <= 0.22
 
 
 def split_turns(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -71,16 +71,15 @@ def merge_turns(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], li
 
 
 def exchanges(messages: list[dict[str, Any]]) -> list[str]:
-    """Texts of each exchange: a user turn and everything up to the next user turn (system prompt excluded)."""
+    """Texts of each exchange: a user turn and the assistant replies up to the next user turn (system prompt, tool
+    calls and tool results excluded: they are data, and would make dialogues calling one function look alike)."""
     out: list[str] = []
     for m in messages:
         if m["role"] == "system":
             continue
+        if m["role"] not in ("user", "assistant"):
+            continue  # tool results are data (JSON), not what the conversation is about
         text = m.get("content") or ""
-        if m.get("tool_calls"):
-            import json
-
-            text = (text + " " + json.dumps(m["tool_calls"], ensure_ascii=False)).strip()
         if m["role"] == "user" or not out:
             out.append(text)
         else:
