@@ -141,3 +141,40 @@ def turns_cmd(inputs: list[Path] = typer.Argument(..., help="record files"),
     write_jsonl(result, out)
     write_jsonl(folded, dropped_path(out))
     typer.echo(f"{line} -> {out}")
+
+
+@app.command("flywheel")
+def flywheel_cmd(log: Path = typer.Argument(..., help="serve log: the SQLite file or `serve export-log` records"),
+                 out_dir: Path = typer.Option(..., "-o", "--out", help="output directory"),
+                 train: list[Path] = typer.Option([], "--train", help="training set(s) to dedup against"),
+                 judge: str | None = typer.Option(None, "--judge", help="judge for replies without feedback: "
+                                                  "an endpoint URL or a local model dir"),
+                 judge_model: str | None = typer.Option(None, "--judge-model"),
+                 api_key_env: str | None = API_KEY_ENV,
+                 min_score: float = typer.Option(0.5, "--min-score", help="label in [0, 1] at which a reply is "
+                                                 "good (feedback -1/0/1 -> 0/0.5/1; judge overall/10)"),
+                 dedup_threshold: float = typer.Option(0.7, "--dedup-threshold", help="prompt Jaccard vs train")
+                 ) -> None:
+    """Served traffic -> sft.jsonl, pairs.jsonl, bad_cases.jsonl, dropped.jsonl, summary.json."""
+    from sftlab.data.curate.io import load_records
+    from sftlab.data.records import write_jsonl
+    from sftlab.synth.flywheel import flywheel, read_log
+    from sftlab.synth.io import write_json
+
+    records = read_log(log)
+    train_records = load_records(train) if train else []
+    jd = None
+    if judge:
+        from sftlab.eval.judge import Judge
+
+        jd = Judge(_teacher(judge, judge_model, api_key_env, 8), {"mode": "single",
+                                                                  "cache": str(out_dir / "judge_cache.sqlite")})
+    res = flywheel(records, train_records, judge=jd, min_score=min_score, dedup_threshold=dedup_threshold)
+    for name, rows in (("sft", res.sft), ("pairs", res.pairs), ("bad_cases", res.bad_cases),
+                       ("dropped", res.dropped)):
+        write_jsonl(rows, out_dir / f"{name}.jsonl")
+    write_json(res.summary, out_dir / "summary.json")
+    s = res.summary
+    typer.echo(f"flywheel: {s['log_records']} logged -> sft {s['sft']}, bad cases {s['bad_cases']}, pairs "
+               f"{s['pairs']}; dropped " + (", ".join(f"{k}: {v}" for k, v in sorted(s["dropped"].items())) or "0")
+               + f" -> {out_dir}")
