@@ -18,7 +18,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from judge_server import JudgeServer  # noqa: E402
 
 
-@pytest.mark.slow
 def test_flywheel_serve_feedback_export_route_train(tmp_path, tiny_model_dir, small_records):
     from sftlab.infer import load_generator
     from sftlab.serve.app import create_app, start_in_thread
