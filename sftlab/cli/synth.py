@@ -178,3 +178,53 @@ def flywheel_cmd(log: Path = typer.Argument(..., help="serve log: the SQLite fil
     typer.echo(f"flywheel: {s['log_records']} logged -> sft {s['sft']}, bad cases {s['bad_cases']}, pairs "
                f"{s['pairs']}; dropped " + (", ".join(f"{k}: {v}" for k, v in sorted(s["dropped"].items())) or "0")
                + f" -> {out_dir}")
+
+
+def _write_synth(res, out: Path, step: str) -> None:  # noqa: ANN001
+    from sftlab.data.curate.io import dropped_path
+    from sftlab.data.records import write_jsonl
+    from sftlab.synth.io import write_json
+
+    write_jsonl(res.kept, out)
+    write_jsonl(res.dropped, dropped_path(out))
+    write_json(res.summary, out.with_name(out.stem + ".summary.json"))
+    typer.echo(f"{_counts_line(step, len(res.kept), res.dropped)} -> {out}")
+
+
+@synth_app.command("evolve")
+def evolve_cmd(inputs: Path = typer.Argument(..., help="records whose first user turn is evolved"),
+               out: Path = typer.Option(..., "-o", "--out", help="evolved records; removed ones in OUT.dropped.jsonl"),
+               teacher: str = TEACHER, teacher_model: str | None = TEACHER_MODEL,
+               api_key_env: str | None = API_KEY_ENV, concurrency: int = CONCURRENCY,
+               ops: str = typer.Option("constraints,deepen,concretize,reasoning,breadth", "--ops",
+                                       help="evolutions to draw from (comma-separated)"),
+               temperature: float = typer.Option(0.7, "--temperature"),
+               max_new_tokens: int = typer.Option(512, "--max-new-tokens"), seed: int = SEED) -> None:
+    """Evol-Instruct: rewrite each instruction (in depth / in breadth), answer it, eliminate failed evolutions."""
+    from sftlab.data.curate.io import load_records
+    from sftlab.synth.evolve import evolve
+
+    res = evolve(load_records(inputs), _teacher(teacher, teacher_model, api_key_env, concurrency),
+                 ops=tuple(o.strip() for o in ops.split(",") if o.strip()), seed=seed, temperature=temperature,
+                 max_new_tokens=max_new_tokens)
+    _write_synth(res, out, "evolve")
+
+
+@synth_app.command("multi-turn")
+def multi_turn_cmd(inputs: Path = typer.Argument(..., help="single-turn (or shorter) records to extend"),
+                   out: Path = typer.Option(..., "-o", "--out", help="extended records; removed in OUT.dropped.jsonl"),
+                   teacher: str = TEACHER, teacher_model: str | None = TEACHER_MODEL,
+                   api_key_env: str | None = API_KEY_ENV, concurrency: int = CONCURRENCY,
+                   turns: int = typer.Option(2, "--turns", help="adds TURNS-1 follow-up exchanges (a single-turn record ends with TURNS)"),
+                   temperature: float = typer.Option(0.7, "--temperature"),
+                   max_new_tokens: int = typer.Option(512, "--max-new-tokens"), seed: int = SEED) -> None:
+    """Chain related turns: the teacher asks follow-up questions and answers them."""
+    from sftlab.data.curate.io import load_records
+    from sftlab.errors import UserError
+    from sftlab.synth.evolve import multi_turn
+
+    if turns < 2:
+        raise UserError(f"--turns must be >= 2, got {turns}")
+    res = multi_turn(load_records(inputs), _teacher(teacher, teacher_model, api_key_env, concurrency), turns=turns,
+                     seed=seed, temperature=temperature, max_new_tokens=max_new_tokens)
+    _write_synth(res, out, "multi-turn")
