@@ -132,3 +132,20 @@ def test_best_of_n_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["synth", "best-of-n", str(bad), "--teacher", "http://127.0.0.1:9/v1", "-o", str(tmp_path / "o")])
     assert "bad.jsonl, line 2" in capsys.readouterr().err
+
+
+def test_best_of_n_with_the_llm_judge_as_verifier(tmp_path):
+    from judge_server import JudgeServer
+
+    def teacher(body: dict, choice: int) -> str:  # every other sample is the one the "fair" judge likes
+        return "This is CORRECT." if (choice + int(body["messages"][-1]["content"].split()[2])) % 2 else "Unsure."
+
+    with ScriptedTeacher(teacher) as t, JudgeServer() as j:
+        out = _run(tmp_path, t.base_url, "judge", "--verifier", "judge", "--judge", j.base_url, "--judge-model", "fair",
+                   "--threshold", "0.7")
+        assert j.requests == 24 * 4  # one single-mode grading per reply
+    pairs = _lines(out / "pairs.jsonl")
+    assert len(pairs) == 24 and len(_lines(out / "sft.jsonl")) == 24
+    for p in pairs:
+        assert p["chosen"][0]["content"] == "This is CORRECT." and p["rejected"][0]["content"] == "Unsure."
+        assert p["meta"]["chosen_score"] == 0.8 and p["meta"]["rejected_score"] == 0.3

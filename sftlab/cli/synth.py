@@ -45,12 +45,14 @@ def best_of_n_cmd(prompts: Path = typer.Argument(..., help="canonical records; t
                   api_key_env: str | None = API_KEY_ENV, concurrency: int = CONCURRENCY,
                   n: int = typer.Option(4, "-n", help="replies sampled per prompt"),
                   verifier: str = typer.Option("numeric", "--verifier", help="numeric[:TOL] | regex:PATTERN | "
-                                               "python:module:function | code[:SECONDS] | reward:DIR"),
+                                               "python:module:function | code[:SECONDS] | reward:DIR | judge"),
                   threshold: float = typer.Option(1.0, "--threshold", help="a reply passes at score >= this"),
                   temperature: float = typer.Option(1.0, "--temperature"),
                   top_p: float = typer.Option(1.0, "--top-p"),
                   max_new_tokens: int = typer.Option(512, "--max-new-tokens"),
                   pairs_format: str = typer.Option("trl", "--pairs-format", help="trl | llamafactory"),
+                  judge: str | None = typer.Option(None, "--judge", help="--verifier judge: endpoint URL or model dir"),
+                  judge_model: str | None = typer.Option(None, "--judge-model", help="model name at the judge URL"),
                   seed: int = SEED) -> None:
     """Sample N replies per prompt, verify them; write sft.jsonl, pairs.jsonl, dropped.jsonl, summary.json."""
     from sftlab.data.records import write_jsonl
@@ -59,8 +61,8 @@ def best_of_n_cmd(prompts: Path = typer.Argument(..., help="canonical records; t
     from sftlab.synth.verifiers import make_verifier
 
     records = read_prompt_records(prompts)
-    ver = make_verifier(verifier)
     gen = _teacher(teacher, teacher_model, api_key_env, concurrency)
+    ver = make_verifier(verifier, _teacher(judge, judge_model, api_key_env, concurrency) if judge else None)
     res = best_of_n(records, gen, ver, n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                     seed=seed, threshold=threshold, pairs_format=pairs_format)
     write_jsonl(res.sft, out_dir / "sft.jsonl")

@@ -7,6 +7,8 @@ Specs (`--verifier`):
   code[:SECONDS]         the reply's last ```python block, followed by the record's `meta.tests` (asserts),
                          exits 0 in a fresh Python subprocess within SECONDS (default 10)
   reward:DIR             a sequence-classification reward model; score = sigmoid(logit of the last label)
+  judge                  the eval LLM judge (single mode, 3H dimensions, reference shown): overall / 10; the judge
+                         model is given separately (`--judge URL|DIR`)
 Rule verifiers are the eval checkers (sftlab.eval.metrics.make_checker), so "correct" means the same in both.
 """
 
@@ -39,8 +41,8 @@ def _per_reply(fn: Callable[[str, str | None, dict], float]) -> ScoreBatch:
     return batch
 
 
-def make_verifier(spec: str) -> Verifier:
-    """Parse a --verifier spec (see the module docstring)."""
+def make_verifier(spec: str, judge: Any = None) -> Verifier:
+    """Parse a --verifier spec (see the module docstring); `judge` is the judge's Generator for `judge`."""
     from sftlab.eval.metrics import make_checker
 
     kind, _, arg = spec.partition(":")
@@ -68,8 +70,25 @@ def make_verifier(spec: str) -> Verifier:
         if not arg:
             raise UserError(f"--verifier {spec!r}: give the reward model directory, reward:DIR")
         return Verifier(spec, False, _reward_scorer(arg))
+    if kind == "judge":
+        if judge is None:
+            raise UserError("--verifier judge needs a judge model: --judge URL (with --judge-model) or --judge DIR")
+        return Verifier(spec, False, _judge_scorer(judge))
     raise UserError(f"--verifier {spec!r}: unknown kind {kind!r} (use numeric, regex:PATTERN, "
-                    "python:module:function, code[:SECONDS] or reward:DIR)")
+                    "python:module:function, code[:SECONDS], reward:DIR or judge)")
+
+
+def _judge_scorer(generator: Any) -> ScoreBatch:
+    from sftlab.eval.judge import Judge, judge_single
+
+    judge = Judge(generator, {"mode": "single", "cache": ":memory:"})
+
+    def batch(prompts: list[list[dict]], replies: list[str], refs: list[str | None], recs: list[dict]) -> list[float]:
+        rows = [{"prompt": p, "reply": r, "reference": ref, "task_type": rec.get("task_type", "default")}
+                for p, r, ref, rec in zip(prompts, replies, refs, recs, strict=True)]
+        judge_single(rows, judge)
+        return [(row["judge_scores"].get("overall") or 0.0) / 10.0 for row in rows]
+    return batch
 
 
 _CODE_BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.S)
