@@ -149,3 +149,19 @@ def test_best_of_n_with_the_llm_judge_as_verifier(tmp_path):
     for p in pairs:
         assert p["chosen"][0]["content"] == "This is CORRECT." and p["rejected"][0]["content"] == "Unsure."
         assert p["meta"]["chosen_score"] == 0.8 and p["meta"]["rejected_score"] == 0.3
+
+
+def test_reward_model_verifier_scores_in_unit_interval(tiny_model_dir):
+    """reward:DIR loads AutoModelForSequenceClassification (here the tiny LM with a fresh 1-label head)."""
+    import torch
+    from transformers import AutoConfig
+
+    from sftlab.synth.verifiers import make_verifier
+
+    cfg = AutoConfig.from_pretrained(tiny_model_dir)
+    assert cfg.num_labels == 2  # the head has 2 labels; the last one is the "good" logit
+    torch.manual_seed(0)
+    v = make_verifier(f"reward:{tiny_model_dir}")
+    prompt = [{"role": "user", "content": "what is 2 plus 3?"}]
+    scores = v.score([prompt] * 3, ["5", "seven", "5"], [None] * 3, [{}] * 3)
+    assert all(0.0 < s < 1.0 for s in scores) and scores[0] == scores[2] != scores[1]
