@@ -81,9 +81,11 @@ def test_best_of_n_llamafactory_layout(tmp_path):
     pairs = _lines(out / "pairs.jsonl")
     assert pairs
     for p in pairs:  # LLaMA-Factory's dpo_en_demo.json: conversations [{from, value}], chosen/rejected {from, value}
-        assert [c["from"] for c in p["conversations"]] == ["human"] and p["system"] == "Answer briefly."
+        assert set(p) == {"conversations", "chosen", "rejected", "meta"}  # meta: provenance (LLaMA-Factory ignores it)
+        assert p["conversations"][0] == {"from": "system", "value": "Answer briefly."}
+        assert [c["from"] for c in p["conversations"]] == ["system", "human"]
         assert p["chosen"]["from"] == p["rejected"]["from"] == "gpt"
-        truth = _truth(p["conversations"][0]["value"])
+        truth = _truth(p["conversations"][-1]["value"])
         assert last_number(p["chosen"]["value"]) == truth != last_number(p["rejected"]["value"])
     import datasets
 

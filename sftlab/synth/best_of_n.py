@@ -18,7 +18,7 @@ from sftlab.synth.teacher import ask, teacher_id
 from sftlab.synth.verifiers import Verifier
 
 PAIRS_FORMATS = ("trl", "llamafactory")
-_SHAREGPT_ROLE = {"user": "human", "assistant": "gpt", "tool": "observation"}
+_SHAREGPT_ROLE = {"system": "system", "user": "human", "assistant": "gpt", "tool": "observation"}
 
 
 @dataclass
@@ -114,18 +114,15 @@ def best_of_n(records: list[dict[str, Any]], teacher: Generator, verifier: Verif
 
 def format_pair(prompt: list[dict], chosen: str, rejected: str, fmt: str, meta: dict,
                 tools: list | None = None) -> dict[str, Any]:
-    """One preference pair: TRL conversational DPO or LLaMA-Factory sharegpt ranking (dpo_en_demo.json layout)."""
+    """One preference pair: TRL conversational DPO or LLaMA-Factory sharegpt ranking (dpo_en_demo.json layout: the
+    system prompt and earlier turns inside `conversations`, from system / human / gpt / observation)."""
     if fmt == "trl":
         return {"prompt": prompt, "chosen": [{"role": "assistant", "content": chosen}],
                 "rejected": [{"role": "assistant", "content": rejected}], "meta": meta}
-    system = "\n".join(m["content"] for m in prompt if m["role"] == "system")
     row: dict[str, Any] = {"conversations": [{"from": _SHAREGPT_ROLE.get(m["role"], m["role"]),
-                                              "value": m.get("content") or ""}
-                                             for m in prompt if m["role"] != "system"],
+                                              "value": m.get("content") or ""} for m in prompt],
                            "chosen": {"from": "gpt", "value": chosen},
                            "rejected": {"from": "gpt", "value": rejected}}
-    if system:
-        row["system"] = system
     if tools:
         import json
 
