@@ -167,3 +167,25 @@ def test_reward_model_verifier_scores_in_unit_interval(tiny_model_dir):
     prompt = [{"role": "user", "content": "what is 2 plus 3?"}]
     scores = v.score([prompt] * 3, ["5", "seven", "5"], [None] * 3, [{}] * 3)
     assert all(0.0 < s < 1.0 for s in scores) and scores[0] == scores[2] != scores[1]
+
+
+@pytest.mark.slow
+def test_pairs_train_one_step_in_trl_dpo_trainer(tmp_path, tiny_model_dir):
+    """pairs.jsonl (trl format) -> datasets -> one DPOTrainer step on the tiny model (trl: the `bench` extra)."""
+    trl = pytest.importorskip("trl")
+    import datasets
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with ScriptedTeacher(sometimes_right) as t:
+        out = _run(tmp_path, t.base_url, "bon")
+    ds = datasets.load_dataset("json", data_files=str(out / "pairs.jsonl"), split="train")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    before = [p.detach().clone() for p in model.parameters()]
+    cfg = trl.DPOConfig(output_dir=str(tmp_path / "dpo"), max_steps=1, per_device_train_batch_size=2,
+                        learning_rate=1e-3, report_to=[], save_strategy="no", logging_steps=1, use_cpu=True)
+    trainer = trl.DPOTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
+    result = trainer.train()
+    assert result.global_step == 1 and torch.isfinite(torch.tensor(result.training_loss))
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, model.parameters(), strict=True))
