@@ -61,8 +61,8 @@ def best_of_n_cmd(prompts: Path = typer.Argument(..., help="canonical records; t
     from sftlab.synth.verifiers import make_verifier
 
     records = read_prompt_records(prompts)
-    gen = _teacher(teacher, teacher_model, api_key_env, concurrency)
     ver = make_verifier(verifier, _teacher(judge, judge_model, api_key_env, concurrency) if judge else None)
+    gen = _teacher(teacher, teacher_model, api_key_env, concurrency)  # after the verifier: its errors come first
     res = best_of_n(records, gen, ver, n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                     seed=seed, threshold=threshold, pairs_format=pairs_format)
     write_jsonl(res.sft, out_dir / "sft.jsonl")
