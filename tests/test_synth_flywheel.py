@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import openai
-import pytest
 import yaml
 
 from sftlab.cli import main
