@@ -1,0 +1,232 @@
+"""`sftlab synth best-of-n | self-instruct` and `sftlab data turns`: data production commands.
+
+They only parse arguments, load the teacher through sftlab.infer.load_generator, call sftlab.synth and write the
+outputs (kept records, OUT.dropped.jsonl with a reason per line, a one-line summary of counts per reason).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from sftlab.cli.apps import app, data_app
+
+synth_app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
+                        help="Produce training data with a teacher: best-of-n, self-instruct.")
+app.add_typer(synth_app, name="synth")
+
+TEACHER = typer.Option(..., "--teacher", help="an OpenAI-compatible base URL (http://host:port/v1) or a local model dir")
+TEACHER_MODEL = typer.Option(None, "--teacher-model", help="model name at the endpoint (default: its only model)")
+API_KEY_ENV = typer.Option(None, "--api-key-env", help="environment variable holding the endpoint's API key")
+CONCURRENCY = typer.Option(8, "--concurrency", help="parallel requests to an endpoint")
+SEED = typer.Option(0, "--seed", help="sampling seed (same seed, same teacher -> same output)")
+
+
+def _teacher(teacher: str, model: str | None, api_key_env: str | None, concurrency: int):  # noqa: ANN202
+    from sftlab.synth.teacher import load_teacher
+
+    return load_teacher(teacher, model, api_key_env, concurrency)
+
+
+def _counts_line(step: str, kept: int, dropped: list[dict]) -> str:
+    from collections import Counter
+
+    parts = [f"{step}: kept {kept} of {kept + len(dropped)}"]
+    parts += [f"{r}: {n}" for r, n in sorted(Counter(d["reason"] for d in dropped).items())]
+    return "; ".join(parts)
+
+
+@synth_app.command("best-of-n")
+def best_of_n_cmd(prompts: Path = typer.Argument(..., help="canonical records; the last assistant turn or a "
+                                                 "`reference` field is the reference answer"),
+                  out_dir: Path = typer.Option(..., "-o", "--out", help="output directory"),
+                  teacher: str = TEACHER, teacher_model: str | None = TEACHER_MODEL,
+                  api_key_env: str | None = API_KEY_ENV, concurrency: int = CONCURRENCY,
+                  n: int = typer.Option(4, "-n", help="replies sampled per prompt"),
+                  verifier: str = typer.Option("numeric", "--verifier", help="numeric[:TOL] | regex:PATTERN | "
+                                               "python:module:function | code[:SECONDS] | reward:DIR | judge"),
+                  threshold: float = typer.Option(1.0, "--threshold", help="a reply passes at score >= this"),
+                  temperature: float = typer.Option(1.0, "--temperature"),
+                  top_p: float = typer.Option(1.0, "--top-p"),
+                  max_new_tokens: int = typer.Option(512, "--max-new-tokens"),
+                  pairs_format: str = typer.Option("trl", "--pairs-format", help="trl | llamafactory"),
+                  judge: str | None = typer.Option(None, "--judge", help="--verifier judge: endpoint URL or model dir"),
+                  judge_model: str | None = typer.Option(None, "--judge-model", help="model name at the judge URL"),
+                  seed: int = SEED) -> None:
+    """Sample N replies per prompt, verify them; write sft.jsonl, pairs.jsonl, dropped.jsonl, summary.json."""
+    from sftlab.data.records import write_jsonl
+    from sftlab.synth.best_of_n import best_of_n
+    from sftlab.synth.io import read_prompt_records, write_json
+    from sftlab.synth.verifiers import make_verifier
+
+    records = read_prompt_records(prompts)
+    ver = make_verifier(verifier, _teacher(judge, judge_model, api_key_env, concurrency) if judge else None)
+    gen = _teacher(teacher, teacher_model, api_key_env, concurrency)  # after the verifier: its errors come first
+    res = best_of_n(records, gen, ver, n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                    seed=seed, threshold=threshold, pairs_format=pairs_format)
+    write_jsonl(res.sft, out_dir / "sft.jsonl")
+    write_jsonl(res.pairs, out_dir / "pairs.jsonl")
+    write_jsonl(res.dropped, out_dir / "dropped.jsonl")
+    write_json(res.summary, out_dir / "summary.json")
+    typer.echo(f"{_counts_line('best-of-n', len(res.sft), res.dropped)}; pairs: {len(res.pairs)}; "
+               f"{res.summary['prompts_per_s']} prompts/s -> {out_dir}")
+
+
+@synth_app.command("self-instruct")
+def self_instruct_cmd(seeds: Path = typer.Argument(..., help="seed records (canonical); grouped by task_type"),
+                      out: Path = typer.Option(..., "-o", "--out", help="kept records; removed ones go to "
+                                               "OUT.dropped.jsonl, counts to OUT.summary.json"),
+                      teacher: str = TEACHER, teacher_model: str | None = TEACHER_MODEL,
+                      api_key_env: str | None = API_KEY_ENV, concurrency: int = CONCURRENCY,
+                      n: int = typer.Option(..., "-n", help="instructions to generate per task_type"),
+                      per_request: int = typer.Option(8, "--per-request", help="instructions asked per request"),
+                      few_shot: int = typer.Option(3, "--few-shot", help="seed instructions shown per request"),
+                      rouge_threshold: float = typer.Option(0.7, "--rouge-threshold",
+                                                            help="drop at ROUGE-L >= this to a seed/kept one"),
+                      temperature: float = typer.Option(1.0, "--temperature"),
+                      max_new_tokens: int = typer.Option(512, "--max-new-tokens"),
+                      seed: int = SEED) -> None:
+    """Generate new instructions per task_type from seed examples, answer them, keep the novel clean ones."""
+    from sftlab.data.curate.io import dropped_path, load_records
+    from sftlab.data.records import write_jsonl
+    from sftlab.errors import UserError
+    from sftlab.synth.io import write_json
+    from sftlab.synth.self_instruct import self_instruct
+
+    if n < 1 or per_request < 1 or few_shot < 1:
+        raise UserError("-n, --per-request and --few-shot must be >= 1")
+    records = load_records(seeds)
+    gen = _teacher(teacher, teacher_model, api_key_env, concurrency)
+    res = self_instruct(records, gen, n=n, per_request=per_request, few_shot=few_shot, seed=seed,
+                        rouge_threshold=rouge_threshold, temperature=temperature, max_new_tokens=max_new_tokens)
+    write_jsonl(res.kept, out)
+    write_jsonl(res.dropped, dropped_path(out))
+    write_json(res.summary, out.with_name(out.stem + ".summary.json"))
+    typer.echo(f"{_counts_line('self-instruct', len(res.kept), res.dropped)} -> {out}")
+
+
+@data_app.command("turns")
+def turns_cmd(inputs: list[Path] = typer.Argument(..., help="record files"),
+              out: Path = typer.Option(..., "-o", "--out", help="output records; folded ones go to OUT.dropped.jsonl"),
+              split: bool = typer.Option(False, "--split", help="one sample per assistant turn, with its history"),
+              merge: bool = typer.Option(False, "--merge", help="fold --split samples back into one per dialogue"),
+              detect_pseudo: bool = typer.Option(False, "--detect-pseudo", help="score topic switches between "
+                                                 "exchanges; writes meta.pseudo_multiturn(_score), keeps all"),
+              min_similarity: float = typer.Option(None, "--min-similarity", help="exchange cosine below this "
+                                                   "flags a dialogue (default 0.35)"),
+              embed_model: str | None = typer.Option(None, "--embed-model", help="sentence-transformers model "
+                                                     "(default: the shipped all-MiniLM-L6-v2)")) -> None:
+    """Multi-turn tools: --split / --merge / --detect-pseudo (exactly one)."""
+    from collections import Counter
+
+    from sftlab.data.curate.io import dropped_path, load_records
+    from sftlab.data.records import write_jsonl
+    from sftlab.errors import UserError
+    from sftlab.synth import turns
+
+    if split + merge + detect_pseudo != 1:
+        raise UserError("data turns: give exactly one of --split, --merge, --detect-pseudo")
+    records = load_records(inputs)
+    folded: list[dict] = []
+    if split:
+        result = turns.split_turns(records)
+        line = f"turns --split: {len(records)} dialogues -> {len(result)} samples"
+    elif merge:
+        result, folded = turns.merge_turns(records)
+        line = f"turns --merge: {len(records)} samples -> {len(result)} records"
+    else:
+        threshold = turns.PSEUDO_MIN_SIMILARITY if min_similarity is None else min_similarity
+        result = turns.detect_pseudo(records, min_similarity=threshold, model=embed_model)
+        flagged = Counter(r["meta"]["pseudo_multiturn"] for r in result)
+        line = f"turns --detect-pseudo: {flagged[True]} of {len(result)} flagged pseudo multi-turn"
+    write_jsonl(result, out)
+    write_jsonl(folded, dropped_path(out))
+    typer.echo(f"{line} -> {out}")
+
+
+@app.command("flywheel")
+def flywheel_cmd(log: Path = typer.Argument(..., help="serve log: the SQLite file or `serve export-log` records"),
+                 out_dir: Path = typer.Option(..., "-o", "--out", help="output directory"),
+                 train: list[Path] = typer.Option([], "--train", help="training set(s) to dedup against"),
+                 judge: str | None = typer.Option(None, "--judge", help="judge for replies without feedback: "
+                                                  "an endpoint URL or a local model dir"),
+                 judge_model: str | None = typer.Option(None, "--judge-model"),
+                 api_key_env: str | None = API_KEY_ENV,
+                 min_score: float = typer.Option(0.5, "--min-score", help="label in [0, 1] at which a reply is "
+                                                 "good (feedback -1/0/1 -> 0/0.5/1; judge overall/10)"),
+                 dedup_threshold: float = typer.Option(0.7, "--dedup-threshold", help="prompt Jaccard vs train")
+                 ) -> None:
+    """Served traffic -> sft.jsonl, pairs.jsonl, bad_cases.jsonl, dropped.jsonl, summary.json."""
+    from sftlab.data.curate.io import load_records
+    from sftlab.data.records import write_jsonl
+    from sftlab.synth.flywheel import flywheel, read_log
+    from sftlab.synth.io import write_json
+
+    records = read_log(log)
+    train_records = load_records(train) if train else []
+    jd = None
+    if judge:
+        from sftlab.eval.judge import Judge
+
+        jd = Judge(_teacher(judge, judge_model, api_key_env, 8), {"mode": "single",
+                                                                  "cache": str(out_dir / "judge_cache.sqlite")})
+    res = flywheel(records, train_records, judge=jd, min_score=min_score, dedup_threshold=dedup_threshold)
+    for name, rows in (("sft", res.sft), ("pairs", res.pairs), ("bad_cases", res.bad_cases),
+                       ("dropped", res.dropped)):
+        write_jsonl(rows, out_dir / f"{name}.jsonl")
+    write_json(res.summary, out_dir / "summary.json")
+    s = res.summary
+    typer.echo(f"flywheel: {s['log_records']} logged -> sft {s['sft']}, bad cases {s['bad_cases']}, pairs "
+               f"{s['pairs']}; dropped " + (", ".join(f"{k}: {v}" for k, v in sorted(s["dropped"].items())) or "0")
+               + f" -> {out_dir}")
+
+
+def _write_synth(res, out: Path, step: str) -> None:  # noqa: ANN001
+    from sftlab.data.curate.io import dropped_path
+    from sftlab.data.records import write_jsonl
+    from sftlab.synth.io import write_json
+
+    write_jsonl(res.kept, out)
+    write_jsonl(res.dropped, dropped_path(out))
+    write_json(res.summary, out.with_name(out.stem + ".summary.json"))
+    typer.echo(f"{_counts_line(step, len(res.kept), res.dropped)} -> {out}")
+
+
+@synth_app.command("evolve")
+def evolve_cmd(inputs: Path = typer.Argument(..., help="records whose first user turn is evolved"),
+               out: Path = typer.Option(..., "-o", "--out", help="evolved records; removed ones in OUT.dropped.jsonl"),
+               teacher: str = TEACHER, teacher_model: str | None = TEACHER_MODEL,
+               api_key_env: str | None = API_KEY_ENV, concurrency: int = CONCURRENCY,
+               ops: str = typer.Option("constraints,deepen,concretize,reasoning,breadth", "--ops",
+                                       help="evolutions to draw from (comma-separated)"),
+               temperature: float = typer.Option(0.7, "--temperature"),
+               max_new_tokens: int = typer.Option(512, "--max-new-tokens"), seed: int = SEED) -> None:
+    """Evol-Instruct: rewrite each instruction (in depth / in breadth), answer it, eliminate failed evolutions."""
+    from sftlab.data.curate.io import load_records
+    from sftlab.synth.evolve import evolve
+
+    res = evolve(load_records(inputs), _teacher(teacher, teacher_model, api_key_env, concurrency),
+                 ops=tuple(o.strip() for o in ops.split(",") if o.strip()), seed=seed, temperature=temperature,
+                 max_new_tokens=max_new_tokens)
+    _write_synth(res, out, "evolve")
+
+
+@synth_app.command("multi-turn")
+def multi_turn_cmd(inputs: Path = typer.Argument(..., help="single-turn (or shorter) records to extend"),
+                   out: Path = typer.Option(..., "-o", "--out", help="extended records; removed in OUT.dropped.jsonl"),
+                   teacher: str = TEACHER, teacher_model: str | None = TEACHER_MODEL,
+                   api_key_env: str | None = API_KEY_ENV, concurrency: int = CONCURRENCY,
+                   turns: int = typer.Option(2, "--turns", help="adds TURNS-1 follow-up exchanges (a single-turn record ends with TURNS)"),
+                   temperature: float = typer.Option(0.7, "--temperature"),
+                   max_new_tokens: int = typer.Option(512, "--max-new-tokens"), seed: int = SEED) -> None:
+    """Chain related turns: the teacher asks follow-up questions and answers them."""
+    from sftlab.data.curate.io import load_records
+    from sftlab.errors import UserError
+    from sftlab.synth.evolve import multi_turn
+
+    if turns < 2:
+        raise UserError(f"--turns must be >= 2, got {turns}")
+    res = multi_turn(load_records(inputs), _teacher(teacher, teacher_model, api_key_env, concurrency), turns=turns,
+                     seed=seed, temperature=temperature, max_new_tokens=max_new_tokens)
+    _write_synth(res, out, "multi-turn")

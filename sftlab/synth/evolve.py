@@ -1,0 +1,139 @@
+"""Evol-Instruct: a teacher rewrites each instruction (in depth: add constraints, deepen, concretise, more
+reasoning steps; in breadth: a new instruction of the same domain), then answers it. Elimination rules drop
+rewrites with no information gain (ROUGE-L >= 0.8 to the original), rewrites that copy the prompt template,
+and unusable answers (truncated, or failing the curation `clean` rules such as refusals).
+
+`synth multi-turn` lives here too: the teacher asks a follow-up question to a single-turn record and answers
+it, so related turns are chained (a follow-up that repeats the previous question is dropped).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from typing import Any
+
+from sftlab.infer import GenerationParams, Generator
+from sftlab.synth.self_instruct import RougeL, SynthResult, first_user
+from sftlab.synth.teacher import ask, teacher_id
+
+_IN_DEPTH = ("I want you to act as a prompt rewriter. Rewrite the given prompt into a more complex version that "
+             "famous AI systems would find harder to handle, but that a human still understands and can answer. "
+             "{how} Do not leave out the non-text parts of the given prompt. The rewritten prompt may add only "
+             "10 to 20 words. Reply with the rewritten prompt only.\n\nGiven prompt:\n{prompt}")
+OPS = {
+    "constraints": _IN_DEPTH.replace("{how}", "Add one more constraint or requirement."),
+    "deepen": _IN_DEPTH.replace("{how}", "Increase the depth and breadth of the inquiry."),
+    "concretize": _IN_DEPTH.replace("{how}", "Replace general concepts with more specific ones."),
+    "reasoning": _IN_DEPTH.replace("{how}", "If it can be solved with a few simple steps, ask explicitly for "
+                                   "multiple-step reasoning."),
+    "breadth": ("I want you to act as a prompt creator. Draw inspiration from the given prompt to create a brand "
+                "new prompt of the same domain but rarer, of similar length and difficulty. Reply with the new "
+                "prompt only.\n\nGiven prompt:\n{prompt}"),
+}
+# Words of the templates that a copying rewrite leaks into its output.
+TEMPLATE_MARKERS = ("given prompt", "rewritten prompt", "#rewritten", "prompt rewriter", "prompt creator", "new prompt")
+FOLLOWUP = ("Here is a conversation between a user and an assistant. Write the user's next message: one natural "
+            "follow-up question that builds on the conversation. Reply with the question only.\n\n{dialogue}")
+
+
+def _answers(teacher: Generator, prompts: list[list[dict]], seed: int, max_new_tokens: int) -> list[Any]:
+    return [r[0] for r in ask(teacher, prompts, GenerationParams(max_new_tokens=max_new_tokens, seed=seed),
+                              label="answers")]
+
+
+def _finish(step: str, records: list[dict], dropped: list[dict], n_in: int, extra: dict) -> SynthResult:
+    from sftlab.data.curate.clean import clean_records
+
+    cleaned = clean_records(records, {})
+    by_id = {r["id"]: r for r in records}
+    dropped += [{**d, "step": step, "reason": f"clean:{d['reason']}",
+                 "parent_id": by_id[d["id"]]["meta"]["synth"]["parent_id"]} for d in cleaned.dropped]
+    summary = {"step": step, "inputs": n_in, "kept": len(cleaned.kept), "dropped": len(dropped),
+               "dropped_by_reason": dict(Counter(d["reason"] for d in dropped)), **extra}
+    return SynthResult(cleaned.kept, dropped, summary)
+
+
+def evolve(records: list[dict[str, Any]], teacher: Generator, *, ops: tuple[str, ...] = tuple(OPS), seed: int = 0,
+           temperature: float = 0.7, max_new_tokens: int = 512, min_change: float = 0.8) -> SynthResult:
+    """One evolution per record (op drawn with the seed); kept + dropped = len(records)."""
+    from sftlab.errors import UserError
+
+    if unknown := [o for o in ops if o not in OPS]:
+        raise UserError(f"--ops: unknown {', '.join(unknown)} (use {', '.join(OPS)})")
+    rng = random.Random(seed)
+    chosen = [rng.choice(ops) for _ in records]
+    originals = [first_user(r) for r in records]
+    convs = [[{"role": "user", "content": OPS[op].replace("{prompt}", text)}] for op, text in zip(chosen, originals,
+                                                                                                  strict=True)]
+    rewrites = ask(teacher, convs, GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature,
+                                                    seed=seed), label="evolve")
+    source, rouge = teacher_id(teacher), RougeL()
+    dropped, todo = [], []
+    for rec, op, orig, reps in zip(records, chosen, originals, rewrites, strict=True):
+        new = reps[0].text.strip()
+        base = {"id": f"{rec['id']}-evol", "step": "evolve", "parent_id": rec["id"], "op": op, "instruction": new}
+        sim = rouge.max_sim(new, [orig])[0] if new else 1.0
+        if reps[0].finish_reason == "length" or not new:
+            dropped.append({**base, "reason": "rewrite_unusable"})
+        elif any(m in new.casefold() for m in TEMPLATE_MARKERS):
+            dropped.append({**base, "reason": "copied_prompt_template"})
+        elif sim >= min_change:
+            dropped.append({**base, "reason": "no_information_gain", "rouge_l": round(sim, 4)})
+        else:
+            todo.append((rec, op, new, sim))
+    answers = _answers(teacher, [[{"role": "user", "content": new}] for _, _, new, _ in todo], seed, max_new_tokens)
+    out = []
+    for (rec, op, new, sim), ans in zip(todo, answers, strict=True):
+        rid = f"{rec['id']}-evol"
+        if ans.finish_reason == "length":
+            dropped.append({"id": rid, "step": "evolve", "parent_id": rec["id"], "op": op, "instruction": new,
+                            "reason": "answer_truncated"})
+            continue
+        out.append({"id": rid, "task_type": rec["task_type"], "source": source, "tools": None,
+                    "messages": [{"role": "user", "content": new}, {"role": "assistant", "content": ans.text}],
+                    "meta": {"synth": {"step": "evolve", "op": op, "parent_id": rec["id"], "teacher": source,
+                                       "seed": seed, "rouge_l_to_parent": round(sim, 4)}}})
+    return _finish("evolve", out, dropped, len(records), {"teacher": source, "seed": seed,
+                                                          "ops": dict(Counter(chosen))})
+
+
+def multi_turn(records: list[dict[str, Any]], teacher: Generator, *, turns: int = 2, seed: int = 0,
+               temperature: float = 0.7, max_new_tokens: int = 512, max_repeat: float = 0.7) -> SynthResult:
+    """Extend each dialogue to `turns` user turns with teacher-written follow-ups and answers."""
+    source, rouge = teacher_id(teacher), RougeL()
+    live = [dict(r, messages=list(r["messages"])) for r in records if r["messages"][-1]["role"] == "assistant"]
+    dropped = [{"id": r["id"], "step": "multi_turn", "parent_id": r["id"], "reason": "not_ending_on_assistant"}
+               for r in records if r["messages"][-1]["role"] != "assistant"]
+    for step in range(turns - 1):
+        dialogues = ["\n".join(f"{m['role']}: {m.get('content') or ''}" for m in r["messages"] if m["role"] != "system")
+                     for r in live]
+        asks = ask(teacher, [[{"role": "user", "content": FOLLOWUP.format(dialogue=d)}] for d in dialogues],
+                   GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed + step),
+                   label="follow-ups")
+        nxt = []
+        for r, reps in zip(live, asks, strict=True):
+            q = reps[0].text.strip()
+            prev = [m["content"] for m in r["messages"] if m["role"] == "user"]
+            sim = rouge.max_sim(q, prev)[0] if q else 1.0
+            if reps[0].finish_reason == "length" or not q:
+                dropped.append({"id": r["id"], "step": "multi_turn", "parent_id": r["id"], "reason": "followup_unusable"})
+            elif sim >= max_repeat:
+                dropped.append({"id": r["id"], "step": "multi_turn", "parent_id": r["id"], "followup": q,
+                                "reason": "followup_repeats_question", "rouge_l": round(sim, 4)})
+            else:
+                r["messages"].append({"role": "user", "content": q})
+                nxt.append(r)
+        answers = _answers(teacher, [r["messages"] for r in nxt], seed + step, max_new_tokens)
+        live = []
+        for r, ans in zip(nxt, answers, strict=True):
+            if ans.finish_reason == "length":
+                dropped.append({"id": r["id"], "step": "multi_turn", "parent_id": r["id"], "reason": "answer_truncated"})
+                continue
+            r["messages"].append({"role": "assistant", "content": ans.text})
+            live.append(r)
+    out = [{**r, "id": f"{r['id']}-mt", "source": source,
+            "meta": {**(r.get("meta") or {}), "synth": {"step": "multi_turn", "parent_id": r["id"],
+                                                       "teacher": source, "seed": seed, "turns": turns}}}
+           for r in live]
+    return _finish("multi_turn", out, dropped, len(records), {"teacher": source, "seed": seed, "turns": turns})

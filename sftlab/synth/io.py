@@ -1,0 +1,51 @@
+"""Reading prompt records (they may end on a user turn) and writing a step's outputs atomically."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from sftlab.data.records import RecordError, iter_jsonl, validate_record
+from sftlab.errors import UserError
+
+
+def read_prompt_records(path: str | Path) -> list[dict[str, Any]]:
+    """Canonical JSONL records; unlike training data they may end on a user turn. Duplicate ids are errors."""
+    path = Path(path)
+    if path.suffix not in (".jsonl", ".ndjson"):
+        from sftlab.data.curate.io import load_records
+
+        return load_records(path, allow_empty_answers=True)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for lineno, rec in iter_jsonl(path):
+        if not isinstance(rec, dict):
+            raise RecordError("not a JSON object", file=str(path), index=lineno, unit="line", code="not_object")
+        rec.setdefault("tools", None)
+        rec.setdefault("source", "")
+        if rec.get("meta") is None:
+            rec["meta"] = {}
+        try:
+            validate_record(rec, require_answer=False)
+        except RecordError as e:
+            raise RecordError(e.reason, file=str(path), index=lineno, field=e.field, code=e.code, unit="line") from None
+        if rec["id"] in seen:
+            raise RecordError(f"duplicate id {rec['id']!r}", file=str(path), index=lineno, field="id",
+                              code="duplicate_id", unit="line")
+        seen.add(rec["id"])
+        out.append(rec)
+    if not out:
+        raise UserError(f"{path}: empty file (no records)")
+    return out
+
+
+def write_json(obj: Any, path: str | Path) -> None:
+    """A JSON file written atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)

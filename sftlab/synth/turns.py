@@ -1,0 +1,112 @@
+"""Multi-turn data tools: split a dialogue into one sample per assistant turn, merge such samples back, and
+flag pseudo multi-turn dialogues (later exchanges unrelated to the earlier ones, e.g. spliced conversations).
+
+Split keeps the history but sets loss_weight 0 on earlier assistant turns (each turn is supervised once, in its
+own sample: sample-level balance); merge restores the original weights and supervises all turns in one sample
+(the efficient form). Detection embeds each exchange (a user turn up to the next user turn: the reply, tool
+calls and tool results) and takes the cosine similarity of each exchange with the one before; the score is
+1 - the lowest of these similarities, and a dialogue is pseudo multi-turn when score > 1 - min_similarity.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+PSEUDO_MIN_SIMILARITY = 0.35  # planted glaive set (tests/test_synth_turns.py): coherent >= 0.48, spliced <= 0.22
+
+
+def split_turns(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per assistant turn with its history; earlier assistant turns get loss_weight 0."""
+    out = []
+    for rec in records:
+        ends = [i for i, m in enumerate(rec["messages"]) if m["role"] == "assistant"]
+        if len(ends) <= 1:
+            out.append(rec)
+            continue
+        weights = [rec["messages"][i].get("loss_weight") for i in ends]
+        for t, end in enumerate(ends):
+            msgs = copy.deepcopy(rec["messages"][:end + 1])
+            for i in ends[:t]:
+                msgs[i]["loss_weight"] = 0.0
+            meta = {**(rec.get("meta") or {}), "turns": {"source_id": rec["id"], "turn": t, "of": len(ends),
+                                                         "loss_weights": weights}}
+            out.append({**rec, "id": f"{rec['id']}-t{t}", "messages": msgs, "meta": meta})
+    return out
+
+
+def merge_turns(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Fold split samples (meta.turns) back into one record per source: (records, folded rows with reason)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    order: list[tuple[str, Any]] = []
+    for rec in records:
+        info = (rec.get("meta") or {}).get("turns")
+        if isinstance(info, dict) and "source_id" in info:
+            if info["source_id"] not in groups:
+                order.append(("group", info["source_id"]))
+            groups.setdefault(info["source_id"], []).append(rec)
+        else:
+            order.append(("record", rec))
+    out, folded = [], []
+    for kind, item in order:
+        if kind == "record":
+            out.append(item)
+            continue
+        group = groups[item]
+        longest = max(group, key=lambda r: len(r["messages"]))
+        info = longest["meta"]["turns"]
+        msgs = copy.deepcopy(longest["messages"])
+        ends = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
+        for i, w in zip(ends, info.get("loss_weights") or [], strict=False):
+            msgs[i].pop("loss_weight", None)
+            if w is not None:
+                msgs[i]["loss_weight"] = w
+        meta = {k: v for k, v in longest["meta"].items() if k != "turns"}
+        merged_turns = sorted(r["meta"]["turns"]["turn"] for r in group)
+        if merged_turns != list(range(info["of"])):
+            meta["turns_incomplete"] = {"present": merged_turns, "of": info["of"]}
+        out.append({**longest, "id": item, "messages": msgs, "meta": meta})
+        folded += [{"id": r["id"], "step": "turns_merge", "reason": "merged", "into": item} for r in group]
+    return out, folded
+
+
+def exchanges(messages: list[dict[str, Any]]) -> list[str]:
+    """Texts of each exchange: a user turn and the assistant replies up to the next user turn (system prompt, tool
+    calls and tool results excluded: they are data, and would make dialogues calling one function look alike)."""
+    out: list[str] = []
+    for m in messages:
+        if m["role"] == "system":
+            continue
+        if m["role"] not in ("user", "assistant"):
+            continue  # tool results are data (JSON), not what the conversation is about
+        text = m.get("content") or ""
+        if m["role"] == "user" or not out:
+            out.append(text)
+        else:
+            out[-1] += "\n" + text
+    return out
+
+
+def detect_pseudo(records: list[dict[str, Any]], *, min_similarity: float = PSEUDO_MIN_SIMILARITY,
+                  model: str | None = None, cache_dir: Any = None) -> list[dict[str, Any]]:
+    """Every record, with meta.pseudo_multiturn (bool) and meta.pseudo_multiturn_score (higher = less coherent;
+    single-exchange dialogues score 0)."""
+    import numpy as np
+
+    from sftlab.data.curate.embed import embed_texts
+
+    parts = [exchanges(r["messages"]) for r in records]
+    flat = [t for p in parts for t in p if len(p) > 1]
+    emb = embed_texts(flat, model, cache_dir=cache_dir) if flat else np.zeros((0, 0), dtype=np.float32)
+    out, k = [], 0
+    for rec, p in zip(records, parts, strict=True):
+        score = 0.0
+        if len(p) > 1:
+            e = emb[k:k + len(p)]
+            k += len(p)
+            sims = (e[1:] * e[:-1]).sum(axis=1)
+            score = float(1.0 - sims.min())
+        meta = {**(rec.get("meta") or {}), "pseudo_multiturn": score > 1.0 - min_similarity,
+                "pseudo_multiturn_score": round(score, 4)}
+        out.append({**rec, "meta": meta})
+    return out

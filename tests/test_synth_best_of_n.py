@@ -1,0 +1,191 @@
+"""best-of-n against a real HTTP teacher that is right only sometimes: chosen always verified, rejected never."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from sftlab.cli import main
+from sftlab.eval.metrics import last_number
+
+sys.path.insert(0, str(Path(__file__).parent))
+from synth_server import ScriptedTeacher, sometimes_right  # noqa: E402
+
+
+def _prompts(path: Path, k: int = 24) -> Path:
+    rows = [{"id": f"q{a}", "task_type": "math", "messages": [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": f"What is {a} + {a * 3 + 7}?"},
+        {"role": "assistant", "content": f"The answer is {a + a * 3 + 7}."}]} for a in range(k)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _lines(p: Path) -> list[dict]:
+    return [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
+
+
+def _run(tmp_path: Path, url: str, out: str, *extra: str) -> Path:
+    main(["synth", "best-of-n", str(_prompts(tmp_path / "prompts.jsonl")), "--teacher", url, "-n", "4",
+          "--verifier", "numeric", "--seed", "3", "-o", str(tmp_path / out), *extra])
+    return tmp_path / out
+
+
+def _truth(prompt_text: str) -> int:
+    a, b = map(int, re.search(r"(\d+) \+ (\d+)", prompt_text).groups())
+    return a + b
+
+
+def test_best_of_n_trl_pairs_chosen_correct_rejected_wrong(tmp_path):
+    with ScriptedTeacher(sometimes_right) as t:
+        out = _run(tmp_path, t.base_url, "bon")
+        assert t.requests == 24 and all(b["n"] == 4 and b["seed"] == 3 for b in t.bodies)
+    sft, pairs, dropped = (_lines(out / f) for f in ("sft.jsonl", "pairs.jsonl", "dropped.jsonl"))
+    summary = json.loads((out / "summary.json").read_text())
+    # k % 4 == 0 is never right -> dropped; k % 4 == 1 always right -> SFT but no pair; others mostly both
+    assert {d["id"] for d in dropped} == {f"q{a}" for a in range(0, 24, 4)}
+    assert all(d["reason"] == "no_reply_passed" and len(d["replies"]) == 4 for d in dropped)
+    assert len(sft) + len(dropped) == 24 and summary["sft"] == len(sft) == 18
+    for rec in sft:
+        assert rec["messages"][-1]["role"] == "assistant" and rec["meta"]["synth"]["score"] == 1.0
+        assert last_number(rec["messages"][-1]["content"]) == _truth(rec["messages"][1]["content"])
+    assert summary["no_pair"]["no_pair_all_passed"] >= 6  # the always-right questions
+    assert len(pairs) == summary["pairs"] >= 6
+    for p in pairs:
+        truth = _truth(p["prompt"][-1]["content"])
+        assert [m["role"] for m in p["prompt"]] == ["system", "user"]
+        assert last_number(p["chosen"][0]["content"]) == truth
+        assert last_number(p["rejected"][0]["content"]) != truth
+        assert p["meta"]["margin"] == 1.0 and p["meta"]["chosen_score"] == 1.0
+    # same seed, same output
+    url = summary["teacher"].rsplit(":", 1)[0]
+    with ScriptedTeacher(sometimes_right) as t2:
+        again = _run(tmp_path, t2.base_url, "bon2")
+    for f in ("sft.jsonl", "pairs.jsonl", "dropped.jsonl"):
+        assert (again / f).read_text().replace(t2.base_url, url) == (out / f).read_text()
+
+    import datasets
+
+    ds = datasets.load_dataset("json", data_files=str(out / "pairs.jsonl"), split="train")
+    assert len(ds) == len(pairs) and {"prompt", "chosen", "rejected"} <= set(ds.column_names)
+    assert ds[0]["chosen"][0]["role"] == "assistant"
+
+
+def test_best_of_n_llamafactory_layout(tmp_path):
+    with ScriptedTeacher(sometimes_right) as t:
+        out = _run(tmp_path, t.base_url, "lf", "--pairs-format", "llamafactory")
+    pairs = _lines(out / "pairs.jsonl")
+    assert pairs
+    for p in pairs:  # LLaMA-Factory's dpo_en_demo.json: conversations [{from, value}], chosen/rejected {from, value}
+        assert set(p) == {"conversations", "chosen", "rejected", "meta"}  # meta: provenance (LLaMA-Factory ignores it)
+        assert p["conversations"][0] == {"from": "system", "value": "Answer briefly."}
+        assert [c["from"] for c in p["conversations"]] == ["system", "human"]
+        assert p["chosen"]["from"] == p["rejected"]["from"] == "gpt"
+        truth = _truth(p["conversations"][-1]["value"])
+        assert last_number(p["chosen"]["value"]) == truth != last_number(p["rejected"]["value"])
+    import datasets
+
+    assert len(datasets.load_dataset("json", data_files=str(out / "pairs.jsonl"), split="train")) == len(pairs)
+
+
+def is_even_reply(reply: str, reference: str | None, record: dict) -> bool:
+    n = last_number(reply)
+    return n is not None and n % 2 == 0
+
+
+def test_best_of_n_regex_and_python_verifiers(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    with ScriptedTeacher(sometimes_right) as t:
+        out = _run(tmp_path, t.base_url, "rx", "--verifier", r"regex:makes \d*[02468]\.$")
+        outp = _run(tmp_path, t.base_url, "py", "--verifier", "python:test_synth_best_of_n:is_even_reply")
+    for d in (out, outp):
+        for p in _lines(d / "pairs.jsonl"):
+            assert last_number(p["chosen"][0]["content"]) % 2 == 0
+            assert last_number(p["rejected"][0]["content"]) % 2 == 1
+    def pairs(d: Path) -> list[tuple]:
+        return [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in _lines(d / "pairs.jsonl")]
+    assert pairs(out) == pairs(outp) and len(pairs(out)) >= 6
+
+
+def test_code_verifier_runs_tests_in_a_subprocess_with_timeout():
+    from sftlab.synth.verifiers import make_verifier
+
+    v = make_verifier("code:2")
+    rec = {"id": "c", "meta": {"tests": ["assert add(2, 3) == 5", "assert add(-1, 1) == 0"]}}
+    good = "Here:\n```python\ndef add(a, b):\n    return a + b\n```"
+    bad = "```python\ndef add(a, b):\n    return a - b\n```"
+    hang = "```python\ndef add(a, b):\n    while True:\n        pass\n```"
+    assert v.score([[]] * 3, [good, bad, hang], [None] * 3, [rec] * 3) == [1.0, 0.0, 0.0]
+
+
+def test_best_of_n_errors(tmp_path, capsys):
+    prompts = _prompts(tmp_path / "p.jsonl", 2)
+    for verifier, msg in (("bogus", "unknown kind 'bogus'"), ("python:nomodule", "python:module:function")):
+        with pytest.raises(SystemExit) as e:
+            main(["synth", "best-of-n", str(prompts), "--teacher", "http://127.0.0.1:9/v1", "--verifier", verifier,
+                  "-o", str(tmp_path / "o")])
+        assert e.value.code == 2 and msg in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "task_type": "t", "messages": [{"role": "user", "content": "hi"}]}\n{"id": "b"}\n')
+    with pytest.raises(SystemExit):
+        main(["synth", "best-of-n", str(bad), "--teacher", "http://127.0.0.1:9/v1", "-o", str(tmp_path / "o")])
+    assert "bad.jsonl, line 2" in capsys.readouterr().err
+
+
+def test_best_of_n_with_the_llm_judge_as_verifier(tmp_path):
+    from judge_server import JudgeServer
+
+    def teacher(body: dict, choice: int) -> str:  # every other sample is the one the "fair" judge likes
+        return "This is CORRECT." if (choice + int(body["messages"][-1]["content"].split()[2])) % 2 else "Unsure."
+
+    with ScriptedTeacher(teacher) as t, JudgeServer() as j:
+        out = _run(tmp_path, t.base_url, "judge", "--verifier", "judge", "--judge", j.base_url, "--judge-model", "fair",
+                   "--threshold", "0.7")
+        assert j.requests == 24 * 4  # one single-mode grading per reply
+    pairs = _lines(out / "pairs.jsonl")
+    assert len(pairs) == 24 and len(_lines(out / "sft.jsonl")) == 24
+    for p in pairs:
+        assert p["chosen"][0]["content"] == "This is CORRECT." and p["rejected"][0]["content"] == "Unsure."
+        assert p["meta"]["chosen_score"] == 0.8 and p["meta"]["rejected_score"] == 0.3
+
+
+def test_reward_model_verifier_scores_in_unit_interval(tiny_model_dir):
+    """reward:DIR loads AutoModelForSequenceClassification (here the tiny LM with a fresh 1-label head)."""
+    import torch
+    from transformers import AutoConfig
+
+    from sftlab.synth.verifiers import make_verifier
+
+    cfg = AutoConfig.from_pretrained(tiny_model_dir)
+    assert cfg.num_labels == 2  # the head has 2 labels; the last one is the "good" logit
+    torch.manual_seed(0)
+    v = make_verifier(f"reward:{tiny_model_dir}")
+    prompt = [{"role": "user", "content": "what is 2 plus 3?"}]
+    scores = v.score([prompt] * 3, ["5", "seven", "5"], [None] * 3, [{}] * 3)
+    assert all(0.0 < s < 1.0 for s in scores) and scores[0] == scores[2] != scores[1]
+
+
+@pytest.mark.slow
+def test_pairs_train_one_step_in_trl_dpo_trainer(tmp_path, tiny_model_dir):
+    """pairs.jsonl (trl format) -> datasets -> one DPOTrainer step on the tiny model (trl: the `bench` extra)."""
+    trl = pytest.importorskip("trl")
+    import datasets
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with ScriptedTeacher(sometimes_right) as t:
+        out = _run(tmp_path, t.base_url, "bon")
+    ds = datasets.load_dataset("json", data_files=str(out / "pairs.jsonl"), split="train")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    before = [p.detach().clone() for p in model.parameters()]
+    cfg = trl.DPOConfig(output_dir=str(tmp_path / "dpo"), max_steps=1, per_device_train_batch_size=2,
+                        learning_rate=1e-3, report_to=[], save_strategy="no", logging_steps=1, use_cpu=True)
+    trainer = trl.DPOTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
+    result = trainer.train()
+    assert result.global_step == 1 and torch.isfinite(torch.tensor(result.training_loss))
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, model.parameters(), strict=True))
