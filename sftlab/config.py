@@ -37,8 +37,10 @@ class LoraConfig(Strict):
 
 class ModelConfig(Strict):
     name_or_path: str
-    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
-    attn_implementation: str = "sdpa"
+    # auto: bf16 autocast where the device computes bf16 natively (CUDA Ampere+, CPUs with AMX / AVX512-BF16), else fp32
+    dtype: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
+    # auto: sdpa for pad; padfree/pack: flash_attention_2 / flex_attention on CUDA, else sdpa_varlen (train/attention.py)
+    attn_implementation: str = "auto"
     lora: LoraConfig | None = None
     chat_template: str | None = None  # builtin name, file, or Jinja text; default: the tokenizer's own
     special_tokens: list[str] = []
@@ -103,6 +105,7 @@ class TrainConfig(Strict):
     save_steps: int = Field(0, ge=0)
     save_total_limit: int | None = None
     gradient_checkpointing: bool = False
+    torch_compile: bool = False  # torch.compile the model (HF's name); off by default: it did not pay on CPU
     resume: str | None = None  # "auto" or a checkpoint dir
     parallel: Literal["none", "ddp", "fsdp"] = "none"
     loss_chunk_size: int = Field(4096, gt=0)
