@@ -35,7 +35,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # qwen_vocab
 
 OURS = ("pad", "padfree", "pack")
-OURS_MASK = ("padfree_mask", "pack_mask")  # opt-in: padfree / pack on the dense 4-D block mask (the old CPU path)
+# opt-in variants: padfree / pack on the dense 4-D block mask (the old CPU path), or with torch.compile
+OURS_EXTRA = ("padfree_mask", "pack_mask", "padfree_compile", "pack_compile")
 TRL = ("trl_pad", "trl_padfree", "trl_pack")
 MODELS = {  # name -> build_tiny_model kwargs (qwen: qwen_vocab.build_qwen_model, the real 151,936 vocabulary)
     "tiny": {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 384},
@@ -44,7 +45,10 @@ MODELS = {  # name -> build_tiny_model kwargs (qwen: qwen_vocab.build_qwen_model
 }
 PHASES = ("collate", "model_fwd", "head_fwd", "head_bwd", "model_bwd", "optimizer")
 MARK = "@@BENCH "
-ALPACA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "alpaca_en_demo.json"
+# shared/ beside the checkout (main: /work/main -> /work/shared; a worktree sits one level deeper)
+ALPACA = next((p / "shared" / "data" / "real" / "alpaca_en_demo.json" for p in Path(__file__).resolve().parents[1:4]
+               if (p / "shared" / "data" / "real" / "alpaca_en_demo.json").exists()),
+              Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "alpaca_en_demo.json")
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -123,7 +127,8 @@ class OurRunner:
 
     The attention kernel is the one training picks (`resolve_attention("auto", ...)`: sdpa for pad,
     sdpa_varlen for padfree / pack on CPU); the `*_mask` modes force the dense block mask instead. Hooks on the
-    decoder time the step's phases (model forward / backward vs everything else) for the profile table."""
+    decoder time the step's phases (model forward / backward vs everything else) for the profile table.
+    `*_compile` compiles the decoder (train.torch_compile; the compilation falls in the excluded warm-up step)."""
 
     def __init__(self, model_dir: Path, samples: list[dict], mode: str, a: argparse.Namespace) -> None:
         import torch
@@ -133,7 +138,7 @@ class OurRunner:
         from sftlab.train.loss import attach_loss_coefficients
 
         self.torch, self.a = torch, a
-        self.mode = mode.removesuffix("_mask")
+        self.mode = mode.removesuffix("_mask").removesuffix("_compile")
         self.impl = "sdpa" if mode.endswith("_mask") else resolve_attention("auto", self.mode, "cpu")
         register_attention_kernels()
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=self.impl,
@@ -143,7 +148,10 @@ class OurRunner:
         self.samples = samples
         self.pad_id = 0
         self.marks: dict[str, float] = {}
-        self._hook_phases()
+        if mode.endswith("_compile"):  # no phase hooks inside a compiled module
+            self.model.get_decoder().compile(dynamic=True)
+        else:
+            self._hook_phases()
 
     def _hook_phases(self) -> None:
         """Time stamps: decoder forward start / end, and the moment the loss head's backward hands the
@@ -195,10 +203,11 @@ class OurRunner:
                 t_loss = clock()
                 loss.backward()
                 t_bwd = clock()
-                ph["model_fwd"] += m["fwd_end"] - m["fwd_start"]
-                ph["head_fwd"] += t_loss - m["fwd_end"]
-                ph["head_bwd"] += m["head_bwd_end"] - t_loss
-                ph["model_bwd"] += t_bwd - m["head_bwd_end"]
+                if m:
+                    ph["model_fwd"] += m["fwd_end"] - m["fwd_start"]
+                    ph["head_fwd"] += t_loss - m["fwd_end"]
+                    ph["head_bwd"] += m["head_bwd_end"] - t_loss
+                    ph["model_bwd"] += t_bwd - m["head_bwd_end"]
                 t, p = t + b["tokens"], p + b["padded_tokens"]
             t0 = clock()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -211,7 +220,7 @@ class OurRunner:
             padded.append(p)
             ph["step"] = ends[-1] - ends[-2]
             phases.append(ph)
-        return dict(step_stats(ends, cpu, toks, padded), phases=phases[1:])
+        return dict(step_stats(ends, cpu, toks, padded), phases=phases[1:] if m else [])
 
 
 def step_stats(ends: list[float], cpu: list[float], toks: list[int], padded: list[int]) -> dict:
