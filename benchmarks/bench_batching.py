@@ -326,10 +326,26 @@ def run_group(a: argparse.Namespace, model: str, data: str) -> dict[str, dict]:
            "--micro", str(a.micro), "--max-len", str(a.max_len)]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore",
                TRANSFORMERS_VERBOSITY="error", OMP_NUM_THREADS=str(a.threads))
-    procs = {m: subprocess.Popen(cmd + ["--mode", m], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                 stderr=None if a.verbose else open(a.workdir / f"{model}-{data}-{m}.log", "w"),  # noqa: SIM115 (lives as long as the worker)
-                                 env=env)
-             for m in modes}
+    def start(m: str) -> subprocess.Popen:
+        return subprocess.Popen(cmd + ["--mode", m], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                stderr=None if a.verbose else open(a.workdir / f"{model}-{data}-{m}.log", "w"),  # noqa: SIM115 (lives as long as the worker)
+                                env=env)
+
+    if a.one_at_a_time:  # low-memory machines: one worker alive at a time, each runs all its rounds
+        res = {}
+        for m in modes:
+            p = start(m)
+            res[m] = {"setup_rss_mb": read_reply(p)["setup_rss_mb"], "runs": []}
+            for _ in range(a.rounds):
+                p.stdin.write("run\n")
+                p.stdin.flush()
+                res[m]["runs"].append(read_reply(p))
+                print(f"  {model}/{data} {m}: {statistics.median(res[m]['runs'][-1]['cpu_rates']):,.0f} tok/CPU-s",
+                      file=sys.stderr, flush=True)
+            p.stdin.close()
+            p.wait()
+        return res
+    procs = {m: start(m) for m in modes}
     res: dict[str, dict] = {}
     for m, p in procs.items():
         res[m] = {"setup_rss_mb": read_reply(p)["setup_rss_mb"], "runs": []}
@@ -415,6 +431,8 @@ def main() -> None:
     p.add_argument("--workdir", type=Path, default=Path("/tmp/sftlab-bench"))
     p.add_argument("--out", type=Path, default=None, help="write the summary JSON here")
     p.add_argument("--verbose", action="store_true")
+    p.add_argument("--one-at-a-time", action="store_true",
+                   help="one worker process alive at a time (less memory; no interleaving of modes)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
