@@ -199,7 +199,7 @@ class OurRunner:
             batches = self.batches(glob)
             ph["collate"] += clock() - t0
             for b in batches:
-                loss = micro_batch_loss(supervised_token_nll(self.model, b), b, denom)
+                loss = micro_batch_loss(supervised_token_nll(self.model, b, a.loss_chunk), b, denom)
                 t_loss = clock()
                 loss.backward()
                 t_bwd = clock()
@@ -323,7 +323,7 @@ def run_group(a: argparse.Namespace, model: str, data: str) -> dict[str, dict]:
     modes = [m for m in a.modes if not m.startswith("trl") or not a.no_trl]
     cmd = [sys.executable, __file__, "--worker", "--model", model, "--data", data, "--workdir", str(a.workdir),
            "--threads", str(a.threads), "--steps", str(a.steps), "--global-batch", str(a.global_batch),
-           "--micro", str(a.micro), "--max-len", str(a.max_len)]
+           "--micro", str(a.micro), "--max-len", str(a.max_len), "--loss-chunk", str(a.loss_chunk)]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore",
                TRANSFORMERS_VERBOSITY="error", OMP_NUM_THREADS=str(a.threads))
     def start(m: str) -> subprocess.Popen:
@@ -431,6 +431,8 @@ def main() -> None:
     p.add_argument("--workdir", type=Path, default=Path("/tmp/sftlab-bench"))
     p.add_argument("--out", type=Path, default=None, help="write the summary JSON here")
     p.add_argument("--verbose", action="store_true")
+    p.add_argument("--loss-chunk", type=int, default=4096, help="sftlab's train.loss_chunk_size (supervised "
+                   "positions per logits chunk; smaller = less memory, one more head matmul in backward)")
     p.add_argument("--one-at-a-time", action="store_true",
                    help="one worker process alive at a time (less memory; no interleaving of modes)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
