@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_batching.py                # the full run (see benchmarks/README.md)
     .venv/bin/python benchmarks/bench_batching.py --groups tiny:longtail --rounds 1 --steps 2   # a quick look
+    .venv/bin/python benchmarks/bench_batching.py --groups qwen:longtail,qwen:alpaca   # the real Qwen2.5 vocabulary
 
 What is measured, per (model, data set, mode): non-padding tokens per second of whole optimizer steps
 (forward + backward + AdamW step, data collation included: time between consecutive step ends, the
@@ -31,14 +32,23 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # qwen_vocab
+
 OURS = ("pad", "padfree", "pack")
+# opt-in variants: padfree / pack on the dense 4-D block mask (the old CPU path), or with torch.compile
+OURS_EXTRA = ("padfree_mask", "pack_mask", "padfree_compile", "pack_compile")
 TRL = ("trl_pad", "trl_padfree", "trl_pack")
-MODELS = {  # name -> build_tiny_model kwargs
+MODELS = {  # name -> build_tiny_model kwargs (qwen: qwen_vocab.build_qwen_model, the real 151,936 vocabulary)
     "tiny": {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 384},
     "large": {"hidden_size": 512, "num_layers": 8, "num_heads": 8, "intermediate_size": 1536},
+    "qwen": {"hidden_size": 512, "num_layers": 8, "num_heads": 8, "num_kv_heads": 2, "intermediate_size": 1536},
 }
+PHASES = ("collate", "model_fwd", "head_fwd", "head_bwd", "model_bwd", "optimizer")
 MARK = "@@BENCH "
-ALPACA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "alpaca_en_demo.json"
+# shared/ beside the checkout (main: /work/main -> /work/shared; a worktree sits one level deeper)
+ALPACA = next((p / "shared" / "data" / "real" / "alpaca_en_demo.json" for p in Path(__file__).resolve().parents[1:4]
+               if (p / "shared" / "data" / "real" / "alpaca_en_demo.json").exists()),
+              Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "alpaca_en_demo.json")
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -71,8 +81,14 @@ def longtail_records(n: int, seed: int = 0) -> list[dict]:
     return recs
 
 
+def data_file(workdir: Path, model: str, data: str) -> Path:
+    """Rendered samples of a data set for a model's tokenizer (the tiny models share one, qwen has its own)."""
+    return workdir / (f"{data}-qwen.json" if model == "qwen" else f"{data}.json")
+
+
 def prepare(workdir: Path, groups: list[tuple[str, str]], n_samples: int, max_len: int) -> None:
-    """Build the models (one tokenizer trained on both corpora) and render the data sets once."""
+    """Build the models (one BPE trained on both corpora for tiny/large; Qwen's own) and render the data once
+    per tokenizer."""
     from sftlab.data.render import load_tokenizer, render_records
     from sftlab.tiny import build_tiny_model, builtin_texts
 
@@ -80,14 +96,20 @@ def prepare(workdir: Path, groups: list[tuple[str, str]], n_samples: int, max_le
     if ALPACA.exists():
         texts += [m["content"] for r in alpaca_records(ALPACA) for m in r["messages"]]
     for model in sorted({m for m, _ in groups}):
-        if not (workdir / model / "config.json").exists():
+        if (workdir / model / "config.json").exists():
+            continue
+        if model == "qwen":
+            from qwen_vocab import build_qwen_model
+
+            build_qwen_model(workdir / model, max_position_embeddings=max_len, **MODELS[model])
+        else:
             build_tiny_model(workdir / model, texts, vocab_size=2048, max_position_embeddings=max_len,
                              **MODELS[model])
-    tok = load_tokenizer(str(workdir / groups[0][0]))
-    for data in sorted({d for _, d in groups}):
-        out = workdir / f"{data}.json"
+    for model, data in groups:
+        out = data_file(workdir, model, data)
         if out.exists() and len(json.loads(out.read_text())) >= n_samples:
             continue
+        tok = load_tokenizer(str(workdir / model))
         recs = alpaca_records(ALPACA) if data == "alpaca" else longtail_records(4 * n_samples)
         samples, _ = render_records(recs[: 4 * n_samples], tok, max_length=max_len)
         keep = [{k: s[k] for k in ("input_ids", "labels", "turn_index", "turn_weights", "num_tokens")}
@@ -101,21 +123,52 @@ def rss_mb() -> float:
 
 
 class OurRunner:
-    """sftlab's step: collate -> supervised_token_nll -> micro_batch_loss / global D -> backward; AdamW."""
+    """sftlab's step: collate -> supervised_token_nll -> micro_batch_loss / global D -> backward; AdamW.
+
+    The attention kernel is the one training picks (`resolve_attention("auto", ...)`: sdpa for pad,
+    sdpa_varlen for padfree / pack on CPU); the `*_mask` modes force the dense block mask instead. Hooks on the
+    decoder time the step's phases (model forward / backward vs everything else) for the profile table.
+    `*_compile` compiles the decoder (train.torch_compile; the compilation falls in the excluded warm-up step)."""
 
     def __init__(self, model_dir: Path, samples: list[dict], mode: str, a: argparse.Namespace) -> None:
         import torch
         from transformers import AutoModelForCausalLM
 
+        from sftlab.train.attention import register_attention_kernels, resolve_attention
         from sftlab.train.loss import attach_loss_coefficients
 
-        self.torch, self.mode, self.a = torch, mode, a
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="sdpa",
+        self.torch, self.a = torch, a
+        self.mode = mode.removesuffix("_mask").removesuffix("_compile")
+        self.impl = "sdpa" if mode.endswith("_mask") else resolve_attention("auto", self.mode, "cpu")
+        register_attention_kernels()
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=self.impl,
                                                           dtype=torch.float32).train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-5, weight_decay=0.0, fused=True)
         attach_loss_coefficients(samples, "turn")
         self.samples = samples
         self.pad_id = 0
+        self.marks: dict[str, float] = {}
+        if mode.endswith("_compile"):  # no phase hooks inside a compiled module
+            self.model.get_decoder().compile(dynamic=True)
+        else:
+            self._hook_phases()
+
+    def _hook_phases(self) -> None:
+        """Time stamps: decoder forward start / end, and the moment the loss head's backward hands the
+        gradient of the hidden states to the decoder (so backward splits into head and model parts)."""
+        marks = self.marks
+
+        def pre(module, args, kwargs):  # noqa: ANN001
+            marks["fwd_start"] = time.perf_counter()
+
+        def post(module, args, kwargs, out):  # noqa: ANN001
+            marks["fwd_end"] = time.perf_counter()
+            if out.last_hidden_state.requires_grad:
+                out.last_hidden_state.register_hook(lambda g: marks.__setitem__("head_bwd_end", time.perf_counter()))
+
+        dec = self.model.get_decoder()
+        dec.register_forward_pre_hook(pre, with_kwargs=True)
+        dec.register_forward_hook(post, with_kwargs=True)
 
     def batches(self, glob: list[dict]) -> list[dict]:
         from sftlab.train.batching import collate, packed_micro_batch, plan_packed_micro_batches
@@ -125,32 +178,49 @@ class OurRunner:
             out = []
             for rows in plan_packed_micro_batches(glob, a.max_len, a.global_batch // a.micro):
                 micro, local = packed_micro_batch(glob, rows)
-                out.append(collate(micro, "pack", self.pad_id, attn_implementation="sdpa", rows=local))
+                out.append(collate(micro, "pack", self.pad_id, attn_implementation=self.impl, rows=local))
             return out
-        return [collate(glob[i:i + a.micro], self.mode, self.pad_id, attn_implementation="sdpa")
+        return [collate(glob[i:i + a.micro], self.mode, self.pad_id, attn_implementation=self.impl)
                 for i in range(0, len(glob), a.micro)]
 
     def run(self) -> dict:
         from sftlab.train.loss import micro_batch_loss, supervised_token_nll
 
-        torch, a = self.torch, self.a
-        ends, cpu, toks, padded = [time.perf_counter()], [time.process_time()], [], []
+        torch, a, m = self.torch, self.a, self.marks
+        clock = time.perf_counter
+        ends, cpu, toks, padded = [clock()], [time.process_time()], [], []
+        phases: list[dict[str, float]] = []
         for step in range(a.steps + 1):
+            ph = dict.fromkeys(PHASES, 0.0)
             glob = self.samples[step * a.global_batch:(step + 1) * a.global_batch]
             denom = sum(s["loss_denom"] for s in glob)
             t = p = 0
-            for b in self.batches(glob):
-                loss = micro_batch_loss(supervised_token_nll(self.model, b), b, denom)
+            t0 = clock()
+            batches = self.batches(glob)
+            ph["collate"] += clock() - t0
+            for b in batches:
+                loss = micro_batch_loss(supervised_token_nll(self.model, b, a.loss_chunk), b, denom)
+                t_loss = clock()
                 loss.backward()
+                t_bwd = clock()
+                if m:
+                    ph["model_fwd"] += m["fwd_end"] - m["fwd_start"]
+                    ph["head_fwd"] += t_loss - m["fwd_end"]
+                    ph["head_bwd"] += m["head_bwd_end"] - t_loss
+                    ph["model_bwd"] += t_bwd - m["head_bwd_end"]
                 t, p = t + b["tokens"], p + b["padded_tokens"]
+            t0 = clock()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
-            ends.append(time.perf_counter())
+            ph["optimizer"] += clock() - t0
+            ends.append(clock())
             cpu.append(time.process_time())
             toks.append(t)
             padded.append(p)
-        return step_stats(ends, cpu, toks, padded)
+            ph["step"] = ends[-1] - ends[-2]
+            phases.append(ph)
+        return dict(step_stats(ends, cpu, toks, padded), phases=phases[1:] if m else [])
 
 
 def step_stats(ends: list[float], cpu: list[float], toks: list[int], padded: list[int]) -> dict:
@@ -231,7 +301,7 @@ def worker(a: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(a.threads)
-    samples = json.loads((a.workdir / f"{a.data}.json").read_text())
+    samples = json.loads(data_file(a.workdir, a.model, a.data).read_text())
     cls = TrlRunner if a.mode.startswith("trl") else OurRunner
     runner = cls(a.workdir / a.model, samples, a.mode, a)
     print(MARK + json.dumps({"ready": True, "setup_rss_mb": rss_mb()}), flush=True)
@@ -250,16 +320,32 @@ def read_reply(proc: subprocess.Popen) -> dict:
 
 
 def run_group(a: argparse.Namespace, model: str, data: str) -> dict[str, dict]:
-    modes = [m for m in a.modes if m in OURS or not a.no_trl]
+    modes = [m for m in a.modes if not m.startswith("trl") or not a.no_trl]
     cmd = [sys.executable, __file__, "--worker", "--model", model, "--data", data, "--workdir", str(a.workdir),
            "--threads", str(a.threads), "--steps", str(a.steps), "--global-batch", str(a.global_batch),
-           "--micro", str(a.micro), "--max-len", str(a.max_len)]
+           "--micro", str(a.micro), "--max-len", str(a.max_len), "--loss-chunk", str(a.loss_chunk)]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore",
                TRANSFORMERS_VERBOSITY="error", OMP_NUM_THREADS=str(a.threads))
-    procs = {m: subprocess.Popen(cmd + ["--mode", m], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                 stderr=None if a.verbose else open(a.workdir / f"{model}-{data}-{m}.log", "w"),  # noqa: SIM115 (lives as long as the worker)
-                                 env=env)
-             for m in modes}
+    def start(m: str) -> subprocess.Popen:
+        return subprocess.Popen(cmd + ["--mode", m], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                stderr=None if a.verbose else open(a.workdir / f"{model}-{data}-{m}.log", "w"),  # noqa: SIM115 (lives as long as the worker)
+                                env=env)
+
+    if a.one_at_a_time:  # low-memory machines: one worker alive at a time, each runs all its rounds
+        res = {}
+        for m in modes:
+            p = start(m)
+            res[m] = {"setup_rss_mb": read_reply(p)["setup_rss_mb"], "runs": []}
+            for _ in range(a.rounds):
+                p.stdin.write("run\n")
+                p.stdin.flush()
+                res[m]["runs"].append(read_reply(p))
+                print(f"  {model}/{data} {m}: {statistics.median(res[m]['runs'][-1]['cpu_rates']):,.0f} tok/CPU-s",
+                      file=sys.stderr, flush=True)
+            p.stdin.close()
+            p.wait()
+        return res
+    procs = {m: start(m) for m in modes}
     res: dict[str, dict] = {}
     for m, p in procs.items():
         res[m] = {"setup_rss_mb": read_reply(p)["setup_rss_mb"], "runs": []}
@@ -289,7 +375,30 @@ def summarize(res: dict[str, dict]) -> dict[str, dict]:
                   "padding": 1 - tokens / padded,
                   "peak_rss_mb": max(run["peak_rss_mb"] for run in r["runs"]), "setup_rss_mb": r["setup_rss_mb"],
                   "n_steps": len(rates)}
+        steps = [ph for run in r["runs"] for ph in run.get("phases", [])]
+        if steps:  # seconds per step, summed over all measured steps (shares are ratios of sums)
+            out[m]["phases"] = {k: sum(ph[k] for ph in steps) / len(steps) for k in (*PHASES, "step")}
     return out
+
+
+def profile_table(summary: dict[str, dict[str, dict]]) -> str:
+    """Where a step's time goes (sftlab modes): the model's own forward + backward vs everything else."""
+    lines = ["| model | data | mode | step ms | model fwd | model bwd | loss head fwd+bwd | collate | optimizer | "
+             "other | outside model fwd+bwd |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for group, s in summary.items():
+        model, data = group.split(":")
+        for m, v in s.items():
+            ph = v.get("phases")
+            if not ph:
+                continue
+            step = ph["step"]
+            other = step - sum(ph[k] for k in PHASES)
+            share = lambda x, step=step: f"{x / step:.1%}"  # noqa: E731
+            lines.append(f"| {model} | {data} | {m} | {1e3 * step:,.0f} | {share(ph['model_fwd'])} | "
+                         f"{share(ph['model_bwd'])} | {share(ph['head_fwd'] + ph['head_bwd'])} | "
+                         f"{share(ph['collate'])} | {share(ph['optimizer'])} | {share(other)} | "
+                         f"**{share(step - ph['model_fwd'] - ph['model_bwd'])}** |")
+    return "\n".join(lines)
 
 
 def table(summary: dict[str, dict[str, dict]]) -> str:
@@ -309,8 +418,8 @@ def table(summary: dict[str, dict[str, dict]]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--groups", default="tiny:alpaca,tiny:longtail,large:longtail",
-                   help="comma-separated model:data pairs (models: tiny, large; data: alpaca, longtail)")
+    p.add_argument("--groups", default="tiny:alpaca,tiny:longtail,large:longtail,qwen:longtail,qwen:alpaca",
+                   help="comma-separated model:data pairs (models: tiny, large, qwen; data: alpaca, longtail)")
     p.add_argument("--modes", default=",".join(OURS + TRL))
     p.add_argument("--no-trl", action="store_true")
     p.add_argument("--rounds", type=int, default=2)
@@ -322,6 +431,10 @@ def main() -> None:
     p.add_argument("--workdir", type=Path, default=Path("/tmp/sftlab-bench"))
     p.add_argument("--out", type=Path, default=None, help="write the summary JSON here")
     p.add_argument("--verbose", action="store_true")
+    p.add_argument("--loss-chunk", type=int, default=4096, help="sftlab's train.loss_chunk_size (supervised "
+                   "positions per logits chunk; smaller = less memory, one more head matmul in backward)")
+    p.add_argument("--one-at-a-time", action="store_true",
+                   help="one worker process alive at a time (less memory; no interleaving of modes)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
@@ -342,6 +455,7 @@ def main() -> None:
         if a.out:
             a.out.write_text(json.dumps(summary, indent=1))
     print(table(summary))
+    print("\n" + profile_table(summary))
     print(f"\n{a.rounds} rounds x {a.steps} measured steps, global batch {a.global_batch} = micro {a.micro} x "
           f"accumulation {a.global_batch // a.micro}, max_len {a.max_len}, {a.threads} thread(s); "
           f"total {time.perf_counter() - t0:.0f} s")

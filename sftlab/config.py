@@ -37,8 +37,10 @@ class LoraConfig(Strict):
 
 class ModelConfig(Strict):
     name_or_path: str
-    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
-    attn_implementation: str = "sdpa"
+    # auto: bf16 autocast where the device computes bf16 natively (CUDA Ampere+, CPUs with AMX / AVX512-BF16), else fp32
+    dtype: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
+    # auto: sdpa for pad; padfree/pack: flash_attention_2 / flex_attention on CUDA, else sdpa_varlen (train/attention.py)
+    attn_implementation: str = "auto"
     lora: LoraConfig | None = None
     chat_template: str | None = None  # builtin name, file, or Jinja text; default: the tokenizer's own
     special_tokens: list[str] = []
@@ -118,6 +120,7 @@ class TrainConfig(Strict):
     overwrite_output_dir: bool = False  # replace the run already in output_dir (else a non-empty dir is refused)
     eval_on_start: bool = False  # evaluate once before the first step (a step-0 baseline), as HF Trainer does
     gradient_checkpointing: bool = False
+    torch_compile: bool = False  # torch.compile the model (HF's name); off by default: it did not pay on CPU
     resume: str | None = None  # "auto" or a checkpoint dir
     parallel: Literal["none", "ddp", "fsdp"] = "none"
     loss_chunk_size: int = Field(4096, gt=0)

@@ -13,8 +13,9 @@ Modes:
              rows padded to the longest row. The loop packs *within a global batch*
              (`plan_packed_micro_batches`), so packing never changes which samples make an optimizer step.
 In padfree / pack, attention is kept inside each sample by the backend's layout (sftlab/train/attention.py):
-a 4-D block-diagonal causal mask (sdpa: bool, eager: additive float), or position ids alone for backends
-that read them (flash-attention varlen, flex document masks). Padding forms a document of its own.
+a 4-D block-diagonal causal mask (sdpa: bool, eager: additive float), or position ids plus the sample
+boundaries (`cu_seq_lens_q/k`, `max_length_q/k`, transformers' names) for the varlen kernels (flash-attention,
+sftlab's sdpa_varlen), or position ids alone (flex document masks). Padding forms a document of its own.
 """
 
 from __future__ import annotations
@@ -119,6 +120,11 @@ def collate_rows(samples: list[dict[str, Any]], rows: Sequence[Sequence[int]], p
     mask = block_causal_mask(doc, layout, mask_dtype) if layout in ("bool_mask", "float_mask") else None
     batch = {"input_ids": torch.from_numpy(input_ids), "position_ids": torch.from_numpy(position_ids),
              "attention_mask": mask, "tokens": total, "padded_tokens": n_rows * length}
+    if layout == "varlen":  # the sample boundaries once per micro-batch, so no kernel searches position ids per layer
+        bounds = np.append(flat_start, [total] + ([length] if length > total else []))
+        cu = torch.from_numpy(bounds.astype(np.int32))
+        max_len = int(np.diff(bounds).max())
+        batch.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max_len, max_length_k=max_len)
     batch.update(_targets(labels, coef, sample_of))
     return batch
 
@@ -223,13 +229,20 @@ def collate(samples: list[dict[str, Any]], mode: str, pad_id: int, *, attn_imple
 
 
 def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """Tensors (and tuples of tensors) to the device; counts stay Python ints."""
+    """Tensors (and tuples of tensors) to the device; counts stay Python ints. On CUDA the host tensors are
+    pinned first, so the copies are truly asynchronous (non_blocking from pageable memory waits)."""
+    device = torch.device(device)
+    pin = device.type == "cuda"
+
+    def to(t: torch.Tensor) -> torch.Tensor:
+        return (t.pin_memory() if pin and t.device.type == "cpu" else t).to(device, non_blocking=True)
+
     out: dict[str, Any] = {}
     for k, v in batch.items():
         if isinstance(v, torch.Tensor):
-            out[k] = v.to(device, non_blocking=True)
+            out[k] = to(v)
         elif isinstance(v, tuple):
-            out[k] = tuple(t.to(device, non_blocking=True) for t in v)
+            out[k] = tuple(to(t) for t in v)
         else:
             out[k] = v
     return out

@@ -422,6 +422,12 @@ def train(cfg: RunConfig) -> Path:
                                cfg.model.special_tokens, cfg.model.eot_token)
     cfg.data.batching = resolve_batching(cfg, device)
     check_isolation(cfg, device)
+    from sftlab.train.model import resolve_precision
+
+    cfg.model.dtype, precision_note = resolve_precision(cfg.model.dtype, device)
+    if info.is_main:
+        print(f"attention kernel: {cfg.model.attn_implementation} ({cfg.data.batching} batching); "
+              f"precision: {precision_note}")
 
     train_data = load_split(cfg.data.train, cfg, tokenizer, run_dir, "train", info.is_main)
     eval_data = (load_split(cfg.data.eval, cfg, tokenizer, run_dir, "eval", info.is_main, train_data.channels)
@@ -462,7 +468,8 @@ def train(cfg: RunConfig) -> Path:
 
     model = load_model(cfg.model, tokenizer, device, cfg.train.gradient_checkpointing,
                        adapter_dir=str(resume_dir) if resume_dir and cfg.model.lora else None,
-                       weights_dir=str(resume_dir) if resume_dir and not cfg.model.lora else None)
+                       weights_dir=str(resume_dir) if resume_dir and not cfg.model.lora else None,
+                       torch_compile=cfg.train.torch_compile)
     engine = parallel.wrap_model(SupervisedTokenNLL(model, cfg.train.loss_chunk_size), cfg.train.parallel, info,
                                  DTYPES[cfg.model.dtype])
     engine.train()
@@ -656,6 +663,8 @@ def resolve_batching(cfg: RunConfig, device: torch.device) -> str:
     if cfg.data.batching != "auto":
         return cfg.data.batching
     attn = cfg.model.attn_implementation
+    if attn in ("auto", "sdpa_varlen"):  # isolating kernels on every device (attention.resolve_attention)
+        return "padfree"
     if device.type == "cpu" and attn in ("sdpa", "eager"):
         return "padfree"
     if device.type == "cuda" and (attn.startswith("flash_attention") or attn == "flex_attention"):
@@ -664,14 +673,13 @@ def resolve_batching(cfg: RunConfig, device: torch.device) -> str:
 
 
 def check_isolation(cfg: RunConfig, device: torch.device) -> None:
-    """padfree/pack need an attention backend that keeps samples apart (see batching)."""
-    if cfg.data.batching == "pad":
-        return
-    try:
-        from sftlab.train.attention import check_attention_isolation
-    except ImportError:
-        raise UserError(f"data.batching={cfg.data.batching!r} is not available in this build") from None
-    check_attention_isolation(cfg.model.attn_implementation, cfg.data.batching, device)
+    """Resolve model.attn_implementation (auto -> a kernel for this batching mode and device, written to
+    RUN/config.yaml); padfree/pack need an attention backend that keeps samples apart (see batching)."""
+    from sftlab.train.attention import check_attention_isolation, resolve_attention
+
+    cfg.model.attn_implementation = resolve_attention(cfg.model.attn_implementation, cfg.data.batching, device)
+    if cfg.data.batching != "pad":
+        check_attention_isolation(cfg.model.attn_implementation, cfg.data.batching, device)
 
 
 __all__ = ["train", "evaluate", "step_plan", "split_global_batch", "TrainingError"]

@@ -92,6 +92,9 @@ def supervised_token_nll(model: Any, batch: dict[str, torch.Tensor], chunk_size:
     kwargs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
     if batch.get("attention_mask") is not None:
         kwargs["attention_mask"] = batch["attention_mask"]
+    for name in ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k"):  # varlen kernels (attention.py)
+        if name in batch:
+            kwargs[name] = batch[name]
     hidden = model.get_decoder()(**kwargs).last_hidden_state  # [R, L, H]
     rows, cols = batch["target_pos"]  # positions whose *next* token is supervised
     h = hidden[rows, cols]  # [N, H]

@@ -26,9 +26,41 @@ def pick_device(requested: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def bf16_native(device: torch.device) -> tuple[bool, str]:
+    """Does the device compute bf16 in hardware? (answer, the reason in words)
+
+    Autocast to bf16 on a CPU without AVX512-BF16 / AMX runs emulated kernels that are several times slower
+    than fp32, so bf16 is only worth it where the hardware has it.
+    """
+    if device.type == "cuda":
+        ok = torch.cuda.is_bf16_supported(including_emulation=False)
+        name = torch.cuda.get_device_name(device)
+        return ok, f"{name} {'has' if ok else 'lacks'} native bf16 (Ampere or newer has it)"
+    if device.type == "cpu":
+        amx, avx = torch.cpu._is_amx_tile_supported(), torch.cpu._is_avx512_bf16_supported()
+        ok = amx or avx
+        return ok, (f"CPU has {'AMX' if amx else 'AVX512-BF16'}" if ok else
+                    "CPU lacks AVX512-BF16 and AMX, so bf16 would be emulated (several times slower than fp32)")
+    return False, f"no native bf16 check for device type {device.type!r}"
+
+
+def resolve_precision(requested: str, device: torch.device) -> tuple[str, str]:
+    """The compute dtype to train with, and one line saying why.
+
+    auto → bf16 autocast where the device has native bf16, else fp32; an explicit bf16 on hardware without it
+    also falls back to fp32 (said in the line) instead of taking the emulated path. fp32 / fp16 are kept.
+    """
+    if requested not in ("auto", "bf16"):
+        return requested, f"{requested} (as configured)"
+    ok, why = bf16_native(device)
+    if ok:
+        return "bf16", f"bf16 autocast, fp32 master weights ({why})"
+    return "fp32", f"fp32 instead of {requested}: {why}"
+
+
 def autocast_context(dtype: str, device: torch.device):
     """Mixed precision: fp32 master weights, bf16/fp16 compute where the device supports it."""
-    if dtype == "fp32":
+    if dtype in ("fp32", "auto"):  # auto is resolved before training (resolve_precision); fp32 if it was not
         return torch.autocast(device.type, enabled=False)
     if dtype == "fp16" and device.type == "cpu":
         raise UserError("model.dtype=fp16 is not supported on CPU; use bf16 or fp32")
@@ -72,7 +104,7 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
 
 def available_attention() -> list[str]:
     """The attention backends that can run here (for error messages)."""
-    out = ["eager", "sdpa"]
+    out = ["eager", "sdpa", "sdpa_varlen"]
     if importlib.util.find_spec("torch.nn.attention.flex_attention") is not None:
         out.append("flex_attention")
     out += [n for n, pkg in FLASH_PACKAGES.items() if importlib.util.find_spec(pkg) is not None]
@@ -91,17 +123,22 @@ def check_attn_implementation(name: str) -> None:
 
 
 def load_model(cfg: ModelConfig, tokenizer: Any, device: torch.device, gradient_checkpointing: bool = False,
-               adapter_dir: str | None = None, weights_dir: str | None = None) -> Any:
+               adapter_dir: str | None = None, weights_dir: str | None = None, torch_compile: bool = False) -> Any:
     """AutoModelForCausalLM (+ LoRA via peft). Embeddings are resized to the tokenizer (new special tokens),
     and stay trainable under LoRA. `weights_dir` loads full weights from a checkpoint instead of the base;
-    `adapter_dir` loads a LoRA adapter to continue training it."""
+    `adapter_dir` loads a LoRA adapter to continue training it. `torch_compile` compiles the decoder (the loss
+    head calls it directly) with dynamic shapes, since every micro-batch has its own length."""
     from transformers import AutoModelForCausalLM
+
+    from sftlab.train.attention import register_attention_kernels
 
     src = weights_dir or cfg.name_or_path
     check_model_path(src)
     if Path(src).expanduser().exists():  # recorded as the adapter's base_model_name_or_path: make it absolute
         src = str(Path(src).expanduser().resolve())
-    kwargs: dict[str, Any] = {"attn_implementation": cfg.attn_implementation, "dtype": torch.float32}
+    register_attention_kernels()
+    attn = "sdpa" if cfg.attn_implementation == "auto" else cfg.attn_implementation
+    kwargs: dict[str, Any] = {"attn_implementation": attn, "dtype": torch.float32}
     if cfg.lora is not None and cfg.lora.load_in_4bit:
         if device.type != "cuda":
             raise UserError("model.lora.load_in_4bit (QLoRA) needs a CUDA device; none is available here. "
@@ -136,7 +173,10 @@ def load_model(cfg: ModelConfig, tokenizer: Any, device: torch.device, gradient_
         model.config.use_cache = False
     if cfg.lora is not None:
         model = _apply_lora(model, cfg, added, adapter_dir, gradient_checkpointing)
-    return model.to(device)
+    model = model.to(device)
+    if torch_compile:
+        model.get_decoder().compile(dynamic=True)
+    return model
 
 
 def _apply_lora(model: Any, cfg: ModelConfig, new_tokens: bool, adapter_dir: str | None,
