@@ -9,7 +9,7 @@ import sys
 import typer
 
 # Command modules register themselves on the apps when imported (one module per command group).
-from sftlab.cli import curate, data, report, train  # noqa: F401
+from sftlab.cli import curate, data, estimate, report, train  # noqa: F401
 from sftlab.cli.apps import app
 from sftlab.errors import UserError
 

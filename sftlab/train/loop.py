@@ -362,6 +362,9 @@ def train(cfg: RunConfig) -> Path:
                 and cfg.train.max_steps <= 0:
             print("hint: under 10k training samples - 3 epochs (train.num_train_epochs=3) usually works better")
 
+    from sftlab.train.estimate import check_run
+
+    run_check = check_run(cfg, device, info.world_size, train_data.samples, len(tokenizer), info.is_main)
     model = load_model(cfg.model, tokenizer, device, cfg.train.gradient_checkpointing,
                        adapter_dir=str(resume_dir) if resume_dir and cfg.model.lora else None,
                        weights_dir=str(resume_dir) if resume_dir and not cfg.model.lora else None)
@@ -450,6 +453,8 @@ def train(cfg: RunConfig) -> Path:
                     "lr": lr, "supervised_tokens": int(counts[2]), "tokens": int(counts[0]),
                     "tokens_per_s": tok_since / max(now - t_last, 1e-9),
                     "padding_ratio": 1.0 - float(counts[0]) / max(float(counts[1]), 1.0)}
+                if run_check is not None:
+                    rec.update(run_check.metrics(rec["tokens_per_s"]))
                 for j, c in enumerate(train_data.channels):
                     if ch_den[j] > 0:
                         rec[f"loss/{c}"] = float(stats.sums[1 + j]) / float(ch_den[j])
@@ -502,6 +507,8 @@ def train(cfg: RunConfig) -> Path:
     if info.is_main:
         print(f"done: {step} steps{' (' + stop_reason + ')' if stop_reason else ''}; model in {final}; "
               f"metrics in {run_dir / 'metrics.jsonl'}")
+        if run_check is not None:
+            print(run_check.summary())
     parallel.destroy(info)
     return final
 
