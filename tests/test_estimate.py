@@ -82,15 +82,16 @@ def test_activations_match_saved_tensors(models, name, attn, checkpointing):
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     try:
-        for b, s, mode in [(1, 32, "pad"), (3, 40, "pad"), (2, 24, "padfree")]:
+        for b, s, mode in [(1, 24, "pad"), (3, 32, "pad"), (2, 16, "padfree")]:
             batch = fixed_length_batch(b, s, cfg.vocab_size, mode, attn)
-            measured = saved_bytes(model, batch, decoder_only=True)
             est = estimate_activations(cfg, b, s, checkpointing, attn, batching=mode)
-            assert abs(est / measured - 1) <= 0.15, (name, attn, checkpointing, b, s, mode, est, measured)
-            # with the loss head: the supervised-only logits of every next token
+            if b == 1:  # the decoder alone (embedding to final norm)
+                measured = saved_bytes(model, batch, decoder_only=True)
+                assert abs(est / measured - 1) <= 0.15, (name, attn, checkpointing, b, s, mode, est, measured)
+            # with sftlab's loss head: supervised-only logits of every next token
             measured_all = saved_bytes(model, batch, decoder_only=False)
             head = estimate_loss_head(cfg, int(batch["targets"].numel()))["saved"]
-            assert abs((est + head) / measured_all - 1) <= 0.15
+            assert abs((est + head) / measured_all - 1) <= 0.15, (name, attn, checkpointing, b, s, mode)
     finally:
         model.gradient_checkpointing_disable()
 
