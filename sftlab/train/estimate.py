@@ -504,7 +504,7 @@ def rows_for_table(est: MemoryEstimate) -> list[tuple[str, int]]:
             ("loss head (supervised-only, chunked)", est.loss_head_bytes),
             ("checkpointing recompute (1 layer)", est.recompute_bytes),
             ("autocast half weight copies", est.autocast_weights_bytes),
-            ("DDP buckets / FSDP gathered layers", est.parallel_buffers_bytes),
+            ("DDP buckets / FSDP gathered layers / nf4 dequant", est.parallel_buffers_bytes),
             ("fragmentation / workspace margin", est.margin_bytes)]
 
 
