@@ -22,6 +22,7 @@ from sftlab.train.estimate import (
     flops_per_token,
     matmul_params,
     meta_model_from_config,
+    mfu,
     parameter_bytes,
     peak_flops,
 )
@@ -200,7 +201,7 @@ def qwen7b_table(length: int = 2048) -> dict[str, object]:
         mc = ModelConfig(name_or_path="Qwen/Qwen2.5-7B", dtype="bf16", lora=lora)
         rows[label] = estimate_memory(meta_model_from_config(QWEN25_7B, mc), QWEN25_7B, run, dtype="bf16",
                                       gradient_checkpointing=True, parallel=parallel, world_size=world,
-                                      lora=lora is not None, load_in_4bit=bool(lora and lora.load_in_4bit),
+                                      load_in_4bit=bool(lora and lora.load_in_4bit),
                                       memory_bytes=h100)
     return rows
 
@@ -227,6 +228,22 @@ def test_flops_and_peak():
     assert peak_flops("NVIDIA H100 PCIe") == 756e12
     assert peak_flops("NVIDIA A100-SXM4-40GB", "fp32") == 156e12
     assert peak_flops("cpu") is None and peak_flops(None) is None
+    # 4 H100s at 10k tokens/s each: MFU = tokens/s x FLOPs/token / (peak x devices)
+    assert mfu(40_000, cfg, 2048, "NVIDIA H100 80GB HBM3", "bf16", 4) == pytest.approx(
+        40_000 * flops_per_token(cfg, 2048) / (989e12 * 4))
+    assert mfu(40_000, cfg, 2048, None, "bf16") is None
+
+
+def test_report_shows_estimate_peak_and_mfu(tmp_path):
+    from sftlab.report import write_report
+
+    run = tmp_path / "run"
+    run.mkdir()
+    recs = [{"step": s, "loss": 1.0 / s, "tokens_per_s": 1000.0, "memory_estimate_gb": 61.5,
+             "memory_peak_gb": 58.0 + s, "mfu": 0.40 + 0.01 * s} for s in (1, 2)]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs))
+    page = write_report(run).read_text()
+    assert "61.500 / 60.000" in page and "41.5%" in page
 
 
 def test_estimate_cli_json_and_table(tmp_path, tiny_model_dir, capsys):

@@ -362,7 +362,7 @@ class RunShape:
 def estimate_memory(model: Any, model_config: Any, run: RunShape, *, dtype: str = "fp32",
                     attn_implementation: str = "sdpa", gradient_checkpointing: bool = False,
                     batching: str = "pad", parallel: str = "none", world_size: int = 1,
-                    lora: bool = False, load_in_4bit: bool = False, loss_chunk_size: int = 4096,
+                    load_in_4bit: bool = False, loss_chunk_size: int = 4096,
                     memory_bytes: int | None = None) -> MemoryEstimate:
     """Per-device memory of the run: exact parameter terms from `model` (meta), formulas for the rest."""
     sharded = parallel == "fsdp" and world_size > 1
@@ -467,10 +467,12 @@ def estimate_run(cfg: Any, world_size: int = 1, memory_bytes: int | None = None,
     from pathlib import Path
 
     from sftlab.config import resolve_batch_sizes
+    from sftlab.train.loop import resolve_batching
 
     micro, _, _ = resolve_batch_sizes(cfg.train, world_size)
-    batching = cfg.data.batching if cfg.data.batching != "auto" else (
-        "padfree" if cfg.model.attn_implementation in ("sdpa", "eager") else "pad")
+    # `auto` resolves as training would on the target: a GPU when a memory size is given or one is here
+    target = "cuda" if memory_bytes is not None or torch.cuda.is_available() else "cpu"
+    batching = resolve_batching(cfg, torch.device(target))
     if samples is None and use_data and all(Path(s.path).exists() for s in cfg.data.train):
         from sftlab.data.render import load_tokenizer
         from sftlab.train.loop import load_split
@@ -491,7 +493,7 @@ def estimate_run(cfg: Any, world_size: int = 1, memory_bytes: int | None = None,
     return estimate_memory(model, config, run, dtype=cfg.model.dtype,
                            attn_implementation=cfg.model.attn_implementation,
                            gradient_checkpointing=cfg.train.gradient_checkpointing, batching=batching,
-                           parallel=cfg.train.parallel, world_size=world_size, lora=lora is not None,
+                           parallel=cfg.train.parallel, world_size=world_size,
                            load_in_4bit=bool(lora and lora.load_in_4bit), loss_chunk_size=cfg.train.loss_chunk_size,
                            memory_bytes=memory_bytes)
 
