@@ -83,7 +83,10 @@ def test_activations_match_saved_tensors(models, name, attn, checkpointing):
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     try:
-        for b, s, mode in [(1, 24, "pad"), (3, 32, "pad"), (2, 16, "padfree")]:
+        # 512x8 is the slow one on CPU: fewer tokens (the formulas are per token, the shape is what matters)
+        cases = [(1, 12, "pad"), (2, 16, "pad"), (2, 8, "padfree")] if name == "512x8" else \
+            [(1, 24, "pad"), (3, 32, "pad"), (2, 16, "padfree")]
+        for b, s, mode in cases:
             batch = fixed_length_batch(b, s, cfg.vocab_size, mode, attn)
             est = estimate_activations(cfg, b, s, checkpointing, attn, batching=mode)
             if b == 1:  # the decoder alone (embedding to final norm)

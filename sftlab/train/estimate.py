@@ -398,8 +398,8 @@ def estimate_memory(model: Any, model_config: Any, run: RunShape, *, dtype: str 
     if parallel in ("ddp", "none") and world_size > 1:
         buffers = counts["gradients_bytes"]  # DDP's gradient buckets (gradient_as_bucket_view=False)
     if load_in_4bit:
-        # bitsandbytes dequantises one weight at a time into the compute dtype (transient) and keeps none
-        buffers += int(max(s.hidden * 3 * s.intermediate / 3, s.hidden * s.heads * s.head_dim) * 2)
+        # bitsandbytes dequantises one weight at a time into the compute dtype (transient): the largest one
+        buffers += max(s.hidden * s.intermediate, s.hidden * s.heads * s.head_dim) * 2
     step_tmp = counts["gradients_bytes"]  # foreach AdamW: one temporary list the size of the trainable shard
     static = counts["weights_bytes"] + counts["gradients_bytes"] + counts["optimizer_bytes"]
 
