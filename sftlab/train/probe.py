@@ -63,10 +63,10 @@ def probe_run(cfg: Any, steps: int, quiet: bool = False) -> dict[str, Any]:
             torch.cuda.reset_peak_memory_stats(device)
         baseline = memory_baseline()
         out = io.StringIO()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with contextlib.redirect_stdout(out) if quiet else contextlib.nullcontext():
             train(probe_cfg)
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         peak, source = measured_peak(device, baseline)
         records, _ = read_metrics(Path(tmp) / "run" / "metrics.jsonl")
     step_times = np.array([r["tokens"] / r["tokens_per_s"] for r in records
@@ -93,6 +93,8 @@ def probe_run(cfg: Any, steps: int, quiet: bool = False) -> dict[str, Any]:
             "total_steps": total_steps, "train_s": round(train_s, 2), "eval_s": round(eval_s, 2),
             "save_s": round(save_s, 2), "predicted_s": round(predicted, 2),
             "uncertainty_s": round(2 * sem * (total_steps - 1), 2),
+            # the same extrapolation in process CPU time: comparable across machine load (shared machines)
+            "probe_cpu_s": round(cpu, 3), "predicted_cpu_s": round(cpu * predicted / wall, 2),
             "memory_peak_gb": round(peak / GIB, 4), "memory_peak_source": source}
 
 
