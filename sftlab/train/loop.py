@@ -466,6 +466,9 @@ def train(cfg: RunConfig) -> Path:
                 and cfg.train.max_steps <= 0:
             print("hint: under 10k training samples - 3 epochs (train.num_train_epochs=3) usually works better")
 
+    from sftlab.train.estimate import memory_check
+
+    run_check = memory_check(cfg, device, info.world_size, train_data, len(tokenizer), info.is_main)
     model = load_model(cfg.model, tokenizer, device, cfg.train.gradient_checkpointing,
                        adapter_dir=str(resume_dir) if resume_dir and cfg.model.lora else None,
                        weights_dir=str(resume_dir) if resume_dir and not cfg.model.lora else None,
@@ -568,6 +571,8 @@ def train(cfg: RunConfig) -> Path:
                     rec["loss_unweighted"] = float(stats.sums[0]) / denom
                 ch_tokens = train_data.channel_matrix.numpy()[idx].T @ supervised[idx]
                 rec.update(share_metrics(train_data.channels, stats.weighted, ch_tokens, float(supervised[idx].sum())))
+                if run_check is not None:
+                    rec.update(run_check.metrics(rec["tokens_per_s"]))
                 for j, c in enumerate(train_data.channels):
                     if ch_den[j] > 0:
                         rec[f"loss/{c}"] = float(stats.sums[1 + j]) / float(ch_den[j])
@@ -631,6 +636,8 @@ def train(cfg: RunConfig) -> Path:
     if info.is_main:
         print(f"done: {step} steps{' (' + stop_reason + ')' if stop_reason else ''}; model in {final}; "
               f"metrics in {run_dir / 'metrics.jsonl'}")
+        if run_check is not None:
+            print(run_check.summary())
     parallel.destroy(info)
     return final
 
