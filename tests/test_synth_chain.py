@@ -39,8 +39,9 @@ def _run(tmp_path: Path, *extra: str) -> tuple[list[dict], list[dict], dict]:
     return kept, dropped, json.loads((tmp_path / "chained.summary.json").read_text())
 
 
-def test_chain_joins_related_records_of_one_task_type(tmp_path):
+def test_chain_joins_related_records_of_one_task_type(tmp_path, capsys):
     kept, dropped, summary = _run(tmp_path, "--max-turns", "3", "--seed", "0")
+    assert "8 records -> 2 dialogues from 5 records, 3 passed through, 0 dropped" in capsys.readouterr().out
     chains = {r["id"]: r for r in kept if "synth" in (r.get("meta") or {})}
     sources = sorted(sorted(r["meta"]["synth"]["source_ids"]) for r in chains.values())
     assert sources == [["p1", "p2"], ["s1", "s2", "s3"]]

@@ -182,7 +182,7 @@ def flywheel_cmd(log: Path = typer.Argument(..., help="serve log: the SQLite fil
                + f" -> {out_dir}")
 
 
-def _write_synth(res, out: Path, step: str) -> None:  # noqa: ANN001
+def _write_synth(res, out: Path, step: str, line: str | None = None) -> None:  # noqa: ANN001
     from sftlab.data.curate.io import dropped_path
     from sftlab.data.records import write_jsonl
     from sftlab.synth.io import write_json
@@ -190,7 +190,7 @@ def _write_synth(res, out: Path, step: str) -> None:  # noqa: ANN001
     write_jsonl(res.kept, out)
     write_jsonl(res.dropped, dropped_path(out))
     write_json(res.summary, out.with_name(out.stem + ".summary.json"))
-    typer.echo(f"{_counts_line(step, len(res.kept), res.dropped)} -> {out}")
+    typer.echo(f"{line or _counts_line(step, len(res.kept), res.dropped)} -> {out}")
 
 
 @synth_app.command("evolve")
@@ -250,7 +250,10 @@ def multi_turn_cmd(inputs: Path = typer.Argument(..., help="single-turn (or shor
         res = chain_related(load_records(inputs), max_turns=max_turns, seed=seed, only_chained=only_chained,
                             model=embed_model,
                             min_similarity=CHAIN_MIN_SIMILARITY if min_similarity is None else min_similarity)
-        return _write_synth(res, out, "multi-turn --chain")
+        s = res.summary
+        return _write_synth(res, out, "multi-turn --chain", f"multi-turn --chain: {s['inputs']} records -> "
+                            f"{s['chains']} dialogues from {s['chained_records']} records, {s['passed_through']} "
+                            f"passed through, {s['dropped']} dropped")
     if teacher is None:
         raise UserError("synth multi-turn: give --teacher URL|DIR (or --chain to join related records without one)")
     if turns < 2:

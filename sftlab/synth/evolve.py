@@ -92,7 +92,7 @@ def rewrite_formats(records: list[dict[str, Any]], teacher: Generator, formats: 
                                                          answer=msgs[-1]["content"])))
     replies = ask(teacher, [[{"role": "user", "content": p}] for *_, p in todo],
                   GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed),
-                  label="rewrites")
+                  label="rewrites") if todo else []
     out = []
     for (rec, form, base, _), reps in zip(todo, replies, strict=True):
         text, original = reps[0].text.strip(), rec["messages"][-1]["content"]
