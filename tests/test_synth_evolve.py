@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from sftlab.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -74,3 +76,57 @@ def test_multi_turn_chains_followups_and_drops_repeats(tmp_path):
     assert [m["role"] for m in kept[0]["messages"]] == ["user", "assistant", "user", "assistant"]
     assert kept[0]["messages"][2]["content"] == "What should I practise in my first week?"
     assert {d["reason"] for d in dropped} == {"followup_repeats_question"}
+
+
+def rewrite_script(body: dict, choice: int) -> str:
+    p = body["messages"][-1]["content"]
+    q = p.split("Question:\n", 1)[1].split("\n\nAnswer:", 1)[0]
+    if "as one valid JSON object" in p:
+        if "guitar" in q:
+            return '{"advice": ["practise daily", "learn chords"'  # truncated JSON
+        if "bees" in q:
+            return '```json\n{"summary": "bees pollinate crops", "effect": "higher yields"}\n```'
+        return '{"answer": "a fine answer"}'
+    if "as plain text" in p:
+        if "refrigerator" in q:
+            return "## Answer\n- A fine answer to that."  # still Markdown
+        if "water cycle" in q:
+            return "A fine answer  to that."  # unchanged up to whitespace
+        return "A fine answer, in plain words."
+    return "# Answer\n\n**A fine answer** to that."
+
+
+def test_rewrite_format_rewrites_answers_and_drops_invalid_forms(tmp_path):
+    out = tmp_path / "fmt.jsonl"
+    with ScriptedTeacher(rewrite_script) as t:
+        main(["synth", "evolve", str(_records(tmp_path / "in.jsonl")), "--teacher", t.base_url,
+              "--rewrite-format", "json", "--rewrite-format", "plain", "-o", str(out)])
+    kept = [json.loads(x) for x in out.read_text().splitlines()]
+    dropped = [json.loads(x) for x in (tmp_path / "fmt.dropped.jsonl").read_text().splitlines()]
+    assert len(kept) + len(dropped) == 2 * len(QUESTIONS)
+    assert {(d["parent_id"], d["evolve"], d["reason"]) for d in dropped} == {
+        ("r2", "format:json", "format_invalid"), ("r0", "format:plain", "format_invalid"),
+        ("r1", "format:plain", "no_change")}
+    by_id = {r["id"]: r for r in kept}
+    assert json.loads(by_id["r3-json"]["messages"][-1]["content"]) == {"summary": "bees pollinate crops",
+                                                                       "effect": "higher yields"}
+    assert by_id["r3-json"]["meta"]["synth"]["evolve"] == "format:json"
+    assert by_id["r3-json"]["meta"]["synth"]["parent_id"] == "r3"
+    assert by_id["r3-json"]["messages"][0]["content"] == QUESTIONS[3] + "\n\nReply with a JSON object only."
+    assert by_id["r4-plain"]["messages"][-1]["content"] == "A fine answer, in plain words."
+    assert by_id["r4-plain"]["meta"]["synth"]["evolve"] == "format:plain"
+
+
+def test_rewrite_format_markdown_and_unknown_form(tmp_path):
+    out = tmp_path / "md.jsonl"
+    with ScriptedTeacher(rewrite_script) as t:
+        main(["synth", "evolve", str(_records(tmp_path / "in.jsonl")), "--teacher", t.base_url,
+              "--rewrite-format", "markdown", "-o", str(out)])
+        kept = [json.loads(x) for x in out.read_text().splitlines()]
+        assert len(kept) == len(QUESTIONS)
+        assert all(r["messages"][-1]["content"].startswith("# Answer") for r in kept)
+        assert {r["meta"]["synth"]["evolve"] for r in kept} == {"format:markdown"}
+        with pytest.raises(SystemExit) as e:
+            main(["synth", "evolve", str(tmp_path / "in.jsonl"), "--teacher", t.base_url,
+                  "--rewrite-format", "yaml", "-o", str(out)])
+        assert e.value.code == 2

@@ -79,3 +79,13 @@ def test_self_instruct_drops_planted_near_copies(tmp_path):
     for r in kept:
         assert r["meta"]["synth"]["step"] == "self_instruct" and r["meta"]["synth"]["max_rouge_l"] < 0.7
         assert r["messages"][1]["content"].startswith(("Here is a careful answer", "这是"))
+
+
+def test_rouge_tokenizer_is_public_and_matches_the_metric_tokenizer():
+    from sftlab.eval import metrics
+    from sftlab.synth.self_instruct import RougeL
+
+    tok = metrics.RougeTokenizer()
+    assert tok.tokenize("The Cat, sat!") == metrics.tokenize("The Cat, sat!")
+    assert metrics._Tokenizer is metrics.RougeTokenizer  # old name still works on other branches
+    assert isinstance(RougeL().scorer._tokenizer, metrics.RougeTokenizer)

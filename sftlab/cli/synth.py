@@ -182,7 +182,7 @@ def flywheel_cmd(log: Path = typer.Argument(..., help="serve log: the SQLite fil
                + f" -> {out_dir}")
 
 
-def _write_synth(res, out: Path, step: str) -> None:  # noqa: ANN001
+def _write_synth(res, out: Path, step: str, line: str | None = None) -> None:  # noqa: ANN001
     from sftlab.data.curate.io import dropped_path
     from sftlab.data.records import write_jsonl
     from sftlab.synth.io import write_json
@@ -190,7 +190,7 @@ def _write_synth(res, out: Path, step: str) -> None:  # noqa: ANN001
     write_jsonl(res.kept, out)
     write_jsonl(res.dropped, dropped_path(out))
     write_json(res.summary, out.with_name(out.stem + ".summary.json"))
-    typer.echo(f"{_counts_line(step, len(res.kept), res.dropped)} -> {out}")
+    typer.echo(f"{line or _counts_line(step, len(res.kept), res.dropped)} -> {out}")
 
 
 @synth_app.command("evolve")
@@ -200,12 +200,19 @@ def evolve_cmd(inputs: Path = typer.Argument(..., help="records whose first user
                api_key_env: str | None = API_KEY_ENV, concurrency: int = CONCURRENCY,
                ops: str = typer.Option("constraints,deepen,concretize,reasoning,breadth", "--ops",
                                        help="evolutions to draw from (comma-separated)"),
+               rewrite_format: list[str] = typer.Option([], "--rewrite-format", help="plain | markdown | json "
+                                                        "(repeatable): rewrite each answer in that form instead "
+                                                        "of evolving the instruction"),
                temperature: float = typer.Option(0.7, "--temperature"),
                max_new_tokens: int = typer.Option(512, "--max-new-tokens"), seed: int = SEED) -> None:
     """Evol-Instruct: rewrite each instruction (in depth / in breadth), answer it, eliminate failed evolutions."""
     from sftlab.data.curate.io import load_records
-    from sftlab.synth.evolve import evolve
+    from sftlab.synth.evolve import evolve, rewrite_formats
 
+    if rewrite_format:
+        res = rewrite_formats(load_records(inputs), _teacher(teacher, teacher_model, api_key_env, concurrency),
+                              tuple(rewrite_format), seed=seed, temperature=temperature, max_new_tokens=max_new_tokens)
+        return _write_synth(res, out, "evolve --rewrite-format")
     res = evolve(load_records(inputs), _teacher(teacher, teacher_model, api_key_env, concurrency),
                  ops=tuple(o.strip() for o in ops.split(",") if o.strip()), seed=seed, temperature=temperature,
                  max_new_tokens=max_new_tokens)
@@ -215,16 +222,40 @@ def evolve_cmd(inputs: Path = typer.Argument(..., help="records whose first user
 @synth_app.command("multi-turn")
 def multi_turn_cmd(inputs: Path = typer.Argument(..., help="single-turn (or shorter) records to extend"),
                    out: Path = typer.Option(..., "-o", "--out", help="extended records; removed in OUT.dropped.jsonl"),
-                   teacher: str = TEACHER, teacher_model: str | None = TEACHER_MODEL,
+                   teacher: str | None = typer.Option(None, "--teacher", help="an OpenAI-compatible base URL or a "
+                                                      "local model dir (not needed with --chain)"),
+                   teacher_model: str | None = TEACHER_MODEL,
                    api_key_env: str | None = API_KEY_ENV, concurrency: int = CONCURRENCY,
                    turns: int = typer.Option(2, "--turns", help="adds TURNS-1 follow-up exchanges (a single-turn record ends with TURNS)"),
+                   chain: bool = typer.Option(False, "--chain", help="no teacher: chain related single-turn "
+                                              "records of one task_type into dialogues"),
+                   max_turns: int = typer.Option(3, "--max-turns", help="--chain: most records per dialogue"),
+                   min_similarity: float | None = typer.Option(None, "--min-similarity", help="--chain: user-turn "
+                                                               "cosine at which records are related (default 0.5)"),
+                   only_chained: bool = typer.Option(False, "--only-chained", help="--chain: records without a "
+                                                     "partner go to OUT.dropped.jsonl instead of passing through"),
+                   embed_model: str | None = typer.Option(None, "--embed-model", help="--chain: sentence-transformers "
+                                                          "model (default: the shipped all-MiniLM-L6-v2)"),
                    temperature: float = typer.Option(0.7, "--temperature"),
                    max_new_tokens: int = typer.Option(512, "--max-new-tokens"), seed: int = SEED) -> None:
-    """Chain related turns: the teacher asks follow-up questions and answers them."""
+    """Chain related turns: the teacher asks follow-up questions and answers them (or --chain: join related
+    single-turn records)."""
     from sftlab.data.curate.io import load_records
     from sftlab.errors import UserError
     from sftlab.synth.evolve import multi_turn
 
+    if chain:
+        from sftlab.synth.multiturn import CHAIN_MIN_SIMILARITY, chain_related
+
+        res = chain_related(load_records(inputs), max_turns=max_turns, seed=seed, only_chained=only_chained,
+                            model=embed_model,
+                            min_similarity=CHAIN_MIN_SIMILARITY if min_similarity is None else min_similarity)
+        s = res.summary
+        return _write_synth(res, out, "multi-turn --chain", f"multi-turn --chain: {s['inputs']} records -> "
+                            f"{s['chains']} dialogues from {s['chained_records']} records, {s['passed_through']} "
+                            f"passed through, {s['dropped']} dropped")
+    if teacher is None:
+        raise UserError("synth multi-turn: give --teacher URL|DIR (or --chain to join related records without one)")
     if turns < 2:
         raise UserError(f"--turns must be >= 2, got {turns}")
     res = multi_turn(load_records(inputs), _teacher(teacher, teacher_model, api_key_env, concurrency), turns=turns,

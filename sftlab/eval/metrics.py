@@ -55,11 +55,15 @@ def normalize(text: str, *, lower: bool = True, strip_punct: bool = True, collap
     return text.strip()
 
 
-class _Tokenizer:
-    """The object rouge-score expects (it calls .tokenize)."""
+class RougeTokenizer:
+    """The object rouge-score expects (it calls .tokenize): our word tokenizer, so ROUGE agrees with the other
+    text metrics (synth's self-instruct novelty filter uses it too)."""
 
     def tokenize(self, text: str) -> list[str]:
         return tokenize(text)
+
+
+_Tokenizer = RougeTokenizer  # old private name, kept for code on other branches
 
 
 _ROUGE_SCORER = None
@@ -70,7 +74,7 @@ def _rouge() -> Any:
     if _ROUGE_SCORER is None:
         from rouge_score.rouge_scorer import RougeScorer
 
-        _ROUGE_SCORER = RougeScorer(list(ROUGE_KEYS), use_stemmer=False, tokenizer=_Tokenizer())
+        _ROUGE_SCORER = RougeScorer(list(ROUGE_KEYS), use_stemmer=False, tokenizer=RougeTokenizer())
     return _ROUGE_SCORER
 
 

@@ -3,13 +3,20 @@ reasoning steps; in breadth: a new instruction of the same domain), then answers
 rewrites with no information gain (ROUGE-L >= 0.8 to the original), rewrites that copy the prompt template,
 and unusable answers (truncated, or failing the curation `clean` rules such as refusals).
 
+Format rewrites (`--rewrite-format plain|markdown|json`) keep the instruction's meaning but have the teacher
+rewrite the answer in that form; the user turn gets a one-sentence format request so that the pair stays
+consistent. A JSON rewrite that does not parse is dropped (`format_invalid`), as is a plain rewrite that still
+has Markdown, and an answer the teacher returns unchanged (`no_change`).
+
 `synth multi-turn` lives here too: the teacher asks a follow-up question to a single-turn record and answers
 it, so related turns are chained (a follow-up that repeats the previous question is dropped).
 """
 
 from __future__ import annotations
 
+import json
 import random
+import re
 from collections import Counter
 from typing import Any
 
@@ -35,6 +42,77 @@ OPS = {
 TEMPLATE_MARKERS = ("given prompt", "rewritten prompt", "#rewritten", "prompt rewriter", "prompt creator", "new prompt")
 FOLLOWUP = ("Here is a conversation between a user and an assistant. Write the user's next message: one natural "
             "follow-up question that builds on the conversation. Reply with the question only.\n\n{dialogue}")
+# form -> (what the teacher is asked to produce, the request appended to the user turn)
+FORMATS = {
+    "plain": ("plain text without any Markdown: no headings, lists, bold, tables or code fences",
+              "Answer in plain text, without Markdown formatting."),
+    "markdown": ("well-structured Markdown, with headings, lists or bold where they help the reader",
+                 "Format the answer in Markdown."),
+    "json": ("one valid JSON object holding the answer's content under descriptive keys, with no code fences "
+             "and no text around it", "Reply with a JSON object only."),
+}
+REWRITE = ("Rewrite the answer below as {form}. Keep every fact and the meaning; change only the form. Reply with "
+           "the rewritten answer only.\n\nQuestion:\n{question}\n\nAnswer:\n{answer}")
+_MARKDOWN = re.compile(r"^\s{0,3}(#{1,6}\s|[-*+]\s|\d+\.\s|```|\|.*\|)|\*\*[^*]+\*\*", re.M)
+_FENCE = re.compile(r"^```(?:json)?\s*\n(.*)\n```\s*$", re.S)
+
+
+def _check_format(form: str, text: str) -> tuple[str, str | None]:
+    """(the answer to keep, None) or (text, why it is not in `form`). A fenced JSON reply is unwrapped."""
+    if form == "json":
+        text = m.group(1).strip() if (m := _FENCE.match(text)) else text
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as e:
+            return text, f"json: {e.msg} at char {e.pos}"
+        return text, None if isinstance(value, dict | list) else "json: not an object or array"
+    if form == "plain" and (m := _MARKDOWN.search(text)):
+        return text, f"markdown in plain text: {m.group(0).strip()!r}"
+    return text, None
+
+
+def rewrite_formats(records: list[dict[str, Any]], teacher: Generator, formats: tuple[str, ...], *, seed: int = 0,
+                    temperature: float = 0.7, max_new_tokens: int = 512) -> SynthResult:
+    """One rewrite of each record's last answer per form; kept + dropped = len(records) * len(formats)."""
+    from sftlab.errors import UserError
+
+    if unknown := [f for f in formats if f not in FORMATS]:
+        raise UserError(f"--rewrite-format: unknown {', '.join(unknown)} (use {', '.join(FORMATS)})")
+    formats = tuple(dict.fromkeys(formats))
+    source, dropped, todo = teacher_id(teacher), [], []
+    for rec in records:
+        for form in formats:
+            base = {"id": f"{rec['id']}-{form}", "step": "evolve", "parent_id": rec["id"], "evolve": f"format:{form}"}
+            msgs = rec["messages"]
+            if msgs[-1]["role"] != "assistant" or not (msgs[-1].get("content") or "").strip():
+                dropped.append({**base, "reason": "not_ending_on_assistant"})
+                continue
+            question = next((m.get("content") or "" for m in reversed(msgs) if m["role"] == "user"), "")
+            todo.append((rec, form, base, REWRITE.format(form=FORMATS[form][0], question=question,
+                                                         answer=msgs[-1]["content"])))
+    replies = ask(teacher, [[{"role": "user", "content": p}] for *_, p in todo],
+                  GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed),
+                  label="rewrites") if todo else []
+    out = []
+    for (rec, form, base, _), reps in zip(todo, replies, strict=True):
+        text, original = reps[0].text.strip(), rec["messages"][-1]["content"]
+        text, invalid = _check_format(form, text)
+        if reps[0].finish_reason == "length" or not text:
+            dropped.append({**base, "reason": "rewrite_unusable"})
+        elif " ".join(text.split()) == " ".join(original.split()):
+            dropped.append({**base, "reason": "no_change"})
+        elif invalid:
+            dropped.append({**base, "reason": "format_invalid", "detail": invalid, "rewrite": text})
+        else:
+            msgs = [dict(m) for m in rec["messages"][:-1]] + [{"role": "assistant", "content": text}]
+            last_user = max(i for i, m in enumerate(msgs) if m["role"] == "user")
+            msgs[last_user]["content"] = f"{msgs[last_user].get('content') or ''}\n\n{FORMATS[form][1]}".lstrip()
+            out.append({**rec, "id": base["id"], "source": source, "messages": msgs,
+                        "meta": {**(rec.get("meta") or {}), "synth": {
+                            "step": "evolve", "evolve": f"format:{form}", "parent_id": rec["id"],
+                            "teacher": source, "seed": seed}}})
+    return _finish("evolve", out, dropped, len(records) * len(formats),
+                   {"teacher": source, "seed": seed, "formats": list(formats)})
 
 
 def _answers(teacher: Generator, prompts: list[list[dict]], seed: int, max_new_tokens: int) -> list[Any]:

@@ -50,7 +50,7 @@ class RougeL:
 
         from sftlab.eval import metrics
 
-        self.scorer = RougeScorer(["rougeL"], use_stemmer=False, tokenizer=metrics._Tokenizer())
+        self.scorer = RougeScorer(["rougeL"], use_stemmer=False, tokenizer=metrics.RougeTokenizer())
 
     def max_sim(self, text: str, others: list[str]) -> tuple[float, str | None]:
         best, arg = 0.0, None
