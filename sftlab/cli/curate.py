@@ -56,9 +56,9 @@ def clean_cmd(inputs: list[Path] = typer.Argument(..., help="record files"), out
               tokenizer: str | None = typer.Option(None, help="count lengths in tokens of this tokenizer"),
               config: Path | None = CONFIG, set_: list[str] = SET) -> None:
     """Drop records that break heuristic quality rules (empty, too short/long, repetitive, refusals...)."""
-    from sftlab.data.curate.clean import CleanConfig, clean_records
+    from sftlab.data.curate.clean import CleanConfig, clean_stream
     from sftlab.data.curate.config import parse_config
-    from sftlab.data.curate.io import load_records
+    from sftlab.data.curate.io import dropped_path, iter_record_chunks, write_result_stream
 
     cfg = parse_config(CleanConfig, "clean", step_options(config, set_))
     tok = None
@@ -66,7 +66,9 @@ def clean_cmd(inputs: list[Path] = typer.Argument(..., help="record files"), out
         from sftlab.data.render import load_tokenizer
 
         tok = load_tokenizer(tokenizer)
-    _finish(clean_records(load_records(inputs, allow_empty_answers=True), cfg, tokenizer=tok), out)
+    chunks = iter_record_chunks(inputs, allow_empty_answers=True)  # streams: memory bounded by one chunk
+    summary = write_result_stream(clean_stream(chunks, cfg, tokenizer=tok), out, "clean")
+    typer.echo(f"{summary} -> {out} (removed: {dropped_path(out)})")
 
 
 @data_app.command("dedup")
