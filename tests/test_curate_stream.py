@@ -100,3 +100,47 @@ def test_clean_cli_streams_and_fails_atomically(inputs, tmp_path, capsys):
     assert "late_bad.jsonl" in capsys.readouterr().err
     assert out.read_bytes() == before  # a bad record late in the input leaves the old outputs untouched
     assert not list(tmp_path.glob("*.tmp"))
+
+
+TAIL = " ".join(f"word{k}" for k in range(40)) + " the end"
+
+
+def _dups(n: int) -> list[dict]:
+    """Records whose answers repeat (case and spacing changed) every third one, plus a near duplicate."""
+    out = []
+    for i in range(n):
+        base = f"answer number {i // 3} is about the river bank on a sunny day " + TAIL
+        out.append(rec(f"d{i}", "Same prompt?", base.upper() if i % 3 == 1 else base + ("  " if i % 3 else ""),
+                       score=i))
+    out.append(rec("near", "Same prompt?", "answer number 0 is about the river bank on a sunny day " +
+                   TAIL.replace("end", "finish")))
+    return out
+
+
+@pytest.mark.parametrize("field", ["answer", "both"])
+def test_dedup_exact_stream_matches_dedup_records(tmp_path, field):
+    from sftlab.data.curate.dedup import dedup_exact_stream, dedup_records
+
+    path = tmp_path / "in.jsonl"
+    write_jsonl(_dups(20), path)
+    cfg = {"mode": "exact", "field": field}
+    whole = dedup_records(load_records(path), cfg)
+    write_result(whole, tmp_path / "list.jsonl")
+    summary = write_result_stream(dedup_exact_stream(iter_record_chunks(path, chunk_size=4), cfg),
+                                  tmp_path / "stream.jsonl", "dedup")
+    assert summary == whole.summary() == "dedup: kept 8 of 21; exact_duplicate: 13"
+    for name in ("", ".dropped"):
+        assert (tmp_path / f"stream{name}.jsonl").read_bytes() == (tmp_path / f"list{name}.jsonl").read_bytes()
+
+
+def test_dedup_cli_streams_exact_and_keeps_near_path(tmp_path, capsys):
+    path = tmp_path / "in.jsonl"
+    write_jsonl(_dups(20), path)
+    main(["data", "dedup", str(path), "-o", str(tmp_path / "exact.jsonl"), "--mode", "exact"])
+    assert "dedup: kept 8 of 21; exact_duplicate: 13" in capsys.readouterr().out
+    main(["data", "dedup", str(path), "-o", str(tmp_path / "near.jsonl"), "--field", "answer"])
+    assert "near_duplicate: " in capsys.readouterr().out  # near mode still runs (on the whole list)
+    from sftlab.data.curate.dedup import dedup_exact_stream
+
+    with pytest.raises(UserError, match="only mode=exact"):
+        next(dedup_exact_stream([[]], {"mode": "near"}))

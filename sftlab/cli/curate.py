@@ -87,13 +87,17 @@ def dedup_cmd(inputs: list[Path] = typer.Argument(..., help="record files"), out
     """Remove exact and near-duplicate records (keeps the first / best of each cluster); optionally also
     semantic (embedding cosine) duplicates."""
     from sftlab.data.curate.config import parse_config
-    from sftlab.data.curate.dedup import DedupConfig, dedup_records
-    from sftlab.data.curate.io import load_records
+    from sftlab.data.curate.dedup import DedupConfig, can_stream, dedup_exact_stream, dedup_records
+    from sftlab.data.curate.io import dropped_path, iter_record_chunks, load_records, write_result_stream
 
     cfg = parse_config(DedupConfig, "dedup", step_options(config, set_, field=field, mode=mode, threshold=threshold,
                                                           keep=keep, score_key=score_key,
                                                           semantic_threshold=semantic_threshold,
                                                           embedding_model=embedding_model))
+    if can_stream(cfg):  # exact keep-first: one streaming pass holding only the key digests
+        summary = write_result_stream(dedup_exact_stream(iter_record_chunks(inputs), cfg), out, "dedup")
+        typer.echo(f"{summary} -> {out} (removed: {dropped_path(out)})")
+        return
     _finish(dedup_records(load_records(inputs), cfg, cache_dir=cache_dir), out)
 
 
