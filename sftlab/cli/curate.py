@@ -95,7 +95,9 @@ def dedup_cmd(inputs: list[Path] = typer.Argument(..., help="record files"), out
                                                           semantic_threshold=semantic_threshold,
                                                           embedding_model=embedding_model))
     if can_stream(cfg):  # exact keep-first: one streaming pass holding only the key digests
-        summary = write_result_stream(dedup_exact_stream(iter_record_chunks(inputs), cfg), out, "dedup")
+        # 2048-record chunks: tokenising a chunk takes ~50 bytes per character in numpy temporaries
+        chunks = iter_record_chunks(inputs, chunk_size=2048)
+        summary = write_result_stream(dedup_exact_stream(chunks, cfg), out, "dedup")
         typer.echo(f"{summary} -> {out} (removed: {dropped_path(out)})")
         return
     _finish(dedup_records(load_records(inputs), cfg, cache_dir=cache_dir), out)
