@@ -144,3 +144,14 @@ def test_dedup_cli_streams_exact_and_keeps_near_path(tmp_path, capsys):
 
     with pytest.raises(UserError, match="only mode=exact"):
         next(dedup_exact_stream([[]], {"mode": "near"}))
+
+
+def test_iter_records_is_lazy(tmp_path):
+    """The first chunk arrives before the reader reaches a bad line further down: the file is not read whole."""
+    path = tmp_path / "in.jsonl"
+    path.write_text("\n".join(json.dumps(rec(f"x{i}", "Q", GOOD)) for i in range(4)) + "\n{broken\n")
+    chunks = iter_records([path], chunk_size=2)
+    assert [r["id"] for r in next(chunks)[0]] == ["x0", "x1"]
+    assert [r["id"] for r in next(chunks)[0]] == ["x2", "x3"]
+    with pytest.raises(UserError, match="line 5"):
+        next(chunks)
