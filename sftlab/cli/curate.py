@@ -56,9 +56,9 @@ def clean_cmd(inputs: list[Path] = typer.Argument(..., help="record files"), out
               tokenizer: str | None = typer.Option(None, help="count lengths in tokens of this tokenizer"),
               config: Path | None = CONFIG, set_: list[str] = SET) -> None:
     """Drop records that break heuristic quality rules (empty, too short/long, repetitive, refusals...)."""
-    from sftlab.data.curate.clean import CleanConfig, clean_records
+    from sftlab.data.curate.clean import CleanConfig, clean_stream
     from sftlab.data.curate.config import parse_config
-    from sftlab.data.curate.io import load_records
+    from sftlab.data.curate.io import dropped_path, iter_record_chunks, write_result_stream
 
     cfg = parse_config(CleanConfig, "clean", step_options(config, set_))
     tok = None
@@ -66,7 +66,9 @@ def clean_cmd(inputs: list[Path] = typer.Argument(..., help="record files"), out
         from sftlab.data.render import load_tokenizer
 
         tok = load_tokenizer(tokenizer)
-    _finish(clean_records(load_records(inputs, allow_empty_answers=True), cfg, tokenizer=tok), out)
+    chunks = iter_record_chunks(inputs, allow_empty_answers=True)  # streams: memory bounded by one chunk
+    summary = write_result_stream(clean_stream(chunks, cfg, tokenizer=tok), out, "clean")
+    typer.echo(f"{summary} -> {out} (removed: {dropped_path(out)})")
 
 
 @data_app.command("dedup")
@@ -85,13 +87,19 @@ def dedup_cmd(inputs: list[Path] = typer.Argument(..., help="record files"), out
     """Remove exact and near-duplicate records (keeps the first / best of each cluster); optionally also
     semantic (embedding cosine) duplicates."""
     from sftlab.data.curate.config import parse_config
-    from sftlab.data.curate.dedup import DedupConfig, dedup_records
-    from sftlab.data.curate.io import load_records
+    from sftlab.data.curate.dedup import DedupConfig, can_stream, dedup_exact_stream, dedup_records
+    from sftlab.data.curate.io import dropped_path, iter_record_chunks, load_records, write_result_stream
 
     cfg = parse_config(DedupConfig, "dedup", step_options(config, set_, field=field, mode=mode, threshold=threshold,
                                                           keep=keep, score_key=score_key,
                                                           semantic_threshold=semantic_threshold,
                                                           embedding_model=embedding_model))
+    if can_stream(cfg):  # exact keep-first: one streaming pass holding only the key digests
+        # 2048-record chunks: tokenising a chunk takes ~50 bytes per character in numpy temporaries
+        chunks = iter_record_chunks(inputs, chunk_size=2048)
+        summary = write_result_stream(dedup_exact_stream(chunks, cfg), out, "dedup")
+        typer.echo(f"{summary} -> {out} (removed: {dropped_path(out)})")
+        return
     _finish(dedup_records(load_records(inputs), cfg, cache_dir=cache_dir), out)
 
 

@@ -670,10 +670,22 @@ def _raw_for_reject(raw: Any) -> Any:
             return "<nested too deeply to show>"
 
 
-def _read(path: str | Path, fmt: str, *, task_type: str | None, columns: Mapping[str, str] | None,
-          on_error: str, extra_roles: Iterable[str], source: str | None, seen: dict[str, str],
-          label: str | None = None, special_text: str = "warn",
-          allow_empty_answers: bool = False) -> tuple[list[dict], list[dict], dict]:
+def _read(path: str | Path, fmt: str, **kwargs: Any) -> tuple[list[dict], list[dict], dict]:
+    """All records, rejects and the info of one input (the list form of _iter_read)."""
+    records: list[dict] = []
+    rejects: list[dict] = []
+    info: dict = {}
+    for is_record, item in _iter_read(path, fmt, info=info, **kwargs):
+        (records if is_record else rejects).append(item)
+    return records, rejects, info
+
+
+def _iter_read(path: str | Path, fmt: str, *, task_type: str | None, columns: Mapping[str, str] | None,
+               on_error: str, extra_roles: Iterable[str], source: str | None, seen: dict[str, str],
+               info: dict, label: str | None = None, special_text: str = "warn",
+               allow_empty_answers: bool = False) -> Iterator[tuple[bool, dict]]:
+    """(True, record) or (False, reject) per row of one input, in file order; fills `info` once the
+    input is exhausted. Holds one row at a time (plus `seen`, the ids read so far)."""
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     if special_text not in SPECIAL_TEXT:
@@ -684,8 +696,7 @@ def _read(path: str | Path, fmt: str, *, task_type: str | None, columns: Mapping
     stem = label or (Path(path).stem if Path(path).suffix else Path(path).name)
     notes: list = []
     kind, unit, rows = iter_rows(path, notes)
-    records: list[dict] = []
-    rejects: list[dict] = []
+    n_records = n_rejects = 0
     extra_roles = tuple(extra_roles)
     detected: Counter = Counter()
     counts: Counter = Counter()
@@ -703,14 +714,16 @@ def _read(path: str | Path, fmt: str, *, task_type: str | None, columns: Mapping
                 raise RecordError(f"duplicate id {rec['id']!r} (first at {first})", field="id",
                                   code="duplicate_id")
             seen[rec["id"]] = f"{file}, {unit} {pos}"
-            records.append(rec)
+            n_records += 1
+            yield True, rec
         except RecordError as e:
             err = RecordError(e.reason, file=e.file or file, index=pos, field=e.field, code=e.code, unit=unit)
             if on_error == "raise":
                 raise err from None
             raw = getattr(row, "raw", None) if isinstance(row, RecordError) else _raw_for_reject(row)
-            rejects.append({"file": err.file, "index": pos, "unit": unit, "ordinal": ordinal, "field": err.field,
-                            "code": err.code, "reason": err.reason, "error": err.describe(), "raw": raw})
+            n_rejects += 1
+            yield False, {"file": err.file, "index": pos, "unit": unit, "ordinal": ordinal, "field": err.field,
+                          "code": err.code, "reason": err.reason, "error": err.describe(), "raw": raw}
     if ordinal < 0:
         raise RecordError("empty file (no records)", file=file, code="empty_file")
     found = ",".join(k for k, _ in detected.most_common()) or (fmt if fmt != "auto" else "unknown")
@@ -724,9 +737,8 @@ def _read(path: str | Path, fmt: str, *, task_type: str | None, columns: Mapping
         did = "escaped" if special_text == "escape" else "kept as is: they end the turn early in training"
         warnings.append(f"{file}: {counts['control_text']} message(s) hold chat-control strings such as "
                         f"<|im_end|> ({did}; --special-text escape|reject)")
-    info = {"file": file, "format": f"{kind}/{found}", "records": len(records), "rejects": len(rejects),
-            "warnings": warnings}
-    return records, rejects, info
+    info.update({"file": file, "format": f"{kind}/{found}", "records": n_records, "rejects": n_rejects,
+                 "warnings": warnings})
 
 
 def file_labels(paths: Sequence[str | Path]) -> list[str]:
@@ -793,6 +805,35 @@ def read_many_detailed(paths: Sequence[str | Path], fmt: str = "auto", *, task_t
         rejects += rejs
         info.append(i)
     return records, rejects, info
+
+
+def iter_records(paths: Sequence[str | Path], fmt: str = "auto", *, chunk_size: int = 10_000,
+                 info: list[dict] | None = None, task_type: str | None = None,
+                 columns: Mapping[str, str] | None = None, on_error: str = "raise", extra_roles: Iterable[str] = (),
+                 source: str | None = None, special_text: str = "warn",
+                 allow_empty_answers: bool = False) -> Iterator[tuple[list[dict], list[dict]]]:
+    """read_many_detailed as a stream: (records, rejects) chunks of at most chunk_size rows, in input order,
+    with the same validation, ids and errors, so memory is bounded by the chunk (plus the ids seen, kept
+    to refuse duplicates). Each input's info dict is appended to `info` as soon as that input is read."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    seen: dict[str, str] = {}
+    records: list[dict] = []
+    rejects: list[dict] = []
+    for p, label in zip(paths, file_labels(paths), strict=True):
+        file_info: dict = {}
+        for is_record, item in _iter_read(p, fmt, task_type=task_type, columns=columns, on_error=on_error,
+                                          extra_roles=extra_roles, source=source, seen=seen, info=file_info,
+                                          label=label, special_text=special_text,
+                                          allow_empty_answers=allow_empty_answers):
+            (records if is_record else rejects).append(item)
+            if len(records) + len(rejects) >= chunk_size:
+                yield records, rejects
+                records, rejects = [], []
+        if info is not None:
+            info.append(file_info)
+    if records or rejects:
+        yield records, rejects
 
 
 def write_rejects(rejects: Iterable[dict], path: str | Path) -> int:

@@ -7,7 +7,7 @@ exactly why. Lengths are in characters, or in tokens when a tokenizer is given (
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal
 
 from pydantic import Field
@@ -121,6 +121,15 @@ def clean_records(records: Sequence[dict[str, Any]], config: CleanConfig | dict 
         else:
             dropped.append(drop(rec, "clean", reason, detail=detail))
     return StepResult("clean", kept, dropped)
+
+
+def clean_stream(chunks: Iterable[Sequence[dict[str, Any]]], config: CleanConfig | dict | None = None, *,
+                 tokenizer: Any = None) -> Iterator[StepResult]:
+    """clean_records chunk by chunk: every rule looks at one record only, so the kept and dropped rows
+    are the same as cleaning the whole list at once, and memory is bounded by the chunk."""
+    cfg = config if isinstance(config, CleanConfig) else parse_config(CleanConfig, "clean", config)
+    for chunk in chunks:
+        yield clean_records(chunk, cfg, tokenizer=tokenizer)
 
 
 def _first_failure(cfg: CleanConfig, rec: dict, prompt: str, answer: str, pl: int, al: int,

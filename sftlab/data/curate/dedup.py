@@ -13,7 +13,7 @@ tokens at all are only compared exactly.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -331,3 +331,33 @@ def dedup_records(records: Sequence[dict[str, Any]], config: DedupConfig | dict 
     return StepResult("dedup", kept, [d for _, d in sorted(dropped, key=lambda x: x[0])],
                       info={"candidate_pairs": n_candidates, "near_pairs": n_verified,
                             "semantic_duplicates": n_semantic})
+
+
+def can_stream(cfg: DedupConfig) -> bool:
+    """Exact dedup keeping the first of each group needs only the keys seen so far, so it streams;
+    near (LSH over all signatures), keep=score (a global order) and semantic dedup read the whole list."""
+    return cfg.mode == "exact" and cfg.keep == "first" and cfg.semantic_threshold is None
+
+
+def dedup_exact_stream(chunks: Iterable[Sequence[dict[str, Any]]], config: DedupConfig | dict | None = None
+                       ) -> Iterator[StepResult]:
+    """dedup_records for mode=exact, keep=first, one chunk at a time with the same kept and dropped rows.
+
+    The only state is {16-byte key digest: id of the kept record} for the distinct texts seen so far."""
+    cfg = config if isinstance(config, DedupConfig) else parse_config(DedupConfig, "dedup", config)
+    if not can_stream(cfg):
+        raise UserError("dedup: only mode=exact with keep=first and no semantic_threshold streams")
+    first_id: dict[bytes, str] = {}
+    for chunk in chunks:
+        th, lens = token_hashes([field_text(r, cfg.field) for r in chunk])
+        ends = np.cumsum(lens).tolist()
+        kept, dropped = [], []
+        for rec, end, n in zip(chunk, ends, lens.tolist(), strict=True):
+            key = hashlib.blake2b(th[end - n:end].tobytes(), digest_size=16).digest()
+            rep = first_id.get(key)
+            if rep is None:
+                first_id[key] = rec["id"]
+                kept.append({**rec, "meta": {**(rec.get("meta") or {}), "dedup_cluster": rec["id"]}})
+            else:
+                dropped.append(drop(rec, "dedup", "exact_duplicate", duplicate_of=rep, cluster=rep, similarity=1.0))
+        yield StepResult("dedup", kept, dropped)

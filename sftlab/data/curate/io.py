@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,12 +40,17 @@ class StepResult:
         info['copies'] so the line counts inputs, not outputs."""
         copies = self.info.get("copies", 0)
         n_in = self.info.get("inputs", len(self.kept) - copies + len(self.dropped))
-        kept = f"kept {len(self.kept) - copies} of {n_in}"
-        if copies:
-            kept += f" + {copies} upsampled copies = {len(self.kept)} records"
-        parts = [f"{self.step}: {kept}"]
-        parts += [f"{reason}: {n}" for reason, n in sorted(self.counts().items())]
-        return "; ".join(parts)
+        return summary_line(self.step, len(self.kept), n_in, self.counts(), copies)
+
+
+def summary_line(step: str, n_kept: int, n_in: int, counts: Counter, copies: int = 0) -> str:
+    """The one-line summary of a step from its counts (shared by list and streaming steps)."""
+    kept = f"kept {n_kept - copies} of {n_in}"
+    if copies:
+        kept += f" + {copies} upsampled copies = {n_kept} records"
+    parts = [f"{step}: {kept}"]
+    parts += [f"{reason}: {n}" for reason, n in sorted(counts.items())]
+    return "; ".join(parts)
 
 
 def drop(rec: dict[str, Any], step: str, reason: str, **extra: Any) -> dict[str, Any]:
@@ -59,6 +64,14 @@ def load_records(paths: str | Path | Sequence[str | Path], *, allow_empty_answer
     bad records and duplicate ids are errors (ids key all outputs); reader warnings go to stderr."""
     from sftlab.data.formats import read_many_detailed
 
+    records, _, info = read_many_detailed(_check_inputs(paths), allow_empty_answers=allow_empty_answers)
+    for i in info:
+        for w in i["warnings"]:
+            print(f"warning: {w}", file=sys.stderr)
+    return records
+
+
+def _check_inputs(paths: str | Path | Sequence[str | Path]) -> list[str]:
     if isinstance(paths, (str, Path)):
         paths = [paths]
     if not paths:
@@ -66,11 +79,28 @@ def load_records(paths: str | Path | Sequence[str | Path], *, allow_empty_answer
     for p in map(Path, paths):
         if not p.exists():
             raise UserError(f"{p}: no such file or directory")
-    records, _, info = read_many_detailed([str(p) for p in paths], allow_empty_answers=allow_empty_answers)
-    for i in info:
+    return [str(p) for p in paths]
+
+
+def iter_record_chunks(paths: str | Path | Sequence[str | Path], *, chunk_size: int = 10_000,
+                       allow_empty_answers: bool = False) -> Iterator[list[dict[str, Any]]]:
+    """load_records as a stream of chunks of at most chunk_size records: same reader, same errors, same
+    warnings (printed as each input ends), memory bounded by the chunk plus the ids seen."""
+    from sftlab.data.formats import iter_records
+
+    info: list[dict] = []
+    printed = 0
+    for records, _ in iter_records(_check_inputs(paths), chunk_size=chunk_size, info=info,
+                                   allow_empty_answers=allow_empty_answers):
+        for i in info[printed:]:
+            for w in i["warnings"]:
+                print(f"warning: {w}", file=sys.stderr)
+        printed = len(info)
+        if records:
+            yield records
+    for i in info[printed:]:
         for w in i["warnings"]:
             print(f"warning: {w}", file=sys.stderr)
-    return records
 
 
 def save_records(records: Iterable[dict[str, Any]], path: str | Path) -> int:
@@ -78,18 +108,104 @@ def save_records(records: Iterable[dict[str, Any]], path: str | Path) -> int:
     path = Path(path)
     if path.suffix != ".parquet":
         return write_jsonl(records, path)
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     rows = [dict(r) for r in records]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(_parquet_table(rows), path)
+    return len(rows)
+
+
+def _parquet_table(rows: Sequence[dict[str, Any]]) -> Any:
+    import pyarrow as pa
+
     cols: dict[str, list] = {"id": [r["id"] for r in rows], "task_type": [r["task_type"] for r in rows],
                              "source": [r.get("source") or "" for r in rows]}
     for col in JSON_COLUMNS:
         cols[col] = [None if r.get(col) is None else json.dumps(r[col], ensure_ascii=False) for r in rows]
     schema = pa.schema([(c, pa.string()) for c in cols], metadata={PARQUET_TAG: b"1"})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table(cols, schema=schema), path)
-    return len(rows)
+    return pa.table(cols, schema=schema)
+
+
+class _AtomicJsonl:
+    """Appends rows to PATH.tmp as JSON lines (same bytes as write_jsonl); `commit` renames it to PATH."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tmp = path.with_name(path.name + ".tmp")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.tmp, "w", encoding="utf-8")  # noqa: SIM115 - closed in commit/abort
+        self.count = 0
+
+    def write(self, rows: Iterable[dict[str, Any]]) -> None:
+        for row in rows:
+            try:
+                self.file.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
+            except (ValueError, UnicodeEncodeError) as e:
+                rid = row.get("id") if isinstance(row, dict) else None
+                raise UserError(f"{self.path}: cannot write record {self.count} (id {rid!r}) as valid JSON: {e}"
+                                ) from None
+            self.count += 1
+
+    def commit(self) -> None:
+        self.file.close()
+        self.tmp.replace(self.path)
+
+    def abort(self) -> None:
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+class _AtomicParquet:
+    """Appends chunks to PATH.tmp as row groups of one Parquet file (same schema as save_records)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tmp = path.with_name(path.name + ".tmp")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.writer: Any = None
+        self.count = 0
+
+    def write(self, rows: Iterable[dict[str, Any]]) -> None:
+        import pyarrow.parquet as pq
+
+        table = _parquet_table(list(rows))
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.tmp, table.schema)
+        self.writer.write_table(table)
+        self.count += table.num_rows
+
+    def commit(self) -> None:
+        if self.writer is None:
+            self.write([])
+        self.writer.close()
+        self.tmp.replace(self.path)
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def write_result_stream(results: Iterable[StepResult], out: str | Path, step: str) -> str:
+    """Write a stream of per-chunk StepResults to OUT and OUT.dropped.jsonl as they come (both files
+    appear atomically at the end; on an error neither is written). Returns the step's summary line."""
+    out = Path(out)
+    kept_file = _AtomicParquet(out) if out.suffix == ".parquet" else _AtomicJsonl(out)
+    dropped_file = _AtomicJsonl(dropped_path(out))
+    counts: Counter = Counter()
+    try:
+        for result in results:
+            kept_file.write(result.kept)
+            dropped_file.write(result.dropped)
+            counts.update(result.counts())
+    except BaseException:
+        kept_file.abort()
+        dropped_file.abort()
+        raise
+    kept_file.commit()
+    dropped_file.commit()
+    return summary_line(step, kept_file.count, kept_file.count + dropped_file.count, counts)
 
 
 def dropped_path(out: str | Path) -> Path:

@@ -1,0 +1,103 @@
+"""`sftlab data clean` and `sftlab data dedup` at scale: wall time and peak RSS of each CLI run.
+
+    python benchmarks/bench_curate_scale.py --n 1000000            # the issue's figure (1M records)
+    python benchmarks/bench_curate_scale.py --n 200000 --dedup-mode exact near
+
+Generates N canonical records as JSONL in a temp dir (English-like prompts and answers of 20-200 words;
+about 8% empty answers or refusals for clean to drop, 5% exact and 5% near duplicates for dedup), then runs
+clean on it and dedup on clean's output (dedup refuses empty answers), each step as its own subprocess (`python -m sftlab data ...`) and reads that child's peak RSS from
+os.wait4 (ru_maxrss), so every row is the step alone. Prints one table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def generate(path: Path, n: int, seed: int = 0) -> int:
+    """Write n records; returns the file size in bytes."""
+    rng = random.Random(seed)
+    vocab = [f"w{i}{rng.choice('aeiou')}{rng.choice('nrst')}" for i in range(20000)]
+    pool: list[tuple[str, str]] = []  # (prompt, answer) pairs that duplicates copy
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(n):
+            roll = rng.random()
+            prompt = " ".join(rng.choices(vocab, k=rng.randint(5, 40))) + "?"
+            if roll < 0.05 and pool:
+                prompt, answer = rng.choice(pool)  # exact duplicate
+            elif roll < 0.10 and pool:
+                prompt, answer = rng.choice(pool)
+                words = answer.split()
+                for _ in range(max(1, len(words) // 20)):  # ~5% of the answer's tokens substituted
+                    words[rng.randrange(len(words))] = rng.choice(vocab)
+                answer = " ".join(words)
+            elif roll < 0.14:
+                answer = "   "
+            elif roll < 0.18:
+                answer = "As an AI language model, I cannot help with that."
+            else:
+                answer = " ".join(rng.choices(vocab, k=rng.randint(20, 200))) + "."
+                if len(pool) < 50000:
+                    pool.append((prompt, answer))
+            rec = {"id": f"r{i}", "messages": [{"role": "user", "content": prompt},
+                                               {"role": "assistant", "content": answer}],
+                   "tools": None, "task_type": f"t{i % 7}", "source": "bench", "meta": {}}
+            f.write(json.dumps(rec) + "\n")
+    return path.stat().st_size
+
+
+def run_step(argv: list[str]) -> tuple[float, float, int, str]:
+    """(wall seconds, peak RSS in MiB, exit code, last stdout line) of one CLI run."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "sftlab", *argv], stdout=subprocess.PIPE, env=env, text=True)
+    out = proc.stdout.read() if proc.stdout else ""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t0
+    last = out.strip().splitlines()[-1] if out.strip() else ""
+    return wall, usage.ru_maxrss / 1024, proc.returncode, last  # ru_maxrss is KiB on Linux
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--dedup-mode", nargs="*", default=["near"], choices=["exact", "near"])
+    ap.add_argument("--workdir", type=Path, default=None, help="keep files here instead of a temp dir")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.workdir or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        data = work / "records.jsonl"
+        t0 = time.perf_counter()
+        size = generate(data, args.n)
+        print(f"generated {args.n} records ({size / 2**20:.0f} MiB) in {time.perf_counter() - t0:.0f} s", flush=True)
+        steps = [("clean", ["data", "clean", str(data), "-o", str(work / "clean.jsonl")])]
+        steps += [(f"dedup --mode {m}", ["data", "dedup", str(work / "clean.jsonl"), "-o",
+                                         str(work / f"dedup_{m}.jsonl"), "--mode", m]) for m in args.dedup_mode]
+        rows = []
+        for name, argv in steps:
+            with open(argv[2], "rb") as f:
+                n_in = sum(1 for _ in f)
+            wall, rss, rc, last = run_step(argv)
+            rows.append((name, n_in, wall, rss, rc, last))
+            print(f"{name}: {wall:.0f} s, peak RSS {rss:.0f} MiB, exit {rc}: {last}", flush=True)
+    print(f"\n| step (generated {args.n} records, {size / 2**20:.0f} MiB JSONL) | input records | wall s | "
+          "records/s | peak RSS MiB | exit |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, n_in, wall, rss, rc, _ in rows:
+        print(f"| {name} | {n_in} | {wall:.0f} | {n_in / wall:,.0f} | {rss:,.0f} | {rc} |")
+
+
+if __name__ == "__main__":
+    main()
