@@ -22,6 +22,8 @@ COUNTRIES = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain
              ("Germany", "Berlin"), ("Russia", "Moscow"), ("Thailand", "Bangkok")]
 WORDS = ["apple", "river", "stone", "cloud", "green", "tiger", "paper", "music", "light", "ocean", "bread", "glass", "train", "horse", "piano", "winter", "garden", "silver", "rocket", "candle", "forest", "mirror", "pencil", "island", "butter", "dragon"]
 COLOURS = ["red", "blue", "green", "yellow", "purple", "orange", "black", "white", "pink", "brown"]
+PLURAL_PROMPTS = ["What is the plural of {w}?", "Plural of {w}?", "Give the plural form of {w}."]
+UPPER_PROMPTS = ["Write {w} in capital letters.", "Uppercase: {w}", "Spell {w} in upper case."]
 CAPITAL_PROMPTS = ["What is the capital of {c}?", "Name the capital city of {c}.", "Capital of {c}?",
                    "Which city is the capital of {c}?", "Tell me the capital of {c}."]
 
@@ -32,14 +34,14 @@ def _task(rng: random.Random, task: str) -> list[dict[str, Any]]:
         c, cap = rng.choice(COUNTRIES)
         return [{"role": "user", "content": rng.choice(CAPITAL_PROMPTS).format(c=c)},
                 {"role": "assistant", "content": cap}]
-    if task == "text/first_word":
-        ws = rng.sample(WORDS, rng.randint(3, 6))
-        return [{"role": "user", "content": "What is the first word of: " + " ".join(ws)},
-                {"role": "assistant", "content": ws[0]}]
-    if task == "text/last_word":
-        ws = rng.sample(WORDS, rng.randint(3, 6))
-        return [{"role": "user", "content": "What is the last word of: " + " ".join(ws)},
-                {"role": "assistant", "content": ws[-1]}]
+    if task == "text/plural":
+        w = rng.choice(WORDS)
+        return [{"role": "user", "content": rng.choice(PLURAL_PROMPTS).format(w=w)},
+                {"role": "assistant", "content": w + ("es" if w.endswith(("s", "sh", "ch", "x")) else "s")}]
+    if task == "text/uppercase":
+        w = rng.choice(WORDS)
+        return [{"role": "user", "content": rng.choice(UPPER_PROMPTS).format(w=w)},
+                {"role": "assistant", "content": w.upper()}]
     if task == "list/next_number":
         a = rng.randint(0, 49)
         return [{"role": "user", "content": f"What number comes after {a}?"}, {"role": "assistant", "content": str(a + 1)}]
@@ -55,12 +57,15 @@ def _task(rng: random.Random, task: str) -> list[dict[str, Any]]:
     raise ValueError(task)
 
 
-# Six task types a model of this size learns within about two minutes of CPU training. Copying a whole word
-# list and counting up to a bound ("Repeat after me: ...", "Count from 3 to 12.") were tried and stayed at
-# 0-5 % exact match at this budget (they need induction over long outputs), which reads as "training does
-# not work"; last_word and next_number test the same skills (position in the prompt, successor) in one token.
-TASKS = ["facts/capital", "text/first_word", "text/last_word", "list/next_number", "dialogue/recall", "math/add"]
-CLOSED_TASKS = ("facts/capital", "dialogue/recall", "math/add", "list/next_number")  # few distinct prompts
+# Six task types a model of this size learns within about two minutes of CPU training (measured: every type
+# >= 90 % exact match after ~85 s of training on 2 cores). Tasks that need induction over the prompt were
+# tried and stayed far below that at this budget: copying a word list or counting up to a bound (0-5 %),
+# and picking the first / last word of a list (18-38 % even with 12 epochs: the 128-wide model learns "some
+# word of the list", not which one). A demo that reads as "training does not work" teaches the wrong lesson,
+# so the word tasks are lexical transformations over a fixed vocabulary (plural, upper case).
+TASKS = ["facts/capital", "text/plural", "text/uppercase", "list/next_number", "dialogue/recall", "math/add"]
+CLOSED_TASKS = ("facts/capital", "dialogue/recall", "math/add", "list/next_number", "text/plural",
+                "text/uppercase")  # few distinct prompts
 
 
 def make_demo_data(n_train: int = 3000, n_eval: int = 40, seed: int = 0) -> tuple[list[dict], list[dict]]:
@@ -89,10 +94,10 @@ def make_demo_data(n_train: int = 3000, n_eval: int = 40, seed: int = 0) -> tupl
 
 
 BALANCE_HINT = """\
-# Multi-task balancing (docs/DESIGN.md §2.1): set under train: to weight a task in the loss (numerator only)
-# or give it extra passes per epoch; loss/<task>, loss_share/<task> and token_share/<task> show the effect.
+# Multi-task balancing (docs/DESIGN.md §2.1): train.task_epochs above gives math/add a second pass per epoch;
+# train.task_weights weights a task in the loss instead (numerator only); loss/<task>, loss_share/<task> and
+# token_share/<task> in metrics.jsonl show the effect, e.g.
 #   task_weights: {math/add: 3.0}
-#   task_epochs: {math/add: 2}
 """
 
 
@@ -104,11 +109,11 @@ def demo_config(out: Path, model_dir: str, train_path: Path, eval_path: Path) ->
                  "train_on": "all_assistant", "batching": "pad", "group_by_length": True},
         "train": {"output_dir": str(out / "run"), "loss": "turn", "per_device_train_batch_size": 16,
                   "gradient_accumulation_steps": 2, "learning_rate": 5e-3, "lr_scheduler_type": "cosine",
-                  "warmup_ratio": 0.05, "weight_decay": 0.01, "num_train_epochs": 5, "logging_steps": 10,
-                  "eval_steps": 100, "save_steps": 0, "seed": 42},
-        # Multi-task balancing (docs/DESIGN.md §2.1), e.g. arithmetic counts 3x in the loss and gets a second
-        # pass per epoch; loss/<task> and loss_share/<task> in metrics.jsonl show what it did:
-        #   "train": {..., "task_weights": {"math/add": 3.0}, "task_epochs": {"math/add": 2}},
+                  "warmup_ratio": 0.05, "weight_decay": 0.01, "num_train_epochs": 8, "logging_steps": 10,
+                  "eval_steps": 100, "save_steps": 0, "seed": 42,
+                  # arithmetic is the slowest task to learn: a second pass over it per epoch (docs/DESIGN.md
+                  # §2.1) takes it from ~75 % to 100 % exact match at this budget
+                  "task_epochs": {"math/add": 2}},
     }
 
 
