@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from cli_helpers import run_cli
 
-from sftlab.cli import main
 from sftlab.config import DataSource
 from sftlab.data import store as store_mod
 from sftlab.data.formats import read_records
@@ -119,16 +119,6 @@ def test_tokenizer_saved_in_a_checkpoint_hashes_the_same(tmp_path, tiny_tokenize
 
 
 # ------------------------------------------------------------------------------------- through the CLI
-
-
-def run_cli(args: list, capsys) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def _config(tmp_path: Path, model_dir: Path, train: Path, run: str, **train_keys) -> Path:

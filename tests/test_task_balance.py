@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from cli_helpers import run_cli as _run
 
-from sftlab.cli import main
 from sftlab.config import ConfigError, build_config
 from sftlab.data.records import write_jsonl
 from sftlab.errors import UserError
@@ -118,16 +118,6 @@ def test_share_metrics():
 
 
 # ------------------------------------------------------------------------------------------- end to end
-
-
-def _run(args: list, capsys) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def _config(tmp_path: Path, model_dir: Path, records: list[dict], **train) -> Path:

@@ -10,20 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from cli_helpers import run_cli
 from safetensors.torch import load_file
 
-from sftlab.cli import main
 from sftlab.data.records import write_jsonl
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture()
