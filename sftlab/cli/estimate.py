@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from pathlib import Path
 
 import typer
@@ -36,12 +38,14 @@ def estimate(ctx: typer.Context, config: Path = typer.Argument(..., help="YAML c
                             "or --memory-gb N")
         memory_gb = GPU_MEMORY_GIB[gpu.lower()]
     memory = int(memory_gb * GIB) if memory_gb is not None else None
-    est = estimate_run(cfg, world_size, memory, use_data=use_data)
-    out = est.to_dict()
-    if probe:
-        from sftlab.train.probe import probe_run
+    # with --json, stdout carries only the JSON object: rendering / probe progress goes to stderr
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        est = estimate_run(cfg, world_size, memory, use_data=use_data)
+        out = est.to_dict()
+        if probe:
+            from sftlab.train.probe import probe_run
 
-        out["probe"] = probe_run(cfg, probe, quiet=as_json)
+            out["probe"] = probe_run(cfg, probe, quiet=as_json)
     if as_json:
         typer.echo(json.dumps(out))
         return
