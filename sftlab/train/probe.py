@@ -24,14 +24,17 @@ import numpy as np
 SAVE_BYTES_PER_S = 500e6
 
 
-def full_run_steps(cfg: Any, n_samples: int, world_size: int = 1) -> tuple[int, int]:
-    """(optimizer steps, steps per epoch) of the full run, from the loop's own step plan."""
+def full_run_steps(cfg: Any, train_data: Any, world_size: int = 1) -> tuple[int, int]:
+    """(optimizer steps, steps per epoch) of the full run, from the loop's own step plan (task_epochs included)."""
     from sftlab.config import resolve_batch_sizes
+    from sftlab.train.balance import task_epochs_plan
     from sftlab.train.loop import step_plan
 
     _, accum, global_batch = resolve_batch_sizes(cfg.train, world_size)
-    plan, per_epoch = step_plan(n_samples, global_batch, world_size * accum, cfg.train.num_train_epochs,
-                                cfg.train.max_steps, cfg.train.seed, None)
+    task_types = [train_data.task_names[c] for c in train_data.task_codes]
+    repeats = task_epochs_plan(task_types, cfg.train.task_epochs, cfg.train.seed)
+    plan, per_epoch = step_plan(len(train_data.lengths), global_batch, world_size * accum,
+                                cfg.train.num_train_epochs, cfg.train.max_steps, cfg.train.seed, None, repeats)
     return len(plan), per_epoch
 
 
@@ -74,8 +77,8 @@ def probe_run(cfg: Any, steps: int, quiet: bool = False) -> dict[str, Any]:
     if len(step_times) < 2:
         raise UserError(f"the probe logged {len(step_times)} steps; the data has fewer than {steps} steps")
 
-    samples, eval_tokens = _data_sizes(cfg)
-    total_steps, _ = full_run_steps(cfg, samples)
+    train_data, eval_tokens = _data_sizes(cfg)
+    total_steps, _ = full_run_steps(cfg, train_data)
     rest = step_times[1:]
     mean, sem = float(rest.mean()), float(rest.std(ddof=1) / math.sqrt(len(rest))) if len(rest) > 1 else 0.0
     startup = wall - float(step_times.sum())
@@ -98,8 +101,8 @@ def probe_run(cfg: Any, steps: int, quiet: bool = False) -> dict[str, Any]:
             "memory_peak_gb": round(peak / GIB, 4), "memory_peak_source": source}
 
 
-def _data_sizes(cfg: Any) -> tuple[int, int]:
-    """(train samples, eval tokens) after rendering, as the run sees them."""
+def _data_sizes(cfg: Any) -> tuple[Any, int]:
+    """(the train DataSet, eval tokens) after rendering, as the run sees them."""
     from sftlab.data.render import load_tokenizer
     from sftlab.train.loop import load_split
 
@@ -109,7 +112,7 @@ def _data_sizes(cfg: Any) -> tuple[int, int]:
     eval_tokens = 0
     if cfg.data.eval:
         eval_tokens = int(load_split(cfg.data.eval, cfg, tok, None, "eval", is_main=False).lengths.sum())
-    return len(train.samples), eval_tokens
+    return train, eval_tokens
 
 
 def _checkpoint_bytes(cfg: Any) -> int:
