@@ -40,7 +40,14 @@ from sftlab.train.balance import (
 )
 from sftlab.train.batching import collate, move_batch, packed_micro_batch, plan_packed_micro_batches
 from sftlab.train.loss import SupervisedTokenNLL, micro_batch_loss, per_sample_sums
-from sftlab.train.model import DTYPES, autocast_context, check_model_path, load_model, pick_device
+from sftlab.train.model import (
+    DTYPES,
+    autocast_context,
+    check_model_path,
+    load_model,
+    pick_device,
+    resolve_precision,
+)
 
 STATE_FILE = rundir.STATE_FILE
 
@@ -422,8 +429,6 @@ def train(cfg: RunConfig) -> Path:
                                cfg.model.special_tokens, cfg.model.eot_token)
     cfg.data.batching = resolve_batching(cfg, device)
     check_isolation(cfg, device)
-    from sftlab.train.model import resolve_precision
-
     cfg.model.dtype, precision_note = resolve_precision(cfg.model.dtype, device)
     if info.is_main:
         print(f"attention kernel: {cfg.model.attn_implementation} ({cfg.data.batching} batching); "
