@@ -139,7 +139,7 @@ def test_dedup_cli_streams_exact_and_keeps_near_path(tmp_path, capsys):
     main(["data", "dedup", str(path), "-o", str(tmp_path / "exact.jsonl"), "--mode", "exact"])
     assert "dedup: kept 8 of 21; exact_duplicate: 13" in capsys.readouterr().out
     main(["data", "dedup", str(path), "-o", str(tmp_path / "near.jsonl"), "--field", "answer"])
-    assert "near_duplicate: " in capsys.readouterr().out  # near mode still runs (on the whole list)
+    assert "near_duplicate: " in capsys.readouterr().out  # near mode runs too (streamed in passes)
     from sftlab.data.curate.dedup import dedup_exact_stream
 
     with pytest.raises(UserError, match="only mode=exact"):

@@ -87,7 +87,14 @@ def dedup_cmd(inputs: list[Path] = typer.Argument(..., help="record files"), out
     """Remove exact and near-duplicate records (keeps the first / best of each cluster); optionally also
     semantic (embedding cosine) duplicates."""
     from sftlab.data.curate.config import parse_config
-    from sftlab.data.curate.dedup import DedupConfig, can_stream, dedup_exact_stream, dedup_records
+    from sftlab.data.curate.dedup import (
+        DedupConfig,
+        can_stream,
+        can_stream_near,
+        dedup_exact_stream,
+        dedup_near_stream,
+        dedup_records,
+    )
     from sftlab.data.curate.io import dropped_path, iter_record_chunks, load_records, write_result_stream
 
     cfg = parse_config(DedupConfig, "dedup", step_options(config, set_, field=field, mode=mode, threshold=threshold,
@@ -98,6 +105,11 @@ def dedup_cmd(inputs: list[Path] = typer.Argument(..., help="record files"), out
         # 2048-record chunks: tokenising a chunk takes ~50 bytes per character in numpy temporaries
         chunks = iter_record_chunks(inputs, chunk_size=2048)
         summary = write_result_stream(dedup_exact_stream(chunks, cfg), out, "dedup")
+        typer.echo(f"{summary} -> {out} (removed: {dropped_path(out)})")
+        return
+    if can_stream_near(cfg):  # near keep-first: passes over the input holding digests + signature rows
+        summary = write_result_stream(dedup_near_stream(lambda: iter_record_chunks(inputs, chunk_size=2048), cfg),
+                                      out, "dedup")
         typer.echo(f"{summary} -> {out} (removed: {dropped_path(out)})")
         return
     _finish(dedup_records(load_records(inputs), cfg, cache_dir=cache_dir), out)

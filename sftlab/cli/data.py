@@ -285,12 +285,33 @@ def convert_cmd(inputs: list[Path] = typer.Argument(..., help="data files or sav
                 fmt: str = FORMAT, task_type: str | None = TASK_TYPE, on_error: str = ON_ERROR,
                 rejects: Path | None = typer.Option(None, "--rejects", help="rejects file (default OUT.rejects.jsonl)"),
                 columns: str | None = COLUMNS, extra_role: list[str] = EXTRA_ROLE,
-                special_text: str = SPECIAL_TEXT, warn_share: float = WARN_SHARE) -> None:
-    """Convert alpaca / sharegpt / openai / eval-prompt data to canonical records (JSONL)."""
+                special_text: str = SPECIAL_TEXT, warn_share: float = WARN_SHARE,
+                chunk_size: int = typer.Option(10_000, "--chunk-size", min=1,
+                                               help="records read per chunk (memory is bounded by one chunk)")) -> None:
+    """Convert alpaca / sharegpt / openai / eval-prompt data to canonical records (JSONL).
+
+    Streams: input is read in chunks and appended to OUT.tmp, renamed to OUT at the end, so memory stays
+    bounded by one chunk (plus the ids seen and the rejects) and a failed run leaves no OUT behind."""
+    from sftlab.data.formats import SPECIAL_TEXT, iter_records
     from sftlab.data.records import write_jsonl
 
-    records, rejs, info = _read(inputs, fmt, on_error, columns, extra_role, task_type, special_text)
-    n = write_jsonl(records, out)
+    if special_text not in SPECIAL_TEXT:
+        raise UserError(f"--special-text {special_text!r}: choose {', '.join(SPECIAL_TEXT)}")
+    info: list[dict] = []
+    rejs: list[dict] = []
+    chunks = iter_records(inputs, fmt, chunk_size=chunk_size, info=info, task_type=task_type,
+                          columns=parse_columns(columns), on_error=_check_on_error(on_error),
+                          extra_roles=extra_role, special_text=special_text)
+
+    def kept_records():
+        for chunk_records, chunk_rejects in chunks:
+            rejs.extend(chunk_rejects)
+            yield from chunk_records
+
+    n = write_jsonl(kept_records(), out)
+    for i in info:
+        for w in i["warnings"]:
+            typer.echo(f"warning: {w}", err=True)
     formats = ", ".join(f"{i['file']} ({i['format']})" for i in info)
     typer.echo(f"wrote {n} records to {out} from {formats}")
     if on_error == "skip":

@@ -119,16 +119,18 @@ def write_jsonl(records: Iterable[dict[str, Any]], path: str | Path) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     n = 0
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for rec in records:
-            try:
-                f.write(json.dumps(rec, ensure_ascii=False, allow_nan=False) + "\n")
-            except (ValueError, UnicodeEncodeError) as e:
-                f.close()
-                tmp.unlink(missing_ok=True)
-                rid = rec.get("id") if isinstance(rec, dict) else None
-                raise UserError(f"{path}: cannot write record {n} (id {rid!r}) as valid JSON: {e}") from None
-            n += 1
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for rec in records:  # may be a stream that raises (a bad input record): then no OUT, no OUT.tmp
+                try:
+                    f.write(json.dumps(rec, ensure_ascii=False, allow_nan=False) + "\n")
+                except (ValueError, UnicodeEncodeError) as e:
+                    rid = rec.get("id") if isinstance(rec, dict) else None
+                    raise UserError(f"{path}: cannot write record {n} (id {rid!r}) as valid JSON: {e}") from None
+                n += 1
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(path)
     return n
 

@@ -13,7 +13,7 @@ tokens at all are only compared exactly.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -360,4 +360,110 @@ def dedup_exact_stream(chunks: Iterable[Sequence[dict[str, Any]]], config: Dedup
                 kept.append({**rec, "meta": {**(rec.get("meta") or {}), "dedup_cluster": rec["id"]}})
             else:
                 dropped.append(drop(rec, "dedup", "exact_duplicate", duplicate_of=rep, cluster=rep, similarity=1.0))
+        yield StepResult("dedup", kept, dropped)
+
+
+def can_stream_near(cfg: DedupConfig) -> bool:
+    """Near dedup keeping the first of each cluster streams in passes over the input (dedup_near_stream)."""
+    return cfg.mode == "near" and cfg.keep == "first" and cfg.semantic_threshold is None
+
+
+def _candidate_shingles(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]]]], wanted: np.ndarray,
+                        cfg: DedupConfig) -> dict[int, np.ndarray]:
+    """Sorted unique shingle hashes of the records at input positions `wanted` (sorted), re-read from the
+    input: only the candidate rows of LSH are held, 8 bytes per distinct shingle."""
+    out: dict[int, np.ndarray] = {}
+    start = 0
+    for chunk in read_chunks():
+        lo, hi = np.searchsorted(wanted, [start, start + len(chunk)])
+        pos = wanted[lo:hi].tolist()
+        if pos:
+            th, lens = token_hashes([field_text(chunk[p - start], cfg.field) for p in pos])
+            flat, off = shingle_hashes(th, lens, cfg.ngram)
+            for k, p in enumerate(pos):
+                out[p] = np.unique(flat[off[k]:off[k + 1]])
+        start += len(chunk)
+    return out
+
+
+def dedup_near_stream(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]]]],
+                      config: DedupConfig | dict | None = None) -> Iterator[StepResult]:
+    """dedup_records for mode=near, keep=first, in passes over the input with the same kept and dropped rows.
+
+    read_chunks() must yield the same chunks each call. Pass 1 keeps only compact state per record: its id,
+    a 16-byte exact-key digest and (first of each exact group) a uint32 MinHash signature row; LSH banding
+    runs on that array. Pass 2 (with verify) re-reads only the candidate rows to compute their exact shingle
+    Jaccard. Pass 3 streams the records again and yields each chunk's kept and dropped rows."""
+    cfg = config if isinstance(config, DedupConfig) else parse_config(DedupConfig, "dedup", config)
+    if not can_stream_near(cfg):
+        raise UserError("dedup: only mode=near with keep=first and no semantic_threshold streams in passes")
+    ids: list[str] = []
+    rep_of: dict[int, tuple[int, str, float]] = {}  # input position -> (rep position, reason, similarity)
+    first_by_key: dict[bytes, int] = {}
+    uniq: list[int] = []  # positions of the first of each exact group that has tokens
+    sig_parts: list[np.ndarray] = []
+    for chunk in read_chunks():
+        texts = [field_text(r, cfg.field) for r in chunk]
+        th, lens = token_hashes(texts)
+        ends = np.cumsum(lens).tolist()
+        rows = []  # rows of this chunk's tokenised texts that start an exact group
+        row = 0
+        for rec, end, n in zip(chunk, ends, lens.tolist(), strict=True):
+            pos = len(ids)
+            ids.append(rec["id"])
+            key = hashlib.blake2b(th[end - n:end].tobytes(), digest_size=16).digest()
+            if key in first_by_key:
+                rep_of[pos] = (first_by_key[key], "exact_duplicate", 1.0)
+            else:
+                first_by_key[key] = pos
+                if n:
+                    uniq.append(pos)
+                    rows.append(row)
+            row += n > 0
+        if rows:
+            _, _, sig = signatures(th, lens[lens > 0], cfg.ngram, cfg.num_perm, cfg.seed)
+            sig_parts.append(sig[rows])
+    del first_by_key
+    if uniq:
+        sig = np.concatenate(sig_parts)
+        del sig_parts
+        ci, cj = lsh_candidates(sig, lsh_bands(cfg.threshold, cfg.num_perm))
+        uniq_arr = np.asarray(uniq, dtype=np.int64)
+        shingles = (_candidate_shingles(read_chunks, np.unique(uniq_arr[np.concatenate([ci, cj])]), cfg)
+                    if cfg.verify and len(ci) else {})
+        bounds = np.searchsorted(ci, np.arange(len(uniq) + 1))
+        removed: set[int] = set()
+        for u in np.unique(ci).tolist():
+            if u in removed:
+                continue
+            for v in cj[bounds[u]:bounds[u + 1]].tolist():
+                if v in removed:
+                    continue
+                if cfg.verify:
+                    a, b = shingles[uniq[u]], shingles[uniq[v]]
+                    inter = len(np.intersect1d(a, b, assume_unique=True))
+                    sim = inter / (len(a) + len(b) - inter)
+                else:
+                    sim = float(np.mean(sig[u] == sig[v]))
+                if sim >= cfg.threshold:
+                    removed.add(v)
+                    rep_of[uniq[v]] = (uniq[u], "near_duplicate", round(sim, 4))
+            shingles.pop(uniq[u], None)
+
+    def final_rep(pos: int) -> int:
+        while pos in rep_of:
+            pos = rep_of[pos][0]
+        return pos
+
+    pos = 0
+    for chunk in read_chunks():
+        kept, dropped = [], []
+        for rec in chunk:
+            if pos in rep_of:
+                rep, reason, sim = rep_of[pos]
+                dropped.append(drop(rec, "dedup", reason, duplicate_of=ids[rep], cluster=ids[final_rep(pos)],
+                                    similarity=sim))
+            else:
+                kept.append({**rec, "meta": {**(rec.get("meta") or {}), "dedup_cluster": rec["id"]}})
+            pos += 1
         yield StepResult("dedup", kept, dropped)
