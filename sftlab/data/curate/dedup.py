@@ -237,6 +237,32 @@ def semantic_duplicates(emb: np.ndarray, threshold: float, group_size: int = 100
     return out
 
 
+def greedy_near_duplicates(ci: np.ndarray, cj: np.ndarray, n: int, similarity: Callable[[int, int], float],
+                           threshold: float, done: Callable[[int], Any] | None = None
+                           ) -> tuple[list[tuple[int, int, float]], int]:
+    """Keep-first over LSH candidate pairs (ci ascending): each row u that is still kept removes its candidates
+    v (not removed yet) whose similarity reaches the threshold. Returns ([(u, v, similarity)], pairs checked);
+    `done(u)` is called when u's candidates are finished (to free what was loaded for u)."""
+    bounds = np.searchsorted(ci, np.arange(n + 1))
+    removed: set[int] = set()
+    found: list[tuple[int, int, float]] = []
+    checked = 0
+    for u in np.unique(ci).tolist():
+        if u in removed:
+            continue
+        for v in cj[bounds[u]:bounds[u + 1]].tolist():
+            if v in removed:
+                continue
+            checked += 1
+            sim = similarity(u, v)
+            if sim >= threshold:
+                removed.add(v)
+                found.append((u, v, sim))
+        if done is not None:
+            done(u)
+    return found, checked
+
+
 def dedup_records(records: Sequence[dict[str, Any]], config: DedupConfig | dict | None = None,
                   chunk_size: int = 8192, *, cache_dir: Any = None) -> StepResult:
     """Keep one record per duplicate cluster; meta.dedup_cluster = id of the kept representative.
@@ -270,7 +296,6 @@ def dedup_records(records: Sequence[dict[str, Any]], config: DedupConfig | dict 
         sig = np.concatenate([f[4] for f in feats])[uniq_rows]
         off_start, off_end = off[uniq_rows], off[np.asarray(uniq_rows) + 1]
         ci, cj = lsh_candidates(sig, lsh_bands(cfg.threshold, cfg.num_perm))
-        bounds = np.searchsorted(ci, np.arange(len(uniq) + 1))
         sets: dict[int, set[int]] = {}
 
         def shingle_set(u: int) -> set[int]:
@@ -278,24 +303,17 @@ def dedup_records(records: Sequence[dict[str, Any]], config: DedupConfig | dict 
                 sets[u] = set(flat[off_start[u]:off_end[u]].tolist())
             return sets[u]
 
-        removed = set()
-        for u in np.unique(ci).tolist():
-            if u in removed:
-                continue
-            for v in cj[bounds[u]:bounds[u + 1]].tolist():
-                if v in removed:
-                    continue
-                n_candidates += 1
-                if cfg.verify:
-                    a, b = shingle_set(u), shingle_set(v)
-                    sim = len(a & b) / len(a | b)
-                else:
-                    sim = float(np.mean(sig[u] == sig[v]))
-                if sim >= cfg.threshold:
-                    n_verified += 1
-                    removed.add(v)
-                    rep_of[uniq[v]] = (uniq[u], "near_duplicate", round(sim, 4))
-            sets.pop(u, None)
+        def similarity(u: int, v: int) -> float:
+            if not cfg.verify:
+                return float(np.mean(sig[u] == sig[v]))
+            a, b = shingle_set(u), shingle_set(v)
+            return len(a & b) / len(a | b)
+
+        found, n_candidates = greedy_near_duplicates(ci, cj, len(uniq), similarity, cfg.threshold,
+                                                     done=lambda u: sets.pop(u, None))
+        n_verified = len(found)
+        for u, v, sim in found:
+            rep_of[uniq[v]] = (uniq[u], "near_duplicate", round(sim, 4))
 
     n_semantic = 0
     if cfg.semantic_threshold is not None:
@@ -431,24 +449,18 @@ def dedup_near_stream(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]
         uniq_arr = np.asarray(uniq, dtype=np.int64)
         shingles = (_candidate_shingles(read_chunks, np.unique(uniq_arr[np.concatenate([ci, cj])]), cfg)
                     if cfg.verify and len(ci) else {})
-        bounds = np.searchsorted(ci, np.arange(len(uniq) + 1))
-        removed: set[int] = set()
-        for u in np.unique(ci).tolist():
-            if u in removed:
-                continue
-            for v in cj[bounds[u]:bounds[u + 1]].tolist():
-                if v in removed:
-                    continue
-                if cfg.verify:
-                    a, b = shingles[uniq[u]], shingles[uniq[v]]
-                    inter = len(np.intersect1d(a, b, assume_unique=True))
-                    sim = inter / (len(a) + len(b) - inter)
-                else:
-                    sim = float(np.mean(sig[u] == sig[v]))
-                if sim >= cfg.threshold:
-                    removed.add(v)
-                    rep_of[uniq[v]] = (uniq[u], "near_duplicate", round(sim, 4))
-            shingles.pop(uniq[u], None)
+
+        def similarity(u: int, v: int) -> float:
+            if not cfg.verify:
+                return float(np.mean(sig[u] == sig[v]))
+            a, b = shingles[uniq[u]], shingles[uniq[v]]
+            inter = len(np.intersect1d(a, b, assume_unique=True))
+            return inter / (len(a) + len(b) - inter)
+
+        found, _ = greedy_near_duplicates(ci, cj, len(uniq), similarity, cfg.threshold,
+                                          done=lambda u: shingles.pop(uniq[u], None))
+        for u, v, sim in found:
+            rep_of[uniq[v]] = (uniq[u], "near_duplicate", round(sim, 4))
 
     def final_rep(pos: int) -> int:
         while pos in rep_of:
