@@ -1,6 +1,12 @@
-"""Run the `sftlab` CLI in-process and capture its exit code and output (shared by the CLI tests)."""
+"""Shared by the CLI tests: run `sftlab` in-process (exit code + output), write a small training config, read
+metrics."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
 
 from sftlab.cli import main
 
@@ -14,3 +20,19 @@ def run_cli(args: list, capsys) -> tuple[int, str, str]:
         code = e.code if isinstance(e.code, int) else 1
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def write_config(tmp_path: Path, model: Path | str, train_file: Path, eval_set: bool = True, **train) -> Path:
+    """A 6-step training config on the tiny model (train_file doubles as the eval set unless eval_set=False)."""
+    cfg = {"model": {"name_or_path": str(model)},
+           "data": {"train": [str(train_file)], "max_length": 64, **({"eval": [str(train_file)]} if eval_set else {})},
+           "train": {"output_dir": str(tmp_path / "run"), "per_device_train_batch_size": 2,
+                     "gradient_accumulation_steps": 2, "learning_rate": 1e-3, "max_steps": 6, "logging_steps": 1,
+                     "seed": 3, "report_to": [], **train}}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def read_metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -12,11 +12,9 @@ A request may wait `delay` seconds (to measure client concurrency).
 
 from __future__ import annotations
 
-import json
 import re
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from synth_server import ScriptedTeacher
 
 _PAIR = re.compile(r"\[Reply A\]\n(.*)\n\n\[Reply B\]\n(.*)$", re.S)
 _SINGLE = re.compile(r"\[Reply to grade\]\n(.*)$", re.S)
@@ -67,61 +65,13 @@ def reply_for(body: dict) -> str:
     return _single(behaviour, m.group(1) if m else "", dims, body.get("seed"))
 
 
-class JudgeServer:
-    """Start with `with JudgeServer() as srv:`; srv.base_url, srv.requests (count), srv.delay."""
+class JudgeServer(ScriptedTeacher):
+    """Start with `with JudgeServer() as srv:`; srv.base_url, srv.requests (count), srv.prompts, srv.delay."""
 
     def __init__(self, delay: float = 0.0) -> None:
-        self.delay = delay
-        self.requests = 0
-        self.prompts: list[str] = []
-        self._lock = threading.Lock()
-        outer = self
+        super().__init__(lambda body, _choice: reply_for(body), model="fair", delay=delay)
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):  # noqa: ANN002
-                pass
-
-            def do_POST(self):  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                with outer._lock:
-                    outer.requests += 1
-                    outer.prompts.append(body["messages"][0]["content"])
-                if outer.delay:
-                    time.sleep(outer.delay)
-                n = int(body.get("n") or 1)
-                text = reply_for(body)
-                data = json.dumps({
-                    "id": f"cmpl-{outer.requests}", "object": "chat.completion", "created": int(time.time()),
-                    "model": body.get("model", "fair"),
-                    "choices": [{"index": i, "message": {"role": "assistant", "content": text},
-                                 "finish_reason": "stop", "logprobs": None} for i in range(n)],
-                    "usage": {"prompt_tokens": 10, "completion_tokens": len(text.split()),
-                              "total_tokens": 10 + len(text.split())}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self):  # noqa: N802
-                data = json.dumps({"object": "list", "data": [{"id": "fair", "object": "model"}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> JudgeServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    @property
+    def prompts(self) -> list[str]:
+        """The first message of every request received (the judge prompt)."""
+        return [b["messages"][0]["content"] for b in self.bodies]

@@ -51,7 +51,7 @@ class ScriptedTeacher:
                 texts = [outer.script(body, i) for i in range(int(body.get("n") or 1))]
                 words = sum(len(t.split()) for t in texts)
                 self._send({"id": f"cmpl-{outer.requests}", "object": "chat.completion", "created": int(time.time()),
-                            "model": outer.model,
+                            "model": body.get("model", outer.model),
                             "choices": [{"index": i, "message": {"role": "assistant", "content": t},
                                          "finish_reason": "stop", "logprobs": None} for i, t in enumerate(texts)],
                             "usage": {"prompt_tokens": 10, "completion_tokens": words, "total_tokens": 10 + words}})

@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
+from cli_helpers import run_cli
 
-from sftlab.cli import main
 from sftlab.data.formats import read_records
 from sftlab.data.records import iter_jsonl
 
@@ -35,13 +35,8 @@ def write_bad(path, bad):
 
 def run(capsys, *argv):
     """(exit code, stdout, stderr) of `sftlab ARGV` in this process."""
-    try:
-        main(list(map(str, argv)))
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    code, out, err = run_cli(list(argv), capsys)
+    return code, out, err
 
 
 @pytest.mark.parametrize("command", ["convert", "inspect"])

@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from cli_helpers import run_cli
 
-from sftlab.cli import main
 from sftlab.data.formats import read_records
 
 QA = [{"instruction": f"question {i}", "output": f"answer {i}"} for i in range(5)]
@@ -17,14 +17,9 @@ QA = [{"instruction": f"question {i}", "output": f"answer {i}"} for i in range(5
 
 def run(capsys, *argv):
     """(exit code, stdout, stderr) of `sftlab ARGV` in this process."""
-    try:
-        main(list(map(str, argv)))
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    assert "Traceback" not in out.out + out.err
-    return code, out.out, out.err
+    code, out, err = run_cli(list(argv), capsys)
+    assert "Traceback" not in out + err
+    return code, out, err
 
 
 def jsonl(path, rows):

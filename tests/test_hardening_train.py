@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from cli_helpers import run_cli
+from cli_helpers import read_metrics as metrics
+from cli_helpers import run_cli, write_config
 from safetensors.torch import load_file
 
 from sftlab.data.records import write_jsonl
@@ -25,21 +26,6 @@ def train_file(tmp_path, small_records) -> Path:
     path = tmp_path / "train.jsonl"
     write_jsonl(small_records, path)
     return path
-
-
-def write_config(tmp_path: Path, model: Path | str, train_file: Path, eval_set: bool = True, **train) -> Path:
-    cfg = {"model": {"name_or_path": str(model)},
-           "data": {"train": [str(train_file)], "max_length": 64, **({"eval": [str(train_file)]} if eval_set else {})},
-           "train": {"output_dir": str(tmp_path / "run"), "per_device_train_batch_size": 2,
-                     "gradient_accumulation_steps": 2, "learning_rate": 1e-3, "max_steps": 6, "logging_steps": 1,
-                     "seed": 3, "report_to": [], **train}}
-    path = tmp_path / "cfg.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
