@@ -357,13 +357,16 @@ def run_micro_batches(engine: Any, data: DataSet, micro: list[tuple[np.ndarray, 
         rows = matrix[torch.as_tensor(idx, device=device)]
         stats.sums[0] += per_sample.sum()
         stats.sums[1:1 + n_ch] += rows.T @ per_sample
-        stats.weighted += weighted_sums(per_sample, weights, rows)
+        if weights is not None:
+            stats.weighted += weighted_sums(per_sample, weights, rows)
         is_eot = torch.isin(batch["targets"], eot_ids)
         stats.sums[1 + n_ch] += nll.detach()[is_eot].double().sum()
         stats.sums[2 + n_ch] += is_eot.sum()
         stats.tokens += batch["tokens"]
         stats.padded += batch["padded_tokens"]
         stats.supervised += int(batch["targets"].numel())
+    if data.weights is None:  # no task weights: the weighted numerators are the plain ones (a view: reduced in place)
+        stats.weighted = stats.sums[:1 + n_ch]
     return stats
 
 
@@ -544,7 +547,8 @@ def train(cfg: RunConfig) -> Path:
                     "or lower data.max_length") from None
             counts = torch.tensor([stats.tokens, stats.padded, stats.supervised], dtype=torch.float64, device=device)
             parallel.all_reduce_sum(stats.sums, info)
-            parallel.all_reduce_sum(stats.weighted, info)
+            if train_data.weights is not None:
+                parallel.all_reduce_sum(stats.weighted, info)
             parallel.all_reduce_sum(counts, info)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm or float("inf"))
             grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
