@@ -123,7 +123,7 @@ def rss_mb() -> float:
 
 
 class OurRunner:
-    """sftlab's step: collate -> supervised_token_nll -> micro_batch_loss / global D -> backward; AdamW.
+    """sftlab's step: collate -> supervised_token_loss (fused head, token scale c_i / global D) -> backward; AdamW.
 
     The attention kernel is the one training picks (`resolve_attention("auto", ...)`: sdpa for pad,
     sdpa_varlen for padfree / pack on CPU); the `*_mask` modes force the dense block mask instead. Hooks on the
@@ -184,7 +184,7 @@ class OurRunner:
                 for i in range(0, len(glob), a.micro)]
 
     def run(self) -> dict:
-        from sftlab.train.loss import micro_batch_loss, supervised_token_nll
+        from sftlab.train.loss import supervised_token_loss, token_loss_scale
 
         torch, a, m = self.torch, self.a, self.marks
         clock = time.perf_counter
@@ -199,7 +199,7 @@ class OurRunner:
             batches = self.batches(glob)
             ph["collate"] += clock() - t0
             for b in batches:
-                loss = micro_batch_loss(supervised_token_nll(self.model, b, a.loss_chunk), b, denom)
+                loss, _ = supervised_token_loss(self.model, b, token_loss_scale(b, denom), a.loss_chunk or None)
                 t_loss = clock()
                 loss.backward()
                 t_bwd = clock()
@@ -402,17 +402,24 @@ def profile_table(summary: dict[str, dict[str, dict]]) -> str:
 
 
 def table(summary: dict[str, dict[str, dict]]) -> str:
-    lines = ["| model | data | mode | non-pad tok/CPU-s | vs our pad | vs TRL pad | vs TRL best | non-pad tok/s "
-             "wall | padding | peak RSS MB (after setup) |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    """Throughput and peak RSS per mode; "vs TRL best" = against TRL's fastest mode of the group (tok/CPU-s),
+    and the peak RSS against that same mode's."""
+    lines = ["| model | data | mode | non-pad tok/CPU-s | vs our pad | vs TRL best | non-pad tok/s wall | padding | "
+             "peak RSS MB (after setup) | RSS vs TRL best |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for group, s in summary.items():
         model, data = group.split(":")
-        trl_best = max((v["tok_cpu_s"] for m, v in s.items() if m.startswith("trl")), default=float("nan"))
+        trl = {m: v for m, v in s.items() if m.startswith("trl")}
+        best = max(trl.values(), key=lambda v: v["tok_cpu_s"]) if trl else None
+
+        def ratio(a: float, b: float | None) -> str:
+            return f"{a / b:.2f}x" if b else "–"
+
         for m, v in s.items():
-            vs_pad = v["tok_cpu_s"] / s["pad"]["tok_cpu_s"] if "pad" in s else float("nan")
-            vs_trl = v["tok_cpu_s"] / s["trl_pad"]["tok_cpu_s"] if "trl_pad" in s else float("nan")
-            lines.append(f"| {model} | {data} | {m} | {v['tok_cpu_s']:,.0f} | {vs_pad:.2f}x | {vs_trl:.2f}x | "
-                         f"{v['tok_cpu_s'] / trl_best:.2f}x | {v['tok_s']:,.0f} | {v['padding']:.1%} | "
-                         f"{v['peak_rss_mb']:,.0f} ({v['setup_rss_mb']:,.0f}) |")
+            lines.append(f"| {model} | {data} | {m} | {v['tok_cpu_s']:,.0f} | "
+                         f"{ratio(v['tok_cpu_s'], s['pad']['tok_cpu_s'] if 'pad' in s else None)} | "
+                         f"{ratio(v['tok_cpu_s'], best and best['tok_cpu_s'])} | {v['tok_s']:,.0f} | "
+                         f"{v['padding']:.1%} | {v['peak_rss_mb']:,.0f} ({v['setup_rss_mb']:,.0f}) | "
+                         f"{ratio(v['peak_rss_mb'], best and best['peak_rss_mb'])} |")
     return "\n".join(lines)
 
 
@@ -431,8 +438,8 @@ def main() -> None:
     p.add_argument("--workdir", type=Path, default=Path("/tmp/sftlab-bench"))
     p.add_argument("--out", type=Path, default=None, help="write the summary JSON here")
     p.add_argument("--verbose", action="store_true")
-    p.add_argument("--loss-chunk", type=int, default=4096, help="sftlab's train.loss_chunk_size (supervised "
-                   "positions per logits chunk; smaller = less memory, one more head matmul in backward)")
+    p.add_argument("--loss-chunk", type=int, default=0, help="sftlab's train.loss_chunk_size (supervised "
+                   "positions per logits chunk of the fused head; 0 = auto, ~64 MiB of logits)")
     p.add_argument("--one-at-a-time", action="store_true",
                    help="one worker process alive at a time (less memory; no interleaving of modes)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

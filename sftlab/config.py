@@ -123,7 +123,7 @@ class TrainConfig(Strict):
     torch_compile: bool = False  # torch.compile the model (HF's name); off by default: it did not pay on CPU
     resume: str | None = None  # "auto" or a checkpoint dir
     parallel: Literal["none", "ddp", "fsdp"] = "none"
-    loss_chunk_size: int = Field(4096, gt=0)
+    loss_chunk_size: int | None = Field(None, gt=0)  # supervised positions per loss-head chunk; None: ~64 MiB of fp32 logits on CPU, 256 MiB on CUDA
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = ["tensorboard"]
     wandb: dict[str, Any] = {}  # wandb.init options: project, name, entity, group, tags, mode (offline), notes
     mlflow: dict[str, Any] = {}  # tracking_uri (default: file store RUN/mlruns), experiment, run_name

@@ -168,24 +168,36 @@ def estimate_batch_inputs(model_config: Any, batch: int, length: int, gradient_c
     return out
 
 
-def estimate_loss_head(model_config: Any, supervised_tokens: int, chunk_size: int = 4096,
-                       dtype: str = "fp32") -> dict[str, int]:
-    """Bytes of sftlab's loss head (logits only at supervised positions, in chunks recomputed in backward)
-    and of the usual full-logits head over all `supervised_tokens` for comparison.
+def estimate_loss_head(model_config: Any, supervised_tokens: int, chunk_size: int | None = None,
+                       dtype: str = "fp32", fused: bool = True, head_trainable: bool = True,
+                       device_type: str = "cuda") -> dict[str, int]:
+    """Bytes of sftlab's loss head (logits only at supervised positions) and of the usual full-logits head
+    over all `supervised_tokens` for comparison.
 
-    saved: kept from forward to backward; peak: saved + the largest transient of its backward."""
+    fused (training, `supervised_token_loss`): each chunk's logits become their gradient during forward, so
+    the [N, H] hidden-state gradient and the fp32 [V, H] head-weight gradient are kept, plus one chunk's
+    transients at the peak. Not fused (`supervised_token_nll`): one chunk's fp32 log-softmax is saved when
+    N <= the chunk, else the chunks are recomputed in backward.
+    saved: kept from forward to backward; peak: saved + the largest transient."""
+    from sftlab.train.loss import chunk_rows
+
     s = Shape.of(model_config)
     n, v, h = supervised_tokens, s.vocab, s.hidden
     e = 2 if dtype in ("bf16", "fp16") else 4
+    chunk = chunk_rows(chunk_size, v, device_type)
     gathered = n * h * e  # hidden states at supervised positions (the half copy under autocast)
     index = n * 8 * 3  # rows, cols, targets
-    if n <= chunk_size:
+    if fused:
+        c = min(chunk, n)
+        saved = gathered + index + (v * h * 4 if head_trainable else 0)
+        peak = saved + gathered + c * v * (4 + 2 * e if e == 2 else 4)  # + h's copy; logits (+ fp32 copy, grad)
+    elif n <= chunk:
         # one chunk, not checkpointed: the fp32 log-softmax output is saved
         saved = gathered + index + n * v * 4
         peak = saved + 2 * n * v * 4  # gradient of the log-softmax output and of the logits
     else:
         saved = gathered + index
-        c = chunk_size
+        c = chunk
         peak = saved + c * v * 4 * 3 + (c * v * e if e == 2 else 0)  # one chunk recomputed: logits, lse, grad
     # Full logits (e.g. HF's default loss): [tokens, vocab] logits, their fp32 upcast and log-softmax output.
     full = n * v * e + (n * v * 4 if e == 2 else 0) + n * v * 4 + gathered + index
@@ -362,11 +374,13 @@ class RunShape:
 def estimate_memory(model: Any, model_config: Any, run: RunShape, *, dtype: str = "fp32",
                     attn_implementation: str = "sdpa", gradient_checkpointing: bool = False,
                     batching: str = "pad", parallel: str = "none", world_size: int = 1,
-                    load_in_4bit: bool = False, loss_chunk_size: int = 4096,
+                    load_in_4bit: bool = False, loss_chunk_size: int | None = None, device_type: str = "cuda",
                     memory_bytes: int | None = None) -> MemoryEstimate:
     """Per-device memory of the run: exact parameter terms from `model` (meta), formulas for the rest."""
     sharded = parallel == "fsdp" and world_size > 1
     counts = parameter_bytes(model, world_size, sharded, load_in_4bit)
+    out_head = model.get_output_embeddings()
+    head_trainable = out_head is not None and out_head.weight.requires_grad  # the fused head's fp32 grad buffer
     half = dtype in ("bf16", "fp16")
     notes: list[str] = []
     s = Shape.of(model_config)
@@ -377,7 +391,8 @@ def estimate_memory(model: Any, model_config: Any, run: RunShape, *, dtype: str 
         act += estimate_batch_inputs(model_config, micro, run.length, gradient_checkpointing, attn_implementation,
                                      batching=batching, padded=run.padded)
         sup = int(math.ceil(micro * run.supervised_per_sample))
-        head = estimate_loss_head(model_config, sup, loss_chunk_size, dtype)
+        head = estimate_loss_head(model_config, sup, loss_chunk_size, dtype, head_trainable=head_trainable,
+                                  device_type=device_type)
         recompute = 0
         if gradient_checkpointing:  # backward recomputes one layer at a time: its saved tensors come back
             rows, row_len = _layout(micro, run.length, batching)
@@ -495,6 +510,7 @@ def estimate_run(cfg: Any, world_size: int = 1, memory_bytes: int | None = None,
                            gradient_checkpointing=cfg.train.gradient_checkpointing, batching=batching,
                            parallel=cfg.train.parallel, world_size=world_size,
                            load_in_4bit=bool(lora and lora.load_in_4bit), loss_chunk_size=cfg.train.loss_chunk_size,
+                           device_type="cpu" if str(cfg.train.device or "").startswith("cpu") else "cuda",
                            memory_bytes=memory_bytes)
 
 

@@ -39,7 +39,7 @@ from sftlab.train.balance import (
     weighted_sums,
 )
 from sftlab.train.batching import collate, move_batch, packed_micro_batch, plan_packed_micro_batches
-from sftlab.train.loss import SupervisedTokenNLL, micro_batch_loss, per_sample_sums
+from sftlab.train.loss import SupervisedTokenNLL, per_sample_sums, token_loss_scale
 from sftlab.train.model import (
     DTYPES,
     autocast_context,
@@ -224,7 +224,10 @@ def build_optimizer(model: Any, cfg: RunConfig, device: torch.device) -> torch.o
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": wd},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    kind = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    # fused: one kernel per step and no temporaries the size of the model (foreach keeps one list of them);
+    # FSDP2's sharded DTensor parameters on CPU keep foreach
+    fused = device.type == "cuda" or (device.type == "cpu" and cfg.train.parallel != "fsdp")
+    kind = {"fused": True} if fused else {"foreach": True}
     return torch.optim.AdamW(groups, lr=cfg.train.learning_rate, betas=(cfg.train.adam_beta1, cfg.train.adam_beta2),
                              eps=cfg.train.adam_epsilon, **kind)
 
@@ -348,9 +351,10 @@ def run_micro_batches(engine: Any, data: DataSet, micro: list[tuple[np.ndarray, 
         ctx = parallel.no_sync(engine, train and a < len(micro) - 1)
         weights = None if data.weights is None else torch.as_tensor(data.weights[idx], device=device)
         with ctx, autocast_context(cfg.model.dtype, device):
-            nll = engine(batch)
             if train:
-                loss = micro_batch_loss(nll, batch, denom, weights) * info.world_size
+                loss, nll = engine(batch, token_loss_scale(batch, denom, weights) * info.world_size)
+            else:
+                nll = engine(batch)
         if train:
             loss.backward()
         per_sample = per_sample_sums(nll, batch, len(idx))

@@ -69,7 +69,10 @@ def wrap_model(model: Any, mode: str, info: DistInfo, dtype: torch.dtype | None 
             mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
         for layer in decoder_layers(model):
             fully_shard(layer, mp_policy=mp)
-        fully_shard(model, mp_policy=mp)
+        # the root keeps its float inputs as given: the loss head's per-token scale (dL/dl_i) stays fp32;
+        # each layer still casts its own inputs to the compute dtype
+        root = MixedPrecisionPolicy(param_dtype=mp.param_dtype, reduce_dtype=mp.reduce_dtype, cast_forward_inputs=False)
+        fully_shard(model, mp_policy=root)
         return model
     raise UserError(f"train.parallel={mode!r} is not one of none, ddp, fsdp")
 
