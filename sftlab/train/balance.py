@@ -3,7 +3,7 @@
 Two levers, both keyed by task_type (or a parent channel: `math` covers `math/add`; the most specific key wins):
 
 - `train.task_weights: {task: W}` multiplies the loss coefficients of every supervised token of that task's
-  samples. It is a per-sample array applied when a micro-batch is reduced (`loss.micro_batch_loss`), so the
+  samples. It is a per-sample array applied when a micro-batch is reduced (`loss.token_loss_scale`), so the
   rendered coefficients are never rewritten, and the denominator D of the global batch is unchanged:
   weights move the numerator only. Every layout still sums to the same Σ W_s c_i l_i / D.
 - `train.task_epochs: {task: n}` changes how many times a task's samples appear in each epoch of the step
