@@ -190,7 +190,9 @@ def estimate_loss_head(model_config: Any, supervised_tokens: int, chunk_size: in
     if fused:
         c = min(chunk, n)
         saved = gathered + index + (v * h * 4 if head_trainable else 0)
-        peak = saved + gathered + c * v * (4 + 2 * e if e == 2 else 4)  # + h's copy; logits (+ fp32 copy, grad)
+        # + h's half copy; one chunk: fp32 logits overwritten in place by their gradient (bf16: half logits,
+        # their fp32 copy, the half gradient = 8 bytes per entry)
+        peak = saved + gathered + c * v * (8 if e == 2 else 4)
     elif n <= chunk:
         # one chunk, not checkpointed: the fp32 log-softmax output is saved
         saved = gathered + index + n * v * 4
