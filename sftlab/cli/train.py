@@ -13,10 +13,24 @@ from sftlab.cli.apps import app
 def tiny_model(out_dir: Path = typer.Argument(..., help="Where to write the model (HF layout)."),
                texts: Path | None = typer.Option(None, help="Text file (one text per line) to train the BPE on."),
                vocab_size: int = typer.Option(1024), hidden_size: int = typer.Option(128),
-               num_layers: int = typer.Option(4), seed: int = typer.Option(0)) -> None:
-    """Build a tiny Llama model + locally trained BPE tokenizer with a ChatML template."""
+               num_layers: int = typer.Option(4), seed: int = typer.Option(0),
+               vocab: str = typer.Option("local", help="local: a BPE trained here (Llama architecture); qwen: "
+                                         "Qwen2.5's real 151,936-token vocabulary on a small Qwen2 model, so token "
+                                         "counts (Chinese included) are Qwen's (needs the qwen extra).")) -> None:
+    """Build a tiny Llama model + locally trained BPE tokenizer with a ChatML template (or, with --vocab qwen,
+    a small Qwen2 model with Qwen2.5's own tokenizer)."""
     from sftlab.tiny import build_tiny_model
 
+    if vocab not in ("local", "qwen"):
+        raise typer.BadParameter(f"{vocab!r}: choose local or qwen", param_hint="--vocab")
+    if vocab == "qwen":
+        from sftlab.qwen_vocab import build_qwen_model
+
+        heads = max(1, hidden_size // 32)
+        path = build_qwen_model(out_dir, hidden_size=hidden_size, num_layers=num_layers, num_heads=heads,
+                                num_kv_heads=max(1, heads // 2), intermediate_size=3 * hidden_size, seed=seed)
+        typer.echo(f"tiny Qwen-vocabulary model written to {path}")
+        return
     lines = None
     if texts is not None:
         lines = [ln for ln in texts.read_text(encoding="utf-8").splitlines() if ln.strip()]

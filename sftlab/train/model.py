@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import importlib.util
 import os
 import socket
@@ -27,10 +29,11 @@ def pick_device(requested: str | None = None) -> torch.device:
 
 
 def bf16_native(device: torch.device) -> tuple[bool, str]:
-    """Does the device compute bf16 in hardware? (answer, the reason in words)
+    """Does bf16 pay on this device? (answer, the reason in words)
 
-    Autocast to bf16 on a CPU without AVX512-BF16 / AMX runs emulated kernels that are several times slower
-    than fp32, so bf16 is only worth it where the hardware has it.
+    CUDA: native bf16 (Ampere or newer). CPU: bf16 only where it is *measured* faster than fp32 here
+    (`cpu_bf16_matmul_speedup`): AMX is several times faster, but AVX512-BF16 alone can be slower than fp32
+    (1.8x slower on this project's Xeon), and without either instruction set bf16 is emulated (up to 10x slower).
     """
     if device.type == "cuda":
         ok = torch.cuda.is_bf16_supported(including_emulation=False)
@@ -38,17 +41,50 @@ def bf16_native(device: torch.device) -> tuple[bool, str]:
         return ok, f"{name} {'has' if ok else 'lacks'} native bf16 (Ampere or newer has it)"
     if device.type == "cpu":
         amx, avx = torch.cpu._is_amx_tile_supported(), torch.cpu._is_avx512_bf16_supported()
-        ok = amx or avx
-        return ok, (f"CPU has {'AMX' if amx else 'AVX512-BF16'}" if ok else
-                    "CPU lacks AVX512-BF16 and AMX, so bf16 would be emulated (several times slower than fp32)")
+        if not (amx or avx):
+            return False, "CPU lacks AVX512-BF16 and AMX, so bf16 would be emulated (several times slower than fp32)"
+        speedup = cpu_bf16_matmul_speedup()
+        ok = speedup >= BF16_MIN_SPEEDUP
+        return ok, (f"CPU has {'AMX' if amx else 'AVX512-BF16 without AMX'}; a bf16 matmul measured "
+                    f"{speedup:.2f}x the speed of fp32 here")
     return False, f"no native bf16 check for device type {device.type!r}"
+
+
+BF16_MIN_SPEEDUP = 1.1  # bf16 autocast costs casts around every matmul: it must win clearly to be worth it
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_bf16_matmul_speedup(m: int = 1024, k: int = 512, n: int = 1536, repeats: int = 5) -> float:
+    """fp32 time / bf16 time of one training-sized matmul on one core of this CPU (~0.2 s once).
+
+    Measured rather than read from CPU flags because the flags do not say it: oneDNN's bf16 path is fast with
+    AMX tiles, but on AVX512-BF16 alone (and under hypervisors that hide AMX) it can lose to fp32. One thread,
+    the two dtypes alternated and the best of `repeats` kept, so another process on the machine moves both."""
+    import time
+
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    pairs = {dtype: (a.to(dtype), b.to(dtype)) for dtype in (torch.float32, torch.bfloat16)}
+    best = dict.fromkeys(pairs, float("inf"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for x, y in pairs.values():
+            x @ y  # warm-up: oneDNN picks its kernel
+        for _ in range(repeats):
+            for dtype, (x, y) in pairs.items():
+                t = time.perf_counter()
+                x @ y
+                best[dtype] = min(best[dtype], time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(threads)
+    return best[torch.float32] / best[torch.bfloat16]
 
 
 def resolve_precision(requested: str, device: torch.device) -> tuple[str, str]:
     """The compute dtype to train with, and one line saying why.
 
-    auto → bf16 autocast where the device has native bf16, else fp32; an explicit bf16 on hardware without it
-    also falls back to fp32 (said in the line) instead of taking the emulated path. fp32 / fp16 are kept.
+    auto → bf16 autocast where bf16 pays on the device (`bf16_native`), else fp32; an explicit bf16 where it
+    does not also falls back to fp32 (said in the line) instead of taking the slow path. fp32 / fp16 are kept.
     """
     if requested not in ("auto", "bf16"):
         return requested, f"{requested} (as configured)"
@@ -176,7 +212,45 @@ def load_model(cfg: ModelConfig, tokenizer: Any, device: torch.device, gradient_
     model = model.to(device)
     if torch_compile:
         model.get_decoder().compile(dynamic=True)
+    if device.type == "cpu":
+        trim_heap_before_embedding_grad(model)
     return model
+
+
+EMBED_GRAD_TRIM_MIN_BYTES = 64 << 20  # an fp32 embedding gradient this large sets the CPU peak RSS
+
+
+def trim_heap_before_embedding_grad(model: Any) -> bool:
+    """On CPU (glibc), hand the heap's free pages back to the OS just before the input embedding's backward.
+
+    That backward allocates a dense [vocab, hidden] gradient (311 MB at Qwen's vocabulary) at the very end of
+    backward, when the decoder's activations are already freed but still resident: glibc keeps freed chunks
+    in its heap, so the fresh gradient lands on top of them and sets the process's peak RSS. `malloc_trim(0)`
+    at that moment costs a few ms per micro-batch and lowers the peak by the activations' size
+    (benchmarks/README.md: qwen:alpaca padfree 3,293 -> 2,984 MB). The pages it returns are faulted in again by
+    the next forward (measured up to 12 % of a step on the 512 x 8 Qwen-vocabulary model), so it is only installed
+    where that gradient is big enough to set the peak (>= 64 MiB; a 2,048 x 512 one is 4 MiB). Returns whether
+    the hook was installed (not without glibc, for a frozen embedding, or a small gradient)."""
+    trim = _malloc_trim()
+    embed = model.get_input_embeddings()
+    if trim is None or embed is None or not embed.weight.requires_grad:
+        return False
+    if embed.weight.numel() * 4 < EMBED_GRAD_TRIM_MIN_BYTES:
+        return False
+
+    def on_output(module: Any, args: Any, out: torch.Tensor) -> None:
+        if out.requires_grad:
+            out.register_hook(lambda grad: trim(0) and None)
+
+    embed.register_forward_hook(on_output)
+    return True
+
+
+def _malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):  # not glibc (macOS, musl)
+        return None
 
 
 def _apply_lora(model: Any, cfg: ModelConfig, new_tokens: bool, adapter_dir: str | None,
