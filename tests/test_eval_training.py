@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import torch
 import yaml
 
 from sftlab.cli import main
@@ -47,3 +48,38 @@ def test_eval_generate_needs_eval_data(tmp_path, tiny_model_dir, small_records, 
     with pytest.raises(SystemExit) as e:
         main(["train", str(path)])
     assert e.value.code == 2 and "train.eval_generate needs data.eval" in capsys.readouterr().err
+
+
+def test_lora_in_bf16_trains_and_generates_with_a_half_frozen_base(tmp_path, tiny_model_dir, small_records,
+                                                                   capsys, monkeypatch):
+    """LoRA under bf16 autocast stores the frozen base in bf16 (load_model); training, evaluation and the
+    generation during training (outside the training forward) all run on it."""
+    from sftlab.train import model as model_mod
+
+    monkeypatch.setattr(model_mod, "bf16_native", lambda device: (True, "forced by the test"))
+    seen = {}
+    real_load = model_mod.load_model
+
+    def spy(*args, **kwargs):
+        m = real_load(*args, **kwargs)
+        seen.update({n: p.dtype for n, p in m.named_parameters()})
+        return m
+
+    monkeypatch.setattr("sftlab.train.loop.load_model", spy)
+    data = tmp_path / "train.jsonl"
+    write_jsonl(small_records, data)
+    cfg = {"model": {"name_or_path": str(tiny_model_dir), "dtype": "bf16", "lora": {"r": 4, "alpha": 8}},
+           "data": {"train": [str(data)], "eval": [str(data)], "max_length": 64},
+           "train": {"output_dir": str(tmp_path / "run"), "per_device_train_batch_size": 4, "max_steps": 2,
+                     "eval_steps": 2, "report_to": [], "learning_rate": 1e-3,
+                     "eval_generate": {"max_samples": 4, "max_new_tokens": 4, "metrics": ["exact_match"]}}}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    main(["train", str(path)])
+    assert "precision: bf16 autocast" in capsys.readouterr().out
+    assert any(d == torch.bfloat16 for n, d in seen.items() if "base_layer" in n)
+    assert all(d == torch.float32 for n, d in seen.items() if "lora_" in n)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    ev = [r for r in rows if "eval_loss" in r][-1]
+    assert ev["step"] == 2 and 0.0 <= ev["eval_gen/exact_match"] <= 1.0
+    assert (tmp_path / "run" / "final" / "adapter_config.json").exists()

@@ -133,3 +133,64 @@ def test_heap_trim_runs_before_the_embedding_backward_and_changes_no_gradient(mo
     frozen = _model()
     frozen.get_input_embeddings().weight.requires_grad_(False)
     assert not model_mod.trim_heap_before_embedding_grad(frozen)
+
+
+def test_lora_frozen_base_in_bf16_gives_the_same_loss_and_gradients_under_autocast(tiny_model_dir):
+    """`cast_frozen_linear_weights`: LoRA's frozen Linear weights stored in bf16 (half the base's memory) give
+    bit-identical loss and LoRA gradients under bf16 autocast, since autocast rounded the fp32 weights to the
+    same bf16 values; trainable weights, the embedding and norms stay fp32."""
+    from transformers import AutoTokenizer
+
+    from sftlab.config import ModelConfig
+    from sftlab.train.model import autocast_context, frozen_base_dtype, load_model
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    cfg = ModelConfig(name_or_path=str(tiny_model_dir), dtype="bf16", lora={"r": 4, "alpha": 8})
+    assert frozen_base_dtype(cfg) == torch.bfloat16 and frozen_base_dtype(cfg, "fsdp") is None
+    assert frozen_base_dtype(cfg.model_copy(update={"dtype": "fp32"})) is None
+    cpu = torch.device("cpu")
+    results = []
+    for frozen in (None, torch.bfloat16):
+        torch.manual_seed(0)
+        model = load_model(cfg, tok, cpu, frozen_dtype=frozen).train()
+        b = _batch(vocab=len(tok))
+        with autocast_context("bf16", cpu):
+            loss = supervised_token_loss(model, b, token_loss_scale(b, 4.0))[0]
+        loss.backward()
+        results.append((float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
+        dtypes = {n: p.dtype for n, p in model.named_parameters()}
+    assert results[0][0] == results[1][0]
+    assert results[0][1].keys() == results[1][1].keys() and results[0][1]
+    assert all(torch.equal(results[0][1][n], results[1][1][n]) for n in results[0][1])
+    base = [n for n in dtypes if "base_layer.weight" in n]
+    assert base and all(dtypes[n] == torch.bfloat16 for n in base)
+    assert dtypes[[n for n in dtypes if "lm_head" in n][0]] == torch.bfloat16  # untied head: frozen Linear too
+    assert all(dtypes[n] == torch.float32 for n in dtypes if "lora_" in n or "norm" in n or "embed_tokens" in n)
+
+
+def test_lora_half_frozen_base_under_ddp(tiny_model_dir, tmp_path):
+    """DDP (one gloo rank) accepts LoRA's mixed-dtype parameters (bf16 frozen base, fp32 adapters) and reduces
+    only the trainable fp32 gradients."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    from transformers import AutoTokenizer
+
+    from sftlab.config import ModelConfig
+    from sftlab.train.loss import SupervisedTokenNLL
+    from sftlab.train.model import autocast_context, load_model
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    cfg = ModelConfig(name_or_path=str(tiny_model_dir), dtype="bf16", lora={"r": 4, "alpha": 8})
+    model = load_model(cfg, tok, torch.device("cpu"), frozen_dtype=torch.bfloat16).train()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        engine = DistributedDataParallel(SupervisedTokenNLL(model))
+        b = _batch(vocab=len(tok))
+        with autocast_context("bf16", torch.device("cpu")):
+            loss, _ = engine(b, token_loss_scale(b, 4.0))
+        loss.backward()
+    finally:
+        dist.destroy_process_group()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert grads and all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads.values())
+    assert any(p.dtype == torch.bfloat16 for p in model.parameters())

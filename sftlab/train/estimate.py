@@ -251,24 +251,25 @@ def mfu(tokens_per_s: float, model_config: Any, seq_len: int, device_name: str |
 # ------------------------------------------------------------------------------ parameters on meta
 
 
-def meta_model(model_cfg: Any, vocab_size: int | None = None, gradient_checkpointing: bool = False) -> Any:
+def meta_model(model_cfg: Any, vocab_size: int | None = None, gradient_checkpointing: bool = False,
+               parallel: str = "none") -> Any:
     """The configured model on the meta device (no weights are read), resized to `vocab_size` and with
-    sftlab's own LoRA set-up (sftlab/train/model.py), so parameter counts are those of the real run."""
+    sftlab's own LoRA set-up (sftlab/train/model.py), so parameter counts and dtypes are those of the real run."""
     from transformers import AutoConfig
 
     from sftlab.train.model import check_model_path
 
     check_model_path(model_cfg.name_or_path)
     config = AutoConfig.from_pretrained(model_cfg.name_or_path)
-    return meta_model_from_config(config, model_cfg, vocab_size, gradient_checkpointing)
+    return meta_model_from_config(config, model_cfg, vocab_size, gradient_checkpointing, parallel)
 
 
 def meta_model_from_config(config: Any, model_cfg: Any, vocab_size: int | None = None,
-                           gradient_checkpointing: bool = False) -> Any:
+                           gradient_checkpointing: bool = False, parallel: str = "none") -> Any:
     """`meta_model` for an already built transformers config (e.g. written out in a test or the docs)."""
     from transformers import AutoModelForCausalLM
 
-    from sftlab.train.model import _apply_lora
+    from sftlab.train.model import _apply_lora, cast_frozen_linear_weights, frozen_base_dtype
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -278,6 +279,9 @@ def meta_model_from_config(config: Any, model_cfg: Any, vocab_size: int | None =
         if model_cfg.lora is not None:
             lora = model_cfg.model_copy(update={"lora": model_cfg.lora.model_copy(update={"load_in_4bit": False})})
             model = _apply_lora(model, lora, added, None, gradient_checkpointing)
+        frozen = frozen_base_dtype(model_cfg, parallel)
+        if frozen is not None:  # as load_model stores LoRA's frozen base
+            cast_frozen_linear_weights(model, frozen)
     return model
 
 
@@ -298,12 +302,13 @@ def _is_quantized_by_bnb(name: str, p: torch.Tensor) -> bool:
 def parameter_bytes(model: Any, world_size: int = 1, sharded: bool = False,
                     load_in_4bit: bool = False) -> dict[str, int]:
     """Per-device bytes of weights, gradients and AdamW states of `model` (meta or real), as sftlab keeps
-    them: fp32 master weights, fp32 gradients of the trainable parameters, exp_avg + exp_avg_sq (fp32) plus
+    them: fp32 master weights (LoRA's frozen base at its stored size, half under bf16 autocast), fp32 gradients
+    of the trainable parameters, exp_avg + exp_avg_sq (fp32) plus
     one fp32 `step` scalar per trainable tensor. `sharded`: FSDP2's per-rank shards. `load_in_4bit`: nf4
     base weights (half a byte + an fp32 absmax per 64) for the quantised linear layers."""
     world = world_size if sharded else 1
     seen: set[int] = set()
-    weights = grads = states = n_trainable = trainable_tensors = total = quantized = 0
+    weights = grads = states = n_trainable = trainable_tensors = total = quantized = half_stored = 0
     for name, p in model.named_parameters(remove_duplicate=True):
         if id(p) in seen:
             continue
@@ -314,14 +319,16 @@ def parameter_bytes(model: Any, world_size: int = 1, sharded: bool = False,
             weights += math.ceil(numel / 2) + math.ceil(numel / QLORA_BLOCK) * 4
             quantized += p.numel()
         else:
-            weights += numel * 4
+            weights += numel * p.element_size()  # fp32, or half for LoRA's frozen base (cast_frozen_linear_weights)
+            half_stored += p.numel() if p.element_size() == 2 else 0
         if p.requires_grad:
             grads += numel * 4
             states += numel * 8 + 4
             n_trainable += p.numel()
             trainable_tensors += 1
     return {"weights_bytes": weights, "gradients_bytes": grads, "optimizer_bytes": states,
-            "params": total, "trainable_params": n_trainable, "quantized_params": quantized}
+            "params": total, "trainable_params": n_trainable, "quantized_params": quantized,
+            "half_stored_params": half_stored}
 
 
 # -------------------------------------------------------------------------------------- the estimate
@@ -410,8 +417,8 @@ def estimate_memory(model: Any, model_config: Any, run: RunShape, *, dtype: str 
     if sharded:
         per_layer = (counts["params"] - s.vocab * s.hidden * 2) / max(s.layers, 1)
         buffers = int(2 * per_layer * (2 if half else 4) + 2 * per_layer * 4)  # gathered params + unsharded grads
-    elif half and not load_in_4bit:
-        autocast = linear_params * 2
+    elif half and not load_in_4bit:  # weights already stored in half (LoRA's frozen base) need no copy
+        autocast = max(linear_params - counts["half_stored_params"], 0) * 2
     if parallel in ("ddp", "none") and world_size > 1:
         buffers = counts["gradients_bytes"]  # DDP's gradient buckets (gradient_as_bucket_view=False)
     if load_in_4bit:
@@ -504,7 +511,7 @@ def estimate_run(cfg: Any, world_size: int = 1, memory_bytes: int | None = None,
         run = RunShape(micro_batch=micro, length=cfg.data.max_length,
                        supervised_per_sample=cfg.data.max_length - 1, padded=False,
                        basis=f"max_length: {micro} x {cfg.data.max_length} tokens, every token supervised")
-    model = meta_model(cfg.model, vocab_size, cfg.train.gradient_checkpointing)
+    model = meta_model(cfg.model, vocab_size, cfg.train.gradient_checkpointing, cfg.train.parallel)
     config = model.config if not hasattr(model, "get_base_model") else model.get_base_model().config
     lora = cfg.model.lora
     return estimate_memory(model, config, run, dtype=cfg.model.dtype,

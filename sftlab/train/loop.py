@@ -44,6 +44,7 @@ from sftlab.train.model import (
     DTYPES,
     autocast_context,
     check_model_path,
+    frozen_base_dtype,
     load_model,
     pick_device,
     resolve_precision,
@@ -484,7 +485,7 @@ def train(cfg: RunConfig) -> Path:
     model = load_model(cfg.model, tokenizer, device, cfg.train.gradient_checkpointing,
                        adapter_dir=str(resume_dir) if resume_dir and cfg.model.lora else None,
                        weights_dir=str(resume_dir) if resume_dir and not cfg.model.lora else None,
-                       torch_compile=cfg.train.torch_compile)
+                       torch_compile=cfg.train.torch_compile, frozen_dtype=frozen_base_dtype(cfg.model, cfg.train.parallel))
     engine = parallel.wrap_model(SupervisedTokenNLL(model, cfg.train.loss_chunk_size), cfg.train.parallel, info,
                                  DTYPES[cfg.model.dtype])
     engine.train()
@@ -605,7 +606,8 @@ def train(cfg: RunConfig) -> Path:
                 if gen_records and info.is_main:
                     from sftlab.eval.during_training import eval_generate
 
-                    ev.update(eval_generate(parallel.unwrap(engine).model, tokenizer, gen_records, cfg))
+                    with autocast_context(cfg.model.dtype, device):  # the frozen base may be half (LoRA)
+                        ev.update(eval_generate(parallel.unwrap(engine).model, tokenizer, gen_records, cfg))
                 if info.is_main:
                     writer.log(ev)
                     view.update(ev)
