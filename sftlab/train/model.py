@@ -232,9 +232,9 @@ def trim_heap_before_embedding_grad(model: Any) -> bool:
     in its heap, so the fresh gradient lands on top of them and sets the process's peak RSS. `malloc_trim(0)`
     at that moment costs a few ms per micro-batch and lowers the peak by the activations' size
     (benchmarks/README.md: qwen:alpaca padfree 3,293 -> 2,984 MB). The pages it returns are faulted in again by
-    the next forward (a cost within the run-to-run noise there), so it is only installed where that gradient is
-    big enough to set the peak (>= 64 MiB; a 2,048 x 512 one is 4 MiB). Returns whether the hook was installed
-    (not without glibc, for a frozen embedding, or a small gradient)."""
+    the next forward (up to ~10 % of a step there), so it is only installed where that gradient is big enough to
+    set the peak (>= 64 MiB; a 2,048 x 512 one is 4 MiB). Returns whether the hook was installed (not without
+    glibc, for a frozen embedding, or a small gradient)."""
     trim = _malloc_trim()
     embed = model.get_input_embeddings()
     if trim is None or embed is None or not embed.weight.requires_grad:
