@@ -40,7 +40,8 @@ def main() -> None:
     model = LlamaForCausalLM(cfg).train()
     ids = torch.randint(0, 2048, (4, 256))
     best = {"fp32": float("inf"), "bf16": float("inf")}
-    step_seconds(model, ids, None), step_seconds(model, ids, torch.bfloat16)  # warm-up
+    for dtype in (None, torch.bfloat16):  # warm-up
+        step_seconds(model, ids, dtype)
     for _ in range(a.repeats):
         best["fp32"] = min(best["fp32"], step_seconds(model, ids, None))
         best["bf16"] = min(best["bf16"], step_seconds(model, ids, torch.bfloat16))

@@ -33,7 +33,7 @@ def bf16_native(device: torch.device) -> tuple[bool, str]:
 
     CUDA: native bf16 (Ampere or newer). CPU: bf16 only where it is *measured* faster than fp32 here
     (`cpu_bf16_matmul_speedup`): AMX is several times faster, but AVX512-BF16 alone can be slower than fp32
-    (1.8x slower on this project's Xeon), and without either instruction set bf16 is emulated (up to 10x slower).
+    (a matmul 1.3-1.8x slower on this project's Xeon), and without either instruction set bf16 is emulated.
     """
     if device.type == "cuda":
         ok = torch.cuda.is_bf16_supported(including_emulation=False)
@@ -230,8 +230,8 @@ def trim_heap_before_embedding_grad(model: Any) -> bool:
     That backward allocates a dense [vocab, hidden] gradient (311 MB at Qwen's vocabulary) at the very end of
     backward, when the decoder's activations are already freed but still resident: glibc keeps freed chunks
     in its heap, so the fresh gradient lands on top of them and sets the process's peak RSS. `malloc_trim(0)`
-    at that moment costs a few ms per micro-batch and lowers the peak by the activations' size
-    (benchmarks/README.md: qwen:alpaca padfree 3,293 -> 2,984 MB). The pages it returns are faulted in again by
+    at that moment lowers the peak by the activations' size (benchmarks/README.md: qwen:alpaca padfree
+    3,293 -> 2,984 MB). The pages it returns are faulted in again by
     the next forward (up to ~10 % of a step there), so it is only installed where that gradient is big enough to
     set the peak (>= 64 MiB; a 2,048 x 512 one is 4 MiB). Returns whether the hook was installed (not without
     glibc, for a frozen embedding, or a small gradient)."""
@@ -242,9 +242,12 @@ def trim_heap_before_embedding_grad(model: Any) -> bool:
     if embed.weight.numel() * 4 < EMBED_GRAD_TRIM_MIN_BYTES:
         return False
 
+    def release(grad: torch.Tensor) -> None:  # runs when the embedding's output gradient arrives
+        trim(0)
+
     def on_output(module: Any, args: Any, out: torch.Tensor) -> None:
         if out.requires_grad:
-            out.register_hook(lambda grad: trim(0) and None)
+            out.register_hook(release)
 
     embed.register_forward_hook(on_output)
     return True
@@ -266,22 +269,20 @@ def frozen_base_dtype(cfg: ModelConfig, parallel: str = "none") -> torch.dtype |
     return DTYPES[cfg.dtype]
 
 
-def cast_frozen_linear_weights(model: Any, dtype: torch.dtype) -> int:
-    """Store the frozen weights of Linear layers (LoRA's base) in the autocast dtype; returns how many elements.
+def cast_frozen_linear_weights(model: Any, dtype: torch.dtype) -> None:
+    """Store the frozen weights of Linear layers (LoRA's base) in the autocast dtype.
 
     Autocast casts an fp32 weight to `dtype` at every matmul anyway (same rounding), so the layer's outputs are
     bit-identical, while the frozen base takes half the memory (Qwen2.5-7B: 30 -> 15 GB) and no autocast copy
     per step. Trainable parameters (LoRA A/B, saved modules), biases, norms and the input embedding (also when
     the LM head is tied to it) keep fp32: the residual stream stays fp32 as before."""
     embedding = model.get_input_embeddings().weight
-    n = 0
     for module in model.modules():
-        w = getattr(module, "weight", None)
-        if (isinstance(module, torch.nn.Linear) and w is not None and not w.requires_grad and w is not embedding
-                and w.dtype == torch.float32):
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        w = module.weight
+        if not w.requires_grad and w is not embedding and w.dtype == torch.float32:
             module.weight = torch.nn.Parameter(w.detach().to(dtype), requires_grad=False)
-            n += w.numel()
-    return n
 
 
 def _apply_lora(model: Any, cfg: ModelConfig, new_tokens: bool, adapter_dir: str | None,
