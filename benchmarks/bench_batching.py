@@ -34,7 +34,8 @@ from pathlib import Path
 
 OURS = ("pad", "padfree", "pack")
 # opt-in variants: padfree / pack on the dense 4-D block mask (the old CPU path), or with torch.compile
-OURS_EXTRA = ("padfree_mask", "pack_mask", "padfree_compile", "pack_compile", "padfree_notrim", "pack_notrim")
+OURS_EXTRA = ("padfree_mask", "pack_mask", "padfree_compile", "pack_compile", "padfree_notrim", "pack_notrim",
+              "padfree_unfused", "pack_unfused")
 TRL = ("trl_pad", "trl_padfree", "trl_pack")
 MODELS = {  # name -> build_tiny_model kwargs (qwen: qwen_vocab.build_qwen_model, the real 151,936 vocabulary)
     "tiny": {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 384},
@@ -127,24 +128,28 @@ class OurRunner:
     sdpa_varlen for padfree / pack on CPU); the `*_mask` modes force the dense block mask instead. Hooks on the
     decoder time the step's phases (model forward / backward vs everything else) for the profile table.
     `*_compile` compiles the decoder (train.torch_compile; the compilation falls in the excluded warm-up step);
-    `*_notrim` leaves out the heap trim before the embedding's backward that `load_model` installs on CPU."""
+    `*_notrim` leaves out the heap trim before the embedding's backward that `load_model` installs on CPU;
+    `*_unfused` keeps transformers' own RMSNorm and rotary (no `install_fused_ops`, which `load_model` does on CPU)."""
 
     def __init__(self, model_dir: Path, samples: list[dict], mode: str, a: argparse.Namespace) -> None:
         import torch
         from transformers import AutoModelForCausalLM
 
         from sftlab.train.attention import register_attention_kernels, resolve_attention
+        from sftlab.train.fused_ops import install_fused_ops
         from sftlab.train.loss import attach_loss_coefficients
         from sftlab.train.model import trim_heap_before_embedding_grad
 
         self.torch, self.a = torch, a
-        self.mode = mode.removesuffix("_mask").removesuffix("_compile").removesuffix("_notrim")
+        self.mode = mode.removesuffix("_mask").removesuffix("_compile").removesuffix("_notrim").removesuffix("_unfused")
         self.impl = "sdpa" if mode.endswith("_mask") else resolve_attention("auto", self.mode, "cpu")
         register_attention_kernels()
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=self.impl,
                                                           dtype=torch.float32).train()
         if not mode.endswith("_notrim"):
             trim_heap_before_embedding_grad(self.model)  # as load_model does on CPU
+        if not mode.endswith("_unfused"):
+            install_fused_ops(self.model)  # as load_model does on CPU
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-5, weight_decay=0.0, fused=True)
         attach_loss_coefficients(samples, "turn")
         self.samples = samples

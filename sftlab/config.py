@@ -41,6 +41,9 @@ class ModelConfig(Strict):
     dtype: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
     # auto: sdpa for pad; padfree/pack: flash_attention_2 / flex_attention on CUDA, else sdpa_varlen (train/attention.py)
     attn_implementation: str = "auto"
+    # RMSNorm and rotary as single autograd ops (train/fused_ops.py; same values, about half the memory passes):
+    # auto = on CPU, where they were measured; on = every device; off = transformers' own code
+    fused_ops: Literal["auto", "on", "off"] = "auto"
     lora: LoraConfig | None = None
     chat_template: str | None = None  # builtin name, file, or Jinja text; default: the tokenizer's own
     special_tokens: list[str] = []

@@ -94,7 +94,7 @@ def _layout(batch: int, length: int, batching: str) -> tuple[int, int]:
 
 def estimate_activations(model_config: Any, batch: int, length: int, gradient_checkpointing: bool = False,
                          attn_implementation: str = "sdpa", *, batching: str = "pad", dtype: str = "fp32",
-                         padded: bool = False) -> int:
+                         padded: bool = False, fused_ops: bool = False) -> int:
     """Bytes autograd saves for backward during the forward of one micro-batch of `batch` × `length` tokens,
     from the input embedding to the final norm (the loss head is `estimate_loss_head`; the batch's own
     tensors are `estimate_batch_inputs`).
@@ -102,13 +102,14 @@ def estimate_activations(model_config: Any, batch: int, length: int, gradient_ch
     `batching`: pad keeps `batch` rows of `length`; padfree puts the micro-batch in one row of batch×length
     tokens (attention cost and mask then grow with the row). `padded`: pad mode with padding (a mask exists).
     `dtype` bf16/fp16 means fp32 weights under autocast, as sftlab trains: linear inputs are saved as half
-    copies, norms and the residual stream stay fp32.
+    copies, norms and the residual stream stay fp32. `fused_ops` (`model.fused_ops`, train/fused_ops.py): each
+    RMSNorm saves its normalised input and 1/rms, not its input as well.
     """
     s = Shape.of(model_config)
     rows, row_len = _layout(batch, length, batching)
     tokens = rows * row_len
     mask = attention_mask_kind(attn_implementation, batching, padded)
-    final_norm = tokens * (2 * s.hidden * 4 + 4)  # input and normalised input (fp32), 1/rms
+    final_norm = tokens * ((1 if fused_ops else 2) * s.hidden * 4 + 4)  # (input and) normalised input, 1/rms
     ids = tokens * 8  # input ids (embedding backward)
     if gradient_checkpointing:
         # Each checkpointed layer saves its input (the fp32 residual stream) and nothing else; rotary cos/sin
@@ -116,19 +117,20 @@ def estimate_activations(model_config: Any, batch: int, length: int, gradient_ch
         return s.layers * tokens * s.hidden * 4 + final_norm + ids
     rotary = 2 * tokens * s.head_dim * 4  # cos / sin, computed once, saved by every layer (one tensor each)
     layer = layer_activation_bytes(s, tokens, row_len, attn_implementation, mask is not None,
-                                   dtype in ("bf16", "fp16"))
+                                   dtype in ("bf16", "fp16"), fused_ops)
     return s.layers * layer + final_norm + ids + rotary
 
 
 def layer_activation_bytes(s: Shape, tokens: int, row_len: int, attn_implementation: str, masked: bool,
-                           half: bool) -> int:
+                           half: bool, fused_ops: bool = False) -> int:
     """Saved bytes of one decoder layer (HF Llama-style: RMSNorm, rotary attention, SwiGLU MLP)."""
     h, kv, nh, d, inter = s.hidden, s.kv_heads * s.head_dim, s.heads, s.head_dim, s.intermediate
     q = nh * d
     e = 2 if half else 4
     rows = tokens // row_len
-    # Two RMSNorms: input and normalised input (fp32), 1/rms; their output feeds the projections.
-    norms = tokens * 2 * (2 * h * 4 + 4 + h * 4)
+    # Two RMSNorms: input and normalised input (fp32; fused: the normalised input only), 1/rms; their output
+    # feeds the projections.
+    norms = tokens * 2 * ((1 if fused_ops else 2) * h * 4 + 4 + h * 4)
     if half:  # autocast saves the half copy of the norm output that the projections consume
         norms += tokens * 2 * h * e
     # MLP: gate output (SiLU input), SiLU output, up output, their product (down_proj input).
@@ -384,7 +386,7 @@ def estimate_memory(model: Any, model_config: Any, run: RunShape, *, dtype: str 
                     attn_implementation: str = "sdpa", gradient_checkpointing: bool = False,
                     batching: str = "pad", parallel: str = "none", world_size: int = 1,
                     load_in_4bit: bool = False, loss_chunk_size: int | None = None, device_type: str = "cuda",
-                    memory_bytes: int | None = None) -> MemoryEstimate:
+                    memory_bytes: int | None = None, fused_ops: bool = False) -> MemoryEstimate:
     """Per-device memory of the run: exact parameter terms from `model` (meta), formulas for the rest."""
     sharded = parallel == "fsdp" and world_size > 1
     counts = parameter_bytes(model, world_size, sharded, load_in_4bit)
@@ -396,7 +398,7 @@ def estimate_memory(model: Any, model_config: Any, run: RunShape, *, dtype: str 
 
     def dynamic(micro: int) -> tuple[int, int, int, int]:
         act = estimate_activations(model_config, micro, run.length, gradient_checkpointing, attn_implementation,
-                                   batching=batching, dtype=dtype, padded=run.padded)
+                                   batching=batching, dtype=dtype, padded=run.padded, fused_ops=fused_ops)
         act += estimate_batch_inputs(model_config, micro, run.length, gradient_checkpointing, attn_implementation,
                                      batching=batching, padded=run.padded)
         sup = int(math.ceil(micro * run.supervised_per_sample))
@@ -450,9 +452,9 @@ def estimate_memory(model: Any, model_config: Any, run: RunShape, *, dtype: str 
     if load_in_4bit:
         notes.append("QLoRA: nf4 base weights without double quantisation, as sftlab configures bitsandbytes")
     act_gc = estimate_activations(model_config, run.micro_batch, run.length, True, attn_implementation,
-                                  batching=batching, dtype=dtype, padded=run.padded)
+                                  batching=batching, dtype=dtype, padded=run.padded, fused_ops=fused_ops)
     act_nogc = estimate_activations(model_config, run.micro_batch, run.length, False, attn_implementation,
-                                    batching=batching, dtype=dtype, padded=run.padded)
+                                    batching=batching, dtype=dtype, padded=run.padded, fused_ops=fused_ops)
     seq = run.micro_batch * run.length if batching == "padfree" else run.length
     return MemoryEstimate(
         weights_bytes=counts["weights_bytes"], gradients_bytes=counts["gradients_bytes"],
@@ -491,6 +493,7 @@ def estimate_run(cfg: Any, world_size: int = 1, memory_bytes: int | None = None,
     from pathlib import Path
 
     from sftlab.config import resolve_batch_sizes
+    from sftlab.train.fused_ops import use_fused_ops
     from sftlab.train.loop import resolve_batching
 
     micro, _, _ = resolve_batch_sizes(cfg.train, world_size)
@@ -520,7 +523,7 @@ def estimate_run(cfg: Any, world_size: int = 1, memory_bytes: int | None = None,
                            parallel=cfg.train.parallel, world_size=world_size,
                            load_in_4bit=bool(lora and lora.load_in_4bit), loss_chunk_size=cfg.train.loss_chunk_size,
                            device_type="cpu" if str(cfg.train.device or "").startswith("cpu") else "cuda",
-                           memory_bytes=memory_bytes)
+                           memory_bytes=memory_bytes, fused_ops=use_fused_ops(cfg.model.fused_ops, torch.device(target)))
 
 
 def rows_for_table(est: MemoryEstimate) -> list[tuple[str, int]]:

@@ -39,6 +39,7 @@ from sftlab.train.balance import (
     weighted_sums,
 )
 from sftlab.train.batching import collate, move_batch, packed_micro_batch, plan_packed_micro_batches
+from sftlab.train.fused_ops import install_fused_ops, use_fused_ops
 from sftlab.train.loss import SupervisedTokenNLL, per_sample_sums, token_loss_scale
 from sftlab.train.model import (
     DTYPES,
@@ -486,6 +487,10 @@ def train(cfg: RunConfig) -> Path:
                        adapter_dir=str(resume_dir) if resume_dir and cfg.model.lora else None,
                        weights_dir=str(resume_dir) if resume_dir and not cfg.model.lora else None,
                        torch_compile=cfg.train.torch_compile, frozen_dtype=frozen_base_dtype(cfg.model, cfg.train.parallel))
+    if use_fused_ops(cfg.model.fused_ops, device):  # before the first forward: torch.compile traces lazily
+        fused = install_fused_ops(model)
+        if info.is_main:
+            print(f"fused ops: {', '.join(fused) or 'none (no RMSNorm / rotary of the standard form)'}")
     engine = parallel.wrap_model(SupervisedTokenNLL(model, cfg.train.loss_chunk_size), cfg.train.parallel, info,
                                  DTYPES[cfg.model.dtype])
     engine.train()
