@@ -153,3 +153,27 @@ def test_loss_contract_holds_with_fused_ops(tiny_model_dir, tiny_tokenizer, kern
         assert abs(loss - ref_loss) <= 1e-5 * abs(ref_loss), (mode, size, loss, ref_loss)
         for name, g in grads.items():
             assert _close(g, ref_grads[name]), (mode, size, name)
+
+
+def test_estimator_counts_what_the_fused_norm_saves():
+    """estimate_activations(fused_ops=True) follows the saved bytes down: each norm saves one tensor fewer."""
+    from test_estimate import saved_bytes
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from sftlab.train.batching import collate
+    from sftlab.train.estimate import estimate_activations
+
+    cfg = LlamaConfig(vocab_size=512, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=4, intermediate_size=256)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").train()
+    ids = torch.randint(0, 512, (64,)).numpy()
+    batch = collate([{"input_ids": ids, "labels": ids.copy(), "loss_coef": torch.ones(64).numpy(), "num_tokens": 64}],
+                    "pad", 0, attn_implementation="sdpa", max_len=64)
+    before = saved_bytes(model, batch, decoder_only=True)
+    install_fused_ops(model)
+    after = saved_bytes(model, batch, decoder_only=True)
+    est_before = estimate_activations(cfg, 1, 64, False, "sdpa")
+    est_after = estimate_activations(cfg, 1, 64, False, "sdpa", fused_ops=True)
+    assert after < before and est_after < est_before
+    assert abs(est_after / after - 1) <= 0.15, (est_after, after)
+    assert abs((est_before - est_after) / (before - after) - 1) <= 0.1, (est_before - est_after, before - after)

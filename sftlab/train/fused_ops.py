@@ -171,36 +171,41 @@ def install_fused_ops(model: torch.nn.Module) -> list[str]:
     is a module global of transformers' modeling file, so it is replaced there, for every model of that
     architecture in the process, by a function that computes the same values (and falls back to the
     original outside fp32 / the standard shapes)."""
-    replaced: list[str] = []
-    norm_ok: dict[type, bool] = {}
+    return _install_norms(model) + _install_rotary(model)
+
+
+def _install_norms(model: torch.nn.Module) -> list[str]:
+    matches: dict[type, bool] = {}
     counts: dict[str, int] = {}
-    head_dims: dict[str, int] = {}
     for module in model.modules():
-        cls = type(module)
-        bound = getattr(module.__dict__.get("forward"), "__func__", None)
-        if bound is _fused_rms_norm_forward:  # installed before
+        cls, own = type(module), module.__dict__.get("forward")
+        if own is None and cls.__name__.endswith("RMSNorm"):
+            if cls not in matches:
+                matches[cls] = _norm_matches(module)
+            if matches[cls]:
+                module.forward = own = types.MethodType(_fused_rms_norm_forward, module)
+        if getattr(own, "__func__", None) is _fused_rms_norm_forward:
             counts[cls.__name__] = counts.get(cls.__name__, 0) + 1
-        elif cls.__name__.endswith("RMSNorm") and bound is None and "forward" not in module.__dict__:
-            if cls not in norm_ok:
-                norm_ok[cls] = _norm_matches(module)
-            if norm_ok[cls]:
-                module.forward = types.MethodType(_fused_rms_norm_forward, module)
-                counts[cls.__name__] = counts.get(cls.__name__, 0) + 1
+    return [f"{name} x{n}" for name, n in counts.items()]
+
+
+def _install_rotary(model: torch.nn.Module) -> list[str]:
+    head_dims: dict[str, int] = {}  # modeling module -> head_dim of its attention
+    for module in model.modules():
         head_dim = getattr(module, "head_dim", None)
-        if cls.__name__.endswith("Attention") and isinstance(head_dim, int) and head_dim % 2 == 0:
-            head_dims.setdefault(cls.__module__, head_dim)
-    replaced += [f"{name} x{n}" for name, n in counts.items()]
+        if type(module).__name__.endswith("Attention") and isinstance(head_dim, int) and head_dim % 2 == 0:
+            head_dims.setdefault(type(module).__module__, head_dim)
+    replaced = []
     for mod_name, head_dim in head_dims.items():
         mod = sys.modules.get(mod_name)
         fn = getattr(mod, "apply_rotary_pos_emb", None)
-        if fn is None or not callable(fn):
+        if fn is None:
             continue
-        if hasattr(fn, "sftlab_original"):  # installed before (another model of this architecture)
-            replaced.append(f"{mod_name.rsplit('.', 1)[-1]}.apply_rotary_pos_emb")
-            continue
-        if _rotary_matches(fn, head_dim):
+        if not hasattr(fn, "sftlab_original"):  # else installed before (another model of this architecture)
+            if not _rotary_matches(fn, head_dim):
+                continue
             mod.apply_rotary_pos_emb = _fused_rotary(fn)
-            replaced.append(f"{mod_name.rsplit('.', 1)[-1]}.apply_rotary_pos_emb")
+        replaced.append(f"{mod_name.rsplit('.', 1)[-1]}.apply_rotary_pos_emb")
     return replaced
 
 
