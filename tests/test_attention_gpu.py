@@ -41,8 +41,21 @@ def _grads(model, batch) -> tuple[float, list[torch.Tensor]]:
     return loss.item(), [p.grad.detach().float().cpu().clone() for p in model.parameters()]
 
 
-def test_gradient_checkpointing_under_sdpa_varlen_gives_the_same_gradients(tiny_model_dir):
+def _fused(model, monkeypatch) -> None:
+    """model.fused_ops on this model; the rotary global of transformers' modeling file is put back afterwards."""
+    from transformers.models.llama import modeling_llama
+
+    from sftlab.train.fused_ops import install_fused_ops
+
+    monkeypatch.setattr(modeling_llama, "apply_rotary_pos_emb", modeling_llama.apply_rotary_pos_emb)
+    assert install_fused_ops(model)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_gradient_checkpointing_under_sdpa_varlen_gives_the_same_gradients(tiny_model_dir, fused, monkeypatch):
     model = _model(tiny_model_dir, "sdpa_varlen")
+    if fused:
+        _fused(model, monkeypatch)
     batch = collate(_samples([9, 20, 4, 13]), "padfree", 0, attn_implementation="sdpa_varlen")
     loss, grads = _grads(model, batch)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -52,8 +65,11 @@ def test_gradient_checkpointing_under_sdpa_varlen_gives_the_same_gradients(tiny_
 
 
 @pytest.mark.slow
-def test_torch_compile_under_sdpa_varlen_gives_the_same_loss(tiny_model_dir):
+@pytest.mark.parametrize("fused", [False, True])
+def test_torch_compile_under_sdpa_varlen_gives_the_same_loss(tiny_model_dir, fused, monkeypatch):
     model = _model(tiny_model_dir, "sdpa_varlen")
+    if fused:
+        _fused(model, monkeypatch)
     batch = collate(_samples([9, 20, 4, 13]), "padfree", 0, attn_implementation="sdpa_varlen")
     loss, _ = _grads(model, batch)
     model.get_decoder().compile(dynamic=True)
