@@ -141,7 +141,7 @@ class OurRunner:
         from sftlab.train.model import trim_heap_before_embedding_grad
 
         self.torch, self.a = torch, a
-        self.mode = mode.removesuffix("_mask").removesuffix("_compile").removesuffix("_notrim").removesuffix("_unfused")
+        self.mode = mode.split("_")[0]  # pad / padfree / pack; the suffix says what changes (below)
         self.impl = "sdpa" if mode.endswith("_mask") else resolve_attention("auto", self.mode, "cpu")
         register_attention_kernels()
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=self.impl,
