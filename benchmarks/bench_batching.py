@@ -35,7 +35,7 @@ from pathlib import Path
 OURS = ("pad", "padfree", "pack")
 # opt-in variants: padfree / pack on the dense 4-D block mask (the old CPU path), or with torch.compile
 OURS_EXTRA = ("padfree_mask", "pack_mask", "padfree_compile", "pack_compile", "padfree_notrim", "pack_notrim",
-              "padfree_unfused", "pack_unfused")
+              "padfree_unfused", "pack_unfused", "padfree_noskip", "pack_noskip")
 TRL = ("trl_pad", "trl_padfree", "trl_pack")
 MODELS = {  # name -> build_tiny_model kwargs (qwen: qwen_vocab.build_qwen_model, the real 151,936 vocabulary)
     "tiny": {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 384},
@@ -129,7 +129,8 @@ class OurRunner:
     decoder time the step's phases (model forward / backward vs everything else) for the profile table.
     `*_compile` compiles the decoder (train.torch_compile; the compilation falls in the excluded warm-up step);
     `*_notrim` leaves out the heap trim before the embedding's backward that `load_model` installs on CPU;
-    `*_unfused` keeps transformers' own RMSNorm and rotary (no `install_fused_ops`, which `load_model` does on CPU)."""
+    `*_unfused` keeps transformers' own RMSNorm and rotary (no `install_fused_ops`, which training does on CPU);
+    `*_noskip` runs the last layer's o_proj and MLP at every position (no `install_last_layer_skip`)."""
 
     def __init__(self, model_dir: Path, samples: list[dict], mode: str, a: argparse.Namespace) -> None:
         import torch
@@ -137,6 +138,7 @@ class OurRunner:
 
         from sftlab.train.attention import register_attention_kernels, resolve_attention
         from sftlab.train.fused_ops import install_fused_ops
+        from sftlab.train.last_layer import install_last_layer_skip
         from sftlab.train.loss import attach_loss_coefficients
         from sftlab.train.model import trim_heap_before_embedding_grad
 
@@ -149,7 +151,9 @@ class OurRunner:
         if not mode.endswith("_notrim"):
             trim_heap_before_embedding_grad(self.model)  # as load_model does on CPU
         if not mode.endswith("_unfused"):
-            install_fused_ops(self.model)  # as load_model does on CPU
+            install_fused_ops(self.model)  # as training does on CPU
+        if not mode.endswith("_noskip"):
+            install_last_layer_skip(self.model)  # as training does
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-5, weight_decay=0.0, fused=True)
         attach_loss_coefficients(samples, "turn")
         self.samples = samples

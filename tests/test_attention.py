@@ -169,6 +169,7 @@ def test_train_logs_the_kernel_and_records_it(tmp_path, tiny_model_dir, small_re
     out = capsys.readouterr().out
     assert "attention kernel: sdpa_varlen (padfree batching)" in out and "precision: fp32" in out
     assert "fused ops: LlamaRMSNorm x5, modeling_llama.apply_rotary_pos_emb" in out  # model.fused_ops: auto on CPU
+    assert "only where the loss reads: layers[1].self_attn.o_proj, layers[1].mlp" in out  # train/last_layer.py
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["model"]["attn_implementation"] == "sdpa_varlen" and saved["data"]["batching"] == "padfree"
     final = json.loads((tmp_path / "run" / "final" / "config.json").read_text())

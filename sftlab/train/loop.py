@@ -40,6 +40,7 @@ from sftlab.train.balance import (
 )
 from sftlab.train.batching import collate, move_batch, packed_micro_batch, plan_packed_micro_batches
 from sftlab.train.fused_ops import install_fused_ops, use_fused_ops
+from sftlab.train.last_layer import install_last_layer_skip
 from sftlab.train.loss import SupervisedTokenNLL, per_sample_sums, token_loss_scale
 from sftlab.train.model import (
     DTYPES,
@@ -491,6 +492,9 @@ def train(cfg: RunConfig) -> Path:
         fused = install_fused_ops(model)
         if info.is_main:
             print(f"fused ops: {', '.join(fused) or 'none (no RMSNorm / rotary of the standard form)'}")
+    skips = install_last_layer_skip(model)  # exact: same loss and gradients, less work (last_layer.py)
+    if info.is_main and skips:
+        print(f"only where the loss reads: {', '.join(skips)}")
     engine = parallel.wrap_model(SupervisedTokenNLL(model, cfg.train.loss_chunk_size), cfg.train.parallel, info,
                                  DTYPES[cfg.model.dtype])
     engine.train()

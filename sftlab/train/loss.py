@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from sftlab.train.last_layer import reading_only
+
 REDUCTIONS = ("token", "turn", "sequence")
 
 
@@ -108,8 +110,10 @@ def _supervised_hidden(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tens
     for name in ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k"):  # varlen kernels (attention.py)
         if name in batch:
             kwargs[name] = batch[name]
-    hidden = model.get_decoder()(**kwargs).last_hidden_state  # [R, L, H]
     rows, cols = batch["target_pos"]  # positions whose *next* token is supervised
+    decoder = model.get_decoder()
+    with reading_only(decoder, rows, cols, batch["input_ids"].shape[1]):  # last_layer.py: the rest is dead work
+        hidden = decoder(**kwargs).last_hidden_state  # [R, L, H]
     return hidden[rows, cols]
 
 

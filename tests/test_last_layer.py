@@ -1,0 +1,105 @@
+"""The last decoder layer runs its o_proj and MLP only where the loss reads (sftlab/train/last_layer.py): the
+same loss and gradients in every layout and kernel, less work, and left alone where that is not provable."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sftlab.train.last_layer import install_last_layer_skip, reading_only
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5) -> bool:
+    return (a - b).norm().item() <= tol * b.norm().item() + 1e-12
+
+
+def _perturbed(model):
+    torch.manual_seed(0)
+    with torch.no_grad():  # norms initialised to 1 would hide a wrong weight gradient
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return model
+
+
+def _qwen2():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    return Qwen2ForCausalLM(Qwen2Config(vocab_size=300, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                        num_key_value_heads=2, intermediate_size=128))
+
+
+@pytest.mark.parametrize("kernel", ["sdpa", "sdpa_varlen"])
+def test_loss_contract_holds_with_the_skip(tiny_model_dir, tiny_tokenizer, kernel):
+    """Every layout of the global batch, with the skip, gives the pad reference's loss and gradients without it
+    (the same 1e-5 as tests/test_contract_layouts.py)."""
+    from test_contract_layouts import RECORDS, loss_and_grads, micro_batches
+    from transformers import AutoModelForCausalLM
+
+    from sftlab.data.render import render_records
+    from sftlab.train.attention import register_attention_kernels
+    from sftlab.train.loss import attach_loss_coefficients
+
+    model = _perturbed(AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa",
+                                                            dtype=torch.float32))
+    samples, _ = render_records([dict(r, task_type="chat", source="test", meta={}) for r in RECORDS], tiny_tokenizer,
+                                max_length=512)
+    attach_loss_coefficients(samples, "turn")
+    denominator = sum(s["loss_denom"] for s in samples)
+    pad_id = tiny_tokenizer.pad_token_id
+    ref_loss, ref_grads = loss_and_grads(model, micro_batches(samples, "pad", 4, pad_id), denominator)
+
+    n = model.config.num_hidden_layers - 1
+    assert install_last_layer_skip(model) == [f"layers[{n}].self_attn.o_proj", f"layers[{n}].mlp"]
+    register_attention_kernels()
+    model.set_attn_implementation(kernel)
+    for mode, size in [("pad", 4), ("pad", 1), ("padfree", 2), ("pack", 1), ("pack", 2)]:
+        batches = micro_batches(samples, mode, size, pad_id, "sdpa" if mode == "pad" else kernel)
+        loss, grads = loss_and_grads(model, batches, denominator)
+        assert abs(loss - ref_loss) <= 1e-5 * abs(ref_loss), (mode, size, loss, ref_loss)
+        for name, g in grads.items():
+            assert _close(g, ref_grads[name]), (mode, size, name)
+
+
+def test_the_mlp_runs_only_at_read_rows_and_outside_a_loss_forward_at_all():
+    model = _perturbed(_qwen2())
+    assert install_last_layer_skip(model) == ["layers[1].self_attn.o_proj", "layers[1].mlp"]
+    assert install_last_layer_skip(model) == ["layers[1].self_attn.o_proj", "layers[1].mlp"]  # idempotent
+    decoder, seen = model.get_decoder(), []
+    decoder.layers[1].mlp.down_proj.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[:-1]))
+    ids = torch.randint(0, 300, (2, 9))
+    full = decoder(input_ids=ids).last_hidden_state
+    rows, cols = torch.tensor([0, 0, 1]), torch.tensor([3, 8, 5])
+    with reading_only(decoder, rows, cols, ids.shape[1]):
+        part = decoder(input_ids=ids).last_hidden_state
+    assert seen == [(2, 9), (3,)]  # every position outside, only the three read rows inside
+    assert _close(part[rows, cols], full[rows, cols])
+    again = decoder(input_ids=ids).last_hidden_state  # the index is gone after the forward
+    assert torch.equal(again, full)
+
+
+def test_left_alone_with_gradient_checkpointing_or_a_mixture_of_experts():
+    model = _qwen2()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert install_last_layer_skip(model) == []  # backward's recomputation would run outside the read index
+
+    model = _qwen2()
+    model.model.layers[-1].mlp.experts = torch.nn.ModuleList()  # what a mixture-of-experts block looks like
+    assert install_last_layer_skip(model) == []
+    assert "forward" not in model.model.layers[-1].mlp.__dict__
+
+
+def test_a_layer_whose_output_mixes_positions_fails_the_probe_and_keeps_its_code():
+    """A last layer that mixes positions after its MLP (here: a running sum) would read skipped rows: the probe
+    sees it and restores the original forwards."""
+    model = _perturbed(_qwen2())
+    mlp = model.model.layers[-1].mlp
+    original = type(mlp).forward
+    type_forward = mlp.forward
+
+    def mixing(x: torch.Tensor) -> torch.Tensor:
+        return type_forward(x).cumsum(dim=-2)
+
+    mlp.forward = mixing
+    assert install_last_layer_skip(model) == []
+    assert mlp.forward is mixing and "forward" not in model.model.layers[-1].self_attn.o_proj.__dict__
+    assert type(mlp).forward is original
