@@ -103,3 +103,47 @@ def test_a_layer_whose_output_mixes_positions_fails_the_probe_and_keeps_its_code
     assert install_last_layer_skip(model) == []
     assert mlp.forward is mixing and "forward" not in model.model.layers[-1].self_attn.o_proj.__dict__
     assert type(mlp).forward is original
+
+
+def _grads(model, batch) -> tuple[float, list[torch.Tensor]]:
+    from sftlab.train.loss import micro_batch_loss, supervised_token_nll
+
+    model.zero_grad(set_to_none=True)
+    loss = micro_batch_loss(supervised_token_nll(model, batch, chunk_size=8), batch, 10.0)
+    loss.backward()
+    return loss.item(), [p.grad.detach().clone() for p in model.parameters()]
+
+
+def _padfree_batch():
+    from test_attention_gpu import _samples
+
+    from sftlab.train.batching import collate
+
+    return collate(_samples([9, 20, 4, 13]), "padfree", 0, attn_implementation="sdpa_varlen")
+
+
+def test_checkpointing_switched_on_after_install_makes_the_skip_stand_down(tiny_model_dir):
+    """Backward's recomputation runs outside the read index, so the skip must not run in that forward either."""
+    from test_attention_gpu import _model
+
+    model, batch = _perturbed(_model(tiny_model_dir, "sdpa_varlen")), _padfree_batch()
+    loss, grads = _grads(model, batch)
+    assert install_last_layer_skip(model)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    loss_ckpt, grads_ckpt = _grads(model, batch)  # would raise on a recomputed shape mismatch
+    assert abs(loss - loss_ckpt) <= 1e-6 * abs(loss)
+    assert all(_close(b, a) for a, b in zip(grads, grads_ckpt, strict=True))
+
+
+@pytest.mark.slow
+def test_torch_compile_with_the_skip_gives_the_same_loss_and_gradients(tiny_model_dir):
+    """train.torch_compile compiles the decoder before the skip is installed; the first call traces it in."""
+    from test_attention_gpu import _model
+
+    model, batch = _perturbed(_model(tiny_model_dir, "sdpa_varlen")), _padfree_batch()
+    loss, grads = _grads(model, batch)
+    model.get_decoder().compile(dynamic=True)
+    assert install_last_layer_skip(model)
+    loss_compiled, grads_compiled = _grads(model, batch)
+    assert abs(loss - loss_compiled) <= 1e-4 * abs(loss)
+    assert all(_close(b, a, 1e-4) for a, b in zip(grads, grads_compiled, strict=True))

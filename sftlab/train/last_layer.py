@@ -12,7 +12,7 @@ value), so the layer's attention module and kernels are untouched.
 `read_positions` holds an index, they run on those rows only and write zeros elsewhere (a value nobody reads).
 It is installed only where it provably changes nothing the loss sees: a dense MLP (no mixture-of-experts router,
 whose token routing could differ), no gradient checkpointing (its recomputation in backward would run outside
-the forward's index), and a probe forward with and without the skip must agree at the read positions.
+the forward's index; switched on later, it makes the skip stand down), and a probe forward with and without the skip must agree at the read positions.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import torch
 class ReadPositions:
     """The flattened [rows * length] positions the current forward's loss reads; None outside such a forward."""
 
-    def __init__(self) -> None:
+    def __init__(self, layer: torch.nn.Module) -> None:
+        self.layer = layer  # the last decoder layer: if checkpointing is switched on later, the skip stands down
         self.index: torch.Tensor | None = None
 
 
@@ -83,7 +84,7 @@ def install_last_layer_skip(model: torch.nn.Module) -> list[str]:
     dense = mlp is not None and hasattr(mlp, "down_proj") and not hasattr(mlp, "experts")
     if not isinstance(o_proj, torch.nn.Module) or not dense:
         return []
-    read = ReadPositions()
+    read = ReadPositions(last)
     own = [(module, module.__dict__.get("forward")) for module in (o_proj, mlp)]
     for module, _ in own:
         module.forward = _only_read_rows(module.forward, read)
@@ -103,7 +104,7 @@ def install_last_layer_skip(model: torch.nn.Module) -> list[str]:
 def reading_only(decoder: torch.nn.Module, rows: torch.Tensor, cols: torch.Tensor, length: int) -> Iterator[None]:
     """During this forward, the last layer skips every position but (rows, cols) of a [R, length] batch."""
     read: Any = getattr(decoder, "sftlab_read_positions", None)
-    if read is None:
+    if read is None or getattr(read.layer, "gradient_checkpointing", False) is True:
         yield
         return
     read.index = rows * length + cols
