@@ -61,9 +61,11 @@ def test_loss_contract_holds_with_the_skip(tiny_model_dir, tiny_tokenizer, kerne
 
 
 def test_the_mlp_runs_only_at_read_rows_and_outside_a_loss_forward_at_all():
-    model = _perturbed(_qwen2())
+    model = _perturbed(_qwen2()).train()
+    model.model.layers[0].mlp.eval()  # a part the caller put in eval mode stays there
     assert install_last_layer_skip(model) == ["layers[1].self_attn.o_proj", "layers[1].mlp"]
     assert install_last_layer_skip(model) == ["layers[1].self_attn.o_proj", "layers[1].mlp"]  # idempotent
+    assert model.model.training and model.model.layers[1].mlp.training and not model.model.layers[0].mlp.training
     decoder, seen = model.get_decoder(), []
     decoder.layers[1].mlp.down_proj.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[:-1]))
     ids = torch.randint(0, 300, (2, 9))

@@ -41,7 +41,6 @@ def _only_read_rows(forward: Callable[[torch.Tensor], torch.Tensor], read: ReadP
         out = y.new_zeros(flat.shape[0], y.shape[-1]).index_copy(0, read.index, y)
         return out.view(*x.shape[:-1], y.shape[-1])
 
-    forward_read_rows.sftlab_original = forward
     return forward_read_rows
 
 
@@ -51,7 +50,7 @@ def _probe_agrees(decoder: torch.nn.Module, read: ReadPositions, vocab: int) -> 
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab, (1, 12), generator=gen).to(param.device)
     index = torch.tensor([2, 3, 7, 11], device=param.device)
-    was_training = decoder.training
+    modes = {module: module.training for module in decoder.modules()}
     decoder.eval()  # no dropout in the comparison
     try:
         with torch.no_grad():
@@ -63,7 +62,8 @@ def _probe_agrees(decoder: torch.nn.Module, read: ReadPositions, vocab: int) -> 
         return False
     finally:
         read.index = None
-        decoder.train(was_training)
+        for module, training in modes.items():
+            module.training = training
     return bool(torch.allclose(full.float(), skip.float(), rtol=1e-4, atol=1e-5))
 
 
