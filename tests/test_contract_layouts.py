@@ -95,6 +95,34 @@ def loss_and_grads(model, batches: list, denominator: float,
     return total, {n: p.grad.detach().clone() for n, p in model.named_parameters()}
 
 
+def assert_every_layout_matches_after(install, tiny_model_dir, tokenizer, kernel: str) -> None:
+    """The pad reference's loss and gradients on the plain model; then `install(model)` (an exact optimization,
+    returning what it installed) and every layout under `kernel` must give them again at 1e-5."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa", dtype=torch.float32)
+    with torch.no_grad():  # norms initialised to 1 would hide a wrong weight gradient
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    samples, _ = render_records([dict(r, task_type="chat", source="test", meta={}) for r in RECORDS], tokenizer,
+                                max_length=512)
+    attach_loss_coefficients(samples, "turn")
+    denominator = sum(s["loss_denom"] for s in samples)
+    pad_id = tokenizer.pad_token_id
+    ref_loss, ref_grads = loss_and_grads(model, micro_batches(samples, "pad", 4, pad_id), denominator)
+
+    assert install(model)
+    register_attention_kernels()
+    model.set_attn_implementation(kernel)
+    for mode, size in [("pad", 4), ("pad", 1), ("padfree", 2), ("pack", 1), ("pack", 2)]:
+        batches = micro_batches(samples, mode, size, pad_id, "sdpa" if mode == "pad" else kernel)
+        loss, grads = loss_and_grads(model, batches, denominator)
+        assert abs(loss - ref_loss) <= 1e-5 * abs(ref_loss), (mode, size, loss, ref_loss)
+        for name, g in grads.items():
+            assert (g - ref_grads[name]).norm() <= 1e-5 * ref_grads[name].norm() + 1e-12, (mode, size, name)
+
+
 def direct_loss(model, samples: list[dict], reduction: str, task_weights: list[float] | None = None) -> float:
     """The DESIGN §2 formulas computed the plain way: one HF forward per sample, loops over samples and turns.
     `task_weights` (one per sample) multiply the numerator only, the denominator is left as it is."""

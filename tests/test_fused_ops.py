@@ -125,34 +125,9 @@ def test_auto_means_cpu_only():
 def test_loss_contract_holds_with_fused_ops(tiny_model_dir, tiny_tokenizer, kernel):
     """Every layout of the global batch, run with the fused ops, gives the unfused pad reference's loss and
     gradients (the same 1e-5 as tests/test_contract_layouts.py)."""
-    from test_contract_layouts import RECORDS, loss_and_grads, micro_batches
-    from transformers import AutoModelForCausalLM
+    from test_contract_layouts import assert_every_layout_matches_after
 
-    from sftlab.data.render import render_records
-    from sftlab.train.attention import register_attention_kernels
-    from sftlab.train.loss import attach_loss_coefficients
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa", dtype=torch.float32)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    samples, _ = render_records([dict(r, task_type="chat", source="test", meta={}) for r in RECORDS], tiny_tokenizer,
-                                max_length=512)
-    attach_loss_coefficients(samples, "turn")
-    denominator = sum(s["loss_denom"] for s in samples)
-    pad_id = tiny_tokenizer.pad_token_id
-    ref_loss, ref_grads = loss_and_grads(model, micro_batches(samples, "pad", 4, pad_id), denominator)
-
-    assert install_fused_ops(model)
-    register_attention_kernels()
-    model.set_attn_implementation(kernel)
-    for mode, size in [("pad", 4), ("pad", 1), ("padfree", 2), ("pack", 1), ("pack", 2)]:
-        batches = micro_batches(samples, mode, size, pad_id, "sdpa" if mode == "pad" else kernel)
-        loss, grads = loss_and_grads(model, batches, denominator)
-        assert abs(loss - ref_loss) <= 1e-5 * abs(ref_loss), (mode, size, loss, ref_loss)
-        for name, g in grads.items():
-            assert _close(g, ref_grads[name]), (mode, size, name)
+    assert_every_layout_matches_after(install_fused_ops, tiny_model_dir, tiny_tokenizer, kernel)
 
 
 def test_estimator_counts_what_the_fused_norm_saves():
