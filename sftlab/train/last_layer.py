@@ -9,10 +9,11 @@ per position (the MLP is most of a layer). Attention itself is left whole (the r
 value), so the layer's attention module and kernels are untouched.
 
 `install_last_layer_skip(model)` wraps `layers[-1].self_attn.o_proj` and `layers[-1].mlp` so that, while
-`read_positions` holds an index, they run on those rows only and write zeros elsewhere (a value nobody reads).
+`reading_only` holds an index, they run on those rows only and write zeros elsewhere (a value nobody reads).
 It is installed only where it provably changes nothing the loss sees: a dense MLP (no mixture-of-experts router,
-whose token routing could differ), no gradient checkpointing (its recomputation in backward would run outside
-the forward's index; switched on later, it makes the skip stand down), and a probe forward with and without the skip must agree at the read positions.
+whose token routing could differ), no gradient checkpointing (its recomputation in backward would run outside the
+forward's index; switched on later, it makes the skip stand down), and a probe forward with and without the skip
+must agree at the read positions.
 """
 
 from __future__ import annotations
@@ -30,6 +31,15 @@ class ReadPositions:
     def __init__(self, layer: torch.nn.Module) -> None:
         self.layer = layer  # the last decoder layer: if checkpointing is switched on later, the skip stands down
         self.index: torch.Tensor | None = None
+
+
+def _checkpointing(layer: torch.nn.Module) -> bool:
+    return getattr(layer, "gradient_checkpointing", False) is True
+
+
+def _skipped(layers: Any) -> list[str]:
+    n = len(layers) - 1
+    return [f"layers[{n}].self_attn.o_proj", f"layers[{n}].mlp"]
 
 
 def _only_read_rows(forward: Callable[[torch.Tensor], torch.Tensor], read: ReadPositions) -> Callable:
@@ -72,13 +82,12 @@ def install_last_layer_skip(model: torch.nn.Module) -> list[str]:
     Returns what now skips, e.g. ["layers[7].self_attn.o_proj", "layers[7].mlp"], or [] where it does not
     apply. Idempotent."""
     decoder = model.get_decoder()
-    if hasattr(decoder, "sftlab_read_positions"):
-        return list(decoder.sftlab_read_skips)
     layers = getattr(decoder, "layers", None)
-    checkpointing = any(getattr(module, "gradient_checkpointing", False) is True for module in decoder.modules())
-    if not layers or checkpointing:
+    if hasattr(decoder, "sftlab_read_positions"):
+        return _skipped(layers)
+    if not layers or _checkpointing(layers[-1]):
         return []
-    last, n = layers[-1], len(layers) - 1
+    last = layers[-1]
     attn, mlp = getattr(last, "self_attn", None), getattr(last, "mlp", None)
     o_proj = getattr(attn, "o_proj", None)
     dense = mlp is not None and hasattr(mlp, "down_proj") and not hasattr(mlp, "experts")
@@ -96,15 +105,14 @@ def install_last_layer_skip(model: torch.nn.Module) -> list[str]:
                 module.forward = forward
         return []
     decoder.sftlab_read_positions = read
-    decoder.sftlab_read_skips = (f"layers[{n}].self_attn.o_proj", f"layers[{n}].mlp")
-    return list(decoder.sftlab_read_skips)
+    return _skipped(layers)
 
 
 @contextmanager
 def reading_only(decoder: torch.nn.Module, rows: torch.Tensor, cols: torch.Tensor, length: int) -> Iterator[None]:
     """During this forward, the last layer skips every position but (rows, cols) of a [R, length] batch."""
     read: Any = getattr(decoder, "sftlab_read_positions", None)
-    if read is None or getattr(read.layer, "gradient_checkpointing", False) is True:
+    if read is None or _checkpointing(read.layer):
         yield
         return
     read.index = rows * length + cols
