@@ -1,11 +1,12 @@
-"""`sftlab data clean` and `sftlab data dedup` at scale: wall time and peak RSS of each CLI run.
+"""`sftlab data clean`, `dedup` and `split` at scale: wall time and peak RSS of each CLI run.
 
     python benchmarks/bench_curate_scale.py --n 1000000            # the issue's figure (1M records)
     python benchmarks/bench_curate_scale.py --n 200000 --dedup-mode exact near
+    python benchmarks/bench_curate_scale.py --n 200000 --dedup-mode --split   # clean, then split (leakage near)
 
 Generates N canonical records as JSONL in a temp dir (English-like prompts and answers of 20-200 words;
 about 8% empty answers or refusals for clean to drop, 5% exact and 5% near duplicates for dedup), then runs
-clean on it and dedup on clean's output (dedup refuses empty answers), each step as its own subprocess (`python -m sftlab data ...`) and reads that child's peak RSS from
+clean on it and dedup / split on clean's output (dedup refuses empty answers), each step as its own subprocess (`python -m sftlab data ...`) and reads that child's peak RSS from
 os.wait4 (ru_maxrss), so every row is the step alone. Prints one table.
 """
 
@@ -73,6 +74,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--dedup-mode", nargs="*", default=["near"], choices=["exact", "near"])
+    ap.add_argument("--split", action="store_true", help="also run `data split` (default leakage: near)")
     ap.add_argument("--workdir", type=Path, default=None, help="keep files here instead of a temp dir")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,6 +87,8 @@ def main() -> None:
         steps = [("clean", ["data", "clean", str(data), "-o", str(work / "clean.jsonl")])]
         steps += [(f"dedup --mode {m}", ["data", "dedup", str(work / "clean.jsonl"), "-o",
                                          str(work / f"dedup_{m}.jsonl"), "--mode", m]) for m in args.dedup_mode]
+        if args.split:
+            steps.append(("split", ["data", "split", str(work / "clean.jsonl"), "-o", str(work / "split")]))
         rows = []
         for name, argv in steps:
             with open(argv[2], "rb") as f:

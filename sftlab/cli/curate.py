@@ -95,7 +95,13 @@ def dedup_cmd(inputs: list[Path] = typer.Argument(..., help="record files"), out
         dedup_near_stream,
         dedup_records,
     )
-    from sftlab.data.curate.io import dropped_path, iter_record_chunks, load_records, write_result_stream
+    from sftlab.data.curate.io import (
+        dropped_path,
+        iter_record_chunks,
+        load_records,
+        reread_record_chunks,
+        write_result_stream,
+    )
 
     cfg = parse_config(DedupConfig, "dedup", step_options(config, set_, field=field, mode=mode, threshold=threshold,
                                                           keep=keep, score_key=score_key,
@@ -108,7 +114,7 @@ def dedup_cmd(inputs: list[Path] = typer.Argument(..., help="record files"), out
         typer.echo(f"{summary} -> {out} (removed: {dropped_path(out)})")
         return
     if can_stream_near(cfg):  # near keep-first: passes over the input holding digests + signature rows
-        summary = write_result_stream(dedup_near_stream(lambda: iter_record_chunks(inputs, chunk_size=2048), cfg),
+        summary = write_result_stream(dedup_near_stream(reread_record_chunks(inputs, chunk_size=2048), cfg),
                                       out, "dedup")
         typer.echo(f"{summary} -> {out} (removed: {dropped_path(out)})")
         return
@@ -124,16 +130,13 @@ def split_cmd(inputs: list[Path] = typer.Argument(..., help="record files"),
               config: Path | None = CONFIG, set_: list[str] = SET) -> None:
     """Stratified, id-hash-deterministic train/val/test split with prompt leakage removal."""
     from sftlab.data.curate.config import parse_config
-    from sftlab.data.curate.io import load_records, save_records
-    from sftlab.data.curate.split import SplitConfig, split_records
-    from sftlab.data.records import write_jsonl
+    from sftlab.data.curate.io import reread_record_chunks
+    from sftlab.data.curate.split import SplitConfig, split_stream, write_split_stream
 
     cfg = parse_config(SplitConfig, "split", step_options(config, set_, val=val, test=test, seed=seed,
                                                           leakage=leakage))
-    parts, dropped, info = split_records(load_records(inputs), cfg)
-    for name, recs in parts.items():
-        save_records(recs, Path(out) / f"{name}.jsonl")
-    write_jsonl(dropped, Path(out) / "dropped.jsonl")
+    # in passes over the input (compact state per record), so millions of records fit
+    info = write_split_stream(split_stream(reread_record_chunks(inputs, chunk_size=2048), cfg), out)
     typer.echo(f"split: train {info['train']}, val {info['val']}, test {info['test']}; "
                f"removed {info['leaked']} leaking val/test records -> {out}")
 

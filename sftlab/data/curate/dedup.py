@@ -105,17 +105,19 @@ def shingle_hashes(th: np.ndarray, lens: np.ndarray, n: int) -> tuple[np.ndarray
     return flat, offsets
 
 
-def lsh_candidates(sig: np.ndarray, bands: int) -> tuple[np.ndarray, np.ndarray]:
+def lsh_candidates(sig: np.ndarray | Sequence[np.ndarray], bands: int) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (i < j) of rows sharing at least one LSH band of their MinHash signatures, sorted by i.
 
     Banding is done here in numpy on rensa's digest matrix (rensa's own LSH index can only be queried one
-    signature object at a time)."""
-    rows = sig.shape[1] // bands
+    signature object at a time). `sig` may be a list of row blocks (the matrix in parts, as the streaming
+    steps collect it): one band's columns are gathered at a time, so the whole matrix is never copied."""
+    parts = [sig] if isinstance(sig, np.ndarray) else list(sig)
+    rows = parts[0].shape[1] // bands
     pair_keys = []
-    n = sig.shape[0]
+    n = sum(len(part) for part in parts)
     with np.errstate(over="ignore"):
         for b in range(bands):
-            block = sig[:, b * rows:(b + 1) * rows].astype(np.uint64)
+            block = np.concatenate([part[:, b * rows:(b + 1) * rows] for part in parts]).astype(np.uint64)
             key = block[:, 0].copy()
             for c in range(1, rows):
                 key = key * _MUL + block[:, c]
@@ -386,18 +388,18 @@ def can_stream_near(cfg: DedupConfig) -> bool:
     return cfg.mode == "near" and cfg.keep == "first" and cfg.semantic_threshold is None
 
 
-def _candidate_shingles(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]]]], wanted: np.ndarray,
-                        cfg: DedupConfig) -> dict[int, np.ndarray]:
-    """Sorted unique shingle hashes of the records at input positions `wanted` (sorted), re-read from the
-    input: only the candidate rows of LSH are held, 8 bytes per distinct shingle."""
+def candidate_shingles(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]]]], wanted: np.ndarray,
+                       field: str, ngram: int) -> dict[int, np.ndarray]:
+    """Sorted unique shingle hashes of the `field` texts of the records at input positions `wanted` (sorted),
+    re-read from the input: only the candidate rows of LSH are held, 8 bytes per distinct shingle."""
     out: dict[int, np.ndarray] = {}
     start = 0
     for chunk in read_chunks():
         lo, hi = np.searchsorted(wanted, [start, start + len(chunk)])
         pos = wanted[lo:hi].tolist()
         if pos:
-            th, lens = token_hashes([field_text(chunk[p - start], cfg.field) for p in pos])
-            flat, off = shingle_hashes(th, lens, cfg.ngram)
+            th, lens = token_hashes([field_text(chunk[p - start], field) for p in pos])
+            flat, off = shingle_hashes(th, lens, ngram)
             for k, p in enumerate(pos):
                 out[p] = np.unique(flat[off[k]:off[k + 1]])
         start += len(chunk)
@@ -447,7 +449,7 @@ def dedup_near_stream(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]
         del sig_parts
         ci, cj = lsh_candidates(sig, lsh_bands(cfg.threshold, cfg.num_perm))
         uniq_arr = np.asarray(uniq, dtype=np.int64)
-        shingles = (_candidate_shingles(read_chunks, np.unique(uniq_arr[np.concatenate([ci, cj])]), cfg)
+        shingles = (candidate_shingles(read_chunks, np.unique(uniq_arr[np.concatenate([ci, cj])]), cfg.field, cfg.ngram)
                     if cfg.verify and len(ci) else {})
 
         def similarity(u: int, v: int) -> float:

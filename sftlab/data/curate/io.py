@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,24 +83,38 @@ def _check_inputs(paths: str | Path | Sequence[str | Path]) -> list[str]:
 
 
 def iter_record_chunks(paths: str | Path | Sequence[str | Path], *, chunk_size: int = 10_000,
-                       allow_empty_answers: bool = False) -> Iterator[list[dict[str, Any]]]:
+                       allow_empty_answers: bool = False, warn: bool = True) -> Iterator[list[dict[str, Any]]]:
     """load_records as a stream of chunks of at most chunk_size records: same reader, same errors, same
-    warnings (printed as each input ends), memory bounded by the chunk plus the ids seen."""
+    warnings (printed as each input ends, unless warn=False), memory bounded by the chunk plus the ids seen."""
     from sftlab.data.formats import iter_records
 
     info: list[dict] = []
     printed = 0
     for records, _ in iter_records(_check_inputs(paths), chunk_size=chunk_size, info=info,
                                    allow_empty_answers=allow_empty_answers):
-        for i in info[printed:]:
+        for i in info[printed:] if warn else ():
             for w in i["warnings"]:
                 print(f"warning: {w}", file=sys.stderr)
         printed = len(info)
         if records:
             yield records
-    for i in info[printed:]:
+    for i in info[printed:] if warn else ():
         for w in i["warnings"]:
             print(f"warning: {w}", file=sys.stderr)
+
+
+def reread_record_chunks(paths: str | Path | Sequence[str | Path], *, chunk_size: int = 10_000
+                         ) -> Callable[[], Iterator[list[dict[str, Any]]]]:
+    """`read_chunks` for the steps that stream in passes: each call reads the inputs again in the same
+    chunks; the reader's warnings are printed on the first pass only."""
+    passes = 0
+
+    def read_chunks() -> Iterator[list[dict[str, Any]]]:
+        nonlocal passes
+        passes += 1
+        return iter_record_chunks(paths, chunk_size=chunk_size, warn=passes == 1)
+
+    return read_chunks
 
 
 def save_records(records: Iterable[dict[str, Any]], path: str | Path) -> int:
@@ -127,7 +141,7 @@ def _parquet_table(rows: Sequence[dict[str, Any]]) -> Any:
     return pa.table(cols, schema=schema)
 
 
-class _AtomicJsonl:
+class AtomicJsonl:
     """Appends rows to PATH.tmp as JSON lines (same bytes as write_jsonl); `commit` renames it to PATH."""
 
     def __init__(self, path: Path) -> None:
@@ -191,8 +205,8 @@ def write_result_stream(results: Iterable[StepResult], out: str | Path, step: st
     """Write a stream of per-chunk StepResults to OUT and OUT.dropped.jsonl as they come (both files
     appear atomically at the end; on an error neither is written). Returns the step's summary line."""
     out = Path(out)
-    kept_file = _AtomicParquet(out) if out.suffix == ".parquet" else _AtomicJsonl(out)
-    dropped_file = _AtomicJsonl(dropped_path(out))
+    kept_file = _AtomicParquet(out) if out.suffix == ".parquet" else AtomicJsonl(out)
+    dropped_file = AtomicJsonl(dropped_path(out))
     counts: Counter = Counter()
     try:
         for result in results:

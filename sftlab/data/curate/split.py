@@ -3,21 +3,29 @@
 A record's split depends only on its id, the seed and its task_type's size, not on file order. Prompts that
 appear in two splits (exact after normalisation, or near-duplicate by MinHash LSH + exact Jaccard) leak
 evaluation data into training: the copy in the later split (val, then test) is removed and reported.
+
+`split_stream` does it in passes over the input, so millions of records fit: pass 1 keeps per record only its
+id, task_type, a 16-byte digest of its normalised prompt and (leakage near) a uint32 MinHash signature row;
+pass 2 re-reads just the LSH candidate rows that sit in different splits, for their exact Jaccard; pass 3
+hands each record to its split. `split_records` is the same function on an in-memory list.
 """
 
 from __future__ import annotations
 
 import hashlib
+from array import array
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import Field, model_validator
 
 from sftlab.data.curate.config import StepConfig, parse_config
-from sftlab.data.curate.dedup import near_pairs
-from sftlab.data.curate.io import drop
-from sftlab.data.curate.text import prompt_text, tokens
+from sftlab.data.curate.dedup import candidate_shingles, lsh_bands, lsh_candidates, signatures
+from sftlab.data.curate.io import AtomicJsonl, drop
+from sftlab.data.curate.text import prompt_text, token_hashes
 
 SPLITS = ("train", "val", "test")
 
@@ -46,46 +54,112 @@ def id_fraction(record_id: str, seed: int) -> float:
     return int.from_bytes(h, "big") / 2.0 ** 64
 
 
+def split_stream(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]]]],
+                 config: SplitConfig | dict | None = None
+                 ) -> Iterator[tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]]:
+    """Per input chunk: ({train, val, test} records in input order, dropped leakage rows).
+
+    read_chunks() must yield the same chunks on every call (it is called two or three times)."""
+    cfg = config if isinstance(config, SplitConfig) else parse_config(SplitConfig, "split", config)
+    # compact per-record state (typed arrays, not Python objects): ~40 bytes + the id + a signature row
+    ids: list[str] = []
+    frac = array("d")
+    by_task: dict[str, array] = defaultdict(lambda: array("q"))
+    digests = bytearray()  # 16 bytes per record: its normalised prompt tokens, the exact-leakage key
+    with_tokens = array("q")  # positions of the prompts that have tokens (the rows of `sig_parts`)
+    sig_parts: list[np.ndarray] = []
+    for chunk in read_chunks():
+        start = len(ids)
+        for rec in chunk:
+            by_task[rec["task_type"]].append(len(ids))
+            ids.append(rec["id"])
+            frac.append(id_fraction(rec["id"], cfg.seed))
+        if cfg.leakage == "off":
+            continue
+        th, lens = token_hashes([prompt_text(r) for r in chunk])
+        for end, n in zip(np.cumsum(lens).tolist(), lens.tolist(), strict=True):
+            digests += hashlib.blake2b(th[end - n:end].tobytes(), digest_size=16).digest()
+        with_tokens.extend((start + np.flatnonzero(lens)).tolist())
+        if cfg.leakage == "near" and lens.any():
+            sig_parts.append(signatures(th, lens[lens > 0], cfg.ngram, cfg.num_perm, cfg.seed)[2])
+
+    where = np.zeros(len(ids), dtype=np.int8)  # index into SPLITS
+    for idx in by_task.values():
+        idx = sorted(idx, key=lambda i: (frac[i], ids[i]))
+        n_test, n_val = round(len(idx) * cfg.test), round(len(idx) * cfg.val)
+        where[idx[:n_test]] = 2
+        where[idx[n_test:n_test + n_val]] = 1
+
+    leaked: dict[int, tuple[str, int, float]] = {}  # position -> (reason, position it leaks with, similarity)
+    first: dict[bytes, int] = {}
+    for i in np.argsort(where, kind="stable").tolist() if digests else ():
+        j = first.setdefault(bytes(digests[16 * i:16 * i + 16]), i)  # exact: a later split's prompt equal
+        if where[j] < where[i]:  # to an earlier split's
+            leaked[i] = ("leak_exact", j, 1.0)
+    del first, digests
+    if sig_parts:
+        rows = np.frombuffer(with_tokens, dtype=np.int64)
+        ci, cj = lsh_candidates(sig_parts, lsh_bands(cfg.threshold, cfg.num_perm))
+        del sig_parts
+        pi, pj = rows[ci], rows[cj]
+        cross = where[pi] != where[pj]  # pairs inside one split never leak: their Jaccard is not needed
+        pi, pj = pi[cross].tolist(), pj[cross].tolist()
+        shingles = candidate_shingles(read_chunks, np.unique(np.asarray(pi + pj, dtype=np.int64)), "prompt",
+                                      cfg.ngram) if pi else {}
+        for i, j in zip(pi, pj, strict=True):  # sorted by (i, j): the first pair that qualifies wins
+            lo, hi = (i, j) if where[i] < where[j] else (j, i)
+            if hi in leaked or lo in leaked:
+                continue
+            a, b = shingles[i], shingles[j]
+            inter = len(np.intersect1d(a, b, assume_unique=True))
+            sim = inter / (len(a) + len(b) - inter)
+            if sim >= cfg.threshold:
+                leaked[hi] = ("leak_near", lo, round(sim, 4))
+
+    split_of = [SPLITS[w] for w in where.tolist()]
+    pos = 0
+    for chunk in read_chunks():
+        parts: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+        dropped: list[dict[str, Any]] = []
+        for rec in chunk:
+            part = split_of[pos]
+            if pos in leaked:
+                reason, other, sim = leaked[pos]
+                dropped.append(drop(rec, "split", reason, split=part, leaks_with=ids[other],
+                                    leaks_into=split_of[other], similarity=sim))
+            else:
+                parts[part].append({**rec, "meta": {**(rec.get("meta") or {}), "split": part}})
+            pos += 1
+        yield parts, dropped
+
+
 def split_records(records: Sequence[dict[str, Any]], config: SplitConfig | dict | None = None
                   ) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]], dict[str, Any]]:
     """({train, val, test} records in input order, dropped leakage rows, info)."""
-    cfg = config if isinstance(config, SplitConfig) else parse_config(SplitConfig, "split", config)
-    by_task: dict[str, list[int]] = defaultdict(list)
-    for i, r in enumerate(records):
-        by_task[r["task_type"]].append(i)
-    where = [0] * len(records)  # index into SPLITS
-    for idx in by_task.values():
-        idx = sorted(idx, key=lambda i: (id_fraction(records[i]["id"], cfg.seed), records[i]["id"]))
-        n_test, n_val = round(len(idx) * cfg.test), round(len(idx) * cfg.val)
-        for rank, i in enumerate(idx):
-            where[i] = 2 if rank < n_test else 1 if rank < n_test + n_val else 0
-
-    dropped: list[dict[str, Any]] = []
-    leaked: dict[int, tuple[str, int, float]] = {}
-    if cfg.leakage != "off":
-        toks = [tokens(prompt_text(r)) for r in records]
-        first: dict[str, int] = {}
-        # exact: every prompt in a later split that equals one in an earlier split
-        for i in sorted(range(len(records)), key=lambda i: (where[i], i)):
-            key = " ".join(toks[i])
-            if key in first and where[first[key]] < where[i]:
-                leaked[i] = ("leak_exact", first[key], 1.0)
-            first.setdefault(key, i)
-        if cfg.leakage == "near":
-            prompts = [prompt_text(r) for r in records]
-            for i, j, sim in near_pairs(prompts, cfg.threshold, cfg.ngram, cfg.num_perm, cfg.seed):
-                if where[i] == where[j]:
-                    continue
-                lo, hi = (i, j) if where[i] < where[j] else (j, i)
-                if hi not in leaked and lo not in leaked:
-                    leaked[hi] = ("leak_near", lo, round(sim, 4))
     out: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
-    for i, r in enumerate(records):
-        if i in leaked:
-            reason, other, sim = leaked[i]
-            dropped.append(drop(r, "split", reason, split=SPLITS[where[i]], leaks_with=records[other]["id"],
-                                leaks_into=SPLITS[where[other]], similarity=sim))
-        else:
-            out[SPLITS[where[i]]].append({**r, "meta": {**(r.get("meta") or {}), "split": SPLITS[where[i]]}})
+    dropped: list[dict[str, Any]] = []
+    for parts, leaked in split_stream(lambda: [records], config):
+        for s in SPLITS:
+            out[s] += parts[s]
+        dropped += leaked
     info = {s: len(v) for s, v in out.items()} | {"leaked": len(dropped)}
     return out, dropped, info
+
+
+def write_split_stream(results: Iterable[tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]],
+                       out_dir: str | Path) -> dict[str, int]:
+    """Write split_stream's chunks to OUT_DIR/{train,val,test,dropped}.jsonl as they come; all four files
+    appear at the end (on an error none is written). Returns the counts (info of split_records)."""
+    files = {name: AtomicJsonl(Path(out_dir) / f"{name}.jsonl") for name in (*SPLITS, "dropped")}
+    try:
+        for parts, dropped in results:
+            for s in SPLITS:
+                files[s].write(parts[s])
+            files["dropped"].write(dropped)
+    except BaseException:
+        for f in files.values():
+            f.abort()
+        raise
+    for f in files.values():
+        f.commit()
+    return {s: files[s].count for s in SPLITS} | {"leaked": files["dropped"].count}
