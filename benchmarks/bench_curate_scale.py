@@ -3,6 +3,7 @@
     python benchmarks/bench_curate_scale.py --n 1000000            # the figure (1M records)
     python benchmarks/bench_curate_scale.py --n 200000 --dedup-mode exact near
     python benchmarks/bench_curate_scale.py --n 200000 --dedup-mode --split   # clean, then split (leakage near)
+    python benchmarks/bench_curate_scale.py --n 200000 --dedup-mode near --dedup-keep score
 
 Generates N canonical records as JSONL in a temp dir (English-like prompts and answers of 20-200 words;
 about 8% empty answers or refusals for clean to drop, 5% exact and 5% near duplicates for dedup), then runs
@@ -52,7 +53,8 @@ def generate(path: Path, n: int, seed: int = 0) -> int:
                     pool.append((prompt, answer))
             rec = {"id": f"r{i}", "messages": [{"role": "user", "content": prompt},
                                                {"role": "assistant", "content": answer}],
-                   "tools": None, "task_type": f"t{i % 7}", "source": "bench", "meta": {}}
+                   "tools": None, "task_type": f"t{i % 7}", "source": "bench",
+                   "meta": {"quality": round(rng.random(), 3)}}  # what `dedup --keep score` ranks by
             f.write(json.dumps(rec) + "\n")
     return path.stat().st_size
 
@@ -74,6 +76,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--dedup-mode", nargs="*", default=["near"], choices=["exact", "near"])
+    ap.add_argument("--dedup-keep", default="first", choices=["first", "score"],
+                    help="score: keep the record with the highest meta.quality of each cluster")
     ap.add_argument("--split", action="store_true", help="also run `data split` (default leakage: near)")
     ap.add_argument("--workdir", type=Path, default=None, help="keep files here instead of a temp dir")
     args = ap.parse_args()
@@ -84,9 +88,12 @@ def main() -> None:
         t0 = time.perf_counter()
         size = generate(data, args.n)
         print(f"generated {args.n} records ({size / 2**20:.0f} MiB) in {time.perf_counter() - t0:.0f} s", flush=True)
+        keep = ["--keep", "score", "--score-key", "quality"] if args.dedup_keep == "score" else []
         steps = [("clean", ["data", "clean", str(data), "-o", str(work / "clean.jsonl")])]
-        steps += [(f"dedup --mode {m}", ["data", "dedup", str(work / "clean.jsonl"), "-o",
-                                         str(work / f"dedup_{m}.jsonl"), "--mode", m]) for m in args.dedup_mode]
+        for m in args.dedup_mode:
+            steps.append((" ".join(["dedup --mode", m, *keep[:2]]),
+                          ["data", "dedup", str(work / "clean.jsonl"), "-o", str(work / f"dedup_{m}.jsonl"), "--mode", m,
+                           *keep]))
         if args.split:
             steps.append(("split", ["data", "split", str(work / "clean.jsonl"), "-o", str(work / "split")]))
         rows = []

@@ -89,10 +89,10 @@ def dedup_cmd(inputs: list[Path] = typer.Argument(..., help="record files"), out
     from sftlab.data.curate.config import parse_config
     from sftlab.data.curate.dedup import (
         DedupConfig,
+        can_dedup_in_passes,
         can_stream,
-        can_stream_near,
         dedup_exact_stream,
-        dedup_near_stream,
+        dedup_in_passes,
         dedup_records,
     )
     from sftlab.data.curate.io import (
@@ -113,8 +113,8 @@ def dedup_cmd(inputs: list[Path] = typer.Argument(..., help="record files"), out
         summary = write_result_stream(dedup_exact_stream(chunks, cfg), out, "dedup")
         typer.echo(f"{summary} -> {out} (removed: {dropped_path(out)})")
         return
-    if can_stream_near(cfg):  # near keep-first: passes over the input holding digests + signature rows
-        summary = write_result_stream(dedup_near_stream(reread_record_chunks(inputs, chunk_size=2048), cfg),
+    if can_dedup_in_passes(cfg):  # near, or keep=score: passes over the input holding digests + signature rows
+        summary = write_result_stream(dedup_in_passes(reread_record_chunks(inputs, chunk_size=2048), cfg),
                                       out, "dedup")
         typer.echo(f"{summary} -> {out} (removed: {dropped_path(out)})")
         return

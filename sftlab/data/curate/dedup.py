@@ -13,6 +13,7 @@ tokens at all are only compared exactly.
 from __future__ import annotations
 
 import hashlib
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal
 
@@ -354,8 +355,8 @@ def dedup_records(records: Sequence[dict[str, Any]], config: DedupConfig | dict 
 
 
 def can_stream(cfg: DedupConfig) -> bool:
-    """Exact dedup keeping the first of each group needs only the keys seen so far, so it streams;
-    near (LSH over all signatures), keep=score (a global order) and semantic dedup read the whole list."""
+    """Exact dedup keeping the first of each group needs only the keys seen so far, so it streams in one
+    pass; near and keep=score take passes (dedup_in_passes), semantic dedup reads the whole list."""
     return cfg.mode == "exact" and cfg.keep == "first" and cfg.semantic_threshold is None
 
 
@@ -383,9 +384,10 @@ def dedup_exact_stream(chunks: Iterable[Sequence[dict[str, Any]]], config: Dedup
         yield StepResult("dedup", kept, dropped)
 
 
-def can_stream_near(cfg: DedupConfig) -> bool:
-    """Near dedup keeping the first of each cluster streams in passes over the input (dedup_near_stream)."""
-    return cfg.mode == "near" and cfg.keep == "first" and cfg.semantic_threshold is None
+def can_dedup_in_passes(cfg: DedupConfig) -> bool:
+    """Every dedup except the semantic one (which embeds the survivors) runs in passes over the input
+    (dedup_in_passes); exact keep-first needs only one (dedup_exact_stream)."""
+    return cfg.semantic_threshold is None
 
 
 def candidate_shingles(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]]]], wanted: np.ndarray,
@@ -406,63 +408,104 @@ def candidate_shingles(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any
     return out
 
 
-def dedup_near_stream(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]]]],
-                      config: DedupConfig | dict | None = None) -> Iterator[StepResult]:
-    """dedup_records for mode=near, keep=first, in passes over the input with the same kept and dropped rows.
+def _score(rec: dict[str, Any], pos: int, key: str) -> float:
+    s = (rec.get("meta") or {}).get(key)
+    if isinstance(s, bool) or not isinstance(s, (int, float)):
+        raise UserError(f"dedup: record {pos} (id {rec['id']!r}): meta.{key} must be a number, got {s!r}")
+    return s
+
+
+def _take_rows(parts: list[np.ndarray], at: np.ndarray) -> np.ndarray:
+    """Rows `at` of the parts stacked, as one matrix in that order; each part is freed (popped from `parts`)
+    once copied, so the signatures are never held twice."""
+    out = np.empty((len(at), parts[0].shape[1]), dtype=parts[0].dtype)
+    order = np.argsort(at, kind="stable")
+    sorted_at = at[order]
+    start = 0
+    while parts:
+        part = parts.pop(0)
+        lo, hi = np.searchsorted(sorted_at, [start, start + len(part)])
+        out[order[lo:hi]] = part[sorted_at[lo:hi] - start]
+        start += len(part)
+    return out
+
+
+def dedup_in_passes(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]]]],
+                    config: DedupConfig | dict | None = None) -> Iterator[StepResult]:
+    """dedup_records without semantic dedup, in passes over the input, with the same kept and dropped rows.
 
     read_chunks() must yield the same chunks each call. Pass 1 keeps only compact state per record: its id,
-    a 16-byte exact-key digest and (first of each exact group) a uint32 MinHash signature row; LSH banding
-    runs on that array. Pass 2 (with verify) re-reads only the candidate rows to compute their exact shingle
-    Jaccard. Pass 3 streams the records again and yields each chunk's kept and dropped rows."""
+    its exact group, (keep=score) its score and, for a record that is the best of its exact group when it is
+    read, a uint32 MinHash signature row. The best of each group is then known; LSH banding runs on their
+    rows in priority order (input order, or highest score first). Pass 2 (near, with verify) re-reads only
+    the candidate rows for their exact shingle Jaccard. Pass 3 yields each chunk's kept and dropped rows."""
     cfg = config if isinstance(config, DedupConfig) else parse_config(DedupConfig, "dedup", config)
-    if not can_stream_near(cfg):
-        raise UserError("dedup: only mode=near with keep=first and no semantic_threshold streams in passes")
+    if not can_dedup_in_passes(cfg):
+        raise UserError("dedup: semantic dedup (semantic_threshold) reads the whole list; it does not stream")
+    by_score = cfg.keep == "score"
+    if by_score and not cfg.score_key:
+        raise UserError("dedup: keep='score' needs score_key (the meta field to rank by, higher is kept)")
+    near = cfg.mode == "near"
     ids: list[str] = []
-    rep_of: dict[int, tuple[int, str, float]] = {}  # input position -> (rep position, reason, similarity)
-    first_by_key: dict[bytes, int] = {}
-    uniq: list[int] = []  # positions of the first of each exact group that has tokens
+    scores: list[float] = []
+    group = array("q")  # per record: its exact group
+    best = array("q")  # per exact group: the position of its best record so far (first, or highest score)
+    group_of_key: dict[bytes, int] = {}
+    sig_pos = array("q")  # positions whose signature rows are kept (rows of sig_parts), ascending
     sig_parts: list[np.ndarray] = []
     for chunk in read_chunks():
-        texts = [field_text(r, cfg.field) for r in chunk]
-        th, lens = token_hashes(texts)
-        ends = np.cumsum(lens).tolist()
-        rows = []  # rows of this chunk's tokenised texts that start an exact group
+        th, lens = token_hashes([field_text(r, cfg.field) for r in chunk])
+        rows = []  # rows of this chunk's tokenised texts that are the best of their group when read
         row = 0
-        for rec, end, n in zip(chunk, ends, lens.tolist(), strict=True):
+        for rec, end, n in zip(chunk, np.cumsum(lens).tolist(), lens.tolist(), strict=True):
             pos = len(ids)
             ids.append(rec["id"])
+            if by_score:
+                scores.append(_score(rec, pos, cfg.score_key))
             key = hashlib.blake2b(th[end - n:end].tobytes(), digest_size=16).digest()
-            if key in first_by_key:
-                rep_of[pos] = (first_by_key[key], "exact_duplicate", 1.0)
-            else:
-                first_by_key[key] = pos
-                if n:
-                    uniq.append(pos)
-                    rows.append(row)
+            g = group_of_key.setdefault(key, len(best))
+            if g == len(best):
+                best.append(pos)
+            elif by_score and scores[pos] > scores[best[g]]:  # ties keep the earlier record
+                best[g] = pos
+            group.append(g)
+            if near and n and best[g] == pos:
+                sig_pos.append(pos)
+                rows.append(row)
             row += n > 0
         if rows:
-            _, _, sig = signatures(th, lens[lens > 0], cfg.ngram, cfg.num_perm, cfg.seed)
-            sig_parts.append(sig[rows])
-    del first_by_key
-    if uniq:
-        sig = np.concatenate(sig_parts)
-        del sig_parts
+            sig_parts.append(signatures(th, lens[lens > 0], cfg.ngram, cfg.num_perm, cfg.seed)[2][rows])
+    del group_of_key
+    rep_of: dict[int, tuple[int, str, float]] = {}  # input position -> (rep position, reason, similarity)
+    for pos, g in enumerate(group):
+        if best[g] != pos:
+            rep_of[pos] = (best[g], "exact_duplicate", 1.0)
+    del group
+    if sig_parts:
+        kept_rows = np.frombuffer(sig_pos, dtype=np.int64)
+        uniq = np.asarray(best, dtype=np.int64)
+        uniq = uniq[np.isin(uniq, kept_rows, assume_unique=True)]  # the best of each group with tokens
+        if by_score:
+            uniq = np.asarray(sorted(uniq.tolist(), key=lambda p: (-scores[p], p)), dtype=np.int64)
+        sig = _take_rows(sig_parts, np.searchsorted(kept_rows, uniq))  # their rows, in priority order
         ci, cj = lsh_candidates(sig, lsh_bands(cfg.threshold, cfg.num_perm))
-        uniq_arr = np.asarray(uniq, dtype=np.int64)
-        shingles = (candidate_shingles(read_chunks, np.unique(uniq_arr[np.concatenate([ci, cj])]), cfg.field, cfg.ngram)
-                    if cfg.verify and len(ci) else {})
+        if cfg.verify:
+            del sig
+        uniq_list = uniq.tolist()
+        shingles = (candidate_shingles(read_chunks, np.unique(uniq[np.concatenate([ci, cj])]), cfg.field,
+                                       cfg.ngram) if cfg.verify and len(ci) else {})
 
         def similarity(u: int, v: int) -> float:
             if not cfg.verify:
                 return float(np.mean(sig[u] == sig[v]))
-            a, b = shingles[uniq[u]], shingles[uniq[v]]
+            a, b = shingles[uniq_list[u]], shingles[uniq_list[v]]
             inter = len(np.intersect1d(a, b, assume_unique=True))
             return inter / (len(a) + len(b) - inter)
 
-        found, _ = greedy_near_duplicates(ci, cj, len(uniq), similarity, cfg.threshold,
-                                          done=lambda u: shingles.pop(uniq[u], None))
+        found, _ = greedy_near_duplicates(ci, cj, len(uniq_list), similarity, cfg.threshold,
+                                          done=lambda u: shingles.pop(uniq_list[u], None))
         for u, v, sim in found:
-            rep_of[uniq[v]] = (uniq[u], "near_duplicate", round(sim, 4))
+            rep_of[uniq_list[v]] = (uniq_list[u], "near_duplicate", round(sim, 4))
 
     def final_rep(pos: int) -> int:
         while pos in rep_of:
