@@ -123,3 +123,35 @@ def test_mix_ratios_general_share_and_seed():
     up = mix_records(recs, {"weights": {"other": 1}, "total": 25, "upsample": True})
     assert len(up.kept) == 25 and sum("mix_copy_of" in r["meta"] for r in up.kept) == 15
     assert largest_remainder(10, {"a": 1, "b": 1, "c": 1}) == {"a": 4, "b": 3, "c": 3}
+
+
+def test_kcenter_stream_matches_list_and_cli_reads_no_list(tmp_path, capsys, monkeypatch):
+    import sftlab.data.curate.io as curate_io
+    from sftlab.cli import main
+    from sftlab.data.curate.embed import save_embeddings
+    from sftlab.data.curate.io import iter_record_chunks, load_records, write_result, write_result_stream
+    from sftlab.data.curate.select import kcenter_select_stream
+    from sftlab.data.records import write_jsonl
+
+    recs = _records(50)
+    emb = np.random.default_rng(1).normal(size=(50, 8)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    path = tmp_path / "in.jsonl"
+    write_jsonl(recs, path)
+    whole = kcenter_select(load_records(path), emb, {"k": 7, "seed": 3})
+    write_result(whole, tmp_path / "list.jsonl")
+    summary = write_result_stream(kcenter_select_stream(lambda: iter_record_chunks(path, chunk_size=6), emb,
+                                                        {"k": 7, "seed": 3}), tmp_path / "stream.jsonl", "select_kcenter")
+    assert summary == whole.summary() and "kept 7 of 50" in summary
+    for name in ("", ".dropped"):
+        assert (tmp_path / f"stream{name}.jsonl").read_bytes() == (tmp_path / f"list{name}.jsonl").read_bytes()
+    with pytest.raises(UserError, match="49 embeddings for more records"):
+        list(kcenter_select_stream(lambda: iter_record_chunks(path, chunk_size=6), emb[:49], {"k": 2}))
+    # the CLI: embeddings of the records in a shuffled .npz, two passes, never the whole list
+    order = np.random.default_rng(2).permutation(50)
+    save_embeddings(tmp_path / "e.npz", [recs[i]["id"] for i in order], emb[order])
+    monkeypatch.setattr(curate_io, "load_records", None)
+    main(["data", "select", "kcenter", str(path), "-o", str(tmp_path / "cli.jsonl"), "--k", "7", "--seed", "3",
+          "--embeddings", str(tmp_path / "e.npz")])
+    assert whole.summary() in capsys.readouterr().out
+    assert (tmp_path / "cli.jsonl").read_bytes() == (tmp_path / "list.jsonl").read_bytes()

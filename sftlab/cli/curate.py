@@ -179,6 +179,36 @@ def _embeddings(records: list[dict], embeddings: Path | None, model: str | None,
     return embed_records(records, model, field=field, cache_dir=cache_dir or DEFAULT_CACHE)
 
 
+def _embeddings_of_chunks(read_chunks: Any, embeddings: Path | None, model: str | None, field: str,
+                          cache_dir: Path | None) -> Any:
+    """_embeddings over a re-readable input, one chunk at a time (only ids and embedding rows are held)."""
+    import numpy as np
+
+    from sftlab.data.curate.embed import (
+        DEFAULT_CACHE,
+        count_non_latin,
+        embed_records,
+        language_warning,
+        load_embeddings,
+    )
+    from sftlab.data.curate.text import field_text
+
+    ids: list[str] = []
+    parts = []
+    non_latin = 0
+    for chunk in read_chunks():
+        ids += [r["id"] for r in chunk]
+        if embeddings is None:
+            non_latin += count_non_latin([field_text(r, field) for r in chunk])
+            parts.append(embed_records(chunk, model, field=field, cache_dir=cache_dir or DEFAULT_CACHE))
+    if embeddings is not None:
+        return load_embeddings(embeddings, ids)
+    warning = language_warning((), model, counts=(non_latin, len(ids)))
+    if warning:
+        typer.echo(f"warning: {warning}", err=True)
+    return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
+
+
 EMB = typer.Option(None, "--embeddings", help=".npz from `sftlab data embed` (else embedded now)")
 EMB_MODEL = typer.Option(None, "--embed-model", help="sentence-transformers path or id (default all-MiniLM-L6-v2, "
                          "English only; 'multilingual' for Chinese and other languages)")
@@ -198,12 +228,15 @@ def kcenter_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
                 set_: list[str] = SET) -> None:
     """K-Center-Greedy diversity selection on sentence embeddings."""
     from sftlab.data.curate.config import parse_config
-    from sftlab.data.curate.io import load_records
-    from sftlab.data.curate.select import KCenterConfig, kcenter_select
+    from sftlab.data.curate.io import dropped_path, reread_record_chunks, write_result_stream
+    from sftlab.data.curate.select import KCenterConfig, kcenter_select_stream
 
     cfg = parse_config(KCenterConfig, "select kcenter", step_options(config, set_, k=k, radius=radius, seed=seed))
-    records = load_records(inputs)
-    _finish(kcenter_select(records, _embeddings(records, embeddings, embed_model, field, cache_dir), cfg), out)
+    # two passes over the input: embeddings (one row per record), then the records again to write them
+    read = reread_record_chunks(inputs, chunk_size=2048)
+    summary = write_result_stream(kcenter_select_stream(read, _embeddings_of_chunks(
+        read, embeddings, embed_model, field, cache_dir), cfg), out, "select_kcenter")
+    typer.echo(f"{summary} -> {out} (removed: {dropped_path(out)})")
 
 
 @select_app.command("cluster")

@@ -40,17 +40,23 @@ def resolve_model_path(model: str | None) -> str:
     return str(model)
 
 
-def language_warning(texts: Sequence[str], model: str | None) -> str | None:
+def count_non_latin(texts: Sequence[str]) -> int:
+    """How many texts are mostly in a non-Latin script (what language_warning counts)."""
+    return sum(dominant_script(t) not in ("latin", "none") for t in texts)
+
+
+def language_warning(texts: Sequence[str], model: str | None, *, counts: tuple[int, int] | None = None
+                     ) -> str | None:
     """A warning when an English-only embedding model is given non-Latin-script text (e.g. Chinese): its
-    distances are then meaningless across languages and selection skews to English."""
+    distances are then meaningless across languages and selection skews to English. `counts` = (non-Latin,
+    total) counted chunk by chunk (count_non_latin) instead of `texts`."""
     name = resolve_model_path(model) if model not in (None, "", DEFAULT_MODEL) else DEFAULT_MODEL
     if any(h in name.lower() for h in _MULTILINGUAL_HINTS):
         return None
-    scripts = [dominant_script(t) for t in texts]
-    other = sum(s not in ("latin", "none") for s in scripts)
-    if not texts or other / len(texts) < 0.05:
+    other, total = counts if counts is not None else (count_non_latin(texts), len(texts))
+    if not total or other / total < 0.05:
         return None
-    return (f"{other} of {len(texts)} texts ({other / len(texts):.0%}) are mostly non-Latin script (e.g. Chinese) "
+    return (f"{other} of {total} texts ({other / total:.0%}) are mostly non-Latin script (e.g. Chinese) "
             f"but the embedding model {name!r} is English-only: similarity and selection will favour English; "
             f"use --embed-model multilingual ({MULTILINGUAL_MODEL}) or a local multilingual model path")
 
@@ -116,12 +122,13 @@ def save_embeddings(path: str | Path, ids: Sequence[str], emb: np.ndarray) -> No
         np.savez(f, ids=np.array(list(ids)), embeddings=emb)
 
 
-def load_embeddings(path: str | Path, records: Sequence[dict[str, Any]]) -> np.ndarray:
-    """Embeddings from an .npz written by `sftlab data embed`, reordered to match records."""
+def load_embeddings(path: str | Path, records: Sequence[dict[str, Any]] | Sequence[str]) -> np.ndarray:
+    """Embeddings from an .npz written by `sftlab data embed`, reordered to match records (or their ids)."""
     data = np.load(path)
     pos = {i: n for n, i in enumerate(data["ids"].tolist())}
-    missing = [r["id"] for r in records if r["id"] not in pos]
+    ids = [r if isinstance(r, str) else r["id"] for r in records]
+    missing = [i for i in ids if i not in pos]
     if missing:
         raise UserError(f"{path}: no embedding for {len(missing)} record(s), e.g. id {missing[0]!r}; "
                         "re-run `sftlab data embed` on these records")
-    return data["embeddings"][[pos[r["id"]] for r in records]]
+    return data["embeddings"][[pos[i] for i in ids]]

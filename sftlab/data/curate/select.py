@@ -8,7 +8,7 @@ centroid, or seeded random).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -85,22 +85,48 @@ def _check(records: Sequence[dict[str, Any]], emb: np.ndarray) -> None:
         raise UserError(f"select: {emb.shape[0] if emb.ndim else 0} embeddings for {len(records)} records")
 
 
-def kcenter_select(records: Sequence[dict[str, Any]], emb: np.ndarray,
-                   config: KCenterConfig | dict | None = None) -> StepResult:
-    """Keep the k-center set (input order kept); meta.kcenter_rank = pick order, meta.kcenter_dist for the rest."""
+def kcenter_ranks(emb: np.ndarray, config: KCenterConfig | dict | None = None) -> tuple[dict[int, int], float]:
+    """{row: pick order} of the k-center set and its covering radius (Euclidean, on unit vectors)."""
     cfg = config if isinstance(config, KCenterConfig) else parse_config(KCenterConfig, "select kcenter", config)
-    _check(records, emb)
     # unit vectors: Euclidean radius r <-> cosine distance r^2 / 2
     rad = None if cfg.radius is None else float(np.sqrt(2 * cfg.radius))
     chosen, r = kcenter_greedy(emb, cfg.k, rad, cfg.seed)
-    rank = {i: n for n, i in enumerate(chosen)}
+    return {i: n for n, i in enumerate(chosen)}, r
+
+
+def _kcenter_result(records: Sequence[dict[str, Any]], rank: dict[int, int], start: int = 0) -> StepResult:
     kept, dropped = [], []
-    for i, rec in enumerate(records):
+    for i, rec in enumerate(records, start):
         if i in rank:
             kept.append({**rec, "meta": {**(rec.get("meta") or {}), "kcenter_rank": rank[i]}})
         else:
             dropped.append(drop(rec, "select_kcenter", "not_selected"))
-    return StepResult("select_kcenter", kept, dropped, info={"covering_radius": r, "selected": len(chosen)})
+    return StepResult("select_kcenter", kept, dropped)
+
+
+def kcenter_select(records: Sequence[dict[str, Any]], emb: np.ndarray,
+                   config: KCenterConfig | dict | None = None) -> StepResult:
+    """Keep the k-center set (input order kept); meta.kcenter_rank = pick order."""
+    _check(records, emb)
+    rank, r = kcenter_ranks(emb, config)
+    res = _kcenter_result(records, rank)
+    res.info = {"covering_radius": r, "selected": len(rank)}
+    return res
+
+
+def kcenter_select_stream(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]]]], emb: np.ndarray,
+                          config: KCenterConfig | dict | None = None) -> Iterator[StepResult]:
+    """kcenter_select on an input read again chunk by chunk: only the embeddings (one row per record, in input
+    order) and the chosen set are held, not the records."""
+    rank, _ = kcenter_ranks(emb, config)
+    start = 0
+    for chunk in read_chunks():
+        if start + len(chunk) > len(emb):
+            raise UserError(f"select: {len(emb)} embeddings for more records than that")
+        yield _kcenter_result(chunk, rank, start)
+        start += len(chunk)
+    if start != len(emb):
+        raise UserError(f"select: {len(emb)} embeddings for {start} records")
 
 
 def cluster_select(records: Sequence[dict[str, Any]], emb: np.ndarray,
