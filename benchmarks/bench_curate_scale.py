@@ -4,6 +4,7 @@
     python benchmarks/bench_curate_scale.py --n 200000 --dedup-mode exact near
     python benchmarks/bench_curate_scale.py --n 200000 --dedup-mode --split   # clean, then split (leakage near)
     python benchmarks/bench_curate_scale.py --n 200000 --dedup-mode near --dedup-keep score
+    python benchmarks/bench_curate_scale.py --n 200000 --dedup-mode --kcenter 200
 
 Generates N canonical records as JSONL in a temp dir (English-like prompts and answers of 20-200 words;
 about 8% empty answers or refusals for clean to drop, 5% exact and 5% near duplicates for dedup), then runs
@@ -59,6 +60,19 @@ def generate(path: Path, n: int, seed: int = 0) -> int:
     return path.stat().st_size
 
 
+def write_random_embeddings(records: Path, out: Path, dim: int = 384) -> None:
+    """Random unit vectors for the ids of `records`, saved like `sftlab data embed` (ids + embeddings)."""
+    import numpy as np
+
+    from sftlab.data.curate.embed import save_embeddings
+
+    with open(records, encoding="utf-8") as f:
+        ids = [json.loads(line)["id"] for line in f]
+    emb = np.random.default_rng(0).normal(size=(len(ids), dim)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    save_embeddings(out, ids, emb)
+
+
 def run_step(argv: list[str]) -> tuple[float, float, int, str]:
     """(wall seconds, peak RSS in MiB, exit code, last stdout line) of one CLI run."""
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
@@ -78,6 +92,9 @@ def main() -> None:
     ap.add_argument("--dedup-mode", nargs="*", default=["near"], choices=["exact", "near"])
     ap.add_argument("--dedup-keep", default="first", choices=["first", "score"],
                     help="score: keep the record with the highest meta.quality of each cluster")
+    ap.add_argument("--kcenter", type=int, default=0, metavar="K",
+                    help="also run `data select kcenter --k K` on clean's output with random unit embeddings "
+                    "(384-d, written as an .npz like `data embed` does: the selection's memory, not the model's)")
     ap.add_argument("--split", action="store_true", help="also run `data split` (default leakage: near)")
     ap.add_argument("--workdir", type=Path, default=None, help="keep files here instead of a temp dir")
     args = ap.parse_args()
@@ -94,6 +111,11 @@ def main() -> None:
             steps.append((" ".join(["dedup --mode", m, *keep[:2]]),
                           ["data", "dedup", str(work / "clean.jsonl"), "-o", str(work / f"dedup_{m}.jsonl"), "--mode", m,
                            *keep]))
+        if args.kcenter:
+            write_random_embeddings(work / "clean.jsonl", work / "emb.npz")
+            steps.append((f"select kcenter --k {args.kcenter}",
+                          ["data", "select", "kcenter", str(work / "clean.jsonl"), "-o", str(work / "kcenter.jsonl"),
+                           "--k", str(args.kcenter), "--embeddings", str(work / "emb.npz")]))
         if args.split:
             steps.append(("split", ["data", "split", str(work / "clean.jsonl"), "-o", str(work / "split")]))
         rows = []

@@ -155,3 +155,15 @@ def test_kcenter_stream_matches_list_and_cli_reads_no_list(tmp_path, capsys, mon
           "--embeddings", str(tmp_path / "e.npz")])
     assert whole.summary() in capsys.readouterr().out
     assert (tmp_path / "cli.jsonl").read_bytes() == (tmp_path / "list.jsonl").read_bytes()
+
+
+def test_kcenter_greedy_holds_one_float64_copy():
+    """Each pick costs one matrix-vector product: no N x dim temporary per iteration (2 * x @ c did one: 8x slower)."""
+    import tracemalloc
+
+    emb = np.random.default_rng(0).normal(size=(20000, 64)).astype(np.float32)
+    tracemalloc.start()
+    kcenter_greedy(emb, 20)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 1.3 * emb.size * 8  # the float64 copy (10 MB) + vectors of N, not a second copy

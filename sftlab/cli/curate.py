@@ -150,13 +150,13 @@ def embed_cmd(inputs: list[Path] = typer.Argument(..., help="record files"),
               cache_dir: Path | None = typer.Option(None, help="embedding cache (default ~/.cache/sftlab/embeddings)"),
               batch_size: int = typer.Option(64, min=1)) -> None:
     """Sentence embeddings of the records, cached by content hash."""
-    from sftlab.data.curate.embed import DEFAULT_CACHE, embed_records, save_embeddings
-    from sftlab.data.curate.io import load_records
+    from sftlab.data.curate.embed import save_embeddings
+    from sftlab.data.curate.io import reread_record_chunks
 
-    records = load_records(inputs)
-    _warn_language(records, model, field)
-    emb = embed_records(records, model, field=field, cache_dir=cache_dir or DEFAULT_CACHE, batch_size=batch_size)
-    save_embeddings(out, [r["id"] for r in records], emb)
+    # one pass, chunk by chunk: only the ids and the embedding rows are held
+    ids, emb = _embeddings_of_chunks(reread_record_chunks(inputs, chunk_size=2048), None, model, field, cache_dir,
+                                     batch_size=batch_size)
+    save_embeddings(out, ids, emb)
     typer.echo(f"embed: {emb.shape[0]} x {emb.shape[1]} -> {out}")
 
 
@@ -180,8 +180,9 @@ def _embeddings(records: list[dict], embeddings: Path | None, model: str | None,
 
 
 def _embeddings_of_chunks(read_chunks: Any, embeddings: Path | None, model: str | None, field: str,
-                          cache_dir: Path | None) -> Any:
-    """_embeddings over a re-readable input, one chunk at a time (only ids and embedding rows are held)."""
+                          cache_dir: Path | None, batch_size: int = 64) -> tuple[list[str], Any]:
+    """(ids, embeddings) of the records of a re-readable input, one chunk at a time (only the ids and the
+    embedding rows are held): from the --embeddings .npz by id, else embedded now."""
     import numpy as np
 
     from sftlab.data.curate.embed import (
@@ -200,13 +201,14 @@ def _embeddings_of_chunks(read_chunks: Any, embeddings: Path | None, model: str 
         ids += [r["id"] for r in chunk]
         if embeddings is None:
             non_latin += count_non_latin([field_text(r, field) for r in chunk])
-            parts.append(embed_records(chunk, model, field=field, cache_dir=cache_dir or DEFAULT_CACHE))
+            parts.append(embed_records(chunk, model, field=field, cache_dir=cache_dir or DEFAULT_CACHE,
+                                       batch_size=batch_size))
     if embeddings is not None:
-        return load_embeddings(embeddings, ids)
+        return ids, load_embeddings(embeddings, ids)
     warning = language_warning((), model, counts=(non_latin, len(ids)))
     if warning:
         typer.echo(f"warning: {warning}", err=True)
-    return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
+    return ids, np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
 
 
 EMB = typer.Option(None, "--embeddings", help=".npz from `sftlab data embed` (else embedded now)")
@@ -234,8 +236,8 @@ def kcenter_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
     cfg = parse_config(KCenterConfig, "select kcenter", step_options(config, set_, k=k, radius=radius, seed=seed))
     # two passes over the input: embeddings (one row per record), then the records again to write them
     read = reread_record_chunks(inputs, chunk_size=2048)
-    summary = write_result_stream(kcenter_select_stream(read, _embeddings_of_chunks(
-        read, embeddings, embed_model, field, cache_dir), cfg), out, "select_kcenter")
+    _, emb = _embeddings_of_chunks(read, embeddings, embed_model, field, cache_dir)
+    summary = write_result_stream(kcenter_select_stream(read, emb, cfg), out, "select_kcenter")
     typer.echo(f"{summary} -> {out} (removed: {dropped_path(out)})")
 
 

@@ -125,8 +125,11 @@ def save_embeddings(path: str | Path, ids: Sequence[str], emb: np.ndarray) -> No
 def load_embeddings(path: str | Path, records: Sequence[dict[str, Any]] | Sequence[str]) -> np.ndarray:
     """Embeddings from an .npz written by `sftlab data embed`, reordered to match records (or their ids)."""
     data = np.load(path)
-    pos = {i: n for n, i in enumerate(data["ids"].tolist())}
+    stored = data["ids"].tolist()
     ids = [r if isinstance(r, str) else r["id"] for r in records]
+    if ids == stored:  # the usual case (embedded from the same file): no reordered copy
+        return data["embeddings"]
+    pos = {i: n for n, i in enumerate(stored)}
     missing = [i for i in ids if i not in pos]
     if missing:
         raise UserError(f"{path}: no embedding for {len(missing)} record(s), e.g. id {missing[0]!r}; "

@@ -61,14 +61,14 @@ def kcenter_greedy(emb: np.ndarray, k: int | None = None, radius: float | None =
     sq = np.einsum("ij,ij->i", x, x)
     first = int(np.random.default_rng(seed).integers(n))
     chosen = [first]
-    dist = np.sqrt(np.maximum(sq + sq[first] - 2 * x @ x[first], 0))
+    dist = np.sqrt(np.maximum(sq + sq[first] - 2 * (x @ x[first]), 0))
     limit = n if k is None else min(k, n)
     while len(chosen) < limit:
         far = int(np.argmax(dist))
         if radius is not None and dist[far] <= radius:
             break
         chosen.append(far)
-        dist = np.minimum(dist, np.sqrt(np.maximum(sq + sq[far] - 2 * x @ x[far], 0)))
+        dist = np.minimum(dist, np.sqrt(np.maximum(sq + sq[far] - 2 * (x @ x[far]), 0)))
     return chosen, float(dist.max())
 
 
@@ -76,7 +76,7 @@ def covering_radius(emb: np.ndarray, centres: Sequence[int]) -> float:
     """max over points of the distance to the nearest centre."""
     x = emb.astype(np.float64)
     c = x[list(centres)]
-    d = np.sqrt(np.maximum((x * x).sum(1)[:, None] + (c * c).sum(1)[None, :] - 2 * x @ c.T, 0))
+    d = np.sqrt(np.maximum((x * x).sum(1)[:, None] + (c * c).sum(1)[None, :] - 2 * (x @ c.T), 0))
     return float(d.min(1).max())
 
 
