@@ -61,17 +61,20 @@ def _key(token_hash_bytes: bytes) -> str:
     return hashlib.blake2b(token_hash_bytes, digest_size=16).hexdigest()
 
 
+def _score(rec: dict[str, Any], pos: int, key: str) -> float:
+    """meta[key] of a record (keep=score ranks by it), refused unless a number."""
+    s = (rec.get("meta") or {}).get(key)
+    if isinstance(s, bool) or not isinstance(s, (int, float)):
+        raise UserError(f"dedup: record {pos} (id {rec['id']!r}): meta.{key} must be a number, got {s!r}")
+    return s
+
+
 def _priority(records: Sequence[dict[str, Any]], cfg: DedupConfig) -> list[int]:
     if cfg.keep == "first":
         return list(range(len(records)))
     if not cfg.score_key:
         raise UserError("dedup: keep='score' needs score_key (the meta field to rank by, higher is kept)")
-    scores = []
-    for i, r in enumerate(records):
-        s = (r.get("meta") or {}).get(cfg.score_key)
-        if isinstance(s, bool) or not isinstance(s, (int, float)):
-            raise UserError(f"dedup: record {i} (id {r['id']!r}): meta.{cfg.score_key} must be a number, got {s!r}")
-        scores.append(s)
+    scores = [_score(r, i, cfg.score_key) for i, r in enumerate(records)]
     return sorted(range(len(records)), key=lambda i: (-scores[i], i))
 
 
@@ -408,13 +411,6 @@ def candidate_shingles(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any
     return out
 
 
-def _score(rec: dict[str, Any], pos: int, key: str) -> float:
-    s = (rec.get("meta") or {}).get(key)
-    if isinstance(s, bool) or not isinstance(s, (int, float)):
-        raise UserError(f"dedup: record {pos} (id {rec['id']!r}): meta.{key} must be a number, got {s!r}")
-    return s
-
-
 def _take_rows(parts: list[np.ndarray], at: np.ndarray) -> np.ndarray:
     """Rows `at` of the parts stacked, as one matrix in that order; each part is freed (popped from `parts`)
     once copied, so the signatures are never held twice."""
@@ -482,12 +478,12 @@ def dedup_in_passes(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]]]
             rep_of[pos] = (best[g], "exact_duplicate", 1.0)
     del group
     if sig_parts:
-        kept_rows = np.frombuffer(sig_pos, dtype=np.int64)
+        with_sig = np.frombuffer(sig_pos, dtype=np.int64)
         uniq = np.asarray(best, dtype=np.int64)
-        uniq = uniq[np.isin(uniq, kept_rows, assume_unique=True)]  # the best of each group with tokens
+        uniq = uniq[np.isin(uniq, with_sig, assume_unique=True)]  # the best of each group with tokens
         if by_score:
             uniq = np.asarray(sorted(uniq.tolist(), key=lambda p: (-scores[p], p)), dtype=np.int64)
-        sig = _take_rows(sig_parts, np.searchsorted(kept_rows, uniq))  # their rows, in priority order
+        sig = _take_rows(sig_parts, np.searchsorted(with_sig, uniq))  # their rows, in priority order
         ci, cj = lsh_candidates(sig, lsh_bands(cfg.threshold, cfg.num_perm))
         if cfg.verify:
             del sig
