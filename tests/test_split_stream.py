@@ -14,7 +14,7 @@ from sftlab.data.curate.split import split_records, split_stream, write_split_st
 from sftlab.data.records import write_jsonl
 from sftlab.errors import UserError
 
-WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu"]
 
 
 def _records(n: int) -> list[dict]:
