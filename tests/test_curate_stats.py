@@ -76,3 +76,32 @@ def test_stats_html_renders_in_headless_browser(alpaca_stats, tmp_path):
     assert (gray < 128).mean() > 0.01  # text and table lines
     colourful = (rgb.max(2) - rgb.min(2)) > 60  # tables and text are grey; only the plots are coloured
     assert colourful.mean() > 0.002, "no plot pixels rendered"
+
+
+def test_stats_in_chunks_and_cli_match_the_list(real_data_dir, tmp_path, capsys, monkeypatch, tiny_tokenizer):
+    """StatsTally over chunks writes the same stats.json and stats.html (plots included) as the whole list, and
+    `data stats` never loads the whole list."""
+    import sftlab.data.curate.io as curate_io
+    from sftlab.cli import main
+    from sftlab.data.curate.stats import StatsTally, write_stats_report
+    from sftlab.data.records import write_jsonl
+
+    records = load_records(real_data_dir / "glaive_toolcall_en_demo.json")
+    for i, r in enumerate(records):
+        r["task_type"] = ("tool", "chat", "other")[i % 3]
+    emb = np.random.default_rng(0).normal(size=(len(records), 8)).astype(np.float32)
+    for tok in (None, tiny_tokenizer):
+        write_stats(records, tmp_path / "list", tokenizer=tok, emb=emb)
+        tally = StatsTally(tok)
+        for s in range(0, len(records), 7):
+            tally.add(records[s:s + 7])
+        write_stats_report(tally.summary(emb), tmp_path / "chunks", emb)
+        for name in ("stats.json", "stats.html"):
+            assert (tmp_path / "chunks" / name).read_bytes() == (tmp_path / "list" / name).read_bytes()
+    path = tmp_path / "in.jsonl"
+    write_jsonl(records, path)
+    write_stats(load_records(path), tmp_path / "list")
+    monkeypatch.setattr(curate_io, "load_records", None)
+    main(["data", "stats", str(path), "-o", str(tmp_path / "cli"), "--no-embed"])
+    assert f"stats: {len(records)} records, 3 task_types" in capsys.readouterr().out
+    assert (tmp_path / "cli" / "stats.json").read_bytes() == (tmp_path / "list" / "stats.json").read_bytes()

@@ -405,17 +405,22 @@ def stats_cmd(inputs: list[Path] = typer.Argument(...),
               embed: bool = typer.Option(True, "--embed/--no-embed", help="embedding diversity and PCA plot"),
               embed_model: str | None = EMB_MODEL, field: str = FIELD, cache_dir: Path | None = CACHE) -> None:
     """Dataset statistics and plots as a self-contained stats.html."""
-    from sftlab.data.curate.io import load_records
-    from sftlab.data.curate.stats import write_stats
+    from sftlab.data.curate.io import reread_record_chunks
+    from sftlab.data.curate.stats import StatsTally, write_stats_report
 
-    records = load_records(inputs)
     tok = None
     if tokenizer:
         from sftlab.data.render import load_tokenizer
 
         tok = load_tokenizer(tokenizer)
-    emb = _embeddings(records, None, embed_model, field, cache_dir) if embed else None
-    stats = write_stats(records, out, tokenizer=tok, emb=emb)
+    # chunk by chunk: lengths, task indices and counters (then, with --embed, the embedding rows) are held,
+    # not the records
+    read = reread_record_chunks(inputs, chunk_size=2048)
+    tally = StatsTally(tok)
+    for chunk in read():
+        tally.add(chunk)
+    emb = _embeddings_of_chunks(read, None, embed_model, field, cache_dir)[1] if embed else None
+    stats = write_stats_report(tally.summary(emb), out, emb)
     typer.echo(f"stats: {stats['records']} records, {len(stats['task_types'])} task_types -> {out / 'stats.html'}")
 
 

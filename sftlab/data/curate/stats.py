@@ -11,6 +11,7 @@ import base64
 import html
 import io
 import json
+from array import array
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,42 +51,66 @@ def diversity(emb: np.ndarray, n_clusters: int = 8, seed: int = 0, max_pairs_n: 
             "cluster_entropy_normalised": round(entropy / np.log(k), 4) if k > 1 else 1.0}
 
 
+class StatsTally:
+    """What `stats` needs, filled chunk by chunk: per record only its prompt / answer length and task index
+    (typed arrays, 24 bytes), plus counters; so a dataset of millions of records is never held as records."""
+
+    def __init__(self, tokenizer: Any = None) -> None:
+        self.tokenizer = tokenizer
+        self.prompt_len, self.answer_len, self.task = array("q"), array("q"), array("q")
+        self.task_index: dict[str, int] = {}
+        self.turns: Counter = Counter()
+        self.scripts: Counter = Counter()
+        self.sources: Counter = Counter()
+        self.freq: Counter = Counter()
+
+    def add(self, records: Sequence[dict[str, Any]]) -> None:
+        prompts = [prompt_text(r) for r in records]
+        answers = [answer_text(r) for r in records]
+        if self.tokenizer is not None:
+            enc = self.tokenizer(prompts + answers, add_special_tokens=False)["input_ids"] if records else []
+            lens = [len(e) for e in enc]
+            self.prompt_len.extend(lens[: len(records)])
+            self.answer_len.extend(lens[len(records):])
+        else:
+            self.prompt_len.extend(len(tokens(t)) for t in prompts)
+            self.answer_len.extend(len(tokens(t)) for t in answers)
+        self.task.extend(self.task_index.setdefault(r["task_type"], len(self.task_index)) for r in records)
+        self.turns.update(sum(m.get("role") == "assistant" for m in r["messages"]) for r in records)
+        self.scripts.update(dominant_script(p + " " + a) for p, a in zip(prompts, answers, strict=True))
+        self.sources.update(r.get("source") or "" for r in records)
+        for a in answers:
+            self.freq.update(tokens(a))
+
+    def summary(self, emb: np.ndarray | None = None, top_tokens: int = 30, seed: int = 0) -> dict[str, Any]:
+        """The numbers behind stats.html (JSON-serialisable, except the `_` keys the plots read)."""
+        p_len, a_len = np.frombuffer(self.prompt_len, dtype=np.int64), np.frombuffer(self.answer_len, dtype=np.int64)
+        task = np.frombuffer(self.task, dtype=np.int64)
+        counts = np.bincount(task, minlength=len(self.task_index))
+        tasks = {t: int(counts[k]) for t, k in sorted(self.task_index.items())}
+        per_task = {t: {"count": n, "prompt_len": _pct(p_len[task == self.task_index[t]]),
+                        "answer_len": _pct(a_len[task == self.task_index[t]])} for t, n in tasks.items()}
+        out: dict[str, Any] = {
+            "records": len(task), "length_unit": "tokens" if self.tokenizer is not None else "words",
+            "task_types": tasks, "prompt_len": _pct(p_len), "answer_len": _pct(a_len), "per_task_type": per_task,
+            "assistant_turns": {str(k): v for k, v in sorted(self.turns.items())},
+            "scripts": dict(sorted(self.scripts.items())),
+            "top_answer_tokens": self.freq.most_common(top_tokens),
+            "sources": dict(sorted(self.sources.items())),
+        }
+        if emb is not None and len(emb):
+            out["diversity"] = diversity(emb, seed=seed)
+        out["_lengths"] = {"prompt": p_len, "answer": a_len}
+        out["_task"] = (task, self.task_index)
+        return out
+
+
 def compute_stats(records: Sequence[dict[str, Any]], *, tokenizer: Any = None, emb: np.ndarray | None = None,
                   top_tokens: int = 30, seed: int = 0) -> dict[str, Any]:
-    """The numbers behind stats.html (JSON-serialisable)."""
-    prompts = [prompt_text(r) for r in records]
-    answers = [answer_text(r) for r in records]
-    if tokenizer is not None:
-        enc = tokenizer(prompts + answers, add_special_tokens=False)["input_ids"]
-        lens = [len(e) for e in enc]
-        p_len, a_len, unit = lens[: len(records)], lens[len(records):], "tokens"
-    else:
-        p_len = [len(tokens(t)) for t in prompts]
-        a_len = [len(tokens(t)) for t in answers]
-        unit = "words"
-    tasks = Counter(r["task_type"] for r in records)
-    per_task = {}
-    for t in sorted(tasks):
-        idx = [i for i, r in enumerate(records) if r["task_type"] == t]
-        per_task[t] = {"count": len(idx), "prompt_len": _pct([p_len[i] for i in idx]),
-                       "answer_len": _pct([a_len[i] for i in idx])}
-    turns = Counter(sum(m.get("role") == "assistant" for m in r["messages"]) for r in records)
-    freq: Counter = Counter()
-    for a in answers:
-        freq.update(tokens(a))
-    out: dict[str, Any] = {
-        "records": len(records), "length_unit": unit, "task_types": dict(sorted(tasks.items())),
-        "prompt_len": _pct(p_len), "answer_len": _pct(a_len), "per_task_type": per_task,
-        "assistant_turns": {str(k): v for k, v in sorted(turns.items())},
-        "scripts": dict(sorted(Counter(dominant_script(p + " " + a) for p, a in zip(prompts, answers,
-                                                                                    strict=True)).items())),
-        "top_answer_tokens": freq.most_common(top_tokens),
-        "sources": dict(sorted(Counter(r.get("source") or "" for r in records).items())),
-    }
-    if emb is not None and len(emb):
-        out["diversity"] = diversity(emb, seed=seed)
-    out["_lengths"] = {"prompt": p_len, "answer": a_len}
-    return out
+    """The numbers behind stats.html for records in memory (StatsTally over one chunk)."""
+    tally = StatsTally(tokenizer)
+    tally.add(records)
+    return tally.summary(emb, top_tokens, seed)
 
 
 def _png(fig: Any) -> str:
@@ -94,8 +119,7 @@ def _png(fig: Any) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def make_plots(records: Sequence[dict[str, Any]], stats: dict[str, Any],
-               emb: np.ndarray | None = None) -> dict[str, str]:
+def make_plots(stats: dict[str, Any], emb: np.ndarray | None = None) -> dict[str, str]:
     """{title: base64 PNG}: length histograms per task_type, task_type bars, PCA projection of embeddings."""
     import matplotlib
 
@@ -106,13 +130,13 @@ def make_plots(records: Sequence[dict[str, Any]], stats: dict[str, Any],
     tasks = sorted(stats["task_types"])
     colors = {t: plt.get_cmap("tab10")(i % 10) for i, t in enumerate(tasks)}
     unit = stats["length_unit"]
+    task, task_index = stats["_task"]
     for which in ("prompt", "answer"):
         lens = np.asarray(stats["_lengths"][which], dtype=np.float64)
         fig, ax = plt.subplots(figsize=(7, 3.5))
         bins = np.histogram_bin_edges(lens, bins=40) if len(lens) else 10
         for t in tasks:
-            sel = [i for i, r in enumerate(records) if r["task_type"] == t]
-            ax.hist(lens[sel], bins=bins, alpha=0.6, label=t, color=colors[t])
+            ax.hist(lens[task == task_index[t]], bins=bins, alpha=0.6, label=t, color=colors[t])
         ax.set_xlabel(f"{which} length ({unit})")
         ax.set_ylabel("records")
         ax.legend(fontsize=7)
@@ -129,7 +153,7 @@ def make_plots(records: Sequence[dict[str, Any]], stats: dict[str, Any],
         xy = PCA(n_components=2, random_state=0).fit_transform(emb.astype(np.float64))
         fig, ax = plt.subplots(figsize=(6, 5))
         for t in tasks:
-            sel = [i for i, r in enumerate(records) if r["task_type"] == t]
+            sel = task == task_index[t]
             ax.scatter(xy[sel, 0], xy[sel, 1], s=6, alpha=0.7, label=t, color=colors[t])
         ax.set_xlabel("PC 1")
         ax.set_ylabel("PC 2")
@@ -176,13 +200,16 @@ def render_html(stats: dict[str, Any], plots: dict[str, str], title: str = "sftl
 
 def write_stats(records: Sequence[dict[str, Any]], out_dir: str | Path, *, tokenizer: Any = None,
                 emb: np.ndarray | None = None, seed: int = 0) -> dict[str, Any]:
-    """Write stats.json and stats.html into out_dir; returns the stats."""
+    """Write stats.json and stats.html into out_dir for records in memory; returns the stats."""
+    return write_stats_report(compute_stats(records, tokenizer=tokenizer, emb=emb, seed=seed), out_dir, emb)
+
+
+def write_stats_report(stats: dict[str, Any], out_dir: str | Path, emb: np.ndarray | None = None) -> dict[str, Any]:
+    """Write stats.json and stats.html (StatsTally.summary) into out_dir; returns the stats."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stats = compute_stats(records, tokenizer=tokenizer, emb=emb, seed=seed)
-    plots = make_plots(records, stats, emb)
-    lengths = stats.pop("_lengths")
-    (out / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False), encoding="utf-8")
-    (out / "stats.html").write_text(render_html(stats, plots), encoding="utf-8")
-    stats["_lengths"] = lengths
+    plots = make_plots(stats, emb)
+    saved = {k: v for k, v in stats.items() if not k.startswith("_")}
+    (out / "stats.json").write_text(json.dumps(saved, indent=2, ensure_ascii=False), encoding="utf-8")
+    (out / "stats.html").write_text(render_html(saved, plots), encoding="utf-8")
     return stats
