@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from test_curate_helpers import rec
 
@@ -73,9 +74,38 @@ def test_dedup_cli_streams(tmp_path, capsys, monkeypatch, args):
     assert whole.summary() in capsys.readouterr().out
 
 
-def test_dedup_in_passes_refuses_what_cannot_stream(tmp_path):
-    with pytest.raises(UserError, match="semantic"):
-        next(dedup_in_passes(lambda: [[]], {"semantic_threshold": 0.9}))
+class _WordEmbedder:
+    """A deterministic stand-in for a sentence-transformers model: a text's vector depends on the text alone
+    (its words hashed into 16 dims), never on the batch, so list and stream paths must agree exactly."""
+
+    def encode(self, texts, **_):
+        out = np.zeros((len(texts), 16), dtype=np.float32)
+        for i, t in enumerate(texts):
+            for w in t.lower().split()[:3]:  # the first words: records sharing them are "paraphrases"
+                out[i, sum(map(ord, w)) % 16] += 1.0
+            out[i, len(t) % 16] += 0.3
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+
+
+@pytest.mark.parametrize("keep", [{}, SCORE])
+@pytest.mark.parametrize("group_size", [10000, 7])  # one exact search; K-means groups
+def test_dedup_in_passes_semantic_matches_dedup_records(tmp_path, monkeypatch, keep, group_size):
+    import sftlab.data.curate.embed as embed
+
+    monkeypatch.setattr(embed, "load_model", lambda model: _WordEmbedder())
+    path = tmp_path / "in.jsonl"
+    write_jsonl(_records(60), path)
+    cfg = {"semantic_threshold": 0.9, "field": "answer", "semantic_group_size": group_size, **keep}
+    whole = dedup_records(load_records(path), cfg, cache_dir=tmp_path / "c1")
+    write_result(whole, tmp_path / "list.jsonl")
+    summary = write_result_stream(dedup_in_passes(lambda: iter_record_chunks(path, chunk_size=4), cfg,
+                                                  cache_dir=tmp_path / "c2"), tmp_path / "stream.jsonl", "dedup")
+    assert summary == whole.summary() and "semantic_duplicate" in summary
+    for name in ("", ".dropped"):
+        assert (tmp_path / f"stream{name}.jsonl").read_bytes() == (tmp_path / f"list{name}.jsonl").read_bytes()
+
+
+def test_dedup_in_passes_refuses_bad_scores(tmp_path):
     with pytest.raises(UserError, match="needs score_key"):
         next(dedup_in_passes(lambda: [[]], {"keep": "score"}))
     records = _records(10)

@@ -89,16 +89,13 @@ def dedup_cmd(inputs: list[Path] = typer.Argument(..., help="record files"), out
     from sftlab.data.curate.config import parse_config
     from sftlab.data.curate.dedup import (
         DedupConfig,
-        can_dedup_in_passes,
         can_stream,
         dedup_exact_stream,
         dedup_in_passes,
-        dedup_records,
     )
     from sftlab.data.curate.io import (
         dropped_path,
         iter_record_chunks,
-        load_records,
         reread_record_chunks,
         write_result_stream,
     )
@@ -113,12 +110,10 @@ def dedup_cmd(inputs: list[Path] = typer.Argument(..., help="record files"), out
         summary = write_result_stream(dedup_exact_stream(chunks, cfg), out, "dedup")
         typer.echo(f"{summary} -> {out} (removed: {dropped_path(out)})")
         return
-    if can_dedup_in_passes(cfg):  # near, or keep=score: passes over the input holding digests + signature rows
-        summary = write_result_stream(dedup_in_passes(reread_record_chunks(inputs, chunk_size=2048), cfg),
-                                      out, "dedup")
-        typer.echo(f"{summary} -> {out} (removed: {dropped_path(out)})")
-        return
-    _finish(dedup_records(load_records(inputs), cfg, cache_dir=cache_dir), out)
+    # near, keep=score, semantic: passes over the input holding digests, signature rows (and survivors' embeddings)
+    summary = write_result_stream(dedup_in_passes(reread_record_chunks(inputs, chunk_size=2048), cfg,
+                                                  cache_dir=cache_dir), out, "dedup")
+    typer.echo(f"{summary} -> {out} (removed: {dropped_path(out)})")
 
 
 @data_app.command("split")

@@ -216,11 +216,10 @@ def semantic_duplicates(emb: np.ndarray, threshold: float, group_size: int = 100
 
     emb: L2-normalised rows. Similarities are computed block by block (float64, so reruns are identical);
     only the pairs above the threshold are kept, and only those are walked in Python."""
-    x = emb.astype(np.float64)
     out: dict[int, tuple[int, float]] = {}
-    for members in _semantic_groups(x, group_size, seed):
+    for members in _semantic_groups(emb, group_size, seed):
         members = np.sort(members)
-        g = x[members]
+        g = emb[members].astype(np.float64)  # per group: no float64 copy of the whole matrix
         cand: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # local row -> (earlier local rows, cosines)
         for s in range(0, len(members), block):
             e = min(s + block, len(members))
@@ -359,7 +358,7 @@ def dedup_records(records: Sequence[dict[str, Any]], config: DedupConfig | dict 
 
 def can_stream(cfg: DedupConfig) -> bool:
     """Exact dedup keeping the first of each group needs only the keys seen so far, so it streams in one
-    pass; near and keep=score take passes (dedup_in_passes), semantic dedup reads the whole list."""
+    pass; every other dedup takes passes (dedup_in_passes)."""
     return cfg.mode == "exact" and cfg.keep == "first" and cfg.semantic_threshold is None
 
 
@@ -385,12 +384,6 @@ def dedup_exact_stream(chunks: Iterable[Sequence[dict[str, Any]]], config: Dedup
             else:
                 dropped.append(drop(rec, "dedup", "exact_duplicate", duplicate_of=rep, cluster=rep, similarity=1.0))
         yield StepResult("dedup", kept, dropped)
-
-
-def can_dedup_in_passes(cfg: DedupConfig) -> bool:
-    """Every dedup except the semantic one (which embeds the survivors) runs in passes over the input
-    (dedup_in_passes); exact keep-first needs only one (dedup_exact_stream)."""
-    return cfg.semantic_threshold is None
 
 
 def candidate_shingles(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]]]], wanted: np.ndarray,
@@ -426,18 +419,42 @@ def _take_rows(parts: list[np.ndarray], at: np.ndarray) -> np.ndarray:
     return out
 
 
+def _semantic_pass(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]]]], cfg: DedupConfig,
+                   rep_of: dict[int, tuple[int, str, float]], n: int, scores: list[float] | None,
+                   cache_dir: Any) -> None:
+    """Adds semantic duplicates to rep_of: the survivors are embedded chunk by chunk as they are read again,
+    then searched in priority order (semantic_duplicates); only their embedding rows are held."""
+    from sftlab.data.curate.embed import DEFAULT_CACHE, embed_texts
+
+    alive = np.asarray([p for p in range(n) if p not in rep_of], dtype=np.int64)  # input order
+    parts, start = [], 0
+    for chunk in read_chunks():
+        lo, hi = np.searchsorted(alive, [start, start + len(chunk)])
+        texts = [field_text(chunk[p - start], cfg.field) for p in alive[lo:hi].tolist()]
+        if texts:
+            parts.append(embed_texts(texts, cfg.embedding_model, cache_dir=cache_dir or DEFAULT_CACHE))
+        start += len(chunk)
+    if not parts:
+        return
+    emb = np.concatenate(parts)
+    if scores is not None:  # priority order: highest score first, ties by input position
+        order = np.asarray(sorted(range(len(alive)), key=lambda k: (-scores[alive[k]], alive[k])), dtype=np.int64)
+        alive, emb = alive[order], emb[order]
+    for a, (b, cos) in semantic_duplicates(emb, cfg.semantic_threshold, cfg.semantic_group_size, cfg.seed).items():
+        rep_of[int(alive[a])] = (int(alive[b]), "semantic_duplicate", round(cos, 4))
+
+
 def dedup_in_passes(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]]]],
-                    config: DedupConfig | dict | None = None) -> Iterator[StepResult]:
-    """dedup_records without semantic dedup, in passes over the input, with the same kept and dropped rows.
+                    config: DedupConfig | dict | None = None, *, cache_dir: Any = None) -> Iterator[StepResult]:
+    """dedup_records in passes over the input, with the same kept and dropped rows.
 
     read_chunks() must yield the same chunks each call. Pass 1 keeps only compact state per record: its id,
     its exact group, (keep=score) its score and, for a record that is the best of its exact group when it is
     read, a uint32 MinHash signature row. The best of each group is then known; LSH banding runs on their
     rows in priority order (input order, or highest score first). Pass 2 (near, with verify) re-reads only
-    the candidate rows for their exact shingle Jaccard. Pass 3 yields each chunk's kept and dropped rows."""
+    the candidate rows for their exact shingle Jaccard. With semantic_threshold, another pass embeds the
+    survivors (cache_dir as in dedup_records). The last pass yields each chunk's kept and dropped rows."""
     cfg = config if isinstance(config, DedupConfig) else parse_config(DedupConfig, "dedup", config)
-    if not can_dedup_in_passes(cfg):
-        raise UserError("dedup: semantic dedup (semantic_threshold) reads the whole list; it does not stream")
     by_score = cfg.keep == "score"
     if by_score and not cfg.score_key:
         raise UserError("dedup: keep='score' needs score_key (the meta field to rank by, higher is kept)")
@@ -502,6 +519,8 @@ def dedup_in_passes(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]]]
                                           done=lambda u: shingles.pop(uniq_list[u], None))
         for u, v, sim in found:
             rep_of[uniq_list[v]] = (uniq_list[u], "near_duplicate", round(sim, 4))
+    if cfg.semantic_threshold is not None:
+        _semantic_pass(read_chunks, cfg, rep_of, len(ids), scores if by_score else None, cache_dir)
 
     def final_rep(pos: int) -> int:
         while pos in rep_of:
@@ -514,8 +533,9 @@ def dedup_in_passes(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]]]
         for rec in chunk:
             if pos in rep_of:
                 rep, reason, sim = rep_of[pos]
+                score = {"cosine": sim} if reason == "semantic_duplicate" else {"similarity": sim}
                 dropped.append(drop(rec, "dedup", reason, duplicate_of=ids[rep], cluster=ids[final_rep(pos)],
-                                    similarity=sim))
+                                    **score))
             else:
                 kept.append({**rec, "meta": {**(rec.get("meta") or {}), "dedup_cluster": rec["id"]}})
             pos += 1
