@@ -167,3 +167,34 @@ def test_kcenter_greedy_holds_one_float64_copy():
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak < 1.3 * emb.size * 8  # the float64 copy (10 MB) + vectors of N, not a second copy
+
+
+@pytest.mark.parametrize("pick", ["closest", "random"])
+def test_cluster_stream_matches_list_and_cli_reads_no_list(tmp_path, capsys, monkeypatch, pick):
+    import sftlab.data.curate.io as curate_io
+    from sftlab.cli import main
+    from sftlab.data.curate.embed import save_embeddings
+    from sftlab.data.curate.io import iter_record_chunks, load_records, write_result, write_result_stream
+    from sftlab.data.curate.select import cluster_select_stream
+    from sftlab.data.records import write_jsonl
+
+    recs = _records(60)
+    emb = np.random.default_rng(4).normal(size=(60, 8)).astype(np.float32)
+    path = tmp_path / "in.jsonl"
+    write_jsonl(recs, path)
+    cfg = {"n_clusters": 5, "per_cluster": 2, "pick": pick, "seed": 1}
+    whole = cluster_select(load_records(path), emb, cfg)
+    write_result(whole, tmp_path / "list.jsonl")
+    summary = write_result_stream(cluster_select_stream(lambda: iter_record_chunks(path, chunk_size=9), emb, cfg),
+                                  tmp_path / "stream.jsonl", "select_cluster")
+    assert summary == whole.summary() and "kept 10 of 60" in summary
+    for name in ("", ".dropped"):
+        assert (tmp_path / f"stream{name}.jsonl").read_bytes() == (tmp_path / f"list{name}.jsonl").read_bytes()
+    with pytest.raises(UserError, match="does not stream"):
+        next(cluster_select_stream(lambda: [], emb, {**cfg, "band": "middle"}))
+    save_embeddings(tmp_path / "e.npz", [r["id"] for r in recs], emb)
+    monkeypatch.setattr(curate_io, "load_records", None)
+    main(["data", "select", "cluster", str(path), "-o", str(tmp_path / "cli.jsonl"), "--n-clusters", "5",
+          "--per-cluster", "2", "--pick", pick, "--seed", "1", "--embeddings", str(tmp_path / "e.npz")])
+    assert whole.summary() in capsys.readouterr().out
+    assert (tmp_path / "cli.jsonl").read_bytes() == (tmp_path / "list.jsonl").read_bytes()

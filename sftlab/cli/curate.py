@@ -250,20 +250,24 @@ def cluster_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
                 cache_dir: Path | None = CACHE, config: Path | None = CONFIG, set_: list[str] = SET) -> None:
     """K-means on embeddings, then n records per cluster (optionally from the middle perplexity band)."""
     from sftlab.data.curate.config import parse_config
-    from sftlab.data.curate.io import load_records
-    from sftlab.data.curate.select import ClusterConfig, cluster_select
+    from sftlab.data.curate.io import dropped_path, load_records, reread_record_chunks, write_result_stream
+    from sftlab.data.curate.select import ClusterConfig, cluster_select, cluster_select_stream
 
     cfg = parse_config(ClusterConfig, "select cluster", step_options(
         config, set_, n_clusters=n_clusters, per_cluster=per_cluster, pick=pick, seed=seed, band=band,
         band_low=band_low, band_high=band_high))
     if cfg.band == "middle" and not model:
         raise UserError("select cluster: --band middle needs --model (the answer perplexity model)")
-    records = load_records(inputs)
-    ppl = None
-    if cfg.band == "middle":
-        from sftlab.data.curate.ifd import answer_perplexities
+    if cfg.band == "all":  # two passes (embeddings, then the records to write): the records are never held
+        read = reread_record_chunks(inputs, chunk_size=2048)
+        _, emb = _embeddings_of_chunks(read, embeddings, embed_model, field, cache_dir)
+        summary = write_result_stream(cluster_select_stream(read, emb, cfg), out, "select_cluster")
+        typer.echo(f"{summary} -> {out} (removed: {dropped_path(out)})")
+        return
+    from sftlab.data.curate.ifd import answer_perplexities
 
-        ppl = answer_perplexities(records, model)
+    records = load_records(inputs)
+    ppl = answer_perplexities(records, model)
     _finish(cluster_select(records, _embeddings(records, embeddings, embed_model, field, cache_dir), cfg,
                            perplexity=ppl), out)
 

@@ -80,6 +80,19 @@ def covering_radius(emb: np.ndarray, centres: Sequence[int]) -> float:
     return float(d.min(1).max())
 
 
+def _chunks_with_rows(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]]]], n_rows: int
+                      ) -> Iterator[tuple[Sequence[dict[str, Any]], int]]:
+    """(chunk, its first row) over a re-read input that must have exactly n_rows records (one per embedding)."""
+    start = 0
+    for chunk in read_chunks():
+        if start + len(chunk) > n_rows:
+            raise UserError(f"select: {n_rows} embeddings for more records than that")
+        yield chunk, start
+        start += len(chunk)
+    if start != n_rows:
+        raise UserError(f"select: {n_rows} embeddings for {start} records")
+
+
 def _check(records: Sequence[dict[str, Any]], emb: np.ndarray) -> None:
     if emb.ndim != 2 or emb.shape[0] != len(records):
         raise UserError(f"select: {emb.shape[0] if emb.ndim else 0} embeddings for {len(records)} records")
@@ -119,30 +132,20 @@ def kcenter_select_stream(read_chunks: Callable[[], Iterable[Sequence[dict[str, 
     """kcenter_select on an input read again chunk by chunk: only the embeddings (one row per record, in input
     order) and the chosen set are held, not the records."""
     rank, _ = kcenter_ranks(emb, config)
-    start = 0
-    for chunk in read_chunks():
-        if start + len(chunk) > len(emb):
-            raise UserError(f"select: {len(emb)} embeddings for more records than that")
+    for chunk, start in _chunks_with_rows(read_chunks, len(emb)):
         yield _kcenter_result(chunk, rank, start)
-        start += len(chunk)
-    if start != len(emb):
-        raise UserError(f"select: {len(emb)} embeddings for {start} records")
 
 
-def cluster_select(records: Sequence[dict[str, Any]], emb: np.ndarray,
-                   config: ClusterConfig | dict | None = None, *, perplexity: np.ndarray | None = None) -> StepResult:
-    """K-means (scikit-learn) then per_cluster records per cluster; meta.cluster = cluster id.
-
-    band 'middle': only records whose answer perplexity (ifd.answer_perplexities) lies between the band_low and
-    band_high quantiles of their cluster are sampled (neither the trivial nor the noisy ones); the others are
-    dropped as outside_band, and meta.perplexity is kept."""
+def cluster_choice(emb: np.ndarray, config: ClusterConfig | dict | None = None, *,
+                   perplexity: np.ndarray | None = None) -> tuple[np.ndarray, set[int], set[int]]:
+    """(cluster label per row, rows kept, rows outside the perplexity band): K-means, then per_cluster rows
+    of each cluster (closest to the centroid or seeded random; band 'middle': only inside the band)."""
     from sklearn.cluster import KMeans
 
     cfg = config if isinstance(config, ClusterConfig) else parse_config(ClusterConfig, "select cluster", config)
-    _check(records, emb)
-    if cfg.band == "middle" and (perplexity is None or len(perplexity) != len(records)):
+    if cfg.band == "middle" and (perplexity is None or len(perplexity) != len(emb)):
         raise UserError("select cluster: band 'middle' needs one answer perplexity per record (--model)")
-    n_clusters = min(cfg.n_clusters, len(records))
+    n_clusters = min(cfg.n_clusters, len(emb))
     km = KMeans(n_clusters=n_clusters, n_init=4, random_state=cfg.seed).fit(emb.astype(np.float64))
     dist = np.linalg.norm(emb - km.cluster_centers_[km.labels_], axis=1)
     rng = np.random.default_rng(cfg.seed)
@@ -163,13 +166,44 @@ def cluster_select(records: Sequence[dict[str, Any]], emb: np.ndarray,
         else:
             members = rng.permutation(members)
         keep.update(members[: cfg.per_cluster].tolist())
+    return km.labels_, keep, outside
+
+
+def _cluster_result(records: Sequence[dict[str, Any]], labels: np.ndarray, keep: set[int], outside: set[int],
+                    perplexity: np.ndarray | None, start: int = 0) -> StepResult:
     kept, dropped = [], []
-    for i, rec in enumerate(records):
-        extra = {"cluster": int(km.labels_[i])}
-        if cfg.band == "middle":
+    for i, rec in enumerate(records, start):
+        extra = {"cluster": int(labels[i])}
+        if perplexity is not None:
             extra["perplexity"] = round(float(perplexity[i]), 6)
         if i in keep:
             kept.append({**rec, "meta": {**(rec.get("meta") or {}), **extra}})
         else:
             dropped.append(drop(rec, "select_cluster", "outside_band" if i in outside else "not_selected", **extra))
-    return StepResult("select_cluster", kept, dropped, info={"clusters": n_clusters})
+    return StepResult("select_cluster", kept, dropped)
+
+
+def cluster_select(records: Sequence[dict[str, Any]], emb: np.ndarray,
+                   config: ClusterConfig | dict | None = None, *, perplexity: np.ndarray | None = None) -> StepResult:
+    """K-means (scikit-learn) then per_cluster records per cluster; meta.cluster = cluster id.
+
+    band 'middle': only records whose answer perplexity (ifd.answer_perplexities) lies between the band_low and
+    band_high quantiles of their cluster are sampled (neither the trivial nor the noisy ones); the others are
+    dropped as outside_band, and meta.perplexity is kept."""
+    cfg = config if isinstance(config, ClusterConfig) else parse_config(ClusterConfig, "select cluster", config)
+    _check(records, emb)
+    labels, keep, outside = cluster_choice(emb, cfg, perplexity=perplexity)
+    res = _cluster_result(records, labels, keep, outside, perplexity if cfg.band == "middle" else None)
+    res.info = {"clusters": min(cfg.n_clusters, len(records))}
+    return res
+
+
+def cluster_select_stream(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]]]], emb: np.ndarray,
+                          config: ClusterConfig | dict | None = None) -> Iterator[StepResult]:
+    """cluster_select (band 'all') on an input read again chunk by chunk: only the embeddings are held."""
+    cfg = config if isinstance(config, ClusterConfig) else parse_config(ClusterConfig, "select cluster", config)
+    if cfg.band == "middle":
+        raise UserError("select cluster: band 'middle' scores the whole list with a model; it does not stream")
+    labels, keep, outside = cluster_choice(emb, cfg)
+    for chunk, start in _chunks_with_rows(read_chunks, len(emb)):
+        yield _cluster_result(chunk, labels, keep, outside, None, start)
