@@ -198,3 +198,33 @@ def test_cluster_stream_matches_list_and_cli_reads_no_list(tmp_path, capsys, mon
           "--per-cluster", "2", "--pick", pick, "--seed", "1", "--embeddings", str(tmp_path / "e.npz")])
     assert whole.summary() in capsys.readouterr().out
     assert (tmp_path / "cli.jsonl").read_bytes() == (tmp_path / "list.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize(("args", "cfg"), [
+    (["--weight", "math=3", "--weight", "code=1", "--total", "50", "--general-fraction", "0.2", "--seed", "3"],
+     {"weights": {"math": 3, "code": 1}, "total": 50, "general_fraction": 0.2, "seed": 3}),
+    (["--weight", "other=1", "--weight", "code=1", "--total", "60", "--upsample"],
+     {"weights": {"other": 1, "code": 1}, "total": 60, "upsample": True}),
+    ([], {})])
+def test_mix_cli_streams_same_bytes_as_mix_records(tmp_path, capsys, monkeypatch, args, cfg):
+    """`data mix` plans from task types and counts, then re-reads the inputs to write: same files and summary as
+    mix_records on the lists (kept: taken, general, copies; dropped: unmatched, not sampled, general)."""
+    import sftlab.data.curate.io as curate_io
+    from sftlab.cli import main
+    from sftlab.data.curate.io import load_records, write_result
+    from sftlab.data.records import write_jsonl
+
+    recs = [rec(f"m{i}", f"q{i}", "a", task_type="math/arith") for i in range(2500)]
+    recs += [rec(f"c{i}", f"q{i}", "a", task_type="code") for i in range(50)]
+    recs += [rec(f"x{i}", f"q{i}", "a", task_type="other") for i in range(10)]
+    recs = [recs[i] for i in np.random.default_rng(0).permutation(len(recs))]  # task types spread over chunks
+    write_jsonl(recs, tmp_path / "in.jsonl")
+    write_jsonl([rec(f"g{i}", f"q{i}", "a", task_type="web") for i in range(30)], tmp_path / "gen.jsonl")
+    whole = mix_records(load_records(tmp_path / "in.jsonl"), cfg, general=load_records(tmp_path / "gen.jsonl"))
+    write_result(whole, tmp_path / "list.jsonl")
+    monkeypatch.setattr(curate_io, "load_records", None)
+    main(["data", "mix", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "cli.jsonl"), "--general",
+          str(tmp_path / "gen.jsonl"), *args])
+    assert f"{whole.summary()} -> " in capsys.readouterr().out
+    for name in ("", ".dropped"):
+        assert (tmp_path / f"cli{name}.jsonl").read_bytes() == (tmp_path / f"list{name}.jsonl").read_bytes()

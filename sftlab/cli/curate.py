@@ -350,8 +350,8 @@ def mix_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
     """Sample a mixture with per-task_type weights and an optional general-text share; or, with --strategy,
     split the data into the stages of a multi-stage training plan."""
     from sftlab.data.curate.config import parse_config
-    from sftlab.data.curate.io import load_records
-    from sftlab.data.curate.mix import MixConfig, mix_records
+    from sftlab.data.curate.io import dropped_path, reread_record_chunks, write_result_stream
+    from sftlab.data.curate.mix import MixConfig, mix_stream, plan_mix
 
     if strategy is not None:
         if weight or total is not None or general_fraction is not None or upsample is not None or config or set_:
@@ -372,11 +372,14 @@ def mix_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
     cfg = parse_config(MixConfig, "mix", step_options(config, set_, weights=weights or None, total=total,
                                                       general_fraction=general_fraction, upsample=upsample,
                                                       seed=seed))
-    gen = load_records(general) if general else []
-    res = mix_records(load_records(inputs), cfg, general=gen)
-    _finish(res, out)
-    if res.info["shortfall"]:
-        typer.echo(f"mix: fewer records than asked (not upsampled): {res.info['shortfall']}")
+    # passes over the inputs (task types and counts, then the records to write): the records are never held
+    read = reread_record_chunks(inputs, chunk_size=2048)
+    read_general = reread_record_chunks(general, chunk_size=2048) if general else (lambda: ())
+    plan = plan_mix(read, cfg, read_general)
+    summary = write_result_stream(mix_stream(plan, read, read_general), out, "mix")
+    typer.echo(f"{summary} -> {out} (removed: {dropped_path(out)})")
+    if plan.info["shortfall"]:
+        typer.echo(f"mix: fewer records than asked (not upsampled): {plan.info['shortfall']}")
 
 
 def _mix_strategy(inputs: list[Path], out: Path, general: list[Path], general_task: list[str], strategy: str,

@@ -208,18 +208,20 @@ def write_result_stream(results: Iterable[StepResult], out: str | Path, step: st
     kept_file = _AtomicParquet(out) if out.suffix == ".parquet" else AtomicJsonl(out)
     dropped_file = AtomicJsonl(dropped_path(out))
     counts: Counter = Counter()
+    copies = 0  # rows a step added (mix --upsample): not inputs
     try:
         for result in results:
             kept_file.write(result.kept)
             dropped_file.write(result.dropped)
             counts.update(result.counts())
+            copies += result.info.get("copies", 0)
     except BaseException:
         kept_file.abort()
         dropped_file.abort()
         raise
     kept_file.commit()
     dropped_file.commit()
-    return summary_line(step, kept_file.count, kept_file.count + dropped_file.count, counts)
+    return summary_line(step, kept_file.count, kept_file.count - copies + dropped_file.count, counts, copies)
 
 
 def dropped_path(out: str | Path) -> Path:

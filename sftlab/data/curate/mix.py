@@ -9,8 +9,10 @@ largest-remainder rule so they sum to the total. A task_type with fewer records 
 from __future__ import annotations
 
 import hashlib
+from array import array
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,29 +57,48 @@ def _rng(seed: int, group: str) -> np.random.Generator:
     return np.random.default_rng([seed, int.from_bytes(hashlib.blake2b(group.encode(), digest_size=8).digest(), "big")])
 
 
-def mix_records(records: Sequence[dict[str, Any]], config: MixConfig | dict | None = None,
-                general: Sequence[dict[str, Any]] = ()) -> StepResult:
-    """Sample the mixture; output keeps input order (task records, then general ones, then copies)."""
+@dataclass
+class MixPlan:
+    """Which input positions the mixture takes, decided from task types and counts alone (no record held)."""
+
+    group_of: dict[str, str | None]  # task_type -> its weight key (None: not in the weights)
+    chosen: set[int]  # positions of the task records taken
+    unmatched: set[int]  # positions whose task_type matches no weight
+    copies: list[tuple[int, int]]  # (source position, copy number) of the upsampled copies, in output order
+    general_chosen: set[int]  # positions in the general inputs taken
+    info: dict[str, Any]
+
+
+def plan_mix(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]]]], config: MixConfig | dict | None = None,
+             read_general: Callable[[], Iterable[Sequence[dict[str, Any]]]] = lambda: ()) -> MixPlan:
+    """One pass over the task records (their task types) and one over the general ones (their count)."""
     cfg = config if isinstance(config, MixConfig) else parse_config(MixConfig, "mix", config)
     if any(w < 0 for w in cfg.weights.values()) or (cfg.weights and sum(cfg.weights.values()) <= 0):
         raise UserError(f"mix: weights must be >= 0 with a positive sum, got {cfg.weights}")
-    if cfg.general_fraction > 0 and not general:
+    names: dict[str, int] = {}  # task_type -> index, in first-seen order
+    task = array("q")
+    for chunk in read_chunks():
+        task.extend(names.setdefault(r["task_type"], len(names)) for r in chunk)
+    n_general = sum(len(chunk) for chunk in read_general())
+    if cfg.general_fraction > 0 and not n_general:
         raise UserError("mix: general_fraction > 0 needs general records (--general FILE)")
+    task_arr = np.frombuffer(task, dtype=np.int64) if len(task) else np.zeros(0, dtype=np.int64)
     weights = dict(cfg.weights)
-    if not weights:
-        for r in records:
-            weights[r["task_type"]] = weights.get(r["task_type"], 0) + 1
-    groups: dict[str, list[int]] = defaultdict(list)
-    unmatched = []
-    for i, r in enumerate(records):
-        g = _group(r, weights)
-        (groups[g].append(i) if g is not None else unmatched.append(i))
-    total = cfg.total or len(records)
-    n_general = round(total * cfg.general_fraction)
-    want = largest_remainder(total - n_general, {k: w for k, w in weights.items() if w > 0})
+    if not weights:  # the input's own proportions
+        counts = np.bincount(task_arr, minlength=len(names))
+        weights = {t: int(counts[k]) for t, k in names.items()}
+    group_of = {t: _group({"task_type": t}, weights) for t in names}
+    members: dict[str | None, list[np.ndarray]] = defaultdict(list)  # None: matches no weight
+    for t, k in names.items():
+        members[group_of[t]].append(np.flatnonzero(task_arr == k))
+    groups = {g: np.sort(np.concatenate(m)).tolist() for g, m in members.items()}
+    unmatched = set(groups.pop(None, []))
+    total = cfg.total or len(task)
+    n_gen = round(total * cfg.general_fraction)
+    want = largest_remainder(total - n_gen, {k: w for k, w in weights.items() if w > 0})
 
     chosen: set[int] = set()
-    copies: list[dict[str, Any]] = []
+    copies: list[tuple[int, int]] = []
     shortfall: dict[str, int] = {}
     for g, n in sorted(want.items()):
         idx = groups.get(g, [])
@@ -85,28 +106,69 @@ def mix_records(records: Sequence[dict[str, Any]], config: MixConfig | dict | No
         chosen.update(idx[j] for j in perm[:n])
         if n > len(idx):
             if cfg.upsample and idx:
-                for c in range(n - len(idx)):
-                    src = records[idx[perm[c % len(idx)]]]
-                    copies.append({**src, "id": f"{src['id']}#mix{c // len(idx) + 1}",
-                                   "meta": {**(src.get("meta") or {}), "mix_copy_of": src["id"]}})
+                copies += [(idx[perm[c % len(idx)]], c // len(idx) + 1) for c in range(n - len(idx))]
             else:
                 shortfall[g] = n - len(idx)
-    gen_perm = _rng(cfg.seed, "\x00general").permutation(len(general))[:n_general]
-    gen_chosen = set(gen_perm.tolist())
-    if n_general > len(general):
-        shortfall["general"] = n_general - len(general)
+    general_chosen = set(_rng(cfg.seed, "\x00general").permutation(n_general)[:n_gen].tolist())
+    if n_gen > n_general:
+        shortfall["general"] = n_gen - n_general
+    info = {"wanted": want | {"general": n_gen}, "shortfall": shortfall, "inputs": len(task) + n_general,
+            "copies": len(copies)}
+    return MixPlan(group_of, chosen, unmatched, copies, general_chosen, info)
 
-    kept = [{**r, "meta": {**(r.get("meta") or {}), "mix_group": _group(r, weights)}}
-            for i, r in enumerate(records) if i in chosen]
-    kept += [{**r, "meta": {**(r.get("meta") or {}), "mix_group": "general"}}
-             for i, r in enumerate(general) if i in gen_chosen]
-    kept += copies
-    unmatched_set = set(unmatched)
-    dropped = [drop(records[i], "mix", "task_type_not_in_weights") for i in unmatched]
-    dropped += [drop(r, "mix", "not_sampled") for i, r in enumerate(records) if i not in chosen and i not in unmatched_set]
-    dropped += [drop(r, "mix", "not_sampled", group="general") for i, r in enumerate(general) if i not in gen_chosen]
-    return StepResult("mix", kept, dropped, info={"wanted": want | {"general": n_general}, "shortfall": shortfall,
-                                                  "inputs": len(records) + len(general), "copies": len(copies)})
+
+def mix_stream(plan: MixPlan, read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]]]],
+               read_general: Callable[[], Iterable[Sequence[dict[str, Any]]]] = lambda: ()) -> Iterator[StepResult]:
+    """The plan's output in input order, chunk by chunk: kept = the task records taken, then the general ones,
+    then the copies; dropped = task types outside the weights, then the task records not taken, then the
+    general ones not taken. Held: the ids of the records not taken and the sources of upsampled copies (scarce
+    task types)."""
+    sources = {src for src, _ in plan.copies}
+    held: dict[int, dict[str, Any]] = {}
+    not_sampled: list[str] = []  # ids: a dropped row is {id, step, reason}, written after all unmatched ones
+    pos = 0
+    for chunk in read_chunks():
+        kept, dropped = [], []
+        for r in chunk:
+            if pos in plan.chosen:
+                kept.append({**r, "meta": {**(r.get("meta") or {}), "mix_group": plan.group_of[r["task_type"]]}})
+            elif pos in plan.unmatched:
+                dropped.append(drop(r, "mix", "task_type_not_in_weights"))
+            else:
+                not_sampled.append(r["id"])
+            if pos in sources:
+                held[pos] = r
+            pos += 1
+        yield StepResult("mix", kept, dropped)
+    for k in range(0, len(not_sampled), 10_000):
+        yield StepResult("mix", [], [drop({"id": i}, "mix", "not_sampled") for i in not_sampled[k:k + 10_000]])
+    del not_sampled
+    pos = 0
+    for chunk in read_general():
+        kept, dropped = [], []
+        for r in chunk:
+            if pos in plan.general_chosen:
+                kept.append({**r, "meta": {**(r.get("meta") or {}), "mix_group": "general"}})
+            else:
+                dropped.append(drop(r, "mix", "not_sampled", group="general"))
+            pos += 1
+        yield StepResult("mix", kept, dropped)
+    copies = [{**held[src], "id": f"{held[src]['id']}#mix{n}", "meta": {**(held[src].get("meta") or {}),
+                                                                         "mix_copy_of": held[src]["id"]}}
+              for src, n in plan.copies]
+    yield StepResult("mix", copies, [], info={"copies": len(copies)})
+
+
+def mix_records(records: Sequence[dict[str, Any]], config: MixConfig | dict | None = None,
+                general: Sequence[dict[str, Any]] = ()) -> StepResult:
+    """Sample the mixture; output keeps input order (task records, then general ones, then copies)."""
+    plan = plan_mix(lambda: [records], config, lambda: [general])
+    kept: list[dict[str, Any]] = []
+    dropped: list[dict[str, Any]] = []
+    for res in mix_stream(plan, lambda: [records], lambda: [general]):
+        kept += res.kept
+        dropped += res.dropped
+    return StepResult("mix", kept, dropped, info=plan.info)
 
 
 # ---- training strategies: the stage datasets of a multi-stage run plan (`sftlab train` with `stages:`) ----
