@@ -51,6 +51,14 @@ def _finish(result: Any, out: Path) -> None:
     typer.echo(f"{result.summary()} -> {out} (removed: {dropped_path(out)})")
 
 
+def _finish_stream(results: Any, out: Path, step: str) -> None:
+    """_finish for a step that yields its result chunk by chunk (written as it comes)."""
+    from sftlab.data.curate.io import dropped_path, write_result_stream
+
+    summary = write_result_stream(results, out, step)
+    typer.echo(f"{summary} -> {out} (removed: {dropped_path(out)})")
+
+
 @data_app.command("clean")
 def clean_cmd(inputs: list[Path] = typer.Argument(..., help="record files"), out: Path = OUT,
               tokenizer: str | None = typer.Option(None, help="count lengths in tokens of this tokenizer"),
@@ -58,7 +66,7 @@ def clean_cmd(inputs: list[Path] = typer.Argument(..., help="record files"), out
     """Drop records that break heuristic quality rules (empty, too short/long, repetitive, refusals...)."""
     from sftlab.data.curate.clean import CleanConfig, clean_stream
     from sftlab.data.curate.config import parse_config
-    from sftlab.data.curate.io import dropped_path, iter_record_chunks, write_result_stream
+    from sftlab.data.curate.io import iter_record_chunks
 
     cfg = parse_config(CleanConfig, "clean", step_options(config, set_))
     tok = None
@@ -67,8 +75,7 @@ def clean_cmd(inputs: list[Path] = typer.Argument(..., help="record files"), out
 
         tok = load_tokenizer(tokenizer)
     chunks = iter_record_chunks(inputs, allow_empty_answers=True)  # streams: memory bounded by one chunk
-    summary = write_result_stream(clean_stream(chunks, cfg, tokenizer=tok), out, "clean")
-    typer.echo(f"{summary} -> {out} (removed: {dropped_path(out)})")
+    _finish_stream(clean_stream(chunks, cfg, tokenizer=tok), out, "clean")
 
 
 @data_app.command("dedup")
@@ -93,12 +100,7 @@ def dedup_cmd(inputs: list[Path] = typer.Argument(..., help="record files"), out
         dedup_exact_stream,
         dedup_in_passes,
     )
-    from sftlab.data.curate.io import (
-        dropped_path,
-        iter_record_chunks,
-        reread_record_chunks,
-        write_result_stream,
-    )
+    from sftlab.data.curate.io import iter_record_chunks, reread_record_chunks
 
     cfg = parse_config(DedupConfig, "dedup", step_options(config, set_, field=field, mode=mode, threshold=threshold,
                                                           keep=keep, score_key=score_key,
@@ -107,13 +109,11 @@ def dedup_cmd(inputs: list[Path] = typer.Argument(..., help="record files"), out
     if can_stream(cfg):  # exact keep-first: one streaming pass holding only the key digests
         # 2048-record chunks: tokenising a chunk takes ~50 bytes per character in numpy temporaries
         chunks = iter_record_chunks(inputs, chunk_size=2048)
-        summary = write_result_stream(dedup_exact_stream(chunks, cfg), out, "dedup")
-        typer.echo(f"{summary} -> {out} (removed: {dropped_path(out)})")
+        _finish_stream(dedup_exact_stream(chunks, cfg), out, "dedup")
         return
     # near, keep=score, semantic: passes over the input holding digests, signature rows (and survivors' embeddings)
-    summary = write_result_stream(dedup_in_passes(reread_record_chunks(inputs, chunk_size=2048), cfg,
-                                                  cache_dir=cache_dir), out, "dedup")
-    typer.echo(f"{summary} -> {out} (removed: {dropped_path(out)})")
+    _finish_stream(dedup_in_passes(reread_record_chunks(inputs, chunk_size=2048), cfg, cache_dir=cache_dir),
+                   out, "dedup")
 
 
 @data_app.command("split")
@@ -155,23 +155,10 @@ def embed_cmd(inputs: list[Path] = typer.Argument(..., help="record files"),
     typer.echo(f"embed: {emb.shape[0]} x {emb.shape[1]} -> {out}")
 
 
-def _warn_language(records: list[dict], model: str | None, field: str) -> None:
-    from sftlab.data.curate.embed import language_warning
-    from sftlab.data.curate.text import field_text
-
-    warning = language_warning([field_text(r, field) for r in records], model)
-    if warning:
-        typer.echo(f"warning: {warning}", err=True)
-
-
 def _embeddings(records: list[dict], embeddings: Path | None, model: str | None, field: str,
                 cache_dir: Path | None) -> Any:
-    from sftlab.data.curate.embed import DEFAULT_CACHE, embed_records, load_embeddings
-
-    if embeddings is not None:
-        return load_embeddings(embeddings, records)
-    _warn_language(records, model, field)
-    return embed_records(records, model, field=field, cache_dir=cache_dir or DEFAULT_CACHE)
+    """Embeddings of records in memory (the steps that hold the list)."""
+    return _embeddings_of_chunks(lambda: [records], embeddings, model, field, cache_dir)[1]
 
 
 def _embeddings_of_chunks(read_chunks: Any, embeddings: Path | None, model: str | None, field: str,
@@ -225,15 +212,14 @@ def kcenter_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
                 set_: list[str] = SET) -> None:
     """K-Center-Greedy diversity selection on sentence embeddings."""
     from sftlab.data.curate.config import parse_config
-    from sftlab.data.curate.io import dropped_path, reread_record_chunks, write_result_stream
+    from sftlab.data.curate.io import reread_record_chunks
     from sftlab.data.curate.select import KCenterConfig, kcenter_select_stream
 
     cfg = parse_config(KCenterConfig, "select kcenter", step_options(config, set_, k=k, radius=radius, seed=seed))
     # two passes over the input: embeddings (one row per record), then the records again to write them
     read = reread_record_chunks(inputs, chunk_size=2048)
     _, emb = _embeddings_of_chunks(read, embeddings, embed_model, field, cache_dir)
-    summary = write_result_stream(kcenter_select_stream(read, emb, cfg), out, "select_kcenter")
-    typer.echo(f"{summary} -> {out} (removed: {dropped_path(out)})")
+    _finish_stream(kcenter_select_stream(read, emb, cfg), out, "select_kcenter")
 
 
 @select_app.command("cluster")
@@ -250,7 +236,7 @@ def cluster_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
                 cache_dir: Path | None = CACHE, config: Path | None = CONFIG, set_: list[str] = SET) -> None:
     """K-means on embeddings, then n records per cluster (optionally from the middle perplexity band)."""
     from sftlab.data.curate.config import parse_config
-    from sftlab.data.curate.io import dropped_path, load_records, reread_record_chunks, write_result_stream
+    from sftlab.data.curate.io import load_records, reread_record_chunks
     from sftlab.data.curate.select import ClusterConfig, cluster_select, cluster_select_stream
 
     cfg = parse_config(ClusterConfig, "select cluster", step_options(
@@ -261,8 +247,7 @@ def cluster_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
     if cfg.band == "all":  # two passes (embeddings, then the records to write): the records are never held
         read = reread_record_chunks(inputs, chunk_size=2048)
         _, emb = _embeddings_of_chunks(read, embeddings, embed_model, field, cache_dir)
-        summary = write_result_stream(cluster_select_stream(read, emb, cfg), out, "select_cluster")
-        typer.echo(f"{summary} -> {out} (removed: {dropped_path(out)})")
+        _finish_stream(cluster_select_stream(read, emb, cfg), out, "select_cluster")
         return
     from sftlab.data.curate.ifd import answer_perplexities
 
@@ -350,7 +335,7 @@ def mix_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
     """Sample a mixture with per-task_type weights and an optional general-text share; or, with --strategy,
     split the data into the stages of a multi-stage training plan."""
     from sftlab.data.curate.config import parse_config
-    from sftlab.data.curate.io import dropped_path, reread_record_chunks, write_result_stream
+    from sftlab.data.curate.io import reread_record_chunks
     from sftlab.data.curate.mix import MixConfig, mix_stream, plan_mix
 
     if strategy is not None:
@@ -376,8 +361,7 @@ def mix_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
     read = reread_record_chunks(inputs, chunk_size=2048)
     read_general = reread_record_chunks(general, chunk_size=2048) if general else (lambda: ())
     plan = plan_mix(read, cfg, read_general)
-    summary = write_result_stream(mix_stream(plan, read, read_general), out, "mix")
-    typer.echo(f"{summary} -> {out} (removed: {dropped_path(out)})")
+    _finish_stream(mix_stream(plan, read, read_general), out, "mix")
     if plan.info["shortfall"]:
         typer.echo(f"mix: fewer records than asked (not upsampled): {plan.info['shortfall']}")
 
