@@ -91,3 +91,22 @@ def test_split_stream_bad_record_late_writes_nothing(tmp_path):
     with pytest.raises(UserError, match="line 41"):
         write_split_stream(split_stream(reread_record_chunks(path, chunk_size=4), {}), tmp_path / "out")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_input_changed_between_passes_is_refused(tmp_path):
+    """The passes match records by position: a file written to between them is refused, not misread."""
+    path = tmp_path / "in.jsonl"
+    write_jsonl(_records(30), path)
+    read = reread_record_chunks(path, chunk_size=8)
+    passes = []
+
+    def read_chunks():
+        if passes:  # something appends to the input while the step is between passes
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(rec(f"late{len(passes)}", "a late prompt", "a")) + "\n")
+        passes.append(1)
+        return read()
+
+    with pytest.raises(UserError, match="changed while it was being read"):
+        write_split_stream(split_stream(read_chunks, {}), tmp_path / "out")
+    assert len(passes) == 2 and not (tmp_path / "out" / "train.jsonl").exists()

@@ -106,13 +106,19 @@ def iter_record_chunks(paths: str | Path | Sequence[str | Path], *, chunk_size: 
 def reread_record_chunks(paths: str | Path | Sequence[str | Path], *, chunk_size: int = 10_000
                          ) -> Callable[[], Iterator[list[dict[str, Any]]]]:
     """`read_chunks` for the steps that stream in passes: each call reads the inputs again in the same
-    chunks; the reader's warnings are printed on the first pass only."""
-    passes = 0
+    chunks; the reader's warnings are printed on the first pass only. A pass refuses inputs whose size or
+    modification time changed since the first one: the passes match records by position."""
+    first: list[tuple[str, int, int]] = []
 
     def read_chunks() -> Iterator[list[dict[str, Any]]]:
-        nonlocal passes
-        passes += 1
-        return iter_record_chunks(paths, chunk_size=chunk_size, warn=passes == 1)
+        now = [(str(p), (st := Path(p).stat()).st_size, st.st_mtime_ns) for p in _check_inputs(paths)]
+        if first and now != first:
+            changed = next(a[0] for a, b in zip(now, first, strict=True) if a != b)
+            raise UserError(f"{changed}: changed while it was being read (this step reads its input more than "
+                            "once and matches records by position); run it again on a file nothing writes to")
+        warn = not first
+        first[:] = now
+        return iter_record_chunks(paths, chunk_size=chunk_size, warn=warn)
 
     return read_chunks
 
