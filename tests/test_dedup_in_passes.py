@@ -112,3 +112,18 @@ def test_dedup_in_passes_refuses_bad_scores(tmp_path):
     records[6]["meta"]["q"] = "high"
     with pytest.raises(UserError, match=r"record 6 \(id 'd6'\): meta.q must be a number"):
         next(dedup_in_passes(lambda: [records[:4], records[4:]], {"keep": "score", "score_key": "q"}))
+
+
+def test_dedup_cli_workers_use_the_process_pool(tmp_path, capsys, monkeypatch):
+    """`workers` > 1 is honoured (the list path's process pool), not silently ignored by the streaming path."""
+    import sftlab.data.curate.dedup as dedup_mod
+
+    path = tmp_path / "in.jsonl"
+    write_jsonl(_records(40), path)
+    whole = dedup_records(load_records(path), {"mode": "near"})
+    seen = []
+    features = dedup_mod._features
+    monkeypatch.setattr(dedup_mod, "_features", lambda texts, cfg, chunk_size: seen.append(cfg.workers) or
+                        features(texts, cfg.model_copy(update={"workers": 1}), chunk_size))
+    main(["data", "dedup", str(path), "-o", str(tmp_path / "out.jsonl"), "--set", "workers=2"])
+    assert seen == [2] and whole.summary() in capsys.readouterr().out

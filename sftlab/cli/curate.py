@@ -99,13 +99,17 @@ def dedup_cmd(inputs: list[Path] = typer.Argument(..., help="record files"), out
         can_stream,
         dedup_exact_stream,
         dedup_in_passes,
+        dedup_records,
     )
-    from sftlab.data.curate.io import iter_record_chunks, reread_record_chunks
+    from sftlab.data.curate.io import iter_record_chunks, load_records, reread_record_chunks
 
     cfg = parse_config(DedupConfig, "dedup", step_options(config, set_, field=field, mode=mode, threshold=threshold,
                                                           keep=keep, score_key=score_key,
                                                           semantic_threshold=semantic_threshold,
                                                           embedding_model=embedding_model))
+    if cfg.workers > 1:  # the process pool shards the whole list: more memory for more cores, same output
+        _finish(dedup_records(load_records(inputs), cfg, cache_dir=cache_dir), out)
+        return
     if can_stream(cfg):  # exact keep-first: one streaming pass holding only the key digests
         # 2048-record chunks: tokenising a chunk takes ~50 bytes per character in numpy temporaries
         chunks = iter_record_chunks(inputs, chunk_size=2048)
