@@ -5,6 +5,7 @@
     python benchmarks/bench_curate_scale.py --n 200000 --dedup-mode --split   # clean, then split (leakage near)
     python benchmarks/bench_curate_scale.py --n 200000 --dedup-mode near --dedup-keep score
     python benchmarks/bench_curate_scale.py --n 200000 --dedup-mode --kcenter 200
+    python benchmarks/bench_curate_scale.py --n 200000 --dedup-mode --pipeline --compare-root /tmp/old-checkout
 
 Generates N canonical records as JSONL in a temp dir (English-like prompts and answers of 20-200 words;
 about 8% empty answers or refusals for clean to drop, 5% exact and 5% near duplicates for dedup), then runs
@@ -73,11 +74,17 @@ def write_random_embeddings(records: Path, out: Path, dim: int = 384) -> None:
     save_embeddings(out, ids, emb)
 
 
-def run_step(argv: list[str]) -> tuple[float, float, int, str]:
-    """(wall seconds, peak RSS in MiB, exit code, last stdout line) of one CLI run."""
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+PIPELINE = {"steps": [{"clean": {}}, {"dedup": {}}, {"mix": {"weights": {"t0": 3, "t1": 1, "t2": 1}, "total": 50000}},
+                      {"split": {"val": 0.05, "test": 0.05}}]}
+
+
+def run_step(argv: list[str], root: Path = ROOT) -> tuple[float, float, int, str]:
+    """(wall seconds, peak RSS in MiB, exit code, last stdout line) of one CLI run (sftlab imported from root)."""
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "sftlab", *argv], stdout=subprocess.PIPE, env=env, text=True)
+    # cwd = root: `python -m` puts the working directory first on sys.path, ahead of PYTHONPATH
+    proc = subprocess.Popen([sys.executable, "-m", "sftlab", *argv], stdout=subprocess.PIPE, env=env, text=True,
+                            cwd=root)
     out = proc.stdout.read() if proc.stdout else ""
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -96,10 +103,14 @@ def main() -> None:
                     help="also run `data select kcenter --k K` on clean's output with random unit embeddings "
                     "(384-d, written as an .npz like `data embed` does: the selection's memory, not the model's)")
     ap.add_argument("--split", action="store_true", help="also run `data split` (default leakage: near)")
+    ap.add_argument("--pipeline", action="store_true", help="also run `data pipeline` on the generated records: "
+                    "clean, dedup (near), mix (t0:t1:t2 = 3:1:1, 50k), split")
+    ap.add_argument("--compare-root", type=Path, default=None, help="with --pipeline: run it again with sftlab "
+                    "imported from this checkout (e.g. a `git worktree` of an older commit), side by side")
     ap.add_argument("--workdir", type=Path, default=None, help="keep files here instead of a temp dir")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        work = args.workdir or Path(tmp)
+        work = (args.workdir or Path(tmp)).resolve()
         work.mkdir(parents=True, exist_ok=True)
         data = work / "records.jsonl"
         t0 = time.perf_counter()
@@ -118,11 +129,22 @@ def main() -> None:
                            "--k", str(args.kcenter), "--embeddings", str(work / "emb.npz")]))
         if args.split:
             steps.append(("split", ["data", "split", str(work / "clean.jsonl"), "-o", str(work / "split")]))
+        roots = {}
+        if args.pipeline:
+            import yaml
+
+            for label, root in [("pipeline", ROOT)] + ([(f"pipeline ({args.compare_root})", args.compare_root)]
+                                                       if args.compare_root else []):
+                out = work / f"pipe{len(roots)}"
+                cfg = work / f"pipe{len(roots)}.yaml"
+                cfg.write_text(yaml.safe_dump({"inputs": [str(data)], "output": str(out / "out.jsonl"), **PIPELINE}))
+                steps.append((label, ["data", "pipeline", str(cfg)]))
+                roots[label] = root
         rows = []
         for name, argv in steps:
-            with open(argv[2], "rb") as f:
+            with open(data if argv[1] == "pipeline" else argv[2], "rb") as f:
                 n_in = sum(1 for _ in f)
-            wall, rss, rc, last = run_step(argv)
+            wall, rss, rc, last = run_step(argv, roots.get(name, ROOT))
             rows.append((name, n_in, wall, rss, rc, last))
             print(f"{name}: {wall:.0f} s, peak RSS {rss:.0f} MiB, exit {rc}: {last}", flush=True)
     print(f"\n| step (generated {args.n} records, {size / 2**20:.0f} MiB JSONL) | input records | wall s | "

@@ -93,19 +93,64 @@ def test_reward_batched_equals_single_and_threshold(tiny_reward_dir):
     assert all(d["reason"] == "below_min_score" and d["reward"] < alpha for d in res.dropped)
 
 
-def test_ifd_and_reward_commands(tiny_model_dir, tiny_reward_dir, tmp_path, capsys):
+def test_ifd_and_reward_stream_write_what_the_list_paths_write(tiny_model_dir, tiny_tokenizer, tiny_reward_dir,
+                                                               tmp_path, monkeypatch):
+    from sftlab.data.curate import ifd as ifd_mod
+    from sftlab.data.curate.ifd import ifd_select_stream
+    from sftlab.data.curate.io import iter_record_chunks, load_records, write_result, write_result_stream
+    from sftlab.data.curate.reward import load_reward_model, reward_select_stream
+    from sftlab.data.records import write_jsonl
+
+    model = load_causal_lm(str(tiny_model_dir))
+    records = _records()
+    tok = tiny_tokenizer
+    whole_window = ifd_scores(records, model, tok, batch_size=2)
+    monkeypatch.setattr(ifd_mod, "SCORE_WINDOW", 3)  # windows of 3 across read chunks of 2
+    for a, b in zip(ifd_scores(records, model, tok, batch_size=2), whole_window, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5)  # the window changes batches, not the scores
+    path = tmp_path / "in.jsonl"
+    write_jsonl(records, path)
+    cfg = {"max_ifd": 100.0, "k": 4, "batch_size": 2}
+    whole = ifd_select(load_records(path), str(tiny_model_dir), cfg, model=model, tokenizer=tok)
+    write_result(whole, tmp_path / "ifd_list.jsonl")
+    tally = write_result_stream(ifd_select_stream(lambda: iter_record_chunks(path, chunk_size=2), str(tiny_model_dir),
+                                                  cfg, model=model, tokenizer=tok), tmp_path / "ifd_stream.jsonl",
+                                "select_ifd")
+    assert tally.summary() == whole.summary() == "select_ifd: kept 4 of 7; below_cut: 3" and tally.info == whole.info
+    rm, rtok = load_reward_model(str(tiny_reward_dir))
+    aligned = reward_scores(records, rm, rtok, batch_size=2)  # window 3 -> 4: whole batches of 2
+    monkeypatch.setattr(ifd_mod, "SCORE_WINDOW", 1024)
+    assert aligned.tobytes() == reward_scores(records, rm, rtok, batch_size=2).tobytes()
+    monkeypatch.setattr(ifd_mod, "SCORE_WINDOW", 3)
+    whole = reward_select(load_records(path), str(tiny_reward_dir), {"keep_fraction": 0.5, "batch_size": 2},
+                          model=rm, tokenizer=rtok)
+    write_result(whole, tmp_path / "rw_list.jsonl")
+    write_result_stream(reward_select_stream(lambda: iter_record_chunks(path, chunk_size=2), str(tiny_reward_dir),
+                                             {"keep_fraction": 0.5, "batch_size": 2}, model=rm, tokenizer=rtok),
+                        tmp_path / "rw_stream.jsonl", "select_reward")
+    for step in ("ifd", "rw"):
+        for name in ("", ".dropped"):
+            assert (tmp_path / f"{step}_stream{name}.jsonl").read_bytes() == \
+                (tmp_path / f"{step}_list{name}.jsonl").read_bytes()
+
+
+def test_ifd_and_reward_commands(tiny_model_dir, tiny_reward_dir, tmp_path, capsys, monkeypatch):
     from sftlab.cli import main
+    from sftlab.data.curate import io
     from sftlab.data.curate.io import load_records
     from sftlab.data.records import write_jsonl
 
     path = tmp_path / "in.jsonl"
     write_jsonl(_records(), path)
+    monkeypatch.setattr(io, "load_records", None)  # both commands stream: they never load the whole list
     cfg = tmp_path / "ifd.yaml"
     cfg.write_text("max_ifd: 100.0\nbatch_size: 4\n")
     main(["data", "select", "ifd", str(path), "-o", str(tmp_path / "ifd.jsonl"), "--model", str(tiny_model_dir),
           "--config", str(cfg), "--k", "3"])
+    monkeypatch.undo()
     kept = load_records(tmp_path / "ifd.jsonl")
     assert len(kept) == 3 and all("ifd" in r["meta"] for r in kept)
+    monkeypatch.setattr(io, "load_records", None)
     main(["data", "select", "reward", str(path), "-o", str(tmp_path / "rw.jsonl"), "--model", str(tiny_reward_dir),
           "--keep-fraction", "0.5"])
     out = capsys.readouterr().out
@@ -157,3 +202,32 @@ def test_mods_command_without_necessity_stage(tiny_reward_dir, tmp_path, capsys)
     kept = load_records(tmp_path / "m.jsonl")
     assert len(kept) == 3 and {r["meta"]["mods_stage"] for r in kept} == {"seed"}
     assert "not_selected: 4" in capsys.readouterr().out
+
+
+def test_pipeline_scores_in_passes_without_the_list(tiny_model_dir, tiny_reward_dir, tmp_path, monkeypatch):
+    import yaml
+
+    from sftlab.data.curate import pipeline
+    from sftlab.data.curate.io import load_records
+    from sftlab.data.curate.reward import load_reward_model
+    from sftlab.data.records import write_jsonl
+    from sftlab.data.render import load_tokenizer
+
+    write_jsonl(_records(), tmp_path / "in.jsonl")
+    steps = [{"select_ifd": {"model": str(tiny_model_dir), "max_ifd": 100.0, "k": 5}},
+             {"select_reward": {"model": str(tiny_reward_dir), "k": 3}}]
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({"inputs": ["in.jsonl"], "output": "out.jsonl", "steps": steps}))
+
+    def refuse(_read):
+        raise AssertionError("the pipeline loaded the whole list for a step that streams")
+
+    monkeypatch.setattr(pipeline, "_whole", refuse)
+    monkeypatch.setattr(pipeline, "CHUNK", 2)
+    report = pipeline.run_pipeline(tmp_path / "p.yaml", echo=lambda _line: None)
+    monkeypatch.undo()
+    model, tok = load_causal_lm(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir))
+    first = ifd_select(_records(), str(tiny_model_dir), {"max_ifd": 100.0, "k": 5}, model=model, tokenizer=tok)
+    rm, rtok = load_reward_model(str(tiny_reward_dir))
+    second = reward_select(first.kept, str(tiny_reward_dir), {"k": 3}, model=rm, tokenizer=rtok)
+    assert load_records(tmp_path / "out.jsonl") == second.kept
+    assert report["steps"][0]["scored"] == 7 and report["output"] == 3

@@ -140,9 +140,10 @@ def test_kcenter_stream_matches_list_and_cli_reads_no_list(tmp_path, capsys, mon
     write_jsonl(recs, path)
     whole = kcenter_select(load_records(path), emb, {"k": 7, "seed": 3})
     write_result(whole, tmp_path / "list.jsonl")
-    summary = write_result_stream(kcenter_select_stream(lambda: iter_record_chunks(path, chunk_size=6), emb,
-                                                        {"k": 7, "seed": 3}), tmp_path / "stream.jsonl", "select_kcenter")
-    assert summary == whole.summary() and "kept 7 of 50" in summary
+    tally = write_result_stream(kcenter_select_stream(lambda: iter_record_chunks(path, chunk_size=6), emb,
+                                                      {"k": 7, "seed": 3}), tmp_path / "stream.jsonl", "select_kcenter")
+    assert tally.summary() == whole.summary() and "kept 7 of 50" in tally.summary()
+    assert tally.info == whole.info  # the covering radius and the count, as the list path reports them
     for name in ("", ".dropped"):
         assert (tmp_path / f"stream{name}.jsonl").read_bytes() == (tmp_path / f"list{name}.jsonl").read_bytes()
     with pytest.raises(UserError, match="49 embeddings for more records"):
@@ -185,9 +186,9 @@ def test_cluster_stream_matches_list_and_cli_reads_no_list(tmp_path, capsys, mon
     cfg = {"n_clusters": 5, "per_cluster": 2, "pick": pick, "seed": 1}
     whole = cluster_select(load_records(path), emb, cfg)
     write_result(whole, tmp_path / "list.jsonl")
-    summary = write_result_stream(cluster_select_stream(lambda: iter_record_chunks(path, chunk_size=9), emb, cfg),
-                                  tmp_path / "stream.jsonl", "select_cluster")
-    assert summary == whole.summary() and "kept 10 of 60" in summary
+    tally = write_result_stream(cluster_select_stream(lambda: iter_record_chunks(path, chunk_size=9), emb, cfg),
+                                tmp_path / "stream.jsonl", "select_cluster")
+    assert tally.summary() == whole.summary() and "kept 10 of 60" in tally.summary() and tally.info == whole.info
     for name in ("", ".dropped"):
         assert (tmp_path / f"stream{name}.jsonl").read_bytes() == (tmp_path / f"list{name}.jsonl").read_bytes()
     with pytest.raises(UserError, match="does not stream"):

@@ -73,7 +73,7 @@ def test_clean_stream_writes_what_clean_records_writes(inputs, tmp_path, suffix)
     whole = clean_records(load_records(inputs, allow_empty_answers=True))
     write_result(whole, tmp_path / f"list{suffix}")
     summary = write_result_stream(clean_stream(iter_record_chunks(inputs, chunk_size=4, allow_empty_answers=True)),
-                                  tmp_path / f"stream{suffix}", "clean")
+                                  tmp_path / f"stream{suffix}", "clean").summary()
     assert summary == whole.summary() == "clean: kept 15 of 23; empty_answer: 4; refusal: 4"
     assert (tmp_path / "stream.dropped.jsonl").read_bytes() == (tmp_path / "list.dropped.jsonl").read_bytes()
     if suffix == ".jsonl":
@@ -126,9 +126,10 @@ def test_dedup_exact_stream_matches_dedup_records(tmp_path, field):
     cfg = {"mode": "exact", "field": field}
     whole = dedup_records(load_records(path), cfg)
     write_result(whole, tmp_path / "list.jsonl")
-    summary = write_result_stream(dedup_exact_stream(iter_record_chunks(path, chunk_size=4), cfg),
-                                  tmp_path / "stream.jsonl", "dedup")
-    assert summary == whole.summary() == "dedup: kept 8 of 21; exact_duplicate: 13"
+    tally = write_result_stream(dedup_exact_stream(iter_record_chunks(path, chunk_size=4), cfg),
+                                tmp_path / "stream.jsonl", "dedup")
+    assert tally.summary() == whole.summary() == "dedup: kept 8 of 21; exact_duplicate: 13"
+    assert tally.info == whole.info
     for name in ("", ".dropped"):
         assert (tmp_path / f"stream{name}.jsonl").read_bytes() == (tmp_path / f"list{name}.jsonl").read_bytes()
 

@@ -48,9 +48,10 @@ def test_dedup_in_passes_matches_dedup_records(tmp_path, mode, field, verify, ke
     cfg = {"mode": mode, "field": field, "verify": verify, **keep}
     whole = dedup_records(load_records(path), cfg)
     write_result(whole, tmp_path / "list.jsonl")
-    summary = write_result_stream(dedup_in_passes(lambda: iter_record_chunks(path, chunk_size=4), cfg),
-                                  tmp_path / "stream.jsonl", "dedup")
-    assert summary == whole.summary()
+    tally = write_result_stream(dedup_in_passes(lambda: iter_record_chunks(path, chunk_size=4), cfg),
+                                tmp_path / "stream.jsonl", "dedup")
+    summary = tally.summary()
+    assert summary == whole.summary() and tally.info == whole.info  # the pair counts too
     assert ("near_duplicate" in summary) == (mode == "near") and "exact_duplicate" in summary
     if keep:  # the best-scored record of an exact group is kept, not the first
         dropped = [json.loads(line) for line in (tmp_path / "stream.dropped.jsonl").open()]
@@ -98,9 +99,11 @@ def test_dedup_in_passes_semantic_matches_dedup_records(tmp_path, monkeypatch, k
     cfg = {"semantic_threshold": 0.9, "field": "answer", "semantic_group_size": group_size, **keep}
     whole = dedup_records(load_records(path), cfg, cache_dir=tmp_path / "c1")
     write_result(whole, tmp_path / "list.jsonl")
-    summary = write_result_stream(dedup_in_passes(lambda: iter_record_chunks(path, chunk_size=4), cfg,
-                                                  cache_dir=tmp_path / "c2"), tmp_path / "stream.jsonl", "dedup")
+    tally = write_result_stream(dedup_in_passes(lambda: iter_record_chunks(path, chunk_size=4), cfg,
+                                                cache_dir=tmp_path / "c2"), tmp_path / "stream.jsonl", "dedup")
+    summary = tally.summary()
     assert summary == whole.summary() and "semantic_duplicate" in summary
+    assert tally.info == whole.info and tally.info["semantic_duplicates"] > 0
     for name in ("", ".dropped"):
         assert (tmp_path / f"stream{name}.jsonl").read_bytes() == (tmp_path / f"list{name}.jsonl").read_bytes()
 

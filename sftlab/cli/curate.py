@@ -55,7 +55,7 @@ def _finish_stream(results: Any, out: Path, step: str) -> None:
     """_finish for a step that yields its result chunk by chunk (written as it comes)."""
     from sftlab.data.curate.io import dropped_path, write_result_stream
 
-    summary = write_result_stream(results, out, step)
+    summary = write_result_stream(results, out, step).summary()
     typer.echo(f"{summary} -> {out} (removed: {dropped_path(out)})")
 
 
@@ -169,32 +169,16 @@ def _embeddings_of_chunks(read_chunks: Any, embeddings: Path | None, model: str 
                           cache_dir: Path | None, batch_size: int = 64) -> tuple[list[str], Any]:
     """(ids, embeddings) of the records of a re-readable input, one chunk at a time (only the ids and the
     embedding rows are held): from the --embeddings .npz by id, else embedded now."""
-    import numpy as np
+    from sftlab.data.curate.embed import DEFAULT_CACHE, embed_record_chunks, load_embeddings
 
-    from sftlab.data.curate.embed import (
-        DEFAULT_CACHE,
-        count_non_latin,
-        embed_records,
-        language_warning,
-        load_embeddings,
-    )
-    from sftlab.data.curate.text import field_text
-
-    ids: list[str] = []
-    parts = []
-    non_latin = 0
-    for chunk in read_chunks():
-        ids += [r["id"] for r in chunk]
-        if embeddings is None:
-            non_latin += count_non_latin([field_text(r, field) for r in chunk])
-            parts.append(embed_records(chunk, model, field=field, cache_dir=cache_dir or DEFAULT_CACHE,
-                                       batch_size=batch_size))
     if embeddings is not None:
+        ids = [r["id"] for chunk in read_chunks() for r in chunk]
         return ids, load_embeddings(embeddings, ids)
-    warning = language_warning((), model, counts=(non_latin, len(ids)))
+    ids, emb, warning = embed_record_chunks(read_chunks, model, field=field, cache_dir=cache_dir or DEFAULT_CACHE,
+                                            batch_size=batch_size)
     if warning:
         typer.echo(f"warning: {warning}", err=True)
-    return ids, np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
+    return ids, emb
 
 
 EMB = typer.Option(None, "--embeddings", help=".npz from `sftlab data embed` (else embedded now)")
@@ -281,8 +265,14 @@ def ifd_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
     (Superfiltering), optionally pre-experienced on a cluster sample first."""
     from sftlab.config import read_config_file
     from sftlab.data.curate.config import parse_config
-    from sftlab.data.curate.ifd import IFDConfig, ifd_select, ifd_summary, pre_experience_config
-    from sftlab.data.curate.io import load_records
+    from sftlab.data.curate.ifd import (
+        IFDConfig,
+        ifd_select,
+        ifd_select_stream,
+        ifd_summary,
+        pre_experience_config,
+    )
+    from sftlab.data.curate.io import load_records, reread_record_chunks
     from sftlab.data.curate.mods import seed_run_config
 
     cfg = parse_config(IFDConfig, "select ifd", step_options(config, set_, max_ifd=max_ifd, k=k,
@@ -290,10 +280,11 @@ def ifd_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
                                                              pre_experience=pre_experience, seed=seed))
     if cfg.pre_experience is None and (train_config is not None or train_set or work_dir is not None):
         raise UserError("select ifd: --train-config/--train-set/--work-dir need --pre-experience")
-    records = load_records(inputs)
-    if cfg.pre_experience is None:
-        _finish(ifd_select(records, model, cfg), out)
+    if cfg.pre_experience is None:  # two passes (scores, then the records to write): the records are never held
+        _finish_stream(ifd_select_stream(reread_record_chunks(inputs, chunk_size=2048), model, cfg), out,
+                       "select_ifd")
         return
+    records = load_records(inputs)  # the pre-experience run trains on a cluster sample of the whole list
     train_raw = read_config_file(train_config) if train_config is not None else None
     work = work_dir or out.with_name(out.name.split(".")[0] + ".ifd")
     # validate the run's config before embedding and training
@@ -314,12 +305,14 @@ def reward_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
                set_: list[str] = SET) -> None:
     """Score conversations with a reward model and keep the good ones."""
     from sftlab.data.curate.config import parse_config
-    from sftlab.data.curate.io import load_records
-    from sftlab.data.curate.reward import RewardConfig, reward_select
+    from sftlab.data.curate.io import reread_record_chunks
+    from sftlab.data.curate.reward import RewardConfig, reward_select_stream
 
     cfg = parse_config(RewardConfig, "select reward", step_options(
         config, set_, min_score=min_score, keep_fraction=keep_fraction, k=k, batch_size=batch_size))
-    _finish(reward_select(load_records(inputs), model, cfg), out)
+    # two passes (scores, then the records to write): the records are never held
+    _finish_stream(reward_select_stream(reread_record_chunks(inputs, chunk_size=2048), model, cfg), out,
+                   "select_reward")
 
 
 @data_app.command("mix")

@@ -384,6 +384,7 @@ def dedup_exact_stream(chunks: Iterable[Sequence[dict[str, Any]]], config: Dedup
             else:
                 dropped.append(drop(rec, "dedup", "exact_duplicate", duplicate_of=rep, cluster=rep, similarity=1.0))
         yield StepResult("dedup", kept, dropped)
+    yield StepResult("dedup", [], [], info={"candidate_pairs": 0, "near_pairs": 0, "semantic_duplicates": 0})
 
 
 def candidate_shingles(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]]]], wanted: np.ndarray,
@@ -421,8 +422,8 @@ def _take_rows(parts: list[np.ndarray], at: np.ndarray) -> np.ndarray:
 
 def _semantic_pass(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]]]], cfg: DedupConfig,
                    rep_of: dict[int, tuple[int, str, float]], n: int, scores: list[float] | None,
-                   cache_dir: Any) -> None:
-    """Adds semantic duplicates to rep_of: the survivors are embedded chunk by chunk as they are read again,
+                   cache_dir: Any) -> int:
+    """Adds semantic duplicates to rep_of (returns how many): the survivors are embedded chunk by chunk as they are read again,
     then searched in priority order (semantic_duplicates); only their embedding rows are held."""
     from sftlab.data.curate.embed import DEFAULT_CACHE, embed_texts
 
@@ -435,13 +436,15 @@ def _semantic_pass(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]]]]
             parts.append(embed_texts(texts, cfg.embedding_model, cache_dir=cache_dir or DEFAULT_CACHE))
         start += len(chunk)
     if not parts:
-        return
+        return 0
     emb = np.concatenate(parts)
     if scores is not None:  # priority order: highest score first, ties by input position
         order = np.asarray(sorted(range(len(alive)), key=lambda k: (-scores[alive[k]], alive[k])), dtype=np.int64)
         alive, emb = alive[order], emb[order]
-    for a, (b, cos) in semantic_duplicates(emb, cfg.semantic_threshold, cfg.semantic_group_size, cfg.seed).items():
+    found = semantic_duplicates(emb, cfg.semantic_threshold, cfg.semantic_group_size, cfg.seed)
+    for a, (b, cos) in found.items():
         rep_of[int(alive[a])] = (int(alive[b]), "semantic_duplicate", round(cos, 4))
+    return len(found)
 
 
 def dedup_in_passes(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]]]],
@@ -453,7 +456,8 @@ def dedup_in_passes(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]]]
     read, a uint32 MinHash signature row. The best of each group is then known; LSH banding runs on their
     rows in priority order (input order, or highest score first). Pass 2 (near, with verify) re-reads only
     the candidate rows for their exact shingle Jaccard. With semantic_threshold, another pass embeds the
-    survivors (cache_dir as in dedup_records). The last pass yields each chunk's kept and dropped rows."""
+    survivors (cache_dir as in dedup_records). The last pass yields each chunk's kept and dropped rows, then
+    dedup_records' info (pair counts)."""
     cfg = config if isinstance(config, DedupConfig) else parse_config(DedupConfig, "dedup", config)
     by_score = cfg.keep == "score"
     if by_score and not cfg.score_key:
@@ -466,6 +470,7 @@ def dedup_in_passes(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]]]
     group_of_key: dict[bytes, int] = {}
     sig_pos = array("q")  # positions whose signature rows are kept (rows of sig_parts), ascending
     sig_parts: list[np.ndarray] = []
+    n_candidates = n_near = n_semantic = 0
     for chunk in read_chunks():
         th, lens = token_hashes([field_text(r, cfg.field) for r in chunk])
         rows = []  # rows of this chunk's tokenised texts that are the best of their group when read
@@ -515,12 +520,13 @@ def dedup_in_passes(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]]]
             inter = len(np.intersect1d(a, b, assume_unique=True))
             return inter / (len(a) + len(b) - inter)
 
-        found, _ = greedy_near_duplicates(ci, cj, len(uniq_list), similarity, cfg.threshold,
-                                          done=lambda u: shingles.pop(uniq_list[u], None))
+        found, n_candidates = greedy_near_duplicates(ci, cj, len(uniq_list), similarity, cfg.threshold,
+                                                     done=lambda u: shingles.pop(uniq_list[u], None))
+        n_near = len(found)
         for u, v, sim in found:
             rep_of[uniq_list[v]] = (uniq_list[u], "near_duplicate", round(sim, 4))
     if cfg.semantic_threshold is not None:
-        _semantic_pass(read_chunks, cfg, rep_of, len(ids), scores if by_score else None, cache_dir)
+        n_semantic = _semantic_pass(read_chunks, cfg, rep_of, len(ids), scores if by_score else None, cache_dir)
 
     def final_rep(pos: int) -> int:
         while pos in rep_of:
@@ -540,3 +546,5 @@ def dedup_in_passes(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]]]
                 kept.append({**rec, "meta": {**(rec.get("meta") or {}), "dedup_cluster": rec["id"]}})
             pos += 1
         yield StepResult("dedup", kept, dropped)
+    yield StepResult("dedup", [], [], info={"candidate_pairs": n_candidates, "near_pairs": n_near,
+                                            "semantic_duplicates": n_semantic})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +114,22 @@ def embed_records(records: Sequence[dict[str, Any]], model: str | None = None, *
                   cache_dir: str | Path | None = DEFAULT_CACHE, batch_size: int = 64) -> np.ndarray:
     """Embeddings of each record's prompt / answer / both, aligned with records."""
     return embed_texts([field_text(r, field) for r in records], model, cache_dir=cache_dir, batch_size=batch_size)
+
+
+def embed_record_chunks(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]]]], model: str | None = None,
+                        *, field: str = "prompt", cache_dir: str | Path | None = DEFAULT_CACHE, batch_size: int = 64
+                        ) -> tuple[list[str], np.ndarray, str | None]:
+    """(ids, embeddings, language warning or None) of a re-readable input, one chunk at a time: only the ids
+    and the embedding rows are held, never the records."""
+    ids: list[str] = []
+    parts = []
+    non_latin = 0
+    for chunk in read_chunks():
+        ids += [r["id"] for r in chunk]
+        non_latin += count_non_latin([field_text(r, field) for r in chunk])
+        parts.append(embed_records(chunk, model, field=field, cache_dir=cache_dir, batch_size=batch_size))
+    warning = language_warning((), model, counts=(non_latin, len(ids)))
+    return ids, np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32), warning
 
 
 def save_embeddings(path: str | Path, ids: Sequence[str], emb: np.ndarray) -> None:

@@ -5,12 +5,14 @@ template and supervised-token masks as training (render_records): once with the 
 with the answer after an empty user message (the template's
 turn markers stay, the prompt's content is gone; chat templates refuse a conversation without a user turn). IFD >= 1 means the prompt does not help the model produce the
 answer (often a mismatched pair), so those are dropped; of the rest the highest IFD are kept.
-Losses are computed in length-sorted, right-padded batches with an attention mask.
+Losses are computed in length-sorted, right-padded batches with an attention mask, one window of
+SCORE_WINDOW records at a time: only one window's token ids are held, and the scores are the same whether the
+records come as a list or chunk by chunk (`select ifd` streams: scores first, then the records again to write).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +20,11 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from sftlab.data.curate.config import StepConfig, parse_config
-from sftlab.data.curate.io import StepResult, drop
+from sftlab.data.curate.io import StepResult, drop, windows
 from sftlab.data.render import load_tokenizer, render_records
 from sftlab.errors import UserError
+
+SCORE_WINDOW = 1024  # records rendered and scored together (length sort and batches stay inside a window)
 
 
 class IFDConfig(StepConfig):
@@ -104,14 +108,23 @@ def answer_perplexities(records: Sequence[dict[str, Any]], model_path: str, *, b
 def ifd_scores(records: Sequence[dict[str, Any]], model: Any, tokenizer: Any, *, batch_size: int = 8,
                max_length: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ifd, conditioned loss, direct loss) per record, for the last assistant turn."""
-    lc = conditional_losses(records, model, tokenizer, batch_size=batch_size, max_length=max_length)
-    alone = [{"id": r["id"], "task_type": r["task_type"], "tools": None,
-              "messages": [{"role": "user", "content": ""},
-                           next(m for m in reversed(r["messages"]) if m.get("role") == "assistant")]}
-             for r in records]
-    direct, _ = render_records(alone, tokenizer, train_on="last_assistant", max_length=max_length)
+    return ifd_scores_of_chunks([records], model, tokenizer, batch_size=batch_size, max_length=max_length)
+
+
+def ifd_scores_of_chunks(chunks: Iterable[Sequence[dict[str, Any]]], model: Any, tokenizer: Any, *,
+                         batch_size: int = 8, max_length: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ifd_scores over records read chunk by chunk, scored in windows of SCORE_WINDOW records."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ld = mean_answer_losses(model, direct, pad, batch_size)
+    lcs, lds = [np.zeros(0)], [np.zeros(0)]
+    for window in windows(chunks, SCORE_WINDOW):
+        lcs.append(conditional_losses(window, model, tokenizer, batch_size=batch_size, max_length=max_length))
+        alone = [{"id": r["id"], "task_type": r["task_type"], "tools": None,
+                  "messages": [{"role": "user", "content": ""},
+                               next(m for m in reversed(r["messages"]) if m.get("role") == "assistant")]}
+                 for r in window]
+        direct, _ = render_records(alone, tokenizer, train_on="last_assistant", max_length=max_length)
+        lds.append(mean_answer_losses(model, direct, pad, batch_size))
+    lc, ld = np.concatenate(lcs), np.concatenate(lds)
     return lc / np.maximum(ld, 1e-12), lc, ld
 
 
@@ -181,19 +194,53 @@ def ifd_select(records: Sequence[dict[str, Any]], model_path: str, config: IFDCo
     tokenizer = tokenizer or load_tokenizer(model_path)
     model = model or load_causal_lm(model_path)
     ifd, lc, ld = ifd_scores(records, model, tokenizer, batch_size=cfg.batch_size, max_length=cfg.max_length)
-    ok = [i for i in range(len(records)) if cfg.max_ifd is None or ifd[i] < cfg.max_ifd]
-    top = {ok[j] for j in top_selection(ifd[ok], cfg.keep_fraction, cfg.k)}
+    res = _ifd_result(records, 0, (ifd, lc, ld), _ifd_keep(ifd, cfg), cfg)
+    res.info = info
+    return res
+
+
+def ifd_select_stream(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]]]], model_path: str,
+                      config: IFDConfig | dict | None = None, *, model: Any = None, tokenizer: Any = None
+                      ) -> Iterator[StepResult]:
+    """ifd_select over an input read twice: the scores (three floats per record), then the records to write.
+    The last result carries the info. pre_experience trains on a sample of the whole list: use ifd_select."""
+    cfg = config if isinstance(config, IFDConfig) else parse_config(IFDConfig, "select ifd", config)
+    if cfg.pre_experience is not None:
+        raise UserError("select ifd: pre_experience needs a work directory for its training run (--work-dir)")
+    tokenizer = tokenizer or load_tokenizer(model_path)
+    model = model or load_causal_lm(model_path)
+    scores = ifd_scores_of_chunks(read_chunks(), model, tokenizer, batch_size=cfg.batch_size,
+                                  max_length=cfg.max_length)
+    top = _ifd_keep(scores[0], cfg)
+    start = 0
+    for chunk in read_chunks():
+        yield _ifd_result(chunk, start, scores, top, cfg)
+        start += len(chunk)
+    if start != len(scores[0]):
+        raise UserError(f"select ifd: the input gave {start} records on the second read, {len(scores[0])} on the first")
+    yield StepResult("select_ifd", [], [], info={"scorer": str(model_path), "scored": len(scores[0])})
+
+
+def _ifd_keep(ifd: np.ndarray, cfg: IFDConfig) -> set[int]:
+    """Rows kept: below max_ifd, then the top keep_fraction / k by IFD."""
+    ok = [i for i in range(len(ifd)) if cfg.max_ifd is None or ifd[i] < cfg.max_ifd]
+    return {ok[j] for j in top_selection(ifd[ok], cfg.keep_fraction, cfg.k)}
+
+
+def _ifd_result(chunk: Sequence[dict[str, Any]], start: int, scores: tuple[np.ndarray, np.ndarray, np.ndarray],
+                top: set[int], cfg: IFDConfig) -> StepResult:
+    ifd, lc, ld = scores
     kept, dropped = [], []
-    for i, rec in enumerate(records):
-        scores = {"ifd": round(float(ifd[i]), 6), "ifd_loss_cond": round(float(lc[i]), 6),
-                  "ifd_loss_direct": round(float(ld[i]), 6)}
+    for i, rec in enumerate(chunk, start):
+        row = {"ifd": round(float(ifd[i]), 6), "ifd_loss_cond": round(float(lc[i]), 6),
+               "ifd_loss_direct": round(float(ld[i]), 6)}
         if i in top:
-            kept.append({**rec, "meta": {**(rec.get("meta") or {}), **scores}})
+            kept.append({**rec, "meta": {**(rec.get("meta") or {}), **row}})
         elif cfg.max_ifd is not None and ifd[i] >= cfg.max_ifd:
-            dropped.append(drop(rec, "select_ifd", "ifd_too_high", **scores))
+            dropped.append(drop(rec, "select_ifd", "ifd_too_high", **row))
         else:
-            dropped.append(drop(rec, "select_ifd", "below_cut", **scores))
-    return StepResult("select_ifd", kept, dropped, info=info)
+            dropped.append(drop(rec, "select_ifd", "below_cut", **row))
+    return StepResult("select_ifd", kept, dropped)
 
 
 def ifd_summary(info: dict[str, Any]) -> str:

@@ -103,11 +103,26 @@ def iter_record_chunks(paths: str | Path | Sequence[str | Path], *, chunk_size: 
             print(f"warning: {w}", file=sys.stderr)
 
 
-def reread_record_chunks(paths: str | Path | Sequence[str | Path], *, chunk_size: int = 10_000
+def windows(chunks: Iterable[Sequence[dict[str, Any]]], size: int) -> Iterator[list[dict[str, Any]]]:
+    """The records of `chunks` regrouped into lists of exactly `size` (the last may be shorter): model scoring
+    batches by window, so its results do not depend on how the input happened to be chunked (or not)."""
+    window: list[dict[str, Any]] = []
+    for chunk in chunks:
+        for rec in chunk:
+            window.append(rec)
+            if len(window) == size:
+                yield window
+                window = []
+    if window:
+        yield window
+
+
+def reread_record_chunks(paths: str | Path | Sequence[str | Path], *, chunk_size: int = 10_000,
+                         allow_empty_answers: bool = False, warn: bool = True
                          ) -> Callable[[], Iterator[list[dict[str, Any]]]]:
     """`read_chunks` for the steps that stream in passes: each call reads the inputs again in the same
-    chunks; the reader's warnings are printed on the first pass only. A pass refuses inputs whose size or
-    modification time changed since the first one: the passes match records by position."""
+    chunks; the reader's warnings are printed on the first pass only (never with warn=False). A pass refuses
+    inputs whose size or modification time changed since the first one: the passes match records by position."""
     first: list[tuple[str, int, int]] = []
 
     def read_chunks() -> Iterator[list[dict[str, Any]]]:
@@ -116,9 +131,10 @@ def reread_record_chunks(paths: str | Path | Sequence[str | Path], *, chunk_size
             changed = next(a[0] for a, b in zip(now, first, strict=True) if a != b)
             raise UserError(f"{changed}: changed while it was being read (this step reads its input more than "
                             "once and matches records by position); run it again on a file nothing writes to")
-        warn = not first
+        first_pass = not first
         first[:] = now
-        return iter_record_chunks(paths, chunk_size=chunk_size, warn=warn)
+        return iter_record_chunks(paths, chunk_size=chunk_size, allow_empty_answers=allow_empty_answers,
+                                  warn=warn and first_pass)
 
     return read_chunks
 
@@ -207,27 +223,51 @@ class _AtomicParquet:
         self.tmp.unlink(missing_ok=True)
 
 
-def write_result_stream(results: Iterable[StepResult], out: str | Path, step: str) -> str:
+def atomic_writer(path: str | Path) -> AtomicJsonl | _AtomicParquet:
+    """A writer that appends rows to PATH.tmp (JSONL, or Parquet when PATH ends in .parquet) and renames it to
+    PATH on commit()."""
+    path = Path(path)
+    return _AtomicParquet(path) if path.suffix == ".parquet" else AtomicJsonl(path)
+
+
+@dataclass
+class StreamTally:
+    """What write_result_stream wrote: counts, the step's info (from its results, later keys win) and the
+    rows a step added (info['copies'], mix --upsample)."""
+
+    step: str
+    kept: int = 0
+    dropped: int = 0
+    counts: Counter = field(default_factory=Counter)
+    copies: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        return summary_line(self.step, self.kept, self.kept - self.copies + self.dropped, self.counts, self.copies)
+
+
+def write_result_stream(results: Iterable[StepResult], out: str | Path, step: str) -> StreamTally:
     """Write a stream of per-chunk StepResults to OUT and OUT.dropped.jsonl as they come (both files
-    appear atomically at the end; on an error neither is written). Returns the step's summary line."""
+    appear atomically at the end; on an error neither is written)."""
     out = Path(out)
-    kept_file = _AtomicParquet(out) if out.suffix == ".parquet" else AtomicJsonl(out)
+    kept_file = atomic_writer(out)
     dropped_file = AtomicJsonl(dropped_path(out))
-    counts: Counter = Counter()
-    copies = 0  # rows a step added (mix --upsample): not inputs
+    tally = StreamTally(step)
     try:
         for result in results:
             kept_file.write(result.kept)
             dropped_file.write(result.dropped)
-            counts.update(result.counts())
-            copies += result.info.get("copies", 0)
+            tally.counts.update(result.counts())
+            tally.copies += result.info.get("copies", 0)
+            tally.info.update(result.info)
     except BaseException:
         kept_file.abort()
         dropped_file.abort()
         raise
     kept_file.commit()
     dropped_file.commit()
-    return summary_line(step, kept_file.count, kept_file.count - copies + dropped_file.count, counts, copies)
+    tally.kept, tally.dropped = kept_file.count, dropped_file.count
+    return tally
 
 
 def dropped_path(out: str | Path) -> Path:

@@ -156,7 +156,7 @@ def mix_stream(plan: MixPlan, read_chunks: Callable[[], Iterable[Sequence[dict[s
     copies = [{**held[src], "id": f"{held[src]['id']}#mix{n}", "meta": {**(held[src].get("meta") or {}),
                                                                          "mix_copy_of": held[src]["id"]}}
               for src, n in plan.copies]
-    yield StepResult("mix", copies, [], info={"copies": len(copies)})
+    yield StepResult("mix", copies, [], info=plan.info)  # info["copies"] = len(copies)
 
 
 def mix_records(records: Sequence[dict[str, Any]], config: MixConfig | dict | None = None,

@@ -12,63 +12,91 @@
       - split: {val: 0.05, test: 0.05}   # last step only: writes train/val/test next to output
 
 Relative paths are relative to the YAML file. A per-step summary goes to OUTPUT.report.json.
+
+Records flow from step to step through files, not memory: each step reads the previous step's kept records in
+chunks of 2,048 from a work directory next to the output (.OUTPUT.work/, removed at the end) and writes its own,
+so the pipeline holds what its steps hold (docs/curation.md "Ceilings"), not the dataset. The steps that stream
+(clean, dedup, select_kcenter, select_cluster, select_ifd, select_reward, mix, split) run their streaming
+functions; select_mods (generation, reward and necessity over the whole list) loads it. The output is byte-identical to running the steps' list
+functions one after another in memory.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
-from sftlab.data.curate.io import StepResult, dropped_path, load_records, save_records
-from sftlab.data.records import write_jsonl
+from sftlab.data.curate.io import StepResult, dropped_path, reread_record_chunks, write_result_stream
 from sftlab.errors import UserError
+
+CHUNK = 2048
+Chunks = Callable[[], Iterator[list[dict[str, Any]]]]  # re-readable: each call reads the records again
 
 
 def _path(base: Path, p: str | None) -> str | None:
     return None if p is None else str(p if Path(p).is_absolute() else base / p)
 
 
-def _clean(recs: list, o: dict, base: Path) -> StepResult:
-    from sftlab.data.curate.clean import clean_records
+def _whole(read: Chunks) -> list[dict[str, Any]]:
+    """The records as one list, for the steps that score all of them with a model."""
+    return [r for chunk in read() for r in chunk]
+
+
+def _clean(read: Chunks, o: dict, base: Path) -> Iterable[StepResult]:
+    from sftlab.data.curate.clean import clean_stream
     from sftlab.data.render import load_tokenizer
 
     tok = o.pop("tokenizer", None)
-    return clean_records(recs, o, tokenizer=load_tokenizer(_path(base, tok)) if tok else None)
+    return clean_stream(read(), o, tokenizer=load_tokenizer(_path(base, tok)) if tok else None)
 
 
-def _dedup(recs: list, o: dict, base: Path) -> StepResult:
-    from sftlab.data.curate.dedup import dedup_records
+def _dedup(read: Chunks, o: dict, base: Path) -> Iterable[StepResult]:
+    from sftlab.data.curate.config import parse_config
+    from sftlab.data.curate.dedup import (
+        DedupConfig,
+        can_stream,
+        dedup_exact_stream,
+        dedup_in_passes,
+        dedup_records,
+    )
 
-    return dedup_records(recs, o)
+    cfg = parse_config(DedupConfig, "dedup", o)
+    if cfg.workers > 1:  # the process pool shards the whole list
+        return [dedup_records(_whole(read), cfg)]
+    return dedup_exact_stream(read(), cfg) if can_stream(cfg) else dedup_in_passes(read, cfg)
 
 
-def _emb(recs: list, o: dict, base: Path) -> Any:
-    from sftlab.data.curate.embed import DEFAULT_CACHE, embed_records, language_warning
-    from sftlab.data.curate.text import field_text
+def _emb(read: Chunks, o: dict, base: Path) -> np.ndarray:
+    from sftlab.data.curate.embed import DEFAULT_CACHE, embed_record_chunks
 
     model = o.pop("embed_model", None)
     model = _path(base, model) if model and Path(base, model).exists() else model
-    field = o.pop("field", "prompt")
-    if warning := language_warning([field_text(r, field) for r in recs], model):
+    _, emb, warning = embed_record_chunks(read, model, field=o.pop("field", "prompt"),
+                                          cache_dir=_path(base, o.pop("cache_dir", None)) or DEFAULT_CACHE)
+    if warning:
         print(f"warning: {warning}", file=sys.stderr)
-    return embed_records(recs, model, field=field, cache_dir=_path(base, o.pop("cache_dir", None)) or DEFAULT_CACHE)
+    return emb
 
 
-def _kcenter(recs: list, o: dict, base: Path) -> StepResult:
-    from sftlab.data.curate.select import kcenter_select
+def _kcenter(read: Chunks, o: dict, base: Path) -> Iterable[StepResult]:
+    from sftlab.data.curate.select import kcenter_select_stream
 
-    return kcenter_select(recs, _emb(recs, o, base), o)
+    emb = _emb(read, o, base)
+    return kcenter_select_stream(read, emb, o)
 
 
-def _cluster(recs: list, o: dict, base: Path) -> StepResult:
-    from sftlab.data.curate.select import cluster_select
+def _cluster(read: Chunks, o: dict, base: Path) -> Iterable[StepResult]:
+    from sftlab.data.curate.select import cluster_select_stream
 
-    return cluster_select(recs, _emb(recs, o, base), o)
+    emb = _emb(read, o, base)
+    return cluster_select_stream(read, emb, o)
 
 
 def _model(o: dict, base: Path, step: str) -> str:
@@ -78,19 +106,19 @@ def _model(o: dict, base: Path, step: str) -> str:
     return _path(base, m) if Path(base, m).exists() else m
 
 
-def _ifd(recs: list, o: dict, base: Path) -> StepResult:
-    from sftlab.data.curate.ifd import ifd_select
+def _ifd(read: Chunks, o: dict, base: Path) -> Iterable[StepResult]:
+    from sftlab.data.curate.ifd import ifd_select_stream
 
-    return ifd_select(recs, _model(o, base, "select_ifd"), o)
-
-
-def _reward(recs: list, o: dict, base: Path) -> StepResult:
-    from sftlab.data.curate.reward import reward_select
-
-    return reward_select(recs, _model(o, base, "select_reward"), o)
+    return ifd_select_stream(read, _model(o, base, "select_ifd"), o)
 
 
-def _mods(recs: list, o: dict, base: Path) -> StepResult:
+def _reward(read: Chunks, o: dict, base: Path) -> Iterable[StepResult]:
+    from sftlab.data.curate.reward import reward_select_stream
+
+    return reward_select_stream(read, _model(o, base, "select_reward"), o)
+
+
+def _mods(read: Chunks, o: dict, base: Path) -> Iterable[StepResult]:
     from sftlab.data.curate.ifd import load_causal_lm
     from sftlab.data.curate.mods import mods_select
     from sftlab.data.curate.reward import load_reward_model
@@ -101,25 +129,49 @@ def _mods(recs: list, o: dict, base: Path) -> StepResult:
     rm, rtok = load_reward_model(_model(o, base, "select_mods"))
     nec = o.pop("necessity_model", None)
     nec = _path(base, nec) if nec and Path(base, nec).exists() else nec
-    emb = _emb(recs, o, base)
-    return mods_select(recs, emb, o, reward_model=rm, reward_tokenizer=rtok,
-                       necessity_model=load_causal_lm(nec) if nec else None,
-                       necessity_tokenizer=load_tokenizer(nec) if nec else None)
+    recs = _whole(read)
+    emb = _emb(lambda: iter([recs]), o, base)
+    return [mods_select(recs, emb, o, reward_model=rm, reward_tokenizer=rtok,
+                        necessity_model=load_causal_lm(nec) if nec else None,
+                        necessity_tokenizer=load_tokenizer(nec) if nec else None)]
 
 
-def _mix(recs: list, o: dict, base: Path) -> StepResult:
-    from sftlab.data.curate.mix import mix_records
+def _mix(read: Chunks, o: dict, base: Path) -> Iterable[StepResult]:
+    from sftlab.data.curate.mix import mix_stream, plan_mix
 
     gen = o.pop("general", None)
-    general = load_records([_path(base, g) for g in ([gen] if isinstance(gen, str) else gen)]) if gen else []
-    return mix_records(recs, o, general=general)
+    read_general: Chunks = (lambda: iter(())) if not gen else reread_record_chunks(
+        [_path(base, g) for g in ([gen] if isinstance(gen, str) else gen)], chunk_size=CHUNK)
+    plan = plan_mix(read, o, read_general)
+    return mix_stream(plan, read, read_general)
 
 
-STEPS: dict[str, Callable[[list, dict, Path], StepResult]] = {
+STEPS: dict[str, Callable[[Chunks, dict, Path], Iterable[StepResult]]] = {
     "clean": _clean, "dedup": _dedup, "select_kcenter": _kcenter, "select_cluster": _cluster,
     "select_ifd": _ifd, "select_reward": _reward, "select_mods": _mods, "mix": _mix,
 }
 SEEDED = {"dedup", "select_kcenter", "select_cluster", "select_mods", "mix", "split"}
+
+
+def _counting(read: Chunks, seen: list[int]) -> Chunks:
+    """read, noting in seen[0] how many records a complete pass gave (the pipeline's input count)."""
+    def again() -> Iterator[list[dict[str, Any]]]:
+        n = 0
+        for chunk in read():
+            n += len(chunk)
+            yield chunk
+        seen[:] = [n]
+    return again
+
+
+def _concatenate(parts: list[Path], out: Path) -> None:
+    """Files appended in order into out (written under a temporary name, then renamed)."""
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "wb") as dst:
+        for part in parts:
+            with open(part, "rb") as src:
+                shutil.copyfileobj(src, dst)
+    tmp.replace(out)
 
 
 def run_pipeline(config_path: str | Path, echo: Callable[[str], None] = print) -> dict[str, Any]:
@@ -137,43 +189,61 @@ def run_pipeline(config_path: str | Path, echo: Callable[[str], None] = print) -
             raise UserError(f"{config_path}: '{key}' is missing or empty")
     inputs = [cfg["inputs"]] if isinstance(cfg["inputs"], str) else cfg["inputs"]
     output = Path(_path(base, cfg["output"]))
-    records = load_records([_path(base, p) for p in inputs], allow_empty_answers=True)
-    dropped: list[dict] = []
-    report: dict[str, Any] = {"inputs": len(records), "steps": []}
     steps = cfg["steps"]
-    for n, step in enumerate(steps):
+    for n, step in enumerate(steps):  # the whole plan is checked before any step runs
         if not (isinstance(step, dict) and len(step) == 1):
             raise UserError(f"{config_path}: steps[{n}] must be a mapping like '- dedup: {{threshold: 0.7}}'")
         (name, opts), = step.items()
         if not isinstance(opts or {}, dict):
             raise UserError(f"{config_path}: steps[{n}] ({name}): options must be a mapping")
-        opts = dict(opts or {})
-        if name in SEEDED and "seed" in cfg:
-            opts.setdefault("seed", cfg["seed"])
-        if name == "split":
-            if n != len(steps) - 1:
-                raise UserError(f"{config_path}: steps[{n}]: split must be the last step")
-            from sftlab.data.curate.split import split_records
-
-            parts, drops, info = split_records(records, opts)
-            for part, recs in parts.items():
-                save_records(recs, output.with_name(f"{output.stem}.{part}{output.suffix or '.jsonl'}"))
-            dropped += drops
-            report["steps"].append({"step": "split", **info})
-            echo(f"split: {info}")
-            records = parts["train"]
-            break
-        if name not in STEPS:
+        if name == "split" and n != len(steps) - 1:
+            raise UserError(f"{config_path}: steps[{n}]: split must be the last step")
+        if name not in STEPS and name != "split":
             raise UserError(f"{config_path}: steps[{n}]: unknown step {name!r} (known: {', '.join([*STEPS, 'split'])})")
-        res = STEPS[name](records, opts, base)
-        echo(res.summary())
-        if res.info.get("shortfall"):
-            echo(f"{name}: fewer records than asked (not upsampled): {res.info['shortfall']}")
-        report["steps"].append({"step": name, "kept": len(res.kept), "dropped": dict(res.counts()), **res.info})
-        dropped += res.dropped
-        records = res.kept
-    save_records(records, output)
-    write_jsonl(dropped, dropped_path(output))
-    report["output"] = len(records)
-    output.with_name(output.stem + ".report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-    return report
+    suffix = ".parquet" if output.suffix == ".parquet" else ".jsonl"
+    work = output.with_name(f".{output.name}.work")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        n_inputs: list[int] = []
+        read = _counting(reread_record_chunks([_path(base, p) for p in inputs], chunk_size=CHUNK,
+                                              allow_empty_answers=True), n_inputs)
+        report: dict[str, Any] = {"inputs": 0, "steps": []}
+        dropped: list[Path] = []
+        last: Path | None = None
+        for n, step in enumerate(steps):
+            (name, opts), = step.items()
+            opts = dict(opts or {})
+            if name in SEEDED and "seed" in cfg:
+                opts.setdefault("seed", cfg["seed"])
+            if name == "split":
+                from sftlab.data.curate.split import SPLITS, split_stream, write_split_stream
+
+                paths = {part: output.with_name(f"{output.stem}.{part}{output.suffix or '.jsonl'}") for part in SPLITS}
+                info = write_split_stream(split_stream(read, opts), paths=paths | {"dropped": work / f"{n}.dropped"})
+                dropped.append(work / f"{n}.dropped")
+                report["steps"].append({"step": "split", **info})
+                echo(f"split: {info}")
+                shutil.copyfile(paths["train"], work / f"{n}.train{suffix}")  # the output is the train part
+                last = work / f"{n}.train{suffix}"
+                break
+            last = work / f"{n}{suffix if n == len(steps) - 1 else '.jsonl'}"
+            tally = write_result_stream(STEPS[name](read, opts, base), last, name)
+            echo(tally.summary())
+            if tally.info.get("shortfall"):
+                echo(f"{name}: fewer records than asked (not upsampled): {tally.info['shortfall']}")
+            report["steps"].append({"step": name, "kept": tally.kept, "dropped": dict(tally.counts), **tally.info})
+            dropped.append(dropped_path(last))
+            read = reread_record_chunks(last, chunk_size=CHUNK, allow_empty_answers=True, warn=False)
+            if n == 0:
+                report["inputs"] = n_inputs[0]
+        if not report["inputs"] and n_inputs:
+            report["inputs"] = n_inputs[0]
+        assert last is not None
+        _concatenate(dropped, dropped_path(output))
+        last.replace(output)
+        report["output"] = report["steps"][-1].get("train", report["steps"][-1].get("kept"))
+        output.with_name(output.stem + ".report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+        return report
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -1,17 +1,22 @@
 """`select reward`: score each conversation with a reward model (any AutoModelForSequenceClassification with
-one output) and keep records whose score is >= min_score, or the top fraction / k."""
+one output) and keep records whose score is >= min_score, or the top fraction / k.
+
+Records are scored in windows of whole batches (about ifd.SCORE_WINDOW records), in input order, so the batches
+are the same whether the records come as a list or chunk by chunk; `select reward` streams (scores first, then
+the records again to write)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 from pydantic import Field
 
+from sftlab.data.curate import ifd
 from sftlab.data.curate.config import StepConfig, parse_config
 from sftlab.data.curate.ifd import top_selection
-from sftlab.data.curate.io import StepResult, drop
+from sftlab.data.curate.io import StepResult, drop, windows
 from sftlab.errors import UserError
 
 
@@ -54,18 +59,29 @@ def conversation_text(rec: dict[str, Any], tokenizer: Any) -> str:
 def reward_scores(records: Sequence[dict[str, Any]], model: Any, tokenizer: Any, *, batch_size: int = 8,
                   max_length: int = 2048) -> np.ndarray:
     """One scalar per record, in batches (right padding, attention mask)."""
+    return reward_scores_of_chunks([records], model, tokenizer, batch_size=batch_size, max_length=max_length)
+
+
+def reward_scores_of_chunks(chunks: Iterable[Sequence[dict[str, Any]]], model: Any, tokenizer: Any, *,
+                            batch_size: int = 8, max_length: int = 2048) -> np.ndarray:
+    """reward_scores over records read chunk by chunk; windows hold whole batches, so batch b is always records
+    [b * batch_size, (b + 1) * batch_size) of the input."""
     import torch
 
-    texts = [conversation_text(r, tokenizer) for r in records]
-    out = np.zeros(len(texts), dtype=np.float64)
     dev = next(model.parameters()).device
     tokenizer.padding_side = "right"
+    window = batch_size * -(-ifd.SCORE_WINDOW // batch_size)
+    parts = [np.zeros(0)]
     with torch.inference_mode():
-        for b in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[b:b + batch_size], padding=True, truncation=True, max_length=max_length,
-                            add_special_tokens=False, return_tensors="pt").to(dev)
-            out[b:b + batch_size] = model(**enc).logits[:, 0].float().cpu().numpy()
-    return out
+        for recs in windows(chunks, window):
+            texts = [conversation_text(r, tokenizer) for r in recs]
+            out = np.zeros(len(texts), dtype=np.float64)
+            for b in range(0, len(texts), batch_size):
+                enc = tokenizer(texts[b:b + batch_size], padding=True, truncation=True, max_length=max_length,
+                                add_special_tokens=False, return_tensors="pt").to(dev)
+                out[b:b + batch_size] = model(**enc).logits[:, 0].float().cpu().numpy()
+            parts.append(out)
+    return np.concatenate(parts)
 
 
 def reward_select(records: Sequence[dict[str, Any]], model_path: str, config: RewardConfig | dict | None = None,
@@ -75,10 +91,37 @@ def reward_select(records: Sequence[dict[str, Any]], model_path: str, config: Re
     if model is None:
         model, tokenizer = load_reward_model(model_path)
     scores = reward_scores(records, model, tokenizer, batch_size=cfg.batch_size, max_length=cfg.max_length)
-    ok = [i for i in range(len(records)) if cfg.min_score is None or scores[i] >= cfg.min_score]
-    top = {ok[j] for j in top_selection(scores[ok], cfg.keep_fraction, cfg.k)}
+    return _reward_result(records, 0, scores, _reward_keep(scores, cfg), cfg)
+
+
+def reward_select_stream(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]]]], model_path: str,
+                         config: RewardConfig | dict | None = None, *, model: Any = None, tokenizer: Any = None
+                         ) -> Iterator[StepResult]:
+    """reward_select over an input read twice: the scores (one float per record), then the records to write."""
+    cfg = config if isinstance(config, RewardConfig) else parse_config(RewardConfig, "select reward", config)
+    if model is None:
+        model, tokenizer = load_reward_model(model_path)
+    scores = reward_scores_of_chunks(read_chunks(), model, tokenizer, batch_size=cfg.batch_size,
+                                     max_length=cfg.max_length)
+    top = _reward_keep(scores, cfg)
+    start = 0
+    for chunk in read_chunks():
+        yield _reward_result(chunk, start, scores, top, cfg)
+        start += len(chunk)
+    if start != len(scores):
+        raise UserError(f"select reward: the input gave {start} records on the second read, {len(scores)} on the "
+                        "first")
+
+
+def _reward_keep(scores: np.ndarray, cfg: RewardConfig) -> set[int]:
+    ok = [i for i in range(len(scores)) if cfg.min_score is None or scores[i] >= cfg.min_score]
+    return {ok[j] for j in top_selection(scores[ok], cfg.keep_fraction, cfg.k)}
+
+
+def _reward_result(chunk: Sequence[dict[str, Any]], start: int, scores: np.ndarray, top: set[int],
+                   cfg: RewardConfig) -> StepResult:
     kept, dropped = [], []
-    for i, rec in enumerate(records):
+    for i, rec in enumerate(chunk, start):
         s = round(float(scores[i]), 6)
         if i in top:
             kept.append({**rec, "meta": {**(rec.get("meta") or {}), "reward": s}})

@@ -130,10 +130,11 @@ def kcenter_select(records: Sequence[dict[str, Any]], emb: np.ndarray,
 def kcenter_select_stream(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]]]], emb: np.ndarray,
                           config: KCenterConfig | dict | None = None) -> Iterator[StepResult]:
     """kcenter_select on an input read again chunk by chunk: only the embeddings (one row per record, in input
-    order) and the chosen set are held, not the records."""
-    rank, _ = kcenter_ranks(emb, config)
+    order) and the chosen set are held, not the records. The last result carries kcenter_select's info."""
+    rank, r = kcenter_ranks(emb, config)
     for chunk, start in _chunks_with_rows(read_chunks, len(emb)):
         yield _kcenter_result(chunk, rank, start)
+    yield StepResult("select_kcenter", [], [], info={"covering_radius": r, "selected": len(rank)})
 
 
 def cluster_choice(emb: np.ndarray, config: ClusterConfig | dict | None = None, *,
@@ -207,3 +208,4 @@ def cluster_select_stream(read_chunks: Callable[[], Iterable[Sequence[dict[str, 
     labels, keep, outside = cluster_choice(emb, cfg)
     for chunk, start in _chunks_with_rows(read_chunks, len(emb)):
         yield _cluster_result(chunk, labels, keep, outside, None, start)
+    yield StepResult("select_cluster", [], [], info={"clusters": min(cfg.n_clusters, len(emb))})

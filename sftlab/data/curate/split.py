@@ -24,7 +24,7 @@ from pydantic import Field, model_validator
 
 from sftlab.data.curate.config import StepConfig, parse_config
 from sftlab.data.curate.dedup import candidate_shingles, lsh_bands, lsh_candidates, signatures
-from sftlab.data.curate.io import AtomicJsonl, drop
+from sftlab.data.curate.io import AtomicJsonl, atomic_writer, drop
 from sftlab.data.curate.text import prompt_text, token_hashes
 
 SPLITS = ("train", "val", "test")
@@ -147,10 +147,13 @@ def split_records(records: Sequence[dict[str, Any]], config: SplitConfig | dict 
 
 
 def write_split_stream(results: Iterable[tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]],
-                       out_dir: str | Path) -> dict[str, int]:
-    """Write split_stream's chunks to OUT_DIR/{train,val,test,dropped}.jsonl as they come; all four files
-    appear at the end (on an error none is written). Returns the counts (info of split_records)."""
-    files = {name: AtomicJsonl(Path(out_dir) / f"{name}.jsonl") for name in (*SPLITS, "dropped")}
+                       out_dir: str | Path | None = None, *, paths: dict[str, Path] | None = None) -> dict[str, int]:
+    """Write split_stream's chunks to OUT_DIR/{train,val,test,dropped}.jsonl (or to `paths`, by the same four
+    names; .parquet allowed for the splits) as they come; all four files appear at the end (on an error none is
+    written). Returns the counts (info of split_records)."""
+    paths = paths or {name: Path(out_dir) / f"{name}.jsonl" for name in (*SPLITS, "dropped")}
+    files = {name: atomic_writer(paths[name]) if name in SPLITS else AtomicJsonl(paths[name])
+             for name in (*SPLITS, "dropped")}
     try:
         for parts, dropped in results:
             for s in SPLITS:
