@@ -64,20 +64,30 @@ def _math_records() -> list[dict]:
             for i in range(12)]
 
 
-def test_cluster_middle_perplexity_band(tmp_path, tiny_model_dir):
+def test_cluster_middle_perplexity_band(tmp_path, tiny_model_dir, monkeypatch):
+    from sftlab.data.curate import ifd, io
     from sftlab.data.curate.embed import save_embeddings
     from sftlab.data.curate.ifd import answer_perplexities
-    from sftlab.data.curate.io import load_records
+    from sftlab.data.curate.io import load_records, write_result
+    from sftlab.data.curate.select import cluster_select
 
     records = _math_records()
     write_jsonl(records, tmp_path / "in.jsonl")
     emb = np.repeat(np.eye(3, dtype=np.float32), 4, axis=0)  # three clusters of four records
     save_embeddings(tmp_path / "e.npz", [r["id"] for r in records], emb)
     out = tmp_path / "c.jsonl"
+    monkeypatch.setattr(ifd, "SCORE_WINDOW", 5)  # perplexities in windows across read chunks
+    monkeypatch.setattr(io, "load_records", None)  # the command streams: never the whole list
     main([str(a) for a in ["data", "select", "cluster", tmp_path / "in.jsonl", "-o", out, "--n-clusters", 3,
                            "--per-cluster", 4, "--band", "middle", "--band-low", 0.25, "--band-high", 0.75,
                            "--model", tiny_model_dir, "--embeddings", tmp_path / "e.npz"]])
-    ppl = dict(zip([r["id"] for r in records], answer_perplexities(records, str(tiny_model_dir)), strict=True))
+    monkeypatch.setattr(io, "load_records", load_records)
+    ppl_list = answer_perplexities(records, str(tiny_model_dir))
+    cfg = {"n_clusters": 3, "per_cluster": 4, "band": "middle", "band_low": 0.25, "band_high": 0.75}
+    write_result(cluster_select(records, emb, cfg, perplexity=ppl_list), tmp_path / "list.jsonl")
+    for name in ("c.jsonl", "c.dropped.jsonl"):  # the list path with the same windows writes the same bytes
+        assert (tmp_path / name).read_bytes() == (tmp_path / name.replace("c.", "list.")).read_bytes()
+    ppl = dict(zip([r["id"] for r in records], ppl_list, strict=True))
     kept = load_records(out)
     dropped = [json.loads(x) for x in (tmp_path / "c.dropped.jsonl").read_text().splitlines()]
     assert kept and all(d["reason"] == "outside_band" for d in dropped)
@@ -148,3 +158,37 @@ def test_ifd_pre_experience_option_errors(tmp_path, tiny_model_dir, capsys):
                   "--model", str(tiny_model_dir), *args])
         err = capsys.readouterr().err
         assert e.value.code == 2 and msg in err and len(err.strip().splitlines()) == 1
+
+
+def test_pipeline_cluster_middle_band_takes_a_model(tmp_path, tiny_model_dir, monkeypatch):
+    import yaml
+
+    from sftlab.data.curate import embed, embed_cache, pipeline
+    from sftlab.data.curate.embed import embed_records
+    from sftlab.data.curate.ifd import answer_perplexities
+    from sftlab.data.curate.io import load_records
+    from sftlab.data.curate.select import cluster_select
+    from sftlab.errors import UserError
+
+    class Axis:  # three clusters by the number mod 3 in the prompt
+        def encode(self, texts, **_kw):
+            return np.stack([np.eye(3, dtype=np.float32)[int(t.split()[2]) % 3] for t in texts])
+
+    monkeypatch.setattr(embed, "load_model", lambda _m: Axis())
+    monkeypatch.setattr(embed_cache, "_OPEN", {})
+    records = _math_records()
+    write_jsonl(records, tmp_path / "in.jsonl")
+    step = {"n_clusters": 3, "per_cluster": 2, "band": "middle", "cache_dir": "cache"}
+    cfg = {"inputs": ["in.jsonl"], "output": "out.jsonl", "steps": [{"select_cluster": step}]}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(UserError, match="needs 'model'"):
+        pipeline.run_pipeline(tmp_path / "p.yaml", echo=lambda _line: None)
+    cfg["steps"] = [{"select_cluster": {**step, "model": str(tiny_model_dir)}}]
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(cfg))
+    monkeypatch.setattr(pipeline, "_whole", None)  # streamed: never the whole list
+    report = pipeline.run_pipeline(tmp_path / "p.yaml", echo=lambda _line: None)
+    want = cluster_select(records, embed_records(records, "m", cache_dir=tmp_path / "cache"),
+                          {"n_clusters": 3, "per_cluster": 2, "band": "middle"},
+                          perplexity=answer_perplexities(records, str(tiny_model_dir)))
+    assert load_records(tmp_path / "out.jsonl") == want.kept and report["output"] == 6
+    assert "outside_band" in report["steps"][0]["dropped"] and all("perplexity" in r["meta"] for r in want.kept)

@@ -191,7 +191,7 @@ def test_cluster_stream_matches_list_and_cli_reads_no_list(tmp_path, capsys, mon
     assert tally.summary() == whole.summary() and "kept 10 of 60" in tally.summary() and tally.info == whole.info
     for name in ("", ".dropped"):
         assert (tmp_path / f"stream{name}.jsonl").read_bytes() == (tmp_path / f"list{name}.jsonl").read_bytes()
-    with pytest.raises(UserError, match="does not stream"):
+    with pytest.raises(UserError, match="needs one answer perplexity per record"):
         next(cluster_select_stream(lambda: [], emb, {**cfg, "band": "middle"}))
     save_embeddings(tmp_path / "e.npz", [r["id"] for r in recs], emb)
     monkeypatch.setattr(curate_io, "load_records", None)

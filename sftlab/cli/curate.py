@@ -224,25 +224,23 @@ def cluster_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
                 cache_dir: Path | None = CACHE, config: Path | None = CONFIG, set_: list[str] = SET) -> None:
     """K-means on embeddings, then n records per cluster (optionally from the middle perplexity band)."""
     from sftlab.data.curate.config import parse_config
-    from sftlab.data.curate.io import load_records, reread_record_chunks
-    from sftlab.data.curate.select import ClusterConfig, cluster_select, cluster_select_stream
+    from sftlab.data.curate.io import reread_record_chunks
+    from sftlab.data.curate.select import ClusterConfig, cluster_select_stream
 
     cfg = parse_config(ClusterConfig, "select cluster", step_options(
         config, set_, n_clusters=n_clusters, per_cluster=per_cluster, pick=pick, seed=seed, band=band,
         band_low=band_low, band_high=band_high))
     if cfg.band == "middle" and not model:
         raise UserError("select cluster: --band middle needs --model (the answer perplexity model)")
-    if cfg.band == "all":  # two passes (embeddings, then the records to write): the records are never held
-        read = reread_record_chunks(inputs, chunk_size=2048)
-        _, emb = _embeddings_of_chunks(read, embeddings, embed_model, field, cache_dir)
-        _finish_stream(cluster_select_stream(read, emb, cfg), out, "select_cluster")
-        return
-    from sftlab.data.curate.ifd import answer_perplexities
+    # passes over the input (embeddings; band middle: perplexities; then the records to write): never the list
+    read = reread_record_chunks(inputs, chunk_size=2048)
+    _, emb = _embeddings_of_chunks(read, embeddings, embed_model, field, cache_dir)
+    ppl = None
+    if cfg.band == "middle":
+        from sftlab.data.curate.ifd import answer_perplexities_of_chunks
 
-    records = load_records(inputs)
-    ppl = answer_perplexities(records, model)
-    _finish(cluster_select(records, _embeddings(records, embeddings, embed_model, field, cache_dir), cfg,
-                           perplexity=ppl), out)
+        ppl = answer_perplexities_of_chunks(read(), model)
+    _finish_stream(cluster_select_stream(read, emb, cfg, perplexity=ppl), out, "select_cluster")
 
 
 @select_app.command("ifd")

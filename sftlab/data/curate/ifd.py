@@ -101,8 +101,16 @@ def conditional_losses(records: Sequence[dict[str, Any]], model: Any, tokenizer:
 def answer_perplexities(records: Sequence[dict[str, Any]], model_path: str, *, batch_size: int = 8,
                         max_length: int = 2048) -> np.ndarray:
     """exp(conditional_losses) with the model at model_path (its chat template)."""
+    return answer_perplexities_of_chunks([records], model_path, batch_size=batch_size, max_length=max_length)
+
+
+def answer_perplexities_of_chunks(chunks: Iterable[Sequence[dict[str, Any]]], model_path: str, *,
+                                  batch_size: int = 8, max_length: int = 2048) -> np.ndarray:
+    """answer_perplexities over records read chunk by chunk, scored in windows of SCORE_WINDOW records."""
     model, tokenizer = load_causal_lm(model_path), load_tokenizer(model_path)
-    return np.exp(conditional_losses(records, model, tokenizer, batch_size=batch_size, max_length=max_length))
+    parts = [np.zeros(0)] + [conditional_losses(w, model, tokenizer, batch_size=batch_size, max_length=max_length)
+                             for w in windows(chunks, SCORE_WINDOW)]
+    return np.exp(np.concatenate(parts))
 
 
 def ifd_scores(records: Sequence[dict[str, Any]], model: Any, tokenizer: Any, *, batch_size: int = 8,

@@ -17,7 +17,8 @@ Records flow from step to step through files, not memory: each step reads the pr
 chunks of 2,048 from a work directory next to the output (.OUTPUT.work/, removed at the end) and writes its own,
 so the pipeline holds what its steps hold (docs/curation.md "Ceilings"), not the dataset. The steps that stream
 (clean, dedup, select_kcenter, select_cluster, select_ifd, select_reward, mix, split) run their streaming
-functions; select_mods (generation, reward and necessity over the whole list) loads it. The output is byte-identical to running the steps' list
+functions; select_mods (generation, reward and necessity over the whole list) loads it. select_cluster with
+`band: middle` takes the perplexity model as `model: PATH`. The output is byte-identical to running the steps' list
 functions one after another in memory.
 """
 
@@ -95,8 +96,13 @@ def _kcenter(read: Chunks, o: dict, base: Path) -> Iterable[StepResult]:
 def _cluster(read: Chunks, o: dict, base: Path) -> Iterable[StepResult]:
     from sftlab.data.curate.select import cluster_select_stream
 
+    ppl = None
+    if o.get("band") == "middle":  # the answer perplexity model: `model: PATH`
+        from sftlab.data.curate.ifd import answer_perplexities_of_chunks
+
+        ppl = answer_perplexities_of_chunks(read(), _model(o, base, "select_cluster"))
     emb = _emb(read, o, base)
-    return cluster_select_stream(read, emb, o)
+    return cluster_select_stream(read, emb, o, perplexity=ppl)
 
 
 def _model(o: dict, base: Path, step: str) -> str:

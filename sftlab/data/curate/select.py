@@ -200,12 +200,13 @@ def cluster_select(records: Sequence[dict[str, Any]], emb: np.ndarray,
 
 
 def cluster_select_stream(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]]]], emb: np.ndarray,
-                          config: ClusterConfig | dict | None = None) -> Iterator[StepResult]:
-    """cluster_select (band 'all') on an input read again chunk by chunk: only the embeddings are held."""
+                          config: ClusterConfig | dict | None = None, *, perplexity: np.ndarray | None = None
+                          ) -> Iterator[StepResult]:
+    """cluster_select on an input read again chunk by chunk: only the embeddings (and, band 'middle', the
+    perplexities: ifd.answer_perplexities_of_chunks) are held. The last result carries the info."""
     cfg = config if isinstance(config, ClusterConfig) else parse_config(ClusterConfig, "select cluster", config)
-    if cfg.band == "middle":
-        raise UserError("select cluster: band 'middle' scores the whole list with a model; it does not stream")
-    labels, keep, outside = cluster_choice(emb, cfg)
+    labels, keep, outside = cluster_choice(emb, cfg, perplexity=perplexity)
+    shown = perplexity if cfg.band == "middle" else None
     for chunk, start in _chunks_with_rows(read_chunks, len(emb)):
-        yield _cluster_result(chunk, labels, keep, outside, None, start)
+        yield _cluster_result(chunk, labels, keep, outside, shown, start)
     yield StepResult("select_cluster", [], [], info={"clusters": min(cfg.n_clusters, len(emb))})
