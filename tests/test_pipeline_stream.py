@@ -146,15 +146,61 @@ def test_streaming_steps_never_hold_the_whole_list(tmp_path, monkeypatch):
     assert load_records(tmp_path / "out" / "final.parquet") == load_records(tmp_path / "out" / "final.train.parquet")
 
 
-def test_a_failing_step_leaves_nothing_behind(tmp_path):
-    cfg = _write(tmp_path, [{"clean": {}}, {"dedup": {"keep": "score"}}])  # keep: score without score_key
+def test_a_failed_run_resumes_after_its_finished_steps(tmp_path, monkeypatch):
+    from sftlab.data.curate import clean
+
+    def plan(name, steps):
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(yaml.safe_dump({"inputs": ["in.jsonl"], "output": "out/final.jsonl", "seed": 3,
+                                       "steps": steps}))
+        return cfg
+
+    _write(tmp_path, [])  # the inputs, written once (their mtime is part of every step's fingerprint)
+    first_two = [{"clean": {}}, {"dedup": {"threshold": 0.6}}]
+    bad = plan("bad", first_two + [{"dedup": {"keep": "score"}}])  # no score_key: the third step fails
+    good = plan("good", first_two + [{"dedup": {"keep": "score", "score_key": "quality", "mode": "exact"}}])
+    run_pipeline(good, echo=lambda _line: None)
+    want = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    work = tmp_path / "out" / ".final.jsonl.work"
+    assert not work.exists()  # a successful run removes its work
+    for p in (tmp_path / "out").iterdir():
+        p.unlink()
+
     with pytest.raises(UserError, match="score_key"):
-        run_pipeline(cfg, echo=lambda _line: None)
-    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
-    cfg = _write(tmp_path, [{"clean": {}}, {"split": {}}, {"dedup": {}}])  # refused before anything runs
+        run_pipeline(bad, echo=lambda _line: None)
+    assert not (tmp_path / "out" / "final.jsonl").exists()
+    assert sorted(p.name for p in work.iterdir()) == ["0.done.json", "0.dropped.jsonl", "0.jsonl", "1.done.json",
+                                                      "1.dropped.jsonl", "1.jsonl"]
+    lines: list[str] = []
+    monkeypatch.setattr(clean, "clean_stream", None)  # a reused step is not run again
+    run_pipeline(good, echo=lines.append)
+    monkeypatch.undo()
+    assert [("earlier run" in line) for line in lines] == [True, True, False]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == want  # same bytes as in one go
+
+    with pytest.raises(UserError, match="score_key"):
+        run_pipeline(bad, echo=lambda _line: None)
+    lines = []  # a changed option runs that step and every later one again
+    run_pipeline(plan("changed", [first_two[0], {"dedup": {"threshold": 0.9}}, {"clean": {}}]), echo=lines.append)
+    assert [("earlier run" in line) for line in lines] == [True, False, False]
+    with pytest.raises(UserError, match="score_key"):
+        run_pipeline(bad, echo=lambda _line: None)
+    (tmp_path / "in.jsonl").write_bytes((tmp_path / "in.jsonl").read_bytes())  # a touched input: all again
+    lines = []
+    run_pipeline(good, echo=lines.append)
+    assert not any("earlier run" in line for line in lines)
+    with pytest.raises(UserError, match="score_key"):
+        run_pipeline(bad, echo=lambda _line: None)
+    lines = []
+    run_pipeline(good, echo=lines.append, fresh=True)  # --fresh ignores the earlier work
+    assert not any("earlier run" in line for line in lines) and not work.exists()
+
+
+def test_a_plan_error_is_refused_before_anything_runs(tmp_path):
+    cfg = _write(tmp_path, [{"clean": {}}, {"split": {}}, {"dedup": {}}])
     with pytest.raises(UserError, match="split must be the last step"):
         run_pipeline(cfg, echo=lambda _line: None)
-    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+    assert not (tmp_path / "out").exists()
 
 
 def test_input_count_when_the_first_step_adds_or_splits(tmp_path):
@@ -167,3 +213,18 @@ def test_input_count_when_the_first_step_adds_or_splits(tmp_path):
                           echo=lambda _line: None)
     assert report["inputs"] == 90 and sum(report["steps"][0][p] for p in ("train", "val", "test")) == 90
     assert dropped_path(tmp_path / "out" / "final.jsonl").read_text() == ""
+
+
+def test_cli_says_where_the_finished_steps_are_and_fresh_starts_over(tmp_path, capsys):
+    from sftlab.cli import main
+
+    cfg = _write(tmp_path, [{"clean": {}}, {"dedup": {"keep": "score"}}])
+    with pytest.raises(SystemExit) as e:
+        main(["data", "pipeline", str(cfg)])
+    out, err = capsys.readouterr()
+    assert e.value.code != 0 and "Traceback" not in err and "score_key" in err
+    assert "steps 1-1 are kept in" in out and "resume at step 2 (dedup)" in out
+    cfg.write_text(cfg.read_text().replace("keep: score", "keep: first"))
+    main(["data", "pipeline", str(cfg), "--fresh"])
+    out = capsys.readouterr().out
+    assert "earlier run" not in out and "pipeline: 90 ->" in out

@@ -406,11 +406,13 @@ def stats_cmd(inputs: list[Path] = typer.Argument(...),
 
 
 @data_app.command("pipeline")
-def pipeline_cmd(config: Path = typer.Argument(..., help="pipeline YAML (inputs, output, seed, steps)")) -> None:
+def pipeline_cmd(config: Path = typer.Argument(..., help="pipeline YAML (inputs, output, seed, steps)"),
+                 fresh: bool = typer.Option(False, "--fresh", help="run every step again, ignoring the steps an "
+                                            "earlier failed or interrupted run finished")) -> None:
     """Run curation steps in order from a YAML file."""
     from sftlab.data.curate.pipeline import run_pipeline
 
-    report = run_pipeline(config, echo=typer.echo)
+    report = run_pipeline(config, echo=typer.echo, fresh=fresh)
     typer.echo(f"pipeline: {report['inputs']} -> {report['output']} records")
 
 

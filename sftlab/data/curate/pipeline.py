@@ -24,6 +24,7 @@ functions one after another in memory.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sys
@@ -180,8 +181,39 @@ def _concatenate(parts: list[Path], out: Path) -> None:
     tmp.replace(out)
 
 
-def run_pipeline(config_path: str | Path, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the steps of a pipeline YAML; returns the report written to OUTPUT.report.json."""
+def _fingerprint(base: Path, inputs: list[str], steps: list[tuple[str, dict]]) -> str:
+    """What a step's output depends on: the inputs (path, size, mtime), the steps up to it with their options,
+    and the size and mtime of every file or directory an option names (general data, models, tokenizers)."""
+    def stat(p: str) -> list:
+        try:
+            st = Path(p).stat()
+        except OSError:  # gone: no match, and the step that reads it says so
+            return [str(p), None, None]
+        return [str(Path(p).resolve()), st.st_size, st.st_mtime_ns]
+
+    def named(v: Any) -> list:
+        vals = v if isinstance(v, list) else [v]
+        return [stat(str(base / x)) for x in vals if isinstance(x, str) and x and (base / x).exists()]
+
+    opts_files = [[named(v) for v in o.values()] for _, o in steps]
+    key = json.dumps({"inputs": [stat(p) for p in inputs], "steps": steps, "files": opts_files}, sort_keys=True,
+                     default=str)
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj), encoding="utf-8")
+    tmp.replace(path)
+
+
+def run_pipeline(config_path: str | Path, echo: Callable[[str], None] = print, *, fresh: bool = False
+                 ) -> dict[str, Any]:
+    """Run the steps of a pipeline YAML; returns the report written to OUTPUT.report.json.
+
+    Resumable: each finished step but the last leaves its records, its removed rows and a fingerprint of what
+    it depended on in the work directory; a failed or interrupted run keeps them, and the next run reuses every
+    leading step whose fingerprint still matches (fresh=True ignores them). A successful run removes the work."""
     config_path = Path(config_path)
     base = config_path.parent
     cfg = yaml.safe_load(config_path.read_text(encoding="utf-8"))
@@ -193,35 +225,59 @@ def run_pipeline(config_path: str | Path, echo: Callable[[str], None] = print) -
     for key in ("inputs", "output", "steps"):
         if not cfg.get(key):
             raise UserError(f"{config_path}: '{key}' is missing or empty")
-    inputs = [cfg["inputs"]] if isinstance(cfg["inputs"], str) else cfg["inputs"]
+    inputs = [_path(base, p) for p in ([cfg["inputs"]] if isinstance(cfg["inputs"], str) else cfg["inputs"])]
     output = Path(_path(base, cfg["output"]))
-    steps = cfg["steps"]
-    for n, step in enumerate(steps):  # the whole plan is checked before any step runs
+    plan: list[tuple[str, dict]] = []
+    for n, step in enumerate(cfg["steps"]):  # the whole plan is checked before any step runs
         if not (isinstance(step, dict) and len(step) == 1):
             raise UserError(f"{config_path}: steps[{n}] must be a mapping like '- dedup: {{threshold: 0.7}}'")
         (name, opts), = step.items()
         if not isinstance(opts or {}, dict):
             raise UserError(f"{config_path}: steps[{n}] ({name}): options must be a mapping")
-        if name == "split" and n != len(steps) - 1:
+        if name == "split" and n != len(cfg["steps"]) - 1:
             raise UserError(f"{config_path}: steps[{n}]: split must be the last step")
         if name not in STEPS and name != "split":
             raise UserError(f"{config_path}: steps[{n}]: unknown step {name!r} (known: {', '.join([*STEPS, 'split'])})")
+        opts = dict(opts or {})
+        if name in SEEDED and "seed" in cfg:
+            opts.setdefault("seed", cfg["seed"])
+        plan.append((name, opts))
     suffix = ".parquet" if output.suffix == ".parquet" else ".jsonl"
     work = output.with_name(f".{output.name}.work")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    try:
-        n_inputs: list[int] = []
-        read = _counting(reread_record_chunks([_path(base, p) for p in inputs], chunk_size=CHUNK,
-                                              allow_empty_answers=True), n_inputs)
-        report: dict[str, Any] = {"inputs": 0, "steps": []}
-        dropped: list[Path] = []
-        last: Path | None = None
-        for n, step in enumerate(steps):
-            (name, opts), = step.items()
-            opts = dict(opts or {})
-            if name in SEEDED and "seed" in cfg:
-                opts.setdefault("seed", cfg["seed"])
+    if fresh:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+
+    n_inputs: list[int] = []
+    read = _counting(reread_record_chunks(inputs, chunk_size=CHUNK, allow_empty_answers=True), n_inputs)
+    report: dict[str, Any] = {"inputs": 0, "steps": []}
+    dropped: list[Path] = []
+    reusing = True  # leading steps finished by an earlier run with the same fingerprint are reused
+    last: Path | None = None
+    for n, (name, template) in enumerate(plan):
+        opts = dict(template)
+        is_last = n == len(plan) - 1
+        done = work / f"{n}.done.json"
+        if reusing and not is_last:
+            try:
+                mark = json.loads(done.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                mark = None
+            if mark is not None and mark["key"] == _fingerprint(base, inputs, plan[:n + 1]) \
+                    and (work / f"{n}.jsonl").exists() and dropped_path(work / f"{n}.jsonl").exists():
+                echo(f"{mark['summary']} (done by an earlier run: {work / f'{n}.jsonl'})")
+                report["steps"].append(mark["row"])
+                report["inputs"] = mark.get("inputs", report["inputs"])
+                last = work / f"{n}.jsonl"
+                dropped.append(dropped_path(last))
+                read = reread_record_chunks(last, chunk_size=CHUNK, allow_empty_answers=True, warn=False)
+                continue
+        if reusing:  # from here on everything is computed again: earlier leftovers of later steps go
+            reusing = False
+            for old in work.iterdir():
+                if old.name.split(".")[0].isdigit() and int(old.name.split(".")[0]) >= n:
+                    old.unlink()
+        try:
             if name == "split":
                 from sftlab.data.curate.split import SPLITS, split_stream, write_split_stream
 
@@ -233,23 +289,33 @@ def run_pipeline(config_path: str | Path, echo: Callable[[str], None] = print) -
                 shutil.copyfile(paths["train"], work / f"{n}.train{suffix}")  # the output is the train part
                 last = work / f"{n}.train{suffix}"
                 break
-            last = work / f"{n}{suffix if n == len(steps) - 1 else '.jsonl'}"
+            last = work / f"{n}{suffix if is_last else '.jsonl'}"
             tally = write_result_stream(STEPS[name](read, opts, base), last, name)
-            echo(tally.summary())
-            if tally.info.get("shortfall"):
-                echo(f"{name}: fewer records than asked (not upsampled): {tally.info['shortfall']}")
-            report["steps"].append({"step": name, "kept": tally.kept, "dropped": dict(tally.counts), **tally.info})
-            dropped.append(dropped_path(last))
-            read = reread_record_chunks(last, chunk_size=CHUNK, allow_empty_answers=True, warn=False)
-            if n == 0:
-                report["inputs"] = n_inputs[0]
-        if not report["inputs"] and n_inputs:
+        except BaseException:
+            if any(work.glob("*.done.json")):
+                echo(f"pipeline: steps 1-{n} are kept in {work}; run again to resume at step {n + 1} ({name})")
+            else:
+                shutil.rmtree(work, ignore_errors=True)
+            raise
+        echo(tally.summary())
+        if tally.info.get("shortfall"):
+            echo(f"{name}: fewer records than asked (not upsampled): {tally.info['shortfall']}")
+        row = {"step": name, "kept": tally.kept, "dropped": dict(tally.counts), **tally.info}
+        report["steps"].append(row)
+        dropped.append(dropped_path(last))
+        if n == 0:
             report["inputs"] = n_inputs[0]
-        assert last is not None
-        _concatenate(dropped, dropped_path(output))
-        last.replace(output)
-        report["output"] = report["steps"][-1].get("train", report["steps"][-1].get("kept"))
-        output.with_name(output.stem + ".report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-        return report
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not is_last:
+            _write_json(done, {"key": _fingerprint(base, inputs, plan[:n + 1]), "summary": tally.summary(),
+                               "row": json.loads(json.dumps(row, default=str)), **({"inputs": n_inputs[0]}
+                                                                                    if n == 0 else {})})
+        read = reread_record_chunks(last, chunk_size=CHUNK, allow_empty_answers=True, warn=False)
+    if not report["inputs"] and n_inputs:
+        report["inputs"] = n_inputs[0]
+    assert last is not None
+    _concatenate(dropped, dropped_path(output))
+    last.replace(output)
+    report["output"] = report["steps"][-1].get("train", report["steps"][-1].get("kept"))
+    output.with_name(output.stem + ".report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    shutil.rmtree(work, ignore_errors=True)
+    return report
