@@ -80,6 +80,44 @@ def test_mix_strategy_command_writes_stages_and_plan(tmp_path, capsys):
     assert code != 0 and "--strategy does not sample" in err
 
 
+@pytest.mark.parametrize("strategy", ["multitask", "sequential", "mixed_sequential", "dmt"])
+def test_strategy_stream_writes_what_the_list_path_writes(tmp_path, strategy):
+    from sftlab.data.curate.io import iter_record_chunks
+    from sftlab.data.curate.mix import write_strategy, write_strategy_stream
+
+    special, general = _records()
+    mixed = special[:10] + general[:4] + special[10:] + general[4:6]  # general-task records between the others
+    write_jsonl(mixed, tmp_path / "in.jsonl")
+    write_jsonl(general[6:], tmp_path / "general.jsonl")
+    is_general = [r["task_type"] == "general" for r in mixed]
+    gen = [r for r, g in zip(mixed, is_general, strict=True) if g] + general[6:]
+    spec = [r for r, g in zip(mixed, is_general, strict=True) if not g]
+    write_strategy(strategy_stages(spec, gen, strategy, k=0.5, seed=4), tmp_path / "list")
+    plan, sizes, n_spec, n_gen = write_strategy_stream(
+        lambda: iter_record_chunks(tmp_path / "in.jsonl", chunk_size=3),
+        lambda: iter_record_chunks(tmp_path / "general.jsonl", chunk_size=3),
+        lambda r: r["task_type"] == "general", strategy, tmp_path / "stream", k=0.5, seed=4)
+    assert (n_spec, n_gen) == (32, 8) and sum(n for _, n in sizes) >= 40
+    names = sorted(p.name for p in (tmp_path / "list").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "stream").iterdir())
+    for name in names:
+        if name != "plan.yaml":
+            assert (tmp_path / "stream" / name).read_bytes() == (tmp_path / "list" / name).read_bytes(), name
+    assert plan.read_text().replace("/stream/", "/list/") == (tmp_path / "list" / "plan.yaml").read_text()
+
+
+def test_mix_strategy_command_never_holds_the_records(tmp_path, capsys, monkeypatch):
+    from sftlab.data.curate import io
+
+    special, general = _records()
+    write_jsonl(special + general, tmp_path / "all.jsonl")
+    monkeypatch.setattr(io, "load_records", None)
+    code, out, err = run_cli(["data", "mix", tmp_path / "all.jsonl", "-o", tmp_path / "o", "--strategy", "sequential",
+                              "--general-task", "general"], capsys)
+    assert code == 0, err
+    assert "1. math_add 20, 2. code 12, 3. general 8" in out
+
+
 def _plan(tmp_path, model_dir, stages, **train) -> dict:
     return {"model": {"name_or_path": str(model_dir)}, "data": {"max_length": 64},
             "train": {"output_dir": str(tmp_path / "plan"), "per_device_train_batch_size": 2,

@@ -363,19 +363,18 @@ def mix_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
 
 def _mix_strategy(inputs: list[Path], out: Path, general: list[Path], general_task: list[str], strategy: str,
                   k: float, seed: int) -> None:
-    from sftlab.data.curate.io import load_records
-    from sftlab.data.curate.mix import strategy_stages, write_strategy
+    from sftlab.data.curate.io import reread_record_chunks
+    from sftlab.data.curate.mix import write_strategy_stream
     from sftlab.data.records import task_channels
 
-    records = load_records(inputs)
     wanted = set(general_task)
-    is_general = [bool(wanted & set(task_channels(r["task_type"]))) for r in records]
-    gen = [r for r, g in zip(records, is_general, strict=True) if g] + (load_records(general) if general else [])
-    special = [r for r, g in zip(records, is_general, strict=True) if not g]
-    stages = strategy_stages(special, gen, strategy, k=k, seed=seed)
-    plan = write_strategy(stages, out)
-    parts = ", ".join(f"{i}. {name} {len(rs)}" for i, (name, rs) in enumerate(stages, start=1))
-    typer.echo(f"mix {strategy}: {len(special)} specialised + {len(gen)} general records -> stages {parts}; "
+    # passes over the inputs (counts, then each stage's records): the records are never held
+    plan, sizes, n_special, n_general = write_strategy_stream(
+        reread_record_chunks(inputs, chunk_size=2048),
+        reread_record_chunks(general, chunk_size=2048) if general else (lambda: ()),
+        lambda r: bool(wanted & set(task_channels(r["task_type"]))), strategy, out, k=k, seed=seed)
+    parts = ", ".join(f"{i}. {name} {n}" for i, (name, n) in enumerate(sizes, start=1))
+    typer.echo(f"mix {strategy}: {n_special} specialised + {n_general} general records -> stages {parts}; "
                f"plan in {plan}")
 
 

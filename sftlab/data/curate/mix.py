@@ -200,6 +200,25 @@ def subsample_per_task(records: Sequence[dict[str, Any]], k: float, seed: int) -
     return [r for i, r in enumerate(records) if i in keep]
 
 
+def _check_strategy(strategy: str, n_specialised: int, n_general: int, k: float) -> None:
+    if strategy not in STRATEGIES:
+        raise UserError(f"mix: option 'strategy': expected one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    if not n_specialised:
+        raise UserError("mix: no specialised records (every input record was taken as general)")
+    if strategy in ("mixed_sequential", "dmt") and not n_general:
+        raise UserError(f"mix: strategy {strategy} needs general records (--general FILE or --general-task TYPE)")
+    if strategy == "dmt" and not any(abs(k - x) < 1e-9 for x in DMT_KS):
+        raise UserError(f"mix: option 'dmt_k': expected one of 1, 1/2, 1/4, 1/8, 1/16, 1/32, got {k}")
+
+
+def _sequential_names(task_types: Iterable[str]) -> dict[str, str]:
+    """{task_type: stage name}, refusing two task_types that map to one name."""
+    names = {t: _stage_name(t) for t in task_types}
+    if len(set(names.values())) != len(names):
+        raise UserError(f"mix: task_types map to the same stage name: {list(names.values())}")
+    return names
+
+
 def strategy_stages(specialised: Sequence[dict[str, Any]], general: Sequence[dict[str, Any]], strategy: str, *,
                     k: float = 0.25, seed: int = 0) -> list[tuple[str, list[dict[str, Any]]]]:
     """(stage name, records) in training order for one strategy.
@@ -208,14 +227,7 @@ def strategy_stages(specialised: Sequence[dict[str, Any]], general: Sequence[dic
     order), then general; mixed_sequential: all specialised together, then general; dmt: all specialised, then
     general + k x specialised (a seeded per-task_type subsample, k in {1, 1/2, ..., 1/32}).
     """
-    if strategy not in STRATEGIES:
-        raise UserError(f"mix: option 'strategy': expected one of {', '.join(STRATEGIES)}, got {strategy!r}")
-    if not specialised:
-        raise UserError("mix: no specialised records (every input record was taken as general)")
-    if strategy in ("mixed_sequential", "dmt") and not general:
-        raise UserError(f"mix: strategy {strategy} needs general records (--general FILE or --general-task TYPE)")
-    if strategy == "dmt" and not any(abs(k - x) < 1e-9 for x in DMT_KS):
-        raise UserError(f"mix: option 'dmt_k': expected one of 1, 1/2, 1/4, 1/8, 1/16, 1/32, got {k}")
+    _check_strategy(strategy, len(specialised), len(general), k)
     stages: list[tuple[str, list[dict[str, Any]]]]
     if strategy == "multitask":
         stages = [("multitask", [*specialised, *general])]
@@ -223,10 +235,8 @@ def strategy_stages(specialised: Sequence[dict[str, Any]], general: Sequence[dic
         by_task: dict[str, list[dict[str, Any]]] = {}
         for r in specialised:
             by_task.setdefault(r["task_type"], []).append(r)
-        stages = [(_stage_name(t), rs) for t, rs in by_task.items()]
-        names = [n for n, _ in stages]
-        if len(set(names)) != len(names):
-            raise UserError(f"mix: task_types map to the same stage name: {names}")
+        names = _sequential_names(by_task)
+        stages = [(names[t], rs) for t, rs in by_task.items()]
         if general:
             stages.append(("general", list(general)))
     elif strategy == "mixed_sequential":
@@ -237,20 +247,90 @@ def strategy_stages(specialised: Sequence[dict[str, Any]], general: Sequence[dic
     return [(name, _tag(rs, name)) for name, rs in stages]
 
 
-def write_strategy(stages: Sequence[tuple[str, Sequence[dict[str, Any]]]], out_dir: str | Path) -> Path:
-    """OUT/stage-<i>-<name>.jsonl per stage and OUT/plan.yaml, the `stages:` list to merge into a train config."""
+def _write_plan(out_dir: Path, paths: Sequence[tuple[str, Path]]) -> Path:
     import yaml
 
-    from sftlab.data.curate.io import save_records
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plan = []
-    for i, (name, recs) in enumerate(stages, start=1):
-        path = out_dir / f"stage-{i}-{name}.jsonl"
-        save_records(recs, path)
-        plan.append({"name": name, "data": {"train": [str(path.resolve())]}})
+    plan = [{"name": name, "data": {"train": [str(path.resolve())]}} for name, path in paths]
     plan_path = out_dir / "plan.yaml"
     plan_path.write_text("# merge into a train config (model/data/train) and run `sftlab train CONFIG`\n"
                          + yaml.safe_dump({"stages": plan}, sort_keys=False), encoding="utf-8")
     return plan_path
+
+
+def write_strategy(stages: Sequence[tuple[str, Sequence[dict[str, Any]]]], out_dir: str | Path) -> Path:
+    """OUT/stage-<i>-<name>.jsonl per stage and OUT/plan.yaml, the `stages:` list to merge into a train config."""
+    from sftlab.data.curate.io import save_records
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, (name, recs) in enumerate(stages, start=1):
+        paths.append((name, out_dir / f"stage-{i}-{name}.jsonl"))
+        save_records(recs, paths[-1][1])
+    return _write_plan(out_dir, paths)
+
+
+def write_strategy_stream(read_inputs: Callable[[], Iterable[Sequence[dict[str, Any]]]],
+                          read_general: Callable[[], Iterable[Sequence[dict[str, Any]]]],
+                          is_general: Callable[[dict[str, Any]], bool], strategy: str, out_dir: str | Path, *,
+                          k: float = 0.25, seed: int = 0) -> tuple[Path, list[tuple[str, int]], int, int]:
+    """write_strategy(strategy_stages(...)) with the same bytes, the inputs read again for each stage instead of
+    held: input records for which is_general holds join read_general's as the general records. Returns (plan,
+    [(stage, records)], specialised, general)."""
+    from sftlab.data.curate.io import AtomicJsonl
+
+    task_counts: dict[str, int] = {}  # specialised records per task_type, in first-appearance order
+    n_general = 0
+    for chunk in read_inputs():
+        for r in chunk:
+            if is_general(r):
+                n_general += 1
+            else:
+                task_counts[r["task_type"]] = task_counts.get(r["task_type"], 0) + 1
+    n_general += sum(len(chunk) for chunk in read_general())
+    _check_strategy(strategy, sum(task_counts.values()), n_general, k)
+    if strategy == "multitask":
+        order = ["multitask"]
+    elif strategy == "sequential":
+        names = _sequential_names(task_counts)
+        order = list(names.values()) + (["general"] if n_general else [])
+    else:
+        order = ["specialised", "general" if strategy == "mixed_sequential" else "general_mix"]
+    out_dir = Path(out_dir)
+    writers = {name: AtomicJsonl(out_dir / f"stage-{i}-{name}.jsonl") for i, name in enumerate(order, start=1)}
+
+    def specialised_pass(stage_of: Callable[[dict[str, Any], int], str | None]) -> None:
+        rank: dict[str, int] = defaultdict(int)  # position of a record within its task_type
+        for chunk in read_inputs():
+            for r in chunk:
+                if not is_general(r):
+                    name = stage_of(r, rank[r["task_type"]])
+                    rank[r["task_type"]] += 1
+                    if name is not None:
+                        writers[name].write(_tag([r], name))
+
+    def general_pass(name: str) -> None:
+        for chunk in read_inputs():
+            writers[name].write(_tag([r for r in chunk if is_general(r)], name))
+        for chunk in read_general():
+            writers[name].write(_tag(chunk, name))
+
+    try:
+        if strategy == "sequential":
+            specialised_pass(lambda r, _j: names[r["task_type"]])
+        else:
+            specialised_pass(lambda _r, _j: order[0])
+        if n_general or strategy != "sequential":
+            general_pass(order[-1])
+        if strategy == "dmt":  # then k x specialised: subsample_per_task's seeded choice, by rank in task_type
+            replay = {t: set(_rng(seed, "\x00dmt" + t).permutation(n)[:max(1, round(k * n))].tolist())
+                      for t, n in task_counts.items()}
+            specialised_pass(lambda r, j: "general_mix" if j in replay[r["task_type"]] else None)
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    for w in writers.values():
+        w.commit()
+    plan = _write_plan(out_dir, [(name, w.path) for name, w in writers.items()])
+    return plan, [(name, w.count) for name, w in writers.items()], sum(task_counts.values()), n_general
