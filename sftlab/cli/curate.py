@@ -74,7 +74,7 @@ def clean_cmd(inputs: list[Path] = typer.Argument(..., help="record files"), out
         from sftlab.data.render import load_tokenizer
 
         tok = load_tokenizer(tokenizer)
-    chunks = iter_record_chunks(inputs, allow_empty_answers=True)  # streams: memory bounded by one chunk
+    chunks = iter_record_chunks(inputs, allow_empty_answers=True, label="clean")  # streams: memory bounded by one chunk
     _finish_stream(clean_stream(chunks, cfg, tokenizer=tok), out, "clean")
 
 
@@ -112,11 +112,11 @@ def dedup_cmd(inputs: list[Path] = typer.Argument(..., help="record files"), out
         return
     if can_stream(cfg):  # exact keep-first: one streaming pass holding only the key digests
         # 2048-record chunks: tokenising a chunk takes ~50 bytes per character in numpy temporaries
-        chunks = iter_record_chunks(inputs, chunk_size=2048)
+        chunks = iter_record_chunks(inputs, chunk_size=2048, label="dedup")
         _finish_stream(dedup_exact_stream(chunks, cfg), out, "dedup")
         return
     # near, keep=score, semantic: passes over the input holding digests, signature rows (and survivors' embeddings)
-    _finish_stream(dedup_in_passes(reread_record_chunks(inputs, chunk_size=2048), cfg, cache_dir=cache_dir),
+    _finish_stream(dedup_in_passes(reread_record_chunks(inputs, chunk_size=2048, label="dedup"), cfg, cache_dir=cache_dir),
                    out, "dedup")
 
 
@@ -135,7 +135,7 @@ def split_cmd(inputs: list[Path] = typer.Argument(..., help="record files"),
     cfg = parse_config(SplitConfig, "split", step_options(config, set_, val=val, test=test, seed=seed,
                                                           leakage=leakage))
     # in passes over the input (compact state per record), so millions of records fit
-    info = write_split_stream(split_stream(reread_record_chunks(inputs, chunk_size=2048), cfg), out)
+    info = write_split_stream(split_stream(reread_record_chunks(inputs, chunk_size=2048, label="split"), cfg), out)
     typer.echo(f"split: train {info['train']}, val {info['val']}, test {info['test']}; "
                f"removed {info['leaked']} leaking val/test records -> {out}")
 
@@ -153,7 +153,7 @@ def embed_cmd(inputs: list[Path] = typer.Argument(..., help="record files"),
     from sftlab.data.curate.io import reread_record_chunks
 
     # one pass, chunk by chunk: only the ids and the embedding rows are held
-    ids, emb = _embeddings_of_chunks(reread_record_chunks(inputs, chunk_size=2048), None, model, field, cache_dir,
+    ids, emb = _embeddings_of_chunks(reread_record_chunks(inputs, chunk_size=2048, label="embed"), None, model, field, cache_dir,
                                      batch_size=batch_size)
     save_embeddings(out, ids, emb)
     typer.echo(f"embed: {emb.shape[0]} x {emb.shape[1]} -> {out}")
@@ -205,7 +205,7 @@ def kcenter_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
 
     cfg = parse_config(KCenterConfig, "select kcenter", step_options(config, set_, k=k, radius=radius, seed=seed))
     # two passes over the input: embeddings (one row per record), then the records again to write them
-    read = reread_record_chunks(inputs, chunk_size=2048)
+    read = reread_record_chunks(inputs, chunk_size=2048, label="select kcenter")
     _, emb = _embeddings_of_chunks(read, embeddings, embed_model, field, cache_dir)
     _finish_stream(kcenter_select_stream(read, emb, cfg), out, "select_kcenter")
 
@@ -233,7 +233,7 @@ def cluster_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
     if cfg.band == "middle" and not model:
         raise UserError("select cluster: --band middle needs --model (the answer perplexity model)")
     # passes over the input (embeddings; band middle: perplexities; then the records to write): never the list
-    read = reread_record_chunks(inputs, chunk_size=2048)
+    read = reread_record_chunks(inputs, chunk_size=2048, label="select cluster")
     _, emb = _embeddings_of_chunks(read, embeddings, embed_model, field, cache_dir)
     ppl = None
     if cfg.band == "middle":
@@ -279,7 +279,7 @@ def ifd_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
     if cfg.pre_experience is None and (train_config is not None or train_set or work_dir is not None):
         raise UserError("select ifd: --train-config/--train-set/--work-dir need --pre-experience")
     if cfg.pre_experience is None:  # two passes (scores, then the records to write): the records are never held
-        _finish_stream(ifd_select_stream(reread_record_chunks(inputs, chunk_size=2048), model, cfg), out,
+        _finish_stream(ifd_select_stream(reread_record_chunks(inputs, chunk_size=2048, label="select ifd"), model, cfg), out,
                        "select_ifd")
         return
     records = load_records(inputs)  # the pre-experience run trains on a cluster sample of the whole list
@@ -309,7 +309,7 @@ def reward_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
     cfg = parse_config(RewardConfig, "select reward", step_options(
         config, set_, min_score=min_score, keep_fraction=keep_fraction, k=k, batch_size=batch_size))
     # two passes (scores, then the records to write): the records are never held
-    _finish_stream(reward_select_stream(reread_record_chunks(inputs, chunk_size=2048), model, cfg), out,
+    _finish_stream(reward_select_stream(reread_record_chunks(inputs, chunk_size=2048, label="select reward"), model, cfg), out,
                    "select_reward")
 
 
@@ -353,8 +353,8 @@ def mix_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
                                                       general_fraction=general_fraction, upsample=upsample,
                                                       seed=seed))
     # passes over the inputs (task types and counts, then the records to write): the records are never held
-    read = reread_record_chunks(inputs, chunk_size=2048)
-    read_general = reread_record_chunks(general, chunk_size=2048) if general else (lambda: ())
+    read = reread_record_chunks(inputs, chunk_size=2048, label="mix")
+    read_general = reread_record_chunks(general, chunk_size=2048, label="mix (general)") if general else (lambda: ())
     plan = plan_mix(read, cfg, read_general)
     _finish_stream(mix_stream(plan, read, read_general), out, "mix")
     if plan.info["shortfall"]:
@@ -370,8 +370,8 @@ def _mix_strategy(inputs: list[Path], out: Path, general: list[Path], general_ta
     wanted = set(general_task)
     # passes over the inputs (counts, then each stage's records): the records are never held
     plan, sizes, n_special, n_general = write_strategy_stream(
-        reread_record_chunks(inputs, chunk_size=2048),
-        reread_record_chunks(general, chunk_size=2048) if general else (lambda: ()),
+        reread_record_chunks(inputs, chunk_size=2048, label="mix"),
+        reread_record_chunks(general, chunk_size=2048, label="mix (general)") if general else (lambda: ()),
         lambda r: bool(wanted & set(task_channels(r["task_type"]))), strategy, out, k=k, seed=seed)
     parts = ", ".join(f"{i}. {name} {n}" for i, (name, n) in enumerate(sizes, start=1))
     typer.echo(f"mix {strategy}: {n_special} specialised + {n_general} general records -> stages {parts}; "
@@ -395,7 +395,7 @@ def stats_cmd(inputs: list[Path] = typer.Argument(...),
         tok = load_tokenizer(tokenizer)
     # chunk by chunk: lengths, task indices and counters (then, with --embed, the embedding rows) are held,
     # not the records
-    read = reread_record_chunks(inputs, chunk_size=2048)
+    read = reread_record_chunks(inputs, chunk_size=2048, label="stats")
     tally = StatsTally(tok)
     for chunk in read():
         tally.add(chunk)

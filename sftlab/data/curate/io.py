@@ -12,6 +12,7 @@ import json
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,24 +84,56 @@ def _check_inputs(paths: str | Path | Sequence[str | Path]) -> list[str]:
 
 
 def iter_record_chunks(paths: str | Path | Sequence[str | Path], *, chunk_size: int = 10_000,
-                       allow_empty_answers: bool = False, warn: bool = True) -> Iterator[list[dict[str, Any]]]:
+                       allow_empty_answers: bool = False, warn: bool = True, label: str | None = None,
+                       total: int | None = None) -> Iterator[list[dict[str, Any]]]:
     """load_records as a stream of chunks of at most chunk_size records: same reader, same errors, same
-    warnings (printed as each input ends, unless warn=False), memory bounded by the chunk plus the ids seen."""
+    warnings (printed as each input ends, unless warn=False), memory bounded by the chunk plus the ids seen.
+    With a label, a progress bar on a terminal counts the records read (of `total`, when known)."""
     from sftlab.data.formats import iter_records
 
     info: list[dict] = []
     printed = 0
-    for records, _ in iter_records(_check_inputs(paths), chunk_size=chunk_size, info=info,
-                                   allow_empty_answers=allow_empty_answers):
-        for i in info[printed:] if warn else ():
-            for w in i["warnings"]:
-                print(f"warning: {w}", file=sys.stderr)
-        printed = len(info)
-        if records:
-            yield records
+    with read_progress(label, total) as advance:
+        for records, _ in iter_records(_check_inputs(paths), chunk_size=chunk_size, info=info,
+                                       allow_empty_answers=allow_empty_answers):
+            for i in info[printed:] if warn else ():
+                for w in i["warnings"]:
+                    print(f"warning: {w}", file=sys.stderr)
+            printed = len(info)
+            if records:
+                advance(len(records))
+                yield records
     for i in info[printed:] if warn else ():
         for w in i["warnings"]:
             print(f"warning: {w}", file=sys.stderr)
+
+
+def progress_console() -> Any:
+    """Where progress bars go: stderr (rich draws them only on a terminal)."""
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+_LIVE: list[bool] = []  # a bar is being drawn: rich allows one live display at a time, an inner read shows none
+
+
+@contextmanager
+def read_progress(label: str | None, total: int | None = None) -> Iterator[Callable[[int], None]]:
+    """advance(n) for a transient 'label: n / total records' bar (a no-op without a label or inside another)."""
+    if label is None or _LIVE:
+        yield lambda _n: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    _LIVE.append(True)
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("records"),
+                      TimeElapsedColumn(), console=progress_console(), transient=True) as bar:
+            task = bar.add_task(label, total=total)
+            yield lambda n: bar.advance(task, n)
+    finally:
+        _LIVE.pop()
 
 
 def windows(chunks: Iterable[Sequence[dict[str, Any]]], size: int) -> Iterator[list[dict[str, Any]]]:
@@ -118,12 +151,14 @@ def windows(chunks: Iterable[Sequence[dict[str, Any]]], size: int) -> Iterator[l
 
 
 def reread_record_chunks(paths: str | Path | Sequence[str | Path], *, chunk_size: int = 10_000,
-                         allow_empty_answers: bool = False, warn: bool = True
+                         allow_empty_answers: bool = False, warn: bool = True, label: str | None = None
                          ) -> Callable[[], Iterator[list[dict[str, Any]]]]:
     """`read_chunks` for the steps that stream in passes: each call reads the inputs again in the same
     chunks; the reader's warnings are printed on the first pass only (never with warn=False). A pass refuses
-    inputs whose size or modification time changed since the first one: the passes match records by position."""
+    inputs whose size or modification time changed since the first one: the passes match records by position.
+    With a label, each pass shows a progress bar ('label, pass 2: 1,024 / 200,000 records' on a terminal)."""
     first: list[tuple[str, int, int]] = []
+    passes: list[int] = []  # records of each finished pass: the total of the next one
 
     def read_chunks() -> Iterator[list[dict[str, Any]]]:
         now = [(str(p), (st := Path(p).stat()).st_size, st.st_mtime_ns) for p in _check_inputs(paths)]
@@ -133,8 +168,16 @@ def reread_record_chunks(paths: str | Path | Sequence[str | Path], *, chunk_size
                             "once and matches records by position); run it again on a file nothing writes to")
         first_pass = not first
         first[:] = now
-        return iter_record_chunks(paths, chunk_size=chunk_size, allow_empty_answers=allow_empty_answers,
-                                  warn=warn and first_pass)
+        name = None if label is None else f"{label}, pass {len(passes) + 1}"
+        return counted(iter_record_chunks(paths, chunk_size=chunk_size, allow_empty_answers=allow_empty_answers,
+                                          warn=warn and first_pass, label=name, total=passes[0] if passes else None))
+
+    def counted(chunks: Iterator[list[dict[str, Any]]]) -> Iterator[list[dict[str, Any]]]:
+        n = 0
+        for chunk in chunks:
+            n += len(chunk)
+            yield chunk
+        passes.append(n)
 
     return read_chunks
 

@@ -148,7 +148,7 @@ def _mix(read: Chunks, o: dict, base: Path) -> Iterable[StepResult]:
 
     gen = o.pop("general", None)
     read_general: Chunks = (lambda: iter(())) if not gen else reread_record_chunks(
-        [_path(base, g) for g in ([gen] if isinstance(gen, str) else gen)], chunk_size=CHUNK)
+        [_path(base, g) for g in ([gen] if isinstance(gen, str) else gen)], chunk_size=CHUNK, label="mix (general)")
     plan = plan_mix(read, o, read_general)
     return mix_stream(plan, read, read_general)
 
@@ -249,7 +249,11 @@ def run_pipeline(config_path: str | Path, echo: Callable[[str], None] = print, *
     work.mkdir(parents=True, exist_ok=True)
 
     n_inputs: list[int] = []
-    read = _counting(reread_record_chunks(inputs, chunk_size=CHUNK, allow_empty_answers=True), n_inputs)
+    def label(k: int) -> str | None:  # the progress bar of step k's reads
+        return f"{plan[k][0]} (step {k + 1}/{len(plan)})" if k < len(plan) else None
+
+    read = _counting(reread_record_chunks(inputs, chunk_size=CHUNK, allow_empty_answers=True, label=label(0)),
+                     n_inputs)
     report: dict[str, Any] = {"inputs": 0, "steps": []}
     dropped: list[Path] = []
     reusing = True  # leading steps finished by an earlier run with the same fingerprint are reused
@@ -270,7 +274,8 @@ def run_pipeline(config_path: str | Path, echo: Callable[[str], None] = print, *
                 report["inputs"] = mark.get("inputs", report["inputs"])
                 last = work / f"{n}.jsonl"
                 dropped.append(dropped_path(last))
-                read = reread_record_chunks(last, chunk_size=CHUNK, allow_empty_answers=True, warn=False)
+                read = reread_record_chunks(last, chunk_size=CHUNK, allow_empty_answers=True, warn=False,
+                                            label=label(n + 1))
                 continue
         if reusing:  # from here on everything is computed again: earlier leftovers of later steps go
             reusing = False
@@ -309,7 +314,7 @@ def run_pipeline(config_path: str | Path, echo: Callable[[str], None] = print, *
             _write_json(done, {"key": _fingerprint(base, inputs, plan[:n + 1]), "summary": tally.summary(),
                                "row": json.loads(json.dumps(row, default=str)), **({"inputs": n_inputs[0]}
                                                                                     if n == 0 else {})})
-        read = reread_record_chunks(last, chunk_size=CHUNK, allow_empty_answers=True, warn=False)
+        read = reread_record_chunks(last, chunk_size=CHUNK, allow_empty_answers=True, warn=False, label=label(n + 1))
     if not report["inputs"] and n_inputs:
         report["inputs"] = n_inputs[0]
     assert last is not None
