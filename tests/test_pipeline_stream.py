@@ -223,7 +223,7 @@ def test_cli_says_where_the_finished_steps_are_and_fresh_starts_over(tmp_path, c
         main(["data", "pipeline", str(cfg)])
     out, err = capsys.readouterr()
     assert e.value.code != 0 and "Traceback" not in err and "score_key" in err
-    assert "steps 1-1 are kept in" in out and "resume at step 2 (dedup)" in out
+    assert "step 1 is kept in" in out and "resume at step 2 (dedup)" in out
     cfg.write_text(cfg.read_text().replace("keep: score", "keep: first"))
     main(["data", "pipeline", str(cfg), "--fresh"])
     out = capsys.readouterr().out

@@ -249,6 +249,7 @@ def run_pipeline(config_path: str | Path, echo: Callable[[str], None] = print, *
     work.mkdir(parents=True, exist_ok=True)
 
     n_inputs: list[int] = []
+
     def label(k: int) -> str | None:  # the progress bar of step k's reads
         return f"{plan[k][0]} (step {k + 1}/{len(plan)})" if k < len(plan) else None
 
@@ -298,7 +299,8 @@ def run_pipeline(config_path: str | Path, echo: Callable[[str], None] = print, *
             tally = write_result_stream(STEPS[name](read, opts, base), last, name)
         except BaseException:
             if any(work.glob("*.done.json")):
-                echo(f"pipeline: steps 1-{n} are kept in {work}; run again to resume at step {n + 1} ({name})")
+                kept = f"steps 1-{n} are" if n > 1 else "step 1 is"
+                echo(f"pipeline: {kept} kept in {work}; run again to resume at step {n + 1} ({name})")
             else:
                 shutil.rmtree(work, ignore_errors=True)
             raise
