@@ -121,7 +121,8 @@ _LIVE: list[bool] = []  # a bar is being drawn: rich allows one live display at 
 @contextmanager
 def read_progress(label: str | None, total: int | None = None) -> Iterator[Callable[[int], None]]:
     """advance(n) for a transient 'label: n / total records' bar (a no-op without a label or inside another)."""
-    if label is None or _LIVE:
+    console = progress_console() if label is not None and not _LIVE else None
+    if console is None or not console.is_terminal:  # off a terminal rich would still print a blank line
         yield lambda _n: None
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -129,7 +130,7 @@ def read_progress(label: str | None, total: int | None = None) -> Iterator[Calla
     _LIVE.append(True)
     try:
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("records"),
-                      TimeElapsedColumn(), console=progress_console(), transient=True) as bar:
+                      TimeElapsedColumn(), console=console, transient=True) as bar:
             task = bar.add_task(label, total=total)
             yield lambda n: bar.advance(task, n)
     finally:
