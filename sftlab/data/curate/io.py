@@ -274,6 +274,20 @@ def atomic_writer(path: str | Path) -> AtomicJsonl | _AtomicParquet:
     return _AtomicParquet(path) if path.suffix == ".parquet" else AtomicJsonl(path)
 
 
+@contextmanager
+def all_or_none(writers: Iterable[AtomicJsonl | _AtomicParquet]) -> Iterator[None]:
+    """Commit every writer when the block ends normally, abort all of them on an error: files appear together."""
+    writers = list(writers)
+    try:
+        yield
+    except BaseException:
+        for w in writers:
+            w.abort()
+        raise
+    for w in writers:
+        w.commit()
+
+
 @dataclass
 class StreamTally:
     """What write_result_stream wrote: counts, the step's info (from its results, later keys win) and the
@@ -297,19 +311,13 @@ def write_result_stream(results: Iterable[StepResult], out: str | Path, step: st
     kept_file = atomic_writer(out)
     dropped_file = AtomicJsonl(dropped_path(out))
     tally = StreamTally(step)
-    try:
+    with all_or_none([kept_file, dropped_file]):
         for result in results:
             kept_file.write(result.kept)
             dropped_file.write(result.dropped)
             tally.counts.update(result.counts())
             tally.copies += result.info.get("copies", 0)
             tally.info.update(result.info)
-    except BaseException:
-        kept_file.abort()
-        dropped_file.abort()
-        raise
-    kept_file.commit()
-    dropped_file.commit()
     tally.kept, tally.dropped = kept_file.count, dropped_file.count
     return tally
 

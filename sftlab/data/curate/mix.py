@@ -277,7 +277,7 @@ def write_strategy_stream(read_inputs: Callable[[], Iterable[Sequence[dict[str, 
     """write_strategy(strategy_stages(...)) with the same bytes, the inputs read again for each stage instead of
     held: input records for which is_general holds join read_general's as the general records. Returns (plan,
     [(stage, records)], specialised, general)."""
-    from sftlab.data.curate.io import AtomicJsonl
+    from sftlab.data.curate.io import AtomicJsonl, all_or_none
 
     task_counts: dict[str, int] = {}  # specialised records per task_type, in first-appearance order
     n_general = 0
@@ -315,7 +315,7 @@ def write_strategy_stream(read_inputs: Callable[[], Iterable[Sequence[dict[str, 
         for chunk in read_general():
             writers[name].write(_tag(chunk, name))
 
-    try:
+    with all_or_none(writers.values()):
         if strategy == "sequential":
             specialised_pass(lambda r, _j: names[r["task_type"]])
         else:
@@ -326,11 +326,5 @@ def write_strategy_stream(read_inputs: Callable[[], Iterable[Sequence[dict[str, 
             replay = {t: set(_rng(seed, "\x00dmt" + t).permutation(n)[:max(1, round(k * n))].tolist())
                       for t, n in task_counts.items()}
             specialised_pass(lambda r, j: "general_mix" if j in replay[r["task_type"]] else None)
-    except BaseException:
-        for w in writers.values():
-            w.abort()
-        raise
-    for w in writers.values():
-        w.commit()
     plan = _write_plan(out_dir, [(name, w.path) for name, w in writers.items()])
     return plan, [(name, w.count) for name, w in writers.items()], sum(task_counts.values()), n_general

@@ -24,7 +24,7 @@ from pydantic import Field, model_validator
 
 from sftlab.data.curate.config import StepConfig, parse_config
 from sftlab.data.curate.dedup import candidate_shingles, lsh_bands, lsh_candidates, signatures
-from sftlab.data.curate.io import AtomicJsonl, atomic_writer, drop
+from sftlab.data.curate.io import AtomicJsonl, all_or_none, atomic_writer, drop
 from sftlab.data.curate.text import prompt_text, token_hashes
 
 SPLITS = ("train", "val", "test")
@@ -154,15 +154,9 @@ def write_split_stream(results: Iterable[tuple[dict[str, list[dict[str, Any]]], 
     paths = paths or {name: Path(out_dir) / f"{name}.jsonl" for name in (*SPLITS, "dropped")}
     files = {name: atomic_writer(paths[name]) if name in SPLITS else AtomicJsonl(paths[name])
              for name in (*SPLITS, "dropped")}
-    try:
+    with all_or_none(files.values()):
         for parts, dropped in results:
             for s in SPLITS:
                 files[s].write(parts[s])
             files["dropped"].write(dropped)
-    except BaseException:
-        for f in files.values():
-            f.abort()
-        raise
-    for f in files.values():
-        f.commit()
     return {s: files[s].count for s in SPLITS} | {"leaked": files["dropped"].count}
