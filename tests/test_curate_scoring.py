@@ -157,8 +157,9 @@ def test_ifd_and_reward_commands(tiny_model_dir, tiny_reward_dir, tmp_path, caps
     assert "select_reward: kept 4 of 7" in out and "below_cut: 3" in out
 
 
-def test_mods_quality_coverage_necessity(tiny_model_dir, tiny_reward_dir):
-    from sftlab.data.curate.mods import _with_answer, generate_answers, mods_select
+def _mods_case(tiny_model_dir, tiny_reward_dir):
+    """Records, embeddings, models and thresholds that put records in every MoDS stage."""
+    from sftlab.data.curate.mods import _with_answer, generate_answers
     from sftlab.data.curate.reward import load_reward_model
     from sftlab.data.render import load_tokenizer
 
@@ -173,8 +174,17 @@ def test_mods_quality_coverage_necessity(tiny_model_dir, tiny_reward_dir):
     answers = generate_answers([records[i] for i in good], lm, ltok, max_new_tokens=6)
     gen = reward_scores([_with_answer(records[i], a) for i, a in zip(good, answers, strict=True)], rm, rtok)
     beta = float(np.median(gen))
-    res = mods_select(records, emb, {"alpha": alpha, "seed_k": 3, "beta": beta, "aug_k": 2, "max_new_tokens": 6},
-                      reward_model=rm, reward_tokenizer=rtok, necessity_model=lm, necessity_tokenizer=ltok)
+    cfg = {"alpha": alpha, "seed_k": 3, "beta": beta, "aug_k": 2, "max_new_tokens": 6}
+    return records, emb, cfg, scores, (rm, rtok, lm, ltok)
+
+
+def test_mods_quality_coverage_necessity(tiny_model_dir, tiny_reward_dir):
+    from sftlab.data.curate.mods import mods_select
+
+    records, emb, cfg, scores, (rm, rtok, lm, ltok) = _mods_case(tiny_model_dir, tiny_reward_dir)
+    alpha, beta = cfg["alpha"], cfg["beta"]
+    res = mods_select(records, emb, cfg, reward_model=rm, reward_tokenizer=rtok, necessity_model=lm,
+                      necessity_tokenizer=ltok)
     stage = {r["id"]: r["meta"]["mods_stage"] for r in res.kept}
     assert list(stage.values()).count("seed") == 3 and list(stage.values()).count("augmented") == 2
     idx = {r["id"]: i for i, r in enumerate(records)}
@@ -188,8 +198,32 @@ def test_mods_quality_coverage_necessity(tiny_model_dir, tiny_reward_dir):
     assert all(d["generated_reward"] >= beta - 1e-6 for d in res.dropped if d["reason"] == "not_necessary")
 
 
-def test_mods_command_without_necessity_stage(tiny_reward_dir, tmp_path, capsys):
+def test_mods_stream_writes_what_the_list_path_writes(tiny_model_dir, tiny_reward_dir, tmp_path, monkeypatch):
+    from sftlab.data.curate import ifd as ifd_mod
+    from sftlab.data.curate.io import iter_record_chunks, write_result, write_result_stream
+    from sftlab.data.curate.mods import mods_select, mods_select_stream
+    from sftlab.data.records import write_jsonl
+
+    records, emb, cfg, _, (rm, rtok, lm, ltok) = _mods_case(tiny_model_dir, tiny_reward_dir)
+    whole = mods_select(records, emb, cfg, reward_model=rm, reward_tokenizer=rtok, necessity_model=lm,
+                        necessity_tokenizer=ltok)
+    monkeypatch.setattr(ifd_mod, "SCORE_WINDOW", 3)  # windows of whole batches (2) across read chunks of 3
+    cfg = {**cfg, "batch_size": 2}
+    write_jsonl(records, tmp_path / "in.jsonl")
+    write_result(mods_select(records, emb, cfg, reward_model=rm, reward_tokenizer=rtok, necessity_model=lm,
+                             necessity_tokenizer=ltok), tmp_path / "list.jsonl")
+    tally = write_result_stream(mods_select_stream(lambda: iter_record_chunks(tmp_path / "in.jsonl", chunk_size=3),
+                                                   emb, cfg, reward_model=rm, reward_tokenizer=rtok,
+                                                   necessity_model=lm, necessity_tokenizer=ltok),
+                                tmp_path / "stream.jsonl", "select_mods")
+    for name in ("", ".dropped"):
+        assert (tmp_path / f"stream{name}.jsonl").read_bytes() == (tmp_path / f"list{name}.jsonl").read_bytes()
+    assert tally.info == whole.info and tally.info["answered"] > 0 and tally.info["augmented"] == 2
+
+
+def test_mods_command_without_necessity_stage(tiny_reward_dir, tmp_path, capsys, monkeypatch):
     from sftlab.cli import main
+    from sftlab.data.curate import io
     from sftlab.data.curate.embed import save_embeddings
     from sftlab.data.curate.io import load_records
     from sftlab.data.records import write_jsonl
@@ -197,8 +231,10 @@ def test_mods_command_without_necessity_stage(tiny_reward_dir, tmp_path, capsys)
     records = _records()
     write_jsonl(records, tmp_path / "in.jsonl")
     save_embeddings(tmp_path / "e.npz", [r["id"] for r in records], np.eye(len(records), dtype=np.float32))
+    monkeypatch.setattr(io, "load_records", None)  # the command streams: never the whole list
     main(["data", "select", "mods", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "m.jsonl"), "--reward-model",
           str(tiny_reward_dir), "--alpha", "-1000", "--seed-k", "3", "--embeddings", str(tmp_path / "e.npz")])
+    monkeypatch.undo()
     kept = load_records(tmp_path / "m.jsonl")
     assert len(kept) == 3 and {r["meta"]["mods_stage"] for r in kept} == {"seed"}
     assert "not_selected: 4" in capsys.readouterr().out

@@ -51,12 +51,13 @@ def _finish(result: Any, out: Path) -> None:
     typer.echo(f"{result.summary()} -> {out} (removed: {dropped_path(out)})")
 
 
-def _finish_stream(results: Any, out: Path, step: str) -> None:
-    """_finish for a step that yields its result chunk by chunk (written as it comes)."""
+def _finish_stream(results: Any, out: Path, step: str) -> Any:
+    """_finish for a step that yields its result chunk by chunk (written as it comes); returns the tally."""
     from sftlab.data.curate.io import dropped_path, write_result_stream
 
-    summary = write_result_stream(results, out, step).summary()
-    typer.echo(f"{summary} -> {out} (removed: {dropped_path(out)})")
+    tally = write_result_stream(results, out, step)
+    typer.echo(f"{tally.summary()} -> {out} (removed: {dropped_path(out)})")
+    return tally
 
 
 @data_app.command("clean")
@@ -435,11 +436,11 @@ def mods_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
     from sftlab.config import read_config_file
     from sftlab.data.curate.config import parse_config
     from sftlab.data.curate.ifd import load_causal_lm
-    from sftlab.data.curate.io import load_records
+    from sftlab.data.curate.io import reread_record_chunks
     from sftlab.data.curate.mods import (
         MoDSConfig,
         load_generation_model,
-        mods_select,
+        mods_select_stream,
         mods_summary,
         seed_run_config,
         train_seed_model,
@@ -458,8 +459,9 @@ def mods_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
     work = work_dir or out.with_name(out.name.split(".")[0] + ".mods")
     if self_train:  # validate the seed run's config before the (slow) scoring
         seed_run_config(work, base_model=base_model, train_config=train_raw, overrides=train_set)
-    records = load_records(inputs)
-    emb = _embeddings(records, embeddings, embed_model, field, cache_dir)
+    # a pass per stage (embeddings, scores, seed records, answers, output): the records are never held
+    read = reread_record_chunks(inputs, chunk_size=2048, label="select mods")
+    _, emb = _embeddings_of_chunks(read, embeddings, embed_model, field, cache_dir)
     rm, rtok = load_reward_model(reward_model)
     nm = load_causal_lm(necessity_model) if necessity_model else None
     ntok = load_tokenizer(necessity_model) if necessity_model else None
@@ -470,7 +472,7 @@ def mods_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
         typer.echo(f"select mods: seed model fine-tuned on {len(seed_records)} seed records -> {final}")
         return load_generation_model(final)
 
-    res = mods_select(records, emb, cfg, reward_model=rm, reward_tokenizer=rtok, necessity_model=nm,
-                      necessity_tokenizer=ntok, seed_trainer=seed_trainer if self_train else None)
-    _finish(res, out)
-    typer.echo(mods_summary(res.info, cfg.alpha, cfg.beta))
+    tally = _finish_stream(mods_select_stream(read, emb, cfg, reward_model=rm, reward_tokenizer=rtok,
+                                              necessity_model=nm, necessity_tokenizer=ntok,
+                                              seed_trainer=seed_trainer if self_train else None), out, "select_mods")
+    typer.echo(mods_summary(tally.info, cfg.alpha, cfg.beta))

@@ -8,22 +8,28 @@
    seed records with sftlab's own training engine (train_seed_model: a RunConfig fragment, see below).
 The result is seed + augmented records; meta.mods_stage says which, meta.reward the quality score, and
 StepResult.info the count of every stage (mods_summary formats it).
+
+`select mods` streams (mods_select_stream): the records are read again for each stage (scores, the seed records,
+the answers to generate, the output), and only per-record numbers and the embeddings are held. Answers are
+generated and scored in windows of whole batches, so the list path (mods_select) gives the same bytes.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import Field
 
+from sftlab.data.curate import ifd
 from sftlab.data.curate.config import StepConfig, parse_config
-from sftlab.data.curate.io import StepResult, drop
-from sftlab.data.curate.reward import reward_scores
+from sftlab.data.curate.io import StepResult, drop, windows
+from sftlab.data.curate.reward import reward_scores, reward_scores_of_chunks
 from sftlab.data.curate.select import kcenter_greedy
+from sftlab.errors import UserError
 
 
 class MoDSConfig(StepConfig):
@@ -133,28 +139,75 @@ def mods_select(records: Sequence[dict[str, Any]], emb: np.ndarray, config: MoDS
     seed_trainer (used when no necessity_model is given): seed records -> (fine-tuned model, tokenizer), e.g.
     train_seed_model + load_generation_model, so the necessity stage uses a model trained on this very seed set.
     """
+    out = StepResult("select_mods", [], [])
+    for res in mods_select_stream(lambda: [records], emb, config, reward_model=reward_model,
+                                  reward_tokenizer=reward_tokenizer, necessity_model=necessity_model,
+                                  necessity_tokenizer=necessity_tokenizer, seed_trainer=seed_trainer):
+        out.kept += res.kept
+        out.dropped += res.dropped
+        out.info.update(res.info)
+    return out
+
+
+def _records_at(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]]]], rows: Sequence[int]
+                ) -> Iterator[dict[str, Any]]:
+    """The records at the given input positions (ascending), read again."""
+    wanted = set(rows)
+    pos = 0
+    for chunk in read_chunks():
+        for rec in chunk:
+            if pos in wanted:
+                yield rec
+            pos += 1
+
+
+def mods_select_stream(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]]]], emb: np.ndarray,
+                       config: MoDSConfig | dict, *, reward_model: Any, reward_tokenizer: Any,
+                       necessity_model: Any = None, necessity_tokenizer: Any = None,
+                       seed_trainer: Callable[[list[dict[str, Any]]], tuple[Any, Any]] | None = None
+                       ) -> Iterator[StepResult]:
+    """mods_select over an input read once per stage; the last result carries the stage counts (info)."""
     cfg = config if isinstance(config, MoDSConfig) else parse_config(MoDSConfig, "select mods", config)
-    scores = reward_scores(records, reward_model, reward_tokenizer, batch_size=cfg.batch_size)
-    good = [i for i in range(len(records)) if scores[i] >= cfg.alpha]
+    scores = reward_scores_of_chunks(read_chunks(), reward_model, reward_tokenizer, batch_size=cfg.batch_size)
+    n = len(scores)
+    good = [i for i in range(n) if scores[i] >= cfg.alpha]
     seed_pos, _ = kcenter_greedy(emb[good], cfg.seed_k, seed=cfg.seed) if good else ([], 0.0)
     stage = {good[p]: "seed" for p in seed_pos}
     gen_scores: dict[int, float] = {}
     needed: list[int] = []
     if necessity_model is None and seed_trainer is not None and stage:
-        necessity_model, necessity_tokenizer = seed_trainer([records[i] for i in sorted(stage)])
+        necessity_model, necessity_tokenizer = seed_trainer(list(_records_at(read_chunks, sorted(stage))))
     if necessity_model is not None:
         rest = [i for i in good if i not in stage]
-        answers = generate_answers([records[i] for i in rest], necessity_model, necessity_tokenizer,
-                                   max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
-        gs = reward_scores([_with_answer(records[i], a) for i, a in zip(rest, answers, strict=True)],
-                           reward_model, reward_tokenizer, batch_size=cfg.batch_size)
-        gen_scores = dict(zip(rest, gs.tolist(), strict=True))
+        window = cfg.batch_size * -(-ifd.SCORE_WINDOW // cfg.batch_size)  # whole batches of generation
+        parts = [np.zeros(0)]
+        for recs in windows([_records_at(read_chunks, rest)], window):
+            answers = generate_answers(recs, necessity_model, necessity_tokenizer,
+                                       max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+            parts.append(reward_scores([_with_answer(r, a) for r, a in zip(recs, answers, strict=True)],
+                                       reward_model, reward_tokenizer, batch_size=cfg.batch_size))
+        gen_scores = dict(zip(rest, np.concatenate(parts).tolist(), strict=True))
         needed = [i for i in rest if gen_scores[i] < cfg.beta]
         if needed:
             aug_pos, _ = kcenter_greedy(emb[needed], cfg.aug_k or len(needed), seed=cfg.seed)
             stage.update({needed[p]: "augmented" for p in aug_pos})
+    start = 0
+    for chunk in read_chunks():
+        yield _mods_result(chunk, start, scores, stage, gen_scores, cfg)
+        start += len(chunk)
+    if start != n:
+        raise UserError(f"select mods: the input gave {start} records on the last read, {n} on the first")
+    yield StepResult("select_mods", [], [], info={
+        "input": n, "high_quality": len(good), "low_quality": n - len(good),
+        "seed": sum(v == "seed" for v in stage.values()), "necessity_stage": necessity_model is not None,
+        "answered": len(gen_scores), "needed": len(needed), "not_necessary": len(gen_scores) - len(needed),
+        "augmented": sum(v == "augmented" for v in stage.values())})
+
+
+def _mods_result(chunk: Sequence[dict[str, Any]], start: int, scores: np.ndarray, stage: dict[int, str],
+                 gen_scores: dict[int, float], cfg: MoDSConfig) -> StepResult:
     kept, dropped = [], []
-    for i, rec in enumerate(records):
+    for i, rec in enumerate(chunk, start):
         s = round(float(scores[i]), 6)
         if i in stage:
             meta = {**(rec.get("meta") or {}), "reward": s, "mods_stage": stage[i]}
@@ -171,11 +224,7 @@ def mods_select(records: Sequence[dict[str, Any]], emb: np.ndarray, config: MoDS
                                 generated_reward=round(gen_scores[i], 6)))
         else:
             dropped.append(drop(rec, "select_mods", "not_selected", reward=s))
-    info = {"input": len(records), "high_quality": len(good), "low_quality": len(records) - len(good),
-            "seed": sum(v == "seed" for v in stage.values()), "necessity_stage": necessity_model is not None,
-            "answered": len(gen_scores), "needed": len(needed), "not_necessary": len(gen_scores) - len(needed),
-            "augmented": sum(v == "augmented" for v in stage.values())}
-    return StepResult("select_mods", kept, dropped, info=info)
+    return StepResult("select_mods", kept, dropped)
 
 
 def mods_summary(info: dict[str, Any], alpha: float, beta: float) -> str:

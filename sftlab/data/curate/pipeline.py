@@ -15,11 +15,10 @@ Relative paths are relative to the YAML file. A per-step summary goes to OUTPUT.
 
 Records flow from step to step through files, not memory: each step reads the previous step's kept records in
 chunks of 2,048 from a work directory next to the output (.OUTPUT.work/, removed at the end) and writes its own,
-so the pipeline holds what its steps hold (docs/curation.md "Ceilings"), not the dataset. The steps that stream
-(clean, dedup, select_kcenter, select_cluster, select_ifd, select_reward, mix, split) run their streaming
-functions; select_mods (generation, reward and necessity over the whole list) loads it. select_cluster with
-`band: middle` takes the perplexity model as `model: PATH`. The output is byte-identical to running the steps' list
-functions one after another in memory.
+so the pipeline holds what its steps hold (docs/curation.md "Ceilings"), not the dataset: every step runs its
+streaming function (dedup with workers > 1 shards the whole list, as its command does). select_cluster with
+`band: middle` takes the perplexity model as `model: PATH`. The output is byte-identical to running the steps'
+list functions one after another in memory; a failed run resumes after its finished steps (run_pipeline).
 """
 
 from __future__ import annotations
@@ -127,7 +126,7 @@ def _reward(read: Chunks, o: dict, base: Path) -> Iterable[StepResult]:
 
 def _mods(read: Chunks, o: dict, base: Path) -> Iterable[StepResult]:
     from sftlab.data.curate.ifd import load_causal_lm
-    from sftlab.data.curate.mods import mods_select
+    from sftlab.data.curate.mods import mods_select_stream
     from sftlab.data.curate.reward import load_reward_model
     from sftlab.data.render import load_tokenizer
 
@@ -136,11 +135,10 @@ def _mods(read: Chunks, o: dict, base: Path) -> Iterable[StepResult]:
     rm, rtok = load_reward_model(_model(o, base, "select_mods"))
     nec = o.pop("necessity_model", None)
     nec = _path(base, nec) if nec and Path(base, nec).exists() else nec
-    recs = _whole(read)
-    emb = _emb(lambda: iter([recs]), o, base)
-    return [mods_select(recs, emb, o, reward_model=rm, reward_tokenizer=rtok,
-                        necessity_model=load_causal_lm(nec) if nec else None,
-                        necessity_tokenizer=load_tokenizer(nec) if nec else None)]
+    emb = _emb(read, o, base)
+    return mods_select_stream(read, emb, o, reward_model=rm, reward_tokenizer=rtok,
+                              necessity_model=load_causal_lm(nec) if nec else None,
+                              necessity_tokenizer=load_tokenizer(nec) if nec else None)
 
 
 def _mix(read: Chunks, o: dict, base: Path) -> Iterable[StepResult]:
