@@ -17,7 +17,7 @@ from sftlab.data.curate.embed import embed_records
 from sftlab.data.curate.io import dropped_path, load_records, save_records
 from sftlab.data.curate.mix import mix_records
 from sftlab.data.curate.pipeline import run_pipeline
-from sftlab.data.curate.select import cluster_select, kcenter_select
+from sftlab.data.curate.select import kcenter_select
 from sftlab.data.curate.split import split_records
 from sftlab.data.records import write_jsonl
 from sftlab.errors import UserError
@@ -88,9 +88,6 @@ def _in_memory(records: list[dict], general: list[dict], steps: list[dict], seed
             field = o.pop("field")
             o.pop("cache_dir")
             res = kcenter_select(records, embed_records(records, None, field=field, cache_dir=cache), o)
-        elif name == "select_cluster":
-            o.pop("cache_dir")
-            res = cluster_select(records, embed_records(records, None, cache_dir=cache), o)
         else:
             o.pop("general", None)
             res = mix_records(records, o, general=general)
@@ -103,8 +100,8 @@ def _in_memory(records: list[dict], general: list[dict], steps: list[dict], seed
 
 def _write(tmp_path, steps, output="out/final.jsonl", seed=3):
     write_jsonl(_records(90), tmp_path / "in.jsonl")
-    write_jsonl([{**r, "id": f"g{r['id']}", "task_type": "general"} for r in _records(25) if r["messages"][1]["content"].strip()],
-                tmp_path / "general.jsonl")
+    general = [{**r, "id": f"g{r['id']}", "task_type": "general"} for r in _records(25)]
+    write_jsonl([r for r in general if r["messages"][1]["content"].strip()], tmp_path / "general.jsonl")
     cfg = tmp_path / "pipe.yaml"
     cfg.write_text(yaml.safe_dump({"inputs": ["in.jsonl"], "output": output, "seed": seed, "steps": steps}))
     return cfg

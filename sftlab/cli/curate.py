@@ -60,6 +60,14 @@ def _finish_stream(results: Any, out: Path, step: str) -> Any:
     return tally
 
 
+def _passes(inputs: list[Path], label: str) -> Any:
+    """The inputs as a re-readable stream of 2,048-record chunks (io.reread_record_chunks), a progress bar per
+    pass. 2,048: tokenising a chunk takes ~50 bytes per character in numpy temporaries."""
+    from sftlab.data.curate.io import reread_record_chunks
+
+    return reread_record_chunks(inputs, chunk_size=2048, label=label)
+
+
 @data_app.command("clean")
 def clean_cmd(inputs: list[Path] = typer.Argument(..., help="record files"), out: Path = OUT,
               tokenizer: str | None = typer.Option(None, help="count lengths in tokens of this tokenizer"),
@@ -75,7 +83,8 @@ def clean_cmd(inputs: list[Path] = typer.Argument(..., help="record files"), out
         from sftlab.data.render import load_tokenizer
 
         tok = load_tokenizer(tokenizer)
-    chunks = iter_record_chunks(inputs, allow_empty_answers=True, label="clean")  # streams: memory bounded by one chunk
+    # streams: memory bounded by one chunk
+    chunks = iter_record_chunks(inputs, allow_empty_answers=True, label="clean")
     _finish_stream(clean_stream(chunks, cfg, tokenizer=tok), out, "clean")
 
 
@@ -102,7 +111,7 @@ def dedup_cmd(inputs: list[Path] = typer.Argument(..., help="record files"), out
         dedup_in_passes,
         dedup_records,
     )
-    from sftlab.data.curate.io import iter_record_chunks, load_records, reread_record_chunks
+    from sftlab.data.curate.io import iter_record_chunks, load_records
 
     cfg = parse_config(DedupConfig, "dedup", step_options(config, set_, field=field, mode=mode, threshold=threshold,
                                                           keep=keep, score_key=score_key,
@@ -117,8 +126,7 @@ def dedup_cmd(inputs: list[Path] = typer.Argument(..., help="record files"), out
         _finish_stream(dedup_exact_stream(chunks, cfg), out, "dedup")
         return
     # near, keep=score, semantic: passes over the input holding digests, signature rows (and survivors' embeddings)
-    _finish_stream(dedup_in_passes(reread_record_chunks(inputs, chunk_size=2048, label="dedup"), cfg, cache_dir=cache_dir),
-                   out, "dedup")
+    _finish_stream(dedup_in_passes(_passes(inputs, "dedup"), cfg, cache_dir=cache_dir), out, "dedup")
 
 
 @data_app.command("split")
@@ -130,13 +138,12 @@ def split_cmd(inputs: list[Path] = typer.Argument(..., help="record files"),
               config: Path | None = CONFIG, set_: list[str] = SET) -> None:
     """Stratified, id-hash-deterministic train/val/test split with prompt leakage removal."""
     from sftlab.data.curate.config import parse_config
-    from sftlab.data.curate.io import reread_record_chunks
     from sftlab.data.curate.split import SplitConfig, split_stream, write_split_stream
 
     cfg = parse_config(SplitConfig, "split", step_options(config, set_, val=val, test=test, seed=seed,
                                                           leakage=leakage))
     # in passes over the input (compact state per record), so millions of records fit
-    info = write_split_stream(split_stream(reread_record_chunks(inputs, chunk_size=2048, label="split"), cfg), out)
+    info = write_split_stream(split_stream(_passes(inputs, "split"), cfg), out)
     typer.echo(f"split: train {info['train']}, val {info['val']}, test {info['test']}; "
                f"removed {info['leaked']} leaking val/test records -> {out}")
 
@@ -151,10 +158,9 @@ def embed_cmd(inputs: list[Path] = typer.Argument(..., help="record files"),
               batch_size: int = typer.Option(64, min=1)) -> None:
     """Sentence embeddings of the records, cached by content hash."""
     from sftlab.data.curate.embed import save_embeddings
-    from sftlab.data.curate.io import reread_record_chunks
 
     # one pass, chunk by chunk: only the ids and the embedding rows are held
-    ids, emb = _embeddings_of_chunks(reread_record_chunks(inputs, chunk_size=2048, label="embed"), None, model, field, cache_dir,
+    ids, emb = _embeddings_of_chunks(_passes(inputs, "embed"), None, model, field, cache_dir,
                                      batch_size=batch_size)
     save_embeddings(out, ids, emb)
     typer.echo(f"embed: {emb.shape[0]} x {emb.shape[1]} -> {out}")
@@ -201,12 +207,11 @@ def kcenter_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
                 set_: list[str] = SET) -> None:
     """K-Center-Greedy diversity selection on sentence embeddings."""
     from sftlab.data.curate.config import parse_config
-    from sftlab.data.curate.io import reread_record_chunks
     from sftlab.data.curate.select import KCenterConfig, kcenter_select_stream
 
     cfg = parse_config(KCenterConfig, "select kcenter", step_options(config, set_, k=k, radius=radius, seed=seed))
     # two passes over the input: embeddings (one row per record), then the records again to write them
-    read = reread_record_chunks(inputs, chunk_size=2048, label="select kcenter")
+    read = _passes(inputs, "select kcenter")
     _, emb = _embeddings_of_chunks(read, embeddings, embed_model, field, cache_dir)
     _finish_stream(kcenter_select_stream(read, emb, cfg), out, "select_kcenter")
 
@@ -225,7 +230,6 @@ def cluster_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
                 cache_dir: Path | None = CACHE, config: Path | None = CONFIG, set_: list[str] = SET) -> None:
     """K-means on embeddings, then n records per cluster (optionally from the middle perplexity band)."""
     from sftlab.data.curate.config import parse_config
-    from sftlab.data.curate.io import reread_record_chunks
     from sftlab.data.curate.select import ClusterConfig, cluster_select_stream
 
     cfg = parse_config(ClusterConfig, "select cluster", step_options(
@@ -234,7 +238,7 @@ def cluster_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
     if cfg.band == "middle" and not model:
         raise UserError("select cluster: --band middle needs --model (the answer perplexity model)")
     # passes over the input (embeddings; band middle: perplexities; then the records to write): never the list
-    read = reread_record_chunks(inputs, chunk_size=2048, label="select cluster")
+    read = _passes(inputs, "select cluster")
     _, emb = _embeddings_of_chunks(read, embeddings, embed_model, field, cache_dir)
     ppl = None
     if cfg.band == "middle":
@@ -271,7 +275,7 @@ def ifd_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
         ifd_summary,
         pre_experience_config,
     )
-    from sftlab.data.curate.io import load_records, reread_record_chunks
+    from sftlab.data.curate.io import load_records
     from sftlab.data.curate.mods import seed_run_config
 
     cfg = parse_config(IFDConfig, "select ifd", step_options(config, set_, max_ifd=max_ifd, k=k,
@@ -280,8 +284,7 @@ def ifd_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
     if cfg.pre_experience is None and (train_config is not None or train_set or work_dir is not None):
         raise UserError("select ifd: --train-config/--train-set/--work-dir need --pre-experience")
     if cfg.pre_experience is None:  # two passes (scores, then the records to write): the records are never held
-        _finish_stream(ifd_select_stream(reread_record_chunks(inputs, chunk_size=2048, label="select ifd"), model, cfg), out,
-                       "select_ifd")
+        _finish_stream(ifd_select_stream(_passes(inputs, "select ifd"), model, cfg), out, "select_ifd")
         return
     records = load_records(inputs)  # the pre-experience run trains on a cluster sample of the whole list
     train_raw = read_config_file(train_config) if train_config is not None else None
@@ -304,14 +307,12 @@ def reward_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
                set_: list[str] = SET) -> None:
     """Score conversations with a reward model and keep the good ones."""
     from sftlab.data.curate.config import parse_config
-    from sftlab.data.curate.io import reread_record_chunks
     from sftlab.data.curate.reward import RewardConfig, reward_select_stream
 
     cfg = parse_config(RewardConfig, "select reward", step_options(
         config, set_, min_score=min_score, keep_fraction=keep_fraction, k=k, batch_size=batch_size))
     # two passes (scores, then the records to write): the records are never held
-    _finish_stream(reward_select_stream(reread_record_chunks(inputs, chunk_size=2048, label="select reward"), model, cfg), out,
-                   "select_reward")
+    _finish_stream(reward_select_stream(_passes(inputs, "select reward"), model, cfg), out, "select_reward")
 
 
 @data_app.command("mix")
@@ -331,7 +332,6 @@ def mix_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
     """Sample a mixture with per-task_type weights and an optional general-text share; or, with --strategy,
     split the data into the stages of a multi-stage training plan."""
     from sftlab.data.curate.config import parse_config
-    from sftlab.data.curate.io import reread_record_chunks
     from sftlab.data.curate.mix import MixConfig, mix_stream, plan_mix
 
     if strategy is not None:
@@ -354,8 +354,8 @@ def mix_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
                                                       general_fraction=general_fraction, upsample=upsample,
                                                       seed=seed))
     # passes over the inputs (task types and counts, then the records to write): the records are never held
-    read = reread_record_chunks(inputs, chunk_size=2048, label="mix")
-    read_general = reread_record_chunks(general, chunk_size=2048, label="mix (general)") if general else (lambda: ())
+    read = _passes(inputs, "mix")
+    read_general = _passes(general, "mix (general)") if general else (lambda: ())
     plan = plan_mix(read, cfg, read_general)
     _finish_stream(mix_stream(plan, read, read_general), out, "mix")
     if plan.info["shortfall"]:
@@ -364,15 +364,14 @@ def mix_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
 
 def _mix_strategy(inputs: list[Path], out: Path, general: list[Path], general_task: list[str], strategy: str,
                   k: float, seed: int) -> None:
-    from sftlab.data.curate.io import reread_record_chunks
     from sftlab.data.curate.mix import write_strategy_stream
     from sftlab.data.records import task_channels
 
     wanted = set(general_task)
     # passes over the inputs (counts, then each stage's records): the records are never held
     plan, sizes, n_special, n_general = write_strategy_stream(
-        reread_record_chunks(inputs, chunk_size=2048, label="mix"),
-        reread_record_chunks(general, chunk_size=2048, label="mix (general)") if general else (lambda: ()),
+        _passes(inputs, "mix"),
+        _passes(general, "mix (general)") if general else (lambda: ()),
         lambda r: bool(wanted & set(task_channels(r["task_type"]))), strategy, out, k=k, seed=seed)
     parts = ", ".join(f"{i}. {name} {n}" for i, (name, n) in enumerate(sizes, start=1))
     typer.echo(f"mix {strategy}: {n_special} specialised + {n_general} general records -> stages {parts}; "
@@ -386,7 +385,6 @@ def stats_cmd(inputs: list[Path] = typer.Argument(...),
               embed: bool = typer.Option(True, "--embed/--no-embed", help="embedding diversity and PCA plot"),
               embed_model: str | None = EMB_MODEL, field: str = FIELD, cache_dir: Path | None = CACHE) -> None:
     """Dataset statistics and plots as a self-contained stats.html."""
-    from sftlab.data.curate.io import reread_record_chunks
     from sftlab.data.curate.stats import StatsTally, write_stats_report
 
     tok = None
@@ -396,7 +394,7 @@ def stats_cmd(inputs: list[Path] = typer.Argument(...),
         tok = load_tokenizer(tokenizer)
     # chunk by chunk: lengths, task indices and counters (then, with --embed, the embedding rows) are held,
     # not the records
-    read = reread_record_chunks(inputs, chunk_size=2048, label="stats")
+    read = _passes(inputs, "stats")
     tally = StatsTally(tok)
     for chunk in read():
         tally.add(chunk)
@@ -436,7 +434,6 @@ def mods_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
     from sftlab.config import read_config_file
     from sftlab.data.curate.config import parse_config
     from sftlab.data.curate.ifd import load_causal_lm
-    from sftlab.data.curate.io import reread_record_chunks
     from sftlab.data.curate.mods import (
         MoDSConfig,
         load_generation_model,
@@ -460,7 +457,7 @@ def mods_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
     if self_train:  # validate the seed run's config before the (slow) scoring
         seed_run_config(work, base_model=base_model, train_config=train_raw, overrides=train_set)
     # a pass per stage (embeddings, scores, seed records, answers, output): the records are never held
-    read = reread_record_chunks(inputs, chunk_size=2048, label="select mods")
+    read = _passes(inputs, "select mods")
     _, emb = _embeddings_of_chunks(read, embeddings, embed_model, field, cache_dir)
     rm, rtok = load_reward_model(reward_model)
     nm = load_causal_lm(necessity_model) if necessity_model else None

@@ -423,8 +423,8 @@ def _take_rows(parts: list[np.ndarray], at: np.ndarray) -> np.ndarray:
 def _semantic_pass(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]]]], cfg: DedupConfig,
                    rep_of: dict[int, tuple[int, str, float]], n: int, scores: list[float] | None,
                    cache_dir: Any) -> int:
-    """Adds semantic duplicates to rep_of (returns how many): the survivors are embedded chunk by chunk as they are read again,
-    then searched in priority order (semantic_duplicates); only their embedding rows are held."""
+    """Adds semantic duplicates to rep_of and returns how many: the survivors are embedded chunk by chunk as
+    they are read again, then searched in priority order (semantic_duplicates); only their rows are held."""
     from sftlab.data.curate.embed import DEFAULT_CACHE, embed_texts
 
     alive = np.asarray([p for p in range(n) if p not in rep_of], dtype=np.int64)  # input order

@@ -68,7 +68,7 @@ class EmbeddingCache:
             self.keys, self.where = np.zeros(0, dtype="S20"), np.zeros((0, 2), dtype=np.int64)
         known = set(self.names)
         new = [n for n in names if n not in known]
-        parts_k, parts_w = [self.keys], [self.where]
+        parts_k, parts_w = [], []
         for name in new:
             opened = self._open(name)
             if opened is None:
@@ -78,8 +78,8 @@ class EmbeddingCache:
             parts_w.append(np.stack([np.full(len(keys), len(self.vecs)), np.arange(len(keys))], axis=1))
             self.names.append(name)
             self.vecs.append(vecs)
-        if len(parts_k) > 1:
-            self._merge(np.concatenate(parts_k[1:]), np.concatenate(parts_w[1:]))
+        if parts_k:
+            self._merge(np.concatenate(parts_k), np.concatenate(parts_w))
 
     def _merge(self, keys: np.ndarray, where: np.ndarray) -> None:
         """Insert keys (any order) into the sorted index: O(index) copy, not a re-sort."""

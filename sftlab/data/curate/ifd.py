@@ -20,11 +20,16 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from sftlab.data.curate.config import StepConfig, parse_config
-from sftlab.data.curate.io import StepResult, drop, windows
+from sftlab.data.curate.io import StepResult, chunks_with_rows, drop, windows
 from sftlab.data.render import load_tokenizer, render_records
 from sftlab.errors import UserError
 
 SCORE_WINDOW = 1024  # records rendered and scored together (length sort and batches stay inside a window)
+
+
+def batch_window(batch_size: int) -> int:
+    """SCORE_WINDOW rounded up to whole batches: scoring in input order then batches exactly as on the list."""
+    return batch_size * -(-SCORE_WINDOW // batch_size)
 
 
 class IFDConfig(StepConfig):
@@ -220,12 +225,8 @@ def ifd_select_stream(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]
     scores = ifd_scores_of_chunks(read_chunks(), model, tokenizer, batch_size=cfg.batch_size,
                                   max_length=cfg.max_length)
     top = _ifd_keep(scores[0], cfg)
-    start = 0
-    for chunk in read_chunks():
+    for chunk, start in chunks_with_rows(read_chunks, len(scores[0]), step="select ifd", rows="scores"):
         yield _ifd_result(chunk, start, scores, top, cfg)
-        start += len(chunk)
-    if start != len(scores[0]):
-        raise UserError(f"select ifd: the input gave {start} records on the second read, {len(scores[0])} on the first")
     yield StepResult("select_ifd", [], [], info={"scorer": str(model_path), "scored": len(scores[0])})
 
 

@@ -151,13 +151,28 @@ def windows(chunks: Iterable[Sequence[dict[str, Any]]], size: int) -> Iterator[l
         yield window
 
 
+def chunks_with_rows(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]]]], n_rows: int, *,
+                     step: str = "select", rows: str = "embeddings") -> Iterator[tuple[Sequence[dict[str, Any]], int]]:
+    """(chunk, its first row) over an input read again, which must give exactly the n_rows records an earlier
+    pass computed one row each for (embeddings, scores): the passes match records by position."""
+    start = 0
+    for chunk in read_chunks():
+        if start + len(chunk) > n_rows:
+            raise UserError(f"{step}: {n_rows} {rows} for more records than that")
+        yield chunk, start
+        start += len(chunk)
+    if start != n_rows:
+        raise UserError(f"{step}: {n_rows} {rows} for {start} records")
+
+
 def reread_record_chunks(paths: str | Path | Sequence[str | Path], *, chunk_size: int = 10_000,
                          allow_empty_answers: bool = False, warn: bool = True, label: str | None = None
                          ) -> Callable[[], Iterator[list[dict[str, Any]]]]:
     """`read_chunks` for the steps that stream in passes: each call reads the inputs again in the same
     chunks; the reader's warnings are printed on the first pass only (never with warn=False). A pass refuses
     inputs whose size or modification time changed since the first one: the passes match records by position.
-    With a label, each pass shows a progress bar ('label, pass 2: 1,024 / 200,000 records' on a terminal)."""
+    With a label, each pass shows a progress bar ('label, pass 2: 1,024 / 200,000 records' on a terminal).
+    `read_chunks.pass_sizes` lists the records of each finished pass."""
     first: list[tuple[str, int, int]] = []
     passes: list[int] = []  # records of each finished pass: the total of the next one
 
@@ -180,6 +195,7 @@ def reread_record_chunks(paths: str | Path | Sequence[str | Path], *, chunk_size
             yield chunk
         passes.append(n)
 
+    read_chunks.pass_sizes = passes  # type: ignore[attr-defined]
     return read_chunks
 
 

@@ -188,18 +188,6 @@ def _tag(records: Sequence[dict[str, Any]], stage: str) -> list[dict[str, Any]]:
     return [{**r, "meta": {**(r.get("meta") or {}), "mix_stage": stage}} for r in records]
 
 
-def subsample_per_task(records: Sequence[dict[str, Any]], k: float, seed: int) -> list[dict[str, Any]]:
-    """round(k * n) (at least 1) records of each task_type, seeded per task_type, in input order."""
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, r in enumerate(records):
-        groups[r["task_type"]].append(i)
-    keep: set[int] = set()
-    for t, idx in groups.items():
-        n = max(1, round(k * len(idx)))
-        keep.update(idx[j] for j in _rng(seed, "\x00dmt" + t).permutation(len(idx))[:n])
-    return [r for i, r in enumerate(records) if i in keep]
-
-
 def _check_strategy(strategy: str, n_specialised: int, n_general: int, k: float) -> None:
     if strategy not in STRATEGIES:
         raise UserError(f"mix: option 'strategy': expected one of {', '.join(STRATEGIES)}, got {strategy!r}")
@@ -211,40 +199,80 @@ def _check_strategy(strategy: str, n_specialised: int, n_general: int, k: float)
         raise UserError(f"mix: option 'dmt_k': expected one of 1, 1/2, 1/4, 1/8, 1/16, 1/32, got {k}")
 
 
-def _sequential_names(task_types: Iterable[str]) -> dict[str, str]:
-    """{task_type: stage name}, refusing two task_types that map to one name."""
-    names = {t: _stage_name(t) for t in task_types}
-    if len(set(names.values())) != len(names):
-        raise UserError(f"mix: task_types map to the same stage name: {list(names.values())}")
-    return names
+def strategy_rows(read_inputs: Callable[[], Iterable[Sequence[dict[str, Any]]]],
+                  read_general: Callable[[], Iterable[Sequence[dict[str, Any]]]],
+                  is_general: Callable[[dict[str, Any]], bool], strategy: str, *, k: float = 0.25, seed: int = 0
+                  ) -> tuple[list[str], Iterator[tuple[str, list[dict[str, Any]]]], int, int]:
+    """(stage names in training order, (stage, tagged records) in each stage's record order, specialised count,
+    general count) for one strategy; the inputs are read once to count, then again for each stage, never held.
+    Input records for which is_general holds join read_general's as the general records.
+
+    multitask: one stage with everything; sequential: one stage per specialised task_type (first-appearance
+    order), then general; mixed_sequential: all specialised together, then general; dmt: all specialised, then
+    general + k x specialised (round(k * n), at least 1, records of each task_type, seeded per task_type, in
+    input order; k in {1, 1/2, ..., 1/32}).
+    """
+    task_counts: dict[str, int] = {}  # specialised records per task_type, in first-appearance order
+    n_general = 0
+    for chunk in read_inputs():
+        for r in chunk:
+            if is_general(r):
+                n_general += 1
+            else:
+                task_counts[r["task_type"]] = task_counts.get(r["task_type"], 0) + 1
+    n_general += sum(len(chunk) for chunk in read_general())
+    _check_strategy(strategy, sum(task_counts.values()), n_general, k)
+    names: dict[str, str] = {}
+    if strategy == "multitask":
+        order = ["multitask"]
+    elif strategy == "sequential":
+        names = {t: _stage_name(t) for t in task_counts}
+        order = list(names.values()) + (["general"] if n_general else [])
+        if len(set(order)) != len(order):
+            raise UserError(f"mix: task_types map to the same stage name: {order}")
+    else:
+        order = ["specialised", "general" if strategy == "mixed_sequential" else "general_mix"]
+
+    def specialised(stage_of: Callable[[dict[str, Any], int], str | None]) -> Iterator[tuple[str, list]]:
+        rank: dict[str, int] = defaultdict(int)  # position of a record within its task_type
+        for chunk in read_inputs():
+            for r in chunk:
+                if not is_general(r):
+                    name = stage_of(r, rank[r["task_type"]])
+                    rank[r["task_type"]] += 1
+                    if name is not None:
+                        yield name, _tag([r], name)
+
+    def general(name: str) -> Iterator[tuple[str, list]]:
+        for chunk in read_inputs():
+            yield name, _tag([r for r in chunk if is_general(r)], name)
+        for chunk in read_general():
+            yield name, _tag(chunk, name)
+
+    def rows() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+        if strategy == "sequential":
+            yield from specialised(lambda r, _j: names[r["task_type"]])
+        else:
+            yield from specialised(lambda _r, _j: order[0])
+        if n_general or strategy != "sequential":
+            yield from general(order[-1])
+        if strategy == "dmt":  # then k x specialised: a seeded choice of ranks within each task_type
+            replay = {t: set(_rng(seed, "\x00dmt" + t).permutation(n)[:max(1, round(k * n))].tolist())
+                      for t, n in task_counts.items()}
+            yield from specialised(lambda r, j: "general_mix" if j in replay[r["task_type"]] else None)
+
+    return order, rows(), sum(task_counts.values()), n_general
 
 
 def strategy_stages(specialised: Sequence[dict[str, Any]], general: Sequence[dict[str, Any]], strategy: str, *,
                     k: float = 0.25, seed: int = 0) -> list[tuple[str, list[dict[str, Any]]]]:
-    """(stage name, records) in training order for one strategy.
-
-    multitask: one stage with everything; sequential: one stage per specialised task_type (first-appearance
-    order), then general; mixed_sequential: all specialised together, then general; dmt: all specialised, then
-    general + k x specialised (a seeded per-task_type subsample, k in {1, 1/2, ..., 1/32}).
-    """
-    _check_strategy(strategy, len(specialised), len(general), k)
-    stages: list[tuple[str, list[dict[str, Any]]]]
-    if strategy == "multitask":
-        stages = [("multitask", [*specialised, *general])]
-    elif strategy == "sequential":
-        by_task: dict[str, list[dict[str, Any]]] = {}
-        for r in specialised:
-            by_task.setdefault(r["task_type"], []).append(r)
-        names = _sequential_names(by_task)
-        stages = [(names[t], rs) for t, rs in by_task.items()]
-        if general:
-            stages.append(("general", list(general)))
-    elif strategy == "mixed_sequential":
-        stages = [("specialised", list(specialised)), ("general", list(general))]
-    else:
-        stages = [("specialised", list(specialised)),
-                  ("general_mix", [*general, *subsample_per_task(specialised, k, seed)])]
-    return [(name, _tag(rs, name)) for name, rs in stages]
+    """(stage name, records) in training order for one strategy (strategy_rows on lists)."""
+    order, rows, _, _ = strategy_rows(lambda: [specialised], lambda: [general], lambda _r: False, strategy, k=k,
+                                      seed=seed)
+    stages: dict[str, list[dict[str, Any]]] = {name: [] for name in order}
+    for name, recs in rows:
+        stages[name] += recs
+    return list(stages.items())
 
 
 def _write_plan(out_dir: Path, paths: Sequence[tuple[str, Path]]) -> Path:
@@ -275,56 +303,15 @@ def write_strategy_stream(read_inputs: Callable[[], Iterable[Sequence[dict[str, 
                           is_general: Callable[[dict[str, Any]], bool], strategy: str, out_dir: str | Path, *,
                           k: float = 0.25, seed: int = 0) -> tuple[Path, list[tuple[str, int]], int, int]:
     """write_strategy(strategy_stages(...)) with the same bytes, the inputs read again for each stage instead of
-    held: input records for which is_general holds join read_general's as the general records. Returns (plan,
-    [(stage, records)], specialised, general)."""
+    held (strategy_rows). Returns (plan, [(stage, records)], specialised, general)."""
     from sftlab.data.curate.io import AtomicJsonl, all_or_none
 
-    task_counts: dict[str, int] = {}  # specialised records per task_type, in first-appearance order
-    n_general = 0
-    for chunk in read_inputs():
-        for r in chunk:
-            if is_general(r):
-                n_general += 1
-            else:
-                task_counts[r["task_type"]] = task_counts.get(r["task_type"], 0) + 1
-    n_general += sum(len(chunk) for chunk in read_general())
-    _check_strategy(strategy, sum(task_counts.values()), n_general, k)
-    if strategy == "multitask":
-        order = ["multitask"]
-    elif strategy == "sequential":
-        names = _sequential_names(task_counts)
-        order = list(names.values()) + (["general"] if n_general else [])
-    else:
-        order = ["specialised", "general" if strategy == "mixed_sequential" else "general_mix"]
+    order, rows, n_specialised, n_general = strategy_rows(read_inputs, read_general, is_general, strategy, k=k,
+                                                          seed=seed)
     out_dir = Path(out_dir)
     writers = {name: AtomicJsonl(out_dir / f"stage-{i}-{name}.jsonl") for i, name in enumerate(order, start=1)}
-
-    def specialised_pass(stage_of: Callable[[dict[str, Any], int], str | None]) -> None:
-        rank: dict[str, int] = defaultdict(int)  # position of a record within its task_type
-        for chunk in read_inputs():
-            for r in chunk:
-                if not is_general(r):
-                    name = stage_of(r, rank[r["task_type"]])
-                    rank[r["task_type"]] += 1
-                    if name is not None:
-                        writers[name].write(_tag([r], name))
-
-    def general_pass(name: str) -> None:
-        for chunk in read_inputs():
-            writers[name].write(_tag([r for r in chunk if is_general(r)], name))
-        for chunk in read_general():
-            writers[name].write(_tag(chunk, name))
-
     with all_or_none(writers.values()):
-        if strategy == "sequential":
-            specialised_pass(lambda r, _j: names[r["task_type"]])
-        else:
-            specialised_pass(lambda _r, _j: order[0])
-        if n_general or strategy != "sequential":
-            general_pass(order[-1])
-        if strategy == "dmt":  # then k x specialised: subsample_per_task's seeded choice, by rank in task_type
-            replay = {t: set(_rng(seed, "\x00dmt" + t).permutation(n)[:max(1, round(k * n))].tolist())
-                      for t, n in task_counts.items()}
-            specialised_pass(lambda r, j: "general_mix" if j in replay[r["task_type"]] else None)
+        for name, recs in rows:
+            writers[name].write(recs)
     plan = _write_plan(out_dir, [(name, w.path) for name, w in writers.items()])
-    return plan, [(name, w.count) for name, w in writers.items()], sum(task_counts.values()), n_general
+    return plan, [(name, w.count) for name, w in writers.items()], n_specialised, n_general

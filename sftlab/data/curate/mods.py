@@ -24,12 +24,11 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from sftlab.data.curate import ifd
 from sftlab.data.curate.config import StepConfig, parse_config
-from sftlab.data.curate.io import StepResult, drop, windows
+from sftlab.data.curate.ifd import batch_window
+from sftlab.data.curate.io import StepResult, chunks_with_rows, drop, windows
 from sftlab.data.curate.reward import reward_scores, reward_scores_of_chunks
 from sftlab.data.curate.select import kcenter_greedy
-from sftlab.errors import UserError
 
 
 class MoDSConfig(StepConfig):
@@ -179,9 +178,8 @@ def mods_select_stream(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any
         necessity_model, necessity_tokenizer = seed_trainer(list(_records_at(read_chunks, sorted(stage))))
     if necessity_model is not None:
         rest = [i for i in good if i not in stage]
-        window = cfg.batch_size * -(-ifd.SCORE_WINDOW // cfg.batch_size)  # whole batches of generation
         parts = [np.zeros(0)]
-        for recs in windows([_records_at(read_chunks, rest)], window):
+        for recs in windows([_records_at(read_chunks, rest)], batch_window(cfg.batch_size)):
             answers = generate_answers(recs, necessity_model, necessity_tokenizer,
                                        max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
             parts.append(reward_scores([_with_answer(r, a) for r, a in zip(recs, answers, strict=True)],
@@ -191,12 +189,8 @@ def mods_select_stream(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any
         if needed:
             aug_pos, _ = kcenter_greedy(emb[needed], cfg.aug_k or len(needed), seed=cfg.seed)
             stage.update({needed[p]: "augmented" for p in aug_pos})
-    start = 0
-    for chunk in read_chunks():
+    for chunk, start in chunks_with_rows(read_chunks, n, step="select mods", rows="scores"):
         yield _mods_result(chunk, start, scores, stage, gen_scores, cfg)
-        start += len(chunk)
-    if start != n:
-        raise UserError(f"select mods: the input gave {start} records on the last read, {n} on the first")
     yield StepResult("select_mods", [], [], info={
         "input": n, "high_quality": len(good), "low_quality": n - len(good),
         "seed": sum(v == "seed" for v in stage.values()), "necessity_stage": necessity_model is not None,

@@ -158,17 +158,6 @@ STEPS: dict[str, Callable[[Chunks, dict, Path], Iterable[StepResult]]] = {
 SEEDED = {"dedup", "select_kcenter", "select_cluster", "select_mods", "mix", "split"}
 
 
-def _counting(read: Chunks, seen: list[int]) -> Chunks:
-    """read, noting in seen[0] how many records a complete pass gave (the pipeline's input count)."""
-    def again() -> Iterator[list[dict[str, Any]]]:
-        n = 0
-        for chunk in read():
-            n += len(chunk)
-            yield chunk
-        seen[:] = [n]
-    return again
-
-
 def _concatenate(parts: list[Path], out: Path) -> None:
     """Files appended in order into out (written under a temporary name, then renamed)."""
     tmp = out.with_name(out.name + ".tmp")
@@ -199,12 +188,6 @@ def _fingerprint(base: Path, inputs: list[str], steps: list[tuple[str, dict]]) -
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj), encoding="utf-8")
-    tmp.replace(path)
-
-
 def run_pipeline(config_path: str | Path, echo: Callable[[str], None] = print, *, fresh: bool = False
                  ) -> dict[str, Any]:
     """Run the steps of a pipeline YAML; returns the report written to OUTPUT.report.json.
@@ -212,6 +195,8 @@ def run_pipeline(config_path: str | Path, echo: Callable[[str], None] = print, *
     Resumable: each finished step but the last leaves its records, its removed rows and a fingerprint of what
     it depended on in the work directory; a failed or interrupted run keeps them, and the next run reuses every
     leading step whose fingerprint still matches (fresh=True ignores them). A successful run removes the work."""
+    from sftlab.eval.run import write_json_atomic
+
     config_path = Path(config_path)
     base = config_path.parent
     cfg = yaml.safe_load(config_path.read_text(encoding="utf-8"))
@@ -246,13 +231,11 @@ def run_pipeline(config_path: str | Path, echo: Callable[[str], None] = print, *
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
 
-    n_inputs: list[int] = []
-
     def label(k: int) -> str | None:  # the progress bar of step k's reads
         return f"{plan[k][0]} (step {k + 1}/{len(plan)})" if k < len(plan) else None
 
-    read = _counting(reread_record_chunks(inputs, chunk_size=CHUNK, allow_empty_answers=True, label=label(0)),
-                     n_inputs)
+    read = reread_record_chunks(inputs, chunk_size=CHUNK, allow_empty_answers=True, label=label(0))
+    n_inputs = read.pass_sizes  # type: ignore[attr-defined]  # records of each full pass over the inputs
     report: dict[str, Any] = {"inputs": 0, "steps": []}
     dropped: list[Path] = []
     reusing = True  # leading steps finished by an earlier run with the same fingerprint are reused
@@ -311,9 +294,9 @@ def run_pipeline(config_path: str | Path, echo: Callable[[str], None] = print, *
         if n == 0:
             report["inputs"] = n_inputs[0]
         if not is_last:
-            _write_json(done, {"key": _fingerprint(base, inputs, plan[:n + 1]), "summary": tally.summary(),
+            write_json_atomic({"key": _fingerprint(base, inputs, plan[:n + 1]), "summary": tally.summary(),
                                "row": json.loads(json.dumps(row, default=str)), **({"inputs": n_inputs[0]}
-                                                                                    if n == 0 else {})})
+                                                                                    if n == 0 else {})}, done)
         read = reread_record_chunks(last, chunk_size=CHUNK, allow_empty_answers=True, warn=False, label=label(n + 1))
     if not report["inputs"] and n_inputs:
         report["inputs"] = n_inputs[0]

@@ -1,7 +1,7 @@
 """`select reward`: score each conversation with a reward model (any AutoModelForSequenceClassification with
 one output) and keep records whose score is >= min_score, or the top fraction / k.
 
-Records are scored in windows of whole batches (about ifd.SCORE_WINDOW records), in input order, so the batches
+Records are scored in windows of whole batches (ifd.batch_window), in input order, so the batches
 are the same whether the records come as a list or chunk by chunk; `select reward` streams (scores first, then
 the records again to write)."""
 
@@ -13,10 +13,9 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from sftlab.data.curate import ifd
 from sftlab.data.curate.config import StepConfig, parse_config
-from sftlab.data.curate.ifd import top_selection
-from sftlab.data.curate.io import StepResult, drop, windows
+from sftlab.data.curate.ifd import batch_window, top_selection
+from sftlab.data.curate.io import StepResult, chunks_with_rows, drop, windows
 from sftlab.errors import UserError
 
 
@@ -70,10 +69,9 @@ def reward_scores_of_chunks(chunks: Iterable[Sequence[dict[str, Any]]], model: A
 
     dev = next(model.parameters()).device
     tokenizer.padding_side = "right"
-    window = batch_size * -(-ifd.SCORE_WINDOW // batch_size)
     parts = [np.zeros(0)]
     with torch.inference_mode():
-        for recs in windows(chunks, window):
+        for recs in windows(chunks, batch_window(batch_size)):
             texts = [conversation_text(r, tokenizer) for r in recs]
             out = np.zeros(len(texts), dtype=np.float64)
             for b in range(0, len(texts), batch_size):
@@ -104,13 +102,8 @@ def reward_select_stream(read_chunks: Callable[[], Iterable[Sequence[dict[str, A
     scores = reward_scores_of_chunks(read_chunks(), model, tokenizer, batch_size=cfg.batch_size,
                                      max_length=cfg.max_length)
     top = _reward_keep(scores, cfg)
-    start = 0
-    for chunk in read_chunks():
+    for chunk, start in chunks_with_rows(read_chunks, len(scores), step="select reward", rows="scores"):
         yield _reward_result(chunk, start, scores, top, cfg)
-        start += len(chunk)
-    if start != len(scores):
-        raise UserError(f"select reward: the input gave {start} records on the second read, {len(scores)} on the "
-                        "first")
 
 
 def _reward_keep(scores: np.ndarray, cfg: RewardConfig) -> set[int]:

@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from sftlab.data.curate.config import StepConfig, parse_config
-from sftlab.data.curate.io import StepResult, drop
+from sftlab.data.curate.io import StepResult, chunks_with_rows, drop
 from sftlab.errors import UserError
 
 
@@ -80,19 +80,6 @@ def covering_radius(emb: np.ndarray, centres: Sequence[int]) -> float:
     return float(d.min(1).max())
 
 
-def _chunks_with_rows(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]]]], n_rows: int
-                      ) -> Iterator[tuple[Sequence[dict[str, Any]], int]]:
-    """(chunk, its first row) over a re-read input that must have exactly n_rows records (one per embedding)."""
-    start = 0
-    for chunk in read_chunks():
-        if start + len(chunk) > n_rows:
-            raise UserError(f"select: {n_rows} embeddings for more records than that")
-        yield chunk, start
-        start += len(chunk)
-    if start != n_rows:
-        raise UserError(f"select: {n_rows} embeddings for {start} records")
-
-
 def _check(records: Sequence[dict[str, Any]], emb: np.ndarray) -> None:
     if emb.ndim != 2 or emb.shape[0] != len(records):
         raise UserError(f"select: {emb.shape[0] if emb.ndim else 0} embeddings for {len(records)} records")
@@ -132,7 +119,7 @@ def kcenter_select_stream(read_chunks: Callable[[], Iterable[Sequence[dict[str, 
     """kcenter_select on an input read again chunk by chunk: only the embeddings (one row per record, in input
     order) and the chosen set are held, not the records. The last result carries kcenter_select's info."""
     rank, r = kcenter_ranks(emb, config)
-    for chunk, start in _chunks_with_rows(read_chunks, len(emb)):
+    for chunk, start in chunks_with_rows(read_chunks, len(emb)):
         yield _kcenter_result(chunk, rank, start)
     yield StepResult("select_kcenter", [], [], info={"covering_radius": r, "selected": len(rank)})
 
@@ -207,6 +194,6 @@ def cluster_select_stream(read_chunks: Callable[[], Iterable[Sequence[dict[str, 
     cfg = config if isinstance(config, ClusterConfig) else parse_config(ClusterConfig, "select cluster", config)
     labels, keep, outside = cluster_choice(emb, cfg, perplexity=perplexity)
     shown = perplexity if cfg.band == "middle" else None
-    for chunk, start in _chunks_with_rows(read_chunks, len(emb)):
+    for chunk, start in chunks_with_rows(read_chunks, len(emb)):
         yield _cluster_result(chunk, labels, keep, outside, shown, start)
     yield StepResult("select_cluster", [], [], info={"clusters": min(cfg.n_clusters, len(emb))})
