@@ -7,10 +7,11 @@
 # 520 s, so the whole script ends inside 9 minutes even if steps hang); a failing step never stops the script:
 #   0. install .whl/*.whl into /tmp/site (--no-deps; skipped when PYTHONPATH already holds it)  -> install.txt
 #   1. environment facts: GPU, versions, which attention kernels / liger / trl import          -> env.txt
-#   2. benchmarks/bench_gpu.py: sftlab vs TRL, default settings                                -> bench.txt, bench.jsonl
-#   3. the CUDA tests (tests/test_attention_gpu.py, tests/test_contract_layouts.py -k "cuda or gpu") -> tests.txt
-#   4. variants: sftlab --head liger, --gradient-checkpointing; TRL --trl-attn flex_attention; sftlab --attn
-#      sdpa_varlen, --fsdp, --compile                                                          -> bench.txt, bench.jsonl
+#   2. benchmarks/bench_gpu.py: sftlab vs TRL with 8 rows per micro-batch (the MFU case; the 2026-11-29 session
+#      showed one row per forward is host-bound for both trainers)                           -> bench.txt, bench.jsonl
+#   3. sftlab, 8 rows: --compile (torch.compile of the decoder), then 16 rows per micro-batch  -> bench.txt, bench.jsonl
+#   4. the CUDA tests (tests/test_attention_gpu.py, tests/test_contract_layouts.py -k "cuda or gpu") -> tests.txt
+#   5. variants, 8 rows: sftlab --attn sdpa_varlen, --fsdp; then the one-row default (sftlab vs TRL)
 # Results of the 2026-11-29 H200 session: benchmarks/README.md (bench_gpu.py section).
 #   steps.txt: one line per step (exit code, seconds).
 # On a machine without CUDA (a dry run: OUT=/tmp/gpucheck-out bash benchmarks/gpu_check.sh) the GPU steps stop at
@@ -132,15 +133,17 @@ step env env.txt 60 bash -c env_facts
 
 # 2-4. benchmarks and tests --------------------------------------------------------------------------------
 BENCH=("$PY" benchmarks/bench_gpu.py --workdir "$WORKDIR" --jsonl "$OUT/bench.jsonl")
-step "bench sftlab vs trl" bench.txt 220 "${BENCH[@]}" --worker-timeout 110
+M8=(--micro-rows 8 --steps 10)
+step "bench 8 rows sftlab vs trl" bench.txt 200 "${BENCH[@]}" "${M8[@]}" --worker-timeout 95
+step "sftlab 8 rows --compile" bench.txt 150 "${BENCH[@]}" "${M8[@]}" --only sftlab --compile --worker-timeout 145
+step "sftlab 16 rows" bench.txt 90 "${BENCH[@]}" --micro-rows 16 --rows-per-step 16 --steps 6 --only sftlab \
+    --worker-timeout 85
 step "tests cuda" tests.txt 150 "$PY" -m pytest -x -q -rs -p no:cacheprovider tests/test_attention_gpu.py \
     tests/test_contract_layouts.py -k "cuda or gpu"
-step "sftlab --head liger" bench.txt 75 "${BENCH[@]}" --only sftlab --head liger --worker-timeout 70
-step "sftlab --gradient-checkpointing" bench.txt 75 "${BENCH[@]}" --only sftlab --gradient-checkpointing --worker-timeout 70
-step "trl --trl-attn flex_attention" bench.txt 90 "${BENCH[@]}" --only trl --trl-attn flex_attention --worker-timeout 85
-step "sftlab --attn sdpa_varlen" bench.txt 75 "${BENCH[@]}" --only sftlab --attn sdpa_varlen --worker-timeout 70
-step "sftlab --fsdp" bench.txt 75 "${BENCH[@]}" --only sftlab --fsdp --worker-timeout 70
-step "sftlab --compile" bench.txt 120 "${BENCH[@]}" --only sftlab --compile --worker-timeout 115
+step "sftlab 8 rows --attn sdpa_varlen" bench.txt 75 "${BENCH[@]}" "${M8[@]}" --only sftlab --attn sdpa_varlen \
+    --worker-timeout 70
+step "sftlab 8 rows --fsdp" bench.txt 75 "${BENCH[@]}" "${M8[@]}" --only sftlab --fsdp --worker-timeout 70
+step "bench 1 row sftlab vs trl" bench.txt 200 "${BENCH[@]}" --worker-timeout 95
 
 echo "total $(($(date +%s) - T0))s" | tee -a "$OUT/steps.txt"
 grep -h '^| ' "$OUT/bench.txt" 2>/dev/null | sort -u | tee -a "$OUT/steps.txt"
