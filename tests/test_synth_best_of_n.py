@@ -136,6 +136,25 @@ def test_best_of_n_errors(tmp_path, capsys):
     assert "bad.jsonl, line 2" in capsys.readouterr().err
 
 
+def test_best_of_n_numeric_json_references(tmp_path, capsys):
+    """`"reference": 0` / `1.0` (JSON numbers, GSM8K style) are references, not missing ones and not a crash."""
+    rows = [{"id": "zero", "task_type": "m", "messages": [{"role": "user", "content": "1 - 1?"}], "reference": 0},
+            {"id": "one", "task_type": "m", "messages": [{"role": "user", "content": "1 * 1?"}], "reference": 1.0},
+            {"id": "meta", "task_type": "m", "messages": [{"role": "user", "content": "0 * 5?"}],
+             "meta": {"reference": 0}}]
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with ScriptedTeacher(lambda body, i: f"It is {i % 2}.") as t:
+        main(["synth", "best-of-n", str(prompts), "--teacher", t.base_url, "-n", "2", "-o", str(tmp_path / "o")])
+    sft = {r["meta"]["synth"]["source_id"]: r["messages"][-1]["content"] for r in _lines(tmp_path / "o" / "sft.jsonl")}
+    assert sft == {"zero": "It is 0.", "one": "It is 1.", "meta": "It is 0."}
+    assert len(_lines(tmp_path / "o" / "pairs.jsonl")) == 3 and not _lines(tmp_path / "o" / "dropped.jsonl")
+    prompts.write_text(json.dumps({**rows[0], "reference": ["0"]}) + "\n")
+    with pytest.raises(SystemExit) as e:
+        main(["synth", "best-of-n", str(prompts), "--teacher", "http://127.0.0.1:9/v1", "-o", str(tmp_path / "o")])
+    assert e.value.code == 2 and "p.jsonl, line 1, field 'reference'" in capsys.readouterr().err
+
+
 def test_best_of_n_with_the_llm_judge_as_verifier(tmp_path):
     from judge_server import JudgeServer
 

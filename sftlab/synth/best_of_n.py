@@ -33,6 +33,13 @@ def split_prompt(rec: dict[str, Any]) -> tuple[list[dict], str | None]:
     """(prompt messages, reference): the reference is `reference`/`meta.reference`, else the last assistant turn."""
     msgs = rec["messages"]
     ref = rec.get("reference", (rec.get("meta") or {}).get("reference"))
+    if isinstance(ref, int | float) and not isinstance(ref, bool):
+        ref = str(ref)  # JSON numbers ("reference": 42, GSM8K style): the checkers read text, and 0 is a reference
+    elif ref is not None and not isinstance(ref, str):
+        from sftlab.errors import UserError
+
+        raise UserError(f"record {rec['id']!r}, field 'reference': must be a string or a number, "
+                        f"got {type(ref).__name__}")
     if msgs and msgs[-1]["role"] == "assistant":
         return msgs[:-1], ref if ref is not None else msgs[-1].get("content")
     return msgs, ref
