@@ -94,3 +94,41 @@ def test_flywheel_pairs_from_contrasting_feedback(tmp_path):
     assert pairs[0]["rejected"][0]["content"] == "Milan, I think." and pairs[0]["meta"]["margin"] == 1.0
     dropped = [json.loads(x) for x in (tmp_path / "fw" / "dropped.jsonl").read_text().splitlines()]
     assert [(d["id"], d["reason"]) for d in dropped] == [("c", "no_feedback_no_judge")]
+
+
+def _log_rec(i: str, prompt: str, reply: str, score: int | None) -> dict:
+    return {"id": i, "task_type": "serve", "source": "serve:m", "tools": None,
+            "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}],
+            "meta": {"response_id": i, "model": "m", "finish_reason": "stop",
+                     "feedback": None if score is None else {"score": score, "comment": None}}}
+
+
+def test_flywheel_decontaminates_every_choice_of_a_near_duplicate_prompt():
+    """The n choices of one request share a prompt that near-duplicates a training prompt: all are in_train_set
+    (the later ones are exact duplicates of the first choice, not directly of the training record)."""
+    from sftlab.synth.flywheel import flywheel
+
+    base = ("Please explain in simple words how the water cycle works on planet earth including evaporation "
+            "condensation precipitation and collection for a school class of ten year old children")
+    train = [{"id": "t1", "task_type": "x", "source": "", "tools": None, "meta": {},
+              "messages": [{"role": "user", "content": base + " today"}, {"role": "assistant", "content": "ok"}]}]
+    log = [_log_rec(f"r-{k}", base + " now", f"Answer number {k} about water and clouds.", 1) for k in range(3)]
+    res = flywheel(log, train)
+    assert [(d["id"], d["reason"], d["duplicate_of"]) for d in res.dropped] == [
+        (f"r-{k}", "in_train_set", "t1") for k in range(3)]
+    assert res.sft == [] and res.summary["dropped"] == {"in_train_set": 3}
+
+
+def test_flywheel_repeated_reply_keeps_the_copy_with_feedback():
+    """An identical (prompt, reply) logged first without feedback must not hide the liked (or disliked) copy."""
+    from sftlab.synth.flywheel import flywheel
+
+    q, q2 = "What is the capital of France?", "What is the capital of Spain?"
+    log = [_log_rec("a", q, "Paris is the capital of France.", None),
+           _log_rec("b", q, "Paris is the capital of France.", 1),
+           _log_rec("c", q2, "Barcelona.", None), _log_rec("d", q2, "Barcelona.", -1), _log_rec("e", q2, "Madrid.", 1)]
+    res = flywheel(log, [])
+    assert [r["id"] for r in res.sft] == ["b", "e"] and [r["id"] for r in res.bad_cases] == ["d"]
+    assert [(d["id"], d["reason"], d["duplicate_of"]) for d in res.dropped] == [
+        ("a", "duplicate_in_log", "b"), ("c", "duplicate_in_log", "d")]
+    assert [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in res.pairs] == [("Madrid.", "Barcelona.")]

@@ -32,15 +32,22 @@ def _prompt_key(rec: dict[str, Any]) -> str:
 
 
 def _in_train(log: list[dict], train: list[dict], threshold: float) -> dict[str, str]:
-    """log id -> id of the training record whose prompt it (near-)duplicates."""
+    """log id -> id of the training record whose prompt it (near-)duplicates, directly or through an identical log
+    prompt that does (the n choices of one request share their prompt): the root of its dedup cluster."""
     from sftlab.data.curate.dedup import dedup_records
 
     if not train or not log:
         return {}
     both = [{**r, "id": f"train\x00{r['id']}"} for r in train] + [{**r, "id": f"log\x00{r['id']}"} for r in log]
     res = dedup_records(both, {"field": "prompt", "mode": "near", "threshold": threshold, "keep": "first"})
-    return {d["id"].split("\x00", 1)[1]: d["duplicate_of"].split("\x00", 1)[1] for d in res.dropped
-            if d["id"].startswith("log\x00") and d["duplicate_of"].startswith("train\x00")}
+    return {d["id"].split("\x00", 1)[1]: d["cluster"].split("\x00", 1)[1] for d in res.dropped
+            if d["id"].startswith("log\x00") and d["cluster"].startswith("train\x00")}
+
+
+def _feedback_score(rec: dict[str, Any]) -> float | None:
+    """The user's feedback score (-1/0/1) of an exported serve record, None without feedback."""
+    fb = (rec.get("meta") or {}).get("feedback")
+    return float(fb["score"]) if isinstance(fb, dict) and fb.get("score") is not None else None
 
 
 def flywheel(log: list[dict[str, Any]], train: list[dict[str, Any]], *, judge: Any = None, min_score: float = 0.5,
@@ -58,16 +65,17 @@ def flywheel(log: list[dict[str, Any]], train: list[dict[str, Any]], *, judge: A
     dropped += [{**d, "step": "flywheel", "reason": f"clean:{d['reason']}"} for d in cleaned.dropped]
     rest = cleaned.kept
     if rest:
-        exact = dedup_records(rest, {"field": "both", "mode": "exact"})
+        # a repeated (prompt, reply) keeps a copy with feedback over one without (the label is what we want)
+        pos = {r["id"]: k for k, r in enumerate(rest)}
+        exact = dedup_records(sorted(rest, key=lambda r: _feedback_score(r) is None), {"field": "both", "mode": "exact"})
         dropped += [{**d, "step": "flywheel", "reason": "duplicate_in_log"} for d in exact.dropped]
-        rest = exact.kept
+        rest = sorted(exact.kept, key=lambda r: pos[r["id"]])
 
     labels: dict[str, tuple[float, str]] = {}
     to_judge = []
     for r in rest:
-        fb = (r.get("meta") or {}).get("feedback")
-        if isinstance(fb, dict) and fb.get("score") is not None:
-            labels[r["id"]] = ((float(fb["score"]) + 1) / 2, "feedback")
+        if (fb := _feedback_score(r)) is not None:
+            labels[r["id"]] = ((fb + 1) / 2, "feedback")
         else:
             to_judge.append(r)
     judge_info = None
