@@ -120,6 +120,11 @@ def test_code_verifier_runs_tests_in_a_subprocess_with_timeout():
     bad = "```python\ndef add(a, b):\n    return a - b\n```"
     hang = "```python\ndef add(a, b):\n    while True:\n        pass\n```"
     assert v.score([[]] * 3, [good, bad, hang], [None] * 3, [rec] * 3) == [1.0, 0.0, 0.0]
+    # wrong code that exits before the appended tests run must not pass
+    main_exit = ("```python\nimport sys\ndef add(a, b):\n    return a - b\n\ndef main():\n    print(add(1, 2))\n\n"
+                 "if __name__ == \"__main__\":\n    sys.exit(main())\n```")
+    bare_exit = "```python\ndef add(a, b):\n    return a - b\nexit()\n```"
+    assert v.score([[]] * 2, [main_exit, bare_exit], [None] * 2, [rec] * 2) == [0.0, 0.0]
 
 
 def test_best_of_n_errors(tmp_path, capsys):
