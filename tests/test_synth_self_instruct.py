@@ -89,3 +89,29 @@ def test_rouge_tokenizer_is_public_and_matches_the_metric_tokenizer():
     assert tok.tokenize("The Cat, sat!") == metrics.tokenize("The Cat, sat!")
     assert metrics._Tokenizer is metrics.RougeTokenizer  # old name still works on other branches
     assert isinstance(RougeL().scorer._tokenizer, metrics.RougeTokenizer)
+
+
+def test_self_instruct_near_duplicates_across_task_types(tmp_path):
+    """A candidate that copies another task_type's seed, or one kept under another task_type, is a near duplicate:
+    the same prompt under two task_types is still a duplicate in the training data."""
+    seeds = tmp_path / "seeds.jsonl"
+    rows = [{"id": "a", "task_type": "alpha", "messages": [{"role": "user", "content": "Explain why the sky is blue."},
+                                                           {"role": "assistant", "content": "Scattering."}]},
+            {"id": "b", "task_type": "beta", "messages": [{"role": "user", "content": "What is 2 + 3?"},
+                                                          {"role": "assistant", "content": "5"}]}]
+    seeds.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines = "1. Describe the process of photosynthesis in plants.\n2. Explain why the sky is blue."
+
+    def script(body: dict, choice: int) -> str:
+        return lines if body["messages"][-1]["content"].startswith("Come up with") else "A careful useful answer here."
+    out = tmp_path / "si.jsonl"
+    with ScriptedTeacher(script) as t:
+        main(["synth", "self-instruct", str(seeds), "--teacher", t.base_url, "-n", "2", "-o", str(out)])
+    kept = [json.loads(x) for x in out.read_text().splitlines()]
+    dropped = [json.loads(x) for x in (tmp_path / "si.dropped.jsonl").read_text().splitlines()]
+    assert [(r["task_type"], r["messages"][0]["content"]) for r in kept] == [
+        ("alpha", "Describe the process of photosynthesis in plants.")]
+    assert sorted((d["task_type"], d["reason"], d["similar_to"]) for d in dropped) == [
+        ("alpha", "near_duplicate", "Explain why the sky is blue."),
+        ("beta", "near_duplicate", "Describe the process of photosynthesis in plants."),
+        ("beta", "near_duplicate", "Explain why the sky is blue.")]

@@ -1,7 +1,7 @@
 """Self-Instruct: a teacher writes new instructions per task_type from few-shot seed instructions, then answers
-them; filters drop what is not new (ROUGE-L >= threshold to a seed or an already kept instruction, CJK-aware),
-what is too short/long or needs non-text input (blocked keywords), truncated answers, and what fails the
-curation `clean` rules. kept + dropped = generated, per task_type.
+them; filters drop what is not new (ROUGE-L >= threshold to a seed or an already kept instruction of any
+task_type, CJK-aware), what is too short/long or needs non-text input (blocked keywords), truncated answers, and
+what fails the curation `clean` rules. kept + dropped = generated, per task_type.
 """
 
 from __future__ import annotations
@@ -79,6 +79,9 @@ def self_instruct(seeds: list[dict[str, Any]], teacher: Generator, *, n: int, pe
         if (text := first_user(rec).strip()):
             by_type.setdefault(rec["task_type"], []).append(text)
     kept_instr: list[tuple[str, str, str, float]] = []  # (id, task_type, instruction, max rouge-L)
+    # novelty is against every seed and every kept instruction, of any task_type (as in Self-Instruct's pool):
+    # the same instruction under two task_types is still a duplicate prompt in the training data
+    all_seeds = [text for texts in by_type.values() for text in texts]
     dropped: list[dict[str, Any]] = []
     generated: Counter = Counter()
     for task_type in sorted(by_type):
@@ -101,7 +104,6 @@ def self_instruct(seeds: list[dict[str, Any]], teacher: Generator, *, n: int, pe
                 candidates += parse_instructions(reps[0].text)
         candidates = candidates[:n]
         generated[task_type] = len(candidates)
-        kept_here: list[str] = []
         for k, text in enumerate(candidates):
             cid = f"si-{task_type.replace('/', '_')}-{k}"
             base = {"id": cid, "step": "self_instruct", "task_type": task_type, "instruction": text}
@@ -114,11 +116,10 @@ def self_instruct(seeds: list[dict[str, Any]], teacher: Generator, *, n: int, pe
                              None)):
                 dropped.append({**base, "reason": "blocked_keyword", "detail": kw})
             else:
-                sim, near = rouge.max_sim(text, pool + kept_here)
+                sim, near = rouge.max_sim(text, all_seeds + [k[2] for k in kept_instr])
                 if sim >= rouge_threshold:
                     dropped.append({**base, "reason": "near_duplicate", "rouge_l": round(sim, 4), "similar_to": near})
                 else:
-                    kept_here.append(text)
                     kept_instr.append((cid, task_type, text, sim))
 
     answers = ask(teacher, [[{"role": "user", "content": text}] for _, _, text, _ in kept_instr],
