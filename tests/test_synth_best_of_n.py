@@ -134,6 +134,9 @@ def test_best_of_n_errors(tmp_path, capsys):
             main(["synth", "best-of-n", str(prompts), "--teacher", "http://127.0.0.1:9/v1", "--verifier", verifier,
                   "-o", str(tmp_path / "o")])
         assert e.value.code == 2 and msg in capsys.readouterr().err
+    with ScriptedTeacher(sometimes_right) as t, pytest.raises(SystemExit) as e:
+        main(["synth", "best-of-n", str(prompts), "--teacher", t.base_url, "--threshold", "1.5", "-o", str(tmp_path / "o")])
+    assert e.value.code == 2 and "--threshold 1.5" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "task_type": "t", "messages": [{"role": "user", "content": "hi"}]}\n{"id": "b"}\n')
     with pytest.raises(SystemExit):

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import openai
+import pytest
 import yaml
 
 from sftlab.cli import main
@@ -94,6 +95,9 @@ def test_flywheel_pairs_from_contrasting_feedback(tmp_path):
     assert pairs[0]["rejected"][0]["content"] == "Milan, I think." and pairs[0]["meta"]["margin"] == 1.0
     dropped = [json.loads(x) for x in (tmp_path / "fw" / "dropped.jsonl").read_text().splitlines()]
     assert [(d["id"], d["reason"]) for d in dropped] == [("c", "no_feedback_no_judge")]
+    with pytest.raises(SystemExit) as e:
+        main(["flywheel", str(log), "--min-score", "2", "-o", str(tmp_path / "fw2")])
+    assert e.value.code == 2 and not (tmp_path / "fw2").exists()
 
 
 def _log_rec(i: str, prompt: str, reply: str, score: int | None) -> dict:

@@ -54,6 +54,8 @@ def best_of_n(records: list[dict[str, Any]], teacher: Generator, verifier: Verif
 
     if pairs_format not in PAIRS_FORMATS:
         raise UserError(f"--pairs-format {pairs_format!r}: use one of {', '.join(PAIRS_FORMATS)}")
+    if not 0.0 <= threshold <= 1.0:  # scores are in [0, 1]: above 1 nothing passes, below 0 everything does
+        raise UserError(f"--threshold {threshold}: verifier scores are in [0, 1]")
     if n < 2:
         raise UserError(f"-n must be >= 2 for best-of-n (got {n}): pairs need two replies to compare")
     start = time.perf_counter()

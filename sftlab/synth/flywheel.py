@@ -55,7 +55,10 @@ def flywheel(log: list[dict[str, Any]], train: list[dict[str, Any]], *, judge: A
     """Route exported serve records (see the module docstring); `judge` is an sftlab.eval.judge.Judge or None."""
     from sftlab.data.curate.clean import clean_records
     from sftlab.data.curate.dedup import dedup_records
+    from sftlab.errors import UserError
 
+    if not 0.0 <= min_score <= 1.0:  # labels are in [0, 1]: outside it every reply would land on one side
+        raise UserError(f"--min-score {min_score}: labels are in [0, 1] (feedback -1/0/1 -> 0/0.5/1, judge /10)")
     dropped: list[dict[str, Any]] = []
     dup_of = _in_train(log, train, dedup_threshold)
     dropped += [{"id": r["id"], "step": "flywheel", "reason": "in_train_set", "duplicate_of": dup_of[r["id"]]}
