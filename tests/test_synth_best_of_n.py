@@ -92,6 +92,26 @@ def test_best_of_n_llamafactory_layout(tmp_path):
     assert len(datasets.load_dataset("json", data_files=str(out / "pairs.jsonl"), split="train")) == len(pairs)
 
 
+def test_llamafactory_pair_keeps_tool_calls_as_function_call_turns(tmp_path):
+    """A prompt with an earlier tool call (glaive style): the call is a `function_call` turn, not an empty gpt turn,
+    and the pair reads back through sftlab's sharegpt reader with the same messages."""
+    from sftlab.data.formats import read_records
+    from sftlab.synth.best_of_n import format_pair
+
+    tools = [{"type": "function", "function": {"name": "area", "parameters": {"type": "object", "properties": {}}}}]
+    prompt = [{"role": "user", "content": "Area of a 7 by 7 square?"},
+              {"role": "assistant", "content": "", "tool_calls": [
+                  {"type": "function", "function": {"name": "area", "arguments": '{"side": 7}'}}]},
+              {"role": "tool", "content": '{"area": 49}'}]
+    row = format_pair(prompt, "It is 49.", "It is 14.", "llamafactory", {}, tools)
+    assert [c["from"] for c in row["conversations"]] == ["human", "function_call", "observation"]
+    assert json.loads(row["conversations"][1]["value"]) == {"name": "area", "arguments": {"side": 7}}
+    path = tmp_path / "lf.json"
+    path.write_text(json.dumps([{"conversations": row["conversations"] + [row["chosen"]], "tools": row["tools"]}]))
+    back = read_records(path, fmt="sharegpt")[0][0]["messages"]
+    assert back[1]["tool_calls"][0]["function"]["name"] == "area" and back[-1]["content"] == "It is 49."
+
+
 def is_even_reply(reply: str, reference: str | None, record: dict) -> bool:
     n = last_number(reply)
     return n is not None and n % 2 == 0

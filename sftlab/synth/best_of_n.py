@@ -124,12 +124,11 @@ def best_of_n(records: list[dict[str, Any]], teacher: Generator, verifier: Verif
 def format_pair(prompt: list[dict], chosen: str, rejected: str, fmt: str, meta: dict,
                 tools: list | None = None) -> dict[str, Any]:
     """One preference pair: TRL conversational DPO or LLaMA-Factory sharegpt ranking (dpo_en_demo.json layout: the
-    system prompt and earlier turns inside `conversations`, from system / human / gpt / observation)."""
+    system prompt and earlier turns inside `conversations`, from system / human / gpt / function_call / observation)."""
     if fmt == "trl":
         return {"prompt": prompt, "chosen": [{"role": "assistant", "content": chosen}],
                 "rejected": [{"role": "assistant", "content": rejected}], "meta": meta}
-    row: dict[str, Any] = {"conversations": [{"from": _SHAREGPT_ROLE.get(m["role"], m["role"]),
-                                              "value": m.get("content") or ""} for m in prompt],
+    row: dict[str, Any] = {"conversations": [_sharegpt_turn(m) for m in prompt],
                            "chosen": {"from": "gpt", "value": chosen},
                            "rejected": {"from": "gpt", "value": rejected}}
     if tools:
@@ -138,3 +137,23 @@ def format_pair(prompt: list[dict], chosen: str, rejected: str, fmt: str, meta: 
         row["tools"] = json.dumps(tools, ensure_ascii=False)
     row["meta"] = meta
     return row
+
+
+def _sharegpt_turn(m: dict[str, Any]) -> dict[str, str]:
+    """One sharegpt turn; an assistant tool call is LLaMA-Factory's `function_call` turn, value
+    {"name", "arguments"} as JSON (a list for parallel calls), the layout sftlab's sharegpt reader reads back."""
+    import contextlib
+    import json
+
+    if m["role"] == "assistant" and m.get("tool_calls"):
+        calls = []
+        for c in m["tool_calls"]:
+            fn = c.get("function") or c
+            args = fn.get("arguments")
+            if isinstance(args, str):  # OpenAI sends arguments as a JSON string; LLaMA-Factory wants the object
+                with contextlib.suppress(json.JSONDecodeError):
+                    args = json.loads(args)
+            calls.append({"name": fn.get("name"), "arguments": args})
+        return {"from": "function_call", "value": json.dumps(calls[0] if len(calls) == 1 else calls,
+                                                             ensure_ascii=False)}
+    return {"from": _SHAREGPT_ROLE.get(m["role"], m["role"]), "value": m.get("content") or ""}
