@@ -115,3 +115,30 @@ def test_self_instruct_near_duplicates_across_task_types(tmp_path):
         ("alpha", "near_duplicate", "Explain why the sky is blue."),
         ("beta", "near_duplicate", "Describe the process of photosynthesis in plants."),
         ("beta", "near_duplicate", "Explain why the sky is blue.")]
+
+
+def test_self_instruct_identical_requests_get_distinct_seeds(tmp_path):
+    """One seed instruction: every request shows the same few-shot example. A seeded teacher (same request + seed
+    -> same reply, as vLLM) must still get a distinct seed per copy, else -n 16 yields only 4 new instructions."""
+    import hashlib
+
+    words = ["apple", "river", "quantum", "poetry", "market", "violin", "desert", "orbit", "garden", "ledger",
+             "canyon", "sonnet"]
+
+    def script(body: dict, choice: int) -> str:
+        q = body["messages"][-1]["content"]
+        h = hashlib.sha256(f"{q}|{body.get('seed')}|{choice}".encode()).digest()
+        if not q.startswith("Come up with"):
+            return "A useful answer with several words."
+        return "\n".join(f"{k}. " + " ".join(f"{words[h[(k * 7 + j) % 32] % 12]}{h[(k * 5 + j) % 32]}"
+                                              for j in range(6)) for k in range(1, 5))
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text(json.dumps({"id": "s", "task_type": "essay", "messages": [
+        {"role": "user", "content": "Write a limerick about a cat."}, {"role": "assistant", "content": "ok"}]}) + "\n")
+    out = tmp_path / "si.jsonl"
+    with ScriptedTeacher(script) as t:
+        main(["synth", "self-instruct", str(seeds), "--teacher", t.base_url, "-n", "16", "--per-request", "4",
+              "-o", str(out)])
+        seeds_sent = [b["seed"] for b in t.bodies if b["messages"][-1]["content"].startswith("Come up with")]
+    assert len(set(seeds_sent)) == len(seeds_sent) == 4
+    assert len(out.read_text().splitlines()) == 16

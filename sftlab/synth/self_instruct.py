@@ -98,10 +98,19 @@ def self_instruct(seeds: list[dict[str, Any]], teacher: Generator, *, n: int, pe
                 examples = "\n".join(f"{i}. {s}" for i, s in enumerate(shots, 1))
                 convs.append([{"role": "user", "content": PROMPT.format(m=per_request, task_type=task_type,
                                                                        examples=examples)}])
-            params = GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature,
-                                      seed=seed * 1000 + attempt)
-            for reps in ask(teacher, convs, params, label=f"instructions ({task_type})"):
-                candidates += parse_instructions(reps[0].text)
+            # identical requests (a small seed pool repeats its few-shot draw) with one seed get one identical
+            # reply from a seeded teacher (vLLM, OpenAI): each copy of a request goes out in its own round, own seed
+            rounds: list[list[list[dict]]] = []
+            for conv in convs:
+                free = next((r for r in rounds if conv not in r), None)
+                if free is None:
+                    rounds.append(free := [])
+                free.append(conv)
+            for k, batch in enumerate(rounds):
+                params = GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature,
+                                          seed=seed * 1000 + attempt + 3 * k)
+                for reps in ask(teacher, batch, params, label=f"instructions ({task_type})"):
+                    candidates += parse_instructions(reps[0].text)
         candidates = candidates[:n]
         generated[task_type] = len(candidates)
         for k, text in enumerate(candidates):
