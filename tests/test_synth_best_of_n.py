@@ -200,6 +200,30 @@ def test_best_of_n_with_the_llm_judge_as_verifier(tmp_path):
         assert p["meta"]["chosen_score"] == 0.8 and p["meta"]["rejected_score"] == 0.3
 
 
+def test_best_of_n_unreadable_judge_verdict_is_no_score(tmp_path):
+    """A reply whose judge verdict cannot be read has no score: it is neither the rejected reply of a pair (it was
+    scored 0.0, so a correct reply became `rejected`) nor chosen; a prompt with no readable verdict is `unscored`."""
+    from judge_server import JudgeServer
+
+    replies = {"p1": ["CORRECT, as in question 10.", "It is wrong.", "CORRECT answer."],  # "flaky" fails on question 10
+               "p2": ["CORRECT, see question 20."] * 3}
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"id": i, "task_type": "qa", "reference": "CORRECT", "messages": [
+        {"role": "user", "content": f"Say it ({i})."}]}) + "\n" for i in replies))
+
+    def teacher(body: dict, choice: int) -> str:
+        return replies[re.search(r"\((p\d)\)", body["messages"][-1]["content"]).group(1)][choice]
+    with ScriptedTeacher(teacher) as t, JudgeServer() as j:
+        main(["synth", "best-of-n", str(prompts), "--teacher", t.base_url, "-n", "3", "--verifier", "judge",
+              "--judge", j.base_url, "--judge-model", "flaky", "--threshold", "0.7", "-o", str(tmp_path / "o")])
+    [pair] = _lines(tmp_path / "o" / "pairs.jsonl")
+    assert (pair["chosen"][0]["content"], pair["rejected"][0]["content"]) == ("CORRECT answer.", "It is wrong.")
+    assert pair["meta"]["scores"] == [None, 0.3, 0.8] and pair["meta"]["rejected_score"] == 0.3
+    [dropped] = _lines(tmp_path / "o" / "dropped.jsonl")
+    assert dropped["id"] == "p2" and dropped["reason"] == "unscored" and dropped["scores"] == [None] * 3
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["replies_unscored"] == 4
+
+
 def test_reward_model_verifier_scores_in_unit_interval(tiny_model_dir):
     """reward:DIR loads AutoModelForSequenceClassification (here the tiny LM with a fresh 1-label head)."""
     import torch

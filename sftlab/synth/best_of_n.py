@@ -3,11 +3,13 @@ best with the worst as a preference pair.
 
 A prompt gives an SFT record when its best reply scores >= threshold (ties: the first sampled), and a pair when
 its worst reply also scores < threshold and the margin is >= min_margin: so with a 0/1 rule verifier every
-chosen reply passed and every rejected one failed. Truncated replies (finish_reason "length") are never chosen.
+chosen reply passed and every rejected one failed. Truncated replies (finish_reason "length") are never chosen;
+replies the verifier could not score (NaN: an unreadable judge verdict) are neither chosen nor rejected.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -84,14 +86,15 @@ def best_of_n(records: list[dict[str, Any]], teacher: Generator, verifier: Verif
     sft, pairs = [], []
     counts: Counter = Counter()
     for (rec, prompt, _ref), scored in zip(todo, per_prompt, strict=True):
-        all_scores = [s for s, _ in scored]
-        choosable = [(s, k) for k, (s, r) in enumerate(scored) if r.finish_reason != "length"]
+        all_scores = [None if math.isnan(s) else s for s, _ in scored]  # None: the verifier gave no score
+        graded = [(s, k) for k, s in enumerate(all_scores) if s is not None]
+        choosable = [(s, k) for s, k in graded if scored[k][1].finish_reason != "length"]
         best_s, best_k = max(choosable, key=lambda x: (x[0], -x[1])) if choosable else (None, None)
-        worst_s, worst_k = min((s, k) for k, (s, _) in enumerate(scored))
+        worst_s, worst_k = min(graded) if graded else (None, None)
         prov = {"step": "best_of_n", "teacher": source, "verifier": verifier.spec, "n": n, "seed": seed,
                 "temperature": temperature, "scores": all_scores, "source_id": rec["id"]}
         if best_s is None or best_s < threshold:
-            reason = "all_truncated" if best_s is None else "no_reply_passed"
+            reason = "unscored" if not graded else "all_truncated" if best_s is None else "no_reply_passed"
             dropped.append({"id": rec["id"], "step": "best_of_n", "reason": reason, "scores": all_scores,
                             "replies": [r.text for _, r in scored]})
             continue
@@ -112,7 +115,7 @@ def best_of_n(records: list[dict[str, Any]], teacher: Generator, verifier: Verif
         "step": "best_of_n", "teacher": source, "verifier": verifier.spec, "n": n, "seed": seed,
         "temperature": temperature, "threshold": threshold, "pairs_format": pairs_format,
         "prompts": len(records), "sampled_prompts": len(todo), "replies": len(flat),
-        "replies_passed": sum(s >= threshold for s in scores),
+        "replies_passed": sum(s >= threshold for s in scores), "replies_unscored": sum(math.isnan(s) for s in scores),
         "pass_rate": (sum(s >= threshold for s in scores) / len(scores)) if scores else None,
         "sft": len(sft), "pairs": len(pairs), "dropped": dict(Counter(d["reason"] for d in dropped)),
         "no_pair": dict(counts), "generate_s": round(gen_s, 3), "elapsed_s": round(elapsed, 3),

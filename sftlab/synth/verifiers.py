@@ -14,6 +14,7 @@ Rule verifiers are the eval checkers (sftlab.eval.metrics.make_checker), so "cor
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 import subprocess
@@ -88,7 +89,8 @@ def _judge_scorer(generator: Any) -> ScoreBatch:
         rows = [{"prompt": p, "reply": r, "reference": ref, "task_type": rec.get("task_type", "default")}
                 for p, r, ref, rec in zip(prompts, replies, refs, recs, strict=True)]
         judge_single(rows, judge)
-        return [(row["judge_scores"].get("overall") or 0.0) / 10.0 for row in rows]
+        # no readable verdict is no score (NaN), not 0: a good reply must not become the rejected one of a pair
+        return [math.nan if (o := row["judge_scores"].get("overall")) is None else o / 10.0 for row in rows]
     return batch
 
 
