@@ -136,3 +136,16 @@ def test_flywheel_repeated_reply_keeps_the_copy_with_feedback():
     assert [(d["id"], d["reason"], d["duplicate_of"]) for d in res.dropped] == [
         ("a", "duplicate_in_log", "b"), ("c", "duplicate_in_log", "d")]
     assert [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in res.pairs] == [("Madrid.", "Barcelona.")]
+
+
+def test_flywheel_decontaminates_against_training_prompts_that_are_near_copies_of_each_other():
+    """T2 is a near copy of T1 (so a keep-first dedup of train + log removed it) and the logged prompt is near T2
+    only: it is still in the training set."""
+    from sftlab.synth.flywheel import flywheel
+
+    w = [f"word{k}" for k in range(30)]
+    t1, t2, q = " ".join(w[:24]), " ".join(w[3:27]), " ".join(w[6:30])  # Jaccard t1-t2 0.74, t2-q 0.74, t1-q 0.54
+    train = [_log_rec("T1", t1, "a", None), _log_rec("T2", t2, "b", None)]
+    res = flywheel([_log_rec("L", q, "reply", 1)], train)
+    assert [(d["id"], d["reason"], d["duplicate_of"]) for d in res.dropped] == [("L", "in_train_set", "T2")]
+    assert res.sft == []

@@ -32,16 +32,34 @@ def _prompt_key(rec: dict[str, Any]) -> str:
 
 
 def _in_train(log: list[dict], train: list[dict], threshold: float) -> dict[str, str]:
-    """log id -> id of the training record whose prompt it (near-)duplicates, directly or through an identical log
-    prompt that does (the n choices of one request share their prompt): the root of its dedup cluster."""
-    from sftlab.data.curate.dedup import dedup_records
+    """log id -> id of the most similar training record whose prompt it duplicates (exact, or shingle Jaccard >=
+    threshold via MinHash LSH, the dedup step's measure). Every log prompt is checked against every training
+    prompt: a keep-first dedup over train + log missed log prompts near a training prompt that was itself removed
+    as a near copy of another training prompt."""
+    import numpy as np
+
+    from sftlab.data.curate.dedup import DedupConfig, lsh_bands, lsh_candidates, signatures
+    from sftlab.data.curate.text import prompt_text, token_hashes
 
     if not train or not log:
         return {}
-    both = [{**r, "id": f"train\x00{r['id']}"} for r in train] + [{**r, "id": f"log\x00{r['id']}"} for r in log]
-    res = dedup_records(both, {"field": "prompt", "mode": "near", "threshold": threshold, "keep": "first"})
-    return {d["id"].split("\x00", 1)[1]: d["cluster"].split("\x00", 1)[1] for d in res.dropped
-            if d["id"].startswith("log\x00") and d["cluster"].startswith("train\x00")}
+    cfg = DedupConfig(threshold=threshold)  # the dedup step's ngram, num_perm and seed
+    th, lens = token_hashes([prompt_text(r) for r in train] + [prompt_text(r) for r in log])
+    rows = np.flatnonzero(lens > 0)  # texts with tokens (signature rows) -> position in train + log
+    if not len(rows):
+        return {}
+    flat, off, sig = signatures(th, lens[lens > 0], cfg.ngram, cfg.num_perm, cfg.seed)
+    ci, cj = lsh_candidates(sig, lsh_bands(threshold, cfg.num_perm))
+    n_train = len(train)
+    best: dict[int, tuple[float, int]] = {}  # log position -> (similarity, train position)
+    for u, v in zip(ci.tolist(), cj.tolist(), strict=True):  # u < v and train rows come first
+        if not rows[u] < n_train <= rows[v]:
+            continue
+        a, b = set(flat[off[u]:off[u + 1]].tolist()), set(flat[off[v]:off[v + 1]].tolist())
+        sim = len(a & b) / len(a | b)
+        if sim >= threshold and sim > best.get(int(rows[v]), (-1.0, 0))[0]:
+            best[int(rows[v])] = (sim, int(rows[u]))
+    return {log[pos - n_train]["id"]: train[t]["id"] for pos, (_, t) in best.items()}
 
 
 def _feedback_score(rec: dict[str, Any]) -> float | None:
