@@ -75,6 +75,15 @@ def test_best_of_n_trl_pairs_chosen_correct_rejected_wrong(tmp_path):
     assert ds[0]["chosen"][0]["role"] == "assistant"
 
 
+def test_best_of_n_stdout_is_the_summary_line_only_off_a_terminal(tmp_path, capsys):
+    """More prompts than one teacher chunk (64): the progress bar printed a blank line on stdout off a terminal."""
+    prompts = _prompts(tmp_path / "p.jsonl", 70)
+    with ScriptedTeacher(sometimes_right) as t:
+        main(["synth", "best-of-n", str(prompts), "--teacher", t.base_url, "-n", "2", "-o", str(tmp_path / "o")])
+    captured = capsys.readouterr()
+    assert captured.out.startswith("best-of-n: kept ") and captured.out.count("\n") == 1 and captured.err == ""
+
+
 def test_best_of_n_llamafactory_layout(tmp_path):
     with ScriptedTeacher(sometimes_right) as t:
         out = _run(tmp_path, t.base_url, "lf", "--pairs-format", "llamafactory")
