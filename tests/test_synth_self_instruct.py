@@ -142,3 +142,13 @@ def test_self_instruct_identical_requests_get_distinct_seeds(tmp_path):
         seeds_sent = [b["seed"] for b in t.bodies if b["messages"][-1]["content"].startswith("Come up with")]
     assert len(set(seeds_sent)) == len(seeds_sent) == 4
     assert len(out.read_text().splitlines()) == 16
+
+
+def test_parse_instructions_skips_a_chatty_preamble_and_closing():
+    from sftlab.synth.self_instruct import parse_instructions
+
+    reply = ('Sure! Here are 3 new, diverse task instructions of the type "qa":\n\n1. Explain how tides work.\n'
+             "2) Describe the life cycle of a frog.\n- List three causes of inflation.\n\nI hope these help!")
+    assert parse_instructions(reply) == ["Explain how tides work.", "Describe the life cycle of a frog.",
+                                         "List three causes of inflation."]
+    assert parse_instructions("Explain tides.\nName a frog.") == ["Explain tides.", "Name a frog."]  # unnumbered

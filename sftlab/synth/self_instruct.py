@@ -38,8 +38,11 @@ class SynthResult:
 
 
 def parse_instructions(text: str) -> list[str]:
-    """One instruction per non-empty line, numbering / bullets removed."""
-    return [s for s in (_NUMBERED.sub("", line).strip() for line in text.splitlines()) if s]
+    """One instruction per non-empty line, numbering / bullets removed. When some lines are numbered or bulleted
+    (as asked), only those: a chatty "Here are 8 new instructions:" / "Hope this helps!" is not an instruction."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    marked = [line for line in lines if _NUMBERED.match(line)]
+    return [s for s in (_NUMBERED.sub("", line).strip() for line in marked or lines) if s]
 
 
 class RougeL:
