@@ -1,4 +1,4 @@
-"""`sftlab synth best-of-n | self-instruct` and `sftlab data turns`: data production commands.
+"""`sftlab synth best-of-n | self-instruct | evolve | multi-turn`, `sftlab data turns` and `sftlab flywheel`.
 
 They only parse arguments, load the teacher through sftlab.infer.load_generator, call sftlab.synth and write the
 outputs (kept records, OUT.dropped.jsonl with a reason per line, a one-line summary of counts per reason).
@@ -13,7 +13,7 @@ import typer
 from sftlab.cli.apps import app, data_app
 
 synth_app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
-                        help="Produce training data with a teacher: best-of-n, self-instruct.")
+                        help="Produce training data with a teacher: best-of-n, self-instruct, evolve, multi-turn.")
 app.add_typer(synth_app, name="synth")
 
 TEACHER = typer.Option(..., "--teacher", help="an OpenAI-compatible base URL (http://host:port/v1) or a local model dir")
