@@ -84,6 +84,21 @@ def test_best_of_n_stdout_is_the_summary_line_only_off_a_terminal(tmp_path, caps
     assert captured.out.startswith("best-of-n: kept ") and captured.out.count("\n") == 1 and captured.err == ""
 
 
+def test_unwritable_output_fails_before_any_teacher_request(tmp_path, capsys):
+    """-o under an existing file: a one-line error before the teacher works (it was an internal FileExistsError
+    after every reply had been generated, and the replies were lost)."""
+    prompts = _prompts(tmp_path / "p.jsonl", 2)
+    (tmp_path / "f").write_text("")
+    with ScriptedTeacher(sometimes_right) as t:
+        for args in (["synth", "best-of-n", str(prompts), "-o", str(tmp_path / "f")],
+                     ["synth", "self-instruct", str(prompts), "-n", "2", "-o", str(tmp_path / "f" / "x.jsonl")],
+                     ["synth", "evolve", str(prompts), "-o", str(tmp_path)]):
+            with pytest.raises(SystemExit) as e:
+                main([*args, "--teacher", t.base_url])
+            assert e.value.code == 2 and capsys.readouterr().err.startswith("error: -o ")
+        assert t.requests == 0
+
+
 def test_best_of_n_llamafactory_layout(tmp_path):
     with ScriptedTeacher(sometimes_right) as t:
         out = _run(tmp_path, t.base_url, "lf", "--pairs-format", "llamafactory")
