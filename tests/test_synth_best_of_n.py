@@ -169,6 +169,10 @@ def test_code_verifier_runs_tests_in_a_subprocess_with_timeout():
                  "if __name__ == \"__main__\":\n    sys.exit(main())\n```")
     bare_exit = "```python\ndef add(a, b):\n    return a - b\nexit()\n```"
     assert v.score([[]] * 2, [main_exit, bare_exit], [None] * 2, [rec] * 2) == [0.0, 0.0]
+    # the python block counts, not a later untagged block of example output; ```Python is python too
+    with_output = good + "\n\nExample:\n```\n>>> add(2, 3)\n5\n```"
+    capital = "```Python\ndef add(a, b):\n    return a + b\n```"
+    assert v.score([[]] * 2, [with_output, capital], [None] * 2, [rec] * 2) == [1.0, 1.0]
 
 
 def test_best_of_n_errors(tmp_path, capsys):

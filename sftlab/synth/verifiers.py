@@ -94,7 +94,7 @@ def _judge_scorer(generator: Any) -> ScoreBatch:
     return batch
 
 
-_CODE_BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.S)
+_CODE_BLOCK = re.compile(r"```(python3?|py)?[ \t]*\n(.*?)```", re.S | re.I)
 
 
 def run_code_tests(reply: str, record: dict, timeout: float) -> float:
@@ -105,7 +105,9 @@ def run_code_tests(reply: str, record: dict, timeout: float) -> float:
     if not tests:
         raise UserError(f"record {record.get('id')!r}: --verifier code needs meta.tests (assert statements)")
     blocks = _CODE_BLOCK.findall(reply)
-    code = blocks[-1] if blocks else reply
+    # the last block tagged python wins over a later untagged one (often example output: "```\n5\n```")
+    tagged = [code for lang, code in blocks if lang]
+    code = tagged[-1] if tagged else blocks[-1][1] if blocks else reply
     marker = secrets.token_hex(16)
     program = (code + "\n\n" + (tests if isinstance(tests, str) else "\n".join(tests))
                + f"\n\nprint({marker!r}, flush=True)\n")
