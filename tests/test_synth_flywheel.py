@@ -149,3 +149,18 @@ def test_flywheel_decontaminates_against_training_prompts_that_are_near_copies_o
     res = flywheel([_log_rec("L", q, "reply", 1)], train)
     assert [(d["id"], d["reason"], d["duplicate_of"]) for d in res.dropped] == [("L", "in_train_set", "T2")]
     assert res.sft == []
+
+
+def test_flywheel_disliked_refusal_is_a_bad_case_and_the_rejected_reply():
+    """The clean rules guard the SFT data only: a thumbs-down refusal was dropped as clean:refusal, losing the bad
+    case and the preference pair; a liked refusal is still kept out of sft.jsonl."""
+    from sftlab.synth.flywheel import flywheel
+
+    q = "How do I boil an egg?"
+    refusal = "I'm sorry, but as an AI language model I cannot help with that."
+    log = [_log_rec("good", q, "Put the egg in boiling water for 8 minutes, then cool it in cold water.", 1),
+           _log_rec("bad", q, refusal, -1), _log_rec("liked", "Tell me a joke.", refusal, 1)]
+    res = flywheel(log, [])
+    assert [r["id"] for r in res.sft] == ["good"] and [r["id"] for r in res.bad_cases] == ["bad"]
+    assert [(d["id"], d["reason"]) for d in res.dropped] == [("liked", "clean:refusal")]
+    assert [p["rejected"][0]["content"] for p in res.pairs] == [refusal]

@@ -1,10 +1,10 @@
 """The data flywheel: served traffic -> new training data.
 
 serve log (export-log records) -> drop prompts already in the training set (exact + MinHash near-duplicates of
-the prompt) -> the curation clean rules -> drop repeated (prompt, reply) -> label each reply with its user
-feedback (score -1/0/1 -> 0/0.5/1) or, without feedback, the eval judge (overall / 10) -> replies scoring
->= min_score become SFT records, the others bad cases (for review or a teacher's rewrite); a prompt with both
-a good and a bad reply gives a preference pair. Every output row keeps its provenance in meta.flywheel.
+the prompt) -> drop repeated (prompt, reply) -> label each reply with its user feedback (score -1/0/1 ->
+0/0.5/1) or, without feedback, the eval judge (overall / 10) -> replies scoring >= min_score that pass the
+curation clean rules become SFT records, the others bad cases (for review or a teacher's rewrite); a prompt with
+both a good and a bad reply gives a preference pair. Every output row keeps its provenance in meta.flywheel.
 """
 
 from __future__ import annotations
@@ -82,9 +82,6 @@ def flywheel(log: list[dict[str, Any]], train: list[dict[str, Any]], *, judge: A
     dropped += [{"id": r["id"], "step": "flywheel", "reason": "in_train_set", "duplicate_of": dup_of[r["id"]]}
                 for r in log if r["id"] in dup_of]
     rest = [r for r in log if r["id"] not in dup_of]
-    cleaned = clean_records(rest, clean or {})
-    dropped += [{**d, "step": "flywheel", "reason": f"clean:{d['reason']}"} for d in cleaned.dropped]
-    rest = cleaned.kept
     if rest:
         # a repeated (prompt, reply) keeps a copy with feedback over one without (the label is what we want)
         pos = {r["id"]: k for k, r in enumerate(rest)}
@@ -110,12 +107,18 @@ def flywheel(log: list[dict[str, Any]], train: list[dict[str, Any]], *, judge: A
             overall = row["judge_scores"].get("overall")
             if overall is not None:
                 labels[r["id"]] = (overall / 10.0, f"judge:{judge.gen.model_id}")
+    # the clean rules guard the SFT data: a disliked refusal or degenerate reply stays a bad case (and a rejected reply)
+    cleaned = clean_records([r for r in rest if r["id"] in labels and labels[r["id"]][0] >= min_score], clean or {})
+    dropped += [{**d, "step": "flywheel", "reason": f"clean:{d['reason']}"} for d in cleaned.dropped]
+    unclean = {d["id"] for d in cleaned.dropped}
     sft, bad = [], []
     by_prompt: dict[str, list[tuple[float, dict]]] = defaultdict(list)
     for r in rest:
         if r["id"] not in labels:
             reason = "unjudged" if judge is not None else "no_feedback_no_judge"
             dropped.append({"id": r["id"], "step": "flywheel", "reason": reason})
+            continue
+        if r["id"] in unclean:
             continue
         score, label = labels[r["id"]]
         meta = r.get("meta") or {}
