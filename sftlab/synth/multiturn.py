@@ -3,9 +3,9 @@
 Single-turn records (an optional system turn, one user turn, one assistant turn) of the same task_type, tools and
 system prompt are grouped; their user turns are embedded with the shipped MiniLM model (sftlab.data.curate.embed)
 and a record is chained with the most similar unused records whose cosine similarity to it is >= min_similarity,
-up to max_turns exchanges in one conversation (never two records asking the same question). Seeds (chain starts) are visited in an order drawn with `seed`,
-so the same input and seed give the same chains. A record that finds no partner passes through unchanged, or
-with only_chained goes to dropped with reason `no_related_record`.
+up to max_turns exchanges in one conversation (never two records asking the same question). Seeds (chain
+starts) are visited in an order drawn with `seed`, so the same input and seed give the same chains. A record that
+finds no partner passes through unchanged, or with only_chained goes to dropped with reason `no_related_record`.
 """
 
 from __future__ import annotations
