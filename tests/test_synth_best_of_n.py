@@ -183,7 +183,8 @@ def test_best_of_n_errors(tmp_path, capsys):
                   "-o", str(tmp_path / "o")])
         assert e.value.code == 2 and msg in capsys.readouterr().err
     with ScriptedTeacher(sometimes_right) as t, pytest.raises(SystemExit) as e:
-        main(["synth", "best-of-n", str(prompts), "--teacher", t.base_url, "--threshold", "1.5", "-o", str(tmp_path / "o")])
+        main(["synth", "best-of-n", str(prompts), "--teacher", t.base_url, "--threshold", "1.5",
+              "-o", str(tmp_path / "o")])
     assert e.value.code == 2 and "--threshold 1.5" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "task_type": "t", "messages": [{"role": "user", "content": "hi"}]}\n{"id": "b"}\n')

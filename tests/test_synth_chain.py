@@ -82,7 +82,8 @@ def test_chain_never_joins_copies_of_one_question(tmp_path):
         return {"id": i, "task_type": "qa", "source": "", "tools": None, "meta": {},
                 "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": f"Answer to {i}."}]}
     recs = [rec("a", "How do I bake sourdough bread at home?"), rec("b", "How do I bake  sourdough bread at home?"),
-            rec("c", "Which flour is best for baking sourdough bread?"), rec("d", "Describe the color yellow in 3 words."),
+            rec("c", "Which flour is best for baking sourdough bread?"),
+            rec("d", "Describe the color yellow in 3 words."),
             rec("e", "describe the color yellow in 3 words.")]
     for seed in range(4):
         res = chain_related(recs, max_turns=3, seed=seed)

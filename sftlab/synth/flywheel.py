@@ -85,7 +85,8 @@ def flywheel(log: list[dict[str, Any]], train: list[dict[str, Any]], *, judge: A
     if rest:
         # a repeated (prompt, reply) keeps a copy with feedback over one without (the label is what we want)
         pos = {r["id"]: k for k, r in enumerate(rest)}
-        exact = dedup_records(sorted(rest, key=lambda r: _feedback_score(r) is None), {"field": "both", "mode": "exact"})
+        exact = dedup_records(sorted(rest, key=lambda r: _feedback_score(r) is None),
+                              {"field": "both", "mode": "exact"})
         dropped += [{**d, "step": "flywheel", "reason": "duplicate_in_log"} for d in exact.dropped]
         rest = sorted(exact.kept, key=lambda r: pos[r["id"]])
 
