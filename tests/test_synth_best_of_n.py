@@ -75,6 +75,30 @@ def test_best_of_n_trl_pairs_chosen_correct_rejected_wrong(tmp_path):
     assert ds[0]["chosen"][0]["role"] == "assistant"
 
 
+def test_best_of_n_stdout_is_the_summary_line_only_off_a_terminal(tmp_path, capsys):
+    """More prompts than one teacher chunk (64): the progress bar printed a blank line on stdout off a terminal."""
+    prompts = _prompts(tmp_path / "p.jsonl", 70)
+    with ScriptedTeacher(sometimes_right) as t:
+        main(["synth", "best-of-n", str(prompts), "--teacher", t.base_url, "-n", "2", "-o", str(tmp_path / "o")])
+    captured = capsys.readouterr()
+    assert captured.out.startswith("best-of-n: kept ") and captured.out.count("\n") == 1 and captured.err == ""
+
+
+def test_unwritable_output_fails_before_any_teacher_request(tmp_path, capsys):
+    """-o under an existing file: a one-line error before the teacher works (it was an internal FileExistsError
+    after every reply had been generated, and the replies were lost)."""
+    prompts = _prompts(tmp_path / "p.jsonl", 2)
+    (tmp_path / "f").write_text("")
+    with ScriptedTeacher(sometimes_right) as t:
+        for args in (["synth", "best-of-n", str(prompts), "-o", str(tmp_path / "f")],
+                     ["synth", "self-instruct", str(prompts), "-n", "2", "-o", str(tmp_path / "f" / "x.jsonl")],
+                     ["synth", "evolve", str(prompts), "-o", str(tmp_path)]):
+            with pytest.raises(SystemExit) as e:
+                main([*args, "--teacher", t.base_url])
+            assert e.value.code == 2 and capsys.readouterr().err.startswith("error: -o ")
+        assert t.requests == 0
+
+
 def test_best_of_n_llamafactory_layout(tmp_path):
     with ScriptedTeacher(sometimes_right) as t:
         out = _run(tmp_path, t.base_url, "lf", "--pairs-format", "llamafactory")
@@ -90,6 +114,26 @@ def test_best_of_n_llamafactory_layout(tmp_path):
     import datasets
 
     assert len(datasets.load_dataset("json", data_files=str(out / "pairs.jsonl"), split="train")) == len(pairs)
+
+
+def test_llamafactory_pair_keeps_tool_calls_as_function_call_turns(tmp_path):
+    """A prompt with an earlier tool call (glaive style): the call is a `function_call` turn, not an empty gpt turn,
+    and the pair reads back through sftlab's sharegpt reader with the same messages."""
+    from sftlab.data.formats import read_records
+    from sftlab.synth.best_of_n import format_pair
+
+    tools = [{"type": "function", "function": {"name": "area", "parameters": {"type": "object", "properties": {}}}}]
+    prompt = [{"role": "user", "content": "Area of a 7 by 7 square?"},
+              {"role": "assistant", "content": "", "tool_calls": [
+                  {"type": "function", "function": {"name": "area", "arguments": '{"side": 7}'}}]},
+              {"role": "tool", "content": '{"area": 49}'}]
+    row = format_pair(prompt, "It is 49.", "It is 14.", "llamafactory", {}, tools)
+    assert [c["from"] for c in row["conversations"]] == ["human", "function_call", "observation"]
+    assert json.loads(row["conversations"][1]["value"]) == {"name": "area", "arguments": {"side": 7}}
+    path = tmp_path / "lf.json"
+    path.write_text(json.dumps([{"conversations": row["conversations"] + [row["chosen"]], "tools": row["tools"]}]))
+    back = read_records(path, fmt="sharegpt")[0][0]["messages"]
+    assert back[1]["tool_calls"][0]["function"]["name"] == "area" and back[-1]["content"] == "It is 49."
 
 
 def is_even_reply(reply: str, reference: str | None, record: dict) -> bool:
@@ -120,6 +164,15 @@ def test_code_verifier_runs_tests_in_a_subprocess_with_timeout():
     bad = "```python\ndef add(a, b):\n    return a - b\n```"
     hang = "```python\ndef add(a, b):\n    while True:\n        pass\n```"
     assert v.score([[]] * 3, [good, bad, hang], [None] * 3, [rec] * 3) == [1.0, 0.0, 0.0]
+    # wrong code that exits before the appended tests run must not pass
+    main_exit = ("```python\nimport sys\ndef add(a, b):\n    return a - b\n\ndef main():\n    print(add(1, 2))\n\n"
+                 "if __name__ == \"__main__\":\n    sys.exit(main())\n```")
+    bare_exit = "```python\ndef add(a, b):\n    return a - b\nexit()\n```"
+    assert v.score([[]] * 2, [main_exit, bare_exit], [None] * 2, [rec] * 2) == [0.0, 0.0]
+    # the python block counts, not a later untagged block of example output; ```Python is python too
+    with_output = good + "\n\nExample:\n```\n>>> add(2, 3)\n5\n```"
+    capital = "```Python\ndef add(a, b):\n    return a + b\n```"
+    assert v.score([[]] * 2, [with_output, capital], [None] * 2, [rec] * 2) == [1.0, 1.0]
 
 
 def test_best_of_n_errors(tmp_path, capsys):
@@ -129,11 +182,34 @@ def test_best_of_n_errors(tmp_path, capsys):
             main(["synth", "best-of-n", str(prompts), "--teacher", "http://127.0.0.1:9/v1", "--verifier", verifier,
                   "-o", str(tmp_path / "o")])
         assert e.value.code == 2 and msg in capsys.readouterr().err
+    with ScriptedTeacher(sometimes_right) as t, pytest.raises(SystemExit) as e:
+        main(["synth", "best-of-n", str(prompts), "--teacher", t.base_url, "--threshold", "1.5",
+              "-o", str(tmp_path / "o")])
+    assert e.value.code == 2 and "--threshold 1.5" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "task_type": "t", "messages": [{"role": "user", "content": "hi"}]}\n{"id": "b"}\n')
     with pytest.raises(SystemExit):
         main(["synth", "best-of-n", str(bad), "--teacher", "http://127.0.0.1:9/v1", "-o", str(tmp_path / "o")])
     assert "bad.jsonl, line 2" in capsys.readouterr().err
+
+
+def test_best_of_n_numeric_json_references(tmp_path, capsys):
+    """`"reference": 0` / `1.0` (JSON numbers, GSM8K style) are references, not missing ones and not a crash."""
+    rows = [{"id": "zero", "task_type": "m", "messages": [{"role": "user", "content": "1 - 1?"}], "reference": 0},
+            {"id": "one", "task_type": "m", "messages": [{"role": "user", "content": "1 * 1?"}], "reference": 1.0},
+            {"id": "meta", "task_type": "m", "messages": [{"role": "user", "content": "0 * 5?"}],
+             "meta": {"reference": 0}}]
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with ScriptedTeacher(lambda body, i: f"It is {i % 2}.") as t:
+        main(["synth", "best-of-n", str(prompts), "--teacher", t.base_url, "-n", "2", "-o", str(tmp_path / "o")])
+    sft = {r["meta"]["synth"]["source_id"]: r["messages"][-1]["content"] for r in _lines(tmp_path / "o" / "sft.jsonl")}
+    assert sft == {"zero": "It is 0.", "one": "It is 1.", "meta": "It is 0."}
+    assert len(_lines(tmp_path / "o" / "pairs.jsonl")) == 3 and not _lines(tmp_path / "o" / "dropped.jsonl")
+    prompts.write_text(json.dumps({**rows[0], "reference": ["0"]}) + "\n")
+    with pytest.raises(SystemExit) as e:
+        main(["synth", "best-of-n", str(prompts), "--teacher", "http://127.0.0.1:9/v1", "-o", str(tmp_path / "o")])
+    assert e.value.code == 2 and "p.jsonl, line 1, field 'reference'" in capsys.readouterr().err
 
 
 def test_best_of_n_with_the_llm_judge_as_verifier(tmp_path):
@@ -151,6 +227,30 @@ def test_best_of_n_with_the_llm_judge_as_verifier(tmp_path):
     for p in pairs:
         assert p["chosen"][0]["content"] == "This is CORRECT." and p["rejected"][0]["content"] == "Unsure."
         assert p["meta"]["chosen_score"] == 0.8 and p["meta"]["rejected_score"] == 0.3
+
+
+def test_best_of_n_unreadable_judge_verdict_is_no_score(tmp_path):
+    """A reply whose judge verdict cannot be read has no score: it is neither the rejected reply of a pair (it was
+    scored 0.0, so a correct reply became `rejected`) nor chosen; a prompt with no readable verdict is `unscored`."""
+    from judge_server import JudgeServer
+
+    replies = {"p1": ["CORRECT, as in question 10.", "It is wrong.", "CORRECT answer."],  # "flaky" fails on question 10
+               "p2": ["CORRECT, see question 20."] * 3}
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"id": i, "task_type": "qa", "reference": "CORRECT", "messages": [
+        {"role": "user", "content": f"Say it ({i})."}]}) + "\n" for i in replies))
+
+    def teacher(body: dict, choice: int) -> str:
+        return replies[re.search(r"\((p\d)\)", body["messages"][-1]["content"]).group(1)][choice]
+    with ScriptedTeacher(teacher) as t, JudgeServer() as j:
+        main(["synth", "best-of-n", str(prompts), "--teacher", t.base_url, "-n", "3", "--verifier", "judge",
+              "--judge", j.base_url, "--judge-model", "flaky", "--threshold", "0.7", "-o", str(tmp_path / "o")])
+    [pair] = _lines(tmp_path / "o" / "pairs.jsonl")
+    assert (pair["chosen"][0]["content"], pair["rejected"][0]["content"]) == ("CORRECT answer.", "It is wrong.")
+    assert pair["meta"]["scores"] == [None, 0.3, 0.8] and pair["meta"]["rejected_score"] == 0.3
+    [dropped] = _lines(tmp_path / "o" / "dropped.jsonl")
+    assert dropped["id"] == "p2" and dropped["reason"] == "unscored" and dropped["scores"] == [None] * 3
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["replies_unscored"] == 4
 
 
 def test_reward_model_verifier_scores_in_unit_interval(tiny_model_dir):

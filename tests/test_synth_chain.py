@@ -71,3 +71,23 @@ def test_multi_turn_without_teacher_or_chain_is_a_user_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["synth", "multi-turn", str(_write(tmp_path / "in.jsonl")), "-o", str(tmp_path / "o.jsonl")])
     assert e.value.code == 2 and "--teacher" in capsys.readouterr().err
+
+
+def test_chain_never_joins_copies_of_one_question(tmp_path):
+    """Duplicate records (alpaca_en_demo has 11 pairs) have cosine 1.0: chaining them made the user ask the same
+    question twice. A copy may join a chain with other questions, or pass through."""
+    from sftlab.synth.multiturn import chain_related
+
+    def rec(i: str, q: str) -> dict:
+        return {"id": i, "task_type": "qa", "source": "", "tools": None, "meta": {},
+                "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": f"Answer to {i}."}]}
+    recs = [rec("a", "How do I bake sourdough bread at home?"), rec("b", "How do I bake  sourdough bread at home?"),
+            rec("c", "Which flour is best for baking sourdough bread?"),
+            rec("d", "Describe the color yellow in 3 words."),
+            rec("e", "describe the color yellow in 3 words.")]
+    for seed in range(4):
+        res = chain_related(recs, max_turns=3, seed=seed)
+        for r in res.kept:
+            users = [" ".join(m["content"].casefold().split()) for m in r["messages"] if m["role"] == "user"]
+            assert len(users) == len(set(users)), (seed, users)
+        assert {r["id"] for r in res.kept} >= {"d", "e"}  # only copies of each other: no chain

@@ -130,3 +130,6 @@ def test_rewrite_format_markdown_and_unknown_form(tmp_path):
             main(["synth", "evolve", str(tmp_path / "in.jsonl"), "--teacher", t.base_url,
                   "--rewrite-format", "yaml", "-o", str(out)])
         assert e.value.code == 2
+        with pytest.raises(SystemExit) as e:  # no evolution left after the commas: one line, not an IndexError
+            main(["synth", "evolve", str(tmp_path / "in.jsonl"), "--teacher", t.base_url, "--ops", ",", "-o", str(out)])
+        assert e.value.code == 2

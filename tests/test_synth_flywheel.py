@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import openai
+import pytest
 import yaml
 
 from sftlab.cli import main
@@ -94,3 +95,72 @@ def test_flywheel_pairs_from_contrasting_feedback(tmp_path):
     assert pairs[0]["rejected"][0]["content"] == "Milan, I think." and pairs[0]["meta"]["margin"] == 1.0
     dropped = [json.loads(x) for x in (tmp_path / "fw" / "dropped.jsonl").read_text().splitlines()]
     assert [(d["id"], d["reason"]) for d in dropped] == [("c", "no_feedback_no_judge")]
+    with pytest.raises(SystemExit) as e:
+        main(["flywheel", str(log), "--min-score", "2", "-o", str(tmp_path / "fw2")])
+    assert e.value.code == 2 and not (tmp_path / "fw2").exists()
+
+
+def _log_rec(i: str, prompt: str, reply: str, score: int | None) -> dict:
+    return {"id": i, "task_type": "serve", "source": "serve:m", "tools": None,
+            "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}],
+            "meta": {"response_id": i, "model": "m", "finish_reason": "stop",
+                     "feedback": None if score is None else {"score": score, "comment": None}}}
+
+
+def test_flywheel_decontaminates_every_choice_of_a_near_duplicate_prompt():
+    """The n choices of one request share a prompt that near-duplicates a training prompt: all are in_train_set
+    (the later ones are exact duplicates of the first choice, not directly of the training record)."""
+    from sftlab.synth.flywheel import flywheel
+
+    base = ("Please explain in simple words how the water cycle works on planet earth including evaporation "
+            "condensation precipitation and collection for a school class of ten year old children")
+    train = [{"id": "t1", "task_type": "x", "source": "", "tools": None, "meta": {},
+              "messages": [{"role": "user", "content": base + " today"}, {"role": "assistant", "content": "ok"}]}]
+    log = [_log_rec(f"r-{k}", base + " now", f"Answer number {k} about water and clouds.", 1) for k in range(3)]
+    res = flywheel(log, train)
+    assert [(d["id"], d["reason"], d["duplicate_of"]) for d in res.dropped] == [
+        (f"r-{k}", "in_train_set", "t1") for k in range(3)]
+    assert res.sft == [] and res.summary["dropped"] == {"in_train_set": 3}
+
+
+def test_flywheel_repeated_reply_keeps_the_copy_with_feedback():
+    """An identical (prompt, reply) logged first without feedback must not hide the liked (or disliked) copy."""
+    from sftlab.synth.flywheel import flywheel
+
+    q, q2 = "What is the capital of France?", "What is the capital of Spain?"
+    log = [_log_rec("a", q, "Paris is the capital of France.", None),
+           _log_rec("b", q, "Paris is the capital of France.", 1),
+           _log_rec("c", q2, "Barcelona.", None), _log_rec("d", q2, "Barcelona.", -1), _log_rec("e", q2, "Madrid.", 1)]
+    res = flywheel(log, [])
+    assert [r["id"] for r in res.sft] == ["b", "e"] and [r["id"] for r in res.bad_cases] == ["d"]
+    assert [(d["id"], d["reason"], d["duplicate_of"]) for d in res.dropped] == [
+        ("a", "duplicate_in_log", "b"), ("c", "duplicate_in_log", "d")]
+    assert [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in res.pairs] == [("Madrid.", "Barcelona.")]
+
+
+def test_flywheel_decontaminates_against_training_prompts_that_are_near_copies_of_each_other():
+    """T2 is a near copy of T1 (so a keep-first dedup of train + log removed it) and the logged prompt is near T2
+    only: it is still in the training set."""
+    from sftlab.synth.flywheel import flywheel
+
+    w = [f"word{k}" for k in range(30)]
+    t1, t2, q = " ".join(w[:24]), " ".join(w[3:27]), " ".join(w[6:30])  # Jaccard t1-t2 0.74, t2-q 0.74, t1-q 0.54
+    train = [_log_rec("T1", t1, "a", None), _log_rec("T2", t2, "b", None)]
+    res = flywheel([_log_rec("L", q, "reply", 1)], train)
+    assert [(d["id"], d["reason"], d["duplicate_of"]) for d in res.dropped] == [("L", "in_train_set", "T2")]
+    assert res.sft == []
+
+
+def test_flywheel_disliked_refusal_is_a_bad_case_and_the_rejected_reply():
+    """The clean rules guard the SFT data only: a thumbs-down refusal was dropped as clean:refusal, losing the bad
+    case and the preference pair; a liked refusal is still kept out of sft.jsonl."""
+    from sftlab.synth.flywheel import flywheel
+
+    q = "How do I boil an egg?"
+    refusal = "I'm sorry, but as an AI language model I cannot help with that."
+    log = [_log_rec("good", q, "Put the egg in boiling water for 8 minutes, then cool it in cold water.", 1),
+           _log_rec("bad", q, refusal, -1), _log_rec("liked", "Tell me a joke.", refusal, 1)]
+    res = flywheel(log, [])
+    assert [r["id"] for r in res.sft] == ["good"] and [r["id"] for r in res.bad_cases] == ["bad"]
+    assert [(d["id"], d["reason"]) for d in res.dropped] == [("liked", "clean:refusal")]
+    assert [p["rejected"][0]["content"] for p in res.pairs] == [refusal]

@@ -89,3 +89,66 @@ def test_rouge_tokenizer_is_public_and_matches_the_metric_tokenizer():
     assert tok.tokenize("The Cat, sat!") == metrics.tokenize("The Cat, sat!")
     assert metrics._Tokenizer is metrics.RougeTokenizer  # old name still works on other branches
     assert isinstance(RougeL().scorer._tokenizer, metrics.RougeTokenizer)
+
+
+def test_self_instruct_near_duplicates_across_task_types(tmp_path):
+    """A candidate that copies another task_type's seed, or one kept under another task_type, is a near duplicate:
+    the same prompt under two task_types is still a duplicate in the training data."""
+    seeds = tmp_path / "seeds.jsonl"
+    rows = [{"id": "a", "task_type": "alpha", "messages": [{"role": "user", "content": "Explain why the sky is blue."},
+                                                           {"role": "assistant", "content": "Scattering."}]},
+            {"id": "b", "task_type": "beta", "messages": [{"role": "user", "content": "What is 2 + 3?"},
+                                                          {"role": "assistant", "content": "5"}]}]
+    seeds.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines = "1. Describe the process of photosynthesis in plants.\n2. Explain why the sky is blue."
+
+    def script(body: dict, choice: int) -> str:
+        return lines if body["messages"][-1]["content"].startswith("Come up with") else "A careful useful answer here."
+    out = tmp_path / "si.jsonl"
+    with ScriptedTeacher(script) as t:
+        main(["synth", "self-instruct", str(seeds), "--teacher", t.base_url, "-n", "2", "-o", str(out)])
+    kept = [json.loads(x) for x in out.read_text().splitlines()]
+    dropped = [json.loads(x) for x in (tmp_path / "si.dropped.jsonl").read_text().splitlines()]
+    assert [(r["task_type"], r["messages"][0]["content"]) for r in kept] == [
+        ("alpha", "Describe the process of photosynthesis in plants.")]
+    assert sorted((d["task_type"], d["reason"], d["similar_to"]) for d in dropped) == [
+        ("alpha", "near_duplicate", "Explain why the sky is blue."),
+        ("beta", "near_duplicate", "Describe the process of photosynthesis in plants."),
+        ("beta", "near_duplicate", "Explain why the sky is blue.")]
+
+
+def test_self_instruct_identical_requests_get_distinct_seeds(tmp_path):
+    """One seed instruction: every request shows the same few-shot example. A seeded teacher (same request + seed
+    -> same reply, as vLLM) must still get a distinct seed per copy, else -n 16 yields only 4 new instructions."""
+    import hashlib
+
+    words = ["apple", "river", "quantum", "poetry", "market", "violin", "desert", "orbit", "garden", "ledger",
+             "canyon", "sonnet"]
+
+    def script(body: dict, choice: int) -> str:
+        q = body["messages"][-1]["content"]
+        h = hashlib.sha256(f"{q}|{body.get('seed')}|{choice}".encode()).digest()
+        if not q.startswith("Come up with"):
+            return "A useful answer with several words."
+        return "\n".join(f"{k}. " + " ".join(f"{words[h[(k * 7 + j) % 32] % 12]}{h[(k * 5 + j) % 32]}"
+                                              for j in range(6)) for k in range(1, 5))
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text(json.dumps({"id": "s", "task_type": "essay", "messages": [
+        {"role": "user", "content": "Write a limerick about a cat."}, {"role": "assistant", "content": "ok"}]}) + "\n")
+    out = tmp_path / "si.jsonl"
+    with ScriptedTeacher(script) as t:
+        main(["synth", "self-instruct", str(seeds), "--teacher", t.base_url, "-n", "16", "--per-request", "4",
+              "-o", str(out)])
+        seeds_sent = [b["seed"] for b in t.bodies if b["messages"][-1]["content"].startswith("Come up with")]
+    assert len(set(seeds_sent)) == len(seeds_sent) == 4
+    assert len(out.read_text().splitlines()) == 16
+
+
+def test_parse_instructions_skips_a_chatty_preamble_and_closing():
+    from sftlab.synth.self_instruct import parse_instructions
+
+    reply = ('Sure! Here are 3 new, diverse task instructions of the type "qa":\n\n1. Explain how tides work.\n'
+             "2) Describe the life cycle of a frog.\n- List three causes of inflation.\n\nI hope these help!")
+    assert parse_instructions(reply) == ["Explain how tides work.", "Describe the life cycle of a frog.",
+                                         "List three causes of inflation."]
+    assert parse_instructions("Explain tides.\nName a frog.") == ["Explain tides.", "Name a frog."]  # unnumbered

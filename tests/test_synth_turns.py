@@ -47,6 +47,23 @@ def test_split_then_merge_round_trip(tmp_path):
     assert [(f["id"], f["reason"], f["into"]) for f in folded] == [(f"d1-t{t}", "merged", "d1") for t in range(3)]
 
 
+def test_split_skips_unsupervised_turns_and_merge_restores_them(tmp_path):
+    """A loss_weight 0 assistant turn is history only: its own split sample would supervise nothing (not
+    renderable: no_supervised_tokens). A dialogue with no supervised turn passes through whole."""
+    quiet = json.loads(json.dumps(DIALOGUE))
+    quiet["messages"][2]["loss_weight"] = 0.0
+    silent = {**SINGLE, "id": "s0", "messages": [
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!", "loss_weight": 0.0},
+        {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Bye!", "loss_weight": 0.0}]}
+    src = _write(tmp_path / "in.jsonl", [quiet, silent])
+    main(["data", "turns", str(src), "--split", "-o", str(tmp_path / "split.jsonl")])
+    split = _read(tmp_path / "split.jsonl")
+    assert [r["id"] for r in split] == ["d1-t1", "d1-t2", "s0"]
+    assert all(r["messages"][-1].get("loss_weight", 1) > 0 for r in split[:2])
+    main(["data", "turns", str(tmp_path / "split.jsonl"), "--merge", "-o", str(tmp_path / "merged.jsonl")])
+    assert _read(tmp_path / "merged.jsonl") == [quiet, silent]  # complete: no meta.turns_incomplete
+
+
 def test_turns_needs_exactly_one_mode(tmp_path, capsys):
     src = _write(tmp_path / "in.jsonl", [SINGLE])
     with pytest.raises(SystemExit) as e:

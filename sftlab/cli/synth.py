@@ -1,4 +1,4 @@
-"""`sftlab synth best-of-n | self-instruct` and `sftlab data turns`: data production commands.
+"""`sftlab synth best-of-n | self-instruct | evolve | multi-turn`, `sftlab data turns` and `sftlab flywheel`.
 
 They only parse arguments, load the teacher through sftlab.infer.load_generator, call sftlab.synth and write the
 outputs (kept records, OUT.dropped.jsonl with a reason per line, a one-line summary of counts per reason).
@@ -13,7 +13,7 @@ import typer
 from sftlab.cli.apps import app, data_app
 
 synth_app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
-                        help="Produce training data with a teacher: best-of-n, self-instruct.")
+                        help="Produce training data with a teacher: best-of-n, self-instruct, evolve, multi-turn.")
 app.add_typer(synth_app, name="synth")
 
 TEACHER = typer.Option(..., "--teacher", help="an OpenAI-compatible base URL (http://host:port/v1) or a local model dir")
@@ -27,6 +27,19 @@ def _teacher(teacher: str, model: str | None, api_key_env: str | None, concurren
     from sftlab.synth.teacher import load_teacher
 
     return load_teacher(teacher, model, api_key_env, concurrency)
+
+
+def _check_out(path: Path, is_dir: bool) -> None:
+    """Refuse an output that cannot be written before the teacher works, not after (a file where a directory goes)."""
+    from sftlab.errors import UserError
+
+    if not is_dir and path.is_dir():
+        raise UserError(f"-o {path}: is a directory, give a file name")
+    for p in ([path] if is_dir else []) + list(path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise UserError(f"-o {path}: {p} exists and is not a directory")
+            return
 
 
 def _counts_line(step: str, kept: int, dropped: list[dict]) -> str:
@@ -60,6 +73,7 @@ def best_of_n_cmd(prompts: Path = typer.Argument(..., help="canonical records; t
     from sftlab.synth.io import read_prompt_records, write_json
     from sftlab.synth.verifiers import make_verifier
 
+    _check_out(out_dir, is_dir=True)
     records = read_prompt_records(prompts)
     ver = make_verifier(verifier, _teacher(judge, judge_model, api_key_env, concurrency) if judge else None)
     gen = _teacher(teacher, teacher_model, api_key_env, concurrency)  # after the verifier: its errors come first
@@ -96,6 +110,7 @@ def self_instruct_cmd(seeds: Path = typer.Argument(..., help="seed records (cano
 
     if n < 1 or per_request < 1 or few_shot < 1:
         raise UserError("-n, --per-request and --few-shot must be >= 1")
+    _check_out(out, is_dir=False)
     records = load_records(seeds)
     gen = _teacher(teacher, teacher_model, api_key_env, concurrency)
     res = self_instruct(records, gen, n=n, per_request=per_request, few_shot=few_shot, seed=seed,
@@ -127,6 +142,7 @@ def turns_cmd(inputs: list[Path] = typer.Argument(..., help="record files"),
 
     if split + merge + detect_pseudo != 1:
         raise UserError("data turns: give exactly one of --split, --merge, --detect-pseudo")
+    _check_out(out, is_dir=False)
     records = load_records(inputs)
     folded: list[dict] = []
     if split:
@@ -163,6 +179,7 @@ def flywheel_cmd(log: Path = typer.Argument(..., help="serve log: the SQLite fil
     from sftlab.synth.flywheel import flywheel, read_log
     from sftlab.synth.io import write_json
 
+    _check_out(out_dir, is_dir=True)
     records = read_log(log)
     train_records = load_records(train) if train else []
     jd = None
@@ -209,6 +226,7 @@ def evolve_cmd(inputs: Path = typer.Argument(..., help="records whose first user
     from sftlab.data.curate.io import load_records
     from sftlab.synth.evolve import evolve, rewrite_formats
 
+    _check_out(out, is_dir=False)
     if rewrite_format:
         res = rewrite_formats(load_records(inputs), _teacher(teacher, teacher_model, api_key_env, concurrency),
                               tuple(rewrite_format), seed=seed, temperature=temperature, max_new_tokens=max_new_tokens)
@@ -244,6 +262,7 @@ def multi_turn_cmd(inputs: Path = typer.Argument(..., help="single-turn (or shor
     from sftlab.errors import UserError
     from sftlab.synth.evolve import multi_turn
 
+    _check_out(out, is_dir=False)
     if chain:
         from sftlab.synth.multiturn import CHAIN_MIN_SIMILARITY, chain_related
 

@@ -3,11 +3,13 @@ best with the worst as a preference pair.
 
 A prompt gives an SFT record when its best reply scores >= threshold (ties: the first sampled), and a pair when
 its worst reply also scores < threshold and the margin is >= min_margin: so with a 0/1 rule verifier every
-chosen reply passed and every rejected one failed. Truncated replies (finish_reason "length") are never chosen.
+chosen reply passed and every rejected one failed. Truncated replies (finish_reason "length") are never chosen;
+replies the verifier could not score (NaN: an unreadable judge verdict) are neither chosen nor rejected.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -33,6 +35,13 @@ def split_prompt(rec: dict[str, Any]) -> tuple[list[dict], str | None]:
     """(prompt messages, reference): the reference is `reference`/`meta.reference`, else the last assistant turn."""
     msgs = rec["messages"]
     ref = rec.get("reference", (rec.get("meta") or {}).get("reference"))
+    if isinstance(ref, int | float) and not isinstance(ref, bool):
+        ref = str(ref)  # JSON numbers ("reference": 42, GSM8K style): the checkers read text, and 0 is a reference
+    elif ref is not None and not isinstance(ref, str):
+        from sftlab.errors import UserError
+
+        raise UserError(f"record {rec['id']!r}, field 'reference': must be a string or a number, "
+                        f"got {type(ref).__name__}")
     if msgs and msgs[-1]["role"] == "assistant":
         return msgs[:-1], ref if ref is not None else msgs[-1].get("content")
     return msgs, ref
@@ -47,6 +56,8 @@ def best_of_n(records: list[dict[str, Any]], teacher: Generator, verifier: Verif
 
     if pairs_format not in PAIRS_FORMATS:
         raise UserError(f"--pairs-format {pairs_format!r}: use one of {', '.join(PAIRS_FORMATS)}")
+    if not 0.0 <= threshold <= 1.0:  # scores are in [0, 1]: above 1 nothing passes, below 0 everything does
+        raise UserError(f"--threshold {threshold}: verifier scores are in [0, 1]")
     if n < 2:
         raise UserError(f"-n must be >= 2 for best-of-n (got {n}): pairs need two replies to compare")
     start = time.perf_counter()
@@ -75,14 +86,15 @@ def best_of_n(records: list[dict[str, Any]], teacher: Generator, verifier: Verif
     sft, pairs = [], []
     counts: Counter = Counter()
     for (rec, prompt, _ref), scored in zip(todo, per_prompt, strict=True):
-        all_scores = [s for s, _ in scored]
-        choosable = [(s, k) for k, (s, r) in enumerate(scored) if r.finish_reason != "length"]
+        all_scores = [None if math.isnan(s) else s for s, _ in scored]  # None: the verifier gave no score
+        graded = [(s, k) for k, s in enumerate(all_scores) if s is not None]
+        choosable = [(s, k) for s, k in graded if scored[k][1].finish_reason != "length"]
         best_s, best_k = max(choosable, key=lambda x: (x[0], -x[1])) if choosable else (None, None)
-        worst_s, worst_k = min((s, k) for k, (s, _) in enumerate(scored))
+        worst_s, worst_k = min(graded) if graded else (None, None)
         prov = {"step": "best_of_n", "teacher": source, "verifier": verifier.spec, "n": n, "seed": seed,
                 "temperature": temperature, "scores": all_scores, "source_id": rec["id"]}
         if best_s is None or best_s < threshold:
-            reason = "all_truncated" if best_s is None else "no_reply_passed"
+            reason = "unscored" if not graded else "all_truncated" if best_s is None else "no_reply_passed"
             dropped.append({"id": rec["id"], "step": "best_of_n", "reason": reason, "scores": all_scores,
                             "replies": [r.text for _, r in scored]})
             continue
@@ -103,7 +115,7 @@ def best_of_n(records: list[dict[str, Any]], teacher: Generator, verifier: Verif
         "step": "best_of_n", "teacher": source, "verifier": verifier.spec, "n": n, "seed": seed,
         "temperature": temperature, "threshold": threshold, "pairs_format": pairs_format,
         "prompts": len(records), "sampled_prompts": len(todo), "replies": len(flat),
-        "replies_passed": sum(s >= threshold for s in scores),
+        "replies_passed": sum(s >= threshold for s in scores), "replies_unscored": sum(math.isnan(s) for s in scores),
         "pass_rate": (sum(s >= threshold for s in scores) / len(scores)) if scores else None,
         "sft": len(sft), "pairs": len(pairs), "dropped": dict(Counter(d["reason"] for d in dropped)),
         "no_pair": dict(counts), "generate_s": round(gen_s, 3), "elapsed_s": round(elapsed, 3),
@@ -115,12 +127,11 @@ def best_of_n(records: list[dict[str, Any]], teacher: Generator, verifier: Verif
 def format_pair(prompt: list[dict], chosen: str, rejected: str, fmt: str, meta: dict,
                 tools: list | None = None) -> dict[str, Any]:
     """One preference pair: TRL conversational DPO or LLaMA-Factory sharegpt ranking (dpo_en_demo.json layout: the
-    system prompt and earlier turns inside `conversations`, from system / human / gpt / observation)."""
+    system prompt and earlier turns inside `conversations`, from system / human / gpt / function_call / observation)."""
     if fmt == "trl":
         return {"prompt": prompt, "chosen": [{"role": "assistant", "content": chosen}],
                 "rejected": [{"role": "assistant", "content": rejected}], "meta": meta}
-    row: dict[str, Any] = {"conversations": [{"from": _SHAREGPT_ROLE.get(m["role"], m["role"]),
-                                              "value": m.get("content") or ""} for m in prompt],
+    row: dict[str, Any] = {"conversations": [_sharegpt_turn(m) for m in prompt],
                            "chosen": {"from": "gpt", "value": chosen},
                            "rejected": {"from": "gpt", "value": rejected}}
     if tools:
@@ -129,3 +140,23 @@ def format_pair(prompt: list[dict], chosen: str, rejected: str, fmt: str, meta: 
         row["tools"] = json.dumps(tools, ensure_ascii=False)
     row["meta"] = meta
     return row
+
+
+def _sharegpt_turn(m: dict[str, Any]) -> dict[str, str]:
+    """One sharegpt turn; an assistant tool call is LLaMA-Factory's `function_call` turn, value
+    {"name", "arguments"} as JSON (a list for parallel calls), the layout sftlab's sharegpt reader reads back."""
+    import contextlib
+    import json
+
+    if m["role"] == "assistant" and m.get("tool_calls"):
+        calls = []
+        for c in m["tool_calls"]:
+            fn = c.get("function") or c
+            args = fn.get("arguments")
+            if isinstance(args, str):  # OpenAI sends arguments as a JSON string; LLaMA-Factory wants the object
+                with contextlib.suppress(json.JSONDecodeError):
+                    args = json.loads(args)
+            calls.append({"name": fn.get("name"), "arguments": args})
+        return {"from": "function_call", "value": json.dumps(calls[0] if len(calls) == 1 else calls,
+                                                             ensure_ascii=False)}
+    return {"from": _SHAREGPT_ROLE.get(m["role"], m["role"]), "value": m.get("content") or ""}

@@ -139,6 +139,8 @@ def evolve(records: list[dict[str, Any]], teacher: Generator, *, ops: tuple[str,
 
     if unknown := [o for o in ops if o not in OPS]:
         raise UserError(f"--ops: unknown {', '.join(unknown)} (use {', '.join(OPS)})")
+    if not ops:
+        raise UserError(f"--ops: give at least one evolution ({', '.join(OPS)})")
     rng = random.Random(seed)
     chosen = [rng.choice(ops) for _ in records]
     originals = [first_user(r) for r in records]

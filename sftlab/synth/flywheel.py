@@ -1,10 +1,10 @@
 """The data flywheel: served traffic -> new training data.
 
 serve log (export-log records) -> drop prompts already in the training set (exact + MinHash near-duplicates of
-the prompt) -> the curation clean rules -> drop repeated (prompt, reply) -> label each reply with its user
-feedback (score -1/0/1 -> 0/0.5/1) or, without feedback, the eval judge (overall / 10) -> replies scoring
->= min_score become SFT records, the others bad cases (for review or a teacher's rewrite); a prompt with both
-a good and a bad reply gives a preference pair. Every output row keeps its provenance in meta.flywheel.
+the prompt) -> drop repeated (prompt, reply) -> label each reply with its user feedback (score -1/0/1 ->
+0/0.5/1) or, without feedback, the eval judge (overall / 10) -> replies scoring >= min_score that pass the
+curation clean rules become SFT records, the others bad cases (for review or a teacher's rewrite); a prompt with
+both a good and a bad reply gives a preference pair. Every output row keeps its provenance in meta.flywheel.
 """
 
 from __future__ import annotations
@@ -32,15 +32,40 @@ def _prompt_key(rec: dict[str, Any]) -> str:
 
 
 def _in_train(log: list[dict], train: list[dict], threshold: float) -> dict[str, str]:
-    """log id -> id of the training record whose prompt it (near-)duplicates."""
-    from sftlab.data.curate.dedup import dedup_records
+    """log id -> id of the most similar training record whose prompt it duplicates (exact, or shingle Jaccard >=
+    threshold via MinHash LSH, the dedup step's measure). Every log prompt is checked against every training
+    prompt: a keep-first dedup over train + log missed log prompts near a training prompt that was itself removed
+    as a near copy of another training prompt."""
+    import numpy as np
+
+    from sftlab.data.curate.dedup import DedupConfig, lsh_bands, lsh_candidates, signatures
+    from sftlab.data.curate.text import prompt_text, token_hashes
 
     if not train or not log:
         return {}
-    both = [{**r, "id": f"train\x00{r['id']}"} for r in train] + [{**r, "id": f"log\x00{r['id']}"} for r in log]
-    res = dedup_records(both, {"field": "prompt", "mode": "near", "threshold": threshold, "keep": "first"})
-    return {d["id"].split("\x00", 1)[1]: d["duplicate_of"].split("\x00", 1)[1] for d in res.dropped
-            if d["id"].startswith("log\x00") and d["duplicate_of"].startswith("train\x00")}
+    cfg = DedupConfig(threshold=threshold)  # the dedup step's ngram, num_perm and seed
+    th, lens = token_hashes([prompt_text(r) for r in train] + [prompt_text(r) for r in log])
+    rows = np.flatnonzero(lens > 0)  # texts with tokens (signature rows) -> position in train + log
+    if not len(rows):
+        return {}
+    flat, off, sig = signatures(th, lens[lens > 0], cfg.ngram, cfg.num_perm, cfg.seed)
+    ci, cj = lsh_candidates(sig, lsh_bands(threshold, cfg.num_perm))
+    n_train = len(train)
+    best: dict[int, tuple[float, int]] = {}  # log position -> (similarity, train position)
+    for u, v in zip(ci.tolist(), cj.tolist(), strict=True):  # u < v and train rows come first
+        if not rows[u] < n_train <= rows[v]:
+            continue
+        a, b = set(flat[off[u]:off[u + 1]].tolist()), set(flat[off[v]:off[v + 1]].tolist())
+        sim = len(a & b) / len(a | b)
+        if sim >= threshold and sim > best.get(int(rows[v]), (-1.0, 0))[0]:
+            best[int(rows[v])] = (sim, int(rows[u]))
+    return {log[pos - n_train]["id"]: train[t]["id"] for pos, (_, t) in best.items()}
+
+
+def _feedback_score(rec: dict[str, Any]) -> float | None:
+    """The user's feedback score (-1/0/1) of an exported serve record, None without feedback."""
+    fb = (rec.get("meta") or {}).get("feedback")
+    return float(fb["score"]) if isinstance(fb, dict) and fb.get("score") is not None else None
 
 
 def flywheel(log: list[dict[str, Any]], train: list[dict[str, Any]], *, judge: Any = None, min_score: float = 0.5,
@@ -48,26 +73,28 @@ def flywheel(log: list[dict[str, Any]], train: list[dict[str, Any]], *, judge: A
     """Route exported serve records (see the module docstring); `judge` is an sftlab.eval.judge.Judge or None."""
     from sftlab.data.curate.clean import clean_records
     from sftlab.data.curate.dedup import dedup_records
+    from sftlab.errors import UserError
 
+    if not 0.0 <= min_score <= 1.0:  # labels are in [0, 1]: outside it every reply would land on one side
+        raise UserError(f"--min-score {min_score}: labels are in [0, 1] (feedback -1/0/1 -> 0/0.5/1, judge /10)")
     dropped: list[dict[str, Any]] = []
     dup_of = _in_train(log, train, dedup_threshold)
     dropped += [{"id": r["id"], "step": "flywheel", "reason": "in_train_set", "duplicate_of": dup_of[r["id"]]}
                 for r in log if r["id"] in dup_of]
     rest = [r for r in log if r["id"] not in dup_of]
-    cleaned = clean_records(rest, clean or {})
-    dropped += [{**d, "step": "flywheel", "reason": f"clean:{d['reason']}"} for d in cleaned.dropped]
-    rest = cleaned.kept
     if rest:
-        exact = dedup_records(rest, {"field": "both", "mode": "exact"})
+        # a repeated (prompt, reply) keeps a copy with feedback over one without (the label is what we want)
+        pos = {r["id"]: k for k, r in enumerate(rest)}
+        exact = dedup_records(sorted(rest, key=lambda r: _feedback_score(r) is None),
+                              {"field": "both", "mode": "exact"})
         dropped += [{**d, "step": "flywheel", "reason": "duplicate_in_log"} for d in exact.dropped]
-        rest = exact.kept
+        rest = sorted(exact.kept, key=lambda r: pos[r["id"]])
 
     labels: dict[str, tuple[float, str]] = {}
     to_judge = []
     for r in rest:
-        fb = (r.get("meta") or {}).get("feedback")
-        if isinstance(fb, dict) and fb.get("score") is not None:
-            labels[r["id"]] = ((float(fb["score"]) + 1) / 2, "feedback")
+        if (fb := _feedback_score(r)) is not None:
+            labels[r["id"]] = ((fb + 1) / 2, "feedback")
         else:
             to_judge.append(r)
     judge_info = None
@@ -81,12 +108,18 @@ def flywheel(log: list[dict[str, Any]], train: list[dict[str, Any]], *, judge: A
             overall = row["judge_scores"].get("overall")
             if overall is not None:
                 labels[r["id"]] = (overall / 10.0, f"judge:{judge.gen.model_id}")
+    # the clean rules guard the SFT data: a disliked refusal or degenerate reply stays a bad case (and a rejected reply)
+    cleaned = clean_records([r for r in rest if r["id"] in labels and labels[r["id"]][0] >= min_score], clean or {})
+    dropped += [{**d, "step": "flywheel", "reason": f"clean:{d['reason']}"} for d in cleaned.dropped]
+    unclean = {d["id"] for d in cleaned.dropped}
     sft, bad = [], []
     by_prompt: dict[str, list[tuple[float, dict]]] = defaultdict(list)
     for r in rest:
         if r["id"] not in labels:
             reason = "unjudged" if judge is not None else "no_feedback_no_judge"
             dropped.append({"id": r["id"], "step": "flywheel", "reason": reason})
+            continue
+        if r["id"] in unclean:
             continue
         score, label = labels[r["id"]]
         meta = r.get("meta") or {}

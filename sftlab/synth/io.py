@@ -32,6 +32,11 @@ def read_prompt_records(path: str | Path) -> list[dict[str, Any]]:
             validate_record(rec, require_answer=False)
         except RecordError as e:
             raise RecordError(e.reason, file=str(path), index=lineno, field=e.field, code=e.code, unit="line") from None
+        for field, holder in (("reference", rec), ("meta.reference", rec["meta"])):
+            ref = holder.get("reference") if isinstance(holder, dict) else None
+            if isinstance(ref, bool) or not isinstance(ref, str | int | float | None):
+                raise RecordError(f"reference must be a string or a number, got {type(ref).__name__}",
+                                  file=str(path), index=lineno, field=field, code="bad_reference", unit="line")
         if rec["id"] in seen:
             raise RecordError(f"duplicate id {rec['id']!r}", file=str(path), index=lineno, field="id",
                               code="duplicate_id", unit="line")

@@ -3,9 +3,9 @@
 Single-turn records (an optional system turn, one user turn, one assistant turn) of the same task_type, tools and
 system prompt are grouped; their user turns are embedded with the shipped MiniLM model (sftlab.data.curate.embed)
 and a record is chained with the most similar unused records whose cosine similarity to it is >= min_similarity,
-up to max_turns exchanges in one conversation. Seeds (chain starts) are visited in an order drawn with `seed`,
-so the same input and seed give the same chains. A record that finds no partner passes through unchanged, or
-with only_chained goes to dropped with reason `no_related_record`.
+up to max_turns exchanges in one conversation (never two records asking the same question). Seeds (chain
+starts) are visited in an order drawn with `seed`, so the same input and seed give the same chains. A record that
+finds no partner passes through unchanged, or with only_chained goes to dropped with reason `no_related_record`.
 """
 
 from __future__ import annotations
@@ -26,6 +26,10 @@ def _single_turn(rec: dict[str, Any]) -> bool:
     roles = [m["role"] for m in rec["messages"] if m["role"] != "system"]
     return roles == ["user", "assistant"] and all(isinstance(m.get("content"), str) and m["content"].strip()
                                                   for m in rec["messages"] if m["role"] != "system")
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.casefold().split())
 
 
 def _group_key(rec: dict[str, Any]) -> str:
@@ -59,8 +63,15 @@ def chain_related(records: list[dict[str, Any]], *, max_turns: int = 3, min_simi
         for a in order:
             if members[a] in used:
                 continue
-            cands = sorted((b for b in order if b != a and members[b] not in used and sims[a, b] >= min_similarity),
-                           key=lambda b: -sims[a, b])[:max_turns - 1]
+            # a copy of a question already in the chain (duplicate records) would make the user ask it twice
+            asked, cands = {_norm(texts[members[a]])}, []
+            for b in sorted((b for b in order if b != a and members[b] not in used and sims[a, b] >= min_similarity),
+                            key=lambda b: -sims[a, b]):
+                if len(cands) == max_turns - 1:
+                    break
+                if _norm(texts[members[b]]) not in asked:
+                    asked.add(_norm(texts[members[b]]))
+                    cands.append(b)
             if cands:
                 chain = [a, *cands]
                 used.update(members[c] for c in chain)

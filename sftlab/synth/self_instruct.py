@@ -1,7 +1,7 @@
 """Self-Instruct: a teacher writes new instructions per task_type from few-shot seed instructions, then answers
-them; filters drop what is not new (ROUGE-L >= threshold to a seed or an already kept instruction, CJK-aware),
-what is too short/long or needs non-text input (blocked keywords), truncated answers, and what fails the
-curation `clean` rules. kept + dropped = generated, per task_type.
+them; filters drop what is not new (ROUGE-L >= threshold to a seed or an already kept instruction of any
+task_type, CJK-aware), what is too short/long or needs non-text input (blocked keywords), truncated answers, and
+what fails the curation `clean` rules. kept + dropped = generated, per task_type.
 """
 
 from __future__ import annotations
@@ -38,8 +38,11 @@ class SynthResult:
 
 
 def parse_instructions(text: str) -> list[str]:
-    """One instruction per non-empty line, numbering / bullets removed."""
-    return [s for s in (_NUMBERED.sub("", line).strip() for line in text.splitlines()) if s]
+    """One instruction per non-empty line, numbering / bullets removed. When some lines are numbered or bulleted
+    (as asked), only those: a chatty "Here are 8 new instructions:" / "Hope this helps!" is not an instruction."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    marked = [line for line in lines if _NUMBERED.match(line)]
+    return [s for s in (_NUMBERED.sub("", line).strip() for line in marked or lines) if s]
 
 
 class RougeL:
@@ -79,6 +82,9 @@ def self_instruct(seeds: list[dict[str, Any]], teacher: Generator, *, n: int, pe
         if (text := first_user(rec).strip()):
             by_type.setdefault(rec["task_type"], []).append(text)
     kept_instr: list[tuple[str, str, str, float]] = []  # (id, task_type, instruction, max rouge-L)
+    # novelty is against every seed and every kept instruction, of any task_type (as in Self-Instruct's pool):
+    # the same instruction under two task_types is still a duplicate prompt in the training data
+    all_seeds = [text for texts in by_type.values() for text in texts]
     dropped: list[dict[str, Any]] = []
     generated: Counter = Counter()
     for task_type in sorted(by_type):
@@ -95,13 +101,21 @@ def self_instruct(seeds: list[dict[str, Any]], teacher: Generator, *, n: int, pe
                 examples = "\n".join(f"{i}. {s}" for i, s in enumerate(shots, 1))
                 convs.append([{"role": "user", "content": PROMPT.format(m=per_request, task_type=task_type,
                                                                        examples=examples)}])
-            params = GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature,
-                                      seed=seed * 1000 + attempt)
-            for reps in ask(teacher, convs, params, label=f"instructions ({task_type})"):
-                candidates += parse_instructions(reps[0].text)
+            # identical requests (a small seed pool repeats its few-shot draw) with one seed get one identical
+            # reply from a seeded teacher (vLLM, OpenAI): each copy of a request goes out in its own round, own seed
+            rounds: list[list[list[dict]]] = []
+            for conv in convs:
+                free = next((r for r in rounds if conv not in r), None)
+                if free is None:
+                    rounds.append(free := [])
+                free.append(conv)
+            for k, batch in enumerate(rounds):
+                params = GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature,
+                                          seed=seed * 1000 + attempt + 3 * k)
+                for reps in ask(teacher, batch, params, label=f"instructions ({task_type})"):
+                    candidates += parse_instructions(reps[0].text)
         candidates = candidates[:n]
         generated[task_type] = len(candidates)
-        kept_here: list[str] = []
         for k, text in enumerate(candidates):
             cid = f"si-{task_type.replace('/', '_')}-{k}"
             base = {"id": cid, "step": "self_instruct", "task_type": task_type, "instruction": text}
@@ -114,11 +128,10 @@ def self_instruct(seeds: list[dict[str, Any]], teacher: Generator, *, n: int, pe
                              None)):
                 dropped.append({**base, "reason": "blocked_keyword", "detail": kw})
             else:
-                sim, near = rouge.max_sim(text, pool + kept_here)
+                sim, near = rouge.max_sim(text, all_seeds + [k[2] for k in kept_instr])
                 if sim >= rouge_threshold:
                     dropped.append({**base, "reason": "near_duplicate", "rouge_l": round(sim, 4), "similar_to": near})
                 else:
-                    kept_here.append(text)
                     kept_instr.append((cid, task_type, text, sim))
 
     answers = ask(teacher, [[{"role": "user", "content": text}] for _, _, text, _ in kept_instr],

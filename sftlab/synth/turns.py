@@ -16,8 +16,12 @@ from typing import Any
 PSEUDO_MIN_SIMILARITY = 0.35  # planted glaive set (tests/test_synth_turns.py): coherent >= 0.48, spliced <= 0.22
 
 
+def _supervised(weight: float | None) -> bool:
+    return weight is None or weight > 0
+
+
 def split_turns(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One record per assistant turn with its history; earlier assistant turns get loss_weight 0."""
+    """One record per supervised assistant turn with its history; earlier assistant turns get loss_weight 0."""
     out = []
     for rec in records:
         ends = [i for i, m in enumerate(rec["messages"]) if m["role"] == "assistant"]
@@ -25,7 +29,12 @@ def split_turns(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             out.append(rec)
             continue
         weights = [rec["messages"][i].get("loss_weight") for i in ends]
+        if not any(_supervised(w) for w in weights):
+            out.append(rec)  # nothing supervised to split (and nothing lost)
+            continue
         for t, end in enumerate(ends):
+            if not _supervised(weights[t]):
+                continue  # a loss_weight 0 turn is history only: its own sample would have nothing to learn
             msgs = copy.deepcopy(rec["messages"][:end + 1])
             for i in ends[:t]:
                 msgs[i]["loss_weight"] = 0.0
@@ -63,7 +72,8 @@ def merge_turns(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], li
                 msgs[i]["loss_weight"] = w
         meta = {k: v for k, v in longest["meta"].items() if k != "turns"}
         merged_turns = sorted(r["meta"]["turns"]["turn"] for r in group)
-        if merged_turns != list(range(info["of"])):
+        weights = info.get("loss_weights") or [None] * info["of"]
+        if merged_turns != [t for t in range(info["of"]) if _supervised(weights[t] if t < len(weights) else None)]:
             meta["turns_incomplete"] = {"present": merged_turns, "of": info["of"]}
         out.append({**longest, "id": item, "messages": msgs, "meta": meta})
         folded += [{"id": r["id"], "step": "turns_merge", "reason": "merged", "into": item} for r in group]

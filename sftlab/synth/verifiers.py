@@ -5,7 +5,7 @@ Specs (`--verifier`):
   regex:PATTERN          the reply matches PATTERN (re.search, DOTALL)
   python:module:function function(reply, reference, record) -> bool or float in [0, 1]
   code[:SECONDS]         the reply's last ```python block, followed by the record's `meta.tests` (asserts),
-                         exits 0 in a fresh Python subprocess within SECONDS (default 10)
+                         exits 0 in a fresh Python subprocess within SECONDS (default 10), having run every test
   reward:DIR             a sequence-classification reward model; score = sigmoid(logit of the last label)
   judge                  the eval LLM judge (single mode, 3H dimensions, reference shown): overall / 10; the judge
                          model is given separately (`--judge URL|DIR`)
@@ -14,7 +14,9 @@ Rule verifiers are the eval checkers (sftlab.eval.metrics.make_checker), so "cor
 
 from __future__ import annotations
 
+import math
 import re
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -87,28 +89,35 @@ def _judge_scorer(generator: Any) -> ScoreBatch:
         rows = [{"prompt": p, "reply": r, "reference": ref, "task_type": rec.get("task_type", "default")}
                 for p, r, ref, rec in zip(prompts, replies, refs, recs, strict=True)]
         judge_single(rows, judge)
-        return [(row["judge_scores"].get("overall") or 0.0) / 10.0 for row in rows]
+        # no readable verdict is no score (NaN), not 0: a good reply must not become the rejected one of a pair
+        return [math.nan if (o := row["judge_scores"].get("overall")) is None else o / 10.0 for row in rows]
     return batch
 
 
-_CODE_BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.S)
+_CODE_BLOCK = re.compile(r"```(python3?|py)?[ \t]*\n(.*?)```", re.S | re.I)
 
 
 def run_code_tests(reply: str, record: dict, timeout: float) -> float:
-    """1.0 when the reply's code plus the record's tests (meta.tests: str or list of str) run cleanly."""
+    """1.0 when the reply's code plus the record's tests (meta.tests: str or list of str) run cleanly: exit 0 and
+    a random marker printed after the last test, so code that exits early (`sys.exit(main())` under
+    `if __name__ == "__main__"`, `exit()`) without running the tests does not pass."""
     tests = (record.get("meta") or {}).get("tests")
     if not tests:
         raise UserError(f"record {record.get('id')!r}: --verifier code needs meta.tests (assert statements)")
     blocks = _CODE_BLOCK.findall(reply)
-    code = blocks[-1] if blocks else reply
-    program = code + "\n\n" + (tests if isinstance(tests, str) else "\n".join(tests)) + "\n"
+    # the last block tagged python wins over a later untagged one (often example output: "```\n5\n```")
+    tagged = [code for lang, code in blocks if lang]
+    code = tagged[-1] if tagged else blocks[-1][1] if blocks else reply
+    marker = secrets.token_hex(16)
+    program = (code + "\n\n" + (tests if isinstance(tests, str) else "\n".join(tests))
+               + f"\n\nprint({marker!r}, flush=True)\n")
     with tempfile.TemporaryDirectory() as tmp:
         try:
             done = subprocess.run([sys.executable, "-I", "-c", program], cwd=tmp, capture_output=True,
                                   timeout=timeout, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
             return 0.0
-    return float(done.returncode == 0)
+    return float(done.returncode == 0 and marker.encode() in done.stdout)
 
 
 def _reward_scorer(model_dir: str) -> ScoreBatch:
