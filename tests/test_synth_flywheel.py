@@ -44,6 +44,13 @@ def test_flywheel_serve_feedback_export_route_train(tmp_path, tiny_model_dir, sm
         srv.should_exit = True
     export = tmp_path / "log.jsonl"
     main(["serve", "export-log", str(db), "-o", str(export)])
+    # the tiny model never stops within 6 tokens: let the liked replies have ended, keep the pair's cut at max_tokens
+    log_rows = [json.loads(x) for x in export.read_text().splitlines() if x.strip()]
+    for r in log_rows:
+        rid = r["meta"]["response_id"]
+        r["meta"]["finish_reason"] = "stop" if rid in {x.id for x in liked} else "length" if rid == pair.id else \
+            r["meta"]["finish_reason"]
+    write_jsonl(log_rows, export)
     train = write_jsonl(small_records, tmp_path / "train.jsonl") and tmp_path / "train.jsonl"
     out = tmp_path / "fw"
     with JudgeServer() as judge:  # "fair": grade 3/10 (no "CORRECT" in a tiny model's reply)
@@ -56,17 +63,18 @@ def test_flywheel_serve_feedback_export_route_train(tmp_path, tiny_model_dir, sm
     n_log = sum(1 for x in export.read_text().splitlines() if x.strip())
     assert n_log == 8
     assert len(rows["sft"]) + len(rows["bad_cases"]) + len(rows["dropped"]) == n_log  # nothing lost
-    assert [d["reason"] for d in rows["dropped"]] == ["in_train_set"]
-    assert rows["dropped"][0]["id"] == train_dup.id
+    assert sorted(d["reason"] for d in rows["dropped"]) == ["in_train_set", "truncated", "truncated"]
+    assert {d["id"] for d in rows["dropped"] if d["reason"] == "in_train_set"} == {train_dup.id}
+    assert {d["id"] for d in rows["dropped"] if d["reason"] == "truncated"} == {f"{pair.id}-0", f"{pair.id}-1"}
     sft_ids = {r["meta"]["flywheel"]["request_id"] for r in rows["sft"]}
-    assert sft_ids == {r.id for r in liked} | {pair.id}
+    assert sft_ids == {r.id for r in liked}  # the liked pair replies were cut at max_tokens: not SFT data
     bad = {r["meta"]["flywheel"]["request_id"]: r["meta"]["flywheel"] for r in rows["bad_cases"]}
     assert bad[disliked.id]["label"] == "feedback" and bad[disliked.id]["score"] == 0.0
     assert bad[unlabeled.id]["label"] == "judge:fair" and bad[unlabeled.id]["score"] == 0.3
     for r in rows["sft"]:
         prov = r["meta"]["flywheel"]
         assert prov["score"] == 1.0 and prov["source_model"] == "tiny" and prov["date"]
-    assert summary["sft"] == len(rows["sft"]) and summary["dropped"] == {"in_train_set": 1}
+    assert summary["sft"] == len(rows["sft"]) and summary["dropped"] == {"in_train_set": 1, "truncated": 2}
     assert rows["pairs"] == []  # both replies of the pair prompt share one feedback: no contrast
 
     cfg = {"model": {"name_or_path": str(tiny_model_dir)},

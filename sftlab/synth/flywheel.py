@@ -3,8 +3,9 @@
 serve log (export-log records) -> drop prompts already in the training set (exact + MinHash near-duplicates of
 the prompt) -> drop repeated (prompt, reply) -> label each reply with its user feedback (score -1/0/1 ->
 0/0.5/1) or, without feedback, the eval judge (overall / 10) -> replies scoring >= min_score that pass the
-curation clean rules become SFT records, the others bad cases (for review or a teacher's rewrite); a prompt with
-both a good and a bad reply gives a preference pair. Every output row keeps its provenance in meta.flywheel.
+curation clean rules and were not cut at max_tokens become SFT records, the others bad cases (for review or a
+teacher's rewrite); a prompt with both a good and a bad reply gives a preference pair. Every output row keeps its
+provenance in meta.flywheel.
 """
 
 from __future__ import annotations
@@ -123,6 +124,10 @@ def flywheel(log: list[dict[str, Any]], train: list[dict[str, Any]], *, judge: A
             continue
         score, label = labels[r["id"]]
         meta = r.get("meta") or {}
+        if score >= min_score and meta.get("finish_reason") == "length":
+            # cut at max_tokens: as SFT data it would teach the model to stop mid-reply
+            dropped.append({"id": r["id"], "step": "flywheel", "reason": "truncated"})
+            continue
         prov = {"request_id": meta.get("response_id", r["id"]), "date": meta.get("created"), "score": score,
                 "label": label, "source_model": meta.get("model") or r.get("source")}
         out = {**r, "meta": {**meta, "flywheel": prov}}
