@@ -60,12 +60,22 @@ def _finish_stream(results: Any, out: Path, step: str) -> Any:
     return tally
 
 
-def _passes(inputs: list[Path], label: str) -> Any:
+def _passes(inputs: list[Path], label: str, labels: list[str] | None = None) -> Any:
     """The inputs as a re-readable stream of 2,048-record chunks (io.reread_record_chunks), a progress bar per
     pass. 2,048: tokenising a chunk takes ~50 bytes per character in numpy temporaries."""
     from sftlab.data.curate.io import reread_record_chunks
 
-    return reread_record_chunks(inputs, chunk_size=2048, label=label)
+    return reread_record_chunks(inputs, chunk_size=2048, label=label, labels=labels)
+
+
+def _mix_reads(inputs: list[Path], general: list[Path]) -> tuple[Any, Any]:
+    """(read inputs, read general): ids and task types from the path tails of both groups together, so
+    `en/train.json --general zh/train.json` gives en/train-0... and zh/train-0..., as one read would."""
+    from sftlab.data.formats import file_labels
+
+    labels = file_labels([*inputs, *general])
+    return (_passes(inputs, "mix", labels[:len(inputs)]),
+            _passes(general, "mix (general)", labels[len(inputs):]) if general else (lambda: ()))
 
 
 @data_app.command("clean")
@@ -354,8 +364,7 @@ def mix_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
                                                       general_fraction=general_fraction, upsample=upsample,
                                                       seed=seed))
     # passes over the inputs (task types and counts, then the records to write): the records are never held
-    read = _passes(inputs, "mix")
-    read_general = _passes(general, "mix (general)") if general else (lambda: ())
+    read, read_general = _mix_reads(inputs, general)
     plan = plan_mix(read, cfg, read_general)
     _finish_stream(mix_stream(plan, read, read_general), out, "mix")
     if plan.info["shortfall"]:
@@ -370,9 +379,7 @@ def _mix_strategy(inputs: list[Path], out: Path, general: list[Path], general_ta
     wanted = set(general_task)
     # passes over the inputs (counts, then each stage's records): the records are never held
     plan, sizes, n_special, n_general = write_strategy_stream(
-        _passes(inputs, "mix"),
-        _passes(general, "mix (general)") if general else (lambda: ()),
-        lambda r: bool(wanted & set(task_channels(r["task_type"]))), strategy, out, k=k, seed=seed)
+        *_mix_reads(inputs, general), lambda r: bool(wanted & set(task_channels(r["task_type"]))), strategy, out, k=k, seed=seed)
     parts = ", ".join(f"{i}. {name} {n}" for i, (name, n) in enumerate(sizes, start=1))
     typer.echo(f"mix {strategy}: {n_special} specialised + {n_general} general records -> stages {parts}; "
                f"plan in {plan}")

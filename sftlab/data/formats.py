@@ -810,17 +810,19 @@ def read_many_detailed(paths: Sequence[str | Path], fmt: str = "auto", *, task_t
 def iter_records(paths: Sequence[str | Path], fmt: str = "auto", *, chunk_size: int = 10_000,
                  info: list[dict] | None = None, task_type: str | None = None,
                  columns: Mapping[str, str] | None = None, on_error: str = "raise", extra_roles: Iterable[str] = (),
-                 source: str | None = None, special_text: str = "warn",
-                 allow_empty_answers: bool = False) -> Iterator[tuple[list[dict], list[dict]]]:
+                 source: str | None = None, special_text: str = "warn", allow_empty_answers: bool = False,
+                 labels: Sequence[str] | None = None) -> Iterator[tuple[list[dict], list[dict]]]:
     """read_many_detailed as a stream: (records, rejects) chunks of at most chunk_size rows, in input order,
     with the same validation, ids and errors, so memory is bounded by the chunk (plus the ids seen, kept
-    to refuse duplicates). Each input's info dict is appended to `info` as soon as that input is read."""
+    to refuse duplicates). Each input's info dict is appended to `info` as soon as that input is read.
+    labels: the inputs' id / task_type labels (default file_labels(paths)); a command that reads two groups of
+    inputs separately (mix and its --general files) passes file_labels of both, so their ids stay distinct."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     seen: dict[str, str] = {}
     records: list[dict] = []
     rejects: list[dict] = []
-    for p, label in zip(paths, file_labels(paths), strict=True):
+    for p, label in zip(paths, file_labels(paths) if labels is None else labels, strict=True):
         file_info: dict = {}
         for is_record, item in _iter_read(p, fmt, task_type=task_type, columns=columns, on_error=on_error,
                                           extra_roles=extra_roles, source=source, seen=seen, info=file_info,
