@@ -262,3 +262,20 @@ def test_mix_general_ids_stay_distinct_from_the_inputs(tmp_path, capsys, strateg
                             tmp_path / "gen.jsonl", *how], capsys)
     assert code == 2 and "id 'r0' is used by an input record and by a general record" in err
     assert "Traceback" not in err and not list(tmp_path.glob("bad*"))
+
+
+def test_kcenter_embeddings_that_are_not_an_embed_npz_are_one_line_errors(tmp_path, capsys):
+    """--embeddings given a records file, a bare .npy, an archive without ids or with too few rows: one line naming
+    the file (was an internal error: pickled data / KeyError / IndexError)."""
+    from cli_helpers import run_cli
+
+    from sftlab.data.records import write_jsonl
+
+    write_jsonl(_records(6), tmp_path / "in.jsonl")
+    np.save(tmp_path / "arr.npy", np.zeros((6, 4)))
+    np.savez(tmp_path / "noids.npz", x=np.zeros(3))
+    np.savez(tmp_path / "short.npz", ids=np.array([f"id{i}" for i in range(6)]), embeddings=np.zeros((5, 4)))
+    for bad in ("in.jsonl", "arr.npy", "noids.npz", "short.npz", "missing.npz"):
+        code, _, err = run_cli(["data", "select", "kcenter", tmp_path / "in.jsonl", "-o", tmp_path / "k.jsonl",
+                                "--k", "2", "--embeddings", tmp_path / bad], capsys)
+        assert code == 2 and err.startswith(f"error: {tmp_path / bad}: ") and "internal" not in err, (bad, err)
