@@ -69,6 +69,21 @@ def test_wrong_threshold_type_is_one_line_error(data, tmp_path, capsys):
     assert "threshold" in err
 
 
+def test_yaml_syntax_errors_are_one_line_errors(data, tmp_path, capsys):
+    """A broken --config / --set value / pipeline file is the user's: one line naming it (was an internal error)."""
+    (tmp_path / "bad.yaml").write_text("threshold: [0.5\n")
+    assert _fail(["data", "dedup", data, "-o", tmp_path / "o.jsonl", "--config", tmp_path / "bad.yaml"],
+                 capsys).startswith(f"error: {tmp_path / 'bad.yaml'}: invalid YAML")
+    assert _fail(["data", "dedup", data, "-o", tmp_path / "o.jsonl", "--set", "threshold=[0.5"],
+                 capsys).startswith("error: --set 'threshold=[0.5': invalid YAML")
+    (tmp_path / "latin.yaml").write_bytes(b"threshold: \xe9\n")
+    assert _fail(["data", "dedup", data, "-o", tmp_path / "o.jsonl", "--config", tmp_path / "latin.yaml"],
+                 capsys) == f"error: {tmp_path / 'latin.yaml'}: not valid UTF-8"
+    (tmp_path / "plan.yaml").write_text(f"inputs: [{data}\noutput: o.jsonl\n")
+    assert _fail(["data", "pipeline", tmp_path / "plan.yaml"], capsys).startswith(
+        f"error: {tmp_path / 'plan.yaml'}: invalid YAML")
+
+
 def test_empty_file_and_record_without_answer(tmp_path, capsys):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")

@@ -29,9 +29,19 @@ def step_options(config: Path | None, sets: list[str], **explicit: Any) -> dict[
     """Options from a YAML file, then --set pairs, then explicit flags that were given (not None)."""
     import yaml
 
+    def parse(text: str, where: str) -> Any:  # a YAML syntax error is the user's: one line, no traceback
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise UserError(f"{where}: invalid YAML: {str(e).splitlines()[0]}") from None
+
     opts: dict[str, Any] = {}
     if config is not None:
-        loaded = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
+        try:
+            text = Path(config).read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise UserError(f"{config}: not valid UTF-8") from None
+        loaded = parse(text, str(config)) or {}
         if not isinstance(loaded, dict):
             raise UserError(f"{config}: expected a mapping of option: value")
         opts.update(loaded)
@@ -39,7 +49,7 @@ def step_options(config: Path | None, sets: list[str], **explicit: Any) -> dict[
         if "=" not in s:
             raise UserError(f"--set {s!r}: expected key=value")
         k, v = s.split("=", 1)
-        opts[k.strip()] = yaml.safe_load(v) if v.strip() else None
+        opts[k.strip()] = parse(v, f"--set {s!r}") if v.strip() else None
     opts.update({k: v for k, v in explicit.items() if v is not None})
     return opts
 
