@@ -10,6 +10,7 @@ Record formats (`fmt`):
             observation), system?, tools? (a list or a JSON string)
 - openai:   messages [{role, content (string or text parts), tool_calls?, tool_call_id?, name?, loss_weight?}],
             plus our id, task_type, source, meta, tools. This is the canonical layout `sftlab data convert` writes.
+            OpenAI fine-tuning data's per-message `weight` (0: not trained on) is read as loss_weight.
 - prompts:  eval prompts, mt_bench style {question_id, category, turns: [str, ...]} -> user turns only,
             meta.prompt_only = True (validated without the "ends on an assistant turn" rule).
 
@@ -477,8 +478,20 @@ def _openai(row: Mapping, columns: Mapping[str, str]) -> tuple[list[dict], None]
             if not m.get("tool_calls"):
                 raise _missing(f"{f}.content")
             m["content"] = ""
+        if "weight" in m:  # OpenAI fine-tuning data: weight 0 = do not train on this assistant message
+            _openai_weight(m, f)
         out.append(m)
     return out, None
+
+
+def _openai_weight(m: dict, f: str) -> None:
+    """OpenAI's per-message `weight` (0 or 1) as our loss_weight, so `weight: 0` turns are not supervised."""
+    w = m.pop("weight")
+    if "loss_weight" in m:
+        raise _bad(f"{f}.weight", "give weight (OpenAI) or loss_weight, not both")
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not (math.isfinite(w) and w >= 0):
+        raise _bad(f"{f}.weight", f"must be a number >= 0 (OpenAI: 0 or 1), got {w!r}", "bad_loss_weight")
+    m["loss_weight"] = w
 
 
 def _prompts(row: Mapping) -> tuple[list[dict], Origin]:
