@@ -403,7 +403,9 @@ def stats_cmd(inputs: list[Path] = typer.Argument(...),
               embed_model: str | None = EMB_MODEL, field: str = FIELD, cache_dir: Path | None = CACHE) -> None:
     """Dataset statistics and plots as a self-contained stats.html."""
     from sftlab.data.curate.stats import StatsTally, write_stats_report
+    from sftlab.data.records import check_output_dir
 
+    check_output_dir(out)  # before the passes and the embeddings, not after
     tok = None
     if tokenizer:
         from sftlab.data.render import load_tokenizer

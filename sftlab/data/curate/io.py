@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sftlab.data.records import write_jsonl
+from sftlab.data.records import check_output_file, write_jsonl
 from sftlab.errors import UserError
 
 PARQUET_TAG = b"sftlab.canonical"  # schema metadata key of Parquet files written by save_records
@@ -232,6 +232,7 @@ class AtomicJsonl:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.tmp = path.with_name(path.name + ".tmp")
+        check_output_file(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.file = open(self.tmp, "w", encoding="utf-8")  # noqa: SIM115 - closed in commit/abort
         self.count = 0
@@ -261,6 +262,7 @@ class _AtomicParquet:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.tmp = path.with_name(path.name + ".tmp")
+        check_output_file(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.writer: Any = None
         self.count = 0
