@@ -262,8 +262,9 @@ def render_cmd(path: Path = typer.Argument(..., help="data file or saved HF data
             continue
         samples, report = render_records([rec], tok, train_on=train_on, max_length=max_length, on_error="skip")
         if not samples:
-            raise UserError(f"{path}: record {i} (id {rec['id']}): nothing to show: "
-                            f"{report.rejects[0]['reason']} (raise --max-length?)")
+            rej = report.rejects[0]
+            hint = " (raise --max-length?)" if rej["code"] == "no_supervised_tokens_after_truncation" else ""
+            raise UserError(f"{path}: record {i} (id {rec['id']}): nothing to show: {rej['reason']}{hint}")
         sample = samples[0]
         n_sup = sum(x != -100 for x in sample["labels"])
         trunc = f", truncated to --max-length {max_length}" if report.truncated else ""
