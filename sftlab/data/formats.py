@@ -664,8 +664,9 @@ def _to_record(row: Any, fmt: str, *, index: int, stem: str, task_type: str | No
     try:
         validate_record(rec, extra_roles, require_answer=not meta.get("prompt_only"),
                         allow_empty_answers=allow_empty_answers)
-        if _control_strings(rec, special_text) and counts is not None:
-            counts["control_text"] += 1
+        n_control = _control_strings(rec, special_text)  # messages, as the warning says
+        if counts is not None:
+            counts["control_text"] += n_control
     except RecordError as e:
         raise RecordError(e.reason, field=_user_field(e.field, origin), code=e.code) from None
     return rec, fmt
