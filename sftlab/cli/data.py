@@ -282,7 +282,8 @@ def render_cmd(path: Path = typer.Argument(..., help="data file or saved HF data
 
 @data_app.command("convert")
 def convert_cmd(inputs: list[Path] = typer.Argument(..., help="data files or saved HF datasets directories"),
-                out: Path = typer.Option(..., "-o", "--out", help="output JSONL (canonical OpenAI-messages records)"),
+                out: Path = typer.Option(..., "-o", "--out", help="output JSONL (canonical OpenAI-messages records), "
+                                         "or Parquet when it ends in .parquet"),
                 fmt: str = FORMAT, task_type: str | None = TASK_TYPE, on_error: str = ON_ERROR,
                 rejects: Path | None = typer.Option(None, "--rejects", help="rejects file (default OUT.rejects.jsonl)"),
                 columns: str | None = COLUMNS, extra_role: list[str] = EXTRA_ROLE,
@@ -309,7 +310,17 @@ def convert_cmd(inputs: list[Path] = typer.Argument(..., help="data files or sav
             rejs.extend(chunk_rejects)
             yield from chunk_records
 
-    n = write_jsonl(kept_records(), out)
+    if out.suffix == ".parquet":  # as every curation command: JSON text columns, one row group per chunk
+        from sftlab.data.curate.io import all_or_none, atomic_writer
+
+        writer = atomic_writer(out)
+        with all_or_none([writer]):
+            for chunk_records, chunk_rejects in chunks:
+                rejs.extend(chunk_rejects)
+                writer.write(chunk_records)
+        n = writer.count
+    else:
+        n = write_jsonl(kept_records(), out)
     for i in info:
         for w in i["warnings"]:
             typer.echo(f"warning: {w}", err=True)
