@@ -48,3 +48,19 @@ def test_convert_error_mid_stream_leaves_old_out_and_no_tmp(tmp_path, capsys):
     assert code == 2 and "error:" in err and "line 4" in err
     assert out.read_text(encoding="utf-8") == "old\n"
     assert not (tmp_path / "out.jsonl.tmp").exists()
+
+
+def test_convert_to_parquet_writes_parquet(tmp_path, capsys):
+    """-o OUT.parquet writes Parquet as every curation command does (it wrote JSONL text into OUT.parquet, which
+    no reader could open); reading it back gives the same records as the JSONL output."""
+    a = tmp_path / "a.jsonl"
+    _alpaca(a, 0, 13)
+    for out in (tmp_path / "out.parquet", tmp_path / "out.jsonl"):
+        code, _, err = run_cli(["data", "convert", a, "-o", out, "--on-error", "skip", "--chunk-size", "3",
+                                "--warn-rejected-share", "0.5"], capsys)
+        assert code == 0, err
+    assert (tmp_path / "out.parquet").read_bytes()[:4] == b"PAR1"
+    code, _, err = run_cli(["data", "convert", tmp_path / "out.parquet", "-o", tmp_path / "back.jsonl"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "back.jsonl").read_bytes() == (tmp_path / "out.jsonl").read_bytes()
+    assert not list(tmp_path.glob("*.tmp"))

@@ -69,6 +69,35 @@ def test_wrong_threshold_type_is_one_line_error(data, tmp_path, capsys):
     assert "threshold" in err
 
 
+def test_yaml_syntax_errors_are_one_line_errors(data, tmp_path, capsys):
+    """A broken --config / --set value / pipeline file is the user's: one line naming it (was an internal error)."""
+    (tmp_path / "bad.yaml").write_text("threshold: [0.5\n")
+    assert _fail(["data", "dedup", data, "-o", tmp_path / "o.jsonl", "--config", tmp_path / "bad.yaml"],
+                 capsys).startswith(f"error: {tmp_path / 'bad.yaml'}: invalid YAML")
+    assert _fail(["data", "dedup", data, "-o", tmp_path / "o.jsonl", "--set", "threshold=[0.5"],
+                 capsys).startswith("error: --set 'threshold=[0.5': invalid YAML")
+    (tmp_path / "latin.yaml").write_bytes(b"threshold: \xe9\n")
+    assert _fail(["data", "dedup", data, "-o", tmp_path / "o.jsonl", "--config", tmp_path / "latin.yaml"],
+                 capsys) == f"error: {tmp_path / 'latin.yaml'}: not valid UTF-8"
+    (tmp_path / "plan.yaml").write_text(f"inputs: [{data}\noutput: o.jsonl\n")
+    assert _fail(["data", "pipeline", tmp_path / "plan.yaml"], capsys).startswith(
+        f"error: {tmp_path / 'plan.yaml'}: invalid YAML")
+
+
+def test_output_that_is_a_directory_or_a_file_is_a_one_line_error(data, tmp_path, capsys):
+    """-o DIR for a file output, or -o FILE for a directory output: refused naming it, nothing left behind (was
+    'Is a directory: OUT.tmp' after the whole run, leaving OUT.tmp, or an internal FileExistsError)."""
+    (tmp_path / "d").mkdir()
+    good = tmp_path / "good.jsonl"
+    write_jsonl([rec(f"g{i}", f"question {i}", f"answer {i}") for i in range(4)], good)
+    for cmd in (["convert"], ["clean"], ["dedup", "--mode", "exact"]):
+        assert _fail(["data", *cmd, good, "-o", tmp_path / "d"], capsys) == \
+            f"error: {tmp_path / 'd'}: is a directory; give an output file name"
+    for cmd in (["split"], ["stats", "--no-embed"], ["mix", "--strategy", "multitask"]):
+        assert _fail(["data", *cmd, good, "-o", data], capsys) == f"error: {data}: is a file; give an output directory"
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob("d*.jsonl"))
+
+
 def test_empty_file_and_record_without_answer(tmp_path, capsys):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")

@@ -93,6 +93,18 @@ def test_reward_batched_equals_single_and_threshold(tiny_reward_dir):
     assert all(d["reason"] == "below_min_score" and d["reward"] < alpha for d in res.dropped)
 
 
+def test_reward_and_ifd_refuse_keep_fraction_together_with_k():
+    """Both given: one would be ignored silently (select reward kept the top fraction and dropped --k)."""
+    from sftlab.data.curate.config import parse_config
+    from sftlab.data.curate.ifd import IFDConfig
+    from sftlab.data.curate.reward import RewardConfig
+    from sftlab.errors import UserError
+
+    for cls, step in ((RewardConfig, "select reward"), (IFDConfig, "select ifd")):
+        with pytest.raises(UserError, match="give keep_fraction or k, not both"):
+            parse_config(cls, step, {"keep_fraction": 0.5, "k": 3})
+
+
 def test_ifd_and_reward_stream_write_what_the_list_paths_write(tiny_model_dir, tiny_tokenizer, tiny_reward_dir,
                                                                tmp_path, monkeypatch):
     from sftlab.data.curate import ifd as ifd_mod

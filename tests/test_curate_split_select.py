@@ -229,3 +229,53 @@ def test_mix_cli_streams_same_bytes_as_mix_records(tmp_path, capsys, monkeypatch
     assert f"{whole.summary()} -> " in capsys.readouterr().out
     for name in ("", ".dropped"):
         assert (tmp_path / f"cli{name}.jsonl").read_bytes() == (tmp_path / f"list{name}.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize("strategy", [None, "dmt"])
+def test_mix_general_ids_stay_distinct_from_the_inputs(tmp_path, capsys, strategy):
+    """A --general file named like an input (en/train.json, zh/train.json) gets its own path-tail ids, as one read
+    of both would give; a general record with an input record's id is refused instead of written twice."""
+    import json
+
+    from cli_helpers import run_cli
+
+    from sftlab.data.records import write_jsonl
+
+    for lang in ("en", "zh"):
+        (tmp_path / lang).mkdir()
+        (tmp_path / lang / "train.json").write_text(json.dumps(
+            [{"instruction": f"{lang} q{i}", "output": f"a{i}"} for i in range(20)]))
+    how = ["--strategy", "dmt", "--dmt-k", "1"] if strategy else ["--general-fraction", "0.5"]
+    out = tmp_path / ("stages" if strategy else "mix.jsonl")
+    code, _, err = run_cli(["data", "mix", tmp_path / "en" / "train.json", "-o", out, "--general",
+                            tmp_path / "zh" / "train.json", *how], capsys)
+    assert code == 0, err
+    files = sorted(out.glob("*.jsonl")) if strategy else [out]
+    for f in files:
+        ids = [json.loads(line)["id"] for line in f.read_text().splitlines()]
+        assert len(ids) == len(set(ids)), f
+    assert {i.split("-")[0] for i in ids} == {"en/train", "zh/train"}
+
+    write_jsonl([rec(f"r{i}", f"q{i}", "a") for i in range(5)], tmp_path / "in.jsonl")
+    write_jsonl([rec(f"r{i}", f"g{i}", "a") for i in range(3)], tmp_path / "gen.jsonl")
+    code, _, err = run_cli(["data", "mix", tmp_path / "in.jsonl", "-o", tmp_path / "bad", "--general",
+                            tmp_path / "gen.jsonl", *how], capsys)
+    assert code == 2 and "id 'r0' is used by an input record and by a general record" in err
+    assert "Traceback" not in err and not list(tmp_path.glob("bad*"))
+
+
+def test_kcenter_embeddings_that_are_not_an_embed_npz_are_one_line_errors(tmp_path, capsys):
+    """--embeddings given a records file, a bare .npy, an archive without ids or with too few rows: one line naming
+    the file (was an internal error: pickled data / KeyError / IndexError)."""
+    from cli_helpers import run_cli
+
+    from sftlab.data.records import write_jsonl
+
+    write_jsonl(_records(6), tmp_path / "in.jsonl")
+    np.save(tmp_path / "arr.npy", np.zeros((6, 4)))
+    np.savez(tmp_path / "noids.npz", x=np.zeros(3))
+    np.savez(tmp_path / "short.npz", ids=np.array([f"id{i}" for i in range(6)]), embeddings=np.zeros((5, 4)))
+    for bad in ("in.jsonl", "arr.npy", "noids.npz", "short.npz", "missing.npz"):
+        code, _, err = run_cli(["data", "select", "kcenter", tmp_path / "in.jsonl", "-o", tmp_path / "k.jsonl",
+                                "--k", "2", "--embeddings", tmp_path / bad], capsys)
+        assert code == 2 and err.startswith(f"error: {tmp_path / bad}: ") and "internal" not in err, (bad, err)

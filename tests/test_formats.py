@@ -249,6 +249,27 @@ def test_openai_messages_details(tmp_path):
     assert e.value.code == "unsupported_content" and e.value.field == "messages[0].content[0]"
 
 
+def test_openai_finetuning_weight_zero_is_not_supervised(tmp_path, tiny_tokenizer):
+    """OpenAI fine-tuning data marks assistant messages not to train on with `weight: 0`: read as loss_weight 0
+    (was kept as an unknown key and the turn trained on)."""
+    from sftlab.data.render import render_records
+
+    row = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "bad", "weight": 0},
+                        {"role": "user", "content": "again"}, {"role": "assistant", "content": "good", "weight": 1}]}
+    (rec,), _ = read_records(write_lines(tmp_path / "w.jsonl", [row]))
+    assert [m.get("loss_weight") for m in rec["messages"]] == [None, 0, None, 1]
+    assert all("weight" not in m for m in rec["messages"])
+    (sample,), _ = render_records([rec], tiny_tokenizer)
+    supervised = tiny_tokenizer.decode([t for t, lab in zip(sample["input_ids"], sample["labels"], strict=True)
+                                        if lab != -100])
+    assert "good" in supervised and "bad" not in supervised
+    for weight, reason in (("0", "must be a number >= 0"), (True, "must be a number >= 0")):
+        bad = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x", "weight": weight}]}
+        with pytest.raises(RecordError, match=reason) as e:
+            read_records(write_lines(tmp_path / "bad.jsonl", [bad]))
+        assert e.value.field == "messages[1].weight"
+
+
 def test_sharegpt_details_and_extra_roles(tmp_path):
     row = {"system": "sys", "tools": [{"name": "f"}],
            "conversations": [{"from": "human", "value": "q"},

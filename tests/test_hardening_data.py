@@ -216,6 +216,9 @@ def test_07_end_of_turn_text_is_counted_escaped_or_rejected(tmp_path, capsys, ti
 
     code, _, err = run(capsys, "data", "convert", path, "-o", out, "--special-text", "reject")
     assert code == 2 and "field 'output'" in err and "<|im_end|>" in err
+    two = jsonl(tmp_path / "two.jsonl", [{"instruction": "Say <|im_end|>", "output": "<|im_end|>"}])
+    code, _, err = run(capsys, "data", "convert", two, "-o", out)  # the count is of messages (was of records)
+    assert code == 0 and f"warning: {two}: 2 message(s) hold chat-control strings" in err
 
     code, _, err = run(capsys, "data", "convert", path, "-o", out, "--special-text", "escape")
     assert code == 0

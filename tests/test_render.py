@@ -221,6 +221,43 @@ def test_token_boundary_merge_is_a_record_error(tiny_model_dir):
     assert [s["id"] for s in samples] == ["s0"] and report.dropped == {"token_boundary": 1}
 
 
+# Llama-2 / Mistral / Gemma style: the template itself refuses conversations it cannot render.
+STRICT_TEMPLATE = (
+    "{%- for m in messages %}{%- if m['role'] not in ('user', 'assistant') %}"
+    "{{- raise_exception('Only user and assistant roles are supported!') }}{%- endif %}"
+    "{{- '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
+)
+
+
+def test_a_template_that_refuses_a_record_is_a_record_error(tiny_model_dir, tmp_path):
+    """raise_exception in the template (or an undefined field) rejects that record, skippable, naming it; a Jinja
+    syntax error is the template's. Both were internal errors."""
+    from sftlab.config import DataSource
+    from sftlab.data.records import write_jsonl
+    from sftlab.data.store import RenderSettings, build_or_open
+
+    tok = load_tokenizer(str(tiny_model_dir), chat_template=STRICT_TEMPLATE)
+    sys_rec = make_record([{"role": "system", "content": "be brief"}, {"role": "user", "content": "q"},
+                           {"role": "assistant", "content": "a"}], id="sys", task_type="t")
+    with pytest.raises(RecordError) as e:
+        render_records([SYNTHETIC[0], sys_rec], tok)
+    assert e.value.code == "template_error" and e.value.index == 1
+    assert "Only user and assistant roles are supported!" in str(e.value)
+    samples, report = render_records([sys_rec, SYNTHETIC[0]], tok, on_error="skip")
+    assert [s["id"] for s in samples] == ["s0"] and report.dropped == {"template_error": 1}
+    assert report.rejects[0]["reason"].startswith("record 0")
+
+    write_jsonl([SYNTHETIC[0], sys_rec], tmp_path / "d.jsonl")
+    with pytest.raises(RecordError) as e:  # the training store names the file
+        build_or_open(DataSource(path=str(tmp_path / "d.jsonl")), tok, RenderSettings(max_length=64, train_on="all_assistant", loss="turn"),
+                      tmp_path / "cache")
+    assert str(e.value).startswith(f"{tmp_path / 'd.jsonl'}, record 1, field 'messages': ")
+
+    with pytest.raises(TemplateError, match="Jinja syntax error"):
+        render_records([SYNTHETIC[0]], load_tokenizer(str(tiny_model_dir), chat_template="{{ messages"))
+
+
 def test_tool_call_turns_are_supervised(tiny_tokenizer, real_data_dir):
     recs, _ = read_records(real_data_dir / "glaive_toolcall_en_demo.json")
     recs = [r for r in recs if any(m.get("tool_calls") for m in r["messages"])][:20]

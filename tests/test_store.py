@@ -140,6 +140,9 @@ def test_render_cache_then_train_hits_and_resume_reuses(tmp_path, tiny_model_dir
     code, out, err = run_cli(["data", "render-cache", cfg], capsys)
     assert code == 0, err
     assert "rendering" in out and len(list((tmp_path / "cache").iterdir())) == 1  # train and eval: one store
+    # what rendering left out is said, not only counted in the manifest
+    assert f"data.train[0] {train}: 27 records -> 25 samples; 1 truncated to max_length (1 turns lost); " \
+           "dropped 1: no_supervised_tokens_after_truncation; rejected 1 when read" in out
 
     code, out, err = run_cli(["train", cfg], capsys)
     assert code == 0, err

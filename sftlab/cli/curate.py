@@ -29,9 +29,19 @@ def step_options(config: Path | None, sets: list[str], **explicit: Any) -> dict[
     """Options from a YAML file, then --set pairs, then explicit flags that were given (not None)."""
     import yaml
 
+    def parse(text: str, where: str) -> Any:  # a YAML syntax error is the user's: one line, no traceback
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise UserError(f"{where}: invalid YAML: {str(e).splitlines()[0]}") from None
+
     opts: dict[str, Any] = {}
     if config is not None:
-        loaded = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
+        try:
+            text = Path(config).read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise UserError(f"{config}: not valid UTF-8") from None
+        loaded = parse(text, str(config)) or {}
         if not isinstance(loaded, dict):
             raise UserError(f"{config}: expected a mapping of option: value")
         opts.update(loaded)
@@ -39,7 +49,7 @@ def step_options(config: Path | None, sets: list[str], **explicit: Any) -> dict[
         if "=" not in s:
             raise UserError(f"--set {s!r}: expected key=value")
         k, v = s.split("=", 1)
-        opts[k.strip()] = yaml.safe_load(v) if v.strip() else None
+        opts[k.strip()] = parse(v, f"--set {s!r}") if v.strip() else None
     opts.update({k: v for k, v in explicit.items() if v is not None})
     return opts
 
@@ -60,12 +70,22 @@ def _finish_stream(results: Any, out: Path, step: str) -> Any:
     return tally
 
 
-def _passes(inputs: list[Path], label: str) -> Any:
+def _passes(inputs: list[Path], label: str, labels: list[str] | None = None) -> Any:
     """The inputs as a re-readable stream of 2,048-record chunks (io.reread_record_chunks), a progress bar per
     pass. 2,048: tokenising a chunk takes ~50 bytes per character in numpy temporaries."""
     from sftlab.data.curate.io import reread_record_chunks
 
-    return reread_record_chunks(inputs, chunk_size=2048, label=label)
+    return reread_record_chunks(inputs, chunk_size=2048, label=label, labels=labels)
+
+
+def _mix_reads(inputs: list[Path], general: list[Path]) -> tuple[Any, Any]:
+    """(read inputs, read general): ids and task types from the path tails of both groups together, so
+    `en/train.json --general zh/train.json` gives en/train-0... and zh/train-0..., as one read would."""
+    from sftlab.data.formats import file_labels
+
+    labels = file_labels([*inputs, *general])
+    return (_passes(inputs, "mix", labels[:len(inputs)]),
+            _passes(general, "mix (general)", labels[len(inputs):]) if general else (lambda: ()))
 
 
 @data_app.command("clean")
@@ -354,8 +374,7 @@ def mix_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
                                                       general_fraction=general_fraction, upsample=upsample,
                                                       seed=seed))
     # passes over the inputs (task types and counts, then the records to write): the records are never held
-    read = _passes(inputs, "mix")
-    read_general = _passes(general, "mix (general)") if general else (lambda: ())
+    read, read_general = _mix_reads(inputs, general)
     plan = plan_mix(read, cfg, read_general)
     _finish_stream(mix_stream(plan, read, read_general), out, "mix")
     if plan.info["shortfall"]:
@@ -370,9 +389,7 @@ def _mix_strategy(inputs: list[Path], out: Path, general: list[Path], general_ta
     wanted = set(general_task)
     # passes over the inputs (counts, then each stage's records): the records are never held
     plan, sizes, n_special, n_general = write_strategy_stream(
-        _passes(inputs, "mix"),
-        _passes(general, "mix (general)") if general else (lambda: ()),
-        lambda r: bool(wanted & set(task_channels(r["task_type"]))), strategy, out, k=k, seed=seed)
+        *_mix_reads(inputs, general), lambda r: bool(wanted & set(task_channels(r["task_type"]))), strategy, out, k=k, seed=seed)
     parts = ", ".join(f"{i}. {name} {n}" for i, (name, n) in enumerate(sizes, start=1))
     typer.echo(f"mix {strategy}: {n_special} specialised + {n_general} general records -> stages {parts}; "
                f"plan in {plan}")
@@ -386,7 +403,9 @@ def stats_cmd(inputs: list[Path] = typer.Argument(...),
               embed_model: str | None = EMB_MODEL, field: str = FIELD, cache_dir: Path | None = CACHE) -> None:
     """Dataset statistics and plots as a self-contained stats.html."""
     from sftlab.data.curate.stats import StatsTally, write_stats_report
+    from sftlab.data.records import check_output_dir
 
+    check_output_dir(out)  # before the passes and the embeddings, not after
     tok = None
     if tokenizer:
         from sftlab.data.render import load_tokenizer

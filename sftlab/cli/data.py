@@ -262,8 +262,9 @@ def render_cmd(path: Path = typer.Argument(..., help="data file or saved HF data
             continue
         samples, report = render_records([rec], tok, train_on=train_on, max_length=max_length, on_error="skip")
         if not samples:
-            raise UserError(f"{path}: record {i} (id {rec['id']}): nothing to show: "
-                            f"{report.rejects[0]['reason']} (raise --max-length?)")
+            rej = report.rejects[0]
+            hint = " (raise --max-length?)" if rej["code"] == "no_supervised_tokens_after_truncation" else ""
+            raise UserError(f"{path}: record {i} (id {rec['id']}): nothing to show: {rej['reason']}{hint}")
         sample = samples[0]
         n_sup = sum(x != -100 for x in sample["labels"])
         trunc = f", truncated to --max-length {max_length}" if report.truncated else ""
@@ -281,7 +282,8 @@ def render_cmd(path: Path = typer.Argument(..., help="data file or saved HF data
 
 @data_app.command("convert")
 def convert_cmd(inputs: list[Path] = typer.Argument(..., help="data files or saved HF datasets directories"),
-                out: Path = typer.Option(..., "-o", "--out", help="output JSONL (canonical OpenAI-messages records)"),
+                out: Path = typer.Option(..., "-o", "--out", help="output JSONL (canonical OpenAI-messages records), "
+                                         "or Parquet when it ends in .parquet"),
                 fmt: str = FORMAT, task_type: str | None = TASK_TYPE, on_error: str = ON_ERROR,
                 rejects: Path | None = typer.Option(None, "--rejects", help="rejects file (default OUT.rejects.jsonl)"),
                 columns: str | None = COLUMNS, extra_role: list[str] = EXTRA_ROLE,
@@ -308,7 +310,17 @@ def convert_cmd(inputs: list[Path] = typer.Argument(..., help="data files or sav
             rejs.extend(chunk_rejects)
             yield from chunk_records
 
-    n = write_jsonl(kept_records(), out)
+    if out.suffix == ".parquet":  # as every curation command: JSON text columns, one row group per chunk
+        from sftlab.data.curate.io import all_or_none, atomic_writer
+
+        writer = atomic_writer(out)
+        with all_or_none([writer]):
+            for chunk_records, chunk_rejects in chunks:
+                rejs.extend(chunk_rejects)
+                writer.write(chunk_records)
+        n = writer.count
+    else:
+        n = write_jsonl(kept_records(), out)
     for i in info:
         for w in i["warnings"]:
             typer.echo(f"warning: {w}", err=True)

@@ -36,6 +36,7 @@ def render_cache_cmd(ctx: typer.Context,
     tokenizer = load_tokenizer(first.name_or_path, first.chat_template, first.special_tokens, first.eot_token)
     digest = tokenizer_hash(tokenizer)
     table = Table("split", "source", "samples", "tokens", "cache", "store")
+    notes: list[str] = []  # what rendering left out, per source: nothing is dropped silently
     seen: set[tuple] = set()
     for cfg in configs:
         settings = RenderSettings(max_length=cfg.data.max_length, train_on=cfg.data.train_on, loss=cfg.train.loss,
@@ -50,4 +51,13 @@ def render_cache_cmd(ctx: typer.Context,
                 m = got.store.manifest
                 table.add_row(split, str(src.path), str(m["samples"]), str(m["num_tokens"]),
                               "hit" if got.hit else f"rendered in {m['render']['seconds']:.1f} s", str(got.store.path))
+                lost = [f"{m['truncated']} truncated to max_length ({m['turns_truncated_away']} turns lost)"] \
+                    if m.get("truncated") else []
+                lost += [f"dropped {n}: {why}" for why, n in sorted(m.get("dropped", {}).items())]
+                lost += [f"rejected {m['read_rejects']} when read"] if m.get("read_rejects") else []
+                if lost:
+                    notes.append(f"data.{split}[{k}] {src.path}: {m['records']} records -> {m['samples']} samples; "
+                                 + "; ".join(lost))
     Console().print(table)
+    for note in notes:
+        typer.echo(note)

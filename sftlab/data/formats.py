@@ -10,6 +10,7 @@ Record formats (`fmt`):
             observation), system?, tools? (a list or a JSON string)
 - openai:   messages [{role, content (string or text parts), tool_calls?, tool_call_id?, name?, loss_weight?}],
             plus our id, task_type, source, meta, tools. This is the canonical layout `sftlab data convert` writes.
+            OpenAI fine-tuning data's per-message `weight` (0: not trained on) is read as loss_weight.
 - prompts:  eval prompts, mt_bench style {question_id, category, turns: [str, ...]} -> user turns only,
             meta.prompt_only = True (validated without the "ends on an assistant turn" rule).
 
@@ -477,8 +478,20 @@ def _openai(row: Mapping, columns: Mapping[str, str]) -> tuple[list[dict], None]
             if not m.get("tool_calls"):
                 raise _missing(f"{f}.content")
             m["content"] = ""
+        if "weight" in m:  # OpenAI fine-tuning data: weight 0 = do not train on this assistant message
+            _openai_weight(m, f)
         out.append(m)
     return out, None
+
+
+def _openai_weight(m: dict, f: str) -> None:
+    """OpenAI's per-message `weight` (0 or 1) as our loss_weight, so `weight: 0` turns are not supervised."""
+    w = m.pop("weight")
+    if "loss_weight" in m:
+        raise _bad(f"{f}.weight", "give weight (OpenAI) or loss_weight, not both")
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not (math.isfinite(w) and w >= 0):
+        raise _bad(f"{f}.weight", f"must be a number >= 0 (OpenAI: 0 or 1), got {w!r}", "bad_loss_weight")
+    m["loss_weight"] = w
 
 
 def _prompts(row: Mapping) -> tuple[list[dict], Origin]:
@@ -651,8 +664,9 @@ def _to_record(row: Any, fmt: str, *, index: int, stem: str, task_type: str | No
     try:
         validate_record(rec, extra_roles, require_answer=not meta.get("prompt_only"),
                         allow_empty_answers=allow_empty_answers)
-        if _control_strings(rec, special_text) and counts is not None:
-            counts["control_text"] += 1
+        n_control = _control_strings(rec, special_text)  # messages, as the warning says
+        if counts is not None:
+            counts["control_text"] += n_control
     except RecordError as e:
         raise RecordError(e.reason, field=_user_field(e.field, origin), code=e.code) from None
     return rec, fmt
@@ -810,17 +824,19 @@ def read_many_detailed(paths: Sequence[str | Path], fmt: str = "auto", *, task_t
 def iter_records(paths: Sequence[str | Path], fmt: str = "auto", *, chunk_size: int = 10_000,
                  info: list[dict] | None = None, task_type: str | None = None,
                  columns: Mapping[str, str] | None = None, on_error: str = "raise", extra_roles: Iterable[str] = (),
-                 source: str | None = None, special_text: str = "warn",
-                 allow_empty_answers: bool = False) -> Iterator[tuple[list[dict], list[dict]]]:
+                 source: str | None = None, special_text: str = "warn", allow_empty_answers: bool = False,
+                 labels: Sequence[str] | None = None) -> Iterator[tuple[list[dict], list[dict]]]:
     """read_many_detailed as a stream: (records, rejects) chunks of at most chunk_size rows, in input order,
     with the same validation, ids and errors, so memory is bounded by the chunk (plus the ids seen, kept
-    to refuse duplicates). Each input's info dict is appended to `info` as soon as that input is read."""
+    to refuse duplicates). Each input's info dict is appended to `info` as soon as that input is read.
+    labels: the inputs' id / task_type labels (default file_labels(paths)); a command that reads two groups of
+    inputs separately (mix and its --general files) passes file_labels of both, so their ids stay distinct."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     seen: dict[str, str] = {}
     records: list[dict] = []
     rejects: list[dict] = []
-    for p, label in zip(paths, file_labels(paths), strict=True):
+    for p, label in zip(paths, file_labels(paths) if labels is None else labels, strict=True):
         file_info: dict = {}
         for is_record, item in _iter_read(p, fmt, task_type=task_type, columns=columns, on_error=on_error,
                                           extra_roles=extra_roles, source=source, seen=seen, info=file_info,

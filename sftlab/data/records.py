@@ -111,11 +111,26 @@ def task_channels(task_type: str) -> list[str]:
     return ["/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
+def check_output_file(path: Path) -> None:
+    """An output file that is an existing directory is refused before anything is written (the final rename
+    would fail after the whole run, naming PATH.tmp)."""
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory; give an output file name")
+    check_output_dir(path.parent)
+
+
+def check_output_dir(path: Path) -> None:
+    """An output directory that is an existing file is refused (mkdir would fail with FileExistsError)."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path}: is a file; give an output directory")
+
+
 def write_jsonl(records: Iterable[dict[str, Any]], path: str | Path) -> int:
     """Write records as JSONL (UTF-8, non-ASCII kept, stable key order), atomically. Returns the count.
 
     Never writes invalid JSON: a NaN/Infinity or a lone surrogate is a UserError naming the record."""
     path = Path(path)
+    check_output_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     n = 0
     tmp = path.with_name(path.name + ".tmp")

@@ -141,8 +141,19 @@ def eot_token_ids(tokenizer: Any) -> list[int]:
 
 
 def _template_text(tokenizer: Any, messages: list[dict], tools: Any, add_generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=False,
-                                         add_generation_prompt=add_generation_prompt)
+    """The template's text; a Jinja syntax error is the template's (TemplateError), an error while rendering
+    (raise_exception('Conversation roles must alternate...'), a missing field) the record's (RecordError)."""
+    import jinja2
+
+    try:
+        return tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=False,
+                                             add_generation_prompt=add_generation_prompt)
+    except jinja2.TemplateSyntaxError as e:
+        raise TemplateError(f"{_template_name(tokenizer)}: Jinja syntax error (line {e.lineno}): {e.message}"
+                            ) from None
+    except jinja2.TemplateError as e:
+        raise RecordError(f"{_template_name(tokenizer)} cannot render this record: {e.message or e}",
+                          field="messages", code="template_error") from None
 
 
 def prompt_text(record: dict[str, Any], tokenizer: Any) -> str:
@@ -221,28 +232,37 @@ def render_records(records: Sequence[dict[str, Any]], tokenizer: Any, *, train_o
         return i
 
     special_re = _special_token_re(tokenizer)
-    plans: list[tuple[dict, int, list[tuple[int, int, int, float]]]] = []
-    for rec in records:
+    plans: list[tuple[int, dict, int, list[tuple[int, int, int, float]]]] = []
+    for idx, rec in enumerate(records):
         if special_re is not None:
             found = {m for msg in rec["messages"] for m in special_re.findall(msg.get("content") or "")}
             report.special_text.update(found)
         msgs = _clean_messages(rec["messages"])
         tools = rec.get("tools")
-        full_i = add(_template_text(tokenizer, msgs, tools, False))
-        turns = []
-        if train_on != "all":
-            for k, w in _supervised_turns(rec["messages"], train_on):
-                prompt_i = add(_template_text(tokenizer, msgs[:k], tools, True))
-                upto_i = full_i if k + 1 == len(msgs) else add(_template_text(tokenizer, msgs[: k + 1], tools, False))
-                turns.append((prompt_i, upto_i, k, w))
-        plans.append((rec, full_i, turns))
+        try:
+            full_i = add(_template_text(tokenizer, msgs, tools, False))
+            turns = []
+            if train_on != "all":
+                for k, w in _supervised_turns(rec["messages"], train_on):
+                    prompt_i = add(_template_text(tokenizer, msgs[:k], tools, True))
+                    upto_i = (full_i if k + 1 == len(msgs)
+                              else add(_template_text(tokenizer, msgs[: k + 1], tools, False)))
+                    turns.append((prompt_i, upto_i, k, w))
+        except RecordError as e:  # the template refused this record (raise_exception, an undefined field)
+            err = e.located(index=idx)
+            if on_error == "raise":
+                raise err from None
+            report.dropped[err.code] += 1
+            report.rejects.append({"record": rec, "reason": err.describe(), "code": err.code})
+            continue
+        plans.append((idx, rec, full_i, turns))
 
     # 2. One batched tokenization for all texts.
     ids_all = (tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
                if texts else [])
 
     samples = []
-    for idx, (rec, full_i, turns) in enumerate(plans):
+    for idx, rec, full_i, turns in plans:
         full = ids_all[full_i]
         try:
             spans = _turn_spans(rec, full_i, turns, texts, ids_all, eot_ids, tokenizer, train_on)

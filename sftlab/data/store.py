@@ -409,7 +409,10 @@ def build_or_open(source: Any, tokenizer: Any, settings: RenderSettings, cache_d
     n_proc = max(1, min(n_proc, math.ceil(len(records) / CHUNK_RECORDS)))
     print(f"{label}: rendering {source.path} ({len(records)} records, {n_proc} process{'es' if n_proc > 1 else ''}) "
           f"into {out}", flush=True)
-    render_store(records, rejects, tokenizer, settings, out, n_proc, inputs, label=label)
+    try:
+        render_store(records, rejects, tokenizer, settings, out, n_proc, inputs, label=label)
+    except RecordError as e:  # render_store numbers the records of the source: name the source too
+        raise e.located(file=str(source.path)) from None
     return SourceStore(Store(out), key, hit=False)
 
 

@@ -141,9 +141,20 @@ def save_embeddings(path: str | Path, ids: Sequence[str], emb: np.ndarray) -> No
 
 
 def load_embeddings(path: str | Path, records: Sequence[dict[str, Any]] | Sequence[str]) -> np.ndarray:
-    """Embeddings from an .npz written by `sftlab data embed`, reordered to match records (or their ids)."""
-    data = np.load(path)
-    stored = data["ids"].tolist()
+    """Embeddings from an .npz written by `sftlab data embed`, reordered to match records (or their ids). Any
+    other file (records, a bare .npy, an archive without ids / embeddings) is a one-line error naming it."""
+    what = "expected an .npz from `sftlab data embed` with 'ids' and 'embeddings'"
+    if not Path(path).is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        data = np.load(path, allow_pickle=False)
+        stored = data["ids"].tolist() if isinstance(data, np.lib.npyio.NpzFile) else None
+    except (OSError, ValueError, KeyError, EOFError):
+        raise UserError(f"{path}: {what}") from None
+    if stored is None or "embeddings" not in data.files:
+        raise UserError(f"{path}: {what}")
+    if data["embeddings"].ndim != 2 or data["embeddings"].shape[0] != len(stored):
+        raise UserError(f"{path}: {what}; 'embeddings' has shape {data['embeddings'].shape} for {len(stored)} ids")
     ids = [r if isinstance(r, str) else r["id"] for r in records]
     if ids == stored:  # the usual case (embedded from the same file): no reordered copy
         return data["embeddings"]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sftlab.data.records import write_jsonl
+from sftlab.data.records import check_output_file, write_jsonl
 from sftlab.errors import UserError
 
 PARQUET_TAG = b"sftlab.canonical"  # schema metadata key of Parquet files written by save_records
@@ -85,17 +85,19 @@ def _check_inputs(paths: str | Path | Sequence[str | Path]) -> list[str]:
 
 def iter_record_chunks(paths: str | Path | Sequence[str | Path], *, chunk_size: int = 10_000,
                        allow_empty_answers: bool = False, warn: bool = True, label: str | None = None,
-                       total: int | None = None) -> Iterator[list[dict[str, Any]]]:
+                       total: int | None = None, labels: Sequence[str] | None = None
+                       ) -> Iterator[list[dict[str, Any]]]:
     """load_records as a stream of chunks of at most chunk_size records: same reader, same errors, same
     warnings (printed as each input ends, unless warn=False), memory bounded by the chunk plus the ids seen.
-    With a label, a progress bar on a terminal counts the records read (of `total`, when known)."""
+    With a label, a progress bar on a terminal counts the records read (of `total`, when known). labels: the
+    inputs' id labels (formats.iter_records)."""
     from sftlab.data.formats import iter_records
 
     info: list[dict] = []
     printed = 0
     with read_progress(label, total) as advance:
         for records, _ in iter_records(_check_inputs(paths), chunk_size=chunk_size, info=info,
-                                       allow_empty_answers=allow_empty_answers):
+                                       allow_empty_answers=allow_empty_answers, labels=labels):
             for i in info[printed:] if warn else ():
                 for w in i["warnings"]:
                     print(f"warning: {w}", file=sys.stderr)
@@ -166,8 +168,8 @@ def chunks_with_rows(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]]
 
 
 def reread_record_chunks(paths: str | Path | Sequence[str | Path], *, chunk_size: int = 10_000,
-                         allow_empty_answers: bool = False, warn: bool = True, label: str | None = None
-                         ) -> Callable[[], Iterator[list[dict[str, Any]]]]:
+                         allow_empty_answers: bool = False, warn: bool = True, label: str | None = None,
+                         labels: Sequence[str] | None = None) -> Callable[[], Iterator[list[dict[str, Any]]]]:
     """`read_chunks` for the steps that stream in passes: each call reads the inputs again in the same
     chunks; the reader's warnings are printed on the first pass only (never with warn=False). A pass refuses
     inputs whose size or modification time changed since the first one: the passes match records by position.
@@ -186,7 +188,8 @@ def reread_record_chunks(paths: str | Path | Sequence[str | Path], *, chunk_size
         first[:] = now
         name = None if label is None else f"{label}, pass {len(passes) + 1}"
         return counted(iter_record_chunks(paths, chunk_size=chunk_size, allow_empty_answers=allow_empty_answers,
-                                          warn=warn and first_pass, label=name, total=passes[0] if passes else None))
+                                          warn=warn and first_pass, label=name, total=passes[0] if passes else None,
+                                          labels=labels))
 
     def counted(chunks: Iterator[list[dict[str, Any]]]) -> Iterator[list[dict[str, Any]]]:
         n = 0
@@ -229,6 +232,7 @@ class AtomicJsonl:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.tmp = path.with_name(path.name + ".tmp")
+        check_output_file(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.file = open(self.tmp, "w", encoding="utf-8")  # noqa: SIM115 - closed in commit/abort
         self.count = 0
@@ -258,6 +262,7 @@ class _AtomicParquet:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.tmp = path.with_name(path.name + ".tmp")
+        check_output_file(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.writer: Any = None
         self.count = 0

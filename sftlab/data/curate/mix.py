@@ -69,17 +69,36 @@ class MixPlan:
     info: dict[str, Any]
 
 
+def _general_ids(read_general: Callable[[], Iterable[Sequence[dict[str, Any]]]]) -> tuple[int, set[str]]:
+    """(count, ids) of the general records (one pass): the output holds task and general records together, so
+    an id both use would be written twice (and refused by every later reader)."""
+    n, ids = 0, set()
+    for chunk in read_general():
+        n += len(chunk)
+        ids.update(r["id"] for r in chunk)
+    return n, ids
+
+
+def _check_not_general(rec: dict[str, Any], general_ids: set[str]) -> None:
+    if rec["id"] in general_ids:
+        raise UserError(f"mix: id {rec['id']!r} is used by an input record and by a general record: ids must be "
+                        "unique across the inputs and --general")
+
+
 def plan_mix(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]]]], config: MixConfig | dict | None = None,
              read_general: Callable[[], Iterable[Sequence[dict[str, Any]]]] = lambda: ()) -> MixPlan:
-    """One pass over the task records (their task types) and one over the general ones (their count)."""
+    """One pass over the general records (their ids) and one over the task records (their task types)."""
     cfg = config if isinstance(config, MixConfig) else parse_config(MixConfig, "mix", config)
     if any(w < 0 for w in cfg.weights.values()) or (cfg.weights and sum(cfg.weights.values()) <= 0):
         raise UserError(f"mix: weights must be >= 0 with a positive sum, got {cfg.weights}")
+    n_general, general_ids = _general_ids(read_general)
     names: dict[str, int] = {}  # task_type -> index, in first-seen order
     task = array("q")
     for chunk in read_chunks():
-        task.extend(names.setdefault(r["task_type"], len(names)) for r in chunk)
-    n_general = sum(len(chunk) for chunk in read_general())
+        for r in chunk:
+            _check_not_general(r, general_ids)
+            task.append(names.setdefault(r["task_type"], len(names)))
+    del general_ids
     if cfg.general_fraction > 0 and not n_general:
         raise UserError("mix: general_fraction > 0 needs general records (--general FILE)")
     task_arr = np.frombuffer(task, dtype=np.int64) if len(task) else np.zeros(0, dtype=np.int64)
@@ -213,14 +232,15 @@ def strategy_rows(read_inputs: Callable[[], Iterable[Sequence[dict[str, Any]]]],
     input order; k in {1, 1/2, ..., 1/32}).
     """
     task_counts: dict[str, int] = {}  # specialised records per task_type, in first-appearance order
-    n_general = 0
+    n_general, general_ids = _general_ids(read_general)
     for chunk in read_inputs():
         for r in chunk:
+            _check_not_general(r, general_ids)
             if is_general(r):
                 n_general += 1
             else:
                 task_counts[r["task_type"]] = task_counts.get(r["task_type"], 0) + 1
-    n_general += sum(len(chunk) for chunk in read_general())
+    del general_ids
     _check_strategy(strategy, sum(task_counts.values()), n_general, k)
     names: dict[str, str] = {}
     if strategy == "multitask":

@@ -199,7 +199,10 @@ def run_pipeline(config_path: str | Path, echo: Callable[[str], None] = print, *
 
     config_path = Path(config_path)
     base = config_path.parent
-    cfg = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    try:
+        cfg = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UserError(f"{config_path}: invalid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(cfg, dict):
         raise UserError(f"{config_path}: expected a mapping with inputs, output and steps")
     unknown = set(cfg) - {"inputs", "output", "seed", "steps"}

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from sftlab.data.curate.config import StepConfig, parse_config
 from sftlab.data.curate.ifd import batch_window, top_selection
@@ -27,6 +27,12 @@ class RewardConfig(StepConfig):
     k: int | None = Field(None, ge=1)
     batch_size: int = Field(8, ge=1)
     max_length: int = Field(2048, ge=2)
+
+    @model_validator(mode="after")
+    def _one(self) -> RewardConfig:  # as select ifd: one would be ignored silently
+        if self.keep_fraction is not None and self.k is not None:
+            raise ValueError("give keep_fraction or k, not both")
+        return self
 
 
 def load_reward_model(path: str) -> tuple[Any, Any]:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from sftlab.data.curate.text import answer_text, dominant_script, prompt_text, tokens
+from sftlab.data.records import check_output_dir
 
 PCTS = (0, 5, 25, 50, 75, 95, 99, 100)
 
@@ -207,6 +208,7 @@ def write_stats(records: Sequence[dict[str, Any]], out_dir: str | Path, *, token
 def write_stats_report(stats: dict[str, Any], out_dir: str | Path, emb: np.ndarray | None = None) -> dict[str, Any]:
     """Write stats.json and stats.html (StatsTally.summary) into out_dir; returns the stats."""
     out = Path(out_dir)
+    check_output_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     plots = make_plots(stats, emb)
     saved = {k: v for k, v in stats.items() if not k.startswith("_")}
