@@ -123,6 +123,9 @@ def test_mix_ratios_general_share_and_seed():
     up = mix_records(recs, {"weights": {"other": 1}, "total": 25, "upsample": True})
     assert len(up.kept) == 25 and sum("mix_copy_of" in r["meta"] for r in up.kept) == 15
     assert largest_remainder(10, {"a": 1, "b": 1, "c": 1}) == {"a": 4, "b": 3, "c": 3}
+    with pytest.raises(UserError, match=r"weight 'maths' matches no task_type of the input"):  # a typo
+        mix_records(recs, {"weights": {"maths": 3, "code": 1}, "total": 50})
+    assert len(mix_records(recs, {"weights": {"maths": 0, "code": 1}, "total": 5}).kept) == 5  # weight 0: no share
 
 
 def test_kcenter_stream_matches_list_and_cli_reads_no_list(tmp_path, capsys, monkeypatch):

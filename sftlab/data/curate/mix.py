@@ -107,6 +107,10 @@ def plan_mix(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]]]], conf
         counts = np.bincount(task_arr, minlength=len(names))
         weights = {t: int(counts[k]) for t, k in names.items()}
     group_of = {t: _group({"task_type": t}, weights) for t in names}
+    if names and (unknown := sorted(k for k, w in weights.items() if w > 0 and k not in group_of.values())):
+        # a typo in a weight key would otherwise give its share to nothing and write a smaller mixture
+        raise UserError(f"mix: weight {', '.join(map(repr, unknown))} matches no task_type of the input "
+                        f"(task types: {', '.join(sorted(names))})")
     members: dict[str | None, list[np.ndarray]] = defaultdict(list)  # None: matches no weight
     for t, k in names.items():
         members[group_of[t]].append(np.flatnonzero(task_arr == k))
