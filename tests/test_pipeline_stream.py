@@ -198,6 +198,14 @@ def test_a_plan_error_is_refused_before_anything_runs(tmp_path):
     with pytest.raises(UserError, match="split must be the last step"):
         run_pipeline(cfg, echo=lambda _line: None)
     assert not (tmp_path / "out").exists()
+    # every step's options are parsed as its command would before step 1 runs: a typo in a late step fails at once
+    for steps, msg in [([{"clean": {}}, {"dedup": {"treshold": 0.7}}], r"steps\[1\]: dedup: option 'treshold'"),
+                       ([{"clean": {}}, {"mix": {"weights": {"math": "2"}}}], r"steps\[1\]: mix: option 'weights.math'"),
+                       ([{"clean": {}}, {"select_ifd": {"k": 5}}], r"steps\[1\]: step select_ifd needs 'model'"),
+                       ([{"dedup": {}}, {"split": {"val": 2.0}}], r"steps\[1\]: split: option 'val'")]:
+        with pytest.raises(UserError, match=msg):
+            run_pipeline(_write(tmp_path, steps), echo=lambda _line: None)
+        assert not (tmp_path / "out").exists()
 
 
 def test_input_count_when_the_first_step_adds_or_splits(tmp_path):

@@ -156,6 +156,34 @@ STEPS: dict[str, Callable[[Chunks, dict, Path], Iterable[StepResult]]] = {
     "select_ifd": _ifd, "select_reward": _reward, "select_mods": _mods, "mix": _mix,
 }
 SEEDED = {"dedup", "select_kcenter", "select_cluster", "select_mods", "mix", "split"}
+# step -> (module, its options class, the options the pipeline itself takes before the class parses the rest)
+OPTIONS: dict[str, tuple[str, str, set[str]]] = {
+    "clean": ("clean", "CleanConfig", {"tokenizer"}),
+    "dedup": ("dedup", "DedupConfig", set()),
+    "select_kcenter": ("select", "KCenterConfig", {"embed_model", "field", "cache_dir"}),
+    "select_cluster": ("select", "ClusterConfig", {"embed_model", "field", "cache_dir", "model"}),
+    "select_ifd": ("ifd", "IFDConfig", {"model"}),
+    "select_reward": ("reward", "RewardConfig", {"model"}),
+    "select_mods": ("mods", "MoDSConfig", {"model", "reward_model", "necessity_model", "embed_model", "field",
+                                           "cache_dir"}),
+    "mix": ("mix", "MixConfig", {"general"}),
+    "split": ("split", "SplitConfig", set()),
+}
+
+
+def check_step_options(name: str, opts: dict[str, Any]) -> None:
+    """Parse a step's options as its command would, before any step runs: a typo in step 3 fails at once, not
+    after steps 1-2 have run for an hour."""
+    import importlib
+
+    from sftlab.data.curate.config import parse_config
+
+    module, cls, own = OPTIONS[name]
+    parse_config(getattr(importlib.import_module(f"sftlab.data.curate.{module}"), cls), name,
+                 {k: v for k, v in opts.items() if k not in own})
+    needs_model = name in ("select_ifd", "select_reward") or (name == "select_cluster" and opts.get("band") == "middle")
+    if (needs_model and "model" not in opts) or (name == "select_mods" and not {"model", "reward_model"} & set(opts)):
+        raise UserError(f"step {name} needs 'model' (a model directory or id)")
 
 
 def _concatenate(parts: list[Path], out: Path) -> None:
@@ -227,6 +255,10 @@ def run_pipeline(config_path: str | Path, echo: Callable[[str], None] = print, *
         opts = dict(opts or {})
         if name in SEEDED and "seed" in cfg:
             opts.setdefault("seed", cfg["seed"])
+        try:
+            check_step_options(name, opts)
+        except UserError as e:
+            raise UserError(f"{config_path}: steps[{n}]: {e}") from None
         plan.append((name, opts))
     suffix = ".parquet" if output.suffix == ".parquet" else ".jsonl"
     work = output.with_name(f".{output.name}.work")
