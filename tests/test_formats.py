@@ -270,6 +270,32 @@ def test_openai_finetuning_weight_zero_is_not_supervised(tmp_path, tiny_tokenize
         assert e.value.field == "messages[1].weight"
 
 
+def test_openai_developer_role_and_legacy_function_calling(tmp_path):
+    """OpenAI's `developer` role is the system turn; the legacy function-calling fine-tuning layout (`functions`,
+    an assistant `function_call`, a `function` result) reads as tools, tool_calls and a tool turn (all were refused
+    as 'unknown role' / 'content: missing field')."""
+    fn = {"name": "add", "description": "add numbers", "parameters": {"type": "object", "properties": {}}}
+    row = {"functions": [fn],
+           "messages": [{"role": "developer", "content": "be terse"}, {"role": "user", "content": "2+3?"},
+                        {"role": "assistant", "content": None,
+                         "function_call": {"name": "add", "arguments": "{\"a\": 2, \"b\": 3}"}},
+                        {"role": "function", "name": "add", "content": "5"},
+                        {"role": "assistant", "content": "5"}]}
+    (rec,), _ = read_records(write_lines(tmp_path / "f.jsonl", [row]))
+    assert [m["role"] for m in rec["messages"]] == ["system", "user", "assistant", "tool", "assistant"]
+    call = rec["messages"][2]["tool_calls"][0]
+    assert call["type"] == "function" and call["function"]["name"] == "add"
+    assert json.loads(call["function"]["arguments"]) == {"a": 2, "b": 3}
+    assert rec["tools"] == [{"type": "function", "function": fn}] and "functions" not in rec["meta"]
+    both = {"messages": [{"role": "user", "content": "q"},
+                         {"role": "assistant", "content": "", "function_call": {"name": "add", "arguments": "{}"},
+                          "tool_calls": [{"type": "function", "function": {"name": "add", "arguments": "{}"}}]},
+                         {"role": "tool", "content": "0"}, {"role": "assistant", "content": "0"}]}
+    with pytest.raises(RecordError, match="not both") as e:
+        read_records(write_lines(tmp_path / "both.jsonl", [both]))
+    assert e.value.field == "messages[1].function_call"
+
+
 def test_sharegpt_details_and_extra_roles(tmp_path):
     row = {"system": "sys", "tools": [{"name": "f"}],
            "conversations": [{"from": "human", "value": "q"},

@@ -10,7 +10,9 @@ Record formats (`fmt`):
             observation), system?, tools? (a list or a JSON string)
 - openai:   messages [{role, content (string or text parts), tool_calls?, tool_call_id?, name?, loss_weight?}],
             plus our id, task_type, source, meta, tools. This is the canonical layout `sftlab data convert` writes.
-            OpenAI fine-tuning data's per-message `weight` (0: not trained on) is read as loss_weight.
+            OpenAI fine-tuning data's per-message `weight` (0: not trained on) is read as loss_weight; its
+            `developer` role is the system turn, and the legacy function-calling layout (`functions`, an
+            assistant `function_call`, a `function` role result) is read as tools, tool_calls and a tool turn.
 - prompts:  eval prompts, mt_bench style {question_id, category, turns: [str, ...]} -> user turns only,
             meta.prompt_only = True (validated without the "ends on an assistant turn" rule).
 
@@ -320,6 +322,9 @@ def _parse_json_field(row: dict, key: str) -> None:
 
 def _tools(row: Mapping) -> list | None:
     tools = row.get("tools")
+    if tools in (None, "", []) and isinstance(row.get("functions"), list) and row["functions"]:
+        # OpenAI's legacy function-calling fine-tuning layout: `functions` = the function schemas themselves
+        return [{"type": "function", "function": f} for f in row["functions"]]
     if tools in (None, "", []):
         return None
     if isinstance(tools, dict):
@@ -465,6 +470,12 @@ def _openai(row: Mapping, columns: Mapping[str, str]) -> tuple[list[dict], None]
         m = {k: v for k, v in _rename(m, columns).items() if v is not None}  # Arrow rows carry None for absent
         if "role" not in m:
             raise _missing(f"{f}.role")
+        # OpenAI's newer and legacy names for what chat templates know as system / tool_calls / tool
+        m["role"] = {"developer": "system", "function": "tool"}.get(m["role"], m["role"])
+        if "function_call" in m:
+            if "tool_calls" in m:
+                raise _bad(f"{f}.function_call", "give function_call (legacy) or tool_calls, not both", "bad_tool_call")
+            m["tool_calls"] = [m.pop("function_call")]
         if "tool_calls" in m:
             calls = m["tool_calls"]
             if not isinstance(calls, list):
@@ -512,7 +523,7 @@ def _prompts(row: Mapping) -> tuple[list[dict], Origin]:
 FORMAT_FIELDS = {
     "alpaca": ("instruction", "input", "output", "system", "history"),
     "sharegpt": ("conversations", "messages", "system"),
-    "openai": ("messages",),
+    "openai": ("messages", "functions"),
     "prompts": ("turns", "question_id", "system"),
 }
 
