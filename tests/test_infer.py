@@ -77,6 +77,9 @@ def test_hf_sampling_n_seed_stop_logprobs(hf):
     assert hf.generate(CONVS[:2], params) == first  # seed → reproducible
     other = hf.generate(CONVS[:2], GenerationParams(max_new_tokens=8, temperature=1.0, n=3, seed=8))
     assert other != first
+    # without a seed, two sampled calls draw fresh samples (they must not restart from the same RNG state)
+    unseeded = GenerationParams(max_new_tokens=8, temperature=1.0)
+    assert hf.generate(CONVS[:1], unseeded) != hf.generate(CONVS[:1], unseeded)
 
     greedy = hf.generate(CONVS[:1], GenerationParams(max_new_tokens=12, logprobs=True))[0][0]
     assert len(greedy.logprobs) == greedy.completion_tokens and all(lp <= 0 for lp in greedy.logprobs)

@@ -105,8 +105,12 @@ class HFGenerator:
             from transformers import StoppingCriteriaList
 
             kwargs["stopping_criteria"] = StoppingCriteriaList([stream])
-        with torch.no_grad(), torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            if params.seed is not None:
+        # Only a seeded call forks the RNG: an unseeded one must advance the global RNG, else every unseeded
+        # sampled call would start from the same state and repeat the same sample.
+        seeded = params.seed is not None
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=devices, enabled=seeded):
+            if seeded:
                 torch.manual_seed(params.seed)
             out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs)
         new = out.sequences[:, width:]
