@@ -332,7 +332,7 @@ def test_tools_and_tool_turns_reach_the_template(server, hf):
     assert json.loads(logged[0]) == TOOLS and json.loads(logged[1])[1]["tool_calls"][0]["id"] == "call_1"
 
 
-def test_serve_cli_argument_errors(capsys):
+def test_serve_cli_argument_errors(capsys, tmp_path):
     from sftlab.cli import main
     from sftlab.cli.serve import default_log_path
 
@@ -342,6 +342,11 @@ def test_serve_cli_argument_errors(capsys):
     with pytest.raises(SystemExit):
         main(["serve", "export-log", "/nonexistent/serve.db", "-o", "/tmp/x.jsonl"])
     assert "request log not found: /nonexistent/serve.db" in capsys.readouterr().err
+    not_db = tmp_path / "notes.db"
+    not_db.write_text("not a database\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "export-log", str(not_db), "-o", str(tmp_path / "x.jsonl")])
+    assert exit_info.value.code == 2 and "notes.db: not an sftlab request log" in capsys.readouterr().err
     assert str(default_log_path(Path("runs/x/final"))) == "runs/x/serve.db"
     assert str(default_log_path(Path("some/model"))) == "serve.db"
 

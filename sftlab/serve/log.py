@@ -89,7 +89,10 @@ def export_records(db: str | Path, min_score: int | None = None) -> tuple[list[d
     db = Path(db)
     if not db.exists():
         raise UserError(f"request log not found: {db}")
-    conn = connect(db)
+    try:  # connect() already reads the file (PRAGMA journal_mode), so a file that is no database fails here
+        conn = connect(db)
+    except sqlite3.DatabaseError as e:
+        raise UserError(f"{db}: not an sftlab request log ({e})") from e
     try:
         rows = conn.execute(
             "SELECT r.id, r.created, r.latency_ms, r.model, r.messages, r.tools, r.params, r.choices, "
