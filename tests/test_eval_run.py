@@ -78,6 +78,31 @@ def test_eval_run_with_endpoint_model_is_resumable(server, tmp_path, real_data_d
     assert server.requests == sent + 12  # 12 new replies; the echo replies are the same, so the judge hits the cache
 
 
+def test_eval_rerun_takes_references_and_prompts_from_the_current_data(server, tmp_path):
+    rows = [{"instruction": f"say hi {i}", "output": f"echo: say hi {i}", "task_type": "greet"} for i in range(3)]
+    qa = _jsonl(tmp_path / "qa.jsonl", rows)
+    cfg = {"model": {"base_url": server.base_url, "model": "echo", "api_key_env": "OPENAI_API_KEY"},
+           "data": [str(qa)], "metrics": ["exact_match"], "output_dir": str(tmp_path / "out"),
+           "judge": {"base_url": server.base_url, "model": "fair", "dimensions": ["overall"],
+                     "cache": str(tmp_path / "cache.sqlite")}}
+    path = tmp_path / "eval.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    main(["eval", str(path)])
+    sent = server.requests
+    rows[0]["output"] = "a fixed reference"  # the user corrects a reference ...
+    rows[1]["instruction"] = "say bye 1"  # ... and rewrites a question
+    _jsonl(qa, rows)
+    path.write_text(yaml.safe_dump({**cfg, "judge": None}))  # and drops the judge
+    main(["eval", str(path)])
+    assert server.requests == sent + 1  # only the rewritten question is answered again
+    preds = {r["id"]: r for r in _read(tmp_path / "out" / "predictions.jsonl")}
+    assert preds["qa:qa-0"]["reference"] == "a fixed reference" and preds["qa:qa-0"]["scores"]["exact_match"] == 0
+    assert preds["qa:qa-1"]["reply"] == "echo: say bye 1"
+    assert all("judge" not in r and "judge_scores" not in r for r in preds.values())
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert s["metrics"]["greet"]["exact_match"]["mean"] == pytest.approx(1 / 3) and "judge" not in s
+
+
 def test_eval_bad_config_is_one_line(tmp_path, capsys):
     path = tmp_path / "eval.yaml"
     path.write_text(yaml.safe_dump({"model": "x", "data": ["a.jsonl"], "judge": {"mode": "triple"}}))

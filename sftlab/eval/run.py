@@ -90,6 +90,11 @@ def _conversation(item: dict[str, Any], done: dict[str, dict[str, Any]]) -> list
     return prev["prompt"] + [{"role": "assistant", "content": prev["reply"]}] + item["prompt"]
 
 
+# What generate_rows writes; scores, judge results and baseline replies of an earlier run are not kept from the file.
+GENERATED_FIELDS = ("id", "set", "record_id", "turn", "task_type", "reference", "prompt", "reply", "finish_reason",
+                    "prompt_tokens", "completion_tokens", "generated_by")
+
+
 def generate_rows(generator: Any, items: list[dict[str, Any]], cfg: EvalConfig, out_path: Path,
                   label: str = "generate") -> list[dict[str, Any]]:
     """Replies for every item, appended to out_path as they come (kept on rerun); later turns wait for earlier ones."""
@@ -107,7 +112,17 @@ def generate_rows(generator: Any, items: list[dict[str, Any]], cfg: EvalConfig, 
     if out_path.exists():
         for row in read_jsonl(out_path):
             if row.get("reply") is not None and row.get("generated_by") == fingerprint:
-                done[row["id"]] = row
+                done[row["id"]] = {k: v for k, v in row.items() if k in GENERATED_FIELDS}  # not last run's scores
+        # A kept reply must answer the item's prompt as the data has it now (items are in turn order, so an earlier
+        # turn is checked first); the reference and task_type always come from the data, never from the old row.
+        for it in items:
+            row = done.get(it["id"])
+            if row is None:
+                continue
+            if (it["history_from"] and it["history_from"] not in done) or row["prompt"] != _conversation(it, done):
+                del done[it["id"]]
+            else:
+                row.update({k: it[k] for k in ("set", "record_id", "turn", "task_type", "reference")})
         write_jsonl_atomic(list(done.values()), out_path)  # drop stale replies before appending
     todo = [it for it in items if it["id"] not in done]
     with open(out_path, "a", encoding="utf-8") as f, Progress(transient=True) as progress:
