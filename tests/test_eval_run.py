@@ -111,6 +111,21 @@ def test_eval_bad_config_is_one_line(tmp_path, capsys):
     assert e.value.code == 2 and "judge.mode" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("bad, message", [
+    ("metrics=[bleu,meteor]", "unknown metric 'meteor'"),
+    ("checkers=[{type: regex, pattern: '('}]", "bad or missing 'pattern'"),
+    ("judge={model: gpt}", "set judge.base_url and judge.model"),
+    ("judge={base_url: 'http://x/v1', model: gpt, mode: pairwise}", "pairwise needs `baseline`"),
+])
+def test_eval_scoring_errors_come_before_generating(server, tmp_path, capsys, bad, message):
+    qa = _jsonl(tmp_path / "qa.jsonl", [{"instruction": "say hi", "output": "hi"}])
+    with pytest.raises(SystemExit) as e:
+        main(["eval", f"model={{base_url: '{server.base_url}', model: echo}}", f"data=[{qa}]",
+              f"output_dir={tmp_path / 'out'}", bad])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert server.requests == 0  # no reply was generated before the error
+
+
 def test_mt_bench_end_to_end_with_tiny_model(server, tmp_path, tiny_model_dir, real_data_dir):
     out = tmp_path / "mtb"
     main(["eval", f"model={tiny_model_dir}", f"data=[{real_data_dir / 'mt_bench_question.jsonl'}]",

@@ -239,6 +239,22 @@ def _baseline_replies(cfg: EvalConfig, items: list[dict], out: Path) -> dict[str
     return {r["id"]: r["reply"] for r in rows}
 
 
+def _check_scoring(cfg: EvalConfig, judge_generator: Any = None) -> None:
+    """Errors in metrics, checkers and the judge section, before any reply is generated (not after an hour of it)."""
+    from sftlab.eval.metrics import METRICS, make_checker
+
+    for m in cfg.metrics:
+        if m not in METRICS:
+            raise UserError(f"unknown metric {m!r} (known: {', '.join(METRICS)}; custom checks go in 'checkers')")
+    for spec in cfg.checkers:
+        make_checker(spec)
+    if cfg.judge is not None:
+        if judge_generator is None and not (cfg.judge.base_url and cfg.judge.model):
+            raise UserError("judge: set judge.base_url and judge.model (an OpenAI-compatible endpoint)")
+        if cfg.judge.mode == "pairwise" and cfg.baseline is None:
+            raise UserError("judge.mode=pairwise needs `baseline` (a predictions.jsonl or a model)")
+
+
 def run_eval(cfg: EvalConfig, judge_generator: Any = None) -> dict[str, Any]:
     """The whole `sftlab eval CONFIG` run; returns summary.json's content."""
     t0 = time.time()
@@ -247,6 +263,7 @@ def run_eval(cfg: EvalConfig, judge_generator: Any = None) -> dict[str, Any]:
     items = load_items(cfg)
     if not items:
         raise UserError("no eval items: the data sets are empty")
+    _check_scoring(cfg, judge_generator)
     gen = _load_model(cfg.model, cfg.backend, cfg.generation.batch_size)
     partial = out / "predictions.jsonl"
     t_gen = time.time()
@@ -257,8 +274,6 @@ def run_eval(cfg: EvalConfig, judge_generator: Any = None) -> dict[str, Any]:
         for r in rows:
             r["baseline_reply"] = base.get(r["id"])
     judge_cfg = cfg.judge.as_dict() if cfg.judge else None
-    if judge_cfg and cfg.judge.mode == "pairwise" and cfg.baseline is None:
-        raise UserError("judge.mode=pairwise needs `baseline` (a predictions.jsonl or a model)")
     info = {"model": getattr(gen, "model_id", str(cfg.model)), "sets": sorted({i["set"] for i in items}),
             "timing": {"generate_s": round(gen_s, 2)}}
     summary = finish(rows, out, cfg.model_dump(mode="json"), metrics=cfg.metrics, checkers=cfg.checkers,
