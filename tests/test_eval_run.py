@@ -249,6 +249,9 @@ def test_human_single_sheet_and_judge_vs_human(tmp_path):
     _write_table(sheet, list(blank[0]), bad)
     with pytest.raises(UserError, match="column 'overall': 'great' is not a number"):
         import_sheets([sheet], tmp_path / "h")
+    _write_table(sheet, list(blank[0]), [[b["item"], b["prompt"], b["answer"], "77", ""] for b in blank])
+    with pytest.raises(UserError, match="column 'overall': '77' is outside the scale 1-10"):
+        import_sheets([sheet], tmp_path / "h")
 
 
 def test_eval_without_config_file_flags_and_overrides(server, tmp_path, real_data_dir):
