@@ -111,6 +111,15 @@ def test_eval_bad_config_is_one_line(tmp_path, capsys):
     assert e.value.code == 2 and "judge.mode" in capsys.readouterr().err
 
 
+def test_eval_judge_on_a_local_server_needs_no_api_key(server, tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY")
+    qa = _jsonl(tmp_path / "qa.jsonl", [{"instruction": "say hi", "output": "echo: say hi"}])
+    main(["eval", f"model={{base_url: '{server.base_url}', model: echo}}", f"data=[{qa}]",
+          f"output_dir={tmp_path / 'out'}", "metrics=[]",
+          f"judge={{base_url: '{server.base_url}', model: fair, cache: '{tmp_path / 'c.sqlite'}'}}"])
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["judge"]["requests"] == 1
+
+
 @pytest.mark.parametrize("bad, message", [
     ("metrics=[bleu,meteor]", "unknown metric 'meteor'"),
     ("checkers=[{type: regex, pattern: '('}]", "bad or missing 'pattern'"),
