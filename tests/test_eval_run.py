@@ -62,6 +62,10 @@ def test_eval_run_with_endpoint_model_is_resumable(server, tmp_path, real_data_d
     assert s["metrics"]["greet"]["exact_match"]["mean"] == 0.5 and s["metrics"]["greet"]["echoes"]["mean"] == 1.0
     assert s["judge"]["requests"] == 12 and s["judge"]["scores"]["all"]["overall"]["n"] == 12
     assert s["task_types"] == {"greet": 4, "writing": 8}
+    from sftlab.eval.report import score_table
+
+    # mt_bench has no references: "writing" has judge scores only, and still comes before "all"
+    assert [r[0] for r in score_table(s)[1]] == ["greet", "writing", "all"]
     preds = {r["id"]: r for r in _read(out / "predictions.jsonl")}
     t2 = preds["mtb:81#t2"]  # the second turn is answered after the model's own first reply
     assert [m["role"] for m in t2["prompt"]] == ["user", "assistant", "user"]
