@@ -347,6 +347,12 @@ def test_serve_cli_argument_errors(capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["serve", "export-log", str(not_db), "-o", str(tmp_path / "x.jsonl")])
     assert exit_info.value.code == 2 and "notes.db: not an sftlab request log" in capsys.readouterr().err
+    from sftlab.errors import UserError
+    from sftlab.serve.log import RequestLog
+
+    for bad in (not_db, tmp_path):  # serve --log at a file that is no database, or at a directory
+        with pytest.raises(UserError, match="cannot use it as a SQLite database"):
+            RequestLog(bad)
     assert str(default_log_path(Path("runs/x/final"))) == "runs/x/serve.db"
     assert str(default_log_path(Path("some/model"))) == "serve.db"
 

@@ -51,8 +51,12 @@ class RequestLog:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = connect(self.path)
-        self.conn.executescript(SCHEMA)
+        try:
+            self.conn = connect(self.path)
+            self.conn.executescript(SCHEMA)
+        except sqlite3.Error as e:  # a directory, a file that is no database, no permission
+            raise UserError(f"request log {self.path}: cannot use it as a SQLite database ({e}); give a new "
+                            "file or a log written by sftlab serve") from None
         self.lock = threading.Lock()
 
     def add_request(self, *, response_id: str, created: float, latency_ms: float, model: str,
