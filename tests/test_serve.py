@@ -157,6 +157,14 @@ def test_bad_input_gives_400_and_server_keeps_serving(server, body, param):
     assert good.choices[0].message.content is not None
 
 
+def test_unknown_path_gives_openai_error_object(server):
+    url, _ = server
+    status, err = post(f"{url}/completions", {"model": "tiny", "prompt": "hi"})  # not served
+    assert status == 404 and err["error"]["code"] == "not_found" and "/v1/completions" in err["error"]["message"]
+    with pytest.raises(openai.NotFoundError):
+        client(url).completions.create(model="tiny", prompt="hi")
+
+
 def test_feedback_export_log_and_data_inspect(server, tmp_path, capsys):
     from sftlab.cli import main
     from sftlab.data.formats import read_records
