@@ -87,6 +87,13 @@ def test_hf_sampling_n_seed_stop_logprobs(hf):
     cut = hf.generate(CONVS[:1], GenerationParams(max_new_tokens=12, stop=[stop]))[0][0]
     assert cut.finish_reason == "stop" and stop not in cut.text and greedy.text.startswith(cut.text)
     assert cut.completion_tokens < 12
+    # in a batch whose other row runs on, the stopped row is padded; with pad = an end-of-turn id (the tiny
+    # tokenizer's <|endoftext|>) that padding must not count as a generated token
+    assert hf.pad_id in hf.eot_ids
+    batched = hf.generate([CONVS[0], [{"role": "user", "content": "hi"}]],
+                          GenerationParams(max_new_tokens=12, stop=[stop], logprobs=True))[0][0]
+    assert (batched.text, batched.completion_tokens) == (cut.text, cut.completion_tokens)
+    assert len(batched.logprobs) == batched.completion_tokens
 
 
 def test_hf_errors(hf):

@@ -123,9 +123,12 @@ class HFGenerator:
         replies = []
         for i, text in enumerate(texts):
             text, hit_stop = cut_at_stop(text, params.stop)
+            n_tokens = lengths_l[i]
+            if hit_stop and has_eot_l[i] and self.pad_id in self.eot_ids:
+                n_tokens -= 1  # a stop string ended the row: the "end-of-turn" after it is padding (pad = eot id)
             replies.append(Reply(text=text, finish_reason="stop" if has_eot_l[i] or hit_stop else "length",
-                                 prompt_tokens=len(prompts[i]), completion_tokens=lengths_l[i],
-                                 logprobs=token_logprobs[i][:lengths_l[i]] if token_logprobs else None))
+                                 prompt_tokens=len(prompts[i]), completion_tokens=n_tokens,
+                                 logprobs=token_logprobs[i][:n_tokens] if token_logprobs else None))
         return replies
 
 
