@@ -139,6 +139,16 @@ def test_eval_scoring_errors_come_before_generating(server, tmp_path, capsys, ba
     assert server.requests == 0  # no reply was generated before the error
 
 
+def test_eval_prompt_above_context_names_the_item(tmp_path, tiny_model_dir, capsys):
+    qa = _jsonl(tmp_path / "qa.jsonl", [{"instruction": "say hi", "output": "hi"},
+                                        {"instruction": "word " * 3000, "output": "too long"}])
+    with pytest.raises(SystemExit) as e:
+        main(["eval", f"model={tiny_model_dir}", f"data=[{qa}]", f"output_dir={tmp_path / 'out'}",
+              "generation.max_new_tokens=2"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "eval item qa:qa-1: the prompt has" in err and "context is 2048" in err
+
+
 def test_mt_bench_end_to_end_with_tiny_model(server, tmp_path, tiny_model_dir, real_data_dir):
     out = tmp_path / "mtb"
     main(["eval", f"model={tiny_model_dir}", f"data=[{real_data_dir / 'mt_bench_question.jsonl'}]",

@@ -138,7 +138,7 @@ def generate_rows(generator: Any, items: list[dict[str, Any]], cfg: EvalConfig, 
                 for start in range(0, len(group), g.batch_size):
                     chunk = group[start:start + g.batch_size]
                     convs = [_conversation(it, done) for it in chunk]
-                    replies = generator.generate(convs, params, tools=chunk[0]["tools"])
+                    replies = _generate_naming_item(generator, chunk, convs, params)
                     for it, conv, rep in zip(chunk, convs, replies, strict=True):
                         r = rep[0]
                         row = {k: it[k] for k in ("id", "set", "record_id", "turn", "task_type", "reference")}
@@ -152,6 +152,20 @@ def generate_rows(generator: Any, items: list[dict[str, Any]], cfg: EvalConfig, 
             ids = {it["id"] for it in ready}
             todo = [it for it in todo if it["id"] not in ids]
     return [done[it["id"]] for it in items]
+
+
+def _generate_naming_item(generator: Any, chunk: list[dict[str, Any]], convs: list[list[dict]], params: Any
+                          ) -> list[list[Any]]:
+    """generator.generate on one chunk; when it refuses a conversation (a prompt above the model's context, a
+    template that rejects it), the error names the eval item instead of its position in the chunk."""
+    try:
+        return generator.generate(convs, params, tools=chunk[0]["tools"])
+    except UserError as e:
+        if len(chunk) == 1:
+            raise UserError(f"eval item {chunk[0]['id']}: {str(e).removeprefix('conversation 0: ')}") from None
+        for it, conv in zip(chunk, convs, strict=True):  # find the item the backend refuses
+            _generate_naming_item(generator, [it], [conv], params)
+        raise
 
 
 # ---- scoring and outputs ---------------------------------------------------------------------------------------
