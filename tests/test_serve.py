@@ -143,6 +143,7 @@ BAD = [  # (body, param named in the error)
     ({"model": "tiny", "messages": [{"role": "user", "content": "x" * (2 << 20)}]}, None),
     ({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}, "temperature"),
     ({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "n": 0}, "n"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "seed": 2**70}, "seed"),
 ]
 
 
