@@ -348,6 +348,9 @@ def test_serve_cli_argument_errors(capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["serve"])
     assert exit_info.value.code == 2 and "exactly one of --model DIR or --upstream URL" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # options of a local model are not silently ignored in gateway mode
+        main(["serve", "--upstream", "http://127.0.0.1:9/v1", "--served-model-name", "m"])
+    assert exit_info.value.code == 2 and "apply to --model" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["serve", "export-log", "/nonexistent/serve.db", "-o", "/tmp/x.jsonl"])
     assert "request log not found: /nonexistent/serve.db" in capsys.readouterr().err
