@@ -149,6 +149,19 @@ def test_eval_prompt_above_context_names_the_item(tmp_path, tiny_model_dir, caps
     assert e.value.code == 2 and "eval item qa:qa-1: the prompt has" in err and "context is 2048" in err
 
 
+def test_eval_sets_with_the_same_name_are_refused(server, tmp_path, capsys):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    one = _jsonl(tmp_path / "a" / "test.jsonl", [{"instruction": "one", "output": "A", "task_type": "x"}])
+    two = _jsonl(tmp_path / "b" / "test.jsonl", [{"instruction": "two", "output": "B", "task_type": "y"}])
+    model = f"model={{base_url: '{server.base_url}', model: echo}}"
+    with pytest.raises(SystemExit) as e:  # both would be set "test": ids test:test-0, one reply lost
+        main(["eval", model, f"data=[{one}, {two}]", f"output_dir={tmp_path / 'out'}"])
+    assert e.value.code == 2 and "the set name 'test' is taken by data[0]" in capsys.readouterr().err
+    main(["eval", model, f"data=[{one}, {{path: {two}, name: other}}]", f"output_dir={tmp_path / 'out'}"])
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["task_types"] == {"x": 1, "y": 1}
+
+
 def test_mt_bench_end_to_end_with_tiny_model(server, tmp_path, tiny_model_dir, real_data_dir):
     out = tmp_path / "mtb"
     main(["eval", f"model={tiny_model_dir}", f"data=[{real_data_dir / 'mt_bench_question.jsonl'}]",

@@ -57,8 +57,13 @@ def load_items(cfg: EvalConfig) -> list[dict[str, Any]]:
     from sftlab.data.formats import read_records
 
     items: list[dict[str, Any]] = []
-    for s in cfg.sets():
+    names: dict[str, int] = {}
+    for k, s in enumerate(cfg.sets()):
         name = s.name or Path(s.path).stem
+        if name in names:  # item ids are "<set>:<record id>": two sets of one name would overwrite each other
+            raise UserError(f"data[{k}] ({s.path}): the set name {name!r} is taken by data[{names[name]}]; give "
+                            f"each set its own name, e.g. {{path: {s.path}, name: {name}_{k}}}")
+        names[name] = k
         recs, _ = read_records(s.path, s.format, task_type=s.task_type)
         if cfg.limit:
             recs = recs[:cfg.limit]
