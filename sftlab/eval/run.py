@@ -306,11 +306,15 @@ def run_eval(cfg: EvalConfig, judge_generator: Any = None) -> dict[str, Any]:
 def rows_from_predictions(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a user's predictions file ({"id", "task_type", "reply", "reference", "prompt"?} per line)."""
     rows = read_jsonl(path)
+    seen: dict[Any, int] = {}
     for i, r in enumerate(rows, 1):
         for key in ("id", "reply"):
             if r.get(key) is None:
                 raise UserError(f"{path}: line {i}: missing field '{key}' (each line needs id, task_type, reply, "
                                 "reference)")
+        if r["id"] in seen:  # replies are matched by id (baseline, compare, sheets): a second one would be lost
+            raise UserError(f"{path}: line {i}: field 'id': {r['id']!r} is also the id of line {seen[r['id']]}")
+        seen[r["id"]] = i
         r.setdefault("task_type", "default")
         p = r.get("prompt")
         r["prompt"] = [{"role": "user", "content": p}] if isinstance(p, str) else (p or [])
