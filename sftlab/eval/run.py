@@ -267,6 +267,8 @@ def _check_scoring(cfg: EvalConfig, judge_generator: Any = None) -> None:
             raise UserError(f"unknown metric {m!r} (known: {', '.join(METRICS)}; custom checks go in 'checkers')")
     for spec in cfg.checkers:
         make_checker(spec)
+    if isinstance(cfg.baseline, str) and cfg.baseline.endswith(".jsonl") and not Path(cfg.baseline).is_file():
+        raise UserError(f"baseline: predictions file not found: {cfg.baseline}")
     if cfg.judge is not None:
         if judge_generator is None and not (cfg.judge.base_url and cfg.judge.model):
             raise UserError("judge: set judge.base_url and judge.model (an OpenAI-compatible endpoint)")
