@@ -96,6 +96,17 @@ def test_hf_sampling_n_seed_stop_logprobs(hf):
     assert len(batched.logprobs) == batched.completion_tokens
 
 
+def test_hf_prompt_near_the_context_does_not_clip_its_batch_mates(hf):
+    long = [{"role": "user", "content": "word " * 1990}]  # ~2000 tokens: 100 new tokens do not fit in 2048
+    short = CONVS[0]
+    params = GenerationParams(max_new_tokens=100)
+    alone = [hf.generate([c], params)[0][0] for c in (short, long)]
+    assert alone[0].completion_tokens == 100 and alone[1].completion_tokens < 100  # the long one is clipped
+    batched = [r[0] for r in hf.generate([short, long, short], params)]
+    assert [(r.text, r.completion_tokens) for r in batched] == [(r.text, r.completion_tokens)
+                                                                for r in (alone[0], alone[1], alone[0])]
+
+
 def test_hf_errors(hf):
     with pytest.raises(UserError, match="context is 2048"):
         hf.generate([[{"role": "user", "content": "word " * 3000}]], GenerationParams(max_new_tokens=2))
