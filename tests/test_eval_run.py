@@ -184,7 +184,7 @@ def test_mt_bench_end_to_end_with_tiny_model(server, tmp_path, tiny_model_dir, r
         assert shot.stat().st_size > 10_000
 
 
-def test_eval_judge_pairwise_cli_and_compare(server, tmp_path):
+def test_eval_judge_pairwise_cli_and_compare(server, tmp_path, capsys):
     rows = [{"id": f"q{i}", "task_type": "t", "prompt": f"question {i}", "reference": "CORRECT answer",
              "reply": "CORRECT answer" if i < 8 else "wrong"} for i in range(10)]
     base = [{**r, "reply": "wrong"} for r in rows]
@@ -193,6 +193,11 @@ def test_eval_judge_pairwise_cli_and_compare(server, tmp_path):
           f"base_url={server.base_url}", "model=fair", "mode=pairwise", f"cache={tmp_path / 'c.sqlite'}"])
     s = json.loads((tmp_path / "j" / "summary.json").read_text())
     assert s["judge"]["pairwise"]["win_rate"] == 0.8 and s["judge"]["pairwise"]["tie_rate"] == 0.2
+    no_prompt = _jsonl(tmp_path / "np.jsonl", [{k: v for k, v in r.items() if k != "prompt"} for r in rows])
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "judge", "--pred", str(no_prompt), "-o", str(tmp_path / "jn"), f"base_url={server.base_url}",
+              "model=fair", f"cache={tmp_path / 'c.sqlite'}"])
+    assert e.value.code == 2 and "line 1: missing field 'prompt'" in capsys.readouterr().err
     assert s["judge"]["pairwise"]["swap_consistency"] == 1.0
 
     main(["eval", "metrics", "--pred", str(pa), "-o", str(tmp_path / "A"), "-m", "exact_match"])
