@@ -45,6 +45,8 @@ def test_verdict_parsing_mt_bench_formats():
     assert parse_pairwise("not [[A]] but [[C]]") == "C"  # the last verdict counts
     assert parse_pairwise("A is better") is None
     assert fill("{question} {json: {x}}", question="Q") == "Q {json: {x}}"
+    # placeholders inside the filled-in text stay as they are (a code question with an f-string)
+    assert fill("Q: {question}\nA: {answer}", question='f"{answer}"', answer="R") == 'Q: f"{answer}"\nA: R'
 
 
 def test_fair_judge_is_swap_consistent(server, tmp_path):

@@ -162,3 +162,7 @@ def test_cli_eval_metrics_on_predictions(tmp_path, capsys):
         main(["eval", "metrics", "--pred", str(pred), "-o", str(out)])
     assert e.value.code == 2
     assert "line 1: missing field 'reply'" in capsys.readouterr().err
+    pred.write_text('{"id": "x", "reply": "a"}\n{"id": "x", "reply": "b"}\n', encoding="utf-8")
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "metrics", "--pred", str(pred), "-o", str(out)])
+    assert e.value.code == 2 and "line 2: field 'id': 'x' is also the id of line 1" in capsys.readouterr().err

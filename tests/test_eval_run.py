@@ -62,6 +62,10 @@ def test_eval_run_with_endpoint_model_is_resumable(server, tmp_path, real_data_d
     assert s["metrics"]["greet"]["exact_match"]["mean"] == 0.5 and s["metrics"]["greet"]["echoes"]["mean"] == 1.0
     assert s["judge"]["requests"] == 12 and s["judge"]["scores"]["all"]["overall"]["n"] == 12
     assert s["task_types"] == {"greet": 4, "writing": 8}
+    from sftlab.eval.report import score_table
+
+    # mt_bench has no references: "writing" has judge scores only, and still comes before "all"
+    assert [r[0] for r in score_table(s)[1]] == ["greet", "writing", "all"]
     preds = {r["id"]: r for r in _read(out / "predictions.jsonl")}
     t2 = preds["mtb:81#t2"]  # the second turn is answered after the model's own first reply
     assert [m["role"] for m in t2["prompt"]] == ["user", "assistant", "user"]
@@ -78,12 +82,85 @@ def test_eval_run_with_endpoint_model_is_resumable(server, tmp_path, real_data_d
     assert server.requests == sent + 12  # 12 new replies; the echo replies are the same, so the judge hits the cache
 
 
+def test_eval_rerun_takes_references_and_prompts_from_the_current_data(server, tmp_path):
+    rows = [{"instruction": f"say hi {i}", "output": f"echo: say hi {i}", "task_type": "greet"} for i in range(3)]
+    qa = _jsonl(tmp_path / "qa.jsonl", rows)
+    cfg = {"model": {"base_url": server.base_url, "model": "echo", "api_key_env": "OPENAI_API_KEY"},
+           "data": [str(qa)], "metrics": ["exact_match"], "output_dir": str(tmp_path / "out"),
+           "judge": {"base_url": server.base_url, "model": "fair", "dimensions": ["overall"],
+                     "cache": str(tmp_path / "cache.sqlite")}}
+    path = tmp_path / "eval.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    main(["eval", str(path)])
+    sent = server.requests
+    rows[0]["output"] = "a fixed reference"  # the user corrects a reference ...
+    rows[1]["instruction"] = "say bye 1"  # ... and rewrites a question
+    _jsonl(qa, rows)
+    path.write_text(yaml.safe_dump({**cfg, "judge": None}))  # and drops the judge
+    main(["eval", str(path)])
+    assert server.requests == sent + 1  # only the rewritten question is answered again
+    preds = {r["id"]: r for r in _read(tmp_path / "out" / "predictions.jsonl")}
+    assert preds["qa:qa-0"]["reference"] == "a fixed reference" and preds["qa:qa-0"]["scores"]["exact_match"] == 0
+    assert preds["qa:qa-1"]["reply"] == "echo: say bye 1"
+    assert all("judge" not in r and "judge_scores" not in r for r in preds.values())
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert s["metrics"]["greet"]["exact_match"]["mean"] == pytest.approx(1 / 3) and "judge" not in s
+
+
 def test_eval_bad_config_is_one_line(tmp_path, capsys):
     path = tmp_path / "eval.yaml"
     path.write_text(yaml.safe_dump({"model": "x", "data": ["a.jsonl"], "judge": {"mode": "triple"}}))
     with pytest.raises(SystemExit) as e:
         main(["eval", str(path)])
     assert e.value.code == 2 and "judge.mode" in capsys.readouterr().err
+
+
+def test_eval_judge_on_a_local_server_needs_no_api_key(server, tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY")
+    qa = _jsonl(tmp_path / "qa.jsonl", [{"instruction": "say hi", "output": "echo: say hi"}])
+    main(["eval", f"model={{base_url: '{server.base_url}', model: echo}}", f"data=[{qa}]",
+          f"output_dir={tmp_path / 'out'}", "metrics=[]",
+          f"judge={{base_url: '{server.base_url}', model: fair, cache: '{tmp_path / 'c.sqlite'}'}}"])
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["judge"]["requests"] == 1
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("metrics=[bleu,meteor]", "unknown metric 'meteor'"),
+    ("checkers=[{type: regex, pattern: '('}]", "bad or missing 'pattern'"),
+    ("judge={model: gpt}", "set judge.base_url and judge.model"),
+    ("judge={base_url: 'http://x/v1', model: gpt, mode: pairwise}", "pairwise needs `baseline`"),
+    ("baseline=missing/predictions.jsonl", "baseline: predictions file not found: missing/predictions.jsonl"),
+])
+def test_eval_scoring_errors_come_before_generating(server, tmp_path, capsys, bad, message):
+    qa = _jsonl(tmp_path / "qa.jsonl", [{"instruction": "say hi", "output": "hi"}])
+    with pytest.raises(SystemExit) as e:
+        main(["eval", f"model={{base_url: '{server.base_url}', model: echo}}", f"data=[{qa}]",
+              f"output_dir={tmp_path / 'out'}", bad])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert server.requests == 0  # no reply was generated before the error
+
+
+def test_eval_prompt_above_context_names_the_item(tmp_path, tiny_model_dir, capsys):
+    qa = _jsonl(tmp_path / "qa.jsonl", [{"instruction": "say hi", "output": "hi"},
+                                        {"instruction": "word " * 3000, "output": "too long"}])
+    with pytest.raises(SystemExit) as e:
+        main(["eval", f"model={tiny_model_dir}", f"data=[{qa}]", f"output_dir={tmp_path / 'out'}",
+              "generation.max_new_tokens=2"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "eval item qa:qa-1: the prompt has" in err and "context is 2048" in err
+
+
+def test_eval_sets_with_the_same_name_are_refused(server, tmp_path, capsys):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    one = _jsonl(tmp_path / "a" / "test.jsonl", [{"instruction": "one", "output": "A", "task_type": "x"}])
+    two = _jsonl(tmp_path / "b" / "test.jsonl", [{"instruction": "two", "output": "B", "task_type": "y"}])
+    model = f"model={{base_url: '{server.base_url}', model: echo}}"
+    with pytest.raises(SystemExit) as e:  # both would be set "test": ids test:test-0, one reply lost
+        main(["eval", model, f"data=[{one}, {two}]", f"output_dir={tmp_path / 'out'}"])
+    assert e.value.code == 2 and "the set name 'test' is taken by data[0]" in capsys.readouterr().err
+    main(["eval", model, f"data=[{one}, {{path: {two}, name: other}}]", f"output_dir={tmp_path / 'out'}"])
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["task_types"] == {"x": 1, "y": 1}
 
 
 def test_mt_bench_end_to_end_with_tiny_model(server, tmp_path, tiny_model_dir, real_data_dir):
@@ -107,7 +184,7 @@ def test_mt_bench_end_to_end_with_tiny_model(server, tmp_path, tiny_model_dir, r
         assert shot.stat().st_size > 10_000
 
 
-def test_eval_judge_pairwise_cli_and_compare(server, tmp_path):
+def test_eval_judge_pairwise_cli_and_compare(server, tmp_path, capsys):
     rows = [{"id": f"q{i}", "task_type": "t", "prompt": f"question {i}", "reference": "CORRECT answer",
              "reply": "CORRECT answer" if i < 8 else "wrong"} for i in range(10)]
     base = [{**r, "reply": "wrong"} for r in rows]
@@ -116,6 +193,11 @@ def test_eval_judge_pairwise_cli_and_compare(server, tmp_path):
           f"base_url={server.base_url}", "model=fair", "mode=pairwise", f"cache={tmp_path / 'c.sqlite'}"])
     s = json.loads((tmp_path / "j" / "summary.json").read_text())
     assert s["judge"]["pairwise"]["win_rate"] == 0.8 and s["judge"]["pairwise"]["tie_rate"] == 0.2
+    no_prompt = _jsonl(tmp_path / "np.jsonl", [{k: v for k, v in r.items() if k != "prompt"} for r in rows])
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "judge", "--pred", str(no_prompt), "-o", str(tmp_path / "jn"), f"base_url={server.base_url}",
+              "model=fair", f"cache={tmp_path / 'c.sqlite'}"])
+    assert e.value.code == 2 and "line 1: missing field 'prompt'" in capsys.readouterr().err
     assert s["judge"]["pairwise"]["swap_consistency"] == 1.0
 
     main(["eval", "metrics", "--pred", str(pa), "-o", str(tmp_path / "A"), "-m", "exact_match"])
@@ -208,6 +290,9 @@ def test_human_single_sheet_and_judge_vs_human(tmp_path):
     bad = [[b["item"], b["prompt"], b["answer"], "great", ""] for b in blank]
     _write_table(sheet, list(blank[0]), bad)
     with pytest.raises(UserError, match="column 'overall': 'great' is not a number"):
+        import_sheets([sheet], tmp_path / "h")
+    _write_table(sheet, list(blank[0]), [[b["item"], b["prompt"], b["answer"], "77", ""] for b in blank])
+    with pytest.raises(UserError, match="column 'overall': '77' is outside the scale 1-10"):
         import_sheets([sheet], tmp_path / "h")
 
 

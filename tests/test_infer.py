@@ -77,6 +77,9 @@ def test_hf_sampling_n_seed_stop_logprobs(hf):
     assert hf.generate(CONVS[:2], params) == first  # seed → reproducible
     other = hf.generate(CONVS[:2], GenerationParams(max_new_tokens=8, temperature=1.0, n=3, seed=8))
     assert other != first
+    # without a seed, two sampled calls draw fresh samples (they must not restart from the same RNG state)
+    unseeded = GenerationParams(max_new_tokens=8, temperature=1.0)
+    assert hf.generate(CONVS[:1], unseeded) != hf.generate(CONVS[:1], unseeded)
 
     greedy = hf.generate(CONVS[:1], GenerationParams(max_new_tokens=12, logprobs=True))[0][0]
     assert len(greedy.logprobs) == greedy.completion_tokens and all(lp <= 0 for lp in greedy.logprobs)
@@ -84,6 +87,24 @@ def test_hf_sampling_n_seed_stop_logprobs(hf):
     cut = hf.generate(CONVS[:1], GenerationParams(max_new_tokens=12, stop=[stop]))[0][0]
     assert cut.finish_reason == "stop" and stop not in cut.text and greedy.text.startswith(cut.text)
     assert cut.completion_tokens < 12
+    # in a batch whose other row runs on, the stopped row is padded; with pad = an end-of-turn id (the tiny
+    # tokenizer's <|endoftext|>) that padding must not count as a generated token
+    assert hf.pad_id in hf.eot_ids
+    batched = hf.generate([CONVS[0], [{"role": "user", "content": "hi"}]],
+                          GenerationParams(max_new_tokens=12, stop=[stop], logprobs=True))[0][0]
+    assert (batched.text, batched.completion_tokens) == (cut.text, cut.completion_tokens)
+    assert len(batched.logprobs) == batched.completion_tokens
+
+
+def test_hf_prompt_near_the_context_does_not_clip_its_batch_mates(hf):
+    long = [{"role": "user", "content": "word " * 1990}]  # ~2000 tokens: 100 new tokens do not fit in 2048
+    short = CONVS[0]
+    params = GenerationParams(max_new_tokens=100)
+    alone = [hf.generate([c], params)[0][0] for c in (short, long)]
+    assert alone[0].completion_tokens == 100 and alone[1].completion_tokens < 100  # the long one is clipped
+    batched = [r[0] for r in hf.generate([short, long, short], params)]
+    assert [(r.text, r.completion_tokens) for r in batched] == [(r.text, r.completion_tokens)
+                                                                for r in (alone[0], alone[1], alone[0])]
 
 
 def test_hf_errors(hf):

@@ -143,6 +143,7 @@ BAD = [  # (body, param named in the error)
     ({"model": "tiny", "messages": [{"role": "user", "content": "x" * (2 << 20)}]}, None),
     ({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}, "temperature"),
     ({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "n": 0}, "n"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "seed": 2**70}, "seed"),
 ]
 
 
@@ -155,6 +156,14 @@ def test_bad_input_gives_400_and_server_keeps_serving(server, body, param):
     assert err["error"]["message"]
     good = client(url).chat.completions.create(model="tiny", messages=ASK, temperature=0, max_tokens=2)
     assert good.choices[0].message.content is not None
+
+
+def test_unknown_path_gives_openai_error_object(server):
+    url, _ = server
+    status, err = post(f"{url}/completions", {"model": "tiny", "prompt": "hi"})  # not served
+    assert status == 404 and err["error"]["code"] == "not_found" and "/v1/completions" in err["error"]["message"]
+    with pytest.raises(openai.NotFoundError):
+        client(url).completions.create(model="tiny", prompt="hi")
 
 
 def test_feedback_export_log_and_data_inspect(server, tmp_path, capsys):
@@ -332,16 +341,30 @@ def test_tools_and_tool_turns_reach_the_template(server, hf):
     assert json.loads(logged[0]) == TOOLS and json.loads(logged[1])[1]["tool_calls"][0]["id"] == "call_1"
 
 
-def test_serve_cli_argument_errors(capsys):
+def test_serve_cli_argument_errors(capsys, tmp_path):
     from sftlab.cli import main
     from sftlab.cli.serve import default_log_path
 
     with pytest.raises(SystemExit) as exit_info:
         main(["serve"])
     assert exit_info.value.code == 2 and "exactly one of --model DIR or --upstream URL" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # options of a local model are not silently ignored in gateway mode
+        main(["serve", "--upstream", "http://127.0.0.1:9/v1", "--served-model-name", "m"])
+    assert exit_info.value.code == 2 and "apply to --model" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["serve", "export-log", "/nonexistent/serve.db", "-o", "/tmp/x.jsonl"])
     assert "request log not found: /nonexistent/serve.db" in capsys.readouterr().err
+    not_db = tmp_path / "notes.db"
+    not_db.write_text("not a database\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "export-log", str(not_db), "-o", str(tmp_path / "x.jsonl")])
+    assert exit_info.value.code == 2 and "notes.db: not an sftlab request log" in capsys.readouterr().err
+    from sftlab.errors import UserError
+    from sftlab.serve.log import RequestLog
+
+    for bad in (not_db, tmp_path):  # serve --log at a file that is no database, or at a directory
+        with pytest.raises(UserError, match="cannot use it as a SQLite database"):
+            RequestLog(bad)
     assert str(default_log_path(Path("runs/x/final"))) == "runs/x/serve.db"
     assert str(default_log_path(Path("some/model"))) == "serve.db"
 

@@ -28,8 +28,8 @@ def test_flywheel_serve_feedback_export_route_train(tmp_path, tiny_model_dir, sm
     url, srv = start_in_thread(app)
     try:
         c = openai.OpenAI(base_url=url, api_key="none", max_retries=0)
-        ask = lambda q, **kw: c.chat.completions.create(  # noqa: E731
-            model="tiny", messages=[{"role": "user", "content": q}], max_tokens=6, **kw)
+        ask = lambda q, **kw: c.chat.completions.create(  # noqa: E731  (greedy unless asked: unseeded samples vary)
+            model="tiny", messages=[{"role": "user", "content": q}], max_tokens=6, **{"temperature": 0.0, **kw})
         liked = [ask(f"please add {i} and {i + 2}") for i in range(3)]
         disliked = ask("please add 7 and 9")
         pair = ask("name three colours", n=2, temperature=1.0, seed=1)  # two replies of one prompt

@@ -75,6 +75,10 @@ def judge(pred: Path = typer.Option(..., "--pred", help="predictions.jsonl: {id,
     if not judge_cfg.get("base_url"):
         raise UserError("eval judge: give the judge endpoint, e.g. base_url=http://host/v1 model=NAME (or --config)")
     rows = rows_from_predictions(pred)
+    for i, r in enumerate(rows, 1):  # without the question the judge would grade replies to nothing
+        if not r["prompt"]:
+            raise UserError(f"{pred}: line {i}: missing field 'prompt' (the question the reply answers: a string "
+                            "or a message list)")
     if baseline is not None:
         base = {r["id"]: r["reply"] for r in rows_from_predictions(baseline)}
         for r in rows:

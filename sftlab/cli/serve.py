@@ -53,6 +53,9 @@ def serve(ctx: typer.Context,
 
     if (model is None) == (upstream is None):
         raise UserError("give exactly one of --model DIR or --upstream URL")
+    if upstream and (served_model_name or backend != "hf"):  # would be silently ignored in gateway mode
+        raise UserError("--served-model-name and --backend apply to --model; in gateway mode clients use the "
+                        "upstream's model name (choose it with --upstream-model)")
     if upstream:
         generator = load_generator({"base_url": upstream, "model": upstream_model,
                                     "api_key_env": upstream_api_key_env, "concurrency": max(1, max_batch_size)})

@@ -35,7 +35,7 @@ class GenerationConfig(Strict):
 class JudgeConfig(Strict):
     base_url: str | None = None
     model: str | None = None
-    api_key_env: str | None = "OPENAI_API_KEY"
+    api_key_env: str | None = None  # None: OPENAI_API_KEY when set, else no key (local servers need none)
     concurrency: int = Field(8, gt=0)
     mode: Literal["single", "pairwise"] = "single"
     dimensions: list[str] = ["helpfulness", "honesty", "harmlessness"]

@@ -104,9 +104,12 @@ def _cell(value: Any, mode: str, sheet: Path, item: str, dim: str) -> float | No
             raise UserError(f"{sheet}: {item}, column '{dim}': {value!r} is not A, B or C (tie)")
         return {"A": 1.0, "B": 0.0}.get(text, 0.5)
     try:
-        return float(text)
+        score = float(text)
     except ValueError:
         raise UserError(f"{sheet}: {item}, column '{dim}': {value!r} is not a number (rate 1-10)") from None
+    if not 1 <= score <= 10:  # a typo such as 77 would silently move the means (NaN too)
+        raise UserError(f"{sheet}: {item}, column '{dim}': {value!r} is outside the scale 1-10")
+    return score
 
 
 def _kappa(a: list[float], b: list[float]) -> dict[str, float | None]:

@@ -65,10 +65,13 @@ PAIRWISE_PATTERN = r"\[\[\s*([ABC])\s*\]\]"
 
 
 def fill(template: str, **fields: str) -> str:
-    """Replace {name} placeholders of the known fields only (a template may contain other braces, e.g. JSON)."""
-    for k, v in fields.items():
-        template = template.replace("{" + k + "}", v)
-    return template
+    """Replace {name} placeholders of the known fields only (a template may contain other braces, e.g. JSON).
+    One pass over the template: a question or reply that contains `{answer}` or `{reference}` (code, f-strings)
+    is not filled in turn."""
+    if not fields:
+        return template
+    placeholder = re.compile("|".join(re.escape("{" + k + "}") for k in fields))
+    return placeholder.sub(lambda m: fields[m.group(0)[1:-1]], template)
 
 
 def render_question(prompt: list[dict[str, Any]]) -> str:

@@ -36,7 +36,8 @@ def score_table(summary: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
         groups.setdefault(t, {}).update({f"judge:{k}": v for k, v in ms.items()})
     cols = sorted({c for ms in groups.values() for c in ms}, key=lambda c: (c.startswith("judge:"), c))
     rows = []
-    for t, ms in groups.items():
+    # "all" last, also when the judge graded task_types that have no reference metrics (prompt-only sets)
+    for t, ms in sorted(groups.items(), key=lambda kv: (kv[0] == "all", kv[0])):
         row: list[Any] = [t, max((v["n"] for v in ms.values()), default=0)]
         for c in cols:
             v = ms.get(c)

@@ -57,8 +57,13 @@ def load_items(cfg: EvalConfig) -> list[dict[str, Any]]:
     from sftlab.data.formats import read_records
 
     items: list[dict[str, Any]] = []
-    for s in cfg.sets():
+    names: dict[str, int] = {}
+    for k, s in enumerate(cfg.sets()):
         name = s.name or Path(s.path).stem
+        if name in names:  # item ids are "<set>:<record id>": two sets of one name would overwrite each other
+            raise UserError(f"data[{k}] ({s.path}): the set name {name!r} is taken by data[{names[name]}]; give "
+                            f"each set its own name, e.g. {{path: {s.path}, name: {name}_{k}}}")
+        names[name] = k
         recs, _ = read_records(s.path, s.format, task_type=s.task_type)
         if cfg.limit:
             recs = recs[:cfg.limit]
@@ -90,6 +95,11 @@ def _conversation(item: dict[str, Any], done: dict[str, dict[str, Any]]) -> list
     return prev["prompt"] + [{"role": "assistant", "content": prev["reply"]}] + item["prompt"]
 
 
+# What generate_rows writes; scores, judge results and baseline replies of an earlier run are not kept from the file.
+GENERATED_FIELDS = ("id", "set", "record_id", "turn", "task_type", "reference", "prompt", "reply", "finish_reason",
+                    "prompt_tokens", "completion_tokens", "generated_by")
+
+
 def generate_rows(generator: Any, items: list[dict[str, Any]], cfg: EvalConfig, out_path: Path,
                   label: str = "generate") -> list[dict[str, Any]]:
     """Replies for every item, appended to out_path as they come (kept on rerun); later turns wait for earlier ones."""
@@ -107,7 +117,17 @@ def generate_rows(generator: Any, items: list[dict[str, Any]], cfg: EvalConfig, 
     if out_path.exists():
         for row in read_jsonl(out_path):
             if row.get("reply") is not None and row.get("generated_by") == fingerprint:
-                done[row["id"]] = row
+                done[row["id"]] = {k: v for k, v in row.items() if k in GENERATED_FIELDS}  # not last run's scores
+        # A kept reply must answer the item's prompt as the data has it now (items are in turn order, so an earlier
+        # turn is checked first); the reference and task_type always come from the data, never from the old row.
+        for it in items:
+            row = done.get(it["id"])
+            if row is None:
+                continue
+            if (it["history_from"] and it["history_from"] not in done) or row["prompt"] != _conversation(it, done):
+                del done[it["id"]]
+            else:
+                row.update({k: it[k] for k in ("set", "record_id", "turn", "task_type", "reference")})
         write_jsonl_atomic(list(done.values()), out_path)  # drop stale replies before appending
     todo = [it for it in items if it["id"] not in done]
     with open(out_path, "a", encoding="utf-8") as f, Progress(transient=True) as progress:
@@ -123,7 +143,7 @@ def generate_rows(generator: Any, items: list[dict[str, Any]], cfg: EvalConfig, 
                 for start in range(0, len(group), g.batch_size):
                     chunk = group[start:start + g.batch_size]
                     convs = [_conversation(it, done) for it in chunk]
-                    replies = generator.generate(convs, params, tools=chunk[0]["tools"])
+                    replies = _generate_naming_item(generator, chunk, convs, params)
                     for it, conv, rep in zip(chunk, convs, replies, strict=True):
                         r = rep[0]
                         row = {k: it[k] for k in ("id", "set", "record_id", "turn", "task_type", "reference")}
@@ -137,6 +157,20 @@ def generate_rows(generator: Any, items: list[dict[str, Any]], cfg: EvalConfig, 
             ids = {it["id"] for it in ready}
             todo = [it for it in todo if it["id"] not in ids]
     return [done[it["id"]] for it in items]
+
+
+def _generate_naming_item(generator: Any, chunk: list[dict[str, Any]], convs: list[list[dict]], params: Any
+                          ) -> list[list[Any]]:
+    """generator.generate on one chunk; when it refuses a conversation (a prompt above the model's context, a
+    template that rejects it), the error names the eval item instead of its position in the chunk."""
+    try:
+        return generator.generate(convs, params, tools=chunk[0]["tools"])
+    except UserError as e:
+        if len(chunk) == 1:
+            raise UserError(f"eval item {chunk[0]['id']}: {str(e).removeprefix('conversation 0: ')}") from None
+        for it, conv in zip(chunk, convs, strict=True):  # find the item the backend refuses
+            _generate_naming_item(generator, [it], [conv], params)
+        raise
 
 
 # ---- scoring and outputs ---------------------------------------------------------------------------------------
@@ -224,6 +258,24 @@ def _baseline_replies(cfg: EvalConfig, items: list[dict], out: Path) -> dict[str
     return {r["id"]: r["reply"] for r in rows}
 
 
+def _check_scoring(cfg: EvalConfig, judge_generator: Any = None) -> None:
+    """Errors in metrics, checkers and the judge section, before any reply is generated (not after an hour of it)."""
+    from sftlab.eval.metrics import METRICS, make_checker
+
+    for m in cfg.metrics:
+        if m not in METRICS:
+            raise UserError(f"unknown metric {m!r} (known: {', '.join(METRICS)}; custom checks go in 'checkers')")
+    for spec in cfg.checkers:
+        make_checker(spec)
+    if isinstance(cfg.baseline, str) and cfg.baseline.endswith(".jsonl") and not Path(cfg.baseline).is_file():
+        raise UserError(f"baseline: predictions file not found: {cfg.baseline}")
+    if cfg.judge is not None:
+        if judge_generator is None and not (cfg.judge.base_url and cfg.judge.model):
+            raise UserError("judge: set judge.base_url and judge.model (an OpenAI-compatible endpoint)")
+        if cfg.judge.mode == "pairwise" and cfg.baseline is None:
+            raise UserError("judge.mode=pairwise needs `baseline` (a predictions.jsonl or a model)")
+
+
 def run_eval(cfg: EvalConfig, judge_generator: Any = None) -> dict[str, Any]:
     """The whole `sftlab eval CONFIG` run; returns summary.json's content."""
     t0 = time.time()
@@ -232,6 +284,7 @@ def run_eval(cfg: EvalConfig, judge_generator: Any = None) -> dict[str, Any]:
     items = load_items(cfg)
     if not items:
         raise UserError("no eval items: the data sets are empty")
+    _check_scoring(cfg, judge_generator)
     gen = _load_model(cfg.model, cfg.backend, cfg.generation.batch_size)
     partial = out / "predictions.jsonl"
     t_gen = time.time()
@@ -242,8 +295,6 @@ def run_eval(cfg: EvalConfig, judge_generator: Any = None) -> dict[str, Any]:
         for r in rows:
             r["baseline_reply"] = base.get(r["id"])
     judge_cfg = cfg.judge.as_dict() if cfg.judge else None
-    if judge_cfg and cfg.judge.mode == "pairwise" and cfg.baseline is None:
-        raise UserError("judge.mode=pairwise needs `baseline` (a predictions.jsonl or a model)")
     info = {"model": getattr(gen, "model_id", str(cfg.model)), "sets": sorted({i["set"] for i in items}),
             "timing": {"generate_s": round(gen_s, 2)}}
     summary = finish(rows, out, cfg.model_dump(mode="json"), metrics=cfg.metrics, checkers=cfg.checkers,
@@ -257,11 +308,15 @@ def run_eval(cfg: EvalConfig, judge_generator: Any = None) -> dict[str, Any]:
 def rows_from_predictions(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a user's predictions file ({"id", "task_type", "reply", "reference", "prompt"?} per line)."""
     rows = read_jsonl(path)
+    seen: dict[Any, int] = {}
     for i, r in enumerate(rows, 1):
         for key in ("id", "reply"):
             if r.get(key) is None:
                 raise UserError(f"{path}: line {i}: missing field '{key}' (each line needs id, task_type, reply, "
                                 "reference)")
+        if r["id"] in seen:  # replies are matched by id (baseline, compare, sheets): a second one would be lost
+            raise UserError(f"{path}: line {i}: field 'id': {r['id']!r} is also the id of line {seen[r['id']]}")
+        seen[r["id"]] = i
         r.setdefault("task_type", "default")
         p = r.get("prompt")
         r["prompt"] = [{"role": "user", "content": p}] if isinstance(p, str) else (p or [])

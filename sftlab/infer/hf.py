@@ -74,7 +74,8 @@ class HFGenerator:
         # Longest prompts first: rows of similar length share a batch, so little left padding is wasted.
         order = sorted(range(len(rows)), key=lambda r: -len(prompts[rows[r]]))
         by_row: dict[int, Reply] = {}
-        batches = [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+        batches = _batches(order, [len(prompts[rows[r]]) for r in order], self.batch_size,
+                           self.max_context and self.max_context - params.max_new_tokens)
         for batch in _progress(batches, self.progress and len(batches) > 1):
             stream = _StreamRows(self.tokenizer, batch, self.eot_ids, on_text) if on_text and not params.stop else None
             replies = self._generate_batch([prompts[rows[r]] for r in batch], params, stream)
@@ -105,8 +106,12 @@ class HFGenerator:
             from transformers import StoppingCriteriaList
 
             kwargs["stopping_criteria"] = StoppingCriteriaList([stream])
-        with torch.no_grad(), torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            if params.seed is not None:
+        # Only a seeded call forks the RNG: an unseeded one must advance the global RNG, else every unseeded
+        # sampled call would start from the same state and repeat the same sample.
+        seeded = params.seed is not None
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=devices, enabled=seeded):
+            if seeded:
                 torch.manual_seed(params.seed)
             out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs)
         new = out.sequences[:, width:]
@@ -119,9 +124,12 @@ class HFGenerator:
         replies = []
         for i, text in enumerate(texts):
             text, hit_stop = cut_at_stop(text, params.stop)
+            n_tokens = lengths_l[i]
+            if hit_stop and has_eot_l[i] and self.pad_id in self.eot_ids:
+                n_tokens -= 1  # a stop string ended the row: the "end-of-turn" after it is padding (pad = eot id)
             replies.append(Reply(text=text, finish_reason="stop" if has_eot_l[i] or hit_stop else "length",
-                                 prompt_tokens=len(prompts[i]), completion_tokens=lengths_l[i],
-                                 logprobs=token_logprobs[i][:lengths_l[i]] if token_logprobs else None))
+                                 prompt_tokens=len(prompts[i]), completion_tokens=n_tokens,
+                                 logprobs=token_logprobs[i][:n_tokens] if token_logprobs else None))
         return replies
 
 
@@ -152,6 +160,23 @@ class _StreamRows:
                     self.gone[i] = True
                 self.sent[i] = len(text)
         return self.gone.to(input_ids.device)
+
+
+def _batches(order: list[int], lengths: list[int], size: int, fits: int | None) -> list[list[int]]:
+    """Rows (longest prompt first) in batches of `size`. A batch's max_new_tokens is clipped to the context left
+    after its longest prompt, so a prompt longer than `fits` (context - max_new_tokens) only shares its batch with
+    prompts of its own length: a short prompt beside it would lose new tokens it has room for when alone."""
+    batches: list[list[int]] = []
+    start = 0
+    while start < len(order):
+        end = min(start + size, len(order))
+        if fits is not None and lengths[start] > fits:
+            end = start + 1
+            while end < len(order) and end - start < size and lengths[end] == lengths[start]:
+                end += 1
+        batches.append(order[start:end])
+        start = end
+    return batches
 
 
 def _generated_lengths(new: torch.Tensor, eot_ids: list[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

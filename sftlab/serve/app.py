@@ -13,6 +13,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sftlab.errors import UserError
 from sftlab.infer import Generator, Reply
@@ -217,6 +218,13 @@ def create_app(generator: Generator, log: RequestLog | None = None, *, max_batch
         if not await asyncio.to_thread(log.add_feedback, rid, score, comment):
             raise APIError(f"no logged chat completion has id {rid!r}", "id", "not_found")
         return {"id": rid, "object": "feedback", "score": score, "comment": comment}
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        # unknown paths (e.g. /v1/completions) and methods: OpenAI's error object, not FastAPI's {"detail"}
+        return JSONResponse(APIError(f"{request.method} {request.url.path}: {e.detail}", None,
+                                     "not_found" if e.status_code == 404 else None, status=e.status_code).body(),
+                            status_code=e.status_code, headers=getattr(e, "headers", None))
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, e: Exception) -> JSONResponse:

@@ -51,8 +51,12 @@ class RequestLog:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = connect(self.path)
-        self.conn.executescript(SCHEMA)
+        try:
+            self.conn = connect(self.path)
+            self.conn.executescript(SCHEMA)
+        except sqlite3.Error as e:  # a directory, a file that is no database, no permission
+            raise UserError(f"request log {self.path}: cannot use it as a SQLite database ({e}); give a new "
+                            "file or a log written by sftlab serve") from None
         self.lock = threading.Lock()
 
     def add_request(self, *, response_id: str, created: float, latency_ms: float, model: str,
@@ -89,7 +93,10 @@ def export_records(db: str | Path, min_score: int | None = None) -> tuple[list[d
     db = Path(db)
     if not db.exists():
         raise UserError(f"request log not found: {db}")
-    conn = connect(db)
+    try:  # connect() already reads the file (PRAGMA journal_mode), so a file that is no database fails here
+        conn = connect(db)
+    except sqlite3.DatabaseError as e:
+        raise UserError(f"{db}: not an sftlab request log ({e})") from e
     try:
         rows = conn.execute(
             "SELECT r.id, r.created, r.latency_ms, r.model, r.messages, r.tools, r.params, r.choices, "

@@ -131,12 +131,15 @@ def parse_chat_request(body: Any, model_id: str, max_context: int | None) -> Cha
     if _integer(body, "top_logprobs"):
         raise APIError("'top_logprobs' is not supported by this server (logprobs of the chosen tokens only)",
                        "top_logprobs", "unsupported_parameter")
+    seed = _integer(body, "seed")
+    if seed is not None and not -(2**63) <= seed < 2**64:  # torch.manual_seed's range; beyond it a 500 at generate
+        raise APIError(f"'seed' must be a 64-bit integer, got {seed}", "seed", "invalid_value")
     stream_options = body.get("stream_options") or {}
     params = GenerationParams(
         max_new_tokens=max_tokens or min(256, max_context or 256),
         temperature=_number(body, "temperature", 1.0, 0.0, 2.0),  # OpenAI's default temperature is 1
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0, low_open=True),
-        n=n, seed=_integer(body, "seed"), stop=stop or None, logprobs=logprobs)
+        n=n, seed=seed, stop=stop or None, logprobs=logprobs)
     return ChatRequest(messages, tools or None, params, stream,
                        bool(isinstance(stream_options, dict) and stream_options.get("include_usage")))
 
