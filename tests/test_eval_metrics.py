@@ -166,3 +166,15 @@ def test_cli_eval_metrics_on_predictions(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["eval", "metrics", "--pred", str(pred), "-o", str(out)])
     assert e.value.code == 2 and "line 2: field 'id': 'x' is also the id of line 1" in capsys.readouterr().err
+
+
+def test_last_number_reads_the_final_answer():
+    """The numeric checker and verifier read a math reply's stated answer: the last \\boxed{}, else after GSM8K's
+    ####, else the last number; commas only as thousands separators (a check after the answer, "\\boxed{41}.
+    Check: 6*7=42", passed for 42; "1,2,3" read as 123)."""
+    from sftlab.eval.metrics import last_number
+
+    cases = {"The answer is 42.": 42.0, r"so \boxed{41}. Check: 6*7=42": 41.0, "steps 3 4 #### 1,000": 1000.0,
+             "1,2,3": 3.0, "Total: $1,234,567.89!": 1234567.89, r"\boxed{\frac{1}{2}} (not 7)": 0.5,
+             r"\boxed{-\dfrac{3}{4}}": -0.75, "x = -3.5e2": -350.0, "１２３": 123.0, "no digits": None}
+    assert {t: last_number(t) for t in cases} == cases

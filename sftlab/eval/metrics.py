@@ -109,15 +109,29 @@ def exact_match(reply: str, reference: str, **norm: bool) -> float:
 
 # ---- custom checkers -------------------------------------------------------------------------------------------
 
-_NUM = re.compile(r"[-+]?\d[\d,]*\.?\d*(?:[eE][-+]?\d+)?|[-+]?\.\d+")
+# a comma only as a thousands separator ("1,234"; "1,2,3" is three numbers)
+_NUM = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?\.?|[-+]?\.\d+")
+_BOXED = re.compile(r"\\boxed\s*\{((?:[^{}]|\{[^{}]*\})*)\}")
+_FRAC = re.compile(r"\\[dt]?frac\s*\{\s*(\d+(?:\.\d+)?)\s*\}\s*\{\s*(\d+(?:\.\d+)?)\s*\}")
+
+
+def final_answer_text(text: str) -> str:
+    """Where a math reply states its answer: the last \\boxed{...}, else what follows the last GSM8K `####`, else
+    the whole text (so a check written after the answer, "\\boxed{41}. Check: 6*7=42", does not count)."""
+    if boxed := _BOXED.findall(text):
+        return boxed[-1]
+    return text.rpartition("####")[2] if "####" in text else text
 
 
 def last_number(text: str) -> float | None:
-    found = _NUM.findall(unicodedata.normalize("NFKC", text))
+    """The last number of the text's final answer (final_answer_text); None if it has none."""
+    answer = final_answer_text(unicodedata.normalize("NFKC", text))
+    answer = _FRAC.sub(lambda m: repr(float(m[1]) / float(m[2])) if float(m[2]) else m[0], answer)  # \\frac{1}{2}
+    found = _NUM.findall(answer)
     if not found:
         return None
     try:
-        return float(found[-1].replace(",", ""))
+        return float(found[-1].rstrip(".").replace(",", ""))
     except ValueError:
         return None
 
@@ -138,7 +152,7 @@ def make_checker(spec: Mapping[str, Any]) -> tuple[str, Callable[[str, str | Non
     """A checker spec → (name, fn(reply, reference, row) -> score in [0, 1]).
 
     Specs: {type: regex, pattern, [name]} (reply matches), {type: json_valid}, {type: numeric, [tol]}
-    (last number of the reply equals the reference's last number), {type: python, fn: pkg.mod.func}
+    (last number of the reply's final answer equals the reference's: see last_number), {type: python, fn: pkg.mod.func}
     (fn(reply, reference, row) returns a bool or a float in [0, 1]).
     """
     kind = spec.get("type")

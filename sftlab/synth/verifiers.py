@@ -1,7 +1,8 @@
 """Verifiers score a reply in [0, 1]; best-of-n keeps replies at or above a threshold.
 
 Specs (`--verifier`):
-  numeric[:TOL]          the last number of the reply equals the last number of the reference
+  numeric[:TOL]          the reply's final answer equals the reference's (eval.metrics.last_number: the last
+                         number of the last \\boxed{}, else after ####, else of the text)
   regex:PATTERN          the reply matches PATTERN (re.search, DOTALL)
   python:module:function function(reply, reference, record) -> bool or float in [0, 1]
   code[:SECONDS]         the reply's last ```python block, followed by the record's `meta.tests` (asserts),
