@@ -41,6 +41,10 @@ def test_verdict_parsing_mt_bench_formats():
         {"helpfulness": 7.0, "honesty": 9.0}
     assert parse_single("helpfulness: [[7]]", ["helpfulness", "honesty"]) is None  # a missing dimension fails
     assert parse_single("score 6/10", ["overall"], pattern=r"score (\d+)/10") == {"overall": 6.0}
+    assert parse_single("Rating: [[85]]", ["overall"]) is None  # off the 1-10 scale: no grade (was 85/10)
+    assert parse_single("Rating: [[8]] ... (typo: [[0]])", ["overall"]) == {"overall": 8.0}
+    # a dimension is a whole word: "dishonesty" is not "honesty"
+    assert parse_single("dishonesty: [[2]]\nhelpfulness: [[7]]", ["helpfulness", "honesty"]) is None
     assert parse_pairwise("A is better [[A]]") == "A"
     assert parse_pairwise("not [[A]] but [[C]]") == "C"  # the last verdict counts
     assert parse_pairwise("A is better") is None

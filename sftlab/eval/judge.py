@@ -60,7 +60,7 @@ SINGLE_REMINDER = ("Your previous answer could not be read. Reply again and give
                    "exactly as `<dimension>: [[<grade>]]` with a number from 1 to 10 for: {dimensions}.")
 PAIRWISE_REMINDER = "Your previous answer could not be read. Reply again and end with exactly one of [[A]], [[B]] or [[C]]."
 
-SINGLE_PATTERN = r"{dimension}\s*[:：]?\s*\[\[\s*(\d+(?:\.\d+)?)\s*\]\]"
+SINGLE_PATTERN = r"(?<!\w){dimension}\s*[:：]?\s*\[\[\s*(\d+(?:\.\d+)?)\s*\]\]"
 PAIRWISE_PATTERN = r"\[\[\s*([ABC])\s*\]\]"
 
 
@@ -82,16 +82,17 @@ def render_question(prompt: list[dict[str, Any]]) -> str:
 
 
 def parse_single(text: str, dimensions: Sequence[str], pattern: str | None = None) -> dict[str, float] | None:
-    """{dimension: grade} when every dimension's grade is found (the last one wins), else None.
-    With one dimension, MT-Bench's `Rating: [[7]]` also counts."""
+    """{dimension: grade} when every dimension's grade is found (the last one from 1 to 10 wins: `[[85]]` is no
+    grade), else None. With one dimension, MT-Bench's `Rating: [[7]]` also counts."""
     out = {}
     for dim in dimensions:
         names = [re.escape(dim)] + (["rating"] if len(dimensions) == 1 else [])
         found = None
         for name in names:
-            hits = re.findall((pattern or SINGLE_PATTERN).replace("{dimension}", name), text, flags=re.I)
-            if hits:
-                found = float(hits[-1])
+            hits = [float(h) for h in re.findall((pattern or SINGLE_PATTERN).replace("{dimension}", name), text,
+                                                 flags=re.I)]
+            if hits := [h for h in hits if 1.0 <= h <= 10.0]:
+                found = hits[-1]
                 break
         if found is None:
             return None
