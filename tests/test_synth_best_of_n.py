@@ -289,3 +289,53 @@ def test_pairs_train_one_step_in_trl_dpo_trainer(tmp_path, tiny_model_dir):
     result = trainer.train()
     assert result.global_step == 1 and torch.isfinite(torch.tensor(result.training_loss))
     assert any(not torch.equal(a, b.detach()) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_teacher_cache_resumes_a_stopped_run_and_reruns_send_nothing(tmp_path, capsys):
+    """Replies are kept in OUT/teacher_cache.sqlite chunk by chunk: a run stopped by a teacher error resumes with
+    only the unanswered prompts sent; a finished run's rerun sends nothing and writes the same bytes; --fresh asks
+    again; unseeded sampling is never cached."""
+    from sftlab.infer import GenerationParams, Reply
+    from sftlab.synth.teacher import CachedTeacher, ask
+
+    class Flaky:
+        model_id = "flaky"
+
+        def __init__(self, fail_after: int | None) -> None:
+            self.fail_after, self.asked = fail_after, []
+
+        def generate(self, convs, params, tools=None):  # noqa: ANN001, ANN201
+            if self.fail_after is not None and len(self.asked) >= self.fail_after:
+                raise RuntimeError("teacher down")
+            self.asked += [c[0]["content"] for c in convs]
+            return [[Reply(f"re {c[0]['content']} {params.seed}", "stop", 1, 2)] for c in convs]
+
+    convs = [[{"role": "user", "content": f"q{i}"}] for i in range(10)]
+    seeded = GenerationParams(temperature=1.0, seed=7)
+    with pytest.raises(RuntimeError):  # stops after the first chunk of 4
+        ask(CachedTeacher(Flaky(fail_after=4), tmp_path / "c.sqlite"), convs, seeded, batch_size=4)
+    again = Flaky(fail_after=None)
+    cached = CachedTeacher(again, tmp_path / "c.sqlite")
+    replies = ask(cached, convs, seeded, batch_size=4)
+    assert again.asked == [f"q{i}" for i in range(4, 10)] and (cached.hits, cached.sent) == (4, 6)
+    assert [r[0].text for r in replies] == [f"re q{i} 7" for i in range(10)]
+    unseeded = Flaky(fail_after=None)
+    ask(CachedTeacher(unseeded, tmp_path / "c.sqlite"), convs, GenerationParams(temperature=1.0), batch_size=4)
+    ask(CachedTeacher(unseeded, tmp_path / "c.sqlite"), convs, GenerationParams(temperature=1.0), batch_size=4)
+    assert len(unseeded.asked) == 20  # new samples every time
+
+    with ScriptedTeacher(sometimes_right) as t:
+        out = _run(tmp_path, t.base_url, "bon")
+        first = {f: (out / f).read_bytes() for f in ("sft.jsonl", "pairs.jsonl", "dropped.jsonl")}
+        capsys.readouterr()
+        _run(tmp_path, t.base_url, "bon")
+        assert t.requests == 24  # the rerun asked nothing
+        assert "teacher: 24 replies reused from" in capsys.readouterr().err
+        assert {f: (out / f).read_bytes() for f in first} == first
+        assert json.loads((out / "summary.json").read_text())["teacher_cache"]["reused"] == 24
+        _run(tmp_path, t.base_url, "bon", "--fresh")
+        assert t.requests == 48
+    (out / "teacher_cache.sqlite").write_text("not a database")
+    with pytest.raises(SystemExit) as e:
+        _run(tmp_path, "http://127.0.0.1:9/v1", "bon", "--teacher-model", "m")
+    assert e.value.code == 2 and "not a teacher cache" in capsys.readouterr().err

@@ -21,12 +21,32 @@ TEACHER_MODEL = typer.Option(None, "--teacher-model", help="model name at the en
 API_KEY_ENV = typer.Option(None, "--api-key-env", help="environment variable holding the endpoint's API key")
 CONCURRENCY = typer.Option(8, "--concurrency", help="parallel requests to an endpoint")
 SEED = typer.Option(0, "--seed", help="sampling seed (same seed, same teacher -> same output)")
+FRESH = typer.Option(False, "--fresh", help="ask the teacher again instead of reusing the replies kept in the "
+                     "output's teacher cache from an earlier run")
 
 
-def _teacher(teacher: str, model: str | None, api_key_env: str | None, concurrency: int):  # noqa: ANN202
-    from sftlab.synth.teacher import load_teacher
+def _teacher(teacher: str, model: str | None, api_key_env: str | None, concurrency: int,  # noqa: ANN202
+             cache: Path | None = None, fresh: bool = False):
+    """The teacher; with `cache`, wrapped so its replies are kept there and a rerun resumes (CachedTeacher)."""
+    from sftlab.synth.teacher import CachedTeacher, load_teacher
 
-    return load_teacher(teacher, model, api_key_env, concurrency)
+    gen = load_teacher(teacher, model, api_key_env, concurrency)
+    if cache is None:
+        return gen
+    if fresh:
+        cache.unlink(missing_ok=True)
+    return CachedTeacher(gen, cache)
+
+
+def _cache_of(out: Path, is_dir: bool) -> Path:
+    return out / "teacher_cache.sqlite" if is_dir else out.with_name(out.stem + ".teacher_cache.sqlite")
+
+
+def _report_cache(gen, summary: dict) -> None:  # noqa: ANN001
+    """How much of the run came from the teacher cache: in summary.json, and one line on stderr when resumed."""
+    summary["teacher_cache"] = {"path": str(gen.path), "reused": gen.hits, "asked": gen.sent}
+    if gen.hits:
+        typer.echo(f"teacher: {gen.hits} replies reused from {gen.path} (an earlier run), {gen.sent} asked", err=True)
 
 
 def _check_out(path: Path, is_dir: bool) -> None:
@@ -66,7 +86,7 @@ def best_of_n_cmd(prompts: Path = typer.Argument(..., help="canonical records; t
                   pairs_format: str = typer.Option("trl", "--pairs-format", help="trl | llamafactory"),
                   judge: str | None = typer.Option(None, "--judge", help="--verifier judge: endpoint URL or model dir"),
                   judge_model: str | None = typer.Option(None, "--judge-model", help="model name at the judge URL"),
-                  seed: int = SEED) -> None:
+                  seed: int = SEED, fresh: bool = FRESH) -> None:
     """Sample N replies per prompt, verify them; write sft.jsonl, pairs.jsonl, dropped.jsonl, summary.json."""
     from sftlab.data.records import write_jsonl
     from sftlab.synth.best_of_n import best_of_n
@@ -76,9 +96,11 @@ def best_of_n_cmd(prompts: Path = typer.Argument(..., help="canonical records; t
     _check_out(out_dir, is_dir=True)
     records = read_prompt_records(prompts)
     ver = make_verifier(verifier, _teacher(judge, judge_model, api_key_env, concurrency) if judge else None)
-    gen = _teacher(teacher, teacher_model, api_key_env, concurrency)  # after the verifier: its errors come first
+    gen = _teacher(teacher, teacher_model, api_key_env, concurrency,  # after the verifier: its errors come first
+                   _cache_of(out_dir, is_dir=True), fresh)
     res = best_of_n(records, gen, ver, n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                     seed=seed, threshold=threshold, pairs_format=pairs_format)
+    _report_cache(gen, res.summary)
     write_jsonl(res.sft, out_dir / "sft.jsonl")
     write_jsonl(res.pairs, out_dir / "pairs.jsonl")
     write_jsonl(res.dropped, out_dir / "dropped.jsonl")
@@ -100,7 +122,7 @@ def self_instruct_cmd(seeds: Path = typer.Argument(..., help="seed records (cano
                                                             help="drop at ROUGE-L >= this to a seed/kept one"),
                       temperature: float = typer.Option(1.0, "--temperature"),
                       max_new_tokens: int = typer.Option(512, "--max-new-tokens"),
-                      seed: int = SEED) -> None:
+                      seed: int = SEED, fresh: bool = FRESH) -> None:
     """Generate new instructions per task_type from seed examples, answer them, keep the novel clean ones."""
     from sftlab.data.curate.io import dropped_path, load_records
     from sftlab.data.records import write_jsonl
@@ -112,9 +134,10 @@ def self_instruct_cmd(seeds: Path = typer.Argument(..., help="seed records (cano
         raise UserError("-n, --per-request and --few-shot must be >= 1")
     _check_out(out, is_dir=False)
     records = load_records(seeds)
-    gen = _teacher(teacher, teacher_model, api_key_env, concurrency)
+    gen = _teacher(teacher, teacher_model, api_key_env, concurrency, _cache_of(out, is_dir=False), fresh)
     res = self_instruct(records, gen, n=n, per_request=per_request, few_shot=few_shot, seed=seed,
                         rouge_threshold=rouge_threshold, temperature=temperature, max_new_tokens=max_new_tokens)
+    _report_cache(gen, res.summary)
     write_jsonl(res.kept, out)
     write_jsonl(res.dropped, dropped_path(out))
     write_json(res.summary, out.with_name(out.stem + ".summary.json"))
@@ -221,19 +244,23 @@ def evolve_cmd(inputs: Path = typer.Argument(..., help="records whose first user
                                                         "(repeatable): rewrite each answer in that form instead "
                                                         "of evolving the instruction"),
                temperature: float = typer.Option(0.7, "--temperature"),
-               max_new_tokens: int = typer.Option(512, "--max-new-tokens"), seed: int = SEED) -> None:
+               max_new_tokens: int = typer.Option(512, "--max-new-tokens"), seed: int = SEED,
+               fresh: bool = FRESH) -> None:
     """Evol-Instruct: rewrite each instruction (in depth / in breadth), answer it, eliminate failed evolutions."""
     from sftlab.data.curate.io import load_records
     from sftlab.synth.evolve import evolve, rewrite_formats
 
     _check_out(out, is_dir=False)
+    records = load_records(inputs)
+    gen = _teacher(teacher, teacher_model, api_key_env, concurrency, _cache_of(out, is_dir=False), fresh)
     if rewrite_format:
-        res = rewrite_formats(load_records(inputs), _teacher(teacher, teacher_model, api_key_env, concurrency),
-                              tuple(rewrite_format), seed=seed, temperature=temperature, max_new_tokens=max_new_tokens)
+        res = rewrite_formats(records, gen, tuple(rewrite_format), seed=seed, temperature=temperature,
+                              max_new_tokens=max_new_tokens)
+        _report_cache(gen, res.summary)
         return _write_synth(res, out, "evolve --rewrite-format")
-    res = evolve(load_records(inputs), _teacher(teacher, teacher_model, api_key_env, concurrency),
-                 ops=tuple(o.strip() for o in ops.split(",") if o.strip()), seed=seed, temperature=temperature,
-                 max_new_tokens=max_new_tokens)
+    res = evolve(records, gen, ops=tuple(o.strip() for o in ops.split(",") if o.strip()), seed=seed,
+                 temperature=temperature, max_new_tokens=max_new_tokens)
+    _report_cache(gen, res.summary)
     _write_synth(res, out, "evolve")
 
 
@@ -255,7 +282,8 @@ def multi_turn_cmd(inputs: Path = typer.Argument(..., help="single-turn (or shor
                    embed_model: str | None = typer.Option(None, "--embed-model", help="--chain: sentence-transformers "
                                                           "model (default: the shipped all-MiniLM-L6-v2)"),
                    temperature: float = typer.Option(0.7, "--temperature"),
-                   max_new_tokens: int = typer.Option(512, "--max-new-tokens"), seed: int = SEED) -> None:
+                   max_new_tokens: int = typer.Option(512, "--max-new-tokens"), seed: int = SEED,
+                   fresh: bool = FRESH) -> None:
     """Chain related turns: the teacher asks follow-up questions and answers them (or --chain: join related
     single-turn records)."""
     from sftlab.data.curate.io import load_records
@@ -277,6 +305,8 @@ def multi_turn_cmd(inputs: Path = typer.Argument(..., help="single-turn (or shor
         raise UserError("synth multi-turn: give --teacher URL|DIR (or --chain to join related records without one)")
     if turns < 2:
         raise UserError(f"--turns must be >= 2, got {turns}")
-    res = multi_turn(load_records(inputs), _teacher(teacher, teacher_model, api_key_env, concurrency), turns=turns,
-                     seed=seed, temperature=temperature, max_new_tokens=max_new_tokens)
+    records = load_records(inputs)
+    gen = _teacher(teacher, teacher_model, api_key_env, concurrency, _cache_of(out, is_dir=False), fresh)
+    res = multi_turn(records, gen, turns=turns, seed=seed, temperature=temperature, max_new_tokens=max_new_tokens)
+    _report_cache(gen, res.summary)
     _write_synth(res, out, "multi-turn")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sftlab.errors import UserError
@@ -19,6 +20,67 @@ def load_teacher(teacher: str, model: str | None = None, api_key_env: str | None
     if model:
         raise UserError(f"--teacher-model {model!r} is only for an endpoint URL; {teacher} is a local directory")
     return load_generator(teacher, backend=backend)
+
+
+class CachedTeacher:
+    """A Generator that keeps the teacher's replies in sqlite, keyed by (teacher, conversation, tools, params), so
+    a synth run that stopped part-way (a teacher error, Ctrl-C) resumes when run again: only what was not answered
+    is sent; a rerun with other filters (threshold, verifier) sends nothing. Unseeded sampling is never cached:
+    it asks for new samples every time. Replies are committed after every generate() call (ask() sends chunks)."""
+
+    def __init__(self, gen: Generator, path: str | Path) -> None:
+        import sqlite3
+
+        self.gen, self.path = gen, Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(str(self.path))
+            self.db.execute("CREATE TABLE IF NOT EXISTS reply (key TEXT PRIMARY KEY, replies TEXT)")
+        except sqlite3.DatabaseError as e:
+            raise UserError(f"{self.path}: not a teacher cache ({e}); remove it or pass --fresh") from None
+        self.hits = self.sent = 0
+
+    def __getattr__(self, name: str) -> Any:  # model_id, base_url, ...: the teacher's own
+        if name == "gen":
+            raise AttributeError(name)
+        return getattr(self.gen, name)
+
+    def _key(self, conversation: list[dict], params: GenerationParams, tools: list[dict] | None) -> str:
+        import dataclasses
+        import hashlib
+        import json
+
+        blob = json.dumps([teacher_id(self.gen), conversation, tools, dataclasses.asdict(params)], sort_keys=True,
+                          ensure_ascii=False, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def generate(self, conversations: list[list[dict]], params: GenerationParams,
+                 tools: list[dict] | None = None) -> list[list[Reply]]:
+        import dataclasses
+        import json
+
+        if params.temperature > 0 and params.seed is None:
+            self.sent += len(conversations)
+            return self.gen.generate(conversations, params, tools)
+        keys = [self._key(c, params, tools) for c in conversations]
+        found: dict[str, list[Reply]] = {}
+        for k in set(keys):
+            row = self.db.execute("SELECT replies FROM reply WHERE key = ?", (k,)).fetchone()
+            if row:
+                found[k] = [Reply(**r) for r in json.loads(row[0])]
+        out: list[list[Reply] | None] = [found.get(k) for k in keys]
+        todo = [i for i, reps in enumerate(out) if reps is None]
+        self.hits += len(conversations) - len(todo)
+        self.sent += len(todo)
+        if todo:
+            new = self.gen.generate([conversations[i] for i in todo], params, tools)
+            with self.db:
+                self.db.executemany("INSERT OR REPLACE INTO reply VALUES (?, ?)",
+                                    [(keys[i], json.dumps([dataclasses.asdict(r) for r in reps], ensure_ascii=False))
+                                     for i, reps in zip(todo, new, strict=True)])
+            for i, reps in zip(todo, new, strict=True):
+                out[i] = reps
+        return out  # type: ignore[return-value]  # every slot is filled
 
 
 def teacher_id(gen: Generator) -> str:
