@@ -99,6 +99,31 @@ def test_item2_resume_refuses_changed_lr_and_applies_resumable_changes(tmp_path,
     assert (saved["max_steps"], saved["logging_steps"], saved["learning_rate"]) == (8, 2, 1e-3)
 
 
+def test_item2_raised_max_steps_stretches_the_lr_schedule_from_the_resumed_step(tmp_path, tiny_model_dir, train_file,
+                                                                                 capsys):
+    """The first step after a resume with another length used the checkpoint's lr (the old schedule's)."""
+    from sftlab.train.loop import build_scheduler
+
+    cfg = write_config(tmp_path, tiny_model_dir, train_file, eval_set=False, save_steps=2, max_steps=4,
+                       warmup_ratio=0)
+    run = tmp_path / "run"
+    assert run_cli(["train", cfg], capsys)[0] == 0
+    code, out, err = run_cli(["train", cfg, "train.resume=auto", "train.max_steps=8"], capsys)
+    assert code == 0, err
+    assert "step-2 at step 2" in out
+    from sftlab.config import load_config
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    scheduler = build_scheduler(optimizer, load_config(cfg, ["train.max_steps=8"]), 8)
+    expected = []
+    for _ in range(8):
+        expected.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    logged = {m["step"]: m["lr"] for m in metrics(run) if "loss" in m}
+    assert [logged[s] for s in range(3, 9)] == pytest.approx(expected[2:], rel=1e-12)
+
+
 # ------------------------------------------------------------------- 3. save_total_limit
 
 

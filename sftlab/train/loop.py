@@ -685,6 +685,11 @@ def _restore(ckpt: Path, optimizer: Any, scheduler: Any, info: parallel.DistInfo
     opt_file = ckpt / (f"optimizer.rank{info.rank}.pt" if sharded else "optimizer.pt")
     optimizer.load_state_dict(torch.load(opt_file, weights_only=False))
     scheduler.load_state_dict(state["scheduler"])
+    # the restored optimizer and scheduler hold the checkpoint's lr for the next step, from the old run length:
+    # take it from this run's schedule (max_steps / num_train_epochs may have changed; same value otherwise)
+    for group, base, f in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
+        group["lr"] = base * f(scheduler.last_epoch)
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
     _set_rng_state(state.get("rng_per_rank", [state["rng"]] * info.world_size)[info.rank])
     return int(state["step"]), state
 
