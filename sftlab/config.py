@@ -78,6 +78,8 @@ class DataConfig(Strict):
     def _paths_to_sources(cls, v: Any) -> Any:
         if isinstance(v, (str, dict)):
             v = [v]
+        if not isinstance(v, list):  # None (an empty `eval:`), a number: pydantic names the key and the value
+            return v
         return [{"path": x} if isinstance(x, str) else x for x in v]
 
 

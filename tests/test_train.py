@@ -87,6 +87,8 @@ def test_lora_adapter_loads_and_merge_matches(tmp_path, tiny_model_dir, train_fi
     ("model.name_or_path=/nonexistent/model", "directory not found: /nonexistent/model"),
     ("train.output_dir=/proc/forbidden", "cannot write to /proc/forbidden"),
     ("data.max_length=abc", "data.max_length"),
+    ("data.eval=", "key 'data.eval': Input should be a valid list (got None)"),  # was an internal TypeError
+    ("data.train=5", "key 'data.train': Input should be a valid list (got 5)"),
 ])
 def test_bad_config_is_one_line_error(tmp_path, tiny_model_dir, train_file, capsys, override, message):
     cfg = write_config(tmp_path, tiny_model_dir, train_file)
