@@ -284,3 +284,8 @@ def test_estimate_cli_json_and_table(tmp_path, tiny_model_dir, capsys):
         main(["estimate", str(cfg), "--gpu", "h100-81gb"])
     assert e.value.code == 2
     assert "h100-80gb" in capsys.readouterr().err
+
+    with pytest.raises(SystemExit) as e:  # was "-1024.0 MiB: does NOT fit"
+        main(["estimate", str(cfg), "--memory-gb", "-1"])
+    assert e.value.code == 2
+    assert "--memory-gb must be > 0 (got -1.0)" in capsys.readouterr().err

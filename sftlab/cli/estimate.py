@@ -30,6 +30,8 @@ def estimate(ctx: typer.Context, config: Path = typer.Argument(..., help="YAML c
     cfg = load_config(config, list(ctx.args))
     if world_size < 1:
         raise UserError(f"--world-size must be >= 1 (got {world_size})")
+    if memory_gb is not None and not memory_gb > 0:
+        raise UserError(f"--memory-gb must be > 0 (got {memory_gb})")
     if gpu is not None and memory_gb is not None:
         raise UserError("give --gpu or --memory-gb, not both")
     if gpu is not None:
