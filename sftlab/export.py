@@ -24,6 +24,10 @@ def load_for_inference(path: str | Path) -> Any:
 
         check_adapter_base(path)
         return AutoPeftModelForCausalLM.from_pretrained(path)
+    if not (path / "config.json").is_file():  # e.g. a run dir instead of its final/: one line, not a ValueError
+        inside = sorted({p.parent.name for n in ("config.json", "adapter_config.json") for p in path.glob(f"*/{n}")})
+        hint = f"; its model directories: {', '.join(inside)}" if inside else ""
+        raise UserError(f"{path} is not a model directory (no config.json or adapter_config.json){hint}")
     return AutoModelForCausalLM.from_pretrained(path)
 
 

@@ -80,6 +80,12 @@ def test_lora_adapter_loads_and_merge_matches(tmp_path, tiny_model_dir, train_fi
     assert (a - b).abs().max() <= 1e-4
     assert (a - c).abs().max() > 1e-3  # the adapter really changed the model
 
+    # the run dir instead of its final/: one line naming the model dirs inside (was an internal ValueError)
+    capsys.readouterr()
+    code, out, err = run_cli(["export", tmp_path / "run", "-o", tmp_path / "x"], capsys)
+    assert code == 2 and "is not a model directory" in err and "final" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+
 
 @pytest.mark.parametrize("override, message", [
     ("train.bogus_key=1", "unknown key 'train.bogus_key'"),
