@@ -84,7 +84,7 @@ def load_split(sources: list, cfg: RunConfig, tokenizer: Any, run_dir: Path | No
                is_main: bool, channels: list[str] | None = None) -> DataSet:
     """Open the rendered store of every source (local rank 0 renders what the cache lacks, the node's other
     ranks wait for it and map the same files); rejects go to RUN/rejects-<name>.jsonl, the stores used to
-    RUN/data_cache.json."""
+    RUN/data_cache.json. `channels`: the training split's channels, for an eval split (its own follow them)."""
     from sftlab.data.render import RenderReport
     from sftlab.data.store import RenderSettings, StoreSamples, build_or_open, tokenizer_hash
 
@@ -153,8 +153,9 @@ def load_split(sources: list, cfg: RunConfig, tokenizer: Any, run_dir: Path | No
     if not len(rows):
         raise UserError(f"data.{name}: every record was rejected ({len(rejects)}); see the rejects file")
 
-    if channels is None:
-        channels = sorted({c for t in task_names for c in task_channels(t)})
+    own = sorted({c for t in task_names for c in task_channels(t)})
+    # eval: the training channels first, then the eval set's own task types (logged, never silently dropped)
+    channels = own if channels is None else channels + [c for c in own if c not in channels]
     index = {c: i for i, c in enumerate(channels)}
     per_task = torch.zeros(len(task_names), len(channels), dtype=torch.float64)
     for t, task in enumerate(task_names):
