@@ -198,6 +198,16 @@ def test_item5_settings_that_cannot_take_effect_error_or_warn(tmp_path, tiny_mod
     assert "warning: train.warmup_steps=5 is longer than the run (2 steps)" in out
 
 
+def test_item6_fp16_on_cpu_fails_before_the_run_dir_is_written(tmp_path, tiny_model_dir, train_file, capsys):
+    """fp16 on CPU failed at the first step, after config.yaml / metrics were written: the corrected rerun into
+    the same output_dir was then refused as 'not empty'."""
+    cfg = write_config(tmp_path, tiny_model_dir, train_file, eval_set=False, max_steps=1)
+    code, out, err = run_cli(["train", cfg, "model.dtype=fp16", "train.device=cpu"], capsys)
+    assert code == 2 and err.strip() == "error: model.dtype=fp16 is not supported on CPU; use bf16 or fp32", err
+    assert not any((tmp_path / "run").iterdir())
+    assert run_cli(["train", cfg, "train.device=cpu"], capsys)[0] == 0
+
+
 # ------------------------------------------------------------------- 7. leftovers of a kill while saving
 
 

@@ -86,6 +86,8 @@ def resolve_precision(requested: str, device: torch.device) -> tuple[str, str]:
     auto → bf16 autocast where bf16 pays on the device (`bf16_native`), else fp32; an explicit bf16 where it
     does not also falls back to fp32 (said in the line) instead of taking the slow path. fp32 / fp16 are kept.
     """
+    if requested == "fp16" and device.type == "cpu":  # before the run dir is written (autocast_context says it late)
+        raise UserError("model.dtype=fp16 is not supported on CPU; use bf16 or fp32")
     if requested not in ("auto", "bf16"):
         return requested, f"{requested} (as configured)"
     ok, why = bf16_native(device)
