@@ -42,7 +42,7 @@ def estimate(ctx: typer.Context, config: Path = typer.Argument(..., help="YAML c
     memory = int(memory_gb * GIB) if memory_gb is not None else None
     # with --json, stdout carries only the JSON object: rendering / probe progress goes to stderr
     with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
-        est = estimate_run(cfg, world_size, memory, use_data=use_data)
+        est = estimate_run(cfg, world_size, memory, use_data=use_data, gpu=gpu)
         out = est.to_dict()
         if probe:
             from sftlab.train.probe import probe_run
