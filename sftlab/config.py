@@ -220,7 +220,10 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
+        mark = getattr(e, "problem_mark", None)  # where the parser stopped: the line to look at
+        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark is not None else ""
+        raise ConfigError(f"{path}:{where} invalid YAML: {getattr(e, 'problem', None) or str(e).splitlines()[0]}") \
+            from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping with model/data/train")
     return raw

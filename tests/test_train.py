@@ -105,6 +105,15 @@ def test_bad_config_is_one_line_error(tmp_path, tiny_model_dir, train_file, caps
     assert len(err.strip().splitlines()) == 1
 
 
+def test_invalid_yaml_names_the_line(tmp_path, capsys):
+    """The message was the parser's first line only ('while parsing a block mapping'), with no line number."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("model: {name_or_path: m}\ndata:\n  train: [x.jsonl]\n   max_length: 3\n")
+    code, out, err = run_cli(["train", cfg], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{cfg}: line 4, column 4: invalid YAML: expected <block end>" in err, err
+
+
 def test_nonfinite_loss_stops_with_emergency_checkpoint(tmp_path, tiny_model_dir, train_file, capsys):
     cfg = write_config(tmp_path, tiny_model_dir, train_file, learning_rate=1e30, max_grad_norm=0)
     code, out, err = run_cli(["train", cfg], capsys)
