@@ -105,6 +105,18 @@ def test_bad_config_is_one_line_error(tmp_path, tiny_model_dir, train_file, caps
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--hidden-size", "130"], "130: must be a positive multiple of 8"),  # was an internal error from transformers
+    (["--hidden-size", "12"], "12: must be a positive multiple of 8"),  # was written, then failed at generation
+    (["--hidden-size", "-4"], "-4: must be a positive multiple of 8"),
+    (["--num-layers", "0"], "0: must be at least 1"),
+])
+def test_tiny_model_refuses_shapes_it_cannot_build(tmp_path, capsys, args, message):
+    code, out, err = run_cli(["tiny-model", tmp_path / "m", *args], capsys)
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "m").exists()
+
+
 def test_invalid_yaml_names_the_line(tmp_path, capsys):
     """The message was the parser's first line only ('while parsing a block mapping'), with no line number."""
     cfg = tmp_path / "cfg.yaml"

@@ -23,10 +23,21 @@ def tiny_model(out_dir: Path = typer.Argument(..., help="Where to write the mode
 
     if vocab not in ("local", "qwen"):
         raise typer.BadParameter(f"{vocab!r}: choose local or qwen", param_hint="--vocab")
+    # checked here, not by transformers at save or first forward (an internal error there): rotary needs an even
+    # head size, so hidden_size must be a multiple of 2 x heads (4 heads locally, hidden_size // 32 for qwen)
+    heads = max(1, hidden_size // 32) if vocab == "qwen" else 4
+    if hidden_size <= 0 or hidden_size % (2 * heads):
+        raise typer.BadParameter(f"{hidden_size}: must be a positive multiple of {2 * heads} ({heads} attention "
+                                 "heads of an even size)", param_hint="--hidden-size")
+    if heads % max(1, heads // 2):  # qwen: heads // 2 key-value heads must divide the heads
+        raise typer.BadParameter(f"{hidden_size}: gives {heads} attention heads (hidden_size // 32), which "
+                                 f"{heads // 2} key-value heads do not divide; choose another size",
+                                 param_hint="--hidden-size")
+    if num_layers < 1:
+        raise typer.BadParameter(f"{num_layers}: must be at least 1", param_hint="--num-layers")
     if vocab == "qwen":
         from sftlab.qwen_vocab import build_qwen_model
 
-        heads = max(1, hidden_size // 32)
         path = build_qwen_model(out_dir, hidden_size=hidden_size, num_layers=num_layers, num_heads=heads,
                                 num_kv_heads=max(1, heads // 2), intermediate_size=3 * hidden_size, seed=seed)
         typer.echo(f"tiny Qwen-vocabulary model written to {path}")
