@@ -58,6 +58,7 @@ def test_item1_new_run_refuses_a_dir_holding_a_run_and_overwrite_replaces_it(tmp
     code, out, err = run_cli(["train", cfg, "train.max_steps=3", "train.resume=auto"], capsys)
     assert code == 0, err
     assert "resumed from" not in out and "done: 3 steps" in out
+    assert "train.resume=auto: no complete checkpoint in" in out and "training starts at step 0" in out
 
 
 def test_item1_resume_refuses_a_checkpoint_of_another_run(tmp_path, tiny_model_dir, train_file, capsys):

@@ -433,6 +433,8 @@ def train(cfg: RunConfig) -> Path:
         rundir.tidy_checkpoints(run_dir)
     parallel.barrier(info)
     resume_dir = find_resume_dir(run_dir, cfg.train.resume)
+    if info.is_main and cfg.train.resume == "auto" and resume_dir is None:  # a fresh run: say so, never silently
+        print(f"train.resume=auto: no complete checkpoint in {run_dir / 'checkpoints'}; training starts at step 0")
     tok_src = str(resume_dir) if resume_dir else cfg.model.name_or_path
     if not resume_dir:
         check_model_path(cfg.model.name_or_path)
