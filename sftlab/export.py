@@ -52,6 +52,10 @@ def export_model(src: str | Path, out: str | Path, merge: bool = False) -> Path:
     from transformers import AutoTokenizer
 
     src, out = Path(src), Path(out)
+    if out.exists() and out.resolve() == src.resolve():
+        raise UserError(f"export: -o {out} is the source directory; choose another output directory")
+    if is_adapter_dir(out):  # loaders would take the stale adapter (over its base) instead of the exported model
+        raise UserError(f"export: {out} holds a LoRA adapter (adapter_config.json); choose another output directory")
     model = load_for_inference(src)
     if is_adapter_dir(src):
         if not merge:

@@ -86,6 +86,13 @@ def test_lora_adapter_loads_and_merge_matches(tmp_path, tiny_model_dir, train_fi
     assert code == 2 and "is not a model directory" in err and "final" in err, err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
 
+    # an output dir holding an adapter (e.g. the source itself) would keep loading as that adapter: refused
+    for out_dir, message in [(final, "is the source directory"), (tmp_path / "adapter-copy", "holds a LoRA adapter")]:
+        if not out_dir.exists():
+            shutil.copytree(final, out_dir)
+        code, out, err = run_cli(["export", final, "-o", out_dir, "--merge"], capsys)
+        assert code == 2 and message in err and not (out_dir / "model.safetensors").exists(), err
+
 
 @pytest.mark.parametrize("override, message", [
     ("train.bogus_key=1", "unknown key 'train.bogus_key'"),
