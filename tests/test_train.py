@@ -171,6 +171,19 @@ def test_early_stopping_keeps_best(tmp_path, tiny_model_dir, train_file, capsys)
     assert any((best[k] != final[k]).any() for k in final)
 
 
+def test_early_stopping_metric_typo_fails_before_training(tmp_path, tiny_model_dir, train_file, capsys):
+    """A mistyped metric failed only at the first eval, after training steps (hours on a real run)."""
+    cfg = write_config(tmp_path, tiny_model_dir, train_file, eval_steps=3, max_steps=6,
+                       early_stopping={"metric": "eval_los"})
+    code, out, err = run_cli(["train", cfg], capsys)
+    assert code == 2 and "train.early_stopping.metric 'eval_los' is not an eval metric" in err, err
+    assert "eval_loss/math/add" in err and "step 1/" not in out
+    # what the failed start wrote (data_cache.json) does not make the dir another run's
+    code, out, err = run_cli(["train", cfg, "train.early_stopping.metric=eval_gen/exact_match"], capsys)
+    assert code == 2 and "needs train.eval_generate" in err, err
+    assert run_cli(["train", cfg, "train.early_stopping.metric=eval_loss/math/add"], capsys)[0] == 0
+
+
 @pytest.mark.parametrize("batching, attn", [("padfree", "sdpa"), ("pack", "eager")])
 def test_padfree_and_pack_train_end_to_end(tmp_path, tiny_model_dir, train_file, capsys, batching, attn):
     cfg = write_config(tmp_path, tiny_model_dir, train_file, max_steps=2, eval_steps=2)

@@ -450,6 +450,7 @@ def train(cfg: RunConfig) -> Path:
     train_data = load_split(cfg.data.train, cfg, tokenizer, run_dir, "train", info.is_main)
     eval_data = (load_split(cfg.data.eval, cfg, tokenizer, run_dir, "eval", info.is_main, train_data.channels)
                  if cfg.data.eval else None)
+    preflight.check_early_stopping_metric(cfg, eval_data.channels if eval_data else [])
     gen_records = []  # train.eval_generate: the eval subset answered by generation at every eval (on rank 0)
     if cfg.train.eval_generate is not None:
         from sftlab.eval.during_training import eval_subset

@@ -27,7 +27,7 @@ LEFTOVER = re.compile(r"step-(\d+)\.(tmp|old)")
 
 # What a run writes into its output_dir (deleted by train.overwrite_output_dir=true).
 RUN_OUTPUTS = ("checkpoints", "final", "best", "tb", "mlruns", "wandb", "metrics.jsonl", "config.yaml",
-               "data_summary.json", "wandb_run_id", "mlflow_run_id", "report.html", "report", "eval_results.json")
+               "data_summary.json", "data_cache.json", "wandb_run_id", "mlflow_run_id", "report.html", "report", "eval_results.json")
 
 # Settings that may change on resume; they change what is logged, evaluated or saved, or the run's length
 # (max_steps / num_train_epochs: the lr schedule is stretched to the new length from the resume step on).
@@ -51,7 +51,11 @@ def claim_run_dir(run_dir: Path, cfg: RunConfig, is_main: bool) -> None:
     model = Path(cfg.model.name_or_path).expanduser().resolve()
     inputs = {model.relative_to(run_dir.resolve()).parts[0]} if model.is_relative_to(run_dir.resolve()) else set()
     # a run plan writes the stage's input model into the stage dir (init/): that is this run's, not another's
-    entries = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".write-test-") and p.name not in inputs)
+    # what every start writes before its checks end (data_cache.json, rejects) is rewritten by the next start: a run
+    # that failed at start-up does not own the dir
+    startup = {"data_cache.json"} | {p.name for p in run_dir.glob("rejects-*.jsonl")}
+    entries = sorted(p.name for p in run_dir.iterdir()
+                     if not p.name.startswith(".write-test-") and p.name not in inputs | startup)
     if not entries or cfg.train.resume:
         return
     if not cfg.train.overwrite_output_dir:
