@@ -102,6 +102,7 @@ def test_lora_adapter_loads_and_merge_matches(tmp_path, tiny_model_dir, train_fi
     ("data.max_length=abc", "data.max_length"),
     ("data.eval=", "key 'data.eval': Input should be a valid list (got None)"),  # was an internal TypeError
     ("data.train=5", "key 'data.train': Input should be a valid list (got 5)"),
+    ("train.device=gpu", "train.device='gpu': use cpu, cuda or cuda:N"),  # was torch's RuntimeError
 ])
 def test_bad_config_is_one_line_error(tmp_path, tiny_model_dir, train_file, capsys, override, message):
     cfg = write_config(tmp_path, tiny_model_dir, train_file)

@@ -516,8 +516,11 @@ def estimate_run(cfg: Any, world_size: int = 1, memory_bytes: int | None = None,
     micro, _, _ = resolve_batch_sizes(cfg.train, world_size)
     # `auto` resolves as training would on the target: a GPU when a memory size is given, else the device
     # training picks (train.device, or cuda when one is here)
-    here = cfg.train.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    target = "cuda" if memory_bytes is not None else torch.device(here).type
+    from sftlab.train.model import device_of
+
+    here = device_of(cfg.train.device) if cfg.train.device else None
+    target = "cuda" if memory_bytes is not None or (here is None and torch.cuda.is_available()) else (
+        here.type if here is not None else "cpu")
     dtype = estimate_dtype(cfg.model.dtype, target, gpu)
     batching = resolve_batching(cfg, torch.device(target))
     if data is None and use_data and all(Path(s.path).exists() for s in cfg.data.train):

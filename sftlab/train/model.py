@@ -22,10 +22,26 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 def pick_device(requested: str | None = None) -> torch.device:
     """cuda when available (or asked for), else cpu."""
     if requested:
-        if requested.startswith("cuda") and not torch.cuda.is_available():
+        device = device_of(requested)
+        if device.type == "cuda" and not torch.cuda.is_available():
             raise UserError(f"train.device={requested!r} but no CUDA device is available")
-        return torch.device(requested)
+        return device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def device_of(name: str) -> torch.device:
+    """train.device as a torch device: cpu, cuda or cuda:N (the devices the loop is written for; mps where
+    available); a one-line error for anything else instead of torch's RuntimeError (`gpu`) or a failure at the
+    first tensor (`mps` on a machine without it)."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is not None and device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"train.device={name!r} but no MPS device is available here")
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"train.device={name!r}: use cpu, cuda or cuda:N")
+    return device
 
 
 def bf16_native(device: torch.device) -> tuple[bool, str]:
