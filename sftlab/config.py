@@ -197,7 +197,7 @@ def _format_validation_error(e: ValidationError, source: str) -> str:
         return f"{source}: missing required key '{key}'"
     if err["type"] == "value_error" and not key:  # a check across keys (RunConfig's model validator)
         return f"{source}: {err['msg'].removeprefix('Value error, ')}"
-    return f"{source}: key '{key}': {err['msg']} (got {err.get('input')!r})"
+    return f"{source}: key '{key}': {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})"
 
 
 def build_config(raw: dict[str, Any], overrides: list[str] = (), source: str = "config") -> RunConfig:

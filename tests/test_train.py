@@ -103,6 +103,8 @@ def test_lora_adapter_loads_and_merge_matches(tmp_path, tiny_model_dir, train_fi
     ("data.eval=", "key 'data.eval': Input should be a valid list (got None)"),  # was an internal TypeError
     ("data.train=5", "key 'data.train': Input should be a valid list (got 5)"),
     ("train.device=gpu", "train.device='gpu': use cpu, cuda or cuda:N"),  # was torch's RuntimeError
+    # was found after config.yaml and metrics were written, so the corrected rerun was refused as 'not empty'
+    ("train.health.abort_on=[nan_loss]", "key 'train.health.abort_on': unknown health alarm(s): nan_loss (known: "),
 ])
 def test_bad_config_is_one_line_error(tmp_path, tiny_model_dir, train_file, capsys, override, message):
     cfg = write_config(tmp_path, tiny_model_dir, train_file)
