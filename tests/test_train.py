@@ -127,6 +127,17 @@ def test_tiny_model_refuses_shapes_it_cannot_build(tmp_path, capsys, args, messa
     assert not (tmp_path / "m").exists()
 
 
+def test_lora_target_modules_typo_is_one_line_and_leaves_no_run(tmp_path, tiny_model_dir, train_file, capsys):
+    """peft's NoMatchingPeftModuleError was an internal error, raised after config.yaml was written (so the
+    corrected rerun was refused as 'not empty')."""
+    cfg = write_config(tmp_path, tiny_model_dir, train_file, eval_set=False, max_steps=1)
+    code, out, err = run_cli(["train", cfg, "model.lora.target_modules=[q_prj]"], capsys)
+    assert code == 2 and "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: "), err
+    assert "model.lora.target_modules: ['q_prj'] matches no module" in err and "q_proj" in err, err
+    assert not (tmp_path / "run" / "config.yaml").exists()
+    assert run_cli(["train", cfg, "model.lora.target_modules=[q_proj, v_proj]"], capsys)[0] == 0
+
+
 def test_invalid_yaml_names_the_line(tmp_path, capsys):
     """The message was the parser's first line only ('while parsing a block mapping'), with no line number."""
     cfg = tmp_path / "cfg.yaml"

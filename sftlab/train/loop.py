@@ -474,10 +474,6 @@ def train(cfg: RunConfig) -> Path:
                             total_steps, info.world_size)
     preflight.check_run(cfg, len(train_data.samples), global_batch, total_steps, info.is_main)
     if info.is_main:
-        dump_config(cfg, run_dir / "config.yaml", preflight.resolved_values(cfg, micro_size, accum, global_batch,
-                                                                            total_steps))
-        summary = {"train": train_data.summary, **({"eval": eval_data.summary} if eval_data else {})}
-        (run_dir / "data_summary.json").write_text(json.dumps(summary), encoding="utf-8")
         print(f"global batch {global_batch} = micro {micro_size} x accumulation {accum} x world {info.world_size}; "
               f"{total_steps} optimizer steps ({per_epoch} per epoch); loss reduction '{cfg.train.loss}'")
         print(format_plan_table(train_data.summary["plan_per_epoch"]))
@@ -492,6 +488,11 @@ def train(cfg: RunConfig) -> Path:
                        adapter_dir=str(resume_dir) if resume_dir and cfg.model.lora else None,
                        weights_dir=str(resume_dir) if resume_dir and not cfg.model.lora else None,
                        torch_compile=cfg.train.torch_compile, frozen_dtype=frozen_base_dtype(cfg.model, cfg.train.parallel))
+    if info.is_main:  # written once the model loaded: a start that fails before leaves no run behind (rundir.py)
+        dump_config(cfg, run_dir / "config.yaml", preflight.resolved_values(cfg, micro_size, accum, global_batch,
+                                                                            total_steps))
+        summary = {"train": train_data.summary, **({"eval": eval_data.summary} if eval_data else {})}
+        (run_dir / "data_summary.json").write_text(json.dumps(summary), encoding="utf-8")
     if use_fused_ops(cfg.model.fused_ops, device):  # before the first forward: torch.compile traces lazily
         fused = install_fused_ops(model)
         if info.is_main:

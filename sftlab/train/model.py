@@ -321,4 +321,12 @@ def _apply_lora(model: Any, cfg: ModelConfig, new_tokens: bool, adapter_dir: str
     lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                       target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM",
                       modules_to_save=modules_to_save)
-    return get_peft_model(model, lcfg)
+    try:
+        return get_peft_model(model, lcfg)
+    except ValueError as e:  # peft's NoMatchingPeftModuleError: a name the model does not have
+        if "not found in the base model" not in str(e):
+            raise
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise UserError(f"model.lora.target_modules: {cfg.lora.target_modules!r} matches no module of the model "
+                        f"(a list names modules, a string other than all-linear is a regex over full module names); "
+                        f"its linear layers: {', '.join(linear)}") from None
