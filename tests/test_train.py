@@ -138,6 +138,19 @@ def test_lora_target_modules_typo_is_one_line_and_leaves_no_run(tmp_path, tiny_m
     assert run_cli(["train", cfg, "model.lora.target_modules=[q_proj, v_proj]"], capsys)[0] == 0
 
 
+@pytest.mark.parametrize("text, message", [
+    ("{bad", "line 1, column 2: invalid JSON"),  # was an internal JSONDecodeError
+    ('{"role": "user", "content": "hi"}', "expected a JSON list of messages"),
+    ('[{"role": "user"}]', "message 0: needs a string 'role' and a string 'content'"),  # was generated from
+])
+def test_generate_chat_file_errors_are_one_line(tmp_path, tiny_model_dir, capsys, text, message):
+    chat = tmp_path / "chat.json"
+    chat.write_text(text)
+    code, out, err = run_cli(["generate", "--model", tiny_model_dir, "--chat", chat], capsys)
+    assert code == 2 and err.strip().startswith(f"error: {chat}: {message}"), err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
 def test_invalid_yaml_names_the_line(tmp_path, capsys):
     """The message was the parser's first line only ('while parsing a block mapping'), with no line number."""
     cfg = tmp_path / "cfg.yaml"

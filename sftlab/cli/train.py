@@ -103,14 +103,12 @@ def generate(model: str = typer.Option(..., "--model", help="Model directory (HF
              top_p: float = typer.Option(1.0), seed: int | None = typer.Option(None),
              backend: str = typer.Option("auto", help="auto | hf | vllm | openai")) -> None:
     """Sample a reply from a checkpoint with its chat template (or from an OpenAI-compatible server)."""
-    import json
-
     from sftlab.errors import UserError
     from sftlab.infer import GenerationParams, load_generator
 
     if (prompt is None) == (chat is None):
         raise UserError("give exactly one of --prompt or --chat")
-    messages = [{"role": "user", "content": prompt}] if prompt is not None else json.loads(chat.read_text())
+    messages = [{"role": "user", "content": prompt}] if prompt is not None else _read_chat(chat)
     remote = model.startswith(("http://", "https://"))
     generator = load_generator({"base_url": model} if remote else Path(model), backend=backend)
     params = GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
@@ -118,6 +116,25 @@ def generate(model: str = typer.Option(..., "--model", help="Model directory (HF
     typer.echo(reply.text.strip())
     if reply.finish_reason == "length":
         typer.echo(f"[no end-of-turn token within {max_new_tokens} new tokens]", err=True)
+
+
+def _read_chat(path: Path) -> list[dict]:
+    """--chat FILE: a JSON list of {role, content} messages (a one-line error naming the file otherwise)."""
+    import json
+
+    from sftlab.errors import UserError
+
+    try:
+        messages = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: line {e.lineno}, column {e.colno}: invalid JSON: {e.msg}") from None
+    if not isinstance(messages, list) or not messages:
+        raise UserError(f"{path}: expected a JSON list of messages ({{\"role\": ..., \"content\": ...}})")
+    for i, m in enumerate(messages):
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str)
+                and (isinstance(m.get("content"), str) or m.get("tool_calls"))):
+            raise UserError(f"{path}: message {i}: needs a string 'role' and a string 'content'")
+    return messages
 
 
 @app.command()
