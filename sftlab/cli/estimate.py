@@ -47,7 +47,7 @@ def estimate(ctx: typer.Context, config: Path = typer.Argument(..., help="YAML c
         if probe:
             from sftlab.train.probe import probe_run
 
-            out["probe"] = probe_run(cfg, probe, quiet=as_json)
+            out["probe"] = probe_run(cfg, probe, quiet=as_json, world_size=world_size)
     if as_json:
         typer.echo(json.dumps(out))
         return
