@@ -94,6 +94,28 @@ def test_lora_adapter_loads_and_merge_matches(tmp_path, tiny_model_dir, train_fi
         assert code == 2 and message in err and not (out_dir / "model.safetensors").exists(), err
 
 
+def test_saved_models_stop_at_the_turn_end_not_only_at_eos(tmp_path, tiny_model_dir, train_file, capsys):
+    """A base model whose eos is <|endoftext|> trained on ChatML: final/ (full) and a merged LoRA export kept
+    generation_config.eos_token_id = <|endoftext|>, so plain transformers / vLLM generation ran past <|im_end|>."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base)
+    for name, key, value in [("generation_config.json", "eos_token_id", 0), ("config.json", "eos_token_id", 0),
+                             ("tokenizer_config.json", "eos_token", "<|endoftext|>")]:
+        data = json.loads((base / name).read_text())
+        data[key] = value
+        (base / name).write_text(json.dumps(data))
+    im_end = AutoTokenizer.from_pretrained(base).convert_tokens_to_ids("<|im_end|>")
+    cfg = write_config(tmp_path, base, train_file, eval_set=False, max_steps=1)
+    for extra, out in [([], "full"), (["model.lora.r=4"], "lora")]:
+        assert run_cli(["train", cfg, f"train.output_dir={tmp_path / out}", *extra], capsys)[0] == 0
+    assert run_cli(["export", tmp_path / "lora" / "final", "-o", tmp_path / "merged", "--merge"], capsys)[0] == 0
+    for model_dir in (tmp_path / "full" / "final", tmp_path / "merged"):
+        eos = AutoModelForCausalLM.from_pretrained(model_dir).generation_config.eos_token_id
+        assert im_end in (eos if isinstance(eos, list) else [eos]), (model_dir, eos)
+
+
 @pytest.mark.parametrize("override, message", [
     ("train.bogus_key=1", "unknown key 'train.bogus_key'"),
     ("train.global_batch_size=7", "global_batch_size=7"),
