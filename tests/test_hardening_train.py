@@ -125,6 +125,24 @@ def test_item2_raised_max_steps_stretches_the_lr_schedule_from_the_resumed_step(
     assert [logged[s] for s in range(3, 9)] == pytest.approx(expected[2:], rel=1e-12)
 
 
+def test_item2_resume_from_the_runs_own_config_yaml(tmp_path, tiny_model_dir, train_file, capsys):
+    """RUN/config.yaml records derived values (warmup_steps from warmup_ratio, weight_decay): a resume from it was
+    refused ('train.warmup_steps: 0 -> 1; train.weight_decay: None -> 0.01') although the run used exactly those."""
+    cfg = write_config(tmp_path, tiny_model_dir, train_file, eval_set=False, save_steps=3, max_steps=6,
+                       warmup_ratio=0.1)
+    run = tmp_path / "run"
+    assert run_cli(["train", cfg, "train.max_steps=4"], capsys)[0] == 0  # stopped after step 4, checkpoint step-3
+    saved = tmp_path / "saved.yaml"
+    shutil.copy(run / "config.yaml", saved)
+    assert yaml.safe_load(saved.read_text())["train"]["warmup_steps"] == 1
+    code, out, err = run_cli(["train", saved, "train.resume=auto", "train.max_steps=6"], capsys)
+    assert code == 0, err
+    assert "step-3 at step 3" in out
+    code, out, err = run_cli(["train", saved, "train.resume=auto", "train.max_steps=6", "train.warmup_steps=2"],
+                             capsys)
+    assert code == 2 and "train.warmup_steps: 0 -> 2" in err, err  # a real change is still refused
+
+
 # ------------------------------------------------------------------- 3. save_total_limit
 
 

@@ -469,9 +469,10 @@ def train(cfg: RunConfig) -> Path:
         train_data.weights if train_data.weights is not None else np.ones(len(task_types)), repeats)
     total_steps = len(plan)
     fingerprint = rundir.fingerprint(cfg, global_batch)
+    resolved = preflight.resolved_values(cfg, micro_size, accum, global_batch, total_steps)
     if resume_dir:
         rundir.check_resume(resume_dir, torch.load(resume_dir / STATE_FILE, weights_only=False), fingerprint,
-                            total_steps, info.world_size)
+                            total_steps, info.world_size, resolved)
     preflight.check_run(cfg, len(train_data.samples), global_batch, total_steps, info.is_main)
     if info.is_main:
         print(f"global batch {global_batch} = micro {micro_size} x accumulation {accum} x world {info.world_size}; "
@@ -489,8 +490,7 @@ def train(cfg: RunConfig) -> Path:
                        weights_dir=str(resume_dir) if resume_dir and not cfg.model.lora else None,
                        torch_compile=cfg.train.torch_compile, frozen_dtype=frozen_base_dtype(cfg.model, cfg.train.parallel))
     if info.is_main:  # written once the model loaded: a start that fails before leaves no run behind (rundir.py)
-        dump_config(cfg, run_dir / "config.yaml", preflight.resolved_values(cfg, micro_size, accum, global_batch,
-                                                                            total_steps))
+        dump_config(cfg, run_dir / "config.yaml", resolved)
         summary = {"train": train_data.summary, **({"eval": eval_data.summary} if eval_data else {})}
         (run_dir / "data_summary.json").write_text(json.dumps(summary), encoding="utf-8")
     if use_fused_ops(cfg.model.fused_ops, device):  # before the first forward: torch.compile traces lazily
@@ -539,7 +539,7 @@ def train(cfg: RunConfig) -> Path:
         rng = parallel.all_gather_object(_rng_state(), info)  # per rank: dropout masks differ between ranks
         state = {"step": at_step, "scheduler": scheduler.state_dict(), "rng": rng[0], "rng_per_rank": rng,
                  "early_stopping": stopper.state_dict() if stopper else None, "world_size": info.world_size,
-                 "fingerprint": fingerprint}
+                 "fingerprint": fingerprint, "resolved": resolved}
         save_model_dir(path, engine, tokenizer, info, extra=state, optimizer=optimizer)
         return path
 

@@ -163,9 +163,15 @@ def fingerprint(cfg: RunConfig, global_batch: int) -> dict[str, Any]:
     return out
 
 
+# Settings the loop derives when they are unset (preflight.resolved_values) and RUN/config.yaml then records:
+# a resume from that config.yaml sets them explicitly, which is no change when the values are the ones used.
+DERIVED = ("train.warmup_steps", "train.weight_decay")
+
+
 def check_resume(ckpt: Path, state: dict[str, Any], current: dict[str, Any], total_steps: int,
-                 world_size: int) -> None:
-    """Refuse a resume from a checkpoint of another run (a one-line diff of what differs)."""
+                 world_size: int, resolved: dict[str, Any] | None = None) -> None:
+    """Refuse a resume from a checkpoint of another run (a one-line diff of what differs). `resolved`: this run's
+    derived values (preflight.resolved_values), compared with the checkpoint's for the DERIVED settings."""
     if state.get("world_size", 1) != world_size:
         raise UserError(f"train.resume: {ckpt} was written with world size {state.get('world_size')}, "
                         f"this run has {world_size}; resume with the same number of processes")
@@ -179,6 +185,9 @@ def check_resume(ckpt: Path, state: dict[str, Any], current: dict[str, Any], tot
         keys = (set(saved) & set(current)) | {k for k in set(saved) ^ set(current) if k.startswith("data.train[")}
         for k in sorted(keys):
             a, b = saved.get(k, "(unset)"), current.get(k, "(unset)")
+            if a != b and k in DERIVED and resolved is not None and k in state.get("resolved", {}) \
+                    and state["resolved"][k] == resolved.get(k):
+                continue  # e.g. warmup_steps 0 (from warmup_ratio) then 2 (RUN/config.yaml): the same 2 steps
             if a != b:
                 diffs.append(f"{k}: content changed" if k.endswith(".sha256") else f"{k}: {a!r} -> {b!r}")
         if diffs:
