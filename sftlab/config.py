@@ -78,6 +78,8 @@ class DataConfig(Strict):
     def _paths_to_sources(cls, v: Any) -> Any:
         if isinstance(v, (str, dict)):
             v = [v]
+        if not isinstance(v, list):  # None (an empty `eval:`), a number: pydantic names the key and the value
+            return v
         return [{"path": x} if isinstance(x, str) else x for x in v]
 
 
@@ -195,7 +197,7 @@ def _format_validation_error(e: ValidationError, source: str) -> str:
         return f"{source}: missing required key '{key}'"
     if err["type"] == "value_error" and not key:  # a check across keys (RunConfig's model validator)
         return f"{source}: {err['msg'].removeprefix('Value error, ')}"
-    return f"{source}: key '{key}': {err['msg']} (got {err.get('input')!r})"
+    return f"{source}: key '{key}': {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})"
 
 
 def build_config(raw: dict[str, Any], overrides: list[str] = (), source: str = "config") -> RunConfig:
@@ -218,7 +220,10 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
+        mark = getattr(e, "problem_mark", None)  # where the parser stopped: the line to look at
+        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark is not None else ""
+        raise ConfigError(f"{path}:{where} invalid YAML: {getattr(e, 'problem', None) or str(e).splitlines()[0]}") \
+            from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping with model/data/train")
     return raw

@@ -24,6 +24,10 @@ def load_for_inference(path: str | Path) -> Any:
 
         check_adapter_base(path)
         return AutoPeftModelForCausalLM.from_pretrained(path)
+    if not (path / "config.json").is_file():  # e.g. a run dir instead of its final/: one line, not a ValueError
+        inside = sorted({p.parent.name for n in ("config.json", "adapter_config.json") for p in path.glob(f"*/{n}")})
+        hint = f"; its model directories: {', '.join(inside)}" if inside else ""
+        raise UserError(f"{path} is not a model directory (no config.json or adapter_config.json){hint}")
     return AutoModelForCausalLM.from_pretrained(path)
 
 
@@ -48,11 +52,24 @@ def export_model(src: str | Path, out: str | Path, merge: bool = False) -> Path:
     from transformers import AutoTokenizer
 
     src, out = Path(src), Path(out)
+    if out.exists() and out.resolve() == src.resolve():
+        raise UserError(f"export: -o {out} is the source directory; choose another output directory")
+    if is_adapter_dir(out):  # loaders would take the stale adapter (over its base) instead of the exported model
+        raise UserError(f"export: {out} holds a LoRA adapter (adapter_config.json); choose another output directory")
     model = load_for_inference(src)
     if is_adapter_dir(src):
         if not merge:
             raise UserError(f"{src} holds a LoRA adapter: pass --merge to fold it into the base weights")
         model = model.merge_and_unload()
+        # the adapter brings no generation_config: the base's may stop at its eos only, not at the turn end the
+        # adapter was trained to produce (train/model.py sets the same for a full fine-tune)
+        if model.generation_config is not None:
+            from sftlab.data.render import eot_token_ids
+
+            old = model.generation_config.eos_token_id
+            ids = list(dict.fromkeys([*(old if isinstance(old, list) else [old] if old is not None else []),
+                                      *eot_token_ids(AutoTokenizer.from_pretrained(src))]))
+            model.generation_config.eos_token_id = ids[0] if len(ids) == 1 else ids
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(src).save_pretrained(out)
     return out

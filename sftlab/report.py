@@ -510,6 +510,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     d = load_run(run_dir)
     page = render_html(d)
     path = Path(out) if out is not None else Path(run_dir) / REPORT_FILE
+    if path.is_dir():  # `-o DIR`: DIR/report.html (os.replace onto a directory failed and left DIR.tmp behind)
+        path = path / REPORT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(page, encoding="utf-8")

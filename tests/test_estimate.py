@@ -284,3 +284,39 @@ def test_estimate_cli_json_and_table(tmp_path, tiny_model_dir, capsys):
         main(["estimate", str(cfg), "--gpu", "h100-81gb"])
     assert e.value.code == 2
     assert "h100-80gb" in capsys.readouterr().err
+
+    with pytest.raises(SystemExit) as e:  # was "-1024.0 MiB: does NOT fit"
+        main(["estimate", str(cfg), "--memory-gb", "-1"])
+    assert e.value.code == 2
+    assert "--memory-gb must be > 0 (got -1.0)" in capsys.readouterr().err
+
+
+def test_estimate_resolves_dtype_and_device_as_training_will(tmp_path, tiny_model_dir, monkeypatch):
+    """model.dtype auto was estimated as fp32 on every target (training uses bf16 on Ampere+), and the loss head's
+    chunk was sized for CUDA on a CPU run unless train.device=cpu was written out."""
+    import yaml
+
+    from sftlab.config import load_config
+    from sftlab.train import loss as loss_mod
+    from sftlab.train.estimate import GIB, estimate_run
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"model": {"name_or_path": str(tiny_model_dir), "lora": {"r": 8}},
+                                   "data": {"train": [str(tmp_path / "absent.jsonl")], "max_length": 512},
+                                   "train": {"output_dir": str(tmp_path / "run"), "per_device_train_batch_size": 4}}))
+
+    def total(*overrides: str, **kw) -> int:
+        return estimate_run(load_config(cfg, list(overrides)), **kw).total_bytes
+
+    h100, v100 = {"memory_bytes": 80 * GIB, "gpu": "h100-80gb"}, {"memory_bytes": 32 * GIB, "gpu": "v100-32gb"}
+    assert total("model.dtype=auto", **h100) == total("model.dtype=bf16", **h100) != total("model.dtype=fp32", **h100)
+    assert total("model.dtype=auto", **v100) == total("model.dtype=bf16", **v100) == total("model.dtype=fp32", **v100)
+    note = estimate_run(load_config(cfg, ["model.dtype=auto"]), **h100).notes
+    assert "model.dtype auto: estimated as bf16, what training uses on h100-80gb" in note
+
+    if torch.cuda.is_available():
+        return
+    # a CPU chunk smaller than the CUDA one, so the loss head's peak depends on the device it is sized for
+    monkeypatch.setitem(loss_mod.AUTO_CHUNK_BYTES, "cpu", 4 * 1100 * 128)
+    monkeypatch.setitem(loss_mod.AUTO_CHUNK_BYTES, "cuda", 4 * 1100 * 1024)
+    assert total() == total("train.device=cpu") < total(memory_bytes=80 * GIB)

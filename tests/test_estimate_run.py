@@ -55,6 +55,19 @@ def test_probe_predicts_from_measured_steps(tmp_path, tiny_model_dir, small_reco
     assert not (tmp_path / "run").exists()  # the probe never writes into the real output dir
 
 
+def test_probe_counts_the_steps_of_the_world_size(tmp_path, tiny_model_dir, small_records, capsys):
+    """--world-size was ignored by --probe: the full run was counted (and its step timed) as one process's."""
+    cfg = _config(tmp_path, tiny_model_dir, small_records, num_train_epochs=3, global_batch_size=8,
+                  per_device_train_batch_size=2)
+    main(["estimate", str(cfg), "--probe", "3", "--json", "--world-size", "2"])
+    probe = json.loads(capsys.readouterr().out)["probe"]
+    assert probe["total_steps"] == 9  # 24 samples / global batch 8 = 3 steps per epoch, 3 epochs
+    # the probe ran one rank's share of a step: micro 2 x accumulation 2 (not the 1-process accumulation 4)
+    main(["estimate", str(cfg), "--probe", "3", "--json"])
+    alone = json.loads(capsys.readouterr().out)["probe"]
+    assert alone["total_steps"] == 9 and alone["tokens_per_step"] > 1.5 * probe["tokens_per_step"]
+
+
 def test_probe_rejects_one_step(tmp_path, tiny_model_dir, small_records, capsys):
     cfg = _config(tmp_path, tiny_model_dir, small_records)
     with pytest.raises(SystemExit) as e:

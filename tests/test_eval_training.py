@@ -83,3 +83,24 @@ def test_lora_in_bf16_trains_and_generates_with_a_half_frozen_base(tmp_path, tin
     ev = [r for r in rows if "eval_loss" in r][-1]
     assert ev["step"] == 2 and 0.0 <= ev["eval_gen/exact_match"] <= 1.0
     assert (tmp_path / "run" / "final" / "adapter_config.json").exists()
+
+
+def test_eval_loss_per_task_type_includes_task_types_only_the_eval_set_has(tmp_path, tiny_model_dir, small_records,
+                                                                           capsys):
+    """The eval split used the training channels only: a task type found only in data.eval had no eval_loss/<task>."""
+    data, held = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
+    write_jsonl(small_records, data)
+    write_jsonl([{**r, "task_type": "heldout/add"} for r in small_records[:4]] + small_records[4:8], held)
+    cfg = {"model": {"name_or_path": str(tiny_model_dir)},
+           "data": {"train": [str(data)], "eval": [str(held)], "max_length": 64},
+           "train": {"output_dir": str(tmp_path / "run"), "per_device_train_batch_size": 4, "max_steps": 1,
+                     "eval_steps": 1, "report_to": [], "learning_rate": 1e-3}}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    main(["train", str(path)])
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    ev = next(r for r in rows if "eval_loss" in r)
+    for task in ("math/add", "text/repeat", "heldout", "heldout/add"):
+        assert ev[f"eval_loss/{task}"] > 0, (task, ev)
+    assert ev["eval_loss/heldout"] == ev["eval_loss/heldout/add"]
+    assert not any(k.startswith("loss/heldout") for r in rows if "loss" in r for k in r)

@@ -58,6 +58,7 @@ def test_item1_new_run_refuses_a_dir_holding_a_run_and_overwrite_replaces_it(tmp
     code, out, err = run_cli(["train", cfg, "train.max_steps=3", "train.resume=auto"], capsys)
     assert code == 0, err
     assert "resumed from" not in out and "done: 3 steps" in out
+    assert "train.resume=auto: no complete checkpoint in" in out and "training starts at step 0" in out
 
 
 def test_item1_resume_refuses_a_checkpoint_of_another_run(tmp_path, tiny_model_dir, train_file, capsys):
@@ -97,6 +98,49 @@ def test_item2_resume_refuses_changed_lr_and_applies_resumable_changes(tmp_path,
     assert all(m["lr"] == pytest.approx(1e-3) for m in metrics(run) if "loss" in m)
     saved = yaml.safe_load((run / "config.yaml").read_text())["train"]
     assert (saved["max_steps"], saved["logging_steps"], saved["learning_rate"]) == (8, 2, 1e-3)
+
+
+def test_item2_raised_max_steps_stretches_the_lr_schedule_from_the_resumed_step(tmp_path, tiny_model_dir, train_file,
+                                                                                 capsys):
+    """The first step after a resume with another length used the checkpoint's lr (the old schedule's)."""
+    from sftlab.train.loop import build_scheduler
+
+    cfg = write_config(tmp_path, tiny_model_dir, train_file, eval_set=False, save_steps=2, max_steps=4,
+                       warmup_ratio=0)
+    run = tmp_path / "run"
+    assert run_cli(["train", cfg], capsys)[0] == 0
+    code, out, err = run_cli(["train", cfg, "train.resume=auto", "train.max_steps=8"], capsys)
+    assert code == 0, err
+    assert "step-2 at step 2" in out
+    from sftlab.config import load_config
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    scheduler = build_scheduler(optimizer, load_config(cfg, ["train.max_steps=8"]), 8)
+    expected = []
+    for _ in range(8):
+        expected.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    logged = {m["step"]: m["lr"] for m in metrics(run) if "loss" in m}
+    assert [logged[s] for s in range(3, 9)] == pytest.approx(expected[2:], rel=1e-12)
+
+
+def test_item2_resume_from_the_runs_own_config_yaml(tmp_path, tiny_model_dir, train_file, capsys):
+    """RUN/config.yaml records derived values (warmup_steps from warmup_ratio, weight_decay): a resume from it was
+    refused ('train.warmup_steps: 0 -> 1; train.weight_decay: None -> 0.01') although the run used exactly those."""
+    cfg = write_config(tmp_path, tiny_model_dir, train_file, eval_set=False, save_steps=3, max_steps=6,
+                       warmup_ratio=0.1)
+    run = tmp_path / "run"
+    assert run_cli(["train", cfg, "train.max_steps=4"], capsys)[0] == 0  # stopped after step 4, checkpoint step-3
+    saved = tmp_path / "saved.yaml"
+    shutil.copy(run / "config.yaml", saved)
+    assert yaml.safe_load(saved.read_text())["train"]["warmup_steps"] == 1
+    code, out, err = run_cli(["train", saved, "train.resume=auto", "train.max_steps=6"], capsys)
+    assert code == 0, err
+    assert "step-3 at step 3" in out
+    code, out, err = run_cli(["train", saved, "train.resume=auto", "train.max_steps=6", "train.warmup_steps=2"],
+                             capsys)
+    assert code == 2 and "train.warmup_steps: 0 -> 2" in err, err  # a real change is still refused
 
 
 # ------------------------------------------------------------------- 3. save_total_limit
@@ -171,6 +215,16 @@ def test_item5_settings_that_cannot_take_effect_error_or_warn(tmp_path, tiny_mod
     assert "warning: the train set has 24 samples, fewer than one global batch (30): every step uses all 24" in out
     assert "warning: data.eval is set but train.eval_steps=0: no evaluation will run" in out
     assert "warning: train.warmup_steps=5 is longer than the run (2 steps)" in out
+
+
+def test_item6_fp16_on_cpu_fails_before_the_run_dir_is_written(tmp_path, tiny_model_dir, train_file, capsys):
+    """fp16 on CPU failed at the first step, after config.yaml / metrics were written: the corrected rerun into
+    the same output_dir was then refused as 'not empty'."""
+    cfg = write_config(tmp_path, tiny_model_dir, train_file, eval_set=False, max_steps=1)
+    code, out, err = run_cli(["train", cfg, "model.dtype=fp16", "train.device=cpu"], capsys)
+    assert code == 2 and err.strip() == "error: model.dtype=fp16 is not supported on CPU; use bf16 or fp32", err
+    assert not any((tmp_path / "run").iterdir())
+    assert run_cli(["train", cfg, "train.device=cpu"], capsys)[0] == 0
 
 
 # ------------------------------------------------------------------- 7. leftovers of a kill while saving

@@ -122,6 +122,10 @@ def test_cli_report(tmp_path, capsys):
     main(["report", str(run)])
     out = capsys.readouterr().out.strip()
     assert out == str(run / "report.html") and Path(out).exists()
+    (tmp_path / "out").mkdir()  # -o DIR writes DIR/report.html (was 'Is a directory', and a stray out.tmp)
+    main(["report", str(run), "-o", str(tmp_path / "out")])
+    assert capsys.readouterr().out.strip() == str(tmp_path / "out" / "report.html")
+    assert (tmp_path / "out" / "report.html").is_file() and not (tmp_path / "out.tmp").exists()
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit) as e:
         main(["report", str(tmp_path / "empty")])

@@ -80,6 +80,41 @@ def test_lora_adapter_loads_and_merge_matches(tmp_path, tiny_model_dir, train_fi
     assert (a - b).abs().max() <= 1e-4
     assert (a - c).abs().max() > 1e-3  # the adapter really changed the model
 
+    # the run dir instead of its final/: one line naming the model dirs inside (was an internal ValueError)
+    capsys.readouterr()
+    code, out, err = run_cli(["export", tmp_path / "run", "-o", tmp_path / "x"], capsys)
+    assert code == 2 and "is not a model directory" in err and "final" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+
+    # an output dir holding an adapter (e.g. the source itself) would keep loading as that adapter: refused
+    for out_dir, message in [(final, "is the source directory"), (tmp_path / "adapter-copy", "holds a LoRA adapter")]:
+        if not out_dir.exists():
+            shutil.copytree(final, out_dir)
+        code, out, err = run_cli(["export", final, "-o", out_dir, "--merge"], capsys)
+        assert code == 2 and message in err and not (out_dir / "model.safetensors").exists(), err
+
+
+def test_saved_models_stop_at_the_turn_end_not_only_at_eos(tmp_path, tiny_model_dir, train_file, capsys):
+    """A base model whose eos is <|endoftext|> trained on ChatML: final/ (full) and a merged LoRA export kept
+    generation_config.eos_token_id = <|endoftext|>, so plain transformers / vLLM generation ran past <|im_end|>."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base)
+    for name, key, value in [("generation_config.json", "eos_token_id", 0), ("config.json", "eos_token_id", 0),
+                             ("tokenizer_config.json", "eos_token", "<|endoftext|>")]:
+        data = json.loads((base / name).read_text())
+        data[key] = value
+        (base / name).write_text(json.dumps(data))
+    im_end = AutoTokenizer.from_pretrained(base).convert_tokens_to_ids("<|im_end|>")
+    cfg = write_config(tmp_path, base, train_file, eval_set=False, max_steps=1)
+    for extra, out in [([], "full"), (["model.lora.r=4"], "lora")]:
+        assert run_cli(["train", cfg, f"train.output_dir={tmp_path / out}", *extra], capsys)[0] == 0
+    assert run_cli(["export", tmp_path / "lora" / "final", "-o", tmp_path / "merged", "--merge"], capsys)[0] == 0
+    for model_dir in (tmp_path / "full" / "final", tmp_path / "merged"):
+        eos = AutoModelForCausalLM.from_pretrained(model_dir).generation_config.eos_token_id
+        assert im_end in (eos if isinstance(eos, list) else [eos]), (model_dir, eos)
+
 
 @pytest.mark.parametrize("override, message", [
     ("train.bogus_key=1", "unknown key 'train.bogus_key'"),
@@ -87,6 +122,11 @@ def test_lora_adapter_loads_and_merge_matches(tmp_path, tiny_model_dir, train_fi
     ("model.name_or_path=/nonexistent/model", "directory not found: /nonexistent/model"),
     ("train.output_dir=/proc/forbidden", "cannot write to /proc/forbidden"),
     ("data.max_length=abc", "data.max_length"),
+    ("data.eval=", "key 'data.eval': Input should be a valid list (got None)"),  # was an internal TypeError
+    ("data.train=5", "key 'data.train': Input should be a valid list (got 5)"),
+    ("train.device=gpu", "train.device='gpu': use cpu, cuda or cuda:N"),  # was torch's RuntimeError
+    # was found after config.yaml and metrics were written, so the corrected rerun was refused as 'not empty'
+    ("train.health.abort_on=[nan_loss]", "key 'train.health.abort_on': unknown health alarm(s): nan_loss (known: "),
 ])
 def test_bad_config_is_one_line_error(tmp_path, tiny_model_dir, train_file, capsys, override, message):
     cfg = write_config(tmp_path, tiny_model_dir, train_file)
@@ -95,6 +135,51 @@ def test_bad_config_is_one_line_error(tmp_path, tiny_model_dir, train_file, caps
     assert message in err, err
     assert "Traceback" not in err + out
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--hidden-size", "130"], "130: must be a positive multiple of 8"),  # was an internal error from transformers
+    (["--hidden-size", "12"], "12: must be a positive multiple of 8"),  # was written, then failed at generation
+    (["--hidden-size", "-4"], "-4: must be a positive multiple of 8"),
+    (["--num-layers", "0"], "0: must be at least 1"),
+])
+def test_tiny_model_refuses_shapes_it_cannot_build(tmp_path, capsys, args, message):
+    code, out, err = run_cli(["tiny-model", tmp_path / "m", *args], capsys)
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "m").exists()
+
+
+def test_lora_target_modules_typo_is_one_line_and_leaves_no_run(tmp_path, tiny_model_dir, train_file, capsys):
+    """peft's NoMatchingPeftModuleError was an internal error, raised after config.yaml was written (so the
+    corrected rerun was refused as 'not empty')."""
+    cfg = write_config(tmp_path, tiny_model_dir, train_file, eval_set=False, max_steps=1)
+    code, out, err = run_cli(["train", cfg, "model.lora.target_modules=[q_prj]"], capsys)
+    assert code == 2 and "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: "), err
+    assert "model.lora.target_modules: ['q_prj'] matches no module" in err and "q_proj" in err, err
+    assert not (tmp_path / "run" / "config.yaml").exists()
+    assert run_cli(["train", cfg, "model.lora.target_modules=[q_proj, v_proj]"], capsys)[0] == 0
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{bad", "line 1, column 2: invalid JSON"),  # was an internal JSONDecodeError
+    ('{"role": "user", "content": "hi"}', "expected a JSON list of messages"),
+    ('[{"role": "user"}]', "message 0: needs a string 'role' and a string 'content'"),  # was generated from
+])
+def test_generate_chat_file_errors_are_one_line(tmp_path, tiny_model_dir, capsys, text, message):
+    chat = tmp_path / "chat.json"
+    chat.write_text(text)
+    code, out, err = run_cli(["generate", "--model", tiny_model_dir, "--chat", chat], capsys)
+    assert code == 2 and err.strip().startswith(f"error: {chat}: {message}"), err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_invalid_yaml_names_the_line(tmp_path, capsys):
+    """The message was the parser's first line only ('while parsing a block mapping'), with no line number."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("model: {name_or_path: m}\ndata:\n  train: [x.jsonl]\n   max_length: 3\n")
+    code, out, err = run_cli(["train", cfg], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{cfg}: line 4, column 4: invalid YAML: expected <block end>" in err, err
 
 
 def test_nonfinite_loss_stops_with_emergency_checkpoint(tmp_path, tiny_model_dir, train_file, capsys):
@@ -133,6 +218,19 @@ def test_early_stopping_keeps_best(tmp_path, tiny_model_dir, train_file, capsys)
     final = load_file(run / "final" / "model.safetensors")
     assert all((best[k] == step1[k]).all() for k in step1)
     assert any((best[k] != final[k]).any() for k in final)
+
+
+def test_early_stopping_metric_typo_fails_before_training(tmp_path, tiny_model_dir, train_file, capsys):
+    """A mistyped metric failed only at the first eval, after training steps (hours on a real run)."""
+    cfg = write_config(tmp_path, tiny_model_dir, train_file, eval_steps=3, max_steps=6,
+                       early_stopping={"metric": "eval_los"})
+    code, out, err = run_cli(["train", cfg], capsys)
+    assert code == 2 and "train.early_stopping.metric 'eval_los' is not an eval metric" in err, err
+    assert "eval_loss/math/add" in err and "step 1/" not in out
+    # what the failed start wrote (data_cache.json) does not make the dir another run's
+    code, out, err = run_cli(["train", cfg, "train.early_stopping.metric=eval_gen/exact_match"], capsys)
+    assert code == 2 and "needs train.eval_generate" in err, err
+    assert run_cli(["train", cfg, "train.early_stopping.metric=eval_loss/math/add"], capsys)[0] == 0
 
 
 @pytest.mark.parametrize("batching, attn", [("padfree", "sdpa"), ("pack", "eager")])

@@ -30,6 +30,8 @@ def estimate(ctx: typer.Context, config: Path = typer.Argument(..., help="YAML c
     cfg = load_config(config, list(ctx.args))
     if world_size < 1:
         raise UserError(f"--world-size must be >= 1 (got {world_size})")
+    if memory_gb is not None and not memory_gb > 0:
+        raise UserError(f"--memory-gb must be > 0 (got {memory_gb})")
     if gpu is not None and memory_gb is not None:
         raise UserError("give --gpu or --memory-gb, not both")
     if gpu is not None:
@@ -40,12 +42,12 @@ def estimate(ctx: typer.Context, config: Path = typer.Argument(..., help="YAML c
     memory = int(memory_gb * GIB) if memory_gb is not None else None
     # with --json, stdout carries only the JSON object: rendering / probe progress goes to stderr
     with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
-        est = estimate_run(cfg, world_size, memory, use_data=use_data)
+        est = estimate_run(cfg, world_size, memory, use_data=use_data, gpu=gpu)
         out = est.to_dict()
         if probe:
             from sftlab.train.probe import probe_run
 
-            out["probe"] = probe_run(cfg, probe, quiet=as_json)
+            out["probe"] = probe_run(cfg, probe, quiet=as_json, world_size=world_size)
     if as_json:
         typer.echo(json.dumps(out))
         return

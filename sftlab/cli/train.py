@@ -23,10 +23,21 @@ def tiny_model(out_dir: Path = typer.Argument(..., help="Where to write the mode
 
     if vocab not in ("local", "qwen"):
         raise typer.BadParameter(f"{vocab!r}: choose local or qwen", param_hint="--vocab")
+    # checked here, not by transformers at save or first forward (an internal error there): rotary needs an even
+    # head size, so hidden_size must be a multiple of 2 x heads (4 heads locally, hidden_size // 32 for qwen)
+    heads = max(1, hidden_size // 32) if vocab == "qwen" else 4
+    if hidden_size <= 0 or hidden_size % (2 * heads):
+        raise typer.BadParameter(f"{hidden_size}: must be a positive multiple of {2 * heads} ({heads} attention "
+                                 "heads of an even size)", param_hint="--hidden-size")
+    if heads % max(1, heads // 2):  # qwen: heads // 2 key-value heads must divide the heads
+        raise typer.BadParameter(f"{hidden_size}: gives {heads} attention heads (hidden_size // 32), which "
+                                 f"{heads // 2} key-value heads do not divide; choose another size",
+                                 param_hint="--hidden-size")
+    if num_layers < 1:
+        raise typer.BadParameter(f"{num_layers}: must be at least 1", param_hint="--num-layers")
     if vocab == "qwen":
         from sftlab.qwen_vocab import build_qwen_model
 
-        heads = max(1, hidden_size // 32)
         path = build_qwen_model(out_dir, hidden_size=hidden_size, num_layers=num_layers, num_heads=heads,
                                 num_kv_heads=max(1, heads // 2), intermediate_size=3 * hidden_size, seed=seed)
         typer.echo(f"tiny Qwen-vocabulary model written to {path}")
@@ -92,14 +103,12 @@ def generate(model: str = typer.Option(..., "--model", help="Model directory (HF
              top_p: float = typer.Option(1.0), seed: int | None = typer.Option(None),
              backend: str = typer.Option("auto", help="auto | hf | vllm | openai")) -> None:
     """Sample a reply from a checkpoint with its chat template (or from an OpenAI-compatible server)."""
-    import json
-
     from sftlab.errors import UserError
     from sftlab.infer import GenerationParams, load_generator
 
     if (prompt is None) == (chat is None):
         raise UserError("give exactly one of --prompt or --chat")
-    messages = [{"role": "user", "content": prompt}] if prompt is not None else json.loads(chat.read_text())
+    messages = [{"role": "user", "content": prompt}] if prompt is not None else _read_chat(chat)
     remote = model.startswith(("http://", "https://"))
     generator = load_generator({"base_url": model} if remote else Path(model), backend=backend)
     params = GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
@@ -107,6 +116,25 @@ def generate(model: str = typer.Option(..., "--model", help="Model directory (HF
     typer.echo(reply.text.strip())
     if reply.finish_reason == "length":
         typer.echo(f"[no end-of-turn token within {max_new_tokens} new tokens]", err=True)
+
+
+def _read_chat(path: Path) -> list[dict]:
+    """--chat FILE: a JSON list of {role, content} messages (a one-line error naming the file otherwise)."""
+    import json
+
+    from sftlab.errors import UserError
+
+    try:
+        messages = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: line {e.lineno}, column {e.colno}: invalid JSON: {e.msg}") from None
+    if not isinstance(messages, list) or not messages:
+        raise UserError(f"{path}: expected a JSON list of messages ({{\"role\": ..., \"content\": ...}})")
+    for i, m in enumerate(messages):
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str)
+                and (isinstance(m.get("content"), str) or m.get("tool_calls"))):
+            raise UserError(f"{path}: message {i}: needs a string 'role' and a string 'content'")
+    return messages
 
 
 @app.command()

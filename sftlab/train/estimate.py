@@ -486,10 +486,27 @@ def data_run_shape(lengths: Any, supervised: Any, micro: int, batching: str) -> 
                     padded=bool(lengths[top].min() != longest))
 
 
+NO_NATIVE_BF16 = ("v100", "t4")  # presets where model.dtype auto / bf16 trains in fp32 (pre-Ampere)
+
+
+def estimate_dtype(requested: str, target: str, gpu: str | None = None) -> str:
+    """The compute dtype training will use on the target: `auto` / `bf16` are resolved at start-up
+    (model.resolve_precision), on this machine's device, or for a GPU preset / memory size: bf16 unless the
+    preset lacks native bf16."""
+    from sftlab.train.model import resolve_precision
+
+    if requested not in ("auto", "bf16"):
+        return requested
+    if target == "cpu" or (torch.cuda.is_available() and gpu is None):
+        return resolve_precision(requested, torch.device(target))[0]
+    return "fp32" if gpu and gpu.lower().startswith(NO_NATIVE_BF16) else "bf16"
+
+
 def estimate_run(cfg: Any, world_size: int = 1, memory_bytes: int | None = None, use_data: bool = True,
-                 data: Any = None, vocab_size: int | None = None) -> MemoryEstimate:
+                 data: Any = None, vocab_size: int | None = None, gpu: str | None = None) -> MemoryEstimate:
     """The estimate for a RunConfig: meta model from `model.name_or_path`'s config, the run's micro-batch,
-    and the real token lengths of `data.train` when the files are there (else max_length)."""
+    and the real token lengths of `data.train` when the files are there (else max_length). `gpu`: the preset
+    name of `sftlab estimate --gpu` (what model.dtype auto / bf16 become there)."""
     from pathlib import Path
 
     from sftlab.config import resolve_batch_sizes
@@ -497,8 +514,14 @@ def estimate_run(cfg: Any, world_size: int = 1, memory_bytes: int | None = None,
     from sftlab.train.loop import resolve_batching
 
     micro, _, _ = resolve_batch_sizes(cfg.train, world_size)
-    # `auto` resolves as training would on the target: a GPU when a memory size is given or one is here
-    target = "cuda" if memory_bytes is not None or torch.cuda.is_available() else "cpu"
+    # `auto` resolves as training would on the target: a GPU when a memory size is given, else the device
+    # training picks (train.device, or cuda when one is here)
+    from sftlab.train.model import device_of
+
+    here = device_of(cfg.train.device) if cfg.train.device else None
+    target = "cuda" if memory_bytes is not None or (here is None and torch.cuda.is_available()) else (
+        here.type if here is not None else "cpu")
+    dtype = estimate_dtype(cfg.model.dtype, target, gpu)
     batching = resolve_batching(cfg, torch.device(target))
     if data is None and use_data and all(Path(s.path).exists() for s in cfg.data.train):
         from sftlab.data.render import load_tokenizer
@@ -514,16 +537,21 @@ def estimate_run(cfg: Any, world_size: int = 1, memory_bytes: int | None = None,
         run = RunShape(micro_batch=micro, length=cfg.data.max_length,
                        supervised_per_sample=cfg.data.max_length - 1, padded=False,
                        basis=f"max_length: {micro} x {cfg.data.max_length} tokens, every token supervised")
-    model = meta_model(cfg.model, vocab_size, cfg.train.gradient_checkpointing, cfg.train.parallel)
+    # LoRA's frozen base is stored in the resolved compute dtype (model.frozen_base_dtype)
+    model = meta_model(cfg.model.model_copy(update={"dtype": dtype}), vocab_size, cfg.train.gradient_checkpointing,
+                       cfg.train.parallel)
     config = model.config if not hasattr(model, "get_base_model") else model.get_base_model().config
     lora = cfg.model.lora
-    return estimate_memory(model, config, run, dtype=cfg.model.dtype,
-                           attn_implementation=cfg.model.attn_implementation,
-                           gradient_checkpointing=cfg.train.gradient_checkpointing, batching=batching,
-                           parallel=cfg.train.parallel, world_size=world_size,
-                           load_in_4bit=bool(lora and lora.load_in_4bit), loss_chunk_size=cfg.train.loss_chunk_size,
-                           device_type="cpu" if str(cfg.train.device or "").startswith("cpu") else "cuda",
-                           memory_bytes=memory_bytes, fused_ops=use_fused_ops(cfg.model.fused_ops, torch.device(target)))
+    est = estimate_memory(model, config, run, dtype=dtype,
+                          attn_implementation=cfg.model.attn_implementation,
+                          gradient_checkpointing=cfg.train.gradient_checkpointing, batching=batching,
+                          parallel=cfg.train.parallel, world_size=world_size,
+                          load_in_4bit=bool(lora and lora.load_in_4bit), loss_chunk_size=cfg.train.loss_chunk_size,
+                          device_type=target, memory_bytes=memory_bytes,
+                          fused_ops=use_fused_ops(cfg.model.fused_ops, torch.device(target)))
+    if dtype != cfg.model.dtype:
+        est.notes.append(f"model.dtype {cfg.model.dtype}: estimated as {dtype}, what training uses on {gpu or target}")
+    return est
 
 
 def rows_for_table(est: MemoryEstimate) -> list[tuple[str, int]]:

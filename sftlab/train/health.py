@@ -25,7 +25,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sftlab.errors import UserError
 
@@ -54,6 +54,15 @@ class HealthConfig(BaseModel):
     memorisation_floor: float = Field(0.05, ge=0)
     memorisation_steps: int = Field(20, ge=1)
     abort_on: list[str] = ["nonfinite_loss"]
+
+    @field_validator("abort_on")
+    @classmethod
+    def _known_alarms(cls, v: list[str]) -> list[str]:
+        """At config load, naming the key (HealthMonitor found it only after the run dir was written)."""
+        unknown = [n for n in v if n not in ALARM_NAMES and n != "all"]
+        if unknown:
+            raise ValueError(f"unknown health alarm(s): {', '.join(unknown)} (known: {', '.join(ALARM_NAMES)}, all)")
+        return v
 
 
 @dataclass(frozen=True)

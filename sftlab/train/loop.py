@@ -84,7 +84,7 @@ def load_split(sources: list, cfg: RunConfig, tokenizer: Any, run_dir: Path | No
                is_main: bool, channels: list[str] | None = None) -> DataSet:
     """Open the rendered store of every source (local rank 0 renders what the cache lacks, the node's other
     ranks wait for it and map the same files); rejects go to RUN/rejects-<name>.jsonl, the stores used to
-    RUN/data_cache.json."""
+    RUN/data_cache.json. `channels`: the training split's channels, for an eval split (its own follow them)."""
     from sftlab.data.render import RenderReport
     from sftlab.data.store import RenderSettings, StoreSamples, build_or_open, tokenizer_hash
 
@@ -153,8 +153,9 @@ def load_split(sources: list, cfg: RunConfig, tokenizer: Any, run_dir: Path | No
     if not len(rows):
         raise UserError(f"data.{name}: every record was rejected ({len(rejects)}); see the rejects file")
 
-    if channels is None:
-        channels = sorted({c for t in task_names for c in task_channels(t)})
+    own = sorted({c for t in task_names for c in task_channels(t)})
+    # eval: the training channels first, then the eval set's own task types (logged, never silently dropped)
+    channels = own if channels is None else channels + [c for c in own if c not in channels]
     index = {c: i for i, c in enumerate(channels)}
     per_task = torch.zeros(len(task_names), len(channels), dtype=torch.float64)
     for t, task in enumerate(task_names):
@@ -432,6 +433,8 @@ def train(cfg: RunConfig) -> Path:
         rundir.tidy_checkpoints(run_dir)
     parallel.barrier(info)
     resume_dir = find_resume_dir(run_dir, cfg.train.resume)
+    if info.is_main and cfg.train.resume == "auto" and resume_dir is None:  # a fresh run: say so, never silently
+        print(f"train.resume=auto: no complete checkpoint in {run_dir / 'checkpoints'}; training starts at step 0")
     tok_src = str(resume_dir) if resume_dir else cfg.model.name_or_path
     if not resume_dir:
         check_model_path(cfg.model.name_or_path)
@@ -447,6 +450,7 @@ def train(cfg: RunConfig) -> Path:
     train_data = load_split(cfg.data.train, cfg, tokenizer, run_dir, "train", info.is_main)
     eval_data = (load_split(cfg.data.eval, cfg, tokenizer, run_dir, "eval", info.is_main, train_data.channels)
                  if cfg.data.eval else None)
+    preflight.check_early_stopping_metric(cfg, eval_data.channels if eval_data else [])
     gen_records = []  # train.eval_generate: the eval subset answered by generation at every eval (on rank 0)
     if cfg.train.eval_generate is not None:
         from sftlab.eval.during_training import eval_subset
@@ -465,15 +469,12 @@ def train(cfg: RunConfig) -> Path:
         train_data.weights if train_data.weights is not None else np.ones(len(task_types)), repeats)
     total_steps = len(plan)
     fingerprint = rundir.fingerprint(cfg, global_batch)
+    resolved = preflight.resolved_values(cfg, micro_size, accum, global_batch, total_steps)
     if resume_dir:
         rundir.check_resume(resume_dir, torch.load(resume_dir / STATE_FILE, weights_only=False), fingerprint,
-                            total_steps, info.world_size)
+                            total_steps, info.world_size, resolved)
     preflight.check_run(cfg, len(train_data.samples), global_batch, total_steps, info.is_main)
     if info.is_main:
-        dump_config(cfg, run_dir / "config.yaml", preflight.resolved_values(cfg, micro_size, accum, global_batch,
-                                                                            total_steps))
-        summary = {"train": train_data.summary, **({"eval": eval_data.summary} if eval_data else {})}
-        (run_dir / "data_summary.json").write_text(json.dumps(summary), encoding="utf-8")
         print(f"global batch {global_batch} = micro {micro_size} x accumulation {accum} x world {info.world_size}; "
               f"{total_steps} optimizer steps ({per_epoch} per epoch); loss reduction '{cfg.train.loss}'")
         print(format_plan_table(train_data.summary["plan_per_epoch"]))
@@ -488,6 +489,10 @@ def train(cfg: RunConfig) -> Path:
                        adapter_dir=str(resume_dir) if resume_dir and cfg.model.lora else None,
                        weights_dir=str(resume_dir) if resume_dir and not cfg.model.lora else None,
                        torch_compile=cfg.train.torch_compile, frozen_dtype=frozen_base_dtype(cfg.model, cfg.train.parallel))
+    if info.is_main:  # written once the model loaded: a start that fails before leaves no run behind (rundir.py)
+        dump_config(cfg, run_dir / "config.yaml", resolved)
+        summary = {"train": train_data.summary, **({"eval": eval_data.summary} if eval_data else {})}
+        (run_dir / "data_summary.json").write_text(json.dumps(summary), encoding="utf-8")
     if use_fused_ops(cfg.model.fused_ops, device):  # before the first forward: torch.compile traces lazily
         fused = install_fused_ops(model)
         if info.is_main:
@@ -534,7 +539,7 @@ def train(cfg: RunConfig) -> Path:
         rng = parallel.all_gather_object(_rng_state(), info)  # per rank: dropout masks differ between ranks
         state = {"step": at_step, "scheduler": scheduler.state_dict(), "rng": rng[0], "rng_per_rank": rng,
                  "early_stopping": stopper.state_dict() if stopper else None, "world_size": info.world_size,
-                 "fingerprint": fingerprint}
+                 "fingerprint": fingerprint, "resolved": resolved}
         save_model_dir(path, engine, tokenizer, info, extra=state, optimizer=optimizer)
         return path
 
@@ -685,6 +690,11 @@ def _restore(ckpt: Path, optimizer: Any, scheduler: Any, info: parallel.DistInfo
     opt_file = ckpt / (f"optimizer.rank{info.rank}.pt" if sharded else "optimizer.pt")
     optimizer.load_state_dict(torch.load(opt_file, weights_only=False))
     scheduler.load_state_dict(state["scheduler"])
+    # the restored optimizer and scheduler hold the checkpoint's lr for the next step, from the old run length:
+    # take it from this run's schedule (max_steps / num_train_epochs may have changed; same value otherwise)
+    for group, base, f in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
+        group["lr"] = base * f(scheduler.last_epoch)
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
     _set_rng_state(state.get("rng_per_rank", [state["rng"]] * info.world_size)[info.rank])
     return int(state["step"]), state
 

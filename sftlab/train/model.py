@@ -22,10 +22,26 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 def pick_device(requested: str | None = None) -> torch.device:
     """cuda when available (or asked for), else cpu."""
     if requested:
-        if requested.startswith("cuda") and not torch.cuda.is_available():
+        device = device_of(requested)
+        if device.type == "cuda" and not torch.cuda.is_available():
             raise UserError(f"train.device={requested!r} but no CUDA device is available")
-        return torch.device(requested)
+        return device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def device_of(name: str) -> torch.device:
+    """train.device as a torch device: cpu, cuda or cuda:N (the devices the loop is written for; mps where
+    available); a one-line error for anything else instead of torch's RuntimeError (`gpu`) or a failure at the
+    first tensor (`mps` on a machine without it)."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is not None and device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"train.device={name!r} but no MPS device is available here")
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"train.device={name!r}: use cpu, cuda or cuda:N")
+    return device
 
 
 def bf16_native(device: torch.device) -> tuple[bool, str]:
@@ -86,6 +102,8 @@ def resolve_precision(requested: str, device: torch.device) -> tuple[str, str]:
     auto → bf16 autocast where bf16 pays on the device (`bf16_native`), else fp32; an explicit bf16 where it
     does not also falls back to fp32 (said in the line) instead of taking the slow path. fp32 / fp16 are kept.
     """
+    if requested == "fp16" and device.type == "cpu":  # before the run dir is written (autocast_context says it late)
+        raise UserError("model.dtype=fp16 is not supported on CPU; use bf16 or fp32")
     if requested not in ("auto", "bf16"):
         return requested, f"{requested} (as configured)"
     ok, why = bf16_native(device)
@@ -168,6 +186,7 @@ def load_model(cfg: ModelConfig, tokenizer: Any, device: torch.device, gradient_
     (LoRA under bf16/fp16 autocast): the frozen Linear weights are stored in it (`cast_frozen_linear_weights`)."""
     from transformers import AutoModelForCausalLM
 
+    from sftlab.data.render import eot_token_ids
     from sftlab.train.attention import register_attention_kernels
 
     src = weights_dir or cfg.name_or_path
@@ -203,8 +222,10 @@ def load_model(cfg: ModelConfig, tokenizer: Any, device: torch.device, gradient_
     if added:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     if model.generation_config is not None:
-        model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids(
-            getattr(tokenizer, "sftlab_eot_token", None) or tokenizer.eos_token)
+        # the ids that close a turn (what sftlab's generator stops at), so a saved model also stops there under
+        # plain transformers / vLLM: a base model's eos alone (<|endoftext|>) would run past ChatML's <|im_end|>
+        eot = eot_token_ids(tokenizer)
+        model.generation_config.eos_token_id = eot[0] if len(eot) == 1 else eot
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -303,4 +324,12 @@ def _apply_lora(model: Any, cfg: ModelConfig, new_tokens: bool, adapter_dir: str
     lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                       target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM",
                       modules_to_save=modules_to_save)
-    return get_peft_model(model, lcfg)
+    try:
+        return get_peft_model(model, lcfg)
+    except ValueError as e:  # peft's NoMatchingPeftModuleError: a name the model does not have
+        if "not found in the base model" not in str(e):
+            raise
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise UserError(f"model.lora.target_modules: {cfg.lora.target_modules!r} matches no module of the model "
+                        f"(a list names modules, a string other than all-linear is a regex over full module names); "
+                        f"its linear layers: {', '.join(linear)}") from None

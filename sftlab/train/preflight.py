@@ -48,6 +48,22 @@ def check_run(cfg: RunConfig, n_train: int, global_batch: int, total_steps: int,
             print(f"warning: {w}")
 
 
+def check_early_stopping_metric(cfg: RunConfig, eval_channels: list[str]) -> None:
+    """A mistyped train.early_stopping.metric failed only at the first eval, possibly hours in: check the loss
+    metrics against the eval set's channels now (eval_gen/... names depend on generation: checked at the eval)."""
+    es = cfg.train.early_stopping
+    if es is None:
+        return
+    if es.metric.startswith("eval_gen/"):
+        if cfg.train.eval_generate is None:
+            raise UserError(f"train.early_stopping.metric {es.metric!r} needs train.eval_generate")
+        return
+    known = ["eval_loss"] + [f"eval_loss/{c}" for c in eval_channels]
+    if es.metric not in known:
+        raise UserError(f"train.early_stopping.metric {es.metric!r} is not an eval metric of this run "
+                        f"(have: {', '.join(known)}, or eval_gen/... with train.eval_generate)")
+
+
 def weight_decay(cfg: RunConfig) -> float:
     """train.weight_decay, or its default: 0.01 for full fine-tuning, 0 for LoRA."""
     if cfg.train.weight_decay is not None:

@@ -38,13 +38,15 @@ def full_run_steps(cfg: Any, train_data: Any, world_size: int = 1) -> tuple[int,
     return len(plan), per_epoch
 
 
-def probe_run(cfg: Any, steps: int, quiet: bool = False) -> dict[str, Any]:
+def probe_run(cfg: Any, steps: int, quiet: bool = False, world_size: int = 1) -> dict[str, Any]:
     """Train `steps` steps of `cfg` in a temporary dir; return measured step time, peak memory and the
-    predicted wall time of the full run (seconds) with its uncertainty."""
+    predicted wall time of the full run (seconds) with its uncertainty. `world_size` > 1: the probe (one
+    process) runs one rank's share of a step (its micro-batch and accumulation steps), and the run's steps are
+    those of `world_size` processes; the communication between ranks is not timed."""
     import contextlib
     import io
 
-    from sftlab.config import build_config
+    from sftlab.config import build_config, resolve_batch_sizes
     from sftlab.errors import UserError
     from sftlab.train.estimate import GIB, measured_peak, memory_baseline
     from sftlab.train.loop import train
@@ -58,6 +60,9 @@ def probe_run(cfg: Any, steps: int, quiet: bool = False) -> dict[str, Any]:
         overrides = [f"train.output_dir={Path(tmp) / 'run'}", f"train.max_steps={steps}", "train.logging_steps=1",
                      "train.eval_steps=0", "train.save_steps=0", "train.report_to=[]", "train.resume=null",
                      "train.early_stopping=null"]
+        micro, accum, _ = resolve_batch_sizes(cfg.train, world_size)  # one rank's work per step
+        overrides += [f"train.per_device_train_batch_size={micro}", f"train.gradient_accumulation_steps={accum}",
+                      "train.global_batch_size=null"]
         probe_cfg = build_config(raw, overrides, source="probe")
         device = pick_device(cfg.train.device)
         if device.type == "cuda":
@@ -78,7 +83,7 @@ def probe_run(cfg: Any, steps: int, quiet: bool = False) -> dict[str, Any]:
         raise UserError(f"the probe logged {len(step_times)} steps; the data has fewer than {steps} steps")
 
     train_data, eval_tokens = _data_sizes(cfg)
-    total_steps, _ = full_run_steps(cfg, train_data)
+    total_steps, _ = full_run_steps(cfg, train_data, world_size)
     rest = step_times[1:]
     mean, sem = float(rest.mean()), float(rest.std(ddof=1) / math.sqrt(len(rest))) if len(rest) > 1 else 0.0
     startup = wall - float(step_times.sum())
@@ -86,7 +91,7 @@ def probe_run(cfg: Any, steps: int, quiet: bool = False) -> dict[str, Any]:
     n_evals = 0
     if cfg.data.eval and cfg.train.eval_steps:
         n_evals = total_steps // cfg.train.eval_steps + (1 if total_steps % cfg.train.eval_steps else 0)
-    eval_s = n_evals * eval_tokens * (mean / max(tokens_per_step, 1.0)) / 3.0
+    eval_s = n_evals * eval_tokens / world_size * (mean / max(tokens_per_step, 1.0)) / 3.0  # ranks split the set
     n_saves = (total_steps - 1) // cfg.train.save_steps if cfg.train.save_steps else 0
     save_s = n_saves * _checkpoint_bytes(cfg) / SAVE_BYTES_PER_S
     train_s = float(step_times[0]) + (total_steps - 1) * mean

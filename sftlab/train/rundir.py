@@ -27,7 +27,7 @@ LEFTOVER = re.compile(r"step-(\d+)\.(tmp|old)")
 
 # What a run writes into its output_dir (deleted by train.overwrite_output_dir=true).
 RUN_OUTPUTS = ("checkpoints", "final", "best", "tb", "mlruns", "wandb", "metrics.jsonl", "config.yaml",
-               "data_summary.json", "wandb_run_id", "mlflow_run_id", "report.html", "report", "eval_results.json")
+               "data_summary.json", "data_cache.json", "wandb_run_id", "mlflow_run_id", "report.html", "report", "eval_results.json")
 
 # Settings that may change on resume; they change what is logged, evaluated or saved, or the run's length
 # (max_steps / num_train_epochs: the lr schedule is stretched to the new length from the resume step on).
@@ -51,7 +51,11 @@ def claim_run_dir(run_dir: Path, cfg: RunConfig, is_main: bool) -> None:
     model = Path(cfg.model.name_or_path).expanduser().resolve()
     inputs = {model.relative_to(run_dir.resolve()).parts[0]} if model.is_relative_to(run_dir.resolve()) else set()
     # a run plan writes the stage's input model into the stage dir (init/): that is this run's, not another's
-    entries = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".write-test-") and p.name not in inputs)
+    # what every start writes before its checks end (data_cache.json, rejects) is rewritten by the next start: a run
+    # that failed at start-up does not own the dir
+    startup = {"data_cache.json"} | {p.name for p in run_dir.glob("rejects-*.jsonl")}
+    entries = sorted(p.name for p in run_dir.iterdir()
+                     if not p.name.startswith(".write-test-") and p.name not in inputs | startup)
     if not entries or cfg.train.resume:
         return
     if not cfg.train.overwrite_output_dir:
@@ -159,9 +163,15 @@ def fingerprint(cfg: RunConfig, global_batch: int) -> dict[str, Any]:
     return out
 
 
+# Settings the loop derives when they are unset (preflight.resolved_values) and RUN/config.yaml then records:
+# a resume from that config.yaml sets them explicitly, which is no change when the values are the ones used.
+DERIVED = ("train.warmup_steps", "train.weight_decay")
+
+
 def check_resume(ckpt: Path, state: dict[str, Any], current: dict[str, Any], total_steps: int,
-                 world_size: int) -> None:
-    """Refuse a resume from a checkpoint of another run (a one-line diff of what differs)."""
+                 world_size: int, resolved: dict[str, Any] | None = None) -> None:
+    """Refuse a resume from a checkpoint of another run (a one-line diff of what differs). `resolved`: this run's
+    derived values (preflight.resolved_values), compared with the checkpoint's for the DERIVED settings."""
     if state.get("world_size", 1) != world_size:
         raise UserError(f"train.resume: {ckpt} was written with world size {state.get('world_size')}, "
                         f"this run has {world_size}; resume with the same number of processes")
@@ -175,6 +185,9 @@ def check_resume(ckpt: Path, state: dict[str, Any], current: dict[str, Any], tot
         keys = (set(saved) & set(current)) | {k for k in set(saved) ^ set(current) if k.startswith("data.train[")}
         for k in sorted(keys):
             a, b = saved.get(k, "(unset)"), current.get(k, "(unset)")
+            if a != b and k in DERIVED and resolved is not None and k in state.get("resolved", {}) \
+                    and state["resolved"][k] == resolved.get(k):
+                continue  # e.g. warmup_steps 0 (from warmup_ratio) then 2 (RUN/config.yaml): the same 2 steps
             if a != b:
                 diffs.append(f"{k}: content changed" if k.endswith(".sha256") else f"{k}: {a!r} -> {b!r}")
         if diffs:
