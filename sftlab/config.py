@@ -188,9 +188,28 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     return out
 
 
+def _union_error(errors: list[Any]) -> tuple[Any, tuple]:
+    """The error to report and its key path. A union field (`data: [PATH | {path, name, ...}]`) gives one error
+    per member, each under the member's tag (`data.0.str`, `data.0.EvalSet.nme`): for a mapping the model
+    member's error names the mistake, not "should be a valid string"; the tag is no key of the user's."""
+    first = errors[0]
+    loc = tuple(first["loc"])
+    if not loc:
+        return first, loc
+    prefix = loc[:-1]
+    members = [x for x in errors[1:] if tuple(x["loc"][:len(prefix)]) == prefix and len(x["loc"]) > len(prefix)]
+    if not members:
+        return first, loc
+    if isinstance(first.get("input"), dict):
+        inner = next((x for x in members if len(x["loc"]) > len(prefix) + 1), None)
+        if inner is not None:
+            return inner, prefix + tuple(inner["loc"][len(prefix) + 1:])
+    return first, prefix
+
+
 def _format_validation_error(e: ValidationError, source: str) -> str:
-    err = e.errors()[0]
-    key = ".".join(str(p) for p in err["loc"])
+    err, loc = _union_error(e.errors())
+    key = ".".join(str(p) for p in loc)
     if err["type"] == "extra_forbidden":
         return f"{source}: unknown key '{key}'"
     if err["type"] == "missing":

@@ -113,6 +113,13 @@ def test_eval_bad_config_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["eval", str(path)])
     assert e.value.code == 2 and "judge.mode" in capsys.readouterr().err
+    # a data entry is PATH or {path, name, ...}: a typo in the mapping is named, not "should be a valid string"
+    for data, msg in (([{"path": "a.jsonl", "nme": "x"}], "unknown key 'data.0.nme'"),
+                      ([5], "key 'data.0': Input should be a valid string (got 5)")):
+        path.write_text(yaml.safe_dump({"model": "x", "data": data}))
+        with pytest.raises(SystemExit) as e:
+            main(["eval", str(path)])
+        assert e.value.code == 2 and msg in capsys.readouterr().err
 
 
 def test_eval_judge_on_a_local_server_needs_no_api_key(server, tmp_path, monkeypatch):
