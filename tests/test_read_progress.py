@@ -36,3 +36,29 @@ def test_nothing_at_all_off_a_terminal(tmp_path, capsys):
     read = io.reread_record_chunks(_input(tmp_path), chunk_size=7, label="dedup")
     assert sum(len(c) for c in read()) == 50 and sum(len(c) for c in read()) == 50
     assert capsys.readouterr().err == ""  # not even the blank line rich prints when a live display stops
+
+
+def test_progress_bars_print_nothing_off_a_terminal_and_draw_on_stderr(capfd, monkeypatch):
+    """Every long loop's bar (render cache, generation, eval, judge, teacher) goes through io.progress_bar: off a
+    terminal rich's Progress printed a blank line on stdout when it stopped, before the command's summary / JSON."""
+    with io.progress_bar() as bar:
+        task = bar.add_task("generate", total=3)
+        bar.advance(task, 3)
+    assert capfd.readouterr() == ("", "")
+    screen = stdio.StringIO()
+    monkeypatch.setattr(io, "progress_console", lambda: Console(file=screen, force_terminal=True, width=80))
+    with io.progress_bar() as bar:
+        bar.add_task("generate", total=3)
+    assert capfd.readouterr().out == "" and "generate" in screen.getvalue()
+
+
+def test_no_long_loop_builds_its_own_rich_progress():
+    """One helper for every bar (so none prints on stdout off a terminal again)."""
+    from pathlib import Path
+
+    import sftlab
+
+    root = Path(sftlab.__file__).parent
+    own = [str(p.relative_to(root)) for p in root.rglob("*.py")
+           if "Progress(" in p.read_text(encoding="utf-8") and p.name != "io.py"]
+    assert own == []

@@ -165,14 +165,14 @@ class Judge:
         """Replies for each conversation: from the cache where present, else from the endpoint."""
         from dataclasses import replace
 
-        from rich.progress import Progress
+        from sftlab.data.curate.io import progress_bar
 
         keys = [self.cache.key(self.gen.model_id, self.template, c, {**asdict(self.params), "seed": s})
                 for c, s in zip(convs, seeds, strict=True)]
         texts: list[str | None] = [self.cache.get(k) for k in keys]
         self.cache_hits += sum(t is not None for t in texts)
         todo = [i for i, t in enumerate(texts) if t is None]
-        with Progress(transient=True, disable=len(todo) <= CHUNK) as progress:
+        with progress_bar(disable=len(todo) <= CHUNK) as progress:
             task = progress.add_task(f"judge ({self.gen.model_id})", total=len(todo))
             for seed in sorted({seeds[i] for i in todo}, key=lambda s: -1 if s is None else s):
                 same_seed = [i for i in todo if seeds[i] == seed]

@@ -103,8 +103,7 @@ GENERATED_FIELDS = ("id", "set", "record_id", "turn", "task_type", "reference", 
 def generate_rows(generator: Any, items: list[dict[str, Any]], cfg: EvalConfig, out_path: Path,
                   label: str = "generate") -> list[dict[str, Any]]:
     """Replies for every item, appended to out_path as they come (kept on rerun); later turns wait for earlier ones."""
-    from rich.progress import Progress
-
+    from sftlab.data.curate.io import progress_bar
     from sftlab.infer import GenerationParams
 
     g = cfg.generation
@@ -130,7 +129,7 @@ def generate_rows(generator: Any, items: list[dict[str, Any]], cfg: EvalConfig, 
                 row.update({k: it[k] for k in ("set", "record_id", "turn", "task_type", "reference")})
         write_jsonl_atomic(list(done.values()), out_path)  # drop stale replies before appending
     todo = [it for it in items if it["id"] not in done]
-    with open(out_path, "a", encoding="utf-8") as f, Progress(transient=True) as progress:
+    with open(out_path, "a", encoding="utf-8") as f, progress_bar() as progress:
         task = progress.add_task(f"{label} ({len(done)} already done)", total=len(todo))
         while todo:
             ready = [it for it in todo if not it["history_from"] or it["history_from"] in done]

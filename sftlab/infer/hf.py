@@ -200,9 +200,9 @@ def _progress(items: list, show: bool):
     if not show:
         yield from items
         return
-    from rich.progress import Progress
+    from sftlab.data.curate.io import progress_bar
 
-    with Progress(transient=True) as bar:
+    with progress_bar() as bar:
         task = bar.add_task("generating", total=len(items))
         for item in items:
             yield item

@@ -69,9 +69,9 @@ class OpenAIGenerator:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sftlab-openai") as pool:
             futures = [pool.submit(self._one, c, params, tools) for c in conversations]
             if self.progress and len(futures) > 1:
-                from rich.progress import Progress
+                from sftlab.data.curate.io import progress_bar
 
-                with Progress(transient=True) as bar:
+                with progress_bar() as bar:
                     task = bar.add_task(f"requests to {self.base_url}", total=len(futures))
                     for _ in as_completed(futures):
                         bar.advance(task)

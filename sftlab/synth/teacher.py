@@ -90,18 +90,10 @@ def teacher_id(gen: Generator) -> str:
 def ask(gen: Generator, conversations: list[list[dict]], params: GenerationParams,
         batch_size: int = 64, label: str = "teacher") -> list[list[Reply]]:
     """generate() in chunks with a progress bar (the backend batches / parallelises inside each chunk)."""
-    from sftlab.data.curate.io import progress_console
+    from sftlab.data.curate.io import progress_bar
 
-    console = progress_console()
-    if len(conversations) <= batch_size or not console.is_terminal:  # off a terminal rich prints a blank line
-        out: list[list[Reply]] = []
-        for i in range(0, len(conversations), batch_size):
-            out += gen.generate(conversations[i:i + batch_size], params)
-        return out
-    from rich.progress import Progress
-
-    out = []
-    with Progress(console=console, transient=True) as bar:
+    out: list[list[Reply]] = []
+    with progress_bar(disable=len(conversations) <= batch_size) as bar:
         task = bar.add_task(label, total=len(conversations))
         for i in range(0, len(conversations), batch_size):
             out += gen.generate(conversations[i:i + batch_size], params)

@@ -117,6 +117,15 @@ def progress_console() -> Any:
     return Console(stderr=True)
 
 
+def progress_bar(disable: bool = False) -> Any:
+    """A transient rich Progress on stderr, drawn only on a terminal: off one, a stopped rich display still printed
+    a blank line on stdout, where a command's summary line (or JSON) goes."""
+    from rich.progress import Progress
+
+    console = progress_console()
+    return Progress(console=console, transient=True, disable=disable or not console.is_terminal)
+
+
 _LIVE: list[bool] = []  # a bar is being drawn: rich allows one live display at a time, an inner read shows none
 
 
