@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-Script = Callable[[dict, int], str]
+Script = Callable[[dict, int], "str | dict"]  # reply text, or an assistant message {content, tool_calls}
 
 
 class ScriptedTeacher:
@@ -48,12 +48,14 @@ class ScriptedTeacher:
                     outer.bodies.append(body)
                 if outer.delay:
                     time.sleep(outer.delay)
-                texts = [outer.script(body, i) for i in range(int(body.get("n") or 1))]
-                words = sum(len(t.split()) for t in texts)
+                texts = [outer.script(body, i) for i in range(int(body.get("n") or 1))]  # a dict: a message
+                words = sum(len((t if isinstance(t, str) else t.get("content") or "").split()) for t in texts)
                 self._send({"id": f"cmpl-{outer.requests}", "object": "chat.completion", "created": int(time.time()),
                             "model": body.get("model", outer.model),
-                            "choices": [{"index": i, "message": {"role": "assistant", "content": t},
-                                         "finish_reason": "stop", "logprobs": None} for i, t in enumerate(texts)],
+                            "choices": [{"index": i, "message": {"role": "assistant", "content": t}
+                                         if isinstance(t, str) else {"role": "assistant", **t},
+                                         "finish_reason": "stop" if isinstance(t, str) else "tool_calls",
+                                         "logprobs": None} for i, t in enumerate(texts)],
                             "usage": {"prompt_tokens": 10, "completion_tokens": words, "total_tokens": 10 + words}})
 
             def do_GET(self):  # noqa: N802

@@ -425,3 +425,37 @@ def test_generation_failure_is_an_error_object_not_a_dead_server(hf, tmp_path):
         assert client(url).chat.completions.create(model="tiny", messages=ASK, max_tokens=2).choices
     finally:
         srv.should_exit = True
+
+
+def test_gateway_passes_upstream_tool_calls_through_and_logs_them(tmp_path):
+    """An upstream's tool calls reach the client (plain and streamed) and the log, and export as an assistant turn
+    with tool_calls: the gateway returned content "" and dropped them."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from synth_server import ScriptedTeacher
+
+    from sftlab.serve.log import export_records
+
+    call = {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": '{"a": 2, "b": 3}'}}
+    tools = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {}}}}]
+    with ScriptedTeacher(lambda body, i: {"content": None, "tool_calls": [call]} if body.get("tools") else "hi") as up:
+        db = tmp_path / "gw.db"
+        gen = load_generator({"base_url": up.base_url, "model": "teacher"})
+        url, srv = start_in_thread(create_app(gen, RequestLog(db), upstream=up.base_url))
+        try:
+            c = openai.OpenAI(base_url=url, api_key="none", max_retries=0)
+            ask = [{"role": "user", "content": "2+3?"}]
+            r = c.chat.completions.create(model="teacher", messages=ask, tools=tools)
+            assert r.choices[0].finish_reason == "tool_calls" and r.choices[0].message.content is None
+            assert [t.model_dump(exclude_none=True) for t in r.choices[0].message.tool_calls] == [call]
+            chunks = list(c.chat.completions.create(model="teacher", messages=ask, tools=tools, stream=True))
+            deltas = [tc for ch in chunks for d in ch.choices for tc in (d.delta.tool_calls or [])]
+            assert [(d.index, d.id, d.function.name, d.function.arguments) for d in deltas] == \
+                [(0, "call_1", "add", '{"a": 2, "b": 3}')]
+            assert [d.finish_reason for ch in chunks for d in ch.choices if d.finish_reason] == ["tool_calls"]
+            assert c.chat.completions.create(model="teacher", messages=ask).choices[0].message.content == "hi"
+        finally:
+            srv.should_exit = True
+    records, skipped = export_records(db)
+    assert len(records) == 3 and skipped["empty_reply"] == 0
+    assert records[0]["messages"][-1] == {"role": "assistant", "content": "", "tool_calls": [call]}
+    assert records[0]["tools"] == tools and records[0]["meta"]["finish_reason"] == "tool_calls"

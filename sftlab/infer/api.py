@@ -28,6 +28,9 @@ class Reply:
     prompt_tokens: int
     completion_tokens: int
     logprobs: list[float] | None = None  # per generated token, when params.logprobs
+    # OpenAI tool calls [{id, type, function: {name, arguments}}] an endpoint returned (finish_reason
+    # "tool_calls"); the local backends return text only (no tool-call parser)
+    tool_calls: list[dict] | None = None
 
 
 @runtime_checkable

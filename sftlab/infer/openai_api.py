@@ -104,8 +104,10 @@ class OpenAIGenerator:
             lps = None
             if params.logprobs and choice.logprobs is not None and choice.logprobs.content is not None:
                 lps = [t.logprob for t in choice.logprobs.content]
+            calls = [c.model_dump(exclude_none=True) for c in choice.message.tool_calls or []] or None
             replies.append(Reply(text=choice.message.content or "", finish_reason=choice.finish_reason or "stop",
-                                 prompt_tokens=prompt_tokens, completion_tokens=share, logprobs=lps))
+                                 prompt_tokens=prompt_tokens, completion_tokens=share, logprobs=lps,
+                                 tool_calls=calls))
         return replies
 
 

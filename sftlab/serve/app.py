@@ -110,8 +110,8 @@ def create_app(generator: Generator, log: RequestLog | None = None, *, max_batch
         if log is None:
             return
         counts = usage(replies)
-        choices = [{"text": r.text, "finish_reason": r.finish_reason, "completion_tokens": r.completion_tokens}
-                   for r in replies]
+        choices = [{"text": r.text, "finish_reason": r.finish_reason, "completion_tokens": r.completion_tokens,
+                    **({"tool_calls": r.tool_calls} if r.tool_calls else {})} for r in replies]
         await asyncio.to_thread(
             log.add_request, response_id=rid, created=t0, latency_ms=(time.time() - t0) * 1000, model=model_id,
             messages=req.messages, tools=req.tools, params=dataclasses.asdict(req.params), choices=choices,
@@ -194,6 +194,9 @@ def create_app(generator: Generator, log: RequestLog | None = None, *, max_batch
             rest = r.text[len(streamed[k]):] if r.text.startswith(streamed[k]) else ""
             if rest:
                 yield piece(k, rest)
+            if r.tool_calls:  # an upstream's tool calls, whole, in one delta (OpenAI streams them with an index)
+                yield event([{"index": k, "delta": {"tool_calls": [{"index": j, **c} for j, c in
+                                                                   enumerate(r.tool_calls)]}, "finish_reason": None}])
         yield event([{"index": k, "delta": {}, "finish_reason": r.finish_reason} for k, r in enumerate(replies)])
         if req.include_usage:
             yield event([], usage(replies))

@@ -22,7 +22,7 @@ CREATE TABLE IF NOT EXISTS requests (
     messages TEXT NOT NULL,         -- JSON: the conversation as received (normalised roles)
     tools TEXT,                     -- JSON or NULL
     params TEXT NOT NULL,           -- JSON: the sampling parameters used
-    choices TEXT NOT NULL,          -- JSON: [{text, finish_reason, completion_tokens}]
+    choices TEXT NOT NULL,          -- JSON: [{text, finish_reason, completion_tokens, tool_calls?}]
     prompt_tokens INTEGER NOT NULL,
     completion_tokens INTEGER NOT NULL,
     stream INTEGER NOT NULL,
@@ -116,7 +116,8 @@ def export_records(db: str | Path, min_score: int | None = None) -> tuple[list[d
             skipped["no_feedback" if score is None else "below_min_score"] += len(choices)
             continue
         for k, choice in enumerate(choices):
-            if not choice["text"].strip():
+            calls = choice.get("tool_calls")
+            if not choice["text"].strip() and not calls:
                 skipped["empty_reply"] += 1  # not a training example (the record format rejects it)
                 continue
             meta = {"response_id": rid, "choice": k, "model": model,
@@ -128,7 +129,8 @@ def export_records(db: str | Path, min_score: int | None = None) -> tuple[list[d
             if upstream:
                 meta["upstream"] = upstream
             records.append({"id": rid if len(choices) == 1 else f"{rid}-{k}",
-                            "messages": [*json.loads(messages), {"role": "assistant", "content": choice["text"]}],
+                            "messages": [*json.loads(messages), {"role": "assistant", "content": choice["text"],
+                                                                 **({"tool_calls": calls} if calls else {})}],
                             "tools": json.loads(tools) if tools else None, "task_type": "serve",
                             "source": f"serve:{model}", "meta": meta})
     return records, skipped

@@ -162,9 +162,16 @@ def _logprobs(reply: Reply) -> dict[str, Any] | None:
 
 def completion_body(response_id: str, created: int, model_id: str, replies: list[Reply]) -> dict[str, Any]:
     return {"id": response_id, "object": "chat.completion", "created": created, "model": model_id,
-            "choices": [{"index": k, "message": {"role": "assistant", "content": r.text},
-                         "finish_reason": r.finish_reason, "logprobs": _logprobs(r)} for k, r in enumerate(replies)],
+            "choices": [{"index": k, "message": assistant_message(r), "finish_reason": r.finish_reason,
+                         "logprobs": _logprobs(r)} for k, r in enumerate(replies)],
             "usage": usage(replies)}
+
+
+def assistant_message(r: Reply) -> dict[str, Any]:
+    """The reply as an OpenAI assistant message: with tool calls (an upstream's) content may be null."""
+    if r.tool_calls:
+        return {"role": "assistant", "content": r.text or None, "tool_calls": r.tool_calls}
+    return {"role": "assistant", "content": r.text}
 
 
 def chunk_body(response_id: str, created: int, model_id: str, choices: list[dict[str, Any]],
