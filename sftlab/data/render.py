@@ -205,6 +205,15 @@ def _special_token_re(tokenizer: Any) -> re.Pattern | None:
     return re.compile("|".join(map(re.escape, names))) if names else None
 
 
+def _reject(e: RecordError, idx: int, rec: dict[str, Any], on_error: str, report: RenderReport) -> None:
+    """A record that cannot be rendered: raised (on_error="raise", located at its index) or counted as a reject."""
+    err = e.located(index=idx)
+    if on_error == "raise":
+        raise err from None
+    report.dropped[err.code] += 1
+    report.rejects.append({"record": rec, "reason": err.describe(), "code": err.code})
+
+
 def render_records(records: Sequence[dict[str, Any]], tokenizer: Any, *, train_on: str = "all_assistant",
                    max_length: int = 2048, on_error: str = "raise") -> tuple[list[dict[str, Any]], RenderReport]:
     """Render canonical records to training samples.
@@ -249,11 +258,7 @@ def render_records(records: Sequence[dict[str, Any]], tokenizer: Any, *, train_o
                               else add(_template_text(tokenizer, msgs[: k + 1], tools, False)))
                     turns.append((prompt_i, upto_i, k, w))
         except RecordError as e:  # the template refused this record (raise_exception, an undefined field)
-            err = e.located(index=idx)
-            if on_error == "raise":
-                raise err from None
-            report.dropped[err.code] += 1
-            report.rejects.append({"record": rec, "reason": err.describe(), "code": err.code})
+            _reject(e, idx, rec, on_error, report)
             continue
         plans.append((idx, rec, full_i, turns))
 
@@ -267,11 +272,7 @@ def render_records(records: Sequence[dict[str, Any]], tokenizer: Any, *, train_o
         try:
             spans = _turn_spans(rec, full_i, turns, texts, ids_all, eot_ids, tokenizer, train_on)
         except RecordError as e:
-            err = e.located(index=idx)
-            if on_error == "raise":
-                raise err from None
-            report.dropped[err.code] += 1
-            report.rejects.append({"record": rec, "reason": err.describe(), "code": err.code})
+            _reject(e, idx, rec, on_error, report)
             continue
         sample = _build_sample(rec, full, spans, max_length, report)
         if sample is None:
