@@ -18,6 +18,7 @@ from sftlab.data.formats import read_records
 from sftlab.data.records import write_jsonl
 from sftlab.data.render import load_tokenizer, render_records
 from sftlab.data.store import RenderSettings, Store, build_or_open, render_store
+from sftlab.errors import UserError
 from sftlab.train.loss import attach_loss_coefficients
 
 FILES = ("input_ids.bin", "turn_index.bin", "turn_coef.bin", "samples.npz", "sample_ids.txt", "rejects.jsonl")
@@ -109,6 +110,54 @@ def test_cache_key_changes_with_every_input(tmp_path, tiny_model_dir, tiny_token
     assert not changed_data.hit and len(changed_data.store) == len(small_records) - 1
     keys.add(changed_data.key)
     assert len(keys) == 5
+
+
+@pytest.mark.parametrize("damage", ["truncate input_ids.bin", "extend turn_index.bin", "delete samples.npz",
+                                    "cut samples.npz", "cut manifest.json", "cut sample_ids.txt"])
+def test_damaged_store_is_rendered_again_or_named(damage, tmp_path, tiny_tokenizer, small_records, capsys):
+    """A store file cut short, grown or deleted after the build (disk full, an interrupted copy of the cache) is
+    found when the store is opened: the builder renders it again, a waiting rank never maps it."""
+    data = tmp_path / "train.jsonl"
+    write_jsonl(small_records, data)
+    src = DataSource(path=str(data))
+    settings = RenderSettings(max_length=64, train_on="all_assistant", loss="turn")
+    first = build_or_open(src, tiny_tokenizer, settings, tmp_path / "cache", 1)
+    want = [first.store.sample(i) for i in range(len(first.store))]
+    what, name = damage.split()
+    f = first.store.path / name
+    if what == "truncate":
+        f.write_bytes(f.read_bytes()[:100])
+    elif what == "extend":
+        f.write_bytes(f.read_bytes() + b"\0\0")
+    elif what == "delete":
+        f.unlink()
+    else:
+        f.write_bytes(f.read_bytes()[:len(f.read_bytes()) // 2])
+    with pytest.raises(UserError, match=rf"waited 0 s .*; rendered store {first.store.path} is damaged"):
+        build_or_open(src, tiny_tokenizer, settings, tmp_path / "cache", 1, build=False, wait_s=0.3)
+    capsys.readouterr()
+    again = build_or_open(src, tiny_tokenizer, settings, tmp_path / "cache", 1)
+    assert not again.hit and again.key == first.key and "is damaged" in capsys.readouterr().out
+    got = [again.store.sample(i) for i in range(len(again.store))]
+    for a, b in zip(want, got, strict=True):
+        assert a["id"] == b["id"] and np.array_equal(a["input_ids"], b["input_ids"])
+        assert np.array_equal(a["loss_coef"], b["loss_coef"])
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [first.key]  # the damaged copy is gone
+
+
+def test_temp_store_of_another_host_with_the_same_pid_is_left_alone(tmp_path, tiny_tokenizer, small_records):
+    """Nodes sharing a cache dir run builders with the same pid (containers): one must never delete the other's
+    half-written temp store."""
+    import os
+
+    records = small_records
+    settings = RenderSettings(max_length=64, train_on="all_assistant", loss="turn")
+    other = tmp_path / f"s.tmp-{os.getpid()}"  # what another host's builder with this pid wrote before the fix
+    other.mkdir()
+    (other / "input_ids.bin").write_bytes(b"in progress")
+    render_store(records, [], tiny_tokenizer, settings, tmp_path / "s", num_proc=1)
+    assert (other / "input_ids.bin").read_bytes() == b"in progress"
+    assert len(Store(tmp_path / "s")) == len(records)
 
 
 def test_tokenizer_saved_in_a_checkpoint_hashes_the_same(tmp_path, tiny_tokenizer):
