@@ -179,6 +179,42 @@ def test_fsdp_refuses_4bit_qlora(tiny_model_dir):
         parallel.wrap_model(SupervisedTokenNLL(model), "fsdp", parallel.DistInfo(rank=0, world_size=2))
 
 
+def test_nproc_user_error_is_one_line_with_the_workers_exit_code(tmp_path, tiny_model_dir, data_files):
+    """`sftlab train --nproc 2` on a bad record: the worker's one-line error and its exit code (2), not torchrun's
+    ChildFailedError traceback and exit 1 after it."""
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"instruction": "hi"}]')
+    cfg = write_config(tmp_path, tiny_model_dir, data_files)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("SFTLAB_DEBUG", None)
+    res = subprocess.run([sys.executable, "-m", "sftlab", "train", str(cfg), "--nproc", "2", f"data.train=[{bad}]"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, res.stderr[-4000:]
+    assert f"error: {bad}, index 0, field 'output': missing field" in res.stderr
+    assert "Traceback" not in res.stderr and "ChildFailedError" not in res.stderr, res.stderr[-4000:]
+    assert "sftlab: rank 0 failed (exit 2); its error is above" in res.stderr
+
+
+def test_nproc_hands_debug_to_the_workers(tmp_path, tiny_model_dir, data_files, monkeypatch):
+    """`--debug` is removed from the arguments by the CLI: under --nproc it reaches the workers as SFTLAB_DEBUG=1."""
+    launched = {}
+
+    def fake_exec(path, args, env=None):
+        launched.update(args=args, env=env)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(os, "execv", fake_exec)
+    monkeypatch.setattr(os, "execve", fake_exec)
+    monkeypatch.delenv("SFTLAB_DEBUG", raising=False)
+    cfg = write_config(tmp_path, tiny_model_dir, data_files)
+    argv = ["train", str(cfg), "--nproc", "2", "train.max_steps=2", "--debug"]
+    monkeypatch.setattr(sys, "argv", ["sftlab", *argv])
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert launched["args"][-2:] == [str(cfg), "train.max_steps=2"]
+    assert (launched["env"] or {}).get("SFTLAB_DEBUG") == "1"
+
+
 # ----------------------------------------------------------------------------- slow: the rest of the matrix
 
 

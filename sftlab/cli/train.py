@@ -74,7 +74,10 @@ def train(ctx: typer.Context, config: Path = typer.Argument(..., help="YAML conf
 
         cmd = [sys.executable, "-m", "sftlab.train.launch", "--standalone", f"--nproc_per_node={nproc}", "-m", "sftlab",
                "train", str(config), *overrides]
-        os.execv(sys.executable, cmd)
+        env = dict(os.environ)
+        if "--debug" in sys.argv:  # the CLI removed --debug from the arguments: the workers and launcher get it here
+            env["SFTLAB_DEBUG"] = "1"
+        os.execve(sys.executable, cmd, env)
     if "stages" in raw:
         from sftlab.train.plan import run_plan
 
