@@ -195,6 +195,19 @@ def test_nproc_user_error_is_one_line_with_the_workers_exit_code(tmp_path, tiny_
     assert "sftlab: rank 0 failed (exit 2); its error is above" in res.stderr
 
 
+@pytest.mark.parametrize("args", [["train", "CFG", "--nproc", "0"], ["train", "CFG", "--nproc", "-2"],
+                                  ["data", "render-cache", "CFG", "--num-proc", "0"]])
+def test_process_counts_below_one_are_refused(args, tmp_path, tiny_model_dir, data_files, capsys, monkeypatch):
+    """--nproc 0 / -2 used to train in one process and --num-proc 0 to render on every core, silently."""
+    from cli_helpers import run_cli
+
+    monkeypatch.setattr(os, "execve", lambda *a: pytest.fail("launched torchrun"))
+    cfg = write_config(tmp_path, tiny_model_dir, data_files, max_steps=1)
+    code, out, err = run_cli([str(cfg) if a == "CFG" else a for a in args], capsys)
+    assert code == 2 and "greater than or equal to 1" in err, (code, out[-2000:], err[-2000:])
+    assert not (tmp_path / "run1").exists()
+
+
 def test_nproc_hands_debug_to_the_workers(tmp_path, tiny_model_dir, data_files, monkeypatch):
     """`--debug` is removed from the arguments by the CLI: under --nproc it reaches the workers as SFTLAB_DEBUG=1."""
     launched = {}

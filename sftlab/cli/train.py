@@ -52,7 +52,7 @@ def tiny_model(out_dir: Path = typer.Argument(..., help="Where to write the mode
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def train(ctx: typer.Context, config: Path = typer.Argument(..., help="YAML config (model/data/train)."),
-          nproc: int = typer.Option(1, "--nproc", help="Processes on this node (execs torchrun when > 1).")) -> None:
+          nproc: int = typer.Option(1, "--nproc", min=1, help="Processes on this node (execs torchrun when > 1).")) -> None:
     """Fine-tune a model: `sftlab train CONFIG.yaml [train.learning_rate=1e-5 ...]` (a config with `stages:`
     is a run plan: the stages train in order, each from the previous one's final model)."""
     from sftlab.config import build_config, read_config_file
