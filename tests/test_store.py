@@ -214,6 +214,19 @@ def test_render_cache_then_train_hits_and_resume_reuses(tmp_path, tiny_model_dir
     assert "rendering" not in out and "resumed from" in out
 
 
+def test_weight_that_keeps_no_sample_is_an_error(tmp_path, tiny_model_dir, small_records, capsys):
+    """weight 0.01 on 24 samples rounds to none: the source used to vanish from a mix silently (or, alone, read as
+    'every record was rejected (0)')."""
+    train, small = tmp_path / "train.jsonl", tmp_path / "small.jsonl"
+    write_jsonl(small_records, train)
+    write_jsonl(small_records[:5], small)
+    cfg = _config(tmp_path, tiny_model_dir, train, "run")
+    code, out, err = run_cli(["train", cfg, f"data.train=[{train}, {{path: {small}, weight: 0.01}}]"], capsys)
+    assert code == 2 and f"error: data.train[1] {small}: weight 0.01 x 5 samples keeps no sample" in err, err
+    code, out, err = run_cli(["train", cfg, f"data.eval=[{{path: {small}, weight: 0.01}}]"], capsys)
+    assert code == 2 and f"error: data.eval[0] {small}: weight 0.01 x 5 samples keeps no sample" in err, err
+
+
 def test_train_metrics_identical_with_fresh_and_cached_store(tmp_path, tiny_model_dir, small_records, capsys):
     """Rendering in 2 processes or reading the cache changes no logged number."""
     train = tmp_path / "train.jsonl"

@@ -101,6 +101,9 @@ def load_split(sources: list, cfg: RunConfig, tokenizer: Any, run_dir: Path | No
         whole, frac = int(src.weight), src.weight - int(src.weight)
         rows = np.concatenate([np.tile(np.arange(n), whole),
                                np.array(rng.sample(range(n), round(frac * n)) if frac else [], dtype=np.int64)])
+        if n and not len(rows):  # a small fractional weight: the source would vanish (or read as "all rejected")
+            raise UserError(f"data.{name}[{k}] {src.path}: weight {src.weight} x {n} samples keeps no sample "
+                            "(round(weight x samples) = 0); raise the weight or remove the source")
         opened.append(got)
         parts.append(rows.astype(np.int64))
     if torch.distributed.is_available() and torch.distributed.is_initialized():
