@@ -165,6 +165,18 @@ def test_ddp_two_ranks_match_one_rank_token_loss(tmp_path, tiny_model_dir, data_
     assert sorted(p.name for p in (run2 / "checkpoints" / "step-2").glob("optimizer*.pt")) == ["optimizer.pt"]
 
 
+def test_ddp_early_stopping_on_a_generation_metric(tmp_path, tiny_model_dir, data_files):
+    """train.eval_generate runs on rank 0 only: every rank must still see its eval_gen/... metrics, or early stopping
+    on one fails on rank 1 ('is not an eval metric') at the first eval."""
+    cfg = write_config(tmp_path, tiny_model_dir, data_files, parallel="ddp", gradient_accumulation_steps=2,
+                       eval_generate={"max_samples": 2, "max_new_tokens": 4, "metrics": ["exact_match"]},
+                       early_stopping={"metric": "eval_gen/exact_match", "patience": 1, "mode": "max"})
+    out = torchrun(cfg)
+    evals = [m for m in read_metrics(tmp_path / "run1") if "eval_loss" in m]
+    assert evals and all("eval_gen/exact_match" in m for m in evals)
+    assert "early stopping: eval_gen/exact_match did not improve" in out and (tmp_path / "run1" / "best").is_dir()
+
+
 def test_fsdp_refuses_4bit_qlora(tiny_model_dir):
     """FSDP2 cannot shard bitsandbytes 4-bit weights here: a clear error instead of a crash deep in torch."""
     from transformers import AutoModelForCausalLM

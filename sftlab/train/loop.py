@@ -620,11 +620,14 @@ def train(cfg: RunConfig) -> Path:
                                                                     or step == total_steps):
                 ev = evaluate(engine, eval_data, cfg, info, pad_id, eot_ids, micro_size)
                 ev["step"] = step
-                if gen_records and info.is_main:
+                if gen_records:  # rank 0 generates alone; every rank gets its metrics (early stopping runs on all)
                     from sftlab.eval.during_training import eval_generate
 
-                    with autocast_context(cfg.model.dtype, device):  # the frozen base may be half (LoRA)
-                        ev.update(eval_generate(parallel.unwrap(engine).model, tokenizer, gen_records, cfg))
+                    gen = {}
+                    if info.is_main:
+                        with autocast_context(cfg.model.dtype, device):  # the frozen base may be half (LoRA)
+                            gen = eval_generate(parallel.unwrap(engine).model, tokenizer, gen_records, cfg)
+                    ev.update(parallel.all_gather_object(gen, info)[0])
                 if info.is_main:
                     writer.log(ev)
                     view.update(ev)
