@@ -420,16 +420,20 @@ def build_or_open(source: Any, tokenizer: Any, settings: RenderSettings, cache_d
     key, inputs = fingerprint(source, digest, settings)
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     out = root / key
+    damage = ""
     if (out / "manifest.json").exists():
         try:
             return SourceStore(Store(out), key, hit=True)
         except BrokenStore as e:
-            if build:  # render it again (below), after moving the damaged one out of the way atomically
-                print(f"{label}: {e}; rendering it again", flush=True)
-                broken = out.with_name(f"{out.name}.broken-{_unique()}")
-                with contextlib.suppress(OSError):  # another builder moved it first
-                    out.rename(broken)
-                shutil.rmtree(broken, ignore_errors=True)
+            damage = str(e)
+    elif out.exists():  # stores appear complete (renamed into place): without a manifest, files were lost since
+        damage = f"rendered store {out} is damaged (no manifest.json)"
+    if damage and build:  # render it again (below), after moving the damaged one out of the way atomically
+        print(f"{label}: {damage}; rendering it again", flush=True)
+        broken = out.with_name(f"{out.name}.broken-{_unique()}")
+        with contextlib.suppress(OSError):  # another builder moved it first
+            out.rename(broken)
+        shutil.rmtree(broken, ignore_errors=True)
     if not build:  # wait for the builder's store (a damaged one is being replaced by the builder)
         t0, damage = time.monotonic(), ""
         while True:
