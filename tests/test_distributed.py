@@ -177,6 +177,22 @@ def test_ddp_early_stopping_on_a_generation_metric(tmp_path, tiny_model_dir, dat
     assert "early stopping: eval_gen/exact_match did not improve" in out and (tmp_path / "run1" / "best").is_dir()
 
 
+def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
+    """--nproc 2 on a 1-GPU node: local rank 1 has no GPU; one line instead of CUDA's 'invalid device ordinal'."""
+    from sftlab.errors import UserError
+    from sftlab.train import parallel
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: pytest.fail("set_device reached"))
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: pytest.fail("process group started"))
+    with pytest.raises(UserError, match=r"local rank 1 has no GPU: this node has 1 visible GPU\(s\) for 2 processes"):
+        parallel.init_distributed(torch.device("cuda"))
+
+
 def test_fsdp_refuses_4bit_qlora(tiny_model_dir):
     """FSDP2 cannot shard bitsandbytes 4-bit weights here: a clear error instead of a crash deep in torch."""
     from transformers import AutoModelForCausalLM
