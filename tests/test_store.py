@@ -114,19 +114,22 @@ def test_cache_key_changes_with_every_input(tmp_path, tiny_model_dir, tiny_token
 
 @pytest.mark.parametrize("damage", ["truncate input_ids.bin", "extend turn_index.bin", "delete samples.npz",
                                     "cut samples.npz", "cut manifest.json", "cut sample_ids.txt",
-                                    "delete manifest.json"])
+                                    "delete manifest.json", "cut rejects.jsonl", "drop-line rejects.jsonl"])
 def test_damaged_store_is_rendered_again_or_named(damage, tmp_path, tiny_tokenizer, small_records, capsys):
     """A store file cut short, grown or deleted after the build (disk full, an interrupted copy of the cache) is
     found when the store is opened: the builder renders it again, a waiting rank never maps it."""
     data = tmp_path / "train.jsonl"
-    write_jsonl(small_records, data)
+    write_jsonl(_records(small_records), data)  # with rejects (one when read, one when rendered)
     src = DataSource(path=str(data))
-    settings = RenderSettings(max_length=64, train_on="all_assistant", loss="turn")
+    settings = RenderSettings(max_length=64, train_on="all_assistant", loss="turn", on_error="skip")
     first = build_or_open(src, tiny_tokenizer, settings, tmp_path / "cache", 1)
     want = [first.store.sample(i) for i in range(len(first.store))]
+    assert len(first.store.rejects()) == 2
     what, name = damage.split()
     f = first.store.path / name
-    if what == "truncate":
+    if what == "drop-line":
+        f.write_text(f.read_text().splitlines(keepends=True)[0])
+    elif what == "truncate":
         f.write_bytes(f.read_bytes()[:100])
     elif what == "extend":
         f.write_bytes(f.read_bytes() + b"\0\0")

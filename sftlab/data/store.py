@@ -169,6 +169,10 @@ class Store:
         wrong = [k for k, v in sizes.items() if v != n]
         if wrong or int(self.token_offsets[-1]) != m["num_tokens"] or int(self.turn_offsets[-1]) != m["num_turns"]:
             raise ValueError(f"samples.npz does not match manifest.json ({', '.join(wrong) or 'offsets'})")
+        self._rejects = self._read_rejects()  # read now: a cut line or a lost record is damage, not an internal error
+        if len(self._rejects) != m["read_rejects"] + sum(m["dropped"].values()):
+            raise ValueError(f"rejects.jsonl has {len(self._rejects)} records, the manifest says "
+                             f"{m['read_rejects'] + sum(m['dropped'].values())}")
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -188,6 +192,9 @@ class Store:
                 "loss_coef": np.where(sup, coef, 0.0), "num_tokens": b - a}
 
     def rejects(self) -> list[dict[str, Any]]:
+        return self._rejects
+
+    def _read_rejects(self) -> list[dict[str, Any]]:
         path = self.path / "rejects.jsonl"
         if not path.exists():
             return []
