@@ -165,6 +165,34 @@ def test_ddp_two_ranks_match_one_rank_token_loss(tmp_path, tiny_model_dir, data_
     assert sorted(p.name for p in (run2 / "checkpoints" / "step-2").glob("optimizer*.pt")) == ["optimizer.pt"]
 
 
+def test_ddp_early_stopping_on_a_generation_metric(tmp_path, tiny_model_dir, data_files):
+    """train.eval_generate runs on rank 0 only: every rank must still see its eval_gen/... metrics, or early stopping
+    on one fails on rank 1 ('is not an eval metric') at the first eval."""
+    cfg = write_config(tmp_path, tiny_model_dir, data_files, parallel="ddp", gradient_accumulation_steps=2,
+                       eval_generate={"max_samples": 2, "max_new_tokens": 4, "metrics": ["exact_match"]},
+                       early_stopping={"metric": "eval_gen/exact_match", "patience": 1, "mode": "max"})
+    out = torchrun(cfg)
+    evals = [m for m in read_metrics(tmp_path / "run1") if "eval_loss" in m]
+    assert evals and all("eval_gen/exact_match" in m for m in evals)
+    assert "early stopping: eval_gen/exact_match did not improve" in out and (tmp_path / "run1" / "best").is_dir()
+
+
+def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
+    """--nproc 2 on a 1-GPU node: local rank 1 has no GPU; one line instead of CUDA's 'invalid device ordinal'."""
+    from sftlab.errors import UserError
+    from sftlab.train import parallel
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: pytest.fail("set_device reached"))
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: pytest.fail("process group started"))
+    with pytest.raises(UserError, match=r"local rank 1 has no GPU: this node has 1 visible GPU\(s\) for 2 processes"):
+        parallel.init_distributed(torch.device("cuda"))
+
+
 def test_fsdp_refuses_4bit_qlora(tiny_model_dir):
     """FSDP2 cannot shard bitsandbytes 4-bit weights here: a clear error instead of a crash deep in torch."""
     from transformers import AutoModelForCausalLM
@@ -177,6 +205,55 @@ def test_fsdp_refuses_4bit_qlora(tiny_model_dir):
     model.is_loaded_in_4bit = True
     with pytest.raises(UserError, match="QLoRA"):
         parallel.wrap_model(SupervisedTokenNLL(model), "fsdp", parallel.DistInfo(rank=0, world_size=2))
+
+
+def test_nproc_user_error_is_one_line_with_the_workers_exit_code(tmp_path, tiny_model_dir, data_files):
+    """`sftlab train --nproc 2` on a bad record: the worker's one-line error and its exit code (2), not torchrun's
+    ChildFailedError traceback and exit 1 after it."""
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"instruction": "hi"}]')
+    cfg = write_config(tmp_path, tiny_model_dir, data_files)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("SFTLAB_DEBUG", None)
+    res = subprocess.run([sys.executable, "-m", "sftlab", "train", str(cfg), "--nproc", "2", f"data.train=[{bad}]"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, res.stderr[-4000:]
+    assert f"error: {bad}, index 0, field 'output': missing field" in res.stderr
+    assert "Traceback" not in res.stderr and "ChildFailedError" not in res.stderr, res.stderr[-4000:]
+    assert "sftlab: rank 0 failed (exit 2); its error is above" in res.stderr
+
+
+@pytest.mark.parametrize("args", [["train", "CFG", "--nproc", "0"], ["train", "CFG", "--nproc", "-2"],
+                                  ["data", "render-cache", "CFG", "--num-proc", "0"]])
+def test_process_counts_below_one_are_refused(args, tmp_path, tiny_model_dir, data_files, capsys, monkeypatch):
+    """--nproc 0 / -2 used to train in one process and --num-proc 0 to render on every core, silently."""
+    from cli_helpers import run_cli
+
+    monkeypatch.setattr(os, "execve", lambda *a: pytest.fail("launched torchrun"))
+    cfg = write_config(tmp_path, tiny_model_dir, data_files, max_steps=1)
+    code, out, err = run_cli([str(cfg) if a == "CFG" else a for a in args], capsys)
+    assert code == 2 and "greater than or equal to 1" in err, (code, out[-2000:], err[-2000:])
+    assert not (tmp_path / "run1").exists()
+
+
+def test_nproc_hands_debug_to_the_workers(tmp_path, tiny_model_dir, data_files, monkeypatch):
+    """`--debug` is removed from the arguments by the CLI: under --nproc it reaches the workers as SFTLAB_DEBUG=1."""
+    launched = {}
+
+    def fake_exec(path, args, env=None):
+        launched.update(args=args, env=env)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(os, "execv", fake_exec)
+    monkeypatch.setattr(os, "execve", fake_exec)
+    monkeypatch.delenv("SFTLAB_DEBUG", raising=False)
+    cfg = write_config(tmp_path, tiny_model_dir, data_files)
+    argv = ["train", str(cfg), "--nproc", "2", "train.max_steps=2", "--debug"]
+    monkeypatch.setattr(sys, "argv", ["sftlab", *argv])
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert launched["args"][-2:] == [str(cfg), "train.max_steps=2"]
+    assert (launched["env"] or {}).get("SFTLAB_DEBUG") == "1"
 
 
 # ----------------------------------------------------------------------------- slow: the rest of the matrix

@@ -18,6 +18,7 @@ from sftlab.data.formats import read_records
 from sftlab.data.records import write_jsonl
 from sftlab.data.render import load_tokenizer, render_records
 from sftlab.data.store import RenderSettings, Store, build_or_open, render_store
+from sftlab.errors import UserError
 from sftlab.train.loss import attach_loss_coefficients
 
 FILES = ("input_ids.bin", "turn_index.bin", "turn_coef.bin", "samples.npz", "sample_ids.txt", "rejects.jsonl")
@@ -111,6 +112,58 @@ def test_cache_key_changes_with_every_input(tmp_path, tiny_model_dir, tiny_token
     assert len(keys) == 5
 
 
+@pytest.mark.parametrize("damage", ["truncate input_ids.bin", "extend turn_index.bin", "delete samples.npz",
+                                    "cut samples.npz", "cut manifest.json", "cut sample_ids.txt",
+                                    "delete manifest.json", "cut rejects.jsonl", "drop-line rejects.jsonl"])
+def test_damaged_store_is_rendered_again_or_named(damage, tmp_path, tiny_tokenizer, small_records, capsys):
+    """A store file cut short, grown or deleted after the build (disk full, an interrupted copy of the cache) is
+    found when the store is opened: the builder renders it again, a waiting rank never maps it."""
+    data = tmp_path / "train.jsonl"
+    write_jsonl(_records(small_records), data)  # with rejects (one when read, one when rendered)
+    src = DataSource(path=str(data))
+    settings = RenderSettings(max_length=64, train_on="all_assistant", loss="turn", on_error="skip")
+    first = build_or_open(src, tiny_tokenizer, settings, tmp_path / "cache", 1)
+    want = [first.store.sample(i) for i in range(len(first.store))]
+    assert len(first.store.rejects()) == 2
+    what, name = damage.split()
+    f = first.store.path / name
+    if what == "drop-line":
+        f.write_text(f.read_text().splitlines(keepends=True)[0])
+    elif what == "truncate":
+        f.write_bytes(f.read_bytes()[:100])
+    elif what == "extend":
+        f.write_bytes(f.read_bytes() + b"\0\0")
+    elif what == "delete":
+        f.unlink()
+    else:
+        f.write_bytes(f.read_bytes()[:len(f.read_bytes()) // 2])
+    with pytest.raises(UserError, match=rf"waited 0 s .*rendered store {first.store.path}"):
+        build_or_open(src, tiny_tokenizer, settings, tmp_path / "cache", 1, build=False, wait_s=0.3)
+    capsys.readouterr()
+    again = build_or_open(src, tiny_tokenizer, settings, tmp_path / "cache", 1)
+    assert not again.hit and again.key == first.key and "is damaged" in capsys.readouterr().out
+    got = [again.store.sample(i) for i in range(len(again.store))]
+    for a, b in zip(want, got, strict=True):
+        assert a["id"] == b["id"] and np.array_equal(a["input_ids"], b["input_ids"])
+        assert np.array_equal(a["loss_coef"], b["loss_coef"])
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [first.key]  # the damaged copy is gone
+
+
+def test_temp_store_of_another_host_with_the_same_pid_is_left_alone(tmp_path, tiny_tokenizer, small_records):
+    """Nodes sharing a cache dir run builders with the same pid (containers): one must never delete the other's
+    half-written temp store."""
+    import os
+
+    records = small_records
+    settings = RenderSettings(max_length=64, train_on="all_assistant", loss="turn")
+    other = tmp_path / f"s.tmp-{os.getpid()}"  # what another host's builder with this pid wrote before the fix
+    other.mkdir()
+    (other / "input_ids.bin").write_bytes(b"in progress")
+    render_store(records, [], tiny_tokenizer, settings, tmp_path / "s", num_proc=1)
+    assert (other / "input_ids.bin").read_bytes() == b"in progress"
+    assert len(Store(tmp_path / "s")) == len(records)
+
+
 def test_tokenizer_saved_in_a_checkpoint_hashes_the_same(tmp_path, tiny_tokenizer):
     """A resume loads the tokenizer from the checkpoint: it must find the same cache."""
     tiny_tokenizer.save_pretrained(tmp_path / "ckpt")
@@ -163,6 +216,19 @@ def test_render_cache_then_train_hits_and_resume_reuses(tmp_path, tiny_model_dir
     code, out, err = run_cli(["train", cfg, "train.resume=auto", "train.max_steps=4"], capsys)
     assert code == 0, err
     assert "rendering" not in out and "resumed from" in out
+
+
+def test_weight_that_keeps_no_sample_is_an_error(tmp_path, tiny_model_dir, small_records, capsys):
+    """weight 0.01 on 24 samples rounds to none: the source used to vanish from a mix silently (or, alone, read as
+    'every record was rejected (0)')."""
+    train, small = tmp_path / "train.jsonl", tmp_path / "small.jsonl"
+    write_jsonl(small_records, train)
+    write_jsonl(small_records[:5], small)
+    cfg = _config(tmp_path, tiny_model_dir, train, "run")
+    code, out, err = run_cli(["train", cfg, f"data.train=[{train}, {{path: {small}, weight: 0.01}}]"], capsys)
+    assert code == 2 and f"error: data.train[1] {small}: weight 0.01 x 5 samples keeps no sample" in err, err
+    code, out, err = run_cli(["train", cfg, f"data.eval=[{{path: {small}, weight: 0.01}}]"], capsys)
+    assert code == 2 and f"error: data.eval[0] {small}: weight 0.01 x 5 samples keeps no sample" in err, err
 
 
 def test_train_metrics_identical_with_fresh_and_cached_store(tmp_path, tiny_model_dir, small_records, capsys):

@@ -12,7 +12,7 @@ from sftlab.cli.apps import data_app
 @data_app.command("render-cache", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def render_cache_cmd(ctx: typer.Context,
                      config: Path = typer.Argument(..., help="training config (or run plan with stages:)"),
-                     num_proc: int = typer.Option(None, "--num-proc", help="rendering processes (default: "
+                     num_proc: int = typer.Option(None, "--num-proc", min=1, help="rendering processes (default: "
                                                   "data.num_proc, else all cores)")) -> None:
     """Build (or find) the rendered store of every train/eval source, so `sftlab train` starts from the cache.
     Extra arguments are dotted overrides (data.max_length=1024), as for `sftlab train`."""

@@ -52,7 +52,7 @@ def tiny_model(out_dir: Path = typer.Argument(..., help="Where to write the mode
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def train(ctx: typer.Context, config: Path = typer.Argument(..., help="YAML config (model/data/train)."),
-          nproc: int = typer.Option(1, "--nproc", help="Processes on this node (execs torchrun when > 1).")) -> None:
+          nproc: int = typer.Option(1, "--nproc", min=1, help="Processes on this node (execs torchrun when > 1).")) -> None:
     """Fine-tune a model: `sftlab train CONFIG.yaml [train.learning_rate=1e-5 ...]` (a config with `stages:`
     is a run plan: the stages train in order, each from the previous one's final model)."""
     from sftlab.config import build_config, read_config_file
@@ -74,7 +74,10 @@ def train(ctx: typer.Context, config: Path = typer.Argument(..., help="YAML conf
 
         cmd = [sys.executable, "-m", "sftlab.train.launch", "--standalone", f"--nproc_per_node={nproc}", "-m", "sftlab",
                "train", str(config), *overrides]
-        os.execv(sys.executable, cmd)
+        env = dict(os.environ)
+        if "--debug" in sys.argv:  # the CLI removed --debug from the arguments: the workers and launcher get it here
+            env["SFTLAB_DEBUG"] = "1"
+        os.execve(sys.executable, cmd, env)
     if "stages" in raw:
         from sftlab.train.plan import run_plan
 

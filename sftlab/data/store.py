@@ -24,6 +24,7 @@ whatever num_proc is.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -31,7 +32,9 @@ import math
 import multiprocessing
 import os
 import shutil
+import socket
 import time
+import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +139,14 @@ class Store:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        try:
+            self._open()
+        except (OSError, ValueError, KeyError, IndexError, TypeError, EOFError, zipfile.BadZipFile) as e:
+            # a file truncated, deleted or overwritten after the store was built (disk full, a copy cut short):
+            # np.memmap / np.load fail with internal errors, or worse, map fewer tokens than the manifest says
+            raise BrokenStore(f"rendered store {self.path} is damaged ({type(e).__name__}: {e})") from None
+
+    def _open(self) -> None:
         self.manifest = json.loads((self.path / "manifest.json").read_text(encoding="utf-8"))
         m = self.manifest
         self.input_ids = _map(self.path / "input_ids.bin", m["token_dtype"], m["num_tokens"])
@@ -151,6 +162,17 @@ class Store:
             self.id_offsets = z["id_offsets"]
         self.task_names: list[str] = m["task_names"]
         self._ids = _map(self.path / "sample_ids.txt", "uint8", int(self.id_offsets[-1]))
+        n = m["samples"]
+        sizes = {"lengths": len(self.lengths), "denoms": len(self.denoms), "supervised": len(self.supervised),
+                 "task_codes": len(self.task_codes), "token_offsets": len(self.token_offsets) - 1,
+                 "turn_offsets": len(self.turn_offsets) - 1, "id_offsets": len(self.id_offsets) - 1}
+        wrong = [k for k, v in sizes.items() if v != n]
+        if wrong or int(self.token_offsets[-1]) != m["num_tokens"] or int(self.turn_offsets[-1]) != m["num_turns"]:
+            raise ValueError(f"samples.npz does not match manifest.json ({', '.join(wrong) or 'offsets'})")
+        self._rejects = self._read_rejects()  # read now: a cut line or a lost record is damage, not an internal error
+        if len(self._rejects) != m["read_rejects"] + sum(m["dropped"].values()):
+            raise ValueError(f"rejects.jsonl has {len(self._rejects)} records, the manifest says "
+                             f"{m['read_rejects'] + sum(m['dropped'].values())}")
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -170,6 +192,9 @@ class Store:
                 "loss_coef": np.where(sup, coef, 0.0), "num_tokens": b - a}
 
     def rejects(self) -> list[dict[str, Any]]:
+        return self._rejects
+
+    def _read_rejects(self) -> list[dict[str, Any]]:
         path = self.path / "rejects.jsonl"
         if not path.exists():
             return []
@@ -177,9 +202,16 @@ class Store:
 
 
 def _map(path: Path, dtype: str, count: int) -> np.ndarray:
+    size, expected = path.stat().st_size, count * np.dtype(dtype).itemsize
+    if size != expected:  # np.memmap accepts a longer file and fails on a shorter one with an internal error
+        raise ValueError(f"{path.name} has {size} bytes, the manifest says {expected}")
     if count == 0:  # an empty file cannot be memory-mapped
         return np.zeros(0, dtype=dtype)
     return np.memmap(path, dtype=dtype, mode="r", shape=(count,))
+
+
+class BrokenStore(UserError):
+    """A store directory whose files do not match its manifest (see Store)."""
 
 
 class StoreSamples:
@@ -262,7 +294,7 @@ def render_store(records: list[dict[str, Any]], read_rejects: list[dict[str, Any
                  settings: RenderSettings, out: Path, num_proc: int = 1, inputs: dict[str, Any] | None = None,
                  label: str = "") -> dict[str, Any]:
     """Render `records` into a new store directory `out` (atomically); returns its manifest."""
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    tmp = out.with_name(f"{out.name}.tmp-{_unique()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     tasks = [(i, records[i:i + CHUNK_RECORDS]) for i in range(0, len(records), CHUNK_RECORDS)]
@@ -350,6 +382,12 @@ def _run_chunks(tasks: list, tokenizer: Any, settings: RenderSettings, workers: 
                 progress.advance(bar)
 
 
+def _unique() -> str:
+    """host-pid: the nodes of a job may share the cache dir, and pids repeat across machines (containers start
+    their processes at the same low pids), so a pid alone would let one node delete another's temp store."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
 def _offsets(counts: Any) -> np.ndarray:
     out = np.zeros(len(counts) + 1, dtype=np.int64)
     np.cumsum(np.asarray(counts, dtype=np.int64), out=out[1:])
@@ -389,16 +427,32 @@ def build_or_open(source: Any, tokenizer: Any, settings: RenderSettings, cache_d
     key, inputs = fingerprint(source, digest, settings)
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     out = root / key
+    damage = ""
     if (out / "manifest.json").exists():
-        return SourceStore(Store(out), key, hit=True)
-    if not build:
-        t0 = time.monotonic()
-        while not (out / "manifest.json").exists():
+        try:
+            return SourceStore(Store(out), key, hit=True)
+        except BrokenStore as e:
+            damage = str(e)
+    elif out.exists():  # stores appear complete (renamed into place): without a manifest, files were lost since
+        damage = f"rendered store {out} is damaged (no manifest.json)"
+    if damage and build:  # render it again (below), after moving the damaged one out of the way atomically
+        print(f"{label}: {damage}; rendering it again", flush=True)
+        broken = out.with_name(f"{out.name}.broken-{_unique()}")
+        with contextlib.suppress(OSError):  # another builder moved it first
+            out.rename(broken)
+        shutil.rmtree(broken, ignore_errors=True)
+    if not build:  # wait for the builder's store (a damaged one is being replaced by the builder)
+        t0, damage = time.monotonic(), ""
+        while True:
+            if (out / "manifest.json").exists():
+                try:
+                    return SourceStore(Store(out), key, hit=True)
+                except BrokenStore as e:
+                    damage = f"; {e}"
             if time.monotonic() - t0 > wait_s:
                 raise UserError(f"{label}: waited {wait_s:.0f} s for the rendered store {out} (local rank 0 renders "
-                                "it); check that rank's log")
+                                f"it); check that rank's log{damage}")
             time.sleep(0.2)
-        return SourceStore(Store(out), key, hit=True)
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:

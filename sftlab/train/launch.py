@@ -1,11 +1,14 @@
 """What `sftlab train --nproc N` runs: torchrun (torch.distributed.run) itself, but a SIGTERM or Ctrl-C ends
-it with one line and exit 143 / 130 instead of torchrun's SignalException traceback and exit 1.
+it with one line and exit 143 / 130 instead of torchrun's SignalException traceback and exit 1, and a failed
+worker (a user error it printed in one line) ends it with that worker's exit code and one line instead of torchrun's
+ChildFailedError traceback (kept under --debug / SFTLAB_DEBUG=1).
 
 torchrun forwards the signal to the workers, which finish the step, save a checkpoint and exit (see
 parallel.install_stop_handlers); torchrun waits for them (30 s, then SIGKILL)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -28,7 +31,22 @@ def main(argv: list[str] | None = None) -> None:
             print(f"sftlab: workers stopped by a signal (exit {code}); continue with train.resume=auto",
                   file=sys.stderr)
             sys.exit(code)
-        raise
+        if "--debug" in (argv if argv is not None else sys.argv) or os.environ.get("SFTLAB_DEBUG") == "1":
+            raise
+        # the failed worker printed its own one-line error (or traceback under --debug) above; torchrun's
+        # ChildFailedError traceback and failure table would bury it
+        rank, failure = e.get_first_failure()
+        code = failure.exitcode
+        how = f"exit {code}" if code > 0 else f"killed by {_signal_name(-code)}"
+        print(f"sftlab: rank {rank} failed ({how}); its error is above", file=sys.stderr)
+        sys.exit(code if code > 0 else 128 - code)
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 if __name__ == "__main__":

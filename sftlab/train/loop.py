@@ -101,6 +101,9 @@ def load_split(sources: list, cfg: RunConfig, tokenizer: Any, run_dir: Path | No
         whole, frac = int(src.weight), src.weight - int(src.weight)
         rows = np.concatenate([np.tile(np.arange(n), whole),
                                np.array(rng.sample(range(n), round(frac * n)) if frac else [], dtype=np.int64)])
+        if n and not len(rows):  # a small fractional weight: the source would vanish (or read as "all rejected")
+            raise UserError(f"data.{name}[{k}] {src.path}: weight {src.weight} x {n} samples keeps no sample "
+                            "(round(weight x samples) = 0); raise the weight or remove the source")
         opened.append(got)
         parts.append(rows.astype(np.int64))
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -617,11 +620,14 @@ def train(cfg: RunConfig) -> Path:
                                                                     or step == total_steps):
                 ev = evaluate(engine, eval_data, cfg, info, pad_id, eot_ids, micro_size)
                 ev["step"] = step
-                if gen_records and info.is_main:
+                if gen_records:  # rank 0 generates alone; every rank gets its metrics (early stopping runs on all)
                     from sftlab.eval.during_training import eval_generate
 
-                    with autocast_context(cfg.model.dtype, device):  # the frozen base may be half (LoRA)
-                        ev.update(eval_generate(parallel.unwrap(engine).model, tokenizer, gen_records, cfg))
+                    gen = {}
+                    if info.is_main:
+                        with autocast_context(cfg.model.dtype, device):  # the frozen base may be half (LoRA)
+                            gen = eval_generate(parallel.unwrap(engine).model, tokenizer, gen_records, cfg)
+                    ev.update(parallel.all_gather_object(gen, info)[0])
                 if info.is_main:
                     writer.log(ev)
                     view.update(ev)

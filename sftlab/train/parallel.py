@@ -39,6 +39,11 @@ def init_distributed(device: torch.device) -> DistInfo:
         return DistInfo(device=device)
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
+        gpus = torch.cuda.device_count()
+        if local >= gpus:  # more processes than GPUs on this node: CUDA's 'invalid device ordinal' otherwise
+            raise UserError(f"local rank {local} has no GPU: this node has {gpus} visible GPU(s) for "
+                            f"{os.environ.get('LOCAL_WORLD_SIZE', local + 1)} processes; start at most {gpus} per "
+                            "node (--nproc / --nproc_per_node), one per GPU")
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
