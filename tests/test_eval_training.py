@@ -104,3 +104,23 @@ def test_eval_loss_per_task_type_includes_task_types_only_the_eval_set_has(tmp_p
         assert ev[f"eval_loss/{task}"] > 0, (task, ev)
     assert ev["eval_loss/heldout"] == ev["eval_loss/heldout/add"]
     assert not any(k.startswith("loss/heldout") for r in rows if "loss" in r for k in r)
+
+
+def test_eval_generate_skips_a_prompt_that_fills_the_context(tiny_model_dir, small_records):
+    """Training cuts a long eval record to max_length; generation cannot: such a prompt stopped the run at its
+    first eval ('the prompt has 2160 tokens, the model's context is 2048'). It is skipped and counted."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sftlab.eval.during_training import eval_generate
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    long = {"id": "long", "task_type": "math/add",
+            "messages": [{"role": "user", "content": "one two three " * 1000}, {"role": "assistant", "content": "x"}]}
+    cfg = SimpleNamespace(train=SimpleNamespace(eval_generate=SimpleNamespace(
+        batch_size=4, max_new_tokens=2, metrics=["exact_match"])))
+    out = eval_generate(model, tok, [small_records[0], long], cfg)
+    assert out["eval_gen/skipped_too_long"] == 1.0 and "eval_gen/exact_match" in out
+    assert eval_generate(model, tok, [long], cfg) == {"eval_gen/skipped_too_long": 1.0}

@@ -35,7 +35,8 @@ def eval_subset(cfg: Any) -> list[dict[str, Any]]:
 
 
 def eval_generate(model: Any, tokenizer: Any, records: list[dict[str, Any]], cfg: Any) -> dict[str, float]:
-    """Greedy replies to each record's prompt (up to its last assistant turn), scored against that turn."""
+    """Greedy replies to each record's prompt (up to its last assistant turn), scored against that turn. A prompt
+    that fills the model's context is skipped and counted (eval_gen/skipped_too_long)."""
     from sftlab.infer import GenerationParams
     from sftlab.infer.hf import HFGenerator
 
@@ -44,10 +45,16 @@ def eval_generate(model: Any, tokenizer: Any, records: list[dict[str, Any]], cfg
     gen = HFGenerator(model, tokenizer, batch_size=eg.batch_size)
     rows = []
     prompts = []
+    too_long = 0
     for r in records:
         last = max(i for i, m in enumerate(r["messages"]) if m["role"] == "assistant")
+        if gen.max_context and len(gen.prompt_ids(r["messages"][:last])) >= gen.max_context:
+            too_long += 1  # training cuts it to max_length; generation cannot: counted, not a crash mid-run
+            continue
         prompts.append(r["messages"][:last])
         rows.append({"task_type": r["task_type"], "reference": r["messages"][last].get("content") or ""})
+    if not prompts:
+        return {"eval_gen/skipped_too_long": float(too_long)}
     try:
         replies = gen.generate(prompts, GenerationParams(max_new_tokens=eg.max_new_tokens, temperature=0.0))
     finally:
@@ -60,4 +67,6 @@ def eval_generate(model: Any, tokenizer: Any, records: list[dict[str, Any]], cfg
         for name, values in metrics.items():
             key = f"eval_gen/{name}" if task == "all" else f"eval_gen/{task}/{name}"
             out[key] = sum(values) / len(values)
+    if too_long:
+        out["eval_gen/skipped_too_long"] = float(too_long)
     return out
