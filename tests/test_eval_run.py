@@ -137,6 +137,8 @@ def test_eval_judge_on_a_local_server_needs_no_api_key(server, tmp_path, monkeyp
     ("judge={model: gpt}", "set judge.base_url and judge.model"),
     ("judge={base_url: 'http://x/v1', model: gpt, mode: pairwise}", "pairwise needs `baseline`"),
     ("baseline=missing/predictions.jsonl", "baseline: predictions file not found: missing/predictions.jsonl"),
+    ("judge={base_url: 'http://x/v1', model: gpt, api_key_env: SFTLAB_TEST_UNSET_KEY}",
+     "environment variable SFTLAB_TEST_UNSET_KEY (api_key_env) is not set"),
 ])
 def test_eval_scoring_errors_come_before_generating(server, tmp_path, capsys, bad, message):
     qa = _jsonl(tmp_path / "qa.jsonl", [{"instruction": "say hi", "output": "hi"}])
