@@ -122,6 +122,7 @@ def test_mix_ratios_general_share_and_seed():
     assert {r["id"] for r in other.kept} != {r["id"] for r in res.kept}
     up = mix_records(recs, {"weights": {"other": 1}, "total": 25, "upsample": True})
     assert len(up.kept) == 25 and sum("mix_copy_of" in r["meta"] for r in up.kept) == 15
+    assert [r["meta"]["mix_group"] for r in up.kept] == ["other"] * 25  # copies are counted in their group too
     assert largest_remainder(10, {"a": 1, "b": 1, "c": 1}) == {"a": 4, "b": 3, "c": 3}
     with pytest.raises(UserError, match=r"weight 'maths' matches no task_type of the input"):  # a typo
         mix_records(recs, {"weights": {"maths": 3, "code": 1}, "total": 50})
