@@ -367,6 +367,7 @@ def test_serve_cli_argument_errors(capsys, tmp_path):
             RequestLog(bad)
     assert str(default_log_path(Path("runs/x/final"))) == "runs/x/serve.db"
     assert str(default_log_path(Path("some/model"))) == "serve.db"
+    assert str(default_log_path(Path("runs/x/checkpoints/step-10"))) == "runs/x/serve.db"  # sftlab's layout
 
 
 def test_client_leaving_mid_stream_stops_its_generation(hf, tmp_path):
