@@ -303,6 +303,13 @@ def test_human_single_sheet_and_judge_vs_human(tmp_path):
     _write_table(sheet, list(blank[0]), [[b["item"], b["prompt"], b["answer"], "77", ""] for b in blank])
     with pytest.raises(UserError, match="column 'overall': '77' is outside the scale 1-10"):
         import_sheets([sheet], tmp_path / "h")
+    # an annotator's copy in a folder with two sheets' keys: say which key to copy, not "keep the key"
+    (tmp_path / "other.key.json").write_text((tmp_path / "sheet.key.json").read_text())
+    ann = tmp_path / "ann1.csv"
+    ann.write_text(sheet.read_text(encoding="utf-8"), encoding="utf-8")
+    with pytest.raises(UserError, match=r"several next to the sheet \(other.key.json, sheet.key.json\): copy "
+                                        r"this sheet's key to ann1.key.json"):
+        import_sheets([ann], tmp_path / "h")
 
 
 def test_eval_without_config_file_flags_and_overrides(server, tmp_path, real_data_dir):
