@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"sftlab: workers stopped by a signal (exit {code}); continue with train.resume=auto",
                   file=sys.stderr)
             sys.exit(code)
+        if codes == {2}:  # every worker stopped on a user error and printed its one line: no launcher traceback
+            print("sftlab: the workers stopped on the error above (exit 2)", file=sys.stderr)
+            sys.exit(2)
         raise
 
 
