@@ -426,3 +426,11 @@ def test_generation_failure_is_an_error_object_not_a_dead_server(hf, tmp_path):
         assert client(url).chat.completions.create(model="tiny", messages=ASK, max_tokens=2).choices
     finally:
         srv.should_exit = True
+
+
+def test_a_request_without_model_names_the_missing_field():
+    from sftlab.serve.protocol import APIError, parse_chat_request
+
+    with pytest.raises(APIError) as e:
+        parse_chat_request({"messages": ASK}, "tiny", 2048)
+    assert "'model' is required; this server serves 'tiny'" in str(e.value) and e.value.param == "model"
