@@ -285,7 +285,7 @@ class SlowGenerator:
 
 
 @pytest.mark.parametrize("stream", [True, False])
-def test_client_that_disconnects_frees_its_slot(hf, tmp_path, stream):
+def test_client_that_disconnects_frees_its_slot(hf, tmp_path, stream, capfd):
     import http.client
 
     gen = SlowGenerator(hf)
@@ -313,6 +313,7 @@ def test_client_that_disconnects_frees_its_slot(hf, tmp_path, stream):
         after = c.chat.completions.create(model="tiny", max_tokens=3, messages=[{"role": "user", "content": "next"}])
         assert after.choices and gen.seen == ["first", "next"]  # "leaver" was never generated
         assert app.state.log.count() == 2
+        assert "Exception in ASGI application" not in capfd.readouterr().err  # was InvalidStateError (non-stream)
     finally:
         srv.should_exit = True
 
