@@ -89,7 +89,7 @@ def test_kcenter_radius_stop_and_select_records():
     cos_d = 1 - x @ x[kept].T
     assert cos_d.min(1).max() <= 0.3 + 1e-9 and len(res.kept) < len(recs)
     assert sorted(r["meta"]["kcenter_rank"] for r in res.kept) == list(range(len(kept)))
-    with pytest.raises(UserError, match="k or radius"):
+    with pytest.raises(UserError, match=r"^select kcenter: give k or radius$"):  # not "option 'options'"
         kcenter_select(recs, x, {})
 
 
@@ -122,6 +122,7 @@ def test_mix_ratios_general_share_and_seed():
     assert {r["id"] for r in other.kept} != {r["id"] for r in res.kept}
     up = mix_records(recs, {"weights": {"other": 1}, "total": 25, "upsample": True})
     assert len(up.kept) == 25 and sum("mix_copy_of" in r["meta"] for r in up.kept) == 15
+    assert [r["meta"]["mix_group"] for r in up.kept] == ["other"] * 25  # copies are counted in their group too
     assert largest_remainder(10, {"a": 1, "b": 1, "c": 1}) == {"a": 4, "b": 3, "c": 3}
     with pytest.raises(UserError, match=r"weight 'maths' matches no task_type of the input"):  # a typo
         mix_records(recs, {"weights": {"maths": 3, "code": 1}, "total": 50})

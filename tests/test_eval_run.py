@@ -137,6 +137,8 @@ def test_eval_judge_on_a_local_server_needs_no_api_key(server, tmp_path, monkeyp
     ("judge={model: gpt}", "set judge.base_url and judge.model"),
     ("judge={base_url: 'http://x/v1', model: gpt, mode: pairwise}", "pairwise needs `baseline`"),
     ("baseline=missing/predictions.jsonl", "baseline: predictions file not found: missing/predictions.jsonl"),
+    ("judge={base_url: 'http://x/v1', model: gpt, api_key_env: SFTLAB_TEST_UNSET_KEY}",
+     "environment variable SFTLAB_TEST_UNSET_KEY (api_key_env) is not set"),
 ])
 def test_eval_scoring_errors_come_before_generating(server, tmp_path, capsys, bad, message):
     qa = _jsonl(tmp_path / "qa.jsonl", [{"instruction": "say hi", "output": "hi"}])
@@ -301,6 +303,13 @@ def test_human_single_sheet_and_judge_vs_human(tmp_path):
     _write_table(sheet, list(blank[0]), [[b["item"], b["prompt"], b["answer"], "77", ""] for b in blank])
     with pytest.raises(UserError, match="column 'overall': '77' is outside the scale 1-10"):
         import_sheets([sheet], tmp_path / "h")
+    # an annotator's copy in a folder with two sheets' keys: say which key to copy, not "keep the key"
+    (tmp_path / "other.key.json").write_text((tmp_path / "sheet.key.json").read_text())
+    ann = tmp_path / "ann1.csv"
+    ann.write_text(sheet.read_text(encoding="utf-8"), encoding="utf-8")
+    with pytest.raises(UserError, match=r"several next to the sheet \(other.key.json, sheet.key.json\): copy "
+                                        r"this sheet's key to ann1.key.json"):
+        import_sheets([ann], tmp_path / "h")
 
 
 def test_eval_without_config_file_flags_and_overrides(server, tmp_path, real_data_dir):

@@ -159,3 +159,19 @@ def test_ctrl_c_two_ranks_exits_130_without_traceback(tmp_path, tiny_model_dir, 
     assert code == 130, (out[-2000:], err[-4000:])
     assert "Traceback" not in err and "SignalException" not in err
     stopped_checkpoint(run, out, total)
+
+
+def test_launch_ends_a_user_error_of_the_workers_with_exit_2_and_no_traceback(monkeypatch, capsys):
+    """A config error every rank refuses (e.g. a resume with another world size) is the workers' one line, then
+    exit 2; it was torchrun's ChildFailedError traceback and exit 1."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    import sftlab.train.launch as launch
+
+    def failing(argv):
+        raise ChildFailedError("sftlab", {r: ProcessFailure(r, 100 + r, 2, "<N/A>") for r in range(2)})
+
+    monkeypatch.setattr("torch.distributed.run.main", failing)
+    with pytest.raises(SystemExit) as e:
+        launch.main(["--nproc_per_node", "2", "-m", "sftlab", "train", "cfg.yaml"])
+    assert e.value.code == 2 and "Traceback" not in capsys.readouterr().err

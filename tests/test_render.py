@@ -286,3 +286,9 @@ def test_prompt_text_ends_with_generation_prompt(tiny_tokenizer, real_data_dir):
     recs, _ = read_records(real_data_dir / "mt_bench_question.jsonl")
     text = prompt_text(recs[0], tiny_tokenizer)
     assert text.endswith("<|im_start|>assistant\n") and recs[0]["messages"][0]["content"] in text
+
+
+def test_a_directory_without_tokenizer_files_is_a_one_line_error(tmp_path):
+    """transformers 5 raises a ValueError there (was an 'internal error' from `data inspect` / `select ifd`)."""
+    with pytest.raises(TemplateError, match="no tokenizer files"):
+        load_tokenizer(str(tmp_path))

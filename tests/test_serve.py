@@ -285,7 +285,7 @@ class SlowGenerator:
 
 
 @pytest.mark.parametrize("stream", [True, False])
-def test_client_that_disconnects_frees_its_slot(hf, tmp_path, stream):
+def test_client_that_disconnects_frees_its_slot(hf, tmp_path, stream, capfd):
     import http.client
 
     gen = SlowGenerator(hf)
@@ -313,6 +313,7 @@ def test_client_that_disconnects_frees_its_slot(hf, tmp_path, stream):
         after = c.chat.completions.create(model="tiny", max_tokens=3, messages=[{"role": "user", "content": "next"}])
         assert after.choices and gen.seen == ["first", "next"]  # "leaver" was never generated
         assert app.state.log.count() == 2
+        assert "Exception in ASGI application" not in capfd.readouterr().err  # was InvalidStateError (non-stream)
     finally:
         srv.should_exit = True
 
@@ -367,6 +368,7 @@ def test_serve_cli_argument_errors(capsys, tmp_path):
             RequestLog(bad)
     assert str(default_log_path(Path("runs/x/final"))) == "runs/x/serve.db"
     assert str(default_log_path(Path("some/model"))) == "serve.db"
+    assert str(default_log_path(Path("runs/x/checkpoints/step-10"))) == "runs/x/serve.db"  # sftlab's layout
 
 
 def test_client_leaving_mid_stream_stops_its_generation(hf, tmp_path):
@@ -459,3 +461,11 @@ def test_gateway_passes_upstream_tool_calls_through_and_logs_them(tmp_path):
     assert len(records) == 3 and skipped["empty_reply"] == 0
     assert records[0]["messages"][-1] == {"role": "assistant", "content": "", "tool_calls": [call]}
     assert records[0]["tools"] == tools and records[0]["meta"]["finish_reason"] == "tool_calls"
+
+
+def test_a_request_without_model_names_the_missing_field():
+    from sftlab.serve.protocol import APIError, parse_chat_request
+
+    with pytest.raises(APIError) as e:
+        parse_chat_request({"messages": ASK}, "tiny", 2048)
+    assert "'model' is required; this server serves 'tiny'" in str(e.value) and e.value.param == "model"

@@ -3,6 +3,7 @@ and `sftlab serve export-log` (the request log → canonical records for `sftlab
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import typer
@@ -15,7 +16,10 @@ app.add_typer(serve_app, name="serve")
 
 
 def default_log_path(model: Path | None) -> Path:
-    """RUN/serve.db when serving a run's final/ or checkpoint-* dir, else ./serve.db."""
+    """RUN/serve.db when serving a run's final/ or checkpoint dir (sftlab's RUN/checkpoints/step-N, HF's
+    RUN/checkpoint-N), else ./serve.db."""
+    if model is not None and model.parent.name == "checkpoints" and re.fullmatch(r"step-\d+", model.name):
+        return model.parent.parent / "serve.db"
     if model is not None and (model.name == "final" or model.name.startswith("checkpoint-")):
         return model.parent / "serve.db"
     return Path("serve.db")

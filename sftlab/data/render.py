@@ -115,8 +115,11 @@ def load_tokenizer(name_or_path: str, chat_template: str | None = None,
 
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path)
-    except OSError as e:
-        raise TemplateError(f"cannot load tokenizer from {name_or_path!r}: {str(e).splitlines()[0]}") from None
+    except (OSError, ValueError) as e:  # transformers 5: a ValueError for a directory without tokenizer files
+        why = str(e).splitlines()[0]
+        if Path(name_or_path).is_dir() and not any(Path(name_or_path).glob("tokenizer*")):
+            why = "no tokenizer files (tokenizer.json, tokenizer_config.json) in that directory"
+        raise TemplateError(f"cannot load tokenizer from {name_or_path!r}: {why}") from None
     if not getattr(tok, "is_fast", False):
         raise TemplateError(f"tokenizer {name_or_path!r} is not a fast tokenizer; sftlab needs one for batched rendering")
     tok.chat_template = resolve_chat_template(tok, chat_template)

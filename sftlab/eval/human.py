@@ -139,7 +139,10 @@ def import_sheets(sheets: list[str | Path], out: str | Path, *, judged: str | Pa
         kp = _key_path(s)
         if not kp.exists():
             found = sorted(s.parent.glob("*.key.json"))
-            if len(found) != 1:
+            if len(found) > 1:  # several sheets' keys in one folder: which one unblinds this copy is unknown
+                raise UserError(f"{s}: no key file {kp.name}, and several next to the sheet "
+                                f"({', '.join(f.name for f in found)}): copy this sheet's key to {kp.name}")
+            if not found:
                 raise UserError(f"{s}: no key file {kp.name} next to the sheet (keep the .key.json that export-sheet "
                                 "wrote in the same folder)")
             kp = found[0]

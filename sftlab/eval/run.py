@@ -273,6 +273,9 @@ def _check_scoring(cfg: EvalConfig, judge_generator: Any = None) -> None:
             raise UserError("judge: set judge.base_url and judge.model (an OpenAI-compatible endpoint)")
         if cfg.judge.mode == "pairwise" and cfg.baseline is None:
             raise UserError("judge.mode=pairwise needs `baseline` (a predictions.jsonl or a model)")
+        key_env = cfg.judge.api_key_env
+        if judge_generator is None and key_env and not os.environ.get(key_env):  # the judge client checks it too late
+            raise UserError(f"judge: environment variable {key_env} (api_key_env) is not set: export the API key there")
 
 
 def run_eval(cfg: EvalConfig, judge_generator: Any = None) -> dict[str, Any]:

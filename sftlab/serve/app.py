@@ -97,7 +97,7 @@ def create_app(generator: Generator, log: RequestLog | None = None, *, max_batch
             gone.cancel()
             if not job.done():
                 job.cancel()
-        if job.cancelled():
+        if job.cancelled() or not job.done():  # a job cancelled just now is only done at the loop's next step
             return None
         try:
             return job.result()

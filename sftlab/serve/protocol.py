@@ -97,6 +97,8 @@ def parse_chat_request(body: Any, model_id: str, max_context: int | None) -> Cha
     if not isinstance(body, dict):
         raise APIError("the request body must be a JSON object", None, "invalid_json")
     model = body.get("model")
+    if model is None:  # required by the OpenAI API too; "model None is not served here" read like a lookup
+        raise APIError(f"'model' is required; this server serves {model_id!r}", "model", "missing_required_parameter")
     if model != model_id:
         raise APIError(f"model {model!r} is not served here; this server serves {model_id!r}", "model",
                        "model_not_found")

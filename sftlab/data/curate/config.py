@@ -23,7 +23,9 @@ def parse_config(cls: type[T], step: str, values: dict[str, Any] | None = None) 
         return cls(**(values or {}))
     except ValidationError as e:
         err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"]) or "options"
+        if not err["loc"]:  # a check across options (a model validator): its message names them; no "got {...}"
+            raise UserError(f"{step}: {err['msg'].removeprefix('Value error, ')}") from None
+        loc = ".".join(str(x) for x in err["loc"])
         got = err.get("input")
         got_s = f", got {got!r} ({type(got).__name__})" if err["type"] != "extra_forbidden" else ""
         raise UserError(f"{step}: option '{loc}': {err['msg']}{got_s}") from None

@@ -176,8 +176,9 @@ def mix_stream(plan: MixPlan, read_chunks: Callable[[], Iterable[Sequence[dict[s
                 dropped.append(drop(r, "mix", "not_sampled", group="general"))
             pos += 1
         yield StepResult("mix", kept, dropped)
-    copies = [{**held[src], "id": f"{held[src]['id']}#mix{n}", "meta": {**(held[src].get("meta") or {}),
-                                                                         "mix_copy_of": held[src]["id"]}}
+    copies = [{**held[src], "id": f"{held[src]['id']}#mix{n}",  # a copy counts in its group like its source
+               "meta": {**(held[src].get("meta") or {}), "mix_group": plan.group_of[held[src]["task_type"]],
+                        "mix_copy_of": held[src]["id"]}}
               for src, n in plan.copies]
     yield StepResult("mix", copies, [], info=plan.info)  # info["copies"] = len(copies)
 
