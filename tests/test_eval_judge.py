@@ -132,3 +132,35 @@ def test_repeats_report_per_item_std(server, tmp_path):
 def test_single_judge_length_bias(server, tmp_path):
     s = run_judge(_rows(), _cfg(server, tmp_path, "longer", mode="single", dimensions=["overall"]))
     assert s["length_corr"] > 0.9
+
+
+def test_a_judge_request_the_endpoint_refuses_is_unjudged_not_the_end_of_the_eval(tmp_path):
+    """One HTTP 400 (e.g. a judge prompt beyond the judge model's context) stopped the whole eval; it is now that
+    item's refusal (counted, not cached), while a server error still stops the run."""
+    from sftlab.eval.judge import Judge
+    from sftlab.infer import Reply
+    from sftlab.infer.openai_api import EndpointError
+
+    class Endpoint:
+        model_id = "judge"
+
+        def __init__(self, status: int) -> None:
+            self.status, self.calls = status, 0
+
+        def generate(self, convs, params, tools=None):  # noqa: ANN001, ANN201
+            self.calls += 1
+            if any("LONG" in c[0]["content"] for c in convs):
+                raise EndpointError(f"http://j/v1 rejected the request (HTTP {self.status}): too long", self.status)
+            return [[Reply("Rating: [[7]]", "stop", 1, 1)] for _ in convs]
+
+    gen = Endpoint(400)
+    judge = Judge(gen, {"mode": "single", "dimensions": ["overall"], "cache": str(tmp_path / "c.sqlite")})
+    out = judge.judge(["short one", "LONG " * 5, "short two"], [None, None, None])
+    assert [parsed for _, parsed in out] == [{"overall": 7.0}, None, {"overall": 7.0}]
+    assert len(judge.refused) == 2 and "HTTP 400" in judge.refused[0]  # the item and its stricter retry
+    again = Judge(gen, {"mode": "single", "dimensions": ["overall"], "cache": str(tmp_path / "c.sqlite")})
+    again.judge(["LONG " * 5], [None])
+    assert len(again.refused) == 2  # a refusal is not cached: a rerun asks again
+    with pytest.raises(EndpointError, match="HTTP 502"):
+        Judge(Endpoint(502), {"mode": "single", "dimensions": ["overall"],
+                              "cache": str(tmp_path / "c.sqlite")}).judge(["LONG"], [None])

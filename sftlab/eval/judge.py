@@ -150,6 +150,7 @@ class Judge:
                                        temperature=float(cfg.get("temperature", 0.0)))
         self.cache = JudgeCache(cfg.get("cache") or Path.home() / ".cache" / "sftlab" / "judge_cache.sqlite")
         self.requests = self.cache_hits = 0
+        self.refused: list[str] = []  # the endpoint's message for each conversation it refused (HTTP 4xx)
 
     def parse(self, text: str) -> Any:
         if self.mode == "single":
@@ -178,13 +179,27 @@ class Judge:
                 same_seed = [i for i in todo if seeds[i] == seed]
                 for start in range(0, len(same_seed), CHUNK):  # cached chunk by chunk: a crash loses one chunk
                     idx = same_seed[start:start + CHUNK]
-                    replies = self.gen.generate([convs[i] for i in idx], replace(self.params, seed=seed))
+                    got = self._generate([convs[i] for i in idx], replace(self.params, seed=seed))
                     self.requests += len(idx)
-                    for i, rep in zip(idx, replies, strict=True):
-                        texts[i] = rep[0].text
-                    self.cache.put_many([(keys[i], texts[i]) for i in idx])
+                    for i, text in zip(idx, got, strict=True):
+                        texts[i] = text
+                    self.cache.put_many([(keys[i], texts[i]) for i in idx if texts[i] is not None])
                     progress.advance(task, len(idx))
         return [t or "" for t in texts]
+
+    def _generate(self, convs: list[list[dict]], params: Any) -> list[str | None]:
+        """Texts; a conversation the endpoint refuses (HTTP 4xx but 429, e.g. a judge prompt beyond the judge's
+        context) is None, kept in `refused` and judged as unreadable: one item does not stop the whole eval."""
+        try:
+            return [rep[0].text for rep in self.gen.generate(convs, params)]
+        except UserError as e:
+            status = getattr(e, "status", None)
+            if status is None or not 400 <= status < 500 or status == 429:
+                raise
+            if len(convs) == 1:
+                self.refused.append(str(e))
+                return [None]
+            return [t for c in convs for t in self._generate([c], params)]  # find the one(s) refused
 
     def judge(self, prompts: list[str], seeds: list[int | None]) -> list[tuple[list[str], Any]]:
         """(raw texts of every try, parsed verdict or None) per prompt; unreadable ones get a stricter retry."""
@@ -266,6 +281,7 @@ def judge_single(rows: list[dict[str, Any]], judge: Judge) -> dict[str, Any]:
     judged = [r for r in rows if r["judge_scores"].get("overall") is not None]
     return {"mode": "single", "model": judge.gen.model_id, "dimensions": dims, "repeats": repeats,
             "requests": judge.requests, "cache_hits": judge.cache_hits, "parse_failures": failures,
+            "refused": len(judge.refused), "refused_example": judge.refused[0] if judge.refused else None,
             "unjudged": len(rows) - len(judged), "repeats_std": float(np.mean(stds)) if stds else None,
             "length_corr": pearson([r["judge_scores"]["overall"] for r in judged], [len(r["reply"]) for r in judged]),
             "scores": summarize(rows, "judge_scores")}
@@ -315,6 +331,7 @@ def judge_pairwise(rows: list[dict[str, Any]], judge: Judge) -> dict[str, Any]:
             "length_corr": pearson(outcomes, len_diff), "lc_win_rate": length_controlled_win_rate(outcomes, len_diff)}
     return {"mode": "pairwise", "model": judge.gen.model_id, "dimensions": judge.dimensions,
             "requests": judge.requests, "cache_hits": judge.cache_hits, "parse_failures": failures,
+            "refused": len(judge.refused), "refused_example": judge.refused[0] if judge.refused else None,
             "unjudged": len(rows) - n, "pairwise": pair, "scores": summarize(rows, "judge_scores")}
 
 
