@@ -191,6 +191,9 @@ def test_best_of_n_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["synth", "best-of-n", str(bad), "--teacher", "http://127.0.0.1:9/v1", "-o", str(tmp_path / "o")])
     assert "bad.jsonl, line 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # neither a directory nor a URL: said in the command line's terms
+        main(["synth", "best-of-n", str(prompts), "--teacher", "nope", "-o", str(tmp_path / "o")])
+    assert e.value.code == 2 and "nope: not a model directory" in capsys.readouterr().err
 
 
 def test_best_of_n_numeric_json_references(tmp_path, capsys):

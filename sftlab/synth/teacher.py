@@ -19,6 +19,9 @@ def load_teacher(teacher: str, model: str | None = None, api_key_env: str | None
         return load_generator(cfg, backend="openai" if backend == "auto" else backend)
     if model:
         raise UserError(f"--teacher-model {model!r} is only for an endpoint URL; {teacher} is a local directory")
+    if not Path(teacher).is_dir():
+        raise UserError(f"{teacher}: not a model directory; give a local model dir or an OpenAI-compatible endpoint "
+                        "URL (http://host:port/v1)")
     return load_generator(teacher, backend=backend)
 
 
