@@ -61,15 +61,13 @@ def export_model(src: str | Path, out: str | Path, merge: bool = False) -> Path:
         if not merge:
             raise UserError(f"{src} holds a LoRA adapter: pass --merge to fold it into the base weights")
         model = model.merge_and_unload()
+    tokenizer = AutoTokenizer.from_pretrained(src)
+    if is_adapter_dir(src) and model.generation_config is not None:
         # the adapter brings no generation_config: the base's may stop at its eos only, not at the turn end the
-        # adapter was trained to produce (train/model.py sets the same for a full fine-tune)
-        if model.generation_config is not None:
-            from sftlab.data.render import eot_token_ids
+        # adapter was trained to produce (the same as training sets for a full fine-tune)
+        from sftlab.train.model import stop_at_turn_end
 
-            old = model.generation_config.eos_token_id
-            ids = list(dict.fromkeys([*(old if isinstance(old, list) else [old] if old is not None else []),
-                                      *eot_token_ids(AutoTokenizer.from_pretrained(src))]))
-            model.generation_config.eos_token_id = ids[0] if len(ids) == 1 else ids
+        stop_at_turn_end(model, tokenizer)
     model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(src).save_pretrained(out)
+    tokenizer.save_pretrained(out)
     return out

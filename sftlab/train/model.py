@@ -44,6 +44,16 @@ def device_of(name: str) -> torch.device:
     return device
 
 
+def stop_at_turn_end(model: Any, tokenizer: Any) -> None:
+    """generation_config.eos_token_id = the ids that close a turn (what sftlab's generator stops at), so a saved
+    model also stops there under plain transformers / vLLM: a base model's eos alone (<|endoftext|>) would run past
+    ChatML's <|im_end|>. For a trained model (load_model) and a merged LoRA export, whose base config has no say."""
+    from sftlab.data.render import eot_token_ids
+
+    eot = eot_token_ids(tokenizer)
+    model.generation_config.eos_token_id = eot[0] if len(eot) == 1 else eot
+
+
 def bf16_native(device: torch.device) -> tuple[bool, str]:
     """Does bf16 pay on this device? (answer, the reason in words)
 
@@ -186,7 +196,6 @@ def load_model(cfg: ModelConfig, tokenizer: Any, device: torch.device, gradient_
     (LoRA under bf16/fp16 autocast): the frozen Linear weights are stored in it (`cast_frozen_linear_weights`)."""
     from transformers import AutoModelForCausalLM
 
-    from sftlab.data.render import eot_token_ids
     from sftlab.train.attention import register_attention_kernels
 
     src = weights_dir or cfg.name_or_path
@@ -222,10 +231,7 @@ def load_model(cfg: ModelConfig, tokenizer: Any, device: torch.device, gradient_
     if added:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     if model.generation_config is not None:
-        # the ids that close a turn (what sftlab's generator stops at), so a saved model also stops there under
-        # plain transformers / vLLM: a base model's eos alone (<|endoftext|>) would run past ChatML's <|im_end|>
-        eot = eot_token_ids(tokenizer)
-        model.generation_config.eos_token_id = eot[0] if len(eot) == 1 else eot
+        stop_at_turn_end(model, tokenizer)
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
