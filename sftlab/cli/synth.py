@@ -51,15 +51,13 @@ def _report_cache(gen, summary: dict) -> None:  # noqa: ANN001
 
 def _check_out(path: Path, is_dir: bool) -> None:
     """Refuse an output that cannot be written before the teacher works, not after (a file where a directory goes)."""
+    from sftlab.data.records import check_output_dir, check_output_file
     from sftlab.errors import UserError
 
-    if not is_dir and path.is_dir():
-        raise UserError(f"-o {path}: is a directory, give a file name")
-    for p in ([path] if is_dir else []) + list(path.parents):
-        if p.exists():
-            if not p.is_dir():
-                raise UserError(f"-o {path}: {p} exists and is not a directory")
-            return
+    try:
+        (check_output_dir if is_dir else check_output_file)(path)
+    except UserError as e:
+        raise UserError(f"-o {e}") from None
 
 
 def _counts_line(step: str, kept: int, dropped: list[dict]) -> str:

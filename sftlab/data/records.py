@@ -120,9 +120,14 @@ def check_output_file(path: Path) -> None:
 
 
 def check_output_dir(path: Path) -> None:
-    """An output directory that is an existing file is refused (mkdir would fail with FileExistsError)."""
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{path}: is a file; give an output directory")
+    """An output directory that is, or lies under, an existing file is refused (mkdir would fail with
+    FileExistsError / NotADirectoryError, after the work)."""
+    for p in [path, *path.parents]:
+        if p.exists():
+            if not p.is_dir():
+                raise UserError(f"{path}: is a file; give an output directory" if p == path else
+                                f"{path}: {p} is a file; give an output directory")
+            return
 
 
 def write_jsonl(records: Iterable[dict[str, Any]], path: str | Path) -> int:
