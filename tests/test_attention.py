@@ -14,6 +14,8 @@ from sftlab.train import model as model_mod
 from sftlab.train.attention import register_attention_kernels, resolve_attention, verify_isolation
 from sftlab.train.batching import collate, pack_samples
 
+pytestmark = pytest.mark.hooks  # `make test-latest`: run against the newest transformers / peft / tokenizers
+
 
 def _samples(lengths: list[int], seed: int = 0) -> list[dict]:
     gen = torch.Generator().manual_seed(seed)

@@ -14,6 +14,8 @@ from sftlab.train.balance import per_sample_values
 from sftlab.train.batching import collate, move_batch, packed_micro_batch, plan_packed_micro_batches
 from sftlab.train.loss import attach_loss_coefficients, micro_batch_loss, supervised_token_nll
 
+pytestmark = pytest.mark.hooks  # `make test-latest`: run against the newest transformers / peft / tokenizers
+
 RECORDS = [
     {"id": "long-multi", "messages": [
         {"role": "system", "content": "answer in words"},

@@ -18,6 +18,8 @@ from sftlab.train.loss import (
     token_loss_scale,
 )
 
+pytestmark = pytest.mark.hooks  # `make test-latest`: run against the newest transformers / peft / tokenizers
+
 
 def _model(tied: bool = False, softcap: float | None = None, vocab: int = 300):
     torch.manual_seed(0)

@@ -10,6 +10,8 @@ from transformers.models.qwen2 import modeling_qwen2
 
 from sftlab.train.fused_ops import install_fused_ops, rms_norm, rotate, use_fused_ops
 
+pytestmark = pytest.mark.hooks  # `make test-latest`: run against the newest transformers / peft / tokenizers
+
 
 @pytest.fixture(autouse=True)
 def _restore_rotary(monkeypatch):
@@ -152,3 +154,42 @@ def test_estimator_counts_what_the_fused_norm_saves():
     assert after < before and est_after < est_before
     assert abs(est_after / after - 1) <= 0.15, (est_after, after)
     assert abs((est_before - est_after) / (before - after) - 1) <= 0.1, (est_before - est_after, before - after)
+
+
+def test_a_kernels_hub_wrapper_is_looked_through(monkeypatch):
+    """transformers >= 5.25 ships with `kernels`, which turns apply_rotary_pos_emb into an nn.Module instance
+    (its forward calls the original `func` from a closure). The fused op must still be installed behind it."""
+    from sftlab.train.fused_ops import unwrap_kernel_func
+
+    def wrap(func):
+        class Func(torch.nn.Module):
+            def forward(self, *args, **kwargs):
+                return func(*args, **kwargs)
+        return Func()
+
+    original = modeling_llama.apply_rotary_pos_emb
+    plain = unwrap_kernel_func(original)
+    wrapped = wrap(plain)
+    assert unwrap_kernel_func(wrapped) is plain
+    monkeypatch.setattr(modeling_llama, "apply_rotary_pos_emb", wrapped)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                         num_key_value_heads=2, intermediate_size=64))
+    assert "modeling_llama.apply_rotary_pos_emb" in install_fused_ops(model)
+
+
+def test_a_rotary_of_another_form_is_named_in_skipped(monkeypatch):
+    """A modeling function that is not the half-split rotary keeps its code, and the run log can say so."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    def interleaved(q, k, cos, sin, unsqueeze_dim=1):
+        return q * cos.unsqueeze(unsqueeze_dim), k * cos.unsqueeze(unsqueeze_dim)
+
+    monkeypatch.setattr(modeling_llama, "apply_rotary_pos_emb", interleaved)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                         num_key_value_heads=2, intermediate_size=64))
+    skipped: list[str] = []
+    assert install_fused_ops(model, skipped) == ["LlamaRMSNorm x3"]
+    assert any(s.startswith("modeling_llama.apply_rotary_pos_emb (") for s in skipped)
+    assert modeling_llama.apply_rotary_pos_emb is interleaved

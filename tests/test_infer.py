@@ -15,6 +15,8 @@ from fastapi.responses import JSONResponse
 from sftlab.errors import UserError
 from sftlab.infer import GenerationParams, Generator, Reply, load_generator
 
+pytestmark = pytest.mark.hooks  # `make test-latest`: run against the newest transformers / peft / tokenizers
+
 CONVS = [
     [{"role": "user", "content": "what is 2 plus 3?"}],
     [{"role": "system", "content": "answer briefly"}, {"role": "user", "content": "repeat: blue green red blue"}],

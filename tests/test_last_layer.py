@@ -8,6 +8,8 @@ import torch
 
 from sftlab.train.last_layer import install_last_layer_skip, reading_only
 
+pytestmark = pytest.mark.hooks  # `make test-latest`: run against the newest transformers / peft / tokenizers
+
 
 def _close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5) -> bool:
     return (a - b).norm().item() <= tol * b.norm().item() + 1e-12

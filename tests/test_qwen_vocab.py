@@ -11,6 +11,8 @@ from cli_helpers import run_cli
 
 from sftlab import qwen_vocab
 
+pytestmark = pytest.mark.hooks  # `make test-latest`: run against the newest transformers / peft / tokenizers
+
 
 @pytest.fixture
 def qwen_extra():

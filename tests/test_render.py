@@ -19,6 +19,8 @@ from sftlab.data.render import (
     supervised_text,
 )
 
+pytestmark = pytest.mark.hooks  # `make test-latest`: run against the newest transformers / peft / tokenizers
+
 # A template that injects a default system prompt when none is given (Qwen2.5-like).
 DEFAULT_SYSTEM_TEMPLATE = (
     "{%- if messages[0]['role'] != 'system' %}"

@@ -273,6 +273,7 @@ def test_reward_model_verifier_scores_in_unit_interval(tiny_model_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.hooks
 def test_pairs_train_one_step_in_trl_dpo_trainer(tmp_path, tiny_model_dir):
     """pairs.jsonl (trl format) -> datasets -> one DPOTrainer step on the tiny model (trl: the `bench` extra)."""
     trl = pytest.importorskip("trl")

@@ -14,6 +14,8 @@ from safetensors.torch import load_file
 
 from sftlab.data.records import write_jsonl
 
+pytestmark = pytest.mark.hooks  # `make test-latest`: run against the newest transformers / peft / tokenizers
+
 
 @pytest.fixture()
 def train_file(tmp_path, small_records) -> Path:

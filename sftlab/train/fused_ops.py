@@ -162,19 +162,22 @@ def _rotary_matches(fn: Any, head_dim: int) -> bool:
     return _same(a, c) and _same(b, d) and all(_same(x, y) for x, y in zip(grads_ref, grads_new, strict=True))
 
 
-def install_fused_ops(model: torch.nn.Module) -> list[str]:
+def install_fused_ops(model: torch.nn.Module, skipped: list[str] | None = None) -> list[str]:
     """Swap in `rms_norm` for the model's RMSNorm modules and `rotate` for its modeling module's
     `apply_rotary_pos_emb`, each only after it matched the original numerically. Returns what was replaced,
-    e.g. ["LlamaRMSNorm x17", "modeling_llama.apply_rotary_pos_emb"]. Idempotent.
+    e.g. ["LlamaRMSNorm x17", "modeling_llama.apply_rotary_pos_emb"]. Idempotent. What was looked at and left
+    alone is appended to `skipped` with the reason (the run log prints it: a transformers release that changes
+    its code must not cost the fused op without a word).
 
     The norms are replaced per module instance (other models in the process keep theirs); the rotary function
     is a module global of transformers' modeling file, so it is replaced there, for every model of that
     architecture in the process, by a function that computes the same values (and falls back to the
     original outside fp32 / the standard shapes)."""
-    return _install_norms(model) + _install_rotary(model)
+    skipped = [] if skipped is None else skipped
+    return _install_norms(model, skipped) + _install_rotary(model, skipped)
 
 
-def _install_norms(model: torch.nn.Module) -> list[str]:
+def _install_norms(model: torch.nn.Module, skipped: list[str]) -> list[str]:
     matches: dict[type, bool] = {}
     counts: dict[str, int] = {}
     for module in model.modules():
@@ -182,6 +185,8 @@ def _install_norms(model: torch.nn.Module) -> list[str]:
         if own is None and cls.__name__.endswith("RMSNorm"):
             if cls not in matches:
                 matches[cls] = _norm_matches(module)
+                if not matches[cls]:
+                    skipped.append(f"{cls.__name__} (not the standard x * rsqrt(mean(x²) + eps) * w)")
             if matches[cls]:
                 module.forward = own = types.MethodType(_fused_rms_norm_forward, module)
         if getattr(own, "__func__", None) is _fused_rms_norm_forward:
@@ -189,7 +194,20 @@ def _install_norms(model: torch.nn.Module) -> list[str]:
     return [f"{name} x{n}" for name, n in counts.items()]
 
 
-def _install_rotary(model: torch.nn.Module) -> list[str]:
+def unwrap_kernel_func(fn: Any) -> Any:
+    """The plain function behind a `kernels` hub wrapper. transformers >= 5.25 installs the `kernels` package,
+    whose `@use_kernel_forward_from_hub` turns `apply_rotary_pos_emb` into an `nn.Module` instance that calls
+    the original function (kept in its forward's closure as `func`) unless a hub kernel was activated."""
+    if not isinstance(fn, torch.nn.Module):
+        return fn
+    try:
+        inner = inspect.getclosurevars(type(fn).forward).nonlocals.get("func")
+    except (TypeError, ValueError):
+        return fn
+    return inner if inspect.isfunction(inner) else fn
+
+
+def _install_rotary(model: torch.nn.Module, skipped: list[str]) -> list[str]:
     head_dims: dict[str, int] = {}  # modeling module -> head_dim of its attention
     for module in model.modules():
         head_dim = getattr(module, "head_dim", None)
@@ -199,13 +217,15 @@ def _install_rotary(model: torch.nn.Module) -> list[str]:
     for mod_name, head_dim in head_dims.items():
         mod = sys.modules.get(mod_name)
         fn = getattr(mod, "apply_rotary_pos_emb", None)
+        name = f"{mod_name.rsplit('.', 1)[-1]}.apply_rotary_pos_emb"
         if fn is None:
             continue
         if not hasattr(fn, "sftlab_original"):  # else installed before (another model of this architecture)
-            if not _rotary_matches(fn, head_dim):
+            if not _rotary_matches(unwrap_kernel_func(fn), head_dim):
+                skipped.append(f"{name} (not the half-split rotary with signature (q, k, cos, sin, unsqueeze_dim))")
                 continue
             mod.apply_rotary_pos_emb = _fused_rotary(fn)
-        replaced.append(f"{mod_name.rsplit('.', 1)[-1]}.apply_rotary_pos_emb")
+        replaced.append(name)
     return replaced
 
 

@@ -497,9 +497,11 @@ def train(cfg: RunConfig) -> Path:
         summary = {"train": train_data.summary, **({"eval": eval_data.summary} if eval_data else {})}
         (run_dir / "data_summary.json").write_text(json.dumps(summary), encoding="utf-8")
     if use_fused_ops(cfg.model.fused_ops, device):  # before the first forward: torch.compile traces lazily
-        fused = install_fused_ops(model)
+        skipped: list[str] = []
+        fused = install_fused_ops(model, skipped)
         if info.is_main:
-            print(f"fused ops: {', '.join(fused) or 'none (no RMSNorm / rotary of the standard form)'}")
+            print(f"fused ops: {', '.join(fused) or 'none (no RMSNorm / rotary of the standard form)'}"
+                  + (f"; kept transformers' code for {', '.join(skipped)}" if skipped else ""))
     skips = install_last_layer_skip(model)  # exact: same loss and gradients, less work (last_layer.py)
     if info.is_main and skips:
         print(f"only where the loss reads: {', '.join(skips)}")
