@@ -65,7 +65,7 @@ def write_random_embeddings(records: Path, out: Path, dim: int = 384) -> None:
     """Random unit vectors for the ids of `records`, saved like `sftlab data embed` (ids + embeddings)."""
     import numpy as np
 
-    from sftlab.data.curate.embed import save_embeddings
+    from sftlab.curate.embed import save_embeddings
 
     with open(records, encoding="utf-8") as f:
         ids = [json.loads(line)["id"] for line in f]

@@ -23,8 +23,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sftlab.data.curate.dedup import DedupConfig, dedup_records, lsh_bands  # noqa: E402
-from sftlab.data.curate.text import field_text, shingles, tokens  # noqa: E402
+from sftlab.curate.dedup import DedupConfig, dedup_records, lsh_bands  # noqa: E402
+from sftlab.curate.text import field_text, shingles, tokens  # noqa: E402
 
 
 def _vocab(rng: random.Random, n: int = 20000) -> list[str]:

@@ -54,7 +54,7 @@ def per_file_embed(batch: list[str], root: Path) -> np.ndarray:
 
 
 def phase(layout: str, n: int, root: Path) -> dict:
-    from sftlab.data.curate import embed
+    from sftlab.curate import embed
 
     class Stand:
         def encode(self, batch, **_kw):

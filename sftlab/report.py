@@ -8,18 +8,17 @@ attached to a ticket and opens anywhere without network access.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sftlab.errors import UserError
+from sftlab.html import CSS, Plot, bar_chart, finish_plot, new_figure, section, table
+from sftlab.io import write_text
 from sftlab.train.metrics import METRICS_FILE, is_number, read_metrics
 
 REPORT_FILE = "report.html"
@@ -115,31 +114,6 @@ def load_run(run_dir: str | Path) -> RunData:
 
 # -- plotting --------------------------------------------------------------------------------------
 
-@dataclass
-class Plot:
-    title: str
-    alt: str
-    png_b64: str
-    wide: bool = False
-
-
-def _new_fig(wide: bool = False) -> Any:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(11, 4.4) if wide else (6.4, 3.6), dpi=100, layout="constrained")
-    return fig, fig.subplots()
-
-
-def _finish(fig: Any, ax: Any, title: str, alt: str, wide: bool = False, xlabel: str = "step") -> Plot:
-    ax.set_title(title)
-    if xlabel:
-        ax.set_xlabel(xlabel)
-    ax.grid(True, alpha=0.3)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return Plot(title, alt, base64.b64encode(buf.getvalue()).decode("ascii"), wide)
-
-
 def _smooth(points: Series, k: int) -> Series:
     """Trailing moving average over k points (k <= 1: unchanged)."""
     if k <= 1 or len(points) <= k:
@@ -185,7 +159,7 @@ def _plot_loss_overview(d: RunData) -> Plot | None:
     ekeys = d.eval_keys()
     if not train and not ekeys:
         return None
-    fig, ax = _new_fig(wide=True)
+    fig, ax = new_figure(wide=True)
     k = max(1, len(train) // 50)
     if train:
         ax.plot(*_xy(train), color="tab:blue", alpha=0.35 if k > 1 else 1.0, lw=1, label="train loss")
@@ -205,7 +179,7 @@ def _plot_loss_overview(d: RunData) -> Plot | None:
     alt = (f"Line chart of the total train loss over {len(train)} logged steps"
            + (f" with eval loss for {len(ekeys)} eval set(s)" if ekeys else "")
            + (f"; red dotted lines mark {len(steps)} alarm step(s)" if steps else "") + ".")
-    return _finish(fig, ax, "Train and eval loss (total)", alt, wide=True)
+    return finish_plot(fig, ax, "Train and eval loss (total)", alt, wide=True)
 
 
 def _channel_plot(title: str, lines: list[tuple[str, Series]], what: str, marker: str | None = None,
@@ -213,7 +187,7 @@ def _channel_plot(title: str, lines: list[tuple[str, Series]], what: str, marker
     lines = [(label, pts) for label, pts in lines if pts]
     if not lines:
         return None
-    fig, ax = _new_fig(wide=True)
+    fig, ax = new_figure(wide=True)
     cmap = _colors(len(lines))
     n_max = max(len(p) for _, p in lines)
     k = max(1, n_max // 50) if smooth else 1
@@ -226,7 +200,7 @@ def _channel_plot(title: str, lines: list[tuple[str, Series]], what: str, marker
     if k > 1:
         title = f"{title} (mean of {k} logs)"
     alt = f"Line chart of {what} for {len(lines)} channels: " + ", ".join(lb for lb, _ in lines[:30]) + "."
-    return _finish(fig, ax, title, alt, wide=True)
+    return finish_plot(fig, ax, title, alt, wide=True)
 
 
 def _plot_shares(d: RunData, prefix: str, title: str, what: str) -> Plot | None:
@@ -239,18 +213,18 @@ def _plot_shares(d: RunData, prefix: str, title: str, what: str) -> Plot | None:
     xs = [float(r["step"]) for r in recs]
     ys = [[float(r.get(f"{prefix}{c}", 0.0)) if is_number(r.get(f"{prefix}{c}")) else 0.0 for r in recs]
           for c in chans]
-    fig, ax = _new_fig()
+    fig, ax = new_figure()
     ax.stackplot(xs, ys, labels=chans, colors=_colors(len(chans)), alpha=0.85)
     ax.set_ylim(0, 1.0)
     ax.set_ylabel("share of the step")
     _legend(ax, len(chans))
     means = ", ".join(f"{c} {sum(y) / len(y):.1%}" for c, y in zip(chans, ys, strict=True))
     alt = f"Stacked area chart of {what} per task over {len(recs)} logged steps; mean shares: {means}."
-    return _finish(fig, ax, title, alt)
+    return finish_plot(fig, ax, title, alt)
 
 
 def _colors(n: int) -> list[Any]:
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # lazy: matplotlib takes a second to import; only the report draws
 
     cmap = colormaps["tab10" if n <= 10 else "tab20"]
     return [cmap(i % cmap.N) for i in range(n)]
@@ -260,7 +234,7 @@ def _simple_plot(d: RunData, key: str, title: str, ylabel: str, what: str, logy:
     pts = d.series(key)
     if not pts:
         return None
-    fig, ax = _new_fig()
+    fig, ax = new_figure()
     ax.plot(*_xy(pts), color="tab:blue", lw=1.2)
     ys = [p[1] for p in pts]
     if logy and min(ys) > 0 and max(ys) / min(ys) > 100:
@@ -268,26 +242,7 @@ def _simple_plot(d: RunData, key: str, title: str, ylabel: str, what: str, logy:
     ax.set_ylabel(ylabel)
     alt = (f"Line chart of {what} over {len(pts)} logged steps, from {ys[0]:.4g} to {ys[-1]:.4g} "
            f"(min {min(ys):.4g}, max {max(ys):.4g}).")
-    return _finish(fig, ax, title, alt)
-
-
-def _bars(title: str, labels: list[str], groups: dict[str, list[float]], ylabel: str, alt: str,
-          ylim: tuple[float, float] | None = None) -> Plot:
-    fig, ax = _new_fig(wide=len(labels) > 6)
-    n = max(1, len(groups))
-    width = 0.8 / n
-    colors = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
-    for i, (name, vals) in enumerate(groups.items()):
-        xs = [j + (i - (n - 1) / 2) * width for j in range(len(labels))]
-        ax.bar(xs, vals, width=width, label=name, color=colors[i % len(colors)])
-    ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 4 else 0, ha="right"
-                  if len(labels) > 4 else "center", fontsize=8)
-    ax.set_ylabel(ylabel)
-    if ylim is not None:
-        ax.set_ylim(*ylim)
-    if n > 1:
-        ax.legend(fontsize=8)
-    return _finish(fig, ax, title, alt, wide=len(labels) > 6, xlabel="")
+    return finish_plot(fig, ax, title, alt)
 
 
 def _data_plots(summary: dict[str, Any]) -> list[Plot]:
@@ -302,11 +257,11 @@ def _data_plots(summary: dict[str, Any]) -> list[Plot]:
                   if v.get(key)}
         alt = f"Bar chart of {unit} per task_type ({', '.join(groups)}): " + "; ".join(
             f"{t} " + "/".join(f"{g[i]:.0f}" for g in groups.values()) for i, t in enumerate(tasks[:30])) + "."
-        plots.append(_bars(title, tasks, groups, unit, alt))
+        plots.append(bar_chart(title, tasks, groups, unit, alt))
     lengths = {s: [x for x in (v.get("lengths") or []) if is_number(x)] for s, v in splits.items()}
     lengths = {s: v for s, v in lengths.items() if v}
     if lengths:
-        fig, ax = _new_fig()
+        fig, ax = new_figure()
         lo = min(min(v) for v in lengths.values())
         hi = max(max(v) for v in lengths.values())
         bins = 40 if hi > lo else 1
@@ -317,7 +272,7 @@ def _data_plots(summary: dict[str, Any]) -> list[Plot]:
         alt = "Histogram of sample lengths in tokens: " + "; ".join(
             f"{s}: n={len(v)}, min {min(v)}, median {sorted(v)[len(v) // 2]}, max {max(v)}"
             for s, v in lengths.items()) + "."
-        plots.append(_finish(fig, ax, "Sample length (tokens)", alt, xlabel="tokens"))
+        plots.append(finish_plot(fig, ax, "Sample length (tokens)", alt, xlabel="tokens"))
     return plots
 
 
@@ -336,52 +291,11 @@ def _eval_results_plot(res: dict[str, Any]) -> Plot | None:
     alt = "Bar chart of exact-match accuracy per task_type, before and after training: " + "; ".join(
         f"{t} " + " -> ".join(f"{g[i]:.2f}" for g in groups.values()) for i, t in enumerate(tasks[:30])) + "."
     top = max(max(g) for g in groups.values())
-    return _bars("Exact-match accuracy per task_type (before vs after)", tasks, groups, "accuracy", alt,
+    return bar_chart("Exact-match accuracy per task_type (before vs after)", tasks, groups, "accuracy", alt,
                  ylim=(0, 1.02) if top <= 1 else None)
 
 
 # -- html ------------------------------------------------------------------------------------------
-
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1180px;
-color:#1d1d1f;background:#fff;padding:0 16px}
-h1{font-size:1.6em;margin-bottom:4px} h2{border-bottom:2px solid #e5e5ea;padding-bottom:4px;margin-top:32px}
-.sub{color:#6e6e73;margin-top:0} .grid{display:grid;grid-template-columns:1fr 1fr;gap:12px}
-figure{margin:0 0 12px 0} figure.wide{grid-column:1 / -1} img{max-width:100%;height:auto;border:1px solid #e5e5ea}
-figcaption{font-size:.85em;color:#6e6e73} table{border-collapse:collapse;font-size:.9em;margin:8px 0}
-th,td{border:1px solid #d2d2d7;padding:4px 8px;text-align:left;vertical-align:top} th{background:#f5f5f7}
-td.num{text-align:right;font-variant-numeric:tabular-nums} pre{background:#f5f5f7;padding:12px;overflow:auto;
-font-size:.85em} .alarm{color:#b00020;font-weight:600} .note{background:#fff4ce;padding:6px 10px;margin:4px 0}
-.ok{color:#1a7f37}
-"""
-
-
-def _fig_html(p: Plot) -> str:
-    t = html.escape(p.title)
-    return (f'<figure class="{"wide" if p.wide else ""}"><img src="data:image/png;base64,{p.png_b64}" '
-            f'alt="{html.escape(p.alt, quote=True)}" title="{t}"><figcaption>{t}</figcaption></figure>')
-
-
-def _section(title: str, plots: list[Plot | None], extra: str = "") -> str:
-    figs = [p for p in plots if p is not None]
-    if not figs and not extra:
-        return ""
-    return (f"<section><h2>{html.escape(title)}</h2>{extra}"
-            + ('<div class="grid">' + "".join(_fig_html(p) for p in figs) + "</div>" if figs else "")
-            + "</section>")
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    def cell(v: Any) -> str:
-        if is_number(v):
-            txt = f"{v:,}" if isinstance(v, int) else f"{v:.4g}"
-            return f'<td class="num">{txt}</td>'
-        return f"<td>{html.escape(str(v))}</td>"
-
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(cell(v) for v in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
 
 def _summary_rows(d: RunData) -> list[list[Any]]:
     rows: list[list[Any]] = []
@@ -424,17 +338,17 @@ def render_html(d: RunData) -> str:
     """The report page for parsed run data."""
     esc = html.escape
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>sftlab report: "
-             f"{esc(d.run_dir.name)}</title><style>{_CSS}</style></head><body>",
+             f"{esc(d.run_dir.name)}</title><style>{CSS}</style></head><body>",
              f"<h1>sftlab run report</h1><p class='sub'>{esc(str(d.run_dir.resolve()))}</p>"]
     for n in d.notes:
         parts.append(f"<div class='note'>{esc(n)}</div>")
-    parts.append("<section><h2>Summary</h2>" + _table(["", "value"], _summary_rows(d)) + "</section>")
+    parts.append("<section><h2>Summary</h2>" + table(["", "value"], _summary_rows(d)) + "</section>")
 
     # alarms
     if d.alarms:
         rows = [[a.get("step", "-"), a.get("alarm", "?"), a.get("message", "")] for a in d.alarms]
         parts.append("<section><h2>Alarms</h2><p class='alarm'>" + f"{len(d.alarms)} alarm(s) raised during "
-                     "training.</p>" + _table(["step", "alarm", "message"], rows) + "</section>")
+                     "training.</p>" + table(["step", "alarm", "message"], rows) + "</section>")
     else:
         parts.append("<section><h2>Alarms</h2><p class='ok'>No alarms were raised.</p></section>")
 
@@ -445,7 +359,7 @@ def render_html(d: RunData) -> str:
     for name, keys in sorted(ekeys.items()):
         for ch in sorted((c for c in keys if c), key=_channel_order):
             eval_lines.append((f"{name}: {ch}" if name else ch, d.series(keys[ch], d.evals)))
-    parts.append(_section("Loss", [
+    parts.append(section("Loss", [
         _plot_loss_overview(d),
         _channel_plot("Train loss per channel", train_lines, "the train loss per channel "
                       "(solid: task type, dashed: sub-type, dotted: special tokens)"),
@@ -456,10 +370,10 @@ def render_html(d: RunData) -> str:
     plan = ((d.data_summary or {}).get("train") or {}).get("plan_per_epoch") or {}
     plan_rows = [[t, r.get("samples", "-"), r.get("tokens", "-"), r.get("supervised_tokens", "-"),
                   r.get("weight", "-"), r.get("epochs", "-")] for t, r in plan.items() if isinstance(r, dict)]
-    parts.append(_section("Task shares", [
+    parts.append(section("Task shares", [
         _plot_shares(d, "loss_share/", "Share of the weighted loss per task", "the share of the weighted loss"),
         _plot_shares(d, "token_share/", "Share of supervised tokens per task", "the share of supervised tokens"),
-    ], _table(["task_type", "samples / epoch", "tokens / epoch", "supervised / epoch", "task weight",
+    ], table(["task_type", "samples / epoch", "tokens / epoch", "supervised / epoch", "task weight",
                "task epochs"], plan_rows) if plan_rows else ""))
 
     # final per-task metrics
@@ -470,11 +384,11 @@ def render_html(d: RunData) -> str:
             b, a = res[t].get("before"), res[t].get("after")
             delta = f"{a - b:+.4g}" if is_number(a) and is_number(b) else "-"
             rows.append([t, b if b is not None else "-", a if a is not None else "-", delta])
-        parts.append(_section("Task metrics (exact match)", [_eval_results_plot(d.eval_results)],
-                              _table(["task_type", "before", "after", "change"], rows)))
+        parts.append(section("Task metrics (exact match)", [_eval_results_plot(d.eval_results)],
+                              table(["task_type", "before", "after", "change"], rows)))
 
     # optimisation
-    parts.append(_section("Optimisation and throughput", [
+    parts.append(section("Optimisation and throughput", [
         _simple_plot(d, "lr", "Learning rate", "lr", "the learning rate"),
         _simple_plot(d, "grad_norm", "Gradient norm (before clipping)", "grad norm",
                      "the gradient norm before clipping", logy=True),
@@ -496,8 +410,8 @@ def render_html(d: RunData) -> str:
                 rows.append([split, t, s, f"{100 * s / total:.1f}%" if is_number(s) else "-", tpt.get(t, "-")])
             if is_number(v.get("supervised_tokens")):
                 rows.append([split, "(supervised tokens)", "", "", v["supervised_tokens"]])
-        parts.append(_section("Data", _data_plots(d.data_summary),
-                              _table(["split", "task_type", "samples", "share", "tokens"], rows)))
+        parts.append(section("Data", _data_plots(d.data_summary),
+                              table(["split", "task_type", "samples", "share", "tokens"], rows)))
 
     if d.config_text is not None:
         parts.append(f"<section><h2>Config</h2><pre>{esc(d.config_text)}</pre></section>")
@@ -512,8 +426,5 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     path = Path(out) if out is not None else Path(run_dir) / REPORT_FILE
     if path.is_dir():  # `-o DIR`: DIR/report.html (os.replace onto a directory failed and left DIR.tmp behind)
         path = path / REPORT_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)  # a browser refreshing a live run never sees half a page
+    write_text(page, path)  # atomic: a browser refreshing a live run never sees half a page
     return path

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from test_curate_helpers import rec
 
-from sftlab.data.curate.clean import clean_records
+from sftlab.curate.clean import clean_records
 from sftlab.errors import UserError
 
 GOOD = "Paris is the capital of France, and it has been for a long time."

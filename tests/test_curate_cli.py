@@ -8,7 +8,7 @@ import pytest
 from test_curate_helpers import rec
 
 from sftlab.cli import main
-from sftlab.data.curate.io import load_records, save_records
+from sftlab.curate.files import load_records, save_records
 from sftlab.data.records import write_jsonl
 
 

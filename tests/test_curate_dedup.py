@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from test_curate_helpers import rec
 
-from sftlab.data.curate.dedup import DedupConfig, dedup_records, lsh_bands, near_pairs, shingle_hashes
-from sftlab.data.curate.text import shingles, token_hashes, tokens
+from sftlab.curate.dedup import DedupConfig, dedup_records, lsh_bands, near_pairs, shingle_hashes
+from sftlab.curate.text import shingles, token_hashes, tokens
 from sftlab.errors import UserError
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_dedup.py"

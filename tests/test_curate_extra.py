@@ -47,7 +47,7 @@ def test_semantic_dedup_drops_paraphrases_only(tmp_path, capsys, group_size):
 
 
 def test_semantic_duplicates_greedy_and_bad_option(tmp_path):
-    from sftlab.data.curate.dedup import dedup_records, semantic_duplicates
+    from sftlab.curate.dedup import dedup_records, semantic_duplicates
     from sftlab.errors import UserError
 
     e = np.array([[1, 0], [0.96, 0.28], [0.85, 0.527], [0, 1]], dtype=np.float64)
@@ -65,23 +65,24 @@ def _math_records() -> list[dict]:
 
 
 def test_cluster_middle_perplexity_band(tmp_path, tiny_model_dir, monkeypatch):
-    from sftlab.data.curate import ifd, io
-    from sftlab.data.curate.embed import save_embeddings
-    from sftlab.data.curate.ifd import answer_perplexities
-    from sftlab.data.curate.io import load_records, write_result
-    from sftlab.data.curate.select import cluster_select
+    from sftlab.curate import files, scoring
+    from sftlab.curate.embed import save_embeddings
+    from sftlab.curate.files import load_records
+    from sftlab.curate.ifd import answer_perplexities
+    from sftlab.curate.select import cluster_select
+    from sftlab.curate.step import write_result
 
     records = _math_records()
     write_jsonl(records, tmp_path / "in.jsonl")
     emb = np.repeat(np.eye(3, dtype=np.float32), 4, axis=0)  # three clusters of four records
     save_embeddings(tmp_path / "e.npz", [r["id"] for r in records], emb)
     out = tmp_path / "c.jsonl"
-    monkeypatch.setattr(ifd, "SCORE_WINDOW", 5)  # perplexities in windows across read chunks
-    monkeypatch.setattr(io, "load_records", None)  # the command streams: never the whole list
+    monkeypatch.setattr(scoring, "SCORE_WINDOW", 5)  # perplexities in windows across read chunks
+    monkeypatch.setattr(files, "load_records", None)  # the command streams: never the whole list
     main([str(a) for a in ["data", "select", "cluster", tmp_path / "in.jsonl", "-o", out, "--n-clusters", 3,
                            "--per-cluster", 4, "--band", "middle", "--band-low", 0.25, "--band-high", 0.75,
                            "--model", tiny_model_dir, "--embeddings", tmp_path / "e.npz"]])
-    monkeypatch.setattr(io, "load_records", load_records)
+    monkeypatch.setattr(files, "load_records", load_records)
     ppl_list = answer_perplexities(records, str(tiny_model_dir))
     cfg = {"n_clusters": 3, "per_cluster": 4, "band": "middle", "band_low": 0.25, "band_high": 0.75}
     write_result(cluster_select(records, emb, cfg, perplexity=ppl_list), tmp_path / "list.jsonl")
@@ -116,10 +117,10 @@ def test_cluster_band_option_errors(tmp_path, capsys):
 def test_ifd_pre_experience_scores_with_the_trained_model(tmp_path, tiny_model_dir, tiny_tokenizer, capsys):
     import yaml
 
-    from sftlab.data.curate.embed import save_embeddings
-    from sftlab.data.curate.ifd import ifd_scores, load_causal_lm
-    from sftlab.data.curate.io import load_records
-    from sftlab.data.curate.mods import load_generation_model
+    from sftlab.curate.embed import save_embeddings
+    from sftlab.curate.files import load_records
+    from sftlab.curate.ifd import ifd_scores
+    from sftlab.curate.scoring import load_causal_lm, load_generation_model
 
     records = _math_records()
     write_jsonl(records, tmp_path / "in.jsonl")
@@ -163,11 +164,11 @@ def test_ifd_pre_experience_option_errors(tmp_path, tiny_model_dir, capsys):
 def test_pipeline_cluster_middle_band_takes_a_model(tmp_path, tiny_model_dir, monkeypatch):
     import yaml
 
-    from sftlab.data.curate import embed, embed_cache, pipeline
-    from sftlab.data.curate.embed import embed_records
-    from sftlab.data.curate.ifd import answer_perplexities
-    from sftlab.data.curate.io import load_records
-    from sftlab.data.curate.select import cluster_select
+    from sftlab.curate import embed, embed_cache, pipeline
+    from sftlab.curate.embed import embed_records
+    from sftlab.curate.files import load_records
+    from sftlab.curate.ifd import answer_perplexities
+    from sftlab.curate.select import cluster_select
     from sftlab.errors import UserError
 
     class Axis:  # three clusters by the number mod 3 in the prompt

@@ -12,10 +12,11 @@ import yaml
 from test_curate_helpers import rec
 
 from sftlab.cli import main
-from sftlab.data.curate.embed import save_embeddings
-from sftlab.data.curate.io import load_records
-from sftlab.data.curate.mods import _with_answer, generate_answers, load_generation_model, train_seed_model
-from sftlab.data.curate.reward import load_reward_model, reward_scores
+from sftlab.curate.embed import save_embeddings
+from sftlab.curate.files import load_records
+from sftlab.curate.mods import _with_answer, generate_answers
+from sftlab.curate.reward import load_reward_model, reward_scores
+from sftlab.curate.scoring import load_generation_model, train_seed_model
 from sftlab.data.records import write_jsonl
 from sftlab.errors import UserError
 

@@ -7,8 +7,9 @@ import pytest
 import torch
 from test_curate_helpers import rec
 
-from sftlab.data.curate.ifd import ifd_scores, ifd_select, load_causal_lm
-from sftlab.data.curate.reward import reward_scores, reward_select
+from sftlab.curate.ifd import ifd_scores, ifd_select
+from sftlab.curate.reward import reward_scores, reward_select
+from sftlab.curate.scoring import load_causal_lm
 
 
 def _records():
@@ -80,7 +81,7 @@ def tiny_reward_dir(tiny_model_dir, tmp_path_factory):
 
 
 def test_reward_batched_equals_single_and_threshold(tiny_reward_dir):
-    from sftlab.data.curate.reward import load_reward_model
+    from sftlab.curate.reward import load_reward_model
 
     model, tok = load_reward_model(str(tiny_reward_dir))
     records = _records()
@@ -95,9 +96,9 @@ def test_reward_batched_equals_single_and_threshold(tiny_reward_dir):
 
 def test_reward_and_ifd_refuse_keep_fraction_together_with_k():
     """Both given: one would be ignored silently (select reward kept the top fraction and dropped --k)."""
-    from sftlab.data.curate.config import parse_config
-    from sftlab.data.curate.ifd import IFDConfig
-    from sftlab.data.curate.reward import RewardConfig
+    from sftlab.curate.config import parse_config
+    from sftlab.curate.ifd import IFDConfig
+    from sftlab.curate.reward import RewardConfig
     from sftlab.errors import UserError
 
     for cls, step in ((RewardConfig, "select reward"), (IFDConfig, "select ifd")):
@@ -107,17 +108,18 @@ def test_reward_and_ifd_refuse_keep_fraction_together_with_k():
 
 def test_ifd_and_reward_stream_write_what_the_list_paths_write(tiny_model_dir, tiny_tokenizer, tiny_reward_dir,
                                                                tmp_path, monkeypatch):
-    from sftlab.data.curate import ifd as ifd_mod
-    from sftlab.data.curate.ifd import ifd_select_stream
-    from sftlab.data.curate.io import iter_record_chunks, load_records, write_result, write_result_stream
-    from sftlab.data.curate.reward import load_reward_model, reward_select_stream
+    from sftlab.curate import scoring
+    from sftlab.curate.files import iter_record_chunks, load_records
+    from sftlab.curate.ifd import ifd_select_stream
+    from sftlab.curate.reward import load_reward_model, reward_select_stream
+    from sftlab.curate.step import write_result, write_result_stream
     from sftlab.data.records import write_jsonl
 
     model = load_causal_lm(str(tiny_model_dir))
     records = _records()
     tok = tiny_tokenizer
     whole_window = ifd_scores(records, model, tok, batch_size=2)
-    monkeypatch.setattr(ifd_mod, "SCORE_WINDOW", 3)  # windows of 3 across read chunks of 2
+    monkeypatch.setattr(scoring, "SCORE_WINDOW", 3)  # windows of 3 across read chunks of 2
     for a, b in zip(ifd_scores(records, model, tok, batch_size=2), whole_window, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5)  # the window changes batches, not the scores
     path = tmp_path / "in.jsonl"
@@ -131,9 +133,9 @@ def test_ifd_and_reward_stream_write_what_the_list_paths_write(tiny_model_dir, t
     assert tally.summary() == whole.summary() == "select_ifd: kept 4 of 7; below_cut: 3" and tally.info == whole.info
     rm, rtok = load_reward_model(str(tiny_reward_dir))
     aligned = reward_scores(records, rm, rtok, batch_size=2)  # window 3 -> 4: whole batches of 2
-    monkeypatch.setattr(ifd_mod, "SCORE_WINDOW", 1024)
+    monkeypatch.setattr(scoring, "SCORE_WINDOW", 1024)
     assert aligned.tobytes() == reward_scores(records, rm, rtok, batch_size=2).tobytes()
-    monkeypatch.setattr(ifd_mod, "SCORE_WINDOW", 3)
+    monkeypatch.setattr(scoring, "SCORE_WINDOW", 3)
     whole = reward_select(load_records(path), str(tiny_reward_dir), {"keep_fraction": 0.5, "batch_size": 2},
                           model=rm, tokenizer=rtok)
     write_result(whole, tmp_path / "rw_list.jsonl")
@@ -148,13 +150,13 @@ def test_ifd_and_reward_stream_write_what_the_list_paths_write(tiny_model_dir, t
 
 def test_ifd_and_reward_commands(tiny_model_dir, tiny_reward_dir, tmp_path, capsys, monkeypatch):
     from sftlab.cli import main
-    from sftlab.data.curate import io
-    from sftlab.data.curate.io import load_records
+    from sftlab.curate import files
+    from sftlab.curate.files import load_records
     from sftlab.data.records import write_jsonl
 
     path = tmp_path / "in.jsonl"
     write_jsonl(_records(), path)
-    monkeypatch.setattr(io, "load_records", None)  # both commands stream: they never load the whole list
+    monkeypatch.setattr(files, "load_records", None)  # both commands stream: they never load the whole list
     cfg = tmp_path / "ifd.yaml"
     cfg.write_text("max_ifd: 100.0\nbatch_size: 4\n")
     main(["data", "select", "ifd", str(path), "-o", str(tmp_path / "ifd.jsonl"), "--model", str(tiny_model_dir),
@@ -162,7 +164,7 @@ def test_ifd_and_reward_commands(tiny_model_dir, tiny_reward_dir, tmp_path, caps
     monkeypatch.undo()
     kept = load_records(tmp_path / "ifd.jsonl")
     assert len(kept) == 3 and all("ifd" in r["meta"] for r in kept)
-    monkeypatch.setattr(io, "load_records", None)
+    monkeypatch.setattr(files, "load_records", None)
     main(["data", "select", "reward", str(path), "-o", str(tmp_path / "rw.jsonl"), "--model", str(tiny_reward_dir),
           "--keep-fraction", "0.5"])
     out = capsys.readouterr().out
@@ -171,8 +173,8 @@ def test_ifd_and_reward_commands(tiny_model_dir, tiny_reward_dir, tmp_path, caps
 
 def _mods_case(tiny_model_dir, tiny_reward_dir):
     """Records, embeddings, models and thresholds that put records in every MoDS stage."""
-    from sftlab.data.curate.mods import _with_answer, generate_answers
-    from sftlab.data.curate.reward import load_reward_model
+    from sftlab.curate.mods import _with_answer, generate_answers
+    from sftlab.curate.reward import load_reward_model
     from sftlab.data.render import load_tokenizer
 
     rm, rtok = load_reward_model(str(tiny_reward_dir))
@@ -191,7 +193,7 @@ def _mods_case(tiny_model_dir, tiny_reward_dir):
 
 
 def test_mods_quality_coverage_necessity(tiny_model_dir, tiny_reward_dir):
-    from sftlab.data.curate.mods import mods_select
+    from sftlab.curate.mods import mods_select
 
     records, emb, cfg, scores, (rm, rtok, lm, ltok) = _mods_case(tiny_model_dir, tiny_reward_dir)
     alpha, beta = cfg["alpha"], cfg["beta"]
@@ -211,15 +213,16 @@ def test_mods_quality_coverage_necessity(tiny_model_dir, tiny_reward_dir):
 
 
 def test_mods_stream_writes_what_the_list_path_writes(tiny_model_dir, tiny_reward_dir, tmp_path, monkeypatch):
-    from sftlab.data.curate import ifd as ifd_mod
-    from sftlab.data.curate.io import iter_record_chunks, write_result, write_result_stream
-    from sftlab.data.curate.mods import mods_select, mods_select_stream
+    from sftlab.curate import scoring
+    from sftlab.curate.files import iter_record_chunks
+    from sftlab.curate.mods import mods_select, mods_select_stream
+    from sftlab.curate.step import write_result, write_result_stream
     from sftlab.data.records import write_jsonl
 
     records, emb, cfg, _, (rm, rtok, lm, ltok) = _mods_case(tiny_model_dir, tiny_reward_dir)
     whole = mods_select(records, emb, cfg, reward_model=rm, reward_tokenizer=rtok, necessity_model=lm,
                         necessity_tokenizer=ltok)
-    monkeypatch.setattr(ifd_mod, "SCORE_WINDOW", 3)  # windows of whole batches (2) across read chunks of 3
+    monkeypatch.setattr(scoring, "SCORE_WINDOW", 3)  # windows of whole batches (2) across read chunks of 3
     cfg = {**cfg, "batch_size": 2}
     write_jsonl(records, tmp_path / "in.jsonl")
     write_result(mods_select(records, emb, cfg, reward_model=rm, reward_tokenizer=rtok, necessity_model=lm,
@@ -235,15 +238,15 @@ def test_mods_stream_writes_what_the_list_path_writes(tiny_model_dir, tiny_rewar
 
 def test_mods_command_without_necessity_stage(tiny_reward_dir, tmp_path, capsys, monkeypatch):
     from sftlab.cli import main
-    from sftlab.data.curate import io
-    from sftlab.data.curate.embed import save_embeddings
-    from sftlab.data.curate.io import load_records
+    from sftlab.curate import files
+    from sftlab.curate.embed import save_embeddings
+    from sftlab.curate.files import load_records
     from sftlab.data.records import write_jsonl
 
     records = _records()
     write_jsonl(records, tmp_path / "in.jsonl")
     save_embeddings(tmp_path / "e.npz", [r["id"] for r in records], np.eye(len(records), dtype=np.float32))
-    monkeypatch.setattr(io, "load_records", None)  # the command streams: never the whole list
+    monkeypatch.setattr(files, "load_records", None)  # the command streams: never the whole list
     main(["data", "select", "mods", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "m.jsonl"), "--reward-model",
           str(tiny_reward_dir), "--alpha", "-1000", "--seed-k", "3", "--embeddings", str(tmp_path / "e.npz")])
     monkeypatch.undo()
@@ -255,9 +258,9 @@ def test_mods_command_without_necessity_stage(tiny_reward_dir, tmp_path, capsys,
 def test_pipeline_scores_in_passes_without_the_list(tiny_model_dir, tiny_reward_dir, tmp_path, monkeypatch):
     import yaml
 
-    from sftlab.data.curate import pipeline
-    from sftlab.data.curate.io import load_records
-    from sftlab.data.curate.reward import load_reward_model
+    from sftlab.curate import pipeline
+    from sftlab.curate.files import load_records
+    from sftlab.curate.reward import load_reward_model
     from sftlab.data.records import write_jsonl
     from sftlab.data.render import load_tokenizer
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from test_curate_helpers import rec
 
-from sftlab.data.curate.mix import largest_remainder, mix_records
-from sftlab.data.curate.select import cluster_select, covering_radius, kcenter_greedy, kcenter_select
-from sftlab.data.curate.split import split_records
+from sftlab.curate.mix import largest_remainder, mix_records
+from sftlab.curate.select import cluster_select, covering_radius, kcenter_greedy, kcenter_select
+from sftlab.curate.split import split_records
 from sftlab.errors import UserError
 
 
@@ -130,11 +130,12 @@ def test_mix_ratios_general_share_and_seed():
 
 
 def test_kcenter_stream_matches_list_and_cli_reads_no_list(tmp_path, capsys, monkeypatch):
-    import sftlab.data.curate.io as curate_io
     from sftlab.cli import main
-    from sftlab.data.curate.embed import save_embeddings
-    from sftlab.data.curate.io import iter_record_chunks, load_records, write_result, write_result_stream
-    from sftlab.data.curate.select import kcenter_select_stream
+    from sftlab.curate import files as curate_io
+    from sftlab.curate.embed import save_embeddings
+    from sftlab.curate.files import iter_record_chunks, load_records
+    from sftlab.curate.select import kcenter_select_stream
+    from sftlab.curate.step import write_result, write_result_stream
     from sftlab.data.records import write_jsonl
 
     recs = _records(50)
@@ -176,11 +177,12 @@ def test_kcenter_greedy_holds_one_float64_copy():
 
 @pytest.mark.parametrize("pick", ["closest", "random"])
 def test_cluster_stream_matches_list_and_cli_reads_no_list(tmp_path, capsys, monkeypatch, pick):
-    import sftlab.data.curate.io as curate_io
     from sftlab.cli import main
-    from sftlab.data.curate.embed import save_embeddings
-    from sftlab.data.curate.io import iter_record_chunks, load_records, write_result, write_result_stream
-    from sftlab.data.curate.select import cluster_select_stream
+    from sftlab.curate import files as curate_io
+    from sftlab.curate.embed import save_embeddings
+    from sftlab.curate.files import iter_record_chunks, load_records
+    from sftlab.curate.select import cluster_select_stream
+    from sftlab.curate.step import write_result, write_result_stream
     from sftlab.data.records import write_jsonl
 
     recs = _records(60)
@@ -214,9 +216,10 @@ def test_cluster_stream_matches_list_and_cli_reads_no_list(tmp_path, capsys, mon
 def test_mix_cli_streams_same_bytes_as_mix_records(tmp_path, capsys, monkeypatch, args, cfg):
     """`data mix` plans from task types and counts, then re-reads the inputs to write: same files and summary as
     mix_records on the lists (kept: taken, general, copies; dropped: unmatched, not sampled, general)."""
-    import sftlab.data.curate.io as curate_io
     from sftlab.cli import main
-    from sftlab.data.curate.io import load_records, write_result
+    from sftlab.curate import files as curate_io
+    from sftlab.curate.files import load_records
+    from sftlab.curate.step import write_result
     from sftlab.data.records import write_jsonl
 
     recs = [rec(f"m{i}", f"q{i}", "a", task_type="math/arith") for i in range(2500)]

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sftlab.data.curate.io import load_records
-from sftlab.data.curate.stats import write_stats
+from sftlab.curate.files import load_records
+from sftlab.curate.stats import write_stats
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -81,9 +81,9 @@ def test_stats_html_renders_in_headless_browser(alpaca_stats, tmp_path):
 def test_stats_in_chunks_and_cli_match_the_list(real_data_dir, tmp_path, capsys, monkeypatch, tiny_tokenizer):
     """StatsTally over chunks writes the same stats.json and stats.html (plots included) as the whole list, and
     `data stats` never loads the whole list."""
-    import sftlab.data.curate.io as curate_io
     from sftlab.cli import main
-    from sftlab.data.curate.stats import StatsTally, write_stats_report
+    from sftlab.curate import files as curate_io
+    from sftlab.curate.stats import StatsTally, write_stats_report
     from sftlab.data.records import write_jsonl
 
     records = load_records(real_data_dir / "glaive_toolcall_en_demo.json")

@@ -10,8 +10,9 @@ import pytest
 from test_curate_helpers import rec
 
 from sftlab.cli import main
-from sftlab.data.curate.clean import clean_records, clean_stream
-from sftlab.data.curate.io import iter_record_chunks, load_records, write_result, write_result_stream
+from sftlab.curate.clean import clean_records, clean_stream
+from sftlab.curate.files import iter_record_chunks, load_records
+from sftlab.curate.step import write_result, write_result_stream
 from sftlab.data.formats import iter_records, read_many_detailed
 from sftlab.data.records import write_jsonl
 from sftlab.errors import UserError
@@ -119,7 +120,7 @@ def _dups(n: int) -> list[dict]:
 
 @pytest.mark.parametrize("field", ["answer", "both"])
 def test_dedup_exact_stream_matches_dedup_records(tmp_path, field):
-    from sftlab.data.curate.dedup import dedup_exact_stream, dedup_records
+    from sftlab.curate.dedup import dedup_exact_stream, dedup_records
 
     path = tmp_path / "in.jsonl"
     write_jsonl(_dups(20), path)
@@ -141,7 +142,7 @@ def test_dedup_cli_streams_exact_and_keeps_near_path(tmp_path, capsys):
     assert "dedup: kept 8 of 21; exact_duplicate: 13" in capsys.readouterr().out
     main(["data", "dedup", str(path), "-o", str(tmp_path / "near.jsonl"), "--field", "answer"])
     assert "near_duplicate: " in capsys.readouterr().out  # near mode runs too (streamed in passes)
-    from sftlab.data.curate.dedup import dedup_exact_stream
+    from sftlab.curate.dedup import dedup_exact_stream
 
     with pytest.raises(UserError, match="only mode=exact"):
         next(dedup_exact_stream([[]], {"mode": "near"}))

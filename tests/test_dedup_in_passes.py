@@ -11,8 +11,9 @@ import pytest
 from test_curate_helpers import rec
 
 from sftlab.cli import main
-from sftlab.data.curate.dedup import dedup_in_passes, dedup_records
-from sftlab.data.curate.io import iter_record_chunks, load_records, write_result, write_result_stream
+from sftlab.curate.dedup import dedup_in_passes, dedup_records
+from sftlab.curate.files import iter_record_chunks, load_records
+from sftlab.curate.step import write_result, write_result_stream
 from sftlab.data.records import write_jsonl
 from sftlab.errors import UserError
 
@@ -64,7 +65,7 @@ def test_dedup_in_passes_matches_dedup_records(tmp_path, mode, field, verify, ke
 @pytest.mark.parametrize("args", [[], ["--keep", "score", "--score-key", "q"], ["--mode", "exact", "--keep", "score",
                                                                            "--score-key", "q"]])
 def test_dedup_cli_streams(tmp_path, capsys, monkeypatch, args):
-    import sftlab.data.curate.io as curate_io
+    from sftlab.curate import files as curate_io
 
     path = tmp_path / "in.jsonl"
     write_jsonl(_records(40), path)
@@ -91,7 +92,7 @@ class _WordEmbedder:
 @pytest.mark.parametrize("keep", [{}, SCORE])
 @pytest.mark.parametrize("group_size", [10000, 7])  # one exact search; K-means groups
 def test_dedup_in_passes_semantic_matches_dedup_records(tmp_path, monkeypatch, keep, group_size):
-    import sftlab.data.curate.embed as embed
+    import sftlab.curate.embed as embed
 
     monkeypatch.setattr(embed, "load_model", lambda model: _WordEmbedder())
     path = tmp_path / "in.jsonl"
@@ -119,7 +120,7 @@ def test_dedup_in_passes_refuses_bad_scores(tmp_path):
 
 def test_dedup_cli_workers_use_the_process_pool(tmp_path, capsys, monkeypatch):
     """`workers` > 1 is honoured (the list path's process pool), not silently ignored by the streaming path."""
-    import sftlab.data.curate.dedup as dedup_mod
+    import sftlab.curate.dedup as dedup_mod
 
     path = tmp_path / "in.jsonl"
     write_jsonl(_records(40), path)

@@ -7,9 +7,9 @@ import hashlib
 import numpy as np
 import pytest
 
-from sftlab.data.curate import embed, embed_cache
-from sftlab.data.curate.embed import embed_texts
-from sftlab.data.curate.embed_cache import EmbeddingCache
+from sftlab.curate import embed, embed_cache
+from sftlab.curate.embed import embed_texts
+from sftlab.curate.embed_cache import EmbeddingCache
 
 
 def vec(text: str, dim: int = 8) -> np.ndarray:

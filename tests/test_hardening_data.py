@@ -398,7 +398,7 @@ def test_12_clean_keeps_chinese_answers_with_tool_calls_and_code(tmp_path, capsy
 def test_13_kcenter_warns_about_english_only_model(tmp_path, capsys, monkeypatch):
     import numpy as np
 
-    import sftlab.data.curate.embed as embed
+    import sftlab.curate.embed as embed
 
     monkeypatch.setattr(embed, "embed_records", lambda records, model, **k: np.eye(len(records), dtype=np.float32))
     rows = [{"instruction": f"English question number {i}", "output": "ok"} for i in range(5)]

@@ -10,15 +10,16 @@ import numpy as np
 import pytest
 import yaml
 
-from sftlab.data.curate import embed, embed_cache, io, pipeline
-from sftlab.data.curate.clean import clean_records
-from sftlab.data.curate.dedup import dedup_records
-from sftlab.data.curate.embed import embed_records
-from sftlab.data.curate.io import dropped_path, load_records, save_records
-from sftlab.data.curate.mix import mix_records
-from sftlab.data.curate.pipeline import run_pipeline
-from sftlab.data.curate.select import kcenter_select
-from sftlab.data.curate.split import split_records
+from sftlab.curate import embed, embed_cache, files, pipeline
+from sftlab.curate.clean import clean_records
+from sftlab.curate.dedup import dedup_records
+from sftlab.curate.embed import embed_records
+from sftlab.curate.files import load_records, save_records
+from sftlab.curate.mix import mix_records
+from sftlab.curate.pipeline import run_pipeline
+from sftlab.curate.select import kcenter_select
+from sftlab.curate.split import split_records
+from sftlab.curate.step import dropped_path
 from sftlab.data.records import write_jsonl
 from sftlab.errors import UserError
 
@@ -131,7 +132,7 @@ def test_streaming_steps_never_hold_the_whole_list(tmp_path, monkeypatch):
     def refuse(*_a, **_k):
         raise AssertionError("a streaming step loaded the whole list")
 
-    monkeypatch.setattr(io, "load_records", refuse)
+    monkeypatch.setattr(files, "load_records", refuse)
     monkeypatch.setattr(pipeline, "_whole", refuse)
     steps = [{"clean": {}}, {"dedup": {"mode": "exact"}},
              {"select_cluster": {"n_clusters": 4, "per_cluster": 3, "cache_dir": "cache"}},
@@ -144,7 +145,7 @@ def test_streaming_steps_never_hold_the_whole_list(tmp_path, monkeypatch):
 
 
 def test_a_failed_run_resumes_after_its_finished_steps(tmp_path, monkeypatch):
-    from sftlab.data.curate import clean
+    from sftlab.curate import clean
 
     def plan(name, steps):
         cfg = tmp_path / f"{name}.yaml"

@@ -11,8 +11,8 @@ from test_curate_helpers import rec
 from test_train import read_metrics, run_cli
 
 from sftlab.config import ConfigError
-from sftlab.data.curate.io import load_records
-from sftlab.data.curate.mix import strategy_stages
+from sftlab.curate.files import load_records
+from sftlab.curate.mix import strategy_stages
 from sftlab.data.records import write_jsonl
 from sftlab.errors import UserError
 from sftlab.train.plan import plan_configs
@@ -82,8 +82,8 @@ def test_mix_strategy_command_writes_stages_and_plan(tmp_path, capsys):
 
 @pytest.mark.parametrize("strategy", ["multitask", "sequential", "mixed_sequential", "dmt"])
 def test_strategy_stream_writes_what_the_list_path_writes(tmp_path, strategy):
-    from sftlab.data.curate.io import iter_record_chunks
-    from sftlab.data.curate.mix import write_strategy, write_strategy_stream
+    from sftlab.curate.files import iter_record_chunks
+    from sftlab.curate.mix import write_strategy, write_strategy_stream
 
     special, general = _records()
     mixed = special[:10] + general[:4] + special[10:] + general[4:6]  # general-task records between the others
@@ -107,11 +107,11 @@ def test_strategy_stream_writes_what_the_list_path_writes(tmp_path, strategy):
 
 
 def test_mix_strategy_command_never_holds_the_records(tmp_path, capsys, monkeypatch):
-    from sftlab.data.curate import io
+    from sftlab.curate import files
 
     special, general = _records()
     write_jsonl(special + general, tmp_path / "all.jsonl")
-    monkeypatch.setattr(io, "load_records", None)
+    monkeypatch.setattr(files, "load_records", None)
     code, out, err = run_cli(["data", "mix", tmp_path / "all.jsonl", "-o", tmp_path / "o", "--strategy", "sequential",
                               "--general-task", "general"], capsys)
     assert code == 0, err

@@ -7,8 +7,9 @@ import io as stdio
 
 from rich.console import Console
 
-from sftlab.data.curate import io
-from sftlab.data.records import write_jsonl
+from sftlab import io
+from sftlab.curate.files import reread_record_chunks
+from sftlab.io import write_jsonl
 
 
 def _input(tmp_path):
@@ -22,7 +23,7 @@ def _input(tmp_path):
 def test_each_pass_shows_a_bar_on_a_terminal(tmp_path, monkeypatch):
     screen = stdio.StringIO()
     monkeypatch.setattr(io, "progress_console", lambda: Console(file=screen, force_terminal=True, width=120))
-    read = io.reread_record_chunks(_input(tmp_path), chunk_size=7, label="dedup")
+    read = reread_record_chunks(_input(tmp_path), chunk_size=7, label="dedup")
     assert sum(len(c) for c in read()) == 50 and sum(len(c) for c in read()) == 50
     shown = screen.getvalue()
     assert "dedup, pass 1" in shown and "50/?" in shown  # the first pass does not know the total yet
@@ -33,7 +34,7 @@ def test_each_pass_shows_a_bar_on_a_terminal(tmp_path, monkeypatch):
 
 
 def test_nothing_at_all_off_a_terminal(tmp_path, capsys):
-    read = io.reread_record_chunks(_input(tmp_path), chunk_size=7, label="dedup")
+    read = reread_record_chunks(_input(tmp_path), chunk_size=7, label="dedup")
     assert sum(len(c) for c in read()) == 50 and sum(len(c) for c in read()) == 50
     assert capsys.readouterr().err == ""  # not even the blank line rich prints when a live display stops
 
@@ -53,12 +54,12 @@ def test_progress_bars_print_nothing_off_a_terminal_and_draw_on_stderr(capfd, mo
 
 
 def test_no_long_loop_builds_its_own_rich_progress():
-    """One helper for every bar (so none prints on stdout off a terminal again)."""
+    """One helper for every bar, in sftlab/io.py (so none prints on stdout off a terminal again)."""
     from pathlib import Path
 
     import sftlab
 
     root = Path(sftlab.__file__).parent
     own = [str(p.relative_to(root)) for p in root.rglob("*.py")
-           if "Progress(" in p.read_text(encoding="utf-8") and p.name != "io.py"]
+           if "Progress(" in p.read_text(encoding="utf-8") and p != root / "io.py"]
     assert own == []

@@ -9,8 +9,8 @@ import pytest
 from test_curate_helpers import rec
 
 from sftlab.cli import main
-from sftlab.data.curate.io import load_records, reread_record_chunks, save_records
-from sftlab.data.curate.split import split_records, split_stream, write_split_stream
+from sftlab.curate.files import load_records, reread_record_chunks, save_records
+from sftlab.curate.split import split_records, split_stream, write_split_stream
 from sftlab.data.records import write_jsonl
 from sftlab.errors import UserError
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from sftlab.cli.apps import app
+from sftlab.report import write_report
 
 
 @app.command("report")
@@ -14,6 +15,4 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory written by 
            out: Path | None = typer.Option(None, "--out", "-o",
                                            help="Where to write the HTML (default: RUN_DIR/report.html).")) -> None:
     """Write a self-contained HTML report of a run (loss curves per channel, alarms, data, config)."""
-    from sftlab.report import write_report
-
     typer.echo(str(write_report(run_dir, out)))

@@ -215,7 +215,7 @@ def _csv_rows(path: str) -> Iterator[tuple[int, Any]]:
 
 
 def _parquet_rows(path: str) -> Iterator[tuple[int, Any]]:
-    import pyarrow as pa
+    import pyarrow as pa  # lazy: pyarrow loads only for Parquet inputs
     import pyarrow.parquet as pq
 
     try:
@@ -231,7 +231,7 @@ def _parquet_rows(path: str) -> Iterator[tuple[int, Any]]:
 
 
 def _hf_rows(path: str) -> Iterator[tuple[int, Any]]:
-    import datasets
+    import datasets  # lazy: datasets takes over a second to import; only for saved HF datasets directories
 
     try:
         ds = datasets.load_from_disk(path)

@@ -10,45 +10,14 @@ A record is a plain JSON-serialisable dict, so every stage can read and write it
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Iterable, Iterator
-from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
-from sftlab.errors import UserError
+from sftlab.errors import RecordError
+from sftlab.io import iter_jsonl, write_jsonl  # noqa: F401 - the record files' JSONL I/O, importable from here
 
 BASE_ROLES = ("system", "user", "assistant", "tool")
-
-
-class RecordError(UserError, ValueError):
-    """A bad input record. Its message is one line naming file, line/index, field and reason."""
-
-    def __init__(self, reason: str, *, file: str | None = None, index: int | None = None,
-                 field: str | None = None, code: str | None = None, unit: str = "record") -> None:
-        self.reason = reason
-        self.unit = unit  # "line" for JSONL line numbers (1-based), "record" for 0-based indices
-        self.file = file
-        self.index = index
-        self.field = field
-        self.code = code or reason.split(":")[0].strip().replace(" ", "_")[:40]
-        super().__init__(self.describe())
-
-    def describe(self) -> str:
-        where = []
-        if self.file:
-            where.append(str(self.file))
-        if self.index is not None:
-            where.append(f"{self.unit} {self.index}")
-        if self.field:
-            where.append(f"field '{self.field}'")
-        return (": ".join([", ".join(where), self.reason]) if where else self.reason)
-
-    def located(self, file: str | None = None, index: int | None = None) -> RecordError:
-        """The same error with file/index filled in where they were unknown."""
-        return RecordError(self.reason, file=self.file or file,
-                           index=self.index if self.index is not None else index,
-                           field=self.field, code=self.code, unit=self.unit)
 
 
 def validate_record(rec: dict[str, Any], extra_roles: Iterable[str] = (), *,
@@ -109,61 +78,3 @@ def task_channels(task_type: str) -> list[str]:
     """Channels a task_type counts in: 'a/b' -> ['a', 'a/b']."""
     parts = task_type.split("/")
     return ["/".join(parts[: i + 1]) for i in range(len(parts))]
-
-
-def check_output_file(path: Path) -> None:
-    """An output file that is an existing directory is refused before anything is written (the final rename
-    would fail after the whole run, naming PATH.tmp)."""
-    if path.is_dir():
-        raise UserError(f"{path}: is a directory; give an output file name")
-    check_output_dir(path.parent)
-
-
-def check_output_dir(path: Path) -> None:
-    """An output directory that is, or lies under, an existing file is refused (mkdir would fail with
-    FileExistsError / NotADirectoryError, after the work)."""
-    for p in [path, *path.parents]:
-        if p.exists():
-            if not p.is_dir():
-                raise UserError(f"{path}: is a file; give an output directory" if p == path else
-                                f"{path}: {p} is a file; give an output directory")
-            return
-
-
-def write_jsonl(records: Iterable[dict[str, Any]], path: str | Path) -> int:
-    """Write records as JSONL (UTF-8, non-ASCII kept, stable key order), atomically. Returns the count.
-
-    Never writes invalid JSON: a NaN/Infinity or a lone surrogate is a UserError naming the record."""
-    path = Path(path)
-    check_output_file(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    n = 0
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for rec in records:  # may be a stream that raises (a bad input record): then no OUT, no OUT.tmp
-                try:
-                    f.write(json.dumps(rec, ensure_ascii=False, allow_nan=False) + "\n")
-                except (ValueError, UnicodeEncodeError) as e:
-                    rid = rec.get("id") if isinstance(rec, dict) else None
-                    raise UserError(f"{path}: cannot write record {n} (id {rid!r}) as valid JSON: {e}") from None
-                n += 1
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    tmp.replace(path)
-    return n
-
-
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line_number, object) from a JSONL file; a bad line raises RecordError naming it."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RecordError(f"malformed JSON ({e.msg} at column {e.colno})", file=str(path),
-                                  index=lineno, code="malformed_json", unit="line") from None
-            yield lineno, obj

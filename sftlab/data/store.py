@@ -364,7 +364,7 @@ def render_store(records: list[dict[str, Any]], read_rejects: list[dict[str, Any
 
 def _run_chunks(tasks: list, tokenizer: Any, settings: RenderSettings, workers: int, label: str):
     """Rendered chunks in input order, from a process pool (fork where available) or in-process, with progress."""
-    from sftlab.data.curate.io import progress_bar
+    from sftlab.io import progress_bar
 
     with progress_bar() as progress:
         bar = progress.add_task(f"rendering {label}", total=len(tasks))

@@ -13,7 +13,7 @@ def generate_replies(model: Any, tokenizer: Any, conversations: list[list[dict[s
                      tools: list | None = None) -> list[dict[str, Any]]:
     """Reply to each conversation (ending on a user turn) with an in-memory model. Returns {text, stopped} per
     conversation; `stopped` is True when the model ended its turn with the end-of-turn token by itself."""
-    from sftlab.infer.hf import HFGenerator
+    from sftlab.infer.hf import HFGenerator  # lazy: the hf backend imports torch and transformers
 
     generator = HFGenerator(model, tokenizer, batch_size=batch_size, progress=len(conversations) > batch_size)
     params = GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature)

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from sftlab.errors import UserError
+from sftlab.eval.run import rows_from_predictions
 from sftlab.eval.stats import pearson, summarize
+from sftlab.io import atomic_path, read_jsonl, write_json
 
 
 def _key_path(sheet: Path) -> Path:
@@ -24,28 +26,27 @@ def _key_path(sheet: Path) -> Path:
 
 
 def _write_table(path: Path, header: list[str], rows: list[list[Any]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".xlsx":
-        from openpyxl import Workbook
-
-        wb = Workbook()
-        ws = wb.active
-        ws.title = "ratings"
-        ws.append(header)
-        for r in rows:
-            ws.append(r)
-        wb.save(tmp)
-    elif path.suffix == ".csv":
-        with open(tmp, "w", encoding="utf-8-sig", newline="") as f:  # BOM: Excel opens UTF-8 (Chinese) correctly
-            csv.writer(f).writerows([header, *rows])
-    else:
+    if path.suffix not in (".xlsx", ".csv"):
         raise UserError(f"{path}: the sheet must be .csv or .xlsx")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        if path.suffix == ".xlsx":
+            from openpyxl import Workbook  # lazy: openpyxl takes ~0.4 s to import; only .xlsx sheets
+
+            wb = Workbook()
+            ws = wb.active
+            ws.title = "ratings"
+            ws.append(header)
+            for r in rows:
+                ws.append(r)
+            wb.save(tmp)
+        else:
+            with open(tmp, "w", encoding="utf-8-sig", newline="") as f:  # BOM: Excel opens UTF-8 (Chinese) right
+                csv.writer(f).writerows([header, *rows])
 
 
 def _read_table(path: Path) -> list[dict[str, Any]]:
     if path.suffix == ".xlsx":
-        from openpyxl import load_workbook
+        from openpyxl import load_workbook  # lazy: openpyxl takes ~0.4 s to import; only .xlsx sheets
 
         ws = load_workbook(path, read_only=True).active
         values = [list(r) for r in ws.iter_rows(values_only=True)]
@@ -64,8 +65,6 @@ def _prompt_text(row: dict[str, Any]) -> str:
 def export_sheet(pred: str | Path, out: str | Path, *, baseline: str | Path | None = None,
                  dimensions: list[str] = ("helpfulness", "honesty", "harmlessness"), seed: int = 0) -> Path:
     """Write the blind sheet and its key; returns the sheet path."""
-    from sftlab.eval.run import rows_from_predictions
-
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = rows_from_predictions(pred)
@@ -90,7 +89,7 @@ def export_sheet(pred: str | Path, out: str | Path, *, baseline: str | Path | No
         key["items"][item] = entry
     cols = ["item", "prompt", "answer_A", "answer_B"] if baseline else ["item", "prompt", "answer"]
     _write_table(out, [*cols, *dims, "comment"], table)
-    _key_path(out).write_text(json.dumps(key, indent=2, ensure_ascii=False), encoding="utf-8")
+    write_json(key, _key_path(out))
     return out
 
 
@@ -113,7 +112,7 @@ def _cell(value: Any, mode: str, sheet: Path, item: str, dim: str) -> float | No
 
 
 def _kappa(a: list[float], b: list[float]) -> dict[str, float | None]:
-    from sklearn.metrics import cohen_kappa_score
+    from sklearn.metrics import cohen_kappa_score  # lazy: scikit-learn takes seconds to import
 
     if len(a) < 2:
         return {"n": len(a), "kappa": None}
@@ -131,8 +130,6 @@ def import_sheets(sheets: list[str | Path], out: str | Path, *, judged: str | Pa
     """Read filled sheets (one per annotator, named after the annotator) → OUT/summary.json with
     `human.scores.<task_type>.<dimension>`, `agreement.<dimension>` (Cohen's kappa between the first two
     annotators) and, with a judged predictions.jsonl, `judge_vs_human.<dimension>`."""
-    from sftlab.eval.run import read_jsonl, write_json_atomic
-
     ratings: dict[str, dict[str, dict[str, float]]] = {}  # annotator -> item -> dim -> score
     key: dict[str, Any] | None = None
     for s in map(Path, sheets):
@@ -192,5 +189,5 @@ def import_sheets(sheets: list[str | Path], out: str | Path, *, judged: str | Pa
             summary["judge_vs_human"][d] = agree
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(summary, out / "summary.json")
+    write_json(summary, out / "summary.json", allow_nan=True)
     return summary

@@ -12,14 +12,17 @@ import json
 import re
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sftlab.errors import UserError
+from sftlab.eval.metrics import exact_match
 from sftlab.eval.stats import length_controlled_win_rate, pearson, summarize
+from sftlab.infer import GenerationParams, Reply, load_generator
+from sftlab.io import progress_bar
 
 DEFAULT_DIMENSIONS = ["helpfulness", "honesty", "harmlessness"]  # the 3H
 CHUNK = 64  # judge requests per generate() call (the backend runs them `concurrency` at a time)
@@ -136,8 +139,6 @@ class Judge:
     verdicts. Counts requests, cache hits and parse failures."""
 
     def __init__(self, generator: Any, cfg: dict[str, Any]) -> None:
-        from sftlab.infer import GenerationParams
-
         self.gen = generator
         self.cfg = cfg
         self.mode = cfg.get("mode", "single")
@@ -164,10 +165,6 @@ class Judge:
 
     def _ask(self, convs: list[list[dict]], seeds: list[int | None]) -> list[str]:
         """Replies for each conversation: from the cache where present, else from the endpoint."""
-        from dataclasses import replace
-
-        from sftlab.data.curate.io import progress_bar
-
         keys = [self.cache.key(self.gen.model_id, self.template, c, {**asdict(self.params), "seed": s})
                 for c, s in zip(convs, seeds, strict=True)]
         texts: list[str | None] = [self.cache.get(k) for k in keys]
@@ -340,8 +337,6 @@ def run_judge(rows: list[dict[str, Any]], cfg: dict[str, Any], generator: Any = 
     if generator is None:
         if not cfg.get("base_url") or not cfg.get("model"):
             raise UserError("judge: set judge.base_url and judge.model (an OpenAI-compatible endpoint)")
-        from sftlab.infer import load_generator
-
         endpoint = {k: cfg[k] for k in ("base_url", "model", "api_key_env", "concurrency") if cfg.get(k) is not None}
         generator = load_generator(endpoint)
     judge = Judge(generator, cfg)
@@ -367,9 +362,6 @@ class ReferenceMatchJudge:
     _ONE = re.compile(r"\[Reply to grade\]\n(.*)$", re.S)
 
     def generate(self, conversations: list[list[dict]], params: Any, tools: list | None = None) -> list[list[Any]]:
-        from sftlab.eval.metrics import exact_match
-        from sftlab.infer import Reply
-
         out = []
         for conv in conversations:
             prompt = conv[0]["content"]

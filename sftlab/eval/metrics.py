@@ -72,7 +72,7 @@ _ROUGE_SCORER = None
 def _rouge() -> Any:
     global _ROUGE_SCORER
     if _ROUGE_SCORER is None:
-        from rouge_score.rouge_scorer import RougeScorer
+        from rouge_score.rouge_scorer import RougeScorer  # lazy: rouge_score (nltk) takes seconds to import
 
         _ROUGE_SCORER = RougeScorer(list(ROUGE_KEYS), use_stemmer=False, tokenizer=RougeTokenizer())
     return _ROUGE_SCORER
@@ -90,7 +90,7 @@ def bleu_tokenizer(*texts: str) -> str:
 
 def bleu(reply: str, reference: str) -> float:
     """Sentence BLEU in [0, 100] (sacrebleu, exp smoothing; `zh` tokenizer for CJK text)."""
-    from sacrebleu.metrics import BLEU
+    from sacrebleu.metrics import BLEU  # lazy: metric libraries load only for the metrics a run asks for
 
     return BLEU(tokenize=bleu_tokenizer(reply, reference), effective_order=True).sentence_score(
         reply, [reference]).score
@@ -98,7 +98,7 @@ def bleu(reply: str, reference: str) -> float:
 
 def chrf(reply: str, reference: str) -> float:
     """Sentence chrF in [0, 100] (sacrebleu; character n-grams, so CJK needs no segmentation)."""
-    from sacrebleu.metrics import CHRF
+    from sacrebleu.metrics import CHRF  # lazy: metric libraries load only for the metrics a run asks for
 
     return CHRF().sentence_score(reply, [reference]).score
 

@@ -5,21 +5,19 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from sftlab.errors import UserError
 from sftlab.eval.stats import paired_diff
-from sftlab.report import _CSS, _bars, _section, _table
+from sftlab.html import CSS, bar_chart, section, table
+from sftlab.io import read_jsonl, write_text
 
 _EXTRA_CSS = ".better{color:#137333;font-weight:600}.worse{color:#b3261e;font-weight:600}" \
              "td.text{max-width:520px;white-space:pre-wrap;font-size:12px}"
 
 
 def _load(eval_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
-    from sftlab.eval.run import read_jsonl
-
     path = eval_dir / "summary.json"
     if not path.is_file():
         raise UserError(f"{eval_dir}: no summary.json (is it an eval output dir written by `sftlab eval`?)")
@@ -54,14 +52,14 @@ def _charts(summary: dict[str, Any]) -> list[Any]:
     for scale, chosen in (("0-1", [m for m in names if m not in ("bleu", "chrf")]), ("0-100", [m for m in names
                                                                                                 if m in ("bleu", "chrf")])):
         if chosen and tasks:
-            plots.append(_bars(f"{', '.join(chosen[:4])} per task_type", tasks,
+            plots.append(bar_chart(f"{', '.join(chosen[:4])} per task_type", tasks,
                                {m: [metrics[t].get(m, {}).get("mean", 0.0) for t in tasks] for m in chosen[:4]},
                                scale, f"bar chart of {', '.join(chosen[:4])} per task_type"))
     js = (summary.get("judge") or {}).get("scores", {})
     jt = [t for t in js if t != "all"]
     dims = sorted({d for t in jt for d in js[t]})
     if jt and dims:
-        plots.append(_bars(f"Judge {', '.join(dims[:4])} per task_type", jt, {d: [js[t].get(d, {}).get("mean", 0.0) for t in jt]
+        plots.append(bar_chart(f"Judge {', '.join(dims[:4])} per task_type", jt, {d: [js[t].get(d, {}).get("mean", 0.0) for t in jt]
                                                               for d in dims[:4]},
                            "score", f"bar chart of judge {', '.join(dims[:4])} per task_type"))
     return plots
@@ -76,7 +74,7 @@ def _judge_section(summary: dict[str, Any]) -> str:
              "length_corr")
             if k in j]
     rows += [[k, v if v is not None else "-"] for k, v in (j.get("pairwise") or {}).items()]
-    return "<section><h2>Judge</h2>" + _table(["statistic", "value"], rows) + "</section>"
+    return "<section><h2>Judge</h2>" + table(["statistic", "value"], rows) + "</section>"
 
 
 def _cases_section(bad: list[dict[str, Any]]) -> str:
@@ -143,12 +141,12 @@ def render_eval_html(eval_dir: Path, compare_with: Path | None = None) -> str:
     header, rows = score_table(summary)
     overall = summary.get("overall")
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>sftlab eval: {esc(eval_dir.name)}"
-             f"</title><style>{_CSS}{_EXTRA_CSS}</style></head><body>",
+             f"</title><style>{CSS}{_EXTRA_CSS}</style></head><body>",
              f"<h1>sftlab eval report</h1><p class='sub'>{esc(str(eval_dir.resolve()))} — model "
              f"{esc(str(summary.get('model', '?')))}, {summary.get('n', 0)} items"
              + (f", overall {overall['mean']:.3f} [{overall['ci_low']:.3f}, {overall['ci_high']:.3f}]"
                 if isinstance(overall, dict) else "") + "</p>",
-             _section("Scores per task_type (mean [95% bootstrap CI])", _charts(summary), _table(header, rows)),
+             section("Scores per task_type (mean [95% bootstrap CI])", _charts(summary), table(header, rows)),
              _judge_section(summary)]
     if compare_with is not None:
         parts.append(_compare_section(compare(compare_with, eval_dir), compare_with, eval_dir))
@@ -163,7 +161,5 @@ def write_eval_report(eval_dir: str | Path, out: str | Path | None = None, compa
     eval_dir = Path(eval_dir)
     page = render_eval_html(eval_dir, Path(compare_with) if compare_with else None)
     path = Path(out) if out else eval_dir / "report.html"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(page, path)
     return path

@@ -12,41 +12,17 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from sftlab.data.formats import read_records
 from sftlab.errors import UserError
 from sftlab.eval.config import EvalConfig
-from sftlab.eval.metrics import score_rows
+from sftlab.eval.judge import ReferenceMatchJudge, run_judge
+from sftlab.eval.metrics import METRICS, make_checker, score_rows
+from sftlab.eval.report import write_eval_report
 from sftlab.eval.stats import summarize
+from sftlab.infer import GenerationParams, load_generator
+from sftlab.io import JsonlAppender, progress_bar, read_jsonl, write_json, write_jsonl
 
 SUMMARY_VERSION = 1
-
-
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}: line {i}: invalid JSON ({e.msg}); fix or remove the line") from None
-    return rows
-
-
-def write_jsonl_atomic(rows: list[dict[str, Any]], path: str | Path) -> None:
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
-def write_json_atomic(obj: Any, path: str | Path) -> None:
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # ---- eval items ------------------------------------------------------------------------------------------------
@@ -54,8 +30,6 @@ def write_json_atomic(obj: Any, path: str | Path) -> None:
 def load_items(cfg: EvalConfig) -> list[dict[str, Any]]:
     """Eval items: one per record (prompt = messages up to the last assistant reply, which is the reference), or for
     prompt-only sets (mt_bench `turns`) one per user turn, answered turn by turn with the model's own replies."""
-    from sftlab.data.formats import read_records
-
     items: list[dict[str, Any]] = []
     names: dict[str, int] = {}
     for k, s in enumerate(cfg.sets()):
@@ -103,9 +77,6 @@ GENERATED_FIELDS = ("id", "set", "record_id", "turn", "task_type", "reference", 
 def generate_rows(generator: Any, items: list[dict[str, Any]], cfg: EvalConfig, out_path: Path,
                   label: str = "generate") -> list[dict[str, Any]]:
     """Replies for every item, appended to out_path as they come (kept on rerun); later turns wait for earlier ones."""
-    from sftlab.data.curate.io import progress_bar
-    from sftlab.infer import GenerationParams
-
     g = cfg.generation
     params = GenerationParams(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
                               seed=g.seed if g.seed is not None else cfg.seed)
@@ -127,9 +98,9 @@ def generate_rows(generator: Any, items: list[dict[str, Any]], cfg: EvalConfig, 
                 del done[it["id"]]
             else:
                 row.update({k: it[k] for k in ("set", "record_id", "turn", "task_type", "reference")})
-        write_jsonl_atomic(list(done.values()), out_path)  # drop stale replies before appending
+        write_jsonl(list(done.values()), out_path, allow_nan=True)  # drop stale replies before appending
     todo = [it for it in items if it["id"] not in done]
-    with open(out_path, "a", encoding="utf-8") as f, progress_bar() as progress:
+    with JsonlAppender(out_path, allow_nan=True) as replies_file, progress_bar() as progress:
         task = progress.add_task(f"{label} ({len(done)} already done)", total=len(todo))
         while todo:
             ready = [it for it in todo if not it["history_from"] or it["history_from"] in done]
@@ -143,6 +114,7 @@ def generate_rows(generator: Any, items: list[dict[str, Any]], cfg: EvalConfig, 
                     chunk = group[start:start + g.batch_size]
                     convs = [_conversation(it, done) for it in chunk]
                     replies = _generate_naming_item(generator, chunk, convs, params)
+                    rows = []
                     for it, conv, rep in zip(chunk, convs, replies, strict=True):
                         r = rep[0]
                         row = {k: it[k] for k in ("id", "set", "record_id", "turn", "task_type", "reference")}
@@ -150,8 +122,8 @@ def generate_rows(generator: Any, items: list[dict[str, Any]], cfg: EvalConfig, 
                                    prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens,
                                    generated_by=fingerprint)
                         done[it["id"]] = row
-                        f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                    f.flush()
+                        rows.append(row)
+                    replies_file.append(rows)
                     progress.advance(task, len(chunk))
             ids = {it["id"] for it in ready}
             todo = [it for it in todo if it["id"] not in ids]
@@ -221,25 +193,20 @@ def finish(rows: list[dict[str, Any]], out: Path, cfg_dict: dict[str, Any], *, m
            checkers: list[dict] = (), normalization: dict | None = None, judge_cfg: dict | None = None,
            info: dict[str, Any] | None = None, n_bad: int = 5, generator: Any = None) -> dict[str, Any]:
     """Score, judge, and write predictions.jsonl, summary.json, bad_cases.jsonl and report.html."""
-    from sftlab.eval.judge import run_judge
-    from sftlab.eval.report import write_eval_report
-
     out.mkdir(parents=True, exist_ok=True)
     for r in rows:
         r["scores"] = {}
     score_rows(rows, metrics, checkers, normalization)
     judge = run_judge(rows, judge_cfg, generator) if judge_cfg else None
     summary = build_summary(rows, judge, {"config": cfg_dict, **(info or {})})
-    write_jsonl_atomic(rows, out / "predictions.jsonl")
-    write_jsonl_atomic(bad_cases(rows, n_bad), out / "bad_cases.jsonl")
-    write_json_atomic(summary, out / "summary.json")
+    write_jsonl(rows, out / "predictions.jsonl", allow_nan=True)
+    write_jsonl(bad_cases(rows, n_bad), out / "bad_cases.jsonl", allow_nan=True)
+    write_json(summary, out / "summary.json", allow_nan=True)
     write_eval_report(out)
     return summary
 
 
 def _load_model(model: str | dict, backend: str, batch_size: int = 32) -> Any:
-    from sftlab.infer import load_generator
-
     if isinstance(model, dict) or backend == "openai":
         return load_generator(model, backend=backend)
     if (Path(model) / "final").is_dir() and not (Path(model) / "config.json").exists():
@@ -259,8 +226,6 @@ def _baseline_replies(cfg: EvalConfig, items: list[dict], out: Path) -> dict[str
 
 def _check_scoring(cfg: EvalConfig, judge_generator: Any = None) -> None:
     """Errors in metrics, checkers and the judge section, before any reply is generated (not after an hour of it)."""
-    from sftlab.eval.metrics import METRICS, make_checker
-
     for m in cfg.metrics:
         if m not in METRICS:
             raise UserError(f"unknown metric {m!r} (known: {', '.join(METRICS)}; custom checks go in 'checkers')")
@@ -303,7 +268,7 @@ def run_eval(cfg: EvalConfig, judge_generator: Any = None) -> dict[str, Any]:
                      normalization=cfg.normalization.model_dump(), judge_cfg=judge_cfg, info=info,
                      n_bad=cfg.bad_cases, generator=judge_generator)
     summary["timing"]["total_s"] = round(time.time() - t0, 2)
-    write_json_atomic(summary, out / "summary.json")
+    write_json(summary, out / "summary.json", allow_nan=True)
     return summary
 
 
@@ -325,13 +290,37 @@ def rows_from_predictions(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def score_predictions(pred: str | Path, out: str | Path, metrics: list[str]) -> dict[str, Any]:
+    """`sftlab eval metrics`: score the replies of a predictions file against its references, without generating;
+    writes OUT like an eval run and returns summary.json's content."""
+    rows = rows_from_predictions(pred)
+    return finish(rows, Path(out), {"pred": str(pred), "metrics": metrics}, metrics=metrics,
+                  info={"model": str(pred)})
+
+
+def judge_predictions(pred: str | Path, out: str | Path, judge_cfg: dict[str, Any],
+                      baseline: str | Path | None = None) -> dict[str, Any]:
+    """`sftlab eval judge`: judge the replies of a predictions file (single-answer, or pairwise against the
+    baseline file's replies) without generating; writes OUT like an eval run and returns summary.json's content."""
+    if not judge_cfg.get("base_url"):
+        raise UserError("eval judge: give the judge endpoint, e.g. base_url=http://host/v1 model=NAME (or --config)")
+    rows = rows_from_predictions(pred)
+    for i, r in enumerate(rows, 1):  # without the question the judge would grade replies to nothing
+        if not r["prompt"]:
+            raise UserError(f"{pred}: line {i}: missing field 'prompt' (the question the reply answers: a string "
+                            "or a message list)")
+    if baseline is not None:
+        base = {r["id"]: r["reply"] for r in rows_from_predictions(baseline)}
+        for r in rows:
+            r["baseline_reply"] = base.get(r["id"])
+    return finish(rows, Path(out), {"pred": str(pred), "judge": judge_cfg}, metrics=[], judge_cfg=judge_cfg,
+                  info={"model": str(pred)})
+
+
 def compare_models_on_records(records_path: str | Path, model: str, baseline: str, out: str | Path,
                               max_new_tokens: int = 32) -> dict[str, Any]:
     """Pairwise eval of `model` vs `baseline` on a records file with right answers, judged by the rule-based
     ReferenceMatchJudge (no LLM needed): the demo's closing eval."""
-    from sftlab.eval.config import EvalConfig
-    from sftlab.eval.judge import ReferenceMatchJudge
-
     out = Path(out)
     cfg = EvalConfig(model=str(model), baseline=str(baseline), data=[str(records_path)], output_dir=str(out),
                      metrics=["exact_match"], generation={"max_new_tokens": max_new_tokens},

@@ -80,7 +80,7 @@ def length_controlled_win_rate(outcomes: Sequence[float], len_diff: Sequence[flo
     keep = w > 0
     if len(set(ys[keep])) < 2:
         return float(y.mean())
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.linear_model import LogisticRegression  # lazy: scikit-learn takes seconds to import
 
     fit = LogisticRegression(C=1e4).fit(xs[keep], ys[keep], sample_weight=w[keep])
     return float(1 / (1 + np.exp(-fit.intercept_[0])))

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from sftlab.errors import UserError
+
 
 @dataclass
 class GenerationParams:
@@ -45,8 +47,6 @@ class Generator(Protocol):
 
 def check_params(params: GenerationParams) -> None:
     """Reject impossible parameters with one clear line (shared by all backends)."""
-    from sftlab.errors import UserError
-
     if params.max_new_tokens < 1:
         raise UserError(f"max_new_tokens must be >= 1, got {params.max_new_tokens}")
     if params.temperature < 0:

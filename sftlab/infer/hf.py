@@ -8,9 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import StoppingCriteriaList
 
+from sftlab.data.render import eot_token_ids, load_tokenizer
 from sftlab.errors import UserError
+from sftlab.export import load_for_inference
 from sftlab.infer.api import GenerationParams, Reply, check_params, cut_at_stop
+from sftlab.io import progress_bar
 
 OnText = Callable[[int, str], bool]
 
@@ -22,8 +26,6 @@ class HFGenerator:
 
     def __init__(self, model: Any, tokenizer: Any, model_id: str = "model", *, batch_size: int = 32,
                  max_context: int | None = None, progress: bool = False) -> None:
-        from sftlab.data.render import eot_token_ids
-
         self.model, self.tokenizer, self.model_id = model, tokenizer, model_id
         self.batch_size = batch_size
         self.eot_ids = eot_token_ids(tokenizer)
@@ -40,9 +42,6 @@ class HFGenerator:
     def from_dir(cls, path: str | Path, *, model_id: str | None = None, device: str | None = None,
                  dtype: str = "auto", chat_template: str | None = None, **options: Any) -> HFGenerator:
         """Load a full model dir, a LoRA adapter dir (base + adapter via peft) or a merged export."""
-        from sftlab.data.render import load_tokenizer
-        from sftlab.export import load_for_inference
-
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if dtype == "auto":
             dtype = "bfloat16" if device.startswith("cuda") else "float32"
@@ -103,8 +102,6 @@ class HFGenerator:
         if params.stop:
             kwargs.update(stop_strings=params.stop, tokenizer=self.tokenizer)
         if stream is not None:
-            from transformers import StoppingCriteriaList
-
             kwargs["stopping_criteria"] = StoppingCriteriaList([stream])
         # Only a seeded call forks the RNG: an unseeded one must advance the global RNG, else every unseeded
         # sampled call would start from the same state and repeat the same sample.
@@ -200,8 +197,6 @@ def _progress(items: list, show: bool):
     if not show:
         yield from items
         return
-    from sftlab.data.curate.io import progress_bar
-
     with progress_bar() as bar:
         task = bar.add_task("generating", total=len(items))
         for item in items:

@@ -18,7 +18,7 @@ def load_generator(model: str | Path | dict, backend: str = "auto", **options: A
     if backend not in BACKENDS:
         raise UserError(f"unknown inference backend {backend!r}: use one of {', '.join(BACKENDS)}")
     if isinstance(model, dict) or backend == "openai":
-        from sftlab.infer.openai_api import OpenAIGenerator
+        from sftlab.infer.openai_api import OpenAIGenerator  # lazy: the openai client takes ~0.5 s to import
 
         cfg = dict(model) if isinstance(model, dict) else {"base_url": str(model)}
         cfg.update(options)
@@ -28,9 +28,9 @@ def load_generator(model: str | Path | dict, backend: str = "auto", **options: A
         raise UserError(f"model directory not found: {path} (give a local model dir, or a dict with base_url "
                         f"and model for an OpenAI-compatible endpoint)")
     if backend == "vllm":
-        from sftlab.infer.vllm_engine import VLLMGenerator
+        from sftlab.infer.vllm_engine import VLLMGenerator  # lazy: the vllm backend imports torch
 
         return VLLMGenerator(path, **options)
-    from sftlab.infer.hf import HFGenerator
+    from sftlab.infer.hf import HFGenerator  # lazy: the hf backend imports torch and transformers
 
     return HFGenerator.from_dir(path, **options)

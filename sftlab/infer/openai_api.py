@@ -10,8 +10,11 @@ import os
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
+import openai
+
 from sftlab.errors import UserError
 from sftlab.infer.api import GenerationParams, Reply, check_params
+from sftlab.io import progress_bar
 
 
 class EndpointError(UserError):
@@ -25,8 +28,6 @@ class EndpointError(UserError):
 class OpenAIGenerator:
     def __init__(self, base_url: str, model: str | None = None, api_key_env: str | None = None,
                  concurrency: int = 8, max_retries: int = 5, timeout: float = 120.0, progress: bool = False) -> None:
-        import openai
-
         if api_key_env and not os.environ.get(api_key_env):
             raise UserError(f"environment variable {api_key_env} (api_key_env) is not set: export the API key there")
         api_key = os.environ.get(api_key_env or "OPENAI_API_KEY") or "EMPTY"  # local servers need no key
@@ -46,8 +47,6 @@ class OpenAIGenerator:
         return ids[0]
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        import openai
-
         try:
             return fn(*args, **kwargs)
         except openai.APIStatusError as e:
@@ -69,8 +68,6 @@ class OpenAIGenerator:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sftlab-openai") as pool:
             futures = [pool.submit(self._one, c, params, tools) for c in conversations]
             if self.progress and len(futures) > 1:
-                from sftlab.data.curate.io import progress_bar
-
                 with progress_bar() as bar:
                     task = bar.add_task(f"requests to {self.base_url}", total=len(futures))
                     for _ in as_completed(futures):

@@ -3,19 +3,20 @@ is built, and refused with one clear line where it is not installed or CUDA is a
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from sftlab.data.render import eot_token_ids, load_tokenizer
 from sftlab.errors import UserError
+from sftlab.export import is_adapter_dir
 from sftlab.infer.api import GenerationParams, Reply, check_params
 
 
 def vllm_unavailable_reason() -> str | None:
     """Why the vllm backend cannot run here (None when it can)."""
-    import importlib.util
-
-    import torch
-
     if not torch.cuda.is_available():
         return "the vllm backend needs a CUDA GPU and none is visible here; use backend hf (or serve with vllm " \
                "elsewhere and use the openai backend)"
@@ -29,14 +30,10 @@ class VLLMGenerator:
         reason = vllm_unavailable_reason()
         if reason:
             raise UserError(reason)
-        from sftlab.export import is_adapter_dir
-
         if is_adapter_dir(path):
             raise UserError(f"{path} holds a LoRA adapter: merge it first (`sftlab export {path} -o DIR --merge`) "
                             "and serve DIR with the vllm backend")
-        from vllm import LLM
-
-        from sftlab.data.render import eot_token_ids, load_tokenizer
+        from vllm import LLM  # lazy: vllm is optional and CUDA-only; checked above
 
         self.model_id = model_id or str(path)
         # stop at the same end-of-turn tokens as the hf backend (vLLM alone knows only generation_config's eos)
@@ -47,7 +44,7 @@ class VLLMGenerator:
 
     def generate(self, conversations: list[list[dict]], params: GenerationParams,
                  tools: list[dict] | None = None) -> list[list[Reply]]:
-        from vllm import SamplingParams
+        from vllm import SamplingParams  # lazy: vllm is optional and CUDA-only
 
         check_params(params)
         sampling = SamplingParams(n=params.n, temperature=params.temperature, top_p=params.top_p, seed=params.seed,

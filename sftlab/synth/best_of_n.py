@@ -9,12 +9,15 @@ replies the verifier could not score (NaN: an unreadable judge verdict) are neit
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from sftlab.errors import UserError
 from sftlab.infer import GenerationParams, Generator
 from sftlab.synth.teacher import ask, teacher_id
 from sftlab.synth.verifiers import Verifier
@@ -38,8 +41,6 @@ def split_prompt(rec: dict[str, Any]) -> tuple[list[dict], str | None]:
     if isinstance(ref, int | float) and not isinstance(ref, bool):
         ref = str(ref)  # JSON numbers ("reference": 42, GSM8K style): the checkers read text, and 0 is a reference
     elif ref is not None and not isinstance(ref, str):
-        from sftlab.errors import UserError
-
         raise UserError(f"record {rec['id']!r}, field 'reference': must be a string or a number, "
                         f"got {type(ref).__name__}")
     if msgs and msgs[-1]["role"] == "assistant":
@@ -52,8 +53,6 @@ def best_of_n(records: list[dict[str, Any]], teacher: Generator, verifier: Verif
               threshold: float = 1.0, min_margin: float = 1e-9, pairs_format: str = "trl",
               batch_size: int = 64) -> BestOfNResult:
     """Run best-of-n over prompt records (see the module docstring)."""
-    from sftlab.errors import UserError
-
     if pairs_format not in PAIRS_FORMATS:
         raise UserError(f"--pairs-format {pairs_format!r}: use one of {', '.join(PAIRS_FORMATS)}")
     if not 0.0 <= threshold <= 1.0:  # scores are in [0, 1]: above 1 nothing passes, below 0 everything does
@@ -135,8 +134,6 @@ def format_pair(prompt: list[dict], chosen: str, rejected: str, fmt: str, meta: 
                            "chosen": {"from": "gpt", "value": chosen},
                            "rejected": {"from": "gpt", "value": rejected}}
     if tools:
-        import json
-
         row["tools"] = json.dumps(tools, ensure_ascii=False)
     row["meta"] = meta
     return row
@@ -145,9 +142,6 @@ def format_pair(prompt: list[dict], chosen: str, rejected: str, fmt: str, meta: 
 def _sharegpt_turn(m: dict[str, Any]) -> dict[str, str]:
     """One sharegpt turn; an assistant tool call is LLaMA-Factory's `function_call` turn, value
     {"name", "arguments"} as JSON (a list for parallel calls), the layout sftlab's sharegpt reader reads back."""
-    import contextlib
-    import json
-
     if m["role"] == "assistant" and m.get("tool_calls"):
         calls = []
         for c in m["tool_calls"]:

@@ -20,6 +20,8 @@ import re
 from collections import Counter
 from typing import Any
 
+from sftlab.curate.clean import clean_records
+from sftlab.errors import UserError
 from sftlab.infer import GenerationParams, Generator
 from sftlab.synth.self_instruct import RougeL, SynthResult, first_user
 from sftlab.synth.teacher import ask, teacher_id
@@ -74,8 +76,6 @@ def _check_format(form: str, text: str) -> tuple[str, str | None]:
 def rewrite_formats(records: list[dict[str, Any]], teacher: Generator, formats: tuple[str, ...], *, seed: int = 0,
                     temperature: float = 0.7, max_new_tokens: int = 512) -> SynthResult:
     """One rewrite of each record's last answer per form; kept + dropped = len(records) * len(formats)."""
-    from sftlab.errors import UserError
-
     if unknown := [f for f in formats if f not in FORMATS]:
         raise UserError(f"--rewrite-format: unknown {', '.join(unknown)} (use {', '.join(FORMATS)})")
     formats = tuple(dict.fromkeys(formats))
@@ -121,8 +121,6 @@ def _answers(teacher: Generator, prompts: list[list[dict]], seed: int, max_new_t
 
 
 def _finish(step: str, records: list[dict], dropped: list[dict], n_in: int, extra: dict) -> SynthResult:
-    from sftlab.data.curate.clean import clean_records
-
     cleaned = clean_records(records, {})
     by_id = {r["id"]: r for r in records}
     dropped += [{**d, "step": step, "reason": f"clean:{d['reason']}",
@@ -135,8 +133,6 @@ def _finish(step: str, records: list[dict], dropped: list[dict], n_in: int, extr
 def evolve(records: list[dict[str, Any]], teacher: Generator, *, ops: tuple[str, ...] = tuple(OPS), seed: int = 0,
            temperature: float = 0.7, max_new_tokens: int = 512, min_change: float = 0.8) -> SynthResult:
     """One evolution per record (op drawn with the seed); kept + dropped = len(records)."""
-    from sftlab.errors import UserError
-
     if unknown := [o for o in ops if o not in OPS]:
         raise UserError(f"--ops: unknown {', '.join(unknown)} (use {', '.join(OPS)})")
     if not ops:

@@ -16,6 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from sftlab.curate.clean import clean_records
+from sftlab.curate.dedup import DedupConfig, dedup_records, lsh_bands, lsh_candidates, signatures
+from sftlab.curate.files import load_records
+from sftlab.curate.text import prompt_text, token_hashes
+from sftlab.errors import UserError
+from sftlab.eval.judge import judge_single
+from sftlab.serve.log import export_records
 from sftlab.synth.best_of_n import format_pair
 
 
@@ -37,11 +46,6 @@ def _in_train(log: list[dict], train: list[dict], threshold: float) -> dict[str,
     threshold via MinHash LSH, the dedup step's measure). Every log prompt is checked against every training
     prompt: a keep-first dedup over train + log missed log prompts near a training prompt that was itself removed
     as a near copy of another training prompt."""
-    import numpy as np
-
-    from sftlab.data.curate.dedup import DedupConfig, lsh_bands, lsh_candidates, signatures
-    from sftlab.data.curate.text import prompt_text, token_hashes
-
     if not train or not log:
         return {}
     cfg = DedupConfig(threshold=threshold)  # the dedup step's ngram, num_perm and seed
@@ -72,10 +76,6 @@ def _feedback_score(rec: dict[str, Any]) -> float | None:
 def flywheel(log: list[dict[str, Any]], train: list[dict[str, Any]], *, judge: Any = None, min_score: float = 0.5,
              dedup_threshold: float = 0.7, clean: dict | None = None) -> FlywheelResult:
     """Route exported serve records (see the module docstring); `judge` is an sftlab.eval.judge.Judge or None."""
-    from sftlab.data.curate.clean import clean_records
-    from sftlab.data.curate.dedup import dedup_records
-    from sftlab.errors import UserError
-
     if not 0.0 <= min_score <= 1.0:  # labels are in [0, 1]: outside it every reply would land on one side
         raise UserError(f"--min-score {min_score}: labels are in [0, 1] (feedback -1/0/1 -> 0/0.5/1, judge /10)")
     dropped: list[dict[str, Any]] = []
@@ -100,8 +100,6 @@ def flywheel(log: list[dict[str, Any]], train: list[dict[str, Any]], *, judge: A
             to_judge.append(r)
     judge_info = None
     if to_judge and judge is not None:
-        from sftlab.eval.judge import judge_single
-
         rows = [{"prompt": r["messages"][:-1], "reply": r["messages"][-1]["content"], "task_type": r["task_type"]}
                 for r in to_judge]
         judge_info = judge_single(rows, judge)
@@ -156,9 +154,5 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
     """Records from a serve log: the SQLite file itself, or `sftlab serve export-log` output."""
     path = Path(path)
     if path.suffix in (".db", ".sqlite", ".sqlite3"):
-        from sftlab.serve.log import export_records
-
         return export_records(path)[0]
-    from sftlab.data.curate.io import load_records
-
     return load_records(path)

@@ -1,21 +1,20 @@
-"""Reading prompt records (they may end on a user turn) and writing a step's outputs atomically."""
+"""Reading prompt records: unlike training data they may end on a user turn (outputs are written through sftlab.io)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from sftlab.data.records import RecordError, iter_jsonl, validate_record
-from sftlab.errors import UserError
+from sftlab.curate.files import load_records
+from sftlab.data.records import validate_record
+from sftlab.errors import RecordError, UserError
+from sftlab.io import iter_jsonl
 
 
 def read_prompt_records(path: str | Path) -> list[dict[str, Any]]:
     """Canonical JSONL records; unlike training data they may end on a user turn. Duplicate ids are errors."""
     path = Path(path)
     if path.suffix not in (".jsonl", ".ndjson"):
-        from sftlab.data.curate.io import load_records
-
         return load_records(path, allow_empty_answers=True)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
@@ -45,12 +44,3 @@ def read_prompt_records(path: str | Path) -> list[dict[str, Any]]:
     if not out:
         raise UserError(f"{path}: empty file (no records)")
     return out
-
-
-def write_json(obj: Any, path: str | Path) -> None:
-    """A JSON file written atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)

@@ -1,7 +1,7 @@
 """`synth multi-turn --chain`: multi-turn records from related single-turn records, without a teacher.
 
 Single-turn records (an optional system turn, one user turn, one assistant turn) of the same task_type, tools and
-system prompt are grouped; their user turns are embedded with the shipped MiniLM model (sftlab.data.curate.embed)
+system prompt are grouped; their user turns are embedded with the shipped MiniLM model (sftlab.curate.embed)
 and a record is chained with the most similar unused records whose cosine similarity to it is >= min_similarity,
 up to max_turns exchanges in one conversation (never two records asking the same question). Seeds (chain
 starts) are visited in an order drawn with `seed`, so the same input and seed give the same chains. A record that
@@ -15,6 +15,8 @@ import random
 from collections import Counter
 from typing import Any
 
+from sftlab.curate.embed import embed_texts
+from sftlab.errors import UserError
 from sftlab.synth.self_instruct import SynthResult
 
 # Measured with all-MiniLM-L6-v2 on tests/test_synth_chain.py's questions: same-topic pairs >= 0.53,
@@ -42,9 +44,6 @@ def chain_related(records: list[dict[str, Any]], *, max_turns: int = 3, min_simi
                   cache_dir: Any = None) -> SynthResult:
     """Chain 2..max_turns related single-turn records into one dialogue each; kept + dropped covers every input
     (a chained record stands for all of its sources)."""
-    from sftlab.data.curate.embed import embed_texts
-    from sftlab.errors import UserError
-
     if max_turns < 2:
         raise UserError(f"--max-turns must be >= 2, got {max_turns}")
     eligible = [i for i, r in enumerate(records) if _single_turn(r)]

@@ -13,6 +13,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from sftlab.curate.clean import clean_records
+from sftlab.eval import metrics
 from sftlab.infer import GenerationParams, Generator
 from sftlab.synth.teacher import ask, teacher_id
 
@@ -49,9 +51,7 @@ class RougeL:
     """ROUGE-L F1 with the eval metrics' CJK-aware tokenizer (one token per CJK character)."""
 
     def __init__(self) -> None:
-        from rouge_score.rouge_scorer import RougeScorer
-
-        from sftlab.eval import metrics
+        from rouge_score.rouge_scorer import RougeScorer  # lazy: rouge_score (nltk) takes seconds to import
 
         self.scorer = RougeScorer(["rougeL"], use_stemmer=False, tokenizer=metrics.RougeTokenizer())
 
@@ -73,8 +73,6 @@ def self_instruct(seeds: list[dict[str, Any]], teacher: Generator, *, n: int, pe
                   max_chars: int = 1000, blocked_keywords: tuple[str, ...] = BLOCKED_KEYWORDS,
                   temperature: float = 1.0, max_new_tokens: int = 512, clean: dict | None = None) -> SynthResult:
     """Generate n candidate instructions per task_type of the seeds, answer and filter them."""
-    from sftlab.data.curate.clean import clean_records
-
     source = teacher_id(teacher)
     rouge = RougeL()
     by_type: dict[str, list[str]] = {}

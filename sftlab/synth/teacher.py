@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 from sftlab.errors import UserError
 from sftlab.infer import GenerationParams, Generator, Reply, load_generator
+from sftlab.io import progress_bar
 
 
 def load_teacher(teacher: str, model: str | None = None, api_key_env: str | None = None,
@@ -32,8 +37,6 @@ class CachedTeacher:
     it asks for new samples every time. Replies are committed after every generate() call (ask() sends chunks)."""
 
     def __init__(self, gen: Generator, path: str | Path) -> None:
-        import sqlite3
-
         self.gen, self.path = gen, Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -49,19 +52,12 @@ class CachedTeacher:
         return getattr(self.gen, name)
 
     def _key(self, conversation: list[dict], params: GenerationParams, tools: list[dict] | None) -> str:
-        import dataclasses
-        import hashlib
-        import json
-
         blob = json.dumps([teacher_id(self.gen), conversation, tools, dataclasses.asdict(params)], sort_keys=True,
                           ensure_ascii=False, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def generate(self, conversations: list[list[dict]], params: GenerationParams,
                  tools: list[dict] | None = None) -> list[list[Reply]]:
-        import dataclasses
-        import json
-
         if params.temperature > 0 and params.seed is None:
             self.sent += len(conversations)
             return self.gen.generate(conversations, params, tools)
@@ -93,8 +89,6 @@ def teacher_id(gen: Generator) -> str:
 def ask(gen: Generator, conversations: list[list[dict]], params: GenerationParams,
         batch_size: int = 64, label: str = "teacher") -> list[list[Reply]]:
     """generate() in chunks with a progress bar (the backend batches / parallelises inside each chunk)."""
-    from sftlab.data.curate.io import progress_bar
-
     out: list[list[Reply]] = []
     with progress_bar(disable=len(conversations) <= batch_size) as bar:
         task = bar.add_task(label, total=len(conversations))

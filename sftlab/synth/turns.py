@@ -13,6 +13,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import numpy as np
+
+from sftlab.curate.embed import embed_texts
+
 PSEUDO_MIN_SIMILARITY = 0.35  # planted glaive set (tests/test_synth_turns.py): coherent >= 0.48, spliced <= 0.22
 
 
@@ -101,10 +105,6 @@ def detect_pseudo(records: list[dict[str, Any]], *, min_similarity: float = PSEU
                   model: str | None = None, cache_dir: Any = None) -> list[dict[str, Any]]:
     """Every record, with meta.pseudo_multiturn (bool) and meta.pseudo_multiturn_score (higher = less coherent;
     single-exchange dialogues score 0)."""
-    import numpy as np
-
-    from sftlab.data.curate.embed import embed_texts
-
     parts = [exchanges(r["messages"]) for r in records]
     flat = [t for p in parts for t in p if len(p) > 1]
     emb = embed_texts(flat, model, cache_dir=cache_dir) if flat else np.zeros((0, 0), dtype=np.float32)

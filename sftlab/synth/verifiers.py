@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sftlab.errors import UserError
+from sftlab.eval.judge import Judge, judge_single
+from sftlab.eval.metrics import make_checker
 
 # (prompt messages, reply, reference, record) -> score
 ScoreBatch = Callable[[list[list[dict]], list[str], list[str | None], list[dict]], list[float]]
@@ -46,8 +48,6 @@ def _per_reply(fn: Callable[[str, str | None, dict], float]) -> ScoreBatch:
 
 def make_verifier(spec: str, judge: Any = None) -> Verifier:
     """Parse a --verifier spec (see the module docstring); `judge` is the judge's Generator for `judge`."""
-    from sftlab.eval.metrics import make_checker
-
     kind, _, arg = spec.partition(":")
     if kind == "numeric":
         try:
@@ -82,8 +82,6 @@ def make_verifier(spec: str, judge: Any = None) -> Verifier:
 
 
 def _judge_scorer(generator: Any) -> ScoreBatch:
-    from sftlab.eval.judge import Judge, judge_single
-
     judge = Judge(generator, {"mode": "single", "cache": ":memory:"})
 
     def batch(prompts: list[list[dict]], replies: list[str], refs: list[str | None], recs: list[dict]) -> list[float]:
@@ -122,7 +120,7 @@ def run_code_tests(reply: str, record: dict, timeout: float) -> float:
 
 
 def _reward_scorer(model_dir: str) -> ScoreBatch:
-    import torch
+    import torch  # lazy: torch and transformers load only for a reward-model verifier
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)

@@ -22,10 +22,12 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from sftlab.data.curate.config import StepConfig, parse_config
-from sftlab.data.curate.dedup import candidate_shingles, lsh_bands, lsh_candidates, signatures
-from sftlab.data.curate.io import AtomicJsonl, all_or_none, atomic_writer, drop
-from sftlab.data.curate.text import prompt_text, token_hashes
+from sftlab.curate.config import StepConfig, parse_config
+from sftlab.curate.dedup import candidate_shingles, lsh_bands, lsh_candidates, signatures
+from sftlab.curate.files import atomic_writer
+from sftlab.curate.step import drop
+from sftlab.curate.text import prompt_text, token_hashes
+from sftlab.io import JsonlWriter, all_or_none
 
 SPLITS = ("train", "val", "test")
 
@@ -152,7 +154,7 @@ def write_split_stream(results: Iterable[tuple[dict[str, list[dict[str, Any]]], 
     names; .parquet allowed for the splits) as they come; all four files appear at the end (on an error none is
     written). Returns the counts (info of split_records)."""
     paths = paths or {name: Path(out_dir) / f"{name}.jsonl" for name in (*SPLITS, "dropped")}
-    files = {name: atomic_writer(paths[name]) if name in SPLITS else AtomicJsonl(paths[name])
+    files = {name: atomic_writer(paths[name]) if name in SPLITS else JsonlWriter(paths[name])
              for name in (*SPLITS, "dropped")}
     with all_or_none(files.values()):
         for parts, dropped in results:

@@ -10,17 +10,16 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from array import array
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sftlab.data.curate.text import answer_text, dominant_script, prompt_text, tokens
-from sftlab.data.records import check_output_dir
+from sftlab.curate.text import answer_text, dominant_script, prompt_text, tokens
+from sftlab.io import check_output_dir, write_json, write_text
 
 PCTS = (0, 5, 25, 50, 75, 95, 99, 100)
 
@@ -34,7 +33,7 @@ def _pct(values: Sequence[int]) -> dict[str, float]:
 
 def diversity(emb: np.ndarray, n_clusters: int = 8, seed: int = 0, max_pairs_n: int = 5000) -> dict[str, Any]:
     """Mean pairwise cosine distance (on a seeded sample of <= max_pairs_n rows) and K-means cluster sizes."""
-    from sklearn.cluster import KMeans
+    from sklearn.cluster import KMeans  # lazy: scikit-learn takes seconds to import; only with embeddings
 
     rng = np.random.default_rng(seed)
     x = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
@@ -106,6 +105,14 @@ class StatsTally:
         return out
 
 
+def tally_records(chunks: Iterable[Sequence[dict[str, Any]]], tokenizer: Any = None) -> StatsTally:
+    """A StatsTally filled chunk by chunk (lengths, task indices and counters are held, not the records)."""
+    tally = StatsTally(tokenizer)
+    for chunk in chunks:
+        tally.add(chunk)
+    return tally
+
+
 def compute_stats(records: Sequence[dict[str, Any]], *, tokenizer: Any = None, emb: np.ndarray | None = None,
                   top_tokens: int = 30, seed: int = 0) -> dict[str, Any]:
     """The numbers behind stats.html for records in memory (StatsTally over one chunk)."""
@@ -122,10 +129,10 @@ def _png(fig: Any) -> str:
 
 def make_plots(stats: dict[str, Any], emb: np.ndarray | None = None) -> dict[str, str]:
     """{title: base64 PNG}: length histograms per task_type, task_type bars, PCA projection of embeddings."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib takes a second to import; only the stats page draws
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: as matplotlib
 
     plots: dict[str, str] = {}
     tasks = sorted(stats["task_types"])
@@ -149,7 +156,7 @@ def make_plots(stats: dict[str, Any], emb: np.ndarray | None = None) -> dict[str
     plots["records per task_type"] = _png(fig)
     plt.close(fig)
     if emb is not None and len(emb) >= 2:
-        from sklearn.decomposition import PCA
+        from sklearn.decomposition import PCA  # lazy: scikit-learn takes seconds to import
 
         xy = PCA(n_components=2, random_state=0).fit_transform(emb.astype(np.float64))
         fig, ax = plt.subplots(figsize=(6, 5))
@@ -212,6 +219,6 @@ def write_stats_report(stats: dict[str, Any], out_dir: str | Path, emb: np.ndarr
     out.mkdir(parents=True, exist_ok=True)
     plots = make_plots(stats, emb)
     saved = {k: v for k, v in stats.items() if not k.startswith("_")}
-    (out / "stats.json").write_text(json.dumps(saved, indent=2, ensure_ascii=False), encoding="utf-8")
-    (out / "stats.html").write_text(render_html(saved, plots), encoding="utf-8")
+    write_json(saved, out / "stats.json")
+    write_text(render_html(saved, plots), out / "stats.html")
     return stats

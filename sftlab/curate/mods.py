@@ -5,7 +5,7 @@
 3. necessity (optional): a model fine-tuned on the seed records answers the other high-quality instructions;
    those whose generated answer scores < beta are what the model still needs, and K-Center-Greedy picks aug_k
    of them. The fine-tuned model is either given (necessity_model: trained elsewhere) or trained here on the
-   seed records with sftlab's own training engine (train_seed_model: a RunConfig fragment, see below).
+   seed records with sftlab's own training engine (scoring.train_seed_model).
 The result is seed + augmented records; meta.mods_stage says which, meta.reward the quality score, and
 StepResult.info the count of every stage (mods_summary formats it).
 
@@ -16,19 +16,18 @@ generated and scored in windows of whole batches, so the list path (mods_select)
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import Field
 
-from sftlab.data.curate.config import StepConfig, parse_config
-from sftlab.data.curate.ifd import batch_window
-from sftlab.data.curate.io import StepResult, chunks_with_rows, drop, windows
-from sftlab.data.curate.reward import reward_scores, reward_scores_of_chunks
-from sftlab.data.curate.select import kcenter_greedy
+from sftlab.curate.config import StepConfig, parse_config
+from sftlab.curate.reward import reward_scores, reward_scores_of_chunks
+from sftlab.curate.scoring import batch_window, chunks_with_rows, windows
+from sftlab.curate.select import kcenter_greedy
+from sftlab.curate.step import StepResult, drop
+from sftlab.eval.generate import generate_replies
 
 
 class MoDSConfig(StepConfig):
@@ -46,80 +45,12 @@ class MoDSConfig(StepConfig):
 def generate_answers(records: Sequence[dict[str, Any]], model: Any, tokenizer: Any, *, max_new_tokens: int = 256,
                      batch_size: int = 8) -> list[str]:
     """Greedy answers to each record's conversation up to its last assistant turn (stops at end-of-turn)."""
-    from sftlab.eval.generate import generate_replies
-
     convs = []
     for r in records:
         last = max(i for i, m in enumerate(r["messages"]) if m.get("role") == "assistant")
         convs.append([{"role": m["role"], "content": m.get("content") or ""} for m in r["messages"][:last]])
     replies = generate_replies(model, tokenizer, convs, max_new_tokens=max_new_tokens, batch_size=batch_size)
     return [x["text"] for x in replies]
-
-
-# The small run that fine-tunes the initial model on the seed records when `select mods` trains it itself.
-# Why these values: MoDS fine-tunes the seed set for a few epochs at the usual SFT learning rate; everything can
-# be replaced by a --train-config file (model/data/train keys) and dotted --train-set overrides.
-SEED_TRAIN_DEFAULTS: dict[str, Any] = {
-    "data": {"max_length": 1024},
-    "train": {"num_train_epochs": 3, "learning_rate": 2e-5, "per_device_train_batch_size": 4,
-              "gradient_accumulation_steps": 1, "report_to": [], "save_steps": 0, "eval_steps": 0},
-}
-
-
-def seed_run_config(work_dir: str | Path, *, base_model: str | None = None, train_config: dict[str, Any] | None = None,
-                    overrides: Sequence[str] = (), command: str = "select mods") -> Any:
-    """The RunConfig of the seed run: SEED_TRAIN_DEFAULTS, then train_config (replacing keys within
-    model/data/train), then base_model as model.name_or_path, then the dotted overrides; data.train
-    (WORK/seed.jsonl) and train.output_dir (WORK/run) are set here. Built before any scoring, so bad keys fail fast.
-    command names the calling command in errors (`select ifd --pre-experience` trains through here too).
-    """
-    from sftlab.config import ConfigError, build_config
-
-    work = Path(work_dir)
-    raw = copy.deepcopy(SEED_TRAIN_DEFAULTS)
-    for part, values in (train_config or {}).items():
-        if isinstance(values, dict) and isinstance(raw.get(part), dict):
-            raw[part].update(values)
-        else:
-            raw[part] = values
-    if base_model is not None:
-        raw.setdefault("model", {})["name_or_path"] = base_model
-    if not (raw.get("model") or {}).get("name_or_path"):
-        raise ConfigError(f"{command}: the seed model needs a base model (--base-model or model.name_or_path in "
-                          "--train-config)")
-    for key in ("data.train", "train.output_dir"):
-        part, sub = key.split(".")
-        if sub in (raw.get(part) or {}):
-            raise ConfigError(f"{command}: --train-config key '{key}' is set by the command")
-    raw["data"]["train"] = [str(work / "seed.jsonl")]
-    raw["train"]["output_dir"] = str(work / "run")
-    return build_config(raw, list(overrides), source=f"{command} --train-config")
-
-
-def train_seed_model(seed_records: Sequence[dict[str, Any]], work_dir: str | Path, *, base_model: str | None = None,
-                     train_config: dict[str, Any] | None = None, overrides: Sequence[str] = (),
-                     command: str = "select mods") -> Path:
-    """Fine-tune the initial model on the seed records with sftlab's training loop (config: seed_run_config);
-    returns its final/ dir."""
-    from sftlab.data.records import write_jsonl
-    from sftlab.train.loop import train
-
-    cfg = seed_run_config(work_dir, base_model=base_model, train_config=train_config, overrides=overrides,
-                          command=command)
-    Path(work_dir).mkdir(parents=True, exist_ok=True)
-    write_jsonl(list(seed_records), cfg.data.train[0].path)
-    return train(cfg)
-
-
-def load_generation_model(path: str | Path) -> tuple[Any, Any]:
-    """(model, tokenizer) of a trained final/ dir (full weights or a LoRA adapter), on CUDA when present."""
-    import torch
-
-    from sftlab.data.render import load_tokenizer
-    from sftlab.export import load_for_inference
-
-    model = load_for_inference(path).to("cuda" if torch.cuda.is_available() else "cpu").eval()
-    return model, load_tokenizer(str(path))
 
 
 def _with_answer(rec: dict[str, Any], answer: str) -> dict[str, Any]:

@@ -12,9 +12,9 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from sftlab.data.curate.config import StepConfig, parse_config
-from sftlab.data.curate.io import StepResult, drop
-from sftlab.data.curate.text import (
+from sftlab.curate.config import StepConfig, parse_config
+from sftlab.curate.step import StepResult, drop
+from sftlab.curate.text import (
     answer_text,
     natural_text,
     normalise,

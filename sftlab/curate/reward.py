@@ -1,7 +1,7 @@
 """`select reward`: score each conversation with a reward model (any AutoModelForSequenceClassification with
 one output) and keep records whose score is >= min_score, or the top fraction / k.
 
-Records are scored in windows of whole batches (ifd.batch_window), in input order, so the batches
+Records are scored in windows of whole batches (scoring.batch_window), in input order, so the batches
 are the same whether the records come as a list or chunk by chunk; `select reward` streams (scores first, then
 the records again to write)."""
 
@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 from pydantic import Field, model_validator
 
-from sftlab.data.curate.config import StepConfig, parse_config
-from sftlab.data.curate.ifd import batch_window, top_selection
-from sftlab.data.curate.io import StepResult, chunks_with_rows, drop, windows
+from sftlab.curate.config import StepConfig, parse_config
+from sftlab.curate.scoring import batch_window, chunks_with_rows, top_selection, windows
+from sftlab.curate.step import StepResult, drop
 from sftlab.errors import UserError
 
 
@@ -37,7 +37,7 @@ class RewardConfig(StepConfig):
 
 def load_reward_model(path: str) -> tuple[Any, Any]:
     """(model, tokenizer); the pad token is made known to the model so batched scoring finds each last token."""
-    import torch
+    import torch  # lazy: torch and transformers load only when a step scores with a model
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     try:
@@ -71,7 +71,7 @@ def reward_scores_of_chunks(chunks: Iterable[Sequence[dict[str, Any]]], model: A
                             batch_size: int = 8, max_length: int = 2048) -> np.ndarray:
     """reward_scores over records read chunk by chunk; windows hold whole batches, so batch b is always records
     [b * batch_size, (b + 1) * batch_size) of the input."""
-    import torch
+    import torch  # lazy: torch loads only when a step scores with a model
 
     dev = next(model.parameters()).device
     tokenizer.padding_side = "right"

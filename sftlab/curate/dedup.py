@@ -13,16 +13,20 @@ tokens at all are only compared exactly.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
+from rensa import RMinHash
 
-from sftlab.data.curate.config import StepConfig, parse_config
-from sftlab.data.curate.io import StepResult, drop
-from sftlab.data.curate.text import field_text, mix64, token_hashes
+from sftlab.curate.config import StepConfig, parse_config
+from sftlab.curate.embed import DEFAULT_CACHE, embed_texts
+from sftlab.curate.step import StepResult, drop
+from sftlab.curate.text import field_text, mix64, token_hashes
 from sftlab.errors import UserError
 
 
@@ -145,8 +149,6 @@ def lsh_candidates(sig: np.ndarray | Sequence[np.ndarray], bands: int) -> tuple[
 def signatures(th: np.ndarray, lens: np.ndarray, ngram: int, num_perm: int,
                seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(flat shingle hashes, row offsets, MinHash signature matrix uint32 [rows, num_perm]) via rensa."""
-    from rensa import RMinHash
-
     flat, off = shingle_hashes(th, lens, ngram)
     sig = RMinHash.digest_matrix_from_flat_token_hashes(flat, off.astype(np.uint64), num_perm, seed)
     return flat, off, np.array(sig.to_rows(), dtype=np.uint32).reshape(len(lens), num_perm)
@@ -188,9 +190,6 @@ def _features(texts: list[str], cfg: DedupConfig, chunk_size: int) -> list[tuple
     chunks = [texts[s:s + chunk_size] for s in range(0, len(texts), chunk_size)]
     args = (cfg.ngram, cfg.num_perm, cfg.seed, cfg.mode == "near")
     if cfg.workers > 1 and len(chunks) > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
         with ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn")) as ex:
             return list(ex.map(_chunk_features, chunks, *[[a] * len(chunks) for a in args]))
     return [_chunk_features(c, *args) for c in chunks]
@@ -202,7 +201,7 @@ def _semantic_groups(emb: np.ndarray, group_size: int, seed: int) -> list[np.nda
     n = emb.shape[0]
     if n <= group_size:
         return [np.arange(n)]
-    from sklearn.cluster import KMeans
+    from sklearn.cluster import KMeans  # lazy: scikit-learn takes seconds to import
 
     k = -(-n // group_size)
     labels = KMeans(n_clusters=k, n_init=1, random_state=seed).fit(emb.astype(np.float64)).labels_
@@ -322,8 +321,6 @@ def dedup_records(records: Sequence[dict[str, Any]], config: DedupConfig | dict 
 
     n_semantic = 0
     if cfg.semantic_threshold is not None:
-        from sftlab.data.curate.embed import DEFAULT_CACHE, embed_texts
-
         alive = [p for p in range(len(order)) if p not in rep_of]
         emb = embed_texts([field_text(records[order[p]], cfg.field) for p in alive], cfg.embedding_model,
                           cache_dir=cache_dir or DEFAULT_CACHE)
@@ -425,8 +422,6 @@ def _semantic_pass(read_chunks: Callable[[], Iterable[Sequence[dict[str, Any]]]]
                    cache_dir: Any) -> int:
     """Adds semantic duplicates to rep_of and returns how many: the survivors are embedded chunk by chunk as
     they are read again, then searched in priority order (semantic_duplicates); only their rows are held."""
-    from sftlab.data.curate.embed import DEFAULT_CACHE, embed_texts
-
     alive = np.asarray([p for p in range(n) if p not in rep_of], dtype=np.int64)  # input order
     parts, start = [], 0
     for chunk in read_chunks():

@@ -19,17 +19,20 @@ from typing import Any
 import numpy as np
 from pydantic import Field, model_validator
 
-from sftlab.data.curate.config import StepConfig, parse_config
-from sftlab.data.curate.io import StepResult, chunks_with_rows, drop, windows
+from sftlab.curate.config import StepConfig, parse_config
+from sftlab.curate.embed import embed_records
+from sftlab.curate.scoring import (
+    chunks_with_rows,
+    load_causal_lm,
+    load_generation_model,
+    score_windows,
+    top_selection,
+    train_seed_model,
+)
+from sftlab.curate.select import ClusterConfig, cluster_select
+from sftlab.curate.step import StepResult, drop
 from sftlab.data.render import load_tokenizer, render_records
 from sftlab.errors import UserError
-
-SCORE_WINDOW = 1024  # records rendered and scored together (length sort and batches stay inside a window)
-
-
-def batch_window(batch_size: int) -> int:
-    """SCORE_WINDOW rounded up to whole batches: scoring in input order then batches exactly as on the list."""
-    return batch_size * -(-SCORE_WINDOW // batch_size)
 
 
 class IFDConfig(StepConfig):
@@ -56,7 +59,7 @@ def _device(model: Any) -> Any:
 
 def mean_answer_losses(model: Any, samples: Sequence[dict[str, Any]], pad_id: int, batch_size: int = 8) -> np.ndarray:
     """Mean NLL over each sample's supervised tokens (labels != -100), batched; float64 [len(samples)]."""
-    import torch
+    import torch  # lazy: torch loads only when a step scores with a model
 
     out = np.zeros(len(samples), dtype=np.float64)
     order = sorted(range(len(samples)), key=lambda i: samples[i]["num_tokens"])
@@ -82,18 +85,6 @@ def mean_answer_losses(model: Any, samples: Sequence[dict[str, Any]], pad_id: in
     return out
 
 
-def load_causal_lm(path: str) -> Any:
-    """AutoModelForCausalLM in float32 on CUDA when present, else CPU, in eval mode."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    except OSError as e:
-        raise UserError(f"cannot load model {path!r}: {str(e).splitlines()[0]}") from None
-    return model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
-
-
 def conditional_losses(records: Sequence[dict[str, Any]], model: Any, tokenizer: Any, *, batch_size: int = 8,
                        max_length: int = 2048) -> np.ndarray:
     """Mean NLL of each record's last assistant turn given the conversation (the numerator of IFD; its exp is
@@ -114,7 +105,7 @@ def answer_perplexities_of_chunks(chunks: Iterable[Sequence[dict[str, Any]]], mo
     """answer_perplexities over records read chunk by chunk, scored in windows of SCORE_WINDOW records."""
     model, tokenizer = load_causal_lm(model_path), load_tokenizer(model_path)
     parts = [np.zeros(0)] + [conditional_losses(w, model, tokenizer, batch_size=batch_size, max_length=max_length)
-                             for w in windows(chunks, SCORE_WINDOW)]
+                             for w in score_windows(chunks)]
     return np.exp(np.concatenate(parts))
 
 
@@ -129,7 +120,7 @@ def ifd_scores_of_chunks(chunks: Iterable[Sequence[dict[str, Any]]], model: Any,
     """ifd_scores over records read chunk by chunk, scored in windows of SCORE_WINDOW records."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     lcs, lds = [np.zeros(0)], [np.zeros(0)]
-    for window in windows(chunks, SCORE_WINDOW):
+    for window in score_windows(chunks):
         lcs.append(conditional_losses(window, model, tokenizer, batch_size=batch_size, max_length=max_length))
         alone = [{"id": r["id"], "task_type": r["task_type"], "tools": None,
                   "messages": [{"role": "user", "content": ""},
@@ -139,15 +130,6 @@ def ifd_scores_of_chunks(chunks: Iterable[Sequence[dict[str, Any]]], model: Any,
         lds.append(mean_answer_losses(model, direct, pad, batch_size))
     lc, ld = np.concatenate(lcs), np.concatenate(lds)
     return lc / np.maximum(ld, 1e-12), lc, ld
-
-
-def top_selection(scores: np.ndarray, keep_fraction: float | None, k: int | None) -> set[int]:
-    """Indices of the highest scores (ties broken by index), all when neither bound is given."""
-    n = len(scores)
-    if keep_fraction is not None:
-        k = max(1, round(keep_fraction * n)) if n else 0
-    order = sorted(range(n), key=lambda i: (-scores[i], i))
-    return set(order if k is None else order[:k])
 
 
 # The pre-experience run (Cherry LLM): one short epoch on the sampled records; --train-config / --train-set
@@ -167,10 +149,7 @@ def pre_experience_model(records: Sequence[dict[str, Any]], emb: np.ndarray, n: 
                          work_dir: str | Path, *, train_config: dict[str, Any] | None = None,
                          overrides: Sequence[str] = (), seed: int = 0) -> tuple[Path, list[int]]:
     """K-means on emb into n clusters, the record nearest each centre, then one short epoch of base_model on
-    them with sftlab's training loop (mods.train_seed_model); returns (final/ dir, chosen indices)."""
-    from sftlab.data.curate.mods import train_seed_model
-    from sftlab.data.curate.select import ClusterConfig, cluster_select
-
+    them with sftlab's training loop (scoring.train_seed_model); returns (final/ dir, chosen indices)."""
     res = cluster_select(records, emb, ClusterConfig(n_clusters=n, per_cluster=1, seed=seed))
     chosen_ids = {r["id"] for r in res.kept}
     chosen = [i for i, r in enumerate(records) if r["id"] in chosen_ids]
@@ -192,13 +171,9 @@ def ifd_select(records: Sequence[dict[str, Any]], model_path: str, config: IFDCo
     cfg = config if isinstance(config, IFDConfig) else parse_config(IFDConfig, "select ifd", config)
     info: dict[str, Any] = {"scorer": str(model_path), "scored": len(records)}
     if cfg.pre_experience is not None:
-        from sftlab.data.curate.mods import load_generation_model
-
         if work_dir is None:
             raise UserError("select ifd: pre_experience needs a work directory for its training run (--work-dir)")
         if emb is None:
-            from sftlab.data.curate.embed import embed_records
-
             emb = embed_records(records)
         final, chosen = pre_experience_model(records, emb, cfg.pre_experience, model_path, work_dir,
                                              train_config=train_config, overrides=train_overrides, seed=cfg.seed)

@@ -14,8 +14,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from sftlab.data.curate.config import StepConfig, parse_config
-from sftlab.data.curate.io import StepResult, chunks_with_rows, drop
+from sftlab.curate.config import StepConfig, parse_config
+from sftlab.curate.scoring import chunks_with_rows
+from sftlab.curate.step import StepResult, drop
 from sftlab.errors import UserError
 
 
@@ -128,7 +129,7 @@ def cluster_choice(emb: np.ndarray, config: ClusterConfig | dict | None = None, 
                    perplexity: np.ndarray | None = None) -> tuple[np.ndarray, set[int], set[int]]:
     """(cluster label per row, rows kept, rows outside the perplexity band): K-means, then per_cluster rows
     of each cluster (closest to the centroid or seeded random; band 'middle': only inside the band)."""
-    from sklearn.cluster import KMeans
+    from sklearn.cluster import KMeans  # lazy: scikit-learn takes seconds to import; only cluster selection
 
     cfg = config if isinstance(config, ClusterConfig) else parse_config(ClusterConfig, "select cluster", config)
     if cfg.band == "middle" and (perplexity is None or len(perplexity) != len(emb)):

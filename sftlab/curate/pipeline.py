@@ -34,8 +34,22 @@ from typing import Any
 import numpy as np
 import yaml
 
-from sftlab.data.curate.io import StepResult, dropped_path, reread_record_chunks, write_result_stream
+from sftlab.curate.clean import CleanConfig, clean_stream
+from sftlab.curate.config import StepConfig, parse_config
+from sftlab.curate.dedup import DedupConfig, can_stream, dedup_exact_stream, dedup_in_passes, dedup_records
+from sftlab.curate.embed import DEFAULT_CACHE, embed_record_chunks
+from sftlab.curate.files import reread_record_chunks
+from sftlab.curate.ifd import IFDConfig, answer_perplexities_of_chunks, ifd_select_stream
+from sftlab.curate.mix import MixConfig, mix_stream, plan_mix
+from sftlab.curate.mods import MoDSConfig, mods_select_stream
+from sftlab.curate.reward import RewardConfig, load_reward_model, reward_select_stream
+from sftlab.curate.scoring import load_causal_lm
+from sftlab.curate.select import ClusterConfig, KCenterConfig, cluster_select_stream, kcenter_select_stream
+from sftlab.curate.split import SPLITS, SplitConfig, split_stream, write_split_stream
+from sftlab.curate.step import StepResult, dropped_path, write_result_stream
+from sftlab.data.render import load_tokenizer
 from sftlab.errors import UserError
+from sftlab.io import atomic_path, write_json
 
 CHUNK = 2048
 Chunks = Callable[[], Iterator[list[dict[str, Any]]]]  # re-readable: each call reads the records again
@@ -51,23 +65,11 @@ def _whole(read: Chunks) -> list[dict[str, Any]]:
 
 
 def _clean(read: Chunks, o: dict, base: Path) -> Iterable[StepResult]:
-    from sftlab.data.curate.clean import clean_stream
-    from sftlab.data.render import load_tokenizer
-
     tok = o.pop("tokenizer", None)
     return clean_stream(read(), o, tokenizer=load_tokenizer(_path(base, tok)) if tok else None)
 
 
 def _dedup(read: Chunks, o: dict, base: Path) -> Iterable[StepResult]:
-    from sftlab.data.curate.config import parse_config
-    from sftlab.data.curate.dedup import (
-        DedupConfig,
-        can_stream,
-        dedup_exact_stream,
-        dedup_in_passes,
-        dedup_records,
-    )
-
     cfg = parse_config(DedupConfig, "dedup", o)
     if cfg.workers > 1:  # the process pool shards the whole list
         return [dedup_records(_whole(read), cfg)]
@@ -75,8 +77,6 @@ def _dedup(read: Chunks, o: dict, base: Path) -> Iterable[StepResult]:
 
 
 def _emb(read: Chunks, o: dict, base: Path) -> np.ndarray:
-    from sftlab.data.curate.embed import DEFAULT_CACHE, embed_record_chunks
-
     model = o.pop("embed_model", None)
     model = _path(base, model) if model and Path(base, model).exists() else model
     _, emb, warning = embed_record_chunks(read, model, field=o.pop("field", "prompt"),
@@ -87,19 +87,13 @@ def _emb(read: Chunks, o: dict, base: Path) -> np.ndarray:
 
 
 def _kcenter(read: Chunks, o: dict, base: Path) -> Iterable[StepResult]:
-    from sftlab.data.curate.select import kcenter_select_stream
-
     emb = _emb(read, o, base)
     return kcenter_select_stream(read, emb, o)
 
 
 def _cluster(read: Chunks, o: dict, base: Path) -> Iterable[StepResult]:
-    from sftlab.data.curate.select import cluster_select_stream
-
     ppl = None
     if o.get("band") == "middle":  # the answer perplexity model: `model: PATH`
-        from sftlab.data.curate.ifd import answer_perplexities_of_chunks
-
         ppl = answer_perplexities_of_chunks(read(), _model(o, base, "select_cluster"))
     emb = _emb(read, o, base)
     return cluster_select_stream(read, emb, o, perplexity=ppl)
@@ -113,23 +107,14 @@ def _model(o: dict, base: Path, step: str) -> str:
 
 
 def _ifd(read: Chunks, o: dict, base: Path) -> Iterable[StepResult]:
-    from sftlab.data.curate.ifd import ifd_select_stream
-
     return ifd_select_stream(read, _model(o, base, "select_ifd"), o)
 
 
 def _reward(read: Chunks, o: dict, base: Path) -> Iterable[StepResult]:
-    from sftlab.data.curate.reward import reward_select_stream
-
     return reward_select_stream(read, _model(o, base, "select_reward"), o)
 
 
 def _mods(read: Chunks, o: dict, base: Path) -> Iterable[StepResult]:
-    from sftlab.data.curate.ifd import load_causal_lm
-    from sftlab.data.curate.mods import mods_select_stream
-    from sftlab.data.curate.reward import load_reward_model
-    from sftlab.data.render import load_tokenizer
-
     if "reward_model" in o:
         o["model"] = o.pop("reward_model")
     rm, rtok = load_reward_model(_model(o, base, "select_mods"))
@@ -142,8 +127,6 @@ def _mods(read: Chunks, o: dict, base: Path) -> Iterable[StepResult]:
 
 
 def _mix(read: Chunks, o: dict, base: Path) -> Iterable[StepResult]:
-    from sftlab.data.curate.mix import mix_stream, plan_mix
-
     gen = o.pop("general", None)
     read_general: Chunks = (lambda: iter(())) if not gen else reread_record_chunks(
         [_path(base, g) for g in ([gen] if isinstance(gen, str) else gen)], chunk_size=CHUNK, label="mix (general)")
@@ -156,31 +139,25 @@ STEPS: dict[str, Callable[[Chunks, dict, Path], Iterable[StepResult]]] = {
     "select_ifd": _ifd, "select_reward": _reward, "select_mods": _mods, "mix": _mix,
 }
 SEEDED = {"dedup", "select_kcenter", "select_cluster", "select_mods", "mix", "split"}
-# step -> (module, its options class, the options the pipeline itself takes before the class parses the rest)
-OPTIONS: dict[str, tuple[str, str, set[str]]] = {
-    "clean": ("clean", "CleanConfig", {"tokenizer"}),
-    "dedup": ("dedup", "DedupConfig", set()),
-    "select_kcenter": ("select", "KCenterConfig", {"embed_model", "field", "cache_dir"}),
-    "select_cluster": ("select", "ClusterConfig", {"embed_model", "field", "cache_dir", "model"}),
-    "select_ifd": ("ifd", "IFDConfig", {"model"}),
-    "select_reward": ("reward", "RewardConfig", {"model"}),
-    "select_mods": ("mods", "MoDSConfig", {"model", "reward_model", "necessity_model", "embed_model", "field",
-                                           "cache_dir"}),
-    "mix": ("mix", "MixConfig", {"general"}),
-    "split": ("split", "SplitConfig", set()),
+# step -> (its options class, the options the pipeline itself takes before the class parses the rest)
+OPTIONS: dict[str, tuple[type[StepConfig], set[str]]] = {
+    "clean": (CleanConfig, {"tokenizer"}),
+    "dedup": (DedupConfig, set()),
+    "select_kcenter": (KCenterConfig, {"embed_model", "field", "cache_dir"}),
+    "select_cluster": (ClusterConfig, {"embed_model", "field", "cache_dir", "model"}),
+    "select_ifd": (IFDConfig, {"model"}),
+    "select_reward": (RewardConfig, {"model"}),
+    "select_mods": (MoDSConfig, {"model", "reward_model", "necessity_model", "embed_model", "field", "cache_dir"}),
+    "mix": (MixConfig, {"general"}),
+    "split": (SplitConfig, set()),
 }
 
 
 def check_step_options(name: str, opts: dict[str, Any]) -> None:
     """Parse a step's options as its command would, before any step runs: a typo in step 3 fails at once, not
     after steps 1-2 have run for an hour."""
-    import importlib
-
-    from sftlab.data.curate.config import parse_config
-
-    module, cls, own = OPTIONS[name]
-    parse_config(getattr(importlib.import_module(f"sftlab.data.curate.{module}"), cls), name,
-                 {k: v for k, v in opts.items() if k not in own})
+    cls, own = OPTIONS[name]
+    parse_config(cls, name, {k: v for k, v in opts.items() if k not in own})
     needs_model = name in ("select_ifd", "select_reward") or (name == "select_cluster" and opts.get("band") == "middle")
     if (needs_model and "model" not in opts) or (name == "select_mods" and not {"model", "reward_model"} & set(opts)):
         raise UserError(f"step {name} needs 'model' (a model directory or id)")
@@ -188,12 +165,10 @@ def check_step_options(name: str, opts: dict[str, Any]) -> None:
 
 def _concatenate(parts: list[Path], out: Path) -> None:
     """Files appended in order into out (written under a temporary name, then renamed)."""
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "wb") as dst:
+    with atomic_path(out) as tmp, open(tmp, "wb") as dst:
         for part in parts:
             with open(part, "rb") as src:
                 shutil.copyfileobj(src, dst)
-    tmp.replace(out)
 
 
 def _fingerprint(base: Path, inputs: list[str], steps: list[tuple[str, dict]]) -> str:
@@ -216,16 +191,9 @@ def _fingerprint(base: Path, inputs: list[str], steps: list[tuple[str, dict]]) -
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def run_pipeline(config_path: str | Path, echo: Callable[[str], None] = print, *, fresh: bool = False
-                 ) -> dict[str, Any]:
-    """Run the steps of a pipeline YAML; returns the report written to OUTPUT.report.json.
-
-    Resumable: each finished step but the last leaves its records, its removed rows and a fingerprint of what
-    it depended on in the work directory; a failed or interrupted run keeps them, and the next run reuses every
-    leading step whose fingerprint still matches (fresh=True ignores them). A successful run removes the work."""
-    from sftlab.eval.run import write_json_atomic
-
-    config_path = Path(config_path)
+def read_plan(config_path: Path) -> tuple[list[str], Path, list[tuple[str, dict]]]:
+    """(inputs, output, [(step, options)]) of a pipeline YAML, paths relative to it; the whole plan, every step's
+    options included, is checked before any step runs."""
     base = config_path.parent
     try:
         cfg = yaml.safe_load(config_path.read_text(encoding="utf-8"))
@@ -260,6 +228,19 @@ def run_pipeline(config_path: str | Path, echo: Callable[[str], None] = print, *
         except UserError as e:
             raise UserError(f"{config_path}: steps[{n}]: {e}") from None
         plan.append((name, opts))
+    return inputs, output, plan
+
+
+def run_pipeline(config_path: str | Path, echo: Callable[[str], None] = print, *, fresh: bool = False
+                 ) -> dict[str, Any]:
+    """Run the steps of a pipeline YAML; returns the report written to OUTPUT.report.json.
+
+    Resumable: each finished step but the last leaves its records, its removed rows and a fingerprint of what
+    it depended on in the work directory; a failed or interrupted run keeps them, and the next run reuses every
+    leading step whose fingerprint still matches (fresh=True ignores them). A successful run removes the work."""
+    config_path = Path(config_path)
+    base = config_path.parent
+    inputs, output, plan = read_plan(config_path)
     suffix = ".parquet" if output.suffix == ".parquet" else ".jsonl"
     work = output.with_name(f".{output.name}.work")
     if fresh:
@@ -301,8 +282,6 @@ def run_pipeline(config_path: str | Path, echo: Callable[[str], None] = print, *
                     old.unlink()
         try:
             if name == "split":
-                from sftlab.data.curate.split import SPLITS, split_stream, write_split_stream
-
                 paths = {part: output.with_name(f"{output.stem}.{part}{output.suffix or '.jsonl'}") for part in SPLITS}
                 info = write_split_stream(split_stream(read, opts), paths=paths | {"dropped": work / f"{n}.dropped"})
                 dropped.append(work / f"{n}.dropped")
@@ -329,7 +308,7 @@ def run_pipeline(config_path: str | Path, echo: Callable[[str], None] = print, *
         if n == 0:
             report["inputs"] = n_inputs[0]
         if not is_last:
-            write_json_atomic({"key": _fingerprint(base, inputs, plan[:n + 1]), "summary": tally.summary(),
+            write_json({"key": _fingerprint(base, inputs, plan[:n + 1]), "summary": tally.summary(),
                                "row": json.loads(json.dumps(row, default=str)), **({"inputs": n_inputs[0]}
                                                                                     if n == 0 else {})}, done)
         read = reread_record_chunks(last, chunk_size=CHUNK, allow_empty_answers=True, warn=False, label=label(n + 1))
@@ -339,6 +318,6 @@ def run_pipeline(config_path: str | Path, echo: Callable[[str], None] = print, *
     _concatenate(dropped, dropped_path(output))
     last.replace(output)
     report["output"] = report["steps"][-1].get("train", report["steps"][-1].get("kept"))
-    output.with_name(output.stem + ".report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    write_json(report, output.with_name(output.stem + ".report.json"))
     shutil.rmtree(work, ignore_errors=True)
     return report

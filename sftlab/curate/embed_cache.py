@@ -19,15 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
+from sftlab.io import atomic_path
+
 MAX_SHARDS = 64
 _KEYS, _VECS = ".keys.npy", ".vecs.npy"
 
 
 def _write_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "wb") as f:  # a file object keeps the exact name (np.save would append .npy)
+    with atomic_path(path, unique=True) as tmp, open(tmp, "wb") as f:  # a file object: np.save would append .npy
         np.save(f, array)
-    os.replace(tmp, path)
 
 
 class EmbeddingCache:
@@ -124,14 +124,14 @@ class EmbeddingCache:
         uniq, first = np.unique(self.keys[rows], return_index=True)
         where = self.where[rows[first]]
         name = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        tmp = self.root / f".{name}{_VECS}.tmp"
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(uniq), self.vecs[0].shape[1]))
-        for shard in shards:
-            sel = np.flatnonzero(where[:, 0] == shard)
-            out[sel] = self.vecs[shard][where[sel, 1]]
-        out.flush()
-        del out
-        os.replace(tmp, self.root / f"{name}{_VECS}")
+        with atomic_path(self.root / f"{name}{_VECS}", unique=True) as tmp:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                                            shape=(len(uniq), self.vecs[0].shape[1]))
+            for shard in shards:
+                sel = np.flatnonzero(where[:, 0] == shard)
+                out[sel] = self.vecs[shard][where[sel, 1]]
+            out.flush()
+            del out
         _write_npy(self.root / f"{name}{_KEYS}", uniq)
         for old in names:
             for suffix in (_KEYS, _VECS):  # keys first: a shard without its keys file is never read
