@@ -11,6 +11,7 @@ provenance in meta.flywheel.
 from __future__ import annotations
 
 import json
+import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,7 +159,11 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
     if path.suffix in (".db", ".sqlite", ".sqlite3"):
         from sftlab.serve.log import export_records
 
-        return export_records(path)[0]
+        export = export_records(path)
+        if export.rejects:  # never silently: export-log writes them out with their reasons
+            print(f"warning: {len(export.rejects)} rows of {path} cannot be read as records and are left out; "
+                  f"`sftlab serve export-log {path} -o OUT` lists them in OUT.rejects.jsonl", file=sys.stderr)
+        return export.records
     from sftlab.data.curate.io import load_records
 
     return load_records(path)
