@@ -45,6 +45,8 @@ def serve(ctx: typer.Context,
                                                        "given)."),
           max_batch_size: int = typer.Option(32, help="Most rows per generate call (1 = one request at a time)."),
           max_wait_ms: float = typer.Option(5.0, help="How long a batch waits for more requests to join."),
+          max_model_len: int | None = typer.Option(None, help="Context length to serve (prompt + reply tokens; "
+                                                   "default: the model's)."),
           tool_call_parser: str = typer.Option("auto", help="How tool calls are read from the model's text: "
                                                "hermes (<tool_call> JSON, sftlab's and Qwen2.5's layout) | none; "
                                                "auto = hermes for --model, none for --upstream."),
@@ -64,9 +66,9 @@ def serve(ctx: typer.Context,
 
     if (model is None) == (upstream is None):
         raise UserError("give exactly one of --model DIR or --upstream URL")
-    if upstream and (served_model_name or backend != "hf"):  # would be silently ignored in gateway mode
-        raise UserError("--served-model-name and --backend apply to --model; in gateway mode clients use the "
-                        "upstream's model name (choose it with --upstream-model)")
+    if upstream and (served_model_name or backend != "hf" or max_model_len):  # silently ignored in gateway mode
+        raise UserError("--served-model-name, --backend and --max-model-len apply to --model; in gateway mode "
+                        "clients use the upstream's model name (choose it with --upstream-model)")
     if tool_call_parser not in ("auto", "none", *TOOL_CALL_PARSERS):
         raise UserError(f"--tool-call-parser {tool_call_parser!r}: known parsers are "
                         f"{', '.join(('auto', 'none', *TOOL_CALL_PARSERS))}")
@@ -74,8 +76,9 @@ def serve(ctx: typer.Context,
         generator = load_generator({"base_url": upstream, "model": upstream_model,
                                     "api_key_env": upstream_api_key_env, "concurrency": max(1, max_batch_size)})
     else:
-        generator = load_generator(model, backend=backend, model_id=served_model_name or str(model),
-                                   **({"batch_size": max_batch_size} if backend == "hf" else {}))
+        options = {"batch_size": max_batch_size, "max_context": max_model_len} if backend == "hf" else (
+            {"max_model_len": max_model_len} if max_model_len else {})
+        generator = load_generator(model, backend=backend, model_id=served_model_name or str(model), **options)
     log_path = log or default_log_path(model)
     request_log = RequestLog(log_path)
     typer.echo(f"serving {generator.model_id!r} on http://{host}:{port}/v1 "

@@ -94,14 +94,25 @@ async def server_error(request: Request, e: Exception) -> JSONResponse:
 
 
 def openapi_schema(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's schema plus the stream chunk model, which no route returns as JSON."""
+    """FastAPI's schema, less its 422 (validation errors are answered as 400s), plus the stream chunk model
+    (no route returns it as JSON), with the served model id as the only `model` and an example request."""
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        for operations in schema["paths"].values():
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for unused in ("HTTPValidationError", "ValidationError"):
+            components.pop(unused, None)
         for model in routes.EXTRA_SCHEMAS:
             extra = model.model_json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
             components.update(extra.pop("$defs", {}))
             components[model.__name__] = extra
+        model_id = app.state.serve.model_id
+        request = components["ChatCompletionRequest"]
+        request["properties"]["model"]["enum"] = [model_id]
+        request["examples"] = [{"model": model_id, "messages": [{"role": "user", "content": "Say hi."}],
+                                "max_tokens": 8}]
         app.openapi_schema = schema
     return app.openapi_schema
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from starlette.requests import Request
@@ -50,7 +51,7 @@ def json_value_problem(value: Any, max_depth: int = MAX_DEPTH) -> tuple[str, str
             shown = item.text if isinstance(item, _NonFinite) else "a number beyond the float range"
             return path, f"is {shown}; JSON numbers must be finite"
         if isinstance(item, str) and _lone_surrogate(item):
-            return path, "holds a lone UTF-16 surrogate (\\ud800-\\udfff without its pair), which is not text"
+            return path, "holds invalid UTF-8 or a lone UTF-16 surrogate (\\ud800-\\udfff unpaired), which is not text"
         if isinstance(item, (dict, list)):
             if depth >= max_depth:
                 return path, f"is nested more than {max_depth} levels deep"
@@ -72,14 +73,41 @@ class JSONProblem(ValueError):
         self.path, self.reason = path, reason
 
 
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{},:]')
+
+
+def _too_deep_at(text: str, max_depth: int) -> str:
+    """Where a text that json.loads could not even recurse through first nests deeper than max_depth (a scan of
+    its strings and brackets only, so the 400 can still name the field)."""
+    stack: list[list[Any]] = []  # per open container: [kind, current key or index]
+    for m in _TOKEN.finditer(text):
+        tok = m.group()
+        if tok in "[{":
+            if len(stack) >= max_depth:
+                break
+            stack.append(["[", 0] if tok == "[" else ["{", None])
+        elif tok in "]}" and stack:
+            stack.pop()
+        elif tok == "," and stack and stack[-1][0] == "[":
+            stack[-1][1] += 1
+        elif tok.startswith('"') and stack and stack[-1][0] == "{" and text[m.end():].lstrip()[:1] == ":":
+            stack[-1][1] = json.loads(tok)
+    path = ""
+    for _, key in stack:
+        path = _path(path, key) if key is not None else path
+    return path
+
+
 def loads_checked(raw: bytes | str) -> Any:
     """json.loads that never returns NaN/Infinity/lone surrogates/over-deep values and raises nothing but
-    JSONProblem (RecursionError and invalid UTF-8 included)."""
+    JSONProblem. Bytes are read as UTF-8 (RFC 8259); an invalid byte becomes a lone surrogate, so the problem
+    is reported at the field that holds it."""
+    text = raw.decode("utf-8", "surrogateescape").removeprefix("\ufeff") if isinstance(raw, bytes) else raw
     try:
-        value = json.loads(raw, parse_constant=_NonFinite)
+        value = json.loads(text, parse_constant=_NonFinite)
     except RecursionError:
-        raise JSONProblem("", f"is nested more than {MAX_DEPTH} levels deep") from None
-    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError (invalid UTF-8), too many integer digits
+        raise JSONProblem(_too_deep_at(text, MAX_DEPTH), f"is nested more than {MAX_DEPTH} levels deep") from None
+    except ValueError as e:  # JSONDecodeError, too many integer digits
         raise JSONProblem("", f"is not valid JSON: {e}") from None
     problem = json_value_problem(value)
     if problem:
@@ -98,8 +126,9 @@ def decode_body(raw: bytes, content_type: str | None) -> Any:
     try:
         return loads_checked(raw)
     except JSONProblem as e:
-        code = "invalid_json" if not e.path or "nested" in e.reason else "invalid_value"
-        raise APIError(str(e) if e.path else f"the request body {e.reason}", e.path or None, code) from None
+        param = e.path if e.path and not e.path.startswith("[") else None  # a field of the body object
+        code = "invalid_value" if param and "nested" not in e.reason else "invalid_json"
+        raise APIError(f"'{e.path}' {e.reason}" if e.path else f"the request body {e.reason}", param, code) from None
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:

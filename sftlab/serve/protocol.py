@@ -347,11 +347,12 @@ def _param(error: dict[str, Any], body: Any) -> str | None:
 
 
 def validation_error(errors: list[dict[str, Any]], body: Any, model_id: str | None = None) -> APIError:
-    """FastAPI's request validation errors (422) as one 400: the first field at fault, with every reason given
-    for it (a union reports one per branch) joined."""
+    """FastAPI's request validation errors (422) as one 400 naming one field, with every reason given for it
+    joined. A union reports one error per branch; the deepest location is the branch the input meant
+    (content [{"type": "text"}] lacks its text, it is no wrong string)."""
     if not errors:
         return APIError("the request body is invalid", None, "invalid_value")
-    first = errors[0]
+    first = max(errors, key=lambda e: len(_param(e, body) or ""))  # max keeps the first of the deepest
     param = _param(first, body)
     if param is None:
         return APIError("the request body must be a JSON object with the documented fields", None, "invalid_json")

@@ -64,9 +64,15 @@ class ServeRoute(APIRoute):
 public = APIRouter()
 api = APIRouter(route_class=ServeRoute)
 
+# With `stream: true`: Server-Sent Events. As OpenAPI 3.1 reads an event-stream schema, it describes one event:
+# its `data` is a ChatCompletionChunk (or, once headers are sent, an error object) as JSON, or `[DONE]` last.
 SSE = {"text/event-stream": {"schema": {
-    "type": "string", "description": "With `stream: true`: Server-Sent Events, each `data: ` line one "
-    "ChatCompletionChunk (see components), then `data: [DONE]`."}}}
+    "type": "object", "required": ["data"],
+    "properties": {"data": {"type": "string", "anyOf": [
+        {"const": "[DONE]"},
+        {"contentMediaType": "application/json", "contentSchema": {"anyOf": [
+            {"$ref": "#/components/schemas/ChatCompletionChunk"}, {"$ref": "#/components/schemas/ErrorResponse"}]}},
+    ]}}}}}
 
 
 @public.get("/health", response_model=Health)
@@ -82,8 +88,7 @@ async def models(state: State) -> ModelList:
 
 @api.post("/v1/chat/completions", response_model=ChatCompletion,
           responses={200: {"content": SSE, "description": "The completion (JSON), or its chunks (SSE)"},
-                     **error_responses(400, 401, 413, 500)},
-          openapi_extra={"x-stream-chunk": {"$ref": "#/components/schemas/ChatCompletionChunk"}})
+                     **error_responses(400, 401, 413, 500)})
 async def chat_completions(body: ChatCompletionRequest, request: Request, state: State) -> Any:
     return await create_chat_completion(state, body, request)
 
