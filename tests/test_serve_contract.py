@@ -18,6 +18,7 @@ from pathlib import Path
 
 import openai
 import pytest
+import uvicorn
 from serve_bad_bodies import CHAT, FEEDBACK
 
 from sftlab.cli import main
@@ -196,8 +197,6 @@ def hf_like_broken():
 
 
 def test_access_warning_key_and_private_log(tiny_model_dir, tmp_path, capsys, monkeypatch):
-    import uvicorn
-
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)  # the CLI up to serving, without serving
     db = tmp_path / "exposed.db"
     main(["serve", "--model", str(tiny_model_dir), "--host", "0.0.0.0", "--log", str(db)])

@@ -14,6 +14,11 @@ import pytest
 import yaml
 
 from sftlab.cli import main
+from sftlab.data.formats import read_records
+from sftlab.data.records import write_jsonl
+from sftlab.infer import load_generator
+from sftlab.serve.app import create_app, start_in_thread
+from sftlab.serve.log import RequestLog
 from sftlab.serve.tool_calls import TOOL_CALL_PARSERS, ToolCallSplitter, get_parser, split_reply
 
 HERMES = TOOL_CALL_PARSERS["hermes"]
@@ -82,9 +87,6 @@ def openai_tools(tools: list[dict]) -> list[dict]:
 @pytest.fixture(scope="module")
 def tool_model(tiny_model_dir, real_data_dir, tmp_path_factory) -> tuple[Path, dict]:
     """The tiny model overfit (constant high lr) on one real glaive record cut after its first tool call."""
-    from sftlab.data.formats import read_records
-    from sftlab.data.records import write_jsonl
-
     records, _ = read_records(real_data_dir / "glaive_toolcall_en_demo.json")
     rec = next(r for r in records if r["id"] == RECORD)
     first_call = next(i for i, m in enumerate(rec["messages"]) if m.get("tool_calls"))
@@ -103,10 +105,6 @@ def tool_model(tiny_model_dir, real_data_dir, tmp_path_factory) -> tuple[Path, d
 
 @pytest.fixture(scope="module")
 def tool_server(tool_model, tmp_path_factory):
-    from sftlab.infer import load_generator
-    from sftlab.serve.app import create_app, start_in_thread
-    from sftlab.serve.log import RequestLog
-
     final, rec = tool_model
     db = tmp_path_factory.mktemp("tools-log") / "serve.db"
     url, srv = start_in_thread(create_app(load_generator(final, model_id="tooly"), RequestLog(db)))

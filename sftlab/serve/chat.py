@@ -230,8 +230,9 @@ def _logprobs(a: Answer) -> dict[str, Any] | None:
     return {"content": [{"token": "", "logprob": lp, "bytes": None, "top_logprobs": []} for lp in a.logprobs]}
 
 
-async def write_log(state: ServeState, rid: str, t0: float, job: ChatJob, replies: list[Reply],
-                    answers: list[Answer]) -> None:
+async def record_answers(state: ServeState, rid: str, t0: float, job: ChatJob, replies: list[Reply],
+                         answers: list[Answer]) -> None:
+    """Count the malformed tool-call blocks (/health) and write the request's log row."""
     state.tool_call_errors += sum(a.malformed_tool_calls for a in answers)
     if state.log is None:
         return
@@ -261,7 +262,7 @@ async def create_chat_completion(state: ServeState, req: ChatCompletionRequest, 
         return Response(status_code=499)  # client closed the connection (nginx's code); nobody reads this
     parser = state.tool_parser if job.parse_tools else None
     answers = [ChoiceStream(parser).finish(r)[1] for r in replies]
-    await write_log(state, rid, t0, job, replies, answers)
+    await record_answers(state, rid, t0, job, replies, answers)
     return ChatCompletion.model_validate({
         "id": rid, "created": created, "model": state.model_id, "system_fingerprint": state.system_fingerprint,
         "choices": [{"index": k, "message": _message(a), "finish_reason": a.finish_reason,
@@ -322,7 +323,7 @@ async def stream_chat(state: ServeState, job: ChatJob, request: Request, rid: st
         return
     finished = [c.finish(r) for c, r in zip(choices, replies, strict=True)]
     # logged before the last chunks: a client leaving after the text loses no row
-    await write_log(state, rid, t0, job, replies, [a for _, a in finished])
+    await record_answers(state, rid, t0, job, replies, [a for _, a in finished])
     for k, (deltas, _) in enumerate(finished):
         for delta in deltas:
             yield event(k, delta)
