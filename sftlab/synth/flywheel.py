@@ -11,6 +11,7 @@ provenance in meta.flywheel.
 from __future__ import annotations
 
 import json
+import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,5 +155,9 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
     """Records from a serve log: the SQLite file itself, or `sftlab serve export-log` output."""
     path = Path(path)
     if path.suffix in (".db", ".sqlite", ".sqlite3"):
-        return export_records(path)[0]
+        export = export_records(path)
+        if export.rejects:  # never silently: export-log writes them out with their reasons
+            print(f"warning: {len(export.rejects)} rows of {path} cannot be read as records and are left out; "
+                  f"`sftlab serve export-log {path} -o OUT` lists them in OUT.rejects.jsonl", file=sys.stderr)
+        return export.records
     return load_records(path)
