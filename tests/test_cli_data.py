@@ -121,8 +121,11 @@ def test_convert_round_trip_via_cli(real_data_dir, tmp_path, capsys):
     assert "wrote 1379 records" in out and "json/alpaca" in out and "json/sharegpt" in out
     expected = [r for p in inputs for r in read_records(p)[0]]
     assert read_records(out_path)[0] == expected
-    first = json.loads(out_path.read_text(encoding="utf-8").splitlines()[0])
-    assert list(first) == ["id", "messages", "tools", "task_type", "source", "meta"]
+    lines = [json.loads(x) for x in out_path.read_text(encoding="utf-8").splitlines()]
+    assert list(lines[0]) == ["id", "messages", "tools", "task_type", "source", "meta"]
+    # glaive's bare function schemas are written in OpenAI's shape, the tools an OpenAI request carries
+    tools = [t for r in lines if r["tools"] for t in r["tools"]]
+    assert len(tools) > 191 and all(set(t) == {"type", "function"} and t["type"] == "function" for t in tools)
 
 
 def test_convert_options(tmp_path, capsys):
