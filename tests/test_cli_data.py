@@ -121,8 +121,11 @@ def test_convert_round_trip_via_cli(real_data_dir, tmp_path, capsys):
     assert "wrote 1379 records" in out and "json/alpaca" in out and "json/sharegpt" in out
     expected = [r for p in inputs for r in read_records(p)[0]]
     assert read_records(out_path)[0] == expected
-    first = json.loads(out_path.read_text(encoding="utf-8").splitlines()[0])
-    assert list(first) == ["id", "messages", "tools", "task_type", "source", "meta"]
+    lines = [json.loads(x) for x in out_path.read_text(encoding="utf-8").splitlines()]
+    assert list(lines[0]) == ["id", "messages", "tools", "task_type", "source", "meta"]
+    # glaive's bare function schemas are written in OpenAI's shape, the tools an OpenAI request carries
+    tools = [t for r in lines if r["tools"] for t in r["tools"]]
+    assert len(tools) > 191 and all(set(t) == {"type", "function"} and t["type"] == "function" for t in tools)
 
 
 def test_convert_options(tmp_path, capsys):
@@ -178,3 +181,23 @@ def test_inspect_real_data(real_data_dir, tiny_model_dir, capsys):
     assert code == 0, err
     for word in ("p50", "p90", "p99", "max", "supervised tokens", "prompt tokens", "rendered 91 of 91"):
         assert word in out, word
+
+
+def test_render_last_assistant_shortening_and_a_refused_template(real_data_dir, tiny_model_dir, tmp_path, capsys):
+    """`data render --train-on last_assistant`: a row too long keeps its last answer whole, says how many exchanges
+    it lost; a template whose answers cannot be located is one line naming it, exit 2."""
+    from sftlab.data.render import load_tokenizer, render_records
+
+    path = real_data_dir / "glaive_toolcall_en_demo.json"
+    (s,), _ = render_records(read_records(path)[0][:1], load_tokenizer(str(tiny_model_dir)), train_on="last_assistant",
+                             max_length=100_000)
+    end = max(i for i, t in enumerate(s["turn_index"]) if t >= 0) + 1
+    code, out, err = run(capsys, "data", "render", path, "--tokenizer", tiny_model_dir, "--train-on", "last_assistant",
+                         "--max-length", end - 1, "--plain")
+    assert code == 0, err
+    assert "oldest exchanges dropped to fit --max-length" in out and out.count("⟦") == 1 and "<|im_end|>⟧" in out
+    bad = tmp_path / "bad.jinja"
+    bad.write_text("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}<|im_end|>{% endfor %}", encoding="utf-8")
+    code, out, err = run(capsys, "data", "render", path, "--tokenizer", tiny_model_dir, "--chat-template", bad)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert f"chat template {bad}: cannot locate the assistant turns" in err

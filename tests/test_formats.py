@@ -84,7 +84,8 @@ def test_glaive_tool_calls_observations_and_tools(real_data_dir):
     assert roles["assistant"] == froms["gpt"] + froms["function_call"]
     assert roles["user"] == froms["human"]
     for r, x in zip(recs, raw, strict=True):
-        assert r["tools"] == (json.loads(x["tools"]) or None)  # parsed from the JSON string
+        # parsed from the JSON string, each bare function schema wrapped in OpenAI's shape (what requests carry)
+        assert r["tools"] == ([{"type": "function", "function": t} for t in json.loads(x["tools"])] or None)
         for m, c in zip(r["messages"], x["conversations"], strict=True):
             if c["from"] == "function_call":
                 call = json.loads(c["value"])
@@ -310,7 +311,31 @@ def test_sharegpt_details_and_extra_roles(tmp_path):
     (rec,), _ = read_records(path, extra_roles=["critic"])
     assert [m["role"] for m in rec["messages"]] == ["system", "user", "assistant", "tool", "critic", "assistant"]
     assert rec["messages"][2]["tool_calls"] == [{"type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}]
-    assert rec["tools"] == [{"name": "f"}]
+    assert rec["tools"] == [{"type": "function", "function": {"name": "f"}}]
+
+
+def test_tools_are_read_in_openai_shape(tmp_path):
+    """Bare function schemas (glaive, sharegpt, LLaMA-Factory files) are wrapped as OpenAI tools, the shape requests
+    carry; OpenAI tools are kept; a wrapped tool missing its type gets it; a tool without a name is refused, naming
+    tools[i], in any format; records read back from canonical files keep the wrapped form."""
+    bare = {"name": "f", "description": "d", "parameters": {"type": "object", "properties": {}}}
+    wrapped = {"type": "function", "function": {"name": "g", "parameters": {"type": "object"}}}
+    conv = [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]
+    rows = [{"conversations": conv, "tools": json.dumps([bare, wrapped])},
+            {"conversations": conv, "tools": {"function": {"name": "h"}}},
+            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "tools": [bare]},
+            {"instruction": "q", "output": "a", "tools": "[]"}]
+    recs, _ = read_records(write_lines(tmp_path / "t.jsonl", rows))
+    assert [r["tools"] for r in recs] == [[{"type": "function", "function": bare}, wrapped],
+                                          [{"type": "function", "function": {"name": "h"}}],
+                                          [{"type": "function", "function": bare}], None]
+    write_jsonl(recs, tmp_path / "canonical.jsonl")
+    assert read_records(tmp_path / "canonical.jsonl")[0] == recs
+    for bad, field in (([bare, {"description": "no name"}], "tools[1]"), (["f"], "tools[0]"),
+                       ([{"type": "function", "function": {"name": " "}}], "tools[0]")):
+        with pytest.raises(RecordError) as e:
+            read_records(write_lines(tmp_path / "bad.jsonl", [{"conversations": conv, "tools": bad}]))
+        assert e.value.field == field and e.value.code == "bad_tools" and e.value.index == 1
 
 
 def test_task_type_and_id_precedence(tmp_path):

@@ -45,10 +45,11 @@ LLAMA3_TEMPLATE = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
 )
-# Not prefix-stable: the latest user message gets a different header than earlier ones.
+# Not prefix-stable on some records: the latest user message gets another header when it asks to "add" (the start
+# check's probe conversation passes; tests/test_chat_templates.py refuses templates unstable on every record).
 UNSTABLE_TEMPLATE = (
     "{%- for m in messages %}"
-    "{%- if m['role'] == 'user' and loop.last %}{{- '<|im_start|>user (latest)\\n' }}"
+    "{%- if m['role'] == 'user' and loop.last and 'add' in m['content'] %}{{- '<|im_start|>user (latest)\\n' }}"
     "{%- else %}{{- '<|im_start|>' + m['role'] + '\\n' }}{%- endif %}"
     "{{- m['content'] + '<|im_end|>\\n' }}{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
@@ -195,7 +196,7 @@ def test_truncation(templated):
     assert rep.rejects[0]["record"] is rec and rep.truncated == 1
 
 
-def test_not_prefix_stable_template_is_refused(tiny_model_dir):
+def test_a_record_the_template_renders_unstably_is_refused_naming_it(tiny_model_dir):
     tok = load_tokenizer(str(tiny_model_dir), chat_template=UNSTABLE_TEMPLATE)
     rec = SYNTHETIC[0]
     with pytest.raises(TemplateError) as e:
@@ -294,3 +295,74 @@ def test_a_directory_without_tokenizer_files_is_a_one_line_error(tmp_path):
     """transformers 5 raises a ValueError there (was an 'internal error' from `data inspect` / `select ifd`)."""
     with pytest.raises(TemplateError, match="no tokenizer files"):
         load_tokenizer(str(tmp_path))
+
+
+def test_last_assistant_drops_the_oldest_exchanges_to_keep_the_answer_whole(templated):
+    """train_on=last_assistant: a sample too long for max_length loses its oldest complete exchanges (the system
+    message stays) until it fits, fewest first; the supervised answer is never cut. all_assistant cuts the tail."""
+    tok, eot, _ = templated
+    rec = chat("first question", "first answer, rather long " * 3, "second question", "second answer " * 3,
+               "third question", "the answer to train on", system="be brief", id="long")
+    msgs = rec["messages"]
+
+    def answer_end(messages: list[dict]) -> int:
+        """Where the last answer's end-of-turn token ends (the template may add text after it)."""
+        (s,), _ = render_records([make_record(messages, id="x", task_type="chat")], tok, max_length=100_000)
+        return max(i for i, t in enumerate(s["turn_index"]) if t >= 0) + 1
+
+    full, without_one, last_only = answer_end(msgs), answer_end(msgs[:1] + msgs[3:]), answer_end(msgs[:1] + msgs[5:])
+    assert full > without_one > last_only
+    for max_length, kept, dropped in ((full - 1, msgs[:1] + msgs[3:], 1), (without_one - 1, msgs[:1] + msgs[5:], 2)):
+        (s,), rep = render_records([rec], tok, train_on="last_assistant", max_length=max_length)
+        (want,), _ = render_records([make_record(kept, id="long", task_type="chat")], tok, train_on="last_assistant")
+        assert s["input_ids"] == want["input_ids"] and s["labels"] == want["labels"]
+        assert supervised_text(s, tok) == ["the answer to train on" + eot]
+        assert (rep.history_truncated, rep.exchanges_dropped, rep.truncated, rep.rendered) == (1, dropped, 0, 1)
+        assert f"by dropping their {dropped} oldest exchanges" in rep.summary()
+
+    # not even the last exchange fits: dropped with a reason, never trained on a cut answer
+    samples, rep = render_records([rec], tok, train_on="last_assistant", max_length=last_only - 1)
+    assert samples == [] and rep.dropped == {"last_turn_exceeds_max_length": 1}
+    assert rep.rejects[0]["record"] is rec and "keeps that turn whole" in rep.rejects[0]["reason"]
+
+    # all_assistant keeps today's tail cut: the last answer loses its end
+    (s,), rep = render_records([rec], tok, train_on="all_assistant", max_length=full - 1)
+    assert rep.truncated == 1 and not rep.history_truncated and not supervised_text(s, tok)[-1].endswith(eot)
+
+
+def test_last_assistant_on_glaive_at_1024_keeps_every_supervised_turn_whole(qwen_model_dir, real_data_dir, tmp_path):
+    """The acceptance case, with Qwen2.5's vocabulary and template: every kept sample's supervised turn ends with
+    <|im_end|>; a shortened sample is its conversation's latest exchanges, as few dropped as fit; the counts reach
+    the training store's manifest (the run's data summary)."""
+    from sftlab.config import DataSource
+    from sftlab.data.records import write_jsonl
+    from sftlab.data.store import RenderSettings, build_or_open
+
+    tok = load_tokenizer(str(qwen_model_dir))
+    eot = tok.convert_tokens_to_ids("<|im_end|>")
+    recs, _ = read_records(real_data_dir / "glaive_toolcall_en_demo.json")
+    samples, rep = render_records(recs, tok, train_on="last_assistant", max_length=1024)
+    assert len(samples) == len(recs) - 1 and rep.dropped == {"last_turn_exceeds_max_length": 1}
+    by_id = {r["id"]: r for r in recs}
+    shortened = []
+    for s in samples:
+        (span,) = [[i for i, t in zip(s["input_ids"], s["turn_index"], strict=True) if t == 0]]
+        assert span[-1] == eot and s["num_tokens"] <= 1024, s["id"]
+        rec = by_id[s["id"]]
+        text = tok.decode(s["input_ids"], skip_special_tokens=False)
+        if tok.apply_chat_template(rec["messages"], tools=rec["tools"], tokenize=False).startswith(text):
+            continue  # whole (at most the '\n' after the last <|im_end|> cut)
+        shortened.append(s["id"])
+        starts = [0] + [i for i, m in enumerate(rec["messages"]) if m["role"] == "user"][1:]
+        texts = [tok.apply_chat_template(rec["messages"][k:], tools=rec["tools"], tokenize=False) for k in starts]
+        j = next(j for j, t in enumerate(texts) if t.startswith(text))  # the conversation from exchange j on ...
+        assert j > 0 and len(tok(texts[j - 1], add_special_tokens=False)["input_ids"]) > 1024  # ... one more: too long
+    assert len(shortened) == rep.history_truncated > 10 and rep.exchanges_dropped >= rep.history_truncated
+
+    subset = tmp_path / "long.jsonl"  # the training store counts the same on the long rows (and a short one)
+    write_jsonl([by_id[i] for i in shortened] + [recs[0]], subset)
+    store = build_or_open(DataSource(path=str(subset)), tok,
+                          RenderSettings(max_length=1024, train_on="last_assistant", loss="turn"), tmp_path).store
+    m = store.manifest
+    assert (m["history_truncated"], m["exchanges_dropped"], m["samples"]) == (
+        rep.history_truncated, rep.exchanges_dropped, len(shortened) + 1)

@@ -159,6 +159,8 @@ def render_cmd(path: Path = typer.Argument(..., help="data file or saved HF data
         sample = samples[0]
         n_sup = sum(x != -100 for x in sample["labels"])
         trunc = f", truncated to --max-length {max_length}" if report.truncated else ""
+        if report.history_truncated:
+            trunc += f", its {report.exchanges_dropped} oldest exchanges dropped to fit --max-length {max_length}"
         typer.echo(f"{head}: {sample['num_tokens']} tokens, {n_sup} supervised in "
                    f"{len(sample['turn_weights'])} turns{trunc}")
         segs = [(sup, tok.decode(ids, skip_special_tokens=False)) for sup, ids in supervised_runs(sample)]

@@ -53,6 +53,8 @@ def render_cache_cmd(ctx: typer.Context,
                               "hit" if got.hit else f"rendered in {m['render']['seconds']:.1f} s", str(got.store.path))
                 lost = [f"{m['truncated']} truncated to max_length ({m['turns_truncated_away']} turns lost)"] \
                     if m.get("truncated") else []
+                lost += [f"{m['history_truncated']} shortened by dropping {m['exchanges_dropped']} oldest exchanges "
+                         "(last_assistant)"] if m.get("history_truncated") else []
                 lost += [f"dropped {n}: {why}" for why, n in sorted(m.get("dropped", {}).items())]
                 lost += [f"rejected {m['read_rejects']} when read"] if m.get("read_rejects") else []
                 if lost:

@@ -7,7 +7,8 @@ HF `datasets` directory -> canonical records (see records.py).
 Record formats (`fmt`):
 - alpaca:   instruction, input?, output, system?, history? [[q, a], ...]
 - sharegpt: conversations [{from, value}] (from: human/user, gpt/assistant, system, function_call,
-            observation), system?, tools? (a list or a JSON string)
+            observation), system?, tools? (a list or a JSON string; bare function schemas are wrapped in
+            OpenAI's {"type": "function", "function": ...}, the shape requests carry)
 - openai:   messages [{role, content (string or text parts), tool_calls?, tool_call_id?, name?, loss_weight?}],
             plus our id, task_type, source, meta, tools. This is the canonical layout `sftlab data convert` writes.
             OpenAI fine-tuning data's per-message `weight` (0: not trained on) is read as loss_weight; its
@@ -40,7 +41,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sftlab.data.records import RecordError, make_record, validate_record, write_jsonl
+from sftlab.data.records import RecordError, make_record, openai_tools, validate_record, write_jsonl
 
 FORMATS = ("alpaca", "sharegpt", "openai", "prompts")
 FORMAT_ALIASES = {"messages": "openai", "canonical": "openai", "chatml": "openai", "mt_bench": "prompts",
@@ -321,17 +322,18 @@ def _parse_json_field(row: dict, key: str) -> None:
 
 
 def _tools(row: Mapping) -> list | None:
+    """The row's tools in OpenAI's shape (what `sftlab serve` passes to the template): bare function schemas
+    (glaive / sharegpt `tools`, OpenAI's legacy `functions`) are wrapped, OpenAI tools kept."""
     tools = row.get("tools")
     if tools in (None, "", []) and isinstance(row.get("functions"), list) and row["functions"]:
-        # OpenAI's legacy function-calling fine-tuning layout: `functions` = the function schemas themselves
-        return [{"type": "function", "function": f} for f in row["functions"]]
+        tools = row["functions"]  # OpenAI's legacy function-calling fine-tuning layout: the schemas themselves
     if tools in (None, "", []):
         return None
     if isinstance(tools, dict):
-        return [tools]
+        tools = [tools]
     if not isinstance(tools, list):
         raise _bad("tools", f"must be a list (or its JSON text), got {type(tools).__name__}")
-    return tools
+    return openai_tools(tools)
 
 
 def _alpaca(row: Mapping) -> tuple[list[dict], Origin]:

@@ -3,7 +3,11 @@
 A record is a plain JSON-serialisable dict, so every stage can read and write it as JSONL:
 
     {"id": str, "messages": [{"role", "content", "loss_weight"?, "tool_calls"?, "tool_call_id"?, "name"?}],
-     "tools": list | None, "task_type": str, "source": str, "meta": dict}
+     "tools": [{"type": "function", "function": {"name", "description"?, "parameters"?}}] | None,
+     "task_type": str, "source": str, "meta": dict}
+
+Tools are kept in OpenAI's shape, the list an OpenAI request carries and `sftlab serve` hands to the chat template,
+so a model is trained on the tools block it will be served with (`openai_tools`).
 
 `task_type` may be two-level ("reasoning/commonsense"); both levels are channels.
 """
@@ -20,6 +24,30 @@ from sftlab.io import iter_jsonl, write_jsonl  # noqa: F401 - the record files' 
 BASE_ROLES = ("system", "user", "assistant", "tool")
 
 
+def openai_tools(tools: Any) -> list[dict[str, Any]] | None:
+    """A record's tools in OpenAI's shape: a bare function schema ({"name", "parameters", ...}, as glaive /
+    sharegpt files carry it) is wrapped as {"type": "function", "function": schema}; an OpenAI tool is kept as is.
+    None or [] -> None. A tool that is neither is a RecordError naming `tools[i]`."""
+    if tools is None or (isinstance(tools, list) and not tools):
+        return None
+    if not isinstance(tools, list):
+        raise RecordError(f"must be a list of tools, got {type(tools).__name__}", field="tools", code="bad_tools")
+    out = []
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            raise RecordError(f"tool must be an object, got {type(tool).__name__}", field=f"tools[{i}]",
+                              code="bad_tools")
+        if "type" not in tool:  # a bare function schema, or a wrapped one without its type
+            tool = {"type": "function", **tool} if "function" in tool else {"type": "function", "function": tool}
+        fn = tool.get("function")
+        named = isinstance(fn, dict) and isinstance(fn.get("name"), str) and fn["name"].strip()
+        if tool["type"] == "function" and not named:
+            raise RecordError('a function tool needs a name: {"type": "function", "function": {"name": ...}}, or a '
+                              'bare {"name": ...} schema', field=f"tools[{i}]", code="bad_tools")
+        out.append(tool)
+    return out
+
+
 def validate_record(rec: dict[str, Any], extra_roles: Iterable[str] = (), *,
                     require_answer: bool = True, allow_empty_answers: bool = False) -> dict[str, Any]:
     """Check a canonical record; raise RecordError naming the field. Returns the record.
@@ -27,7 +55,7 @@ def validate_record(rec: dict[str, Any], extra_roles: Iterable[str] = (), *,
     require_answer=False (prompt-only records, e.g. eval prompts) drops the "ends on an assistant turn" rule.
     allow_empty_answers=True accepts empty assistant turns (`data clean` drops them with its own reason).
     An assistant turn before any user/tool turn is refused: there is no prompt to answer, and chat
-    templates cannot render it.
+    templates cannot render it. Its tools are put in OpenAI's shape in place (`openai_tools`).
     """
     roles = set(BASE_ROLES) | set(extra_roles)
     if not isinstance(rec.get("id"), str) or not rec["id"]:
@@ -64,6 +92,8 @@ def validate_record(rec: dict[str, Any], extra_roles: Iterable[str] = (), *,
                           field=f"messages[{len(msgs) - 1}].role", code="not_ending_on_assistant")
     if not isinstance(rec.get("task_type"), str) or not rec["task_type"]:
         raise RecordError("missing task_type", field="task_type", code="missing_task_type")
+    if "tools" in rec:
+        rec["tools"] = openai_tools(rec["tools"])
     return rec
 
 

@@ -5,13 +5,18 @@ for every assistant turn k we render the prompt before it (with the generation p
 conversation up to and including it, tokenize both, and check that they are token prefixes of the
 whole conversation's tokens. The supervised span of turn k is then exactly what the model would have to
 generate at inference time: from the first token after the generation prompt up to and including the
-turn's end-of-turn token. A template that is not prefix-stable is refused, naming the first mismatch.
+turn's end-of-turn token. A template that is not prefix-stable is refused, naming the first mismatch, and
+`check_template` refuses one whose answers cannot be located before any record is rendered.
+
+Messages and tools reach the template through `template_inputs`, the same function the server's prompt path
+uses, so training renders exactly the prompt a served request gets (tools in OpenAI's shape).
 
 All texts of all samples are tokenized in one batched fast-tokenizer call; no per-token Python loop.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections import Counter
@@ -20,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sftlab.data.records import RecordError
+from sftlab.data.records import RecordError, openai_tools
 from sftlab.errors import UserError
 
 # ChatML, with tools listed in the system turn and tool calls as <tool_call> JSON (Qwen2.5-style layout).
@@ -69,6 +74,8 @@ class RenderReport:
     rendered: int = 0
     truncated: int = 0
     turns_truncated_away: int = 0
+    history_truncated: int = 0  # train_on last_assistant: samples that lost their oldest exchanges to fit
+    exchanges_dropped: int = 0
     dropped: Counter = field(default_factory=Counter)
     rejects: list[dict[str, Any]] = field(default_factory=list)
     tokens: int = 0
@@ -79,6 +86,9 @@ class RenderReport:
         parts = [f"rendered {self.rendered} samples ({self.tokens} tokens, {self.supervised_tokens} supervised)"]
         if self.truncated:
             parts.append(f"{self.truncated} truncated to max_length ({self.turns_truncated_away} turns lost)")
+        if self.history_truncated:
+            parts.append(f"{self.history_truncated} shortened to max_length by dropping their "
+                         f"{self.exchanges_dropped} oldest exchanges (the supervised last turn kept whole)")
         for reason, n in sorted(self.dropped.items()):
             parts.append(f"dropped {n}: {reason}")
         if self.special_text:
@@ -105,6 +115,17 @@ def resolve_chat_template(tokenizer: Any, chat_template: str | None = None) -> s
     return own or CHATML_TEMPLATE
 
 
+def _describe_template(chat_template: str | None, name_or_path: str) -> str:
+    """How errors name the template in use: the config value it came from, else the tokenizer's own."""
+    if not chat_template:
+        return f"the chat template of {name_or_path}"
+    if chat_template in BUILTIN_TEMPLATES:
+        return f"builtin chat template '{chat_template}'"
+    if "{" not in chat_template:
+        return f"chat template {chat_template}"
+    return "the chat template text of data.chat_template"
+
+
 def load_tokenizer(name_or_path: str, chat_template: str | None = None,
                    special_tokens: Sequence[str] = (), eot_token: str | None = None) -> Any:
     """AutoTokenizer with the chat template resolved and new special tokens added.
@@ -123,6 +144,7 @@ def load_tokenizer(name_or_path: str, chat_template: str | None = None,
     if not getattr(tok, "is_fast", False):
         raise TemplateError(f"tokenizer {name_or_path!r} is not a fast tokenizer; sftlab needs one for batched rendering")
     tok.chat_template = resolve_chat_template(tok, chat_template)
+    tok.sftlab_template_name = _describe_template(chat_template, name_or_path)
     new = [t for t in special_tokens if t not in tok.get_vocab()]
     if new:
         tok.add_special_tokens({"additional_special_tokens": list(new)})
@@ -143,13 +165,53 @@ def eot_token_ids(tokenizer: Any) -> list[int]:
     return list(dict.fromkeys(vocab[n] for n in names if n and n in vocab))
 
 
+def template_inputs(messages: list[dict], tools: Any = None) -> tuple[list[dict], list[dict] | None]:
+    """Messages and tools exactly as the chat template receives them, in training (`render_records`), evaluation
+    prompts (`prompt_text`) and serving (`HFGenerator.prompt_ids`), so a model is trained on what it is served:
+
+    - content always a string, sftlab's own keys (loss_weight) and empty fields removed;
+    - tool-call arguments as objects: templates `tojson` them, and OpenAI requests carry them as JSON text (parsed
+      here as vLLM does; text that is not a JSON object stays as it is);
+    - tools in OpenAI's shape (`records.openai_tools`: bare function schemas wrapped), the list requests carry.
+    """
+    out = []
+    for m in messages:
+        m2 = {k: v for k, v in m.items() if k != "loss_weight" and v is not None}
+        m2["content"] = m.get("content") or ""
+        if m2.get("tool_calls"):
+            m2["tool_calls"] = [_call_with_object_arguments(c) for c in m2["tool_calls"]]
+        out.append(m2)
+    return out, openai_tools(tools)
+
+
+def _call_with_object_arguments(call: Any) -> Any:
+    if not isinstance(call, dict):
+        return call
+    fn = call.get("function")
+    if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
+        return {**call, "function": {**fn, "arguments": _json_object(fn["arguments"])}}
+    if isinstance(call.get("arguments"), str):  # a flat {name, arguments} call
+        return {**call, "arguments": _json_object(call["arguments"])}
+    return call
+
+
+def _json_object(text: str) -> Any:
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return text
+    return value if isinstance(value, dict) else text
+
+
 def _template_text(tokenizer: Any, messages: list[dict], tools: Any, add_generation_prompt: bool) -> str:
-    """The template's text; a Jinja syntax error is the template's (TemplateError), an error while rendering
-    (raise_exception('Conversation roles must alternate...'), a missing field) the record's (RecordError)."""
+    """The template's text for template_inputs(messages, tools); a Jinja syntax error is the template's
+    (TemplateError), an error while rendering (raise_exception('Conversation roles must alternate...'), a missing
+    field) the record's (RecordError)."""
     import jinja2
 
+    messages, tools = template_inputs(messages, tools)
     try:
-        return tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=False,
+        return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
                                              add_generation_prompt=add_generation_prompt)
     except jinja2.TemplateSyntaxError as e:
         raise TemplateError(f"{_template_name(tokenizer)}: Jinja syntax error (line {e.lineno}): {e.message}"
@@ -161,17 +223,7 @@ def _template_text(tokenizer: Any, messages: list[dict], tools: Any, add_generat
 
 def prompt_text(record: dict[str, Any], tokenizer: Any) -> str:
     """A record's messages rendered with the generation prompt: what the model would answer (eval prompts)."""
-    return _template_text(tokenizer, _clean_messages(record["messages"]), record.get("tools"), True)
-
-
-def _clean_messages(messages: list[dict]) -> list[dict]:
-    """Messages as templates expect them: content always a string, our own keys removed."""
-    out = []
-    for m in messages:
-        m2 = {k: v for k, v in m.items() if k != "loss_weight" and v is not None}
-        m2["content"] = m.get("content") or ""
-        out.append(m2)
-    return out
+    return _template_text(tokenizer, record["messages"], record.get("tools"), True)
 
 
 def _supervised_turns(messages: list[dict], train_on: str) -> list[tuple[int, float]]:
@@ -184,10 +236,13 @@ def _supervised_turns(messages: list[dict], train_on: str) -> list[tuple[int, fl
 
 
 def _template_name(tokenizer: Any) -> str:
+    named = getattr(tokenizer, "sftlab_template_name", None)
     tpl = tokenizer.chat_template or ""
     for name, text in BUILTIN_TEMPLATES.items():
         if tpl == text:
-            return f"builtin '{name}'"
+            return f"builtin chat template '{name}'"
+    if named:
+        return named
     return f"the chat template of {getattr(tokenizer, 'name_or_path', 'the tokenizer') or 'the tokenizer'}"
 
 
@@ -208,6 +263,98 @@ def _special_token_re(tokenizer: Any) -> re.Pattern | None:
     return re.compile("|".join(map(re.escape, names))) if names else None
 
 
+# ---------------------------------------------------------------------------------------------- the start check
+
+# Two exchanges with distinctive answers (Latin and CJK text): where the template puts each answer must be found.
+_PROBE = [{"role": "system", "content": "Answer briefly."},
+          {"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue, 蓝色."},
+          {"role": "user", "content": "再来一个？"}, {"role": "assistant", "content": "Green 绿色"}]
+
+
+def check_template(tokenizer: Any) -> None:
+    """Refuse, before any record is rendered, a template whose assistant turns cannot be located: each answer must
+    start right after the template's generation prompt and end with an end-of-turn token, and the prompt and the
+    conversation up to each answer must be token prefixes of the whole conversation. Otherwise labels would land
+    on the wrong tokens silently. A template that refuses even the probe conversation (system role, then without
+    it) is left to the per-record checks. Checked once per tokenizer and template."""
+    tpl = tokenizer.chat_template
+    if getattr(tokenizer, "_sftlab_checked_template", None) == tpl:
+        return
+    eot_ids = set(eot_token_ids(tokenizer))
+    for msgs in (_PROBE, _PROBE[1:]):
+        try:
+            texts = [_template_text(tokenizer, msgs, None, False)]
+            for k in (k for k, m in enumerate(msgs) if m["role"] == "assistant"):
+                texts += [_template_text(tokenizer, msgs[:k], None, True),
+                          _template_text(tokenizer, msgs[: k + 1], None, False)]
+        except RecordError:
+            continue
+        why = _probe_problem(tokenizer, msgs, texts, eot_ids)
+        if why:
+            raise TemplateError(f"{_template_name(tokenizer)}: cannot locate the assistant turns to train on: {why}; "
+                                "set data.chat_template to a template that renders each answer right after its "
+                                "generation prompt (e.g. 'chatml')")
+        break
+    tokenizer._sftlab_checked_template = tpl
+
+
+def _probe_problem(tokenizer: Any, msgs: list[dict], texts: list[str], eot_ids: set[int]) -> str | None:
+    """Why the probe's answers cannot be located in its rendering, or None."""
+    ids = tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    full, answers = ids[0], [m["content"] for m in msgs if m["role"] == "assistant"]
+    for t, answer in enumerate(answers):
+        prompt, upto = ids[1 + 2 * t], ids[2 + 2 * t]
+        if full[: len(prompt)] != prompt or full[: len(upto)] != upto:
+            return (f"answer {t + 1} of a two-exchange conversation renders differently inside the whole "
+                    "conversation (not prefix-stable)")
+        end = next((j + 1 for j in range(len(upto) - 1, len(prompt) - 1, -1) if full[j] in eot_ids), None)
+        if end is None:
+            return f"answer {t + 1} is not closed by an end-of-turn token (set data.eot_token)"
+        span = tokenizer.decode(full[len(prompt):end], skip_special_tokens=False)
+        eot = tokenizer.decode(full[end - 1:end], skip_special_tokens=False)
+        if not span.startswith(answer) or span[len(answer):-len(eot) or None].strip():
+            return (f"the tokens after the generation prompt up to the end-of-turn token are {span!r}, not the "
+                    f"answer {answer!r} (does the template ignore add_generation_prompt?)")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- rendering
+
+
+@dataclass
+class _Plan:
+    """One record's template texts (indices into the text pool): the whole conversation, and per supervised turn
+    (prompt before it with the generation prompt, conversation up to it, message index, weight)."""
+
+    idx: int
+    rec: dict[str, Any]
+    messages: list[dict]
+    full: int
+    turns: list[tuple[int, int, int, float]]
+
+
+class _TextPool:
+    """Template texts, each distinct text tokenized once, in batched fast-tokenizer calls."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.ids: list[list[int]] = []
+        self._index: dict[str, int] = {}
+
+    def add(self, text: str) -> int:
+        i = self._index.get(text)
+        if i is None:
+            i = self._index[text] = len(self.texts)
+            self.texts.append(text)
+        return i
+
+    def tokenize(self, tokenizer: Any) -> None:
+        """Tokenize the texts added since the last call, in one call."""
+        new = self.texts[len(self.ids):]
+        if new:
+            self.ids += tokenizer(new, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+
+
 def _reject(e: RecordError, idx: int, rec: dict[str, Any], on_error: str, report: RenderReport) -> None:
     """A record that cannot be rendered: raised (on_error="raise", located at its index) or counted as a reject."""
     err = e.located(index=idx)
@@ -217,6 +364,27 @@ def _reject(e: RecordError, idx: int, rec: dict[str, Any], on_error: str, report
     report.rejects.append({"record": rec, "reason": err.describe(), "code": err.code})
 
 
+def _drop(report: RenderReport, rec: dict[str, Any], code: str, reason: str) -> None:
+    """A sample dropped for its length: counted and kept in the rejects, never raised."""
+    report.dropped[code] += 1
+    report.rejects.append({"record": rec, "code": code, "reason": reason})
+
+
+def _plan(pool: _TextPool, tokenizer: Any, idx: int, rec: dict[str, Any], messages: list[dict],
+          train_on: str) -> _Plan:
+    """The template texts one sample needs; the conversation up to the last message is the whole one."""
+    tools = rec.get("tools")
+    full = pool.add(_template_text(tokenizer, messages, tools, False))
+    turns = []
+    if train_on != "all":
+        for k, w in _supervised_turns(messages, train_on):
+            prompt = pool.add(_template_text(tokenizer, messages[:k], tools, True))
+            upto = full if k + 1 == len(messages) else pool.add(_template_text(tokenizer, messages[: k + 1], tools,
+                                                                               False))
+            turns.append((prompt, upto, k, w))
+    return _Plan(idx, rec, messages, full, turns)
+
+
 def render_records(records: Sequence[dict[str, Any]], tokenizer: Any, *, train_on: str = "all_assistant",
                    max_length: int = 2048, on_error: str = "raise") -> tuple[list[dict[str, Any]], RenderReport]:
     """Render canonical records to training samples.
@@ -224,91 +392,121 @@ def render_records(records: Sequence[dict[str, Any]], tokenizer: Any, *, train_o
     Each sample: {id, task_type, input_ids, labels (-100 = unsupervised), turn_index (-1 = unsupervised),
     turn_weights (one per turn), num_tokens}. labels are aligned with input_ids (the loss shifts them).
     on_error: "raise" (first bad record raises RecordError) or "skip" (rejects collected in the report).
+    Too long: all_assistant / all cut the tail; last_assistant drops the oldest complete exchanges first, so the
+    supervised turn stays whole (`_shorten_histories`).
     """
     if train_on not in TRAIN_ON:
         raise ValueError(f"train_on must be one of {TRAIN_ON}, got {train_on!r}")
+    check_template(tokenizer)
     report = RenderReport()
     eot_ids = set(eot_token_ids(tokenizer))
-
-    # 1. Template texts for every sample: the whole conversation, and per supervised turn the prompt
-    #    before it (with generation prompt) and the conversation up to it. Identical texts are tokenized
-    #    once; the conversation up to the last message is the whole conversation (not rendered again).
-    texts: list[str] = []
-    text_index: dict[str, int] = {}
-
-    def add(text: str) -> int:
-        i = text_index.get(text)
-        if i is None:
-            i = text_index[text] = len(texts)
-            texts.append(text)
-        return i
-
     special_re = _special_token_re(tokenizer)
-    plans: list[tuple[int, dict, int, list[tuple[int, int, int, float]]]] = []
+    pool = _TextPool()
+    plans: list[_Plan] = []
     for idx, rec in enumerate(records):
         if special_re is not None:
-            found = {m for msg in rec["messages"] for m in special_re.findall(msg.get("content") or "")}
-            report.special_text.update(found)
-        msgs = _clean_messages(rec["messages"])
-        tools = rec.get("tools")
+            report.special_text.update({m for msg in rec["messages"]
+                                        for m in special_re.findall(msg.get("content") or "")})
         try:
-            full_i = add(_template_text(tokenizer, msgs, tools, False))
-            turns = []
-            if train_on != "all":
-                for k, w in _supervised_turns(rec["messages"], train_on):
-                    prompt_i = add(_template_text(tokenizer, msgs[:k], tools, True))
-                    upto_i = (full_i if k + 1 == len(msgs)
-                              else add(_template_text(tokenizer, msgs[: k + 1], tools, False)))
-                    turns.append((prompt_i, upto_i, k, w))
+            plans.append(_plan(pool, tokenizer, idx, rec, rec["messages"], train_on))
         except RecordError as e:  # the template refused this record (raise_exception, an undefined field)
             _reject(e, idx, rec, on_error, report)
-            continue
-        plans.append((idx, rec, full_i, turns))
+    pool.tokenize(tokenizer)  # one batched call for all texts
 
-    # 2. One batched tokenization for all texts.
-    ids_all = (tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
-               if texts else [])
+    located: list[tuple[_Plan, list[tuple[int, int, float]]]] = []
+    for plan in plans:
+        try:
+            located.append((plan, _turn_spans(plan, pool, eot_ids, tokenizer, train_on)))
+        except RecordError as e:
+            _reject(e, plan.idx, plan.rec, on_error, report)
+    if train_on == "last_assistant":
+        located = _shorten_histories(located, pool, tokenizer, eot_ids, max_length, report)
 
     samples = []
-    for idx, rec, full_i, turns in plans:
-        full = ids_all[full_i]
-        try:
-            spans = _turn_spans(rec, full_i, turns, texts, ids_all, eot_ids, tokenizer, train_on)
-        except RecordError as e:
-            _reject(e, idx, rec, on_error, report)
-            continue
-        sample = _build_sample(rec, full, spans, max_length, report)
+    for plan, spans in located:
+        sample = _build_sample(plan.rec, pool.ids[plan.full], spans, max_length, report)
         if sample is None:
-            reason = "no_supervised_tokens_after_truncation"
-            report.dropped[reason] += 1
-            report.rejects.append({"record": rec, "code": reason,
-                                   "reason": f"record {idx} (id {rec['id']}): every supervised token lies "
-                                             f"beyond max_length={max_length}"})
+            _drop(report, plan.rec, "no_supervised_tokens_after_truncation",
+                  f"record {plan.idx} (id {plan.rec['id']}): every supervised token lies beyond "
+                  f"max_length={max_length}")
             continue
         samples.append(sample)
     report.rendered = len(samples)
     return samples, report
 
 
-def _turn_spans(rec: dict, full_i: int, turns: list, texts: list[str], ids_all: list, eot_ids: set[int],
-                tokenizer: Any, train_on: str) -> list[tuple[int, int, float]]:
+def _exchange_starts(messages: list[dict], k: int) -> list[int]:
+    """Where the second, third, ... exchange before message k starts: its user messages after the first one (a
+    leading system message always stays)."""
+    users = [i for i, m in enumerate(messages[:k]) if m.get("role") == "user"]
+    return users[1:]
+
+
+def _shorten_histories(located: list, pool: _TextPool, tokenizer: Any, eot_ids: set[int], max_length: int,
+                       report: RenderReport) -> list:
+    """train_on=last_assistant: a sample whose supervised turn ends beyond max_length loses its oldest complete
+    exchanges (user message to the next user message; the system message stays) until it fits, fewest first; one
+    that does not fit even with only its last exchange is dropped with a reason. The supervised turn is never cut."""
+    long = [i for i, (_, spans) in enumerate(located) if spans[-1][1] > max_length]
+    candidates: dict[int, list[tuple[int, _Plan]]] = {}
+    for i in long:
+        plan = located[i][0]
+        k = plan.turns[-1][2]
+        system = [m for m in plan.messages[:1] if m.get("role") == "system"]
+        candidates[i] = []
+        for n, start in enumerate(_exchange_starts(plan.messages, k), start=1):
+            try:
+                shorter = _plan(pool, tokenizer, plan.idx, plan.rec, system + plan.messages[start:], "last_assistant")
+            except RecordError:  # the template refuses the shortened conversation: try dropping more
+                continue
+            candidates[i].append((n, shorter))
+    pool.tokenize(tokenizer)
+    out = list(located)
+    for i in long:
+        plan, full_len = located[i][0], located[i][1][-1][1]
+        fit = None
+        for n, shorter in candidates[i]:
+            try:
+                spans = _turn_spans(shorter, pool, eot_ids, tokenizer, "last_assistant")
+            except RecordError:
+                continue
+            if spans[-1][1] <= max_length:
+                fit = (n, shorter, spans)
+                break
+        if fit is None:
+            out[i] = None
+            _drop(report, plan.rec, "last_turn_exceeds_max_length",
+                  f"record {plan.idx} (id {plan.rec['id']}): its supervised turn ends at token {full_len}, and "
+                  f"beyond max_length={max_length} even with only its last exchange (train_on last_assistant "
+                  "keeps that turn whole)")
+            continue
+        n, shorter, spans = fit
+        out[i] = (shorter, spans)
+        report.history_truncated += 1
+        report.exchanges_dropped += n
+    return [x for x in out if x is not None]
+
+
+def _turn_spans(plan: _Plan, pool: _TextPool, eot_ids: set[int], tokenizer: Any,
+                train_on: str) -> list[tuple[int, int, float]]:
     """[(start, end_exclusive, weight)] token spans of the supervised turns in the whole conversation."""
-    full = ids_all[full_i]
+    full = pool.ids[plan.full]
     if train_on == "all":
         if len(full) < 2:
             raise RecordError("conversation renders to fewer than 2 tokens", field="messages", code="too_short")
         return [(1, len(full), 1.0)]  # token 0 is never predicted
     spans = []
-    for prompt_i, upto_i, k, w in turns:
+    for prompt_i, upto_i, k, w in plan.turns:
         for part_i, what in ((prompt_i, "prompt before"), (upto_i, "conversation up to")):
-            part = ids_all[part_i]
+            part = pool.ids[part_i]
             if full[: len(part)] != part:
-                _raise_not_prefix(rec, k, what, texts[full_i], texts[part_i], full, part, tokenizer)
-        start, stop = len(ids_all[prompt_i]), len(ids_all[upto_i])
+                _raise_not_prefix(plan.rec, k, what, pool.texts[plan.full], pool.texts[part_i], full, part,
+                                  tokenizer)
+        start, stop = len(pool.ids[prompt_i]), len(pool.ids[upto_i])
         end = next((j + 1 for j in range(stop - 1, start - 1, -1) if full[j] in eot_ids), None)
         if end is None:
             raise TemplateError(
-                f"{_template_name(tokenizer)} does not close assistant message {k} of record {rec['id']!r} "
+                f"{_template_name(tokenizer)} does not close assistant message {k} of record {plan.rec['id']!r} "
                 "with an end-of-turn token, so the model would never learn to stop; set data.eot_token "
                 "to the token the template ends turns with")
         if end - start < 2:

@@ -287,6 +287,7 @@ def _render_chunk(task: tuple[int, list[dict[str, Any]]]) -> dict[str, Any]:
             "supervised": np.array(sup, dtype=np.int32), "ids": [s["id"] for s in samples],
             "task_types": [s["task_type"] for s in samples], "rejects": rejects,
             "report": {"truncated": report.truncated, "turns_truncated_away": report.turns_truncated_away,
+                       "history_truncated": report.history_truncated, "exchanges_dropped": report.exchanges_dropped,
                        "dropped": dict(report.dropped)}}
 
 
@@ -303,6 +304,7 @@ def render_store(records: list[dict[str, Any]], read_rejects: list[dict[str, Any
     task_names: dict[str, int] = {}
     lengths, turn_counts, denoms, sup, codes, id_lens = [], [], [], [], [], []
     truncated = turns_lost = 0
+    history: Counter = Counter()  # train_on last_assistant: samples shortened, exchanges dropped
     dropped: Counter = Counter()
     n_tokens = n_turns = 0
     try:
@@ -331,6 +333,7 @@ def render_store(records: list[dict[str, Any]], read_rejects: list[dict[str, Any
                 n_turns += len(part["turn_coef"])
                 truncated += part["report"]["truncated"]
                 turns_lost += part["report"]["turns_truncated_away"]
+                history.update({k: part["report"][k] for k in ("history_truncated", "exchanges_dropped")})
                 dropped.update(part["report"]["dropped"])
                 token_dtype = str(part["input_ids"].dtype)
         lengths_a = np.concatenate(lengths) if lengths else np.zeros(0, np.int32)
@@ -347,6 +350,7 @@ def render_store(records: list[dict[str, Any]], read_rejects: list[dict[str, Any
             "supervised_tokens": int(sum(int(s.sum()) for s in sup)),
             "token_dtype": token_dtype if tasks else "uint16", "turn_dtype": np.dtype(TURN_DTYPE).name,
             "task_names": list(task_names), "truncated": truncated, "turns_truncated_away": turns_lost,
+            "history_truncated": history["history_truncated"], "exchanges_dropped": history["exchanges_dropped"],
             "dropped": dict(dropped), "read_rejects": len(read_rejects),
             "render": {"num_proc": workers, "seconds": round(time.perf_counter() - t0, 3),
                        "cpu_seconds": round(_cpu_seconds() - cpu0, 3)},

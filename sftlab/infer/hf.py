@@ -50,9 +50,13 @@ class HFGenerator:
         return cls(model, tokenizer, model_id or str(path), **options)
 
     def prompt_ids(self, conversation: list[dict], tools: list[dict] | None = None) -> list[int]:
-        """The token ids the model sees for a conversation: its chat template with the generation prompt."""
+        """The token ids the model sees for a conversation: its chat template with the generation prompt, given
+        messages and tools as training renders them (`template_inputs`), so serving and training agree."""
+        from sftlab.data.render import template_inputs
+
         try:
-            text = self.tokenizer.apply_chat_template(conversation, tools=tools or None, tokenize=False,
+            messages, tools = template_inputs(conversation, tools)
+            text = self.tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
                                                       add_generation_prompt=True)
         except Exception as e:  # jinja errors from the template (raise_exception, bad roles, ...)
             raise UserError(f"{self.model_id}: the chat template rejected the conversation: {e}") from e

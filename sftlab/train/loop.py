@@ -133,6 +133,8 @@ def load_split(sources: list, cfg: RunConfig, tokenizer: Any, run_dir: Path | No
     m = [o.store.manifest for o in opened]
     report = RenderReport(rendered=len(rows), truncated=sum(x["truncated"] for x in m),
                           turns_truncated_away=sum(x["turns_truncated_away"] for x in m),
+                          history_truncated=sum(x.get("history_truncated", 0) for x in m),
+                          exchanges_dropped=sum(x.get("exchanges_dropped", 0) for x in m),
                           dropped=sum((Counter(x["dropped"]) for x in m), Counter()),
                           tokens=int(lengths.sum()), supervised_tokens=supervised)
     cache = [{"path": str(src.path), "store": str(o.store.path), "fingerprint": o.key, "hit": o.hit}
@@ -171,7 +173,8 @@ def load_split(sources: list, cfg: RunConfig, tokenizer: Any, run_dir: Path | No
     summary = {"samples_per_task": {t: int(counts[i]) for i, t in enumerate(task_names) if counts[i]},
                "tokens_per_task": {t: int(tokens[i]) for i, t in enumerate(task_names) if counts[i]},
                "lengths": lengths.tolist(), "supervised_tokens": supervised,
-               "truncated": report.truncated, "rejected": len(rejects), "cache": cache}
+               "truncated": report.truncated, "history_truncated": report.history_truncated,
+               "exchanges_dropped": report.exchanges_dropped, "rejected": len(rejects), "cache": cache}
     return DataSet(StoreSamples(stores, store_of, rows), channels, matrix, denoms, lengths, summary,
                    task_codes, task_names, supervised=predicted)
 
