@@ -1,6 +1,10 @@
 /* Shared by the pages of sftlab ui: JSON calls that report errors, and the Fix -> data forms. */
 "use strict";
 
+function escapeHtml(s) {
+  return String(s).replace(/[&<>"']/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
+}
+
 async function api(path, body) {
   /* GET (no body) or POST JSON; resolves to the JSON answer, rejects with the server's error message. */
   const init = body === undefined ? {} : {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)};

@@ -5,9 +5,7 @@
                    "#0b8a8a", "#b8a100", "#3f51b5", "#ef6c00", "#00897b", "#6d4c41", "#c2185b", "#455a64"];
   const NS = "http://www.w3.org/2000/svg";
 
-  function esc(s) {
-    return String(s).replace(/[&<>"']/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
-  }
+  const esc = window.escapeHtml;  // common.js
 
   function fmtNum(v) {
     if (v === 0) return "0";
@@ -137,5 +135,4 @@
 
   window.lineChart = lineChart;
   window.barChart = barChart;
-  window.escapeHtml = esc;
 })();

@@ -27,13 +27,19 @@ function startReview(sid, review) {
 
   function begin() {
     $("who-box").hidden = true; $("review-box").hidden = false; $("annotator").textContent = who;
+    if (document.activeElement) document.activeElement.blur();  // the keys are votes now, not typing
     flush().then(() => load(null));
   }
 
   async function load(index) {
     const q = `/api/review/${sid}/state?annotator=${encodeURIComponent(who)}` + (index === null ? "" : `&index=${index}`);
     let st;
-    try { st = await api(q); } catch (e) { setStatus($("status"), e.message, "bad"); return; }
+    try { st = await api(q); } catch (e) {
+      if (!/cannot be reached/.test(e.message)) { setStatus($("status"), e.message, "bad"); return; }
+      offline(e);
+      setTimeout(() => load(index), 2000);  // until the server is back
+      return;
+    }
     showProgress(st.progress);
     item = st.item;
     $("finished").hidden = item !== null; $("item").hidden = item === null;
@@ -76,6 +82,11 @@ function startReview(sid, review) {
     }
   }
 
+  function offline(e) {
+    const n = pending().length;
+    setStatus($("status"), (n ? `${n} vote(s) not saved yet: ` : "") + `${e.message}; retrying…`, "warn");
+  }
+
   let chain = Promise.resolve();
   function flush() {
     /* votes go out one at a time, in order; a caller awaits the send that includes its own vote */
@@ -92,7 +103,7 @@ function startReview(sid, review) {
         setStatus($("status"), "saved", "ok");
       } catch (e) {
         if (/cannot be reached|HTTP 5\d\d/.test(e.message)) {
-          setStatus($("status"), `${list.length} vote(s) not saved yet (${e.message}); retrying…`, "warn");
+          offline(e);
           if (!retrying) { retrying = true; setTimeout(() => { retrying = false; flush(); }, 2000); }
           return;
         }

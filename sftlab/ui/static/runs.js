@@ -54,7 +54,7 @@ function watchRun(id) {
       if (c.version !== version || c.partial) { version = c.version; drawRunCharts(c); }
       document.body.dataset.curveVersion = version;
     } catch (e) { status.textContent = e.message; }
-    setTimeout(tick, state === "running" || partial ? 2000 : 15000);
+    setTimeout(tick, state === "running" ? 1000 : partial ? 2000 : 15000);
   }
   tick();
 }
