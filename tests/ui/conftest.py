@@ -7,8 +7,11 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -23,6 +26,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def start_cli(args: list[str], probe_url: str, timeout: float = 180.0) -> subprocess.Popen:
+    """`python -m sftlab ARGS` as a subprocess, returned once probe_url answers."""
+    proc = subprocess.Popen([sys.executable, "-m", "sftlab", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.time() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(probe_url, timeout=5)
+            return proc
+        except OSError:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.time() < deadline, f"sftlab {args[0]} did not start"
+            time.sleep(0.1)
 
 
 def start_ui(ws, **kwargs):

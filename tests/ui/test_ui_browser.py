@@ -8,8 +8,6 @@ from __future__ import annotations
 import csv
 import json
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -18,7 +16,7 @@ from pathlib import Path
 import pytest
 import ui_workspace as w
 from cli_helpers import run_cli
-from conftest import free_port, start_ui
+from conftest import free_port, start_cli, start_ui
 
 from sftlab.ui.workspace import Workspace
 
@@ -180,20 +178,9 @@ def test_fix_a_bad_case_into_a_dataset_that_data_inspect_reads(page, ui, capsys)
 def served(tiny_model_dir, tmp_path):
     """`sftlab serve` of the tiny model as a subprocess: (base URL, log path)."""
     port, log = free_port(), tmp_path / "serve.db"
-    proc = subprocess.Popen([sys.executable, "-m", "sftlab", "serve", "--model", str(tiny_model_dir), "--port",
-                             str(port), "--log", str(log), "--served-model-name", "tiny"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.time() + 180
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-            break
-        except OSError:
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            assert time.time() < deadline, "sftlab serve did not start"
-            time.sleep(0.2)
-    yield url, log
+    proc = start_cli(["serve", "--model", str(tiny_model_dir), "--port", str(port), "--log", str(log),
+                      "--served-model-name", "tiny"], f"http://127.0.0.1:{port}/health")
+    yield f"http://127.0.0.1:{port}/v1", log
     proc.terminate()
     proc.wait(timeout=30)
 

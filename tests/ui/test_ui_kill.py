@@ -7,11 +7,10 @@ import json
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 import urllib.request
 
-from conftest import free_port
+from conftest import free_port, start_cli
 
 from sftlab.ui.workspace import path_id
 
@@ -19,17 +18,7 @@ TIMEOUT = 60_000
 
 
 def start_ui_process(root, port, fixes) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "sftlab", "ui", str(root), "--port", str(port), "--fixes",
-                             str(fixes)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/review", timeout=5)
-            return proc
-        except OSError:
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            assert time.time() < deadline, "sftlab ui did not start"
-            time.sleep(0.1)
+    return start_cli(["ui", str(root), "--port", str(port), "--fixes", str(fixes)], f"http://127.0.0.1:{port}/review")
 
 
 def kill9(proc: subprocess.Popen) -> None:
