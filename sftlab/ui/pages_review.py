@@ -27,7 +27,7 @@ def reviews_page(request: Request) -> HTMLResponse:
         people = {who: sum(all(d in items.get(it["item"], {}) for d in r.dimensions) for it in r.items)
                   for who, items in r.votes().items()}
         rows.append({"id": sid, "name": path.name, "eval": display(eval_dir), "mode": r.mode,
-                     "dimensions": r.dimensions, "items": len(r.items), "annotators": people})
+                     "dimensions": r.dimensions, "n_items": len(r.items), "annotators": people})
     evals = [(eid, display(p)) for eid, p in sorted(ws.evals.items(), key=lambda kv: str(kv[1]))]
     return page(request, "reviews.html", title="Review", nav="review", reviews=rows, evals=evals)
 
@@ -48,7 +48,7 @@ def review_page(request: Request, sid: str) -> HTMLResponse:
     ws: Workspace = request.app.state.ws
     r = ws.review(sid)
     return page(request, "review.html", title=f"Review {r.info['name']}", nav="review", sid=sid,
-                review={"name": r.info["name"], "mode": r.mode, "dimensions": r.dimensions, "items": len(r.items)})
+                review={"name": r.info["name"], "mode": r.mode, "dimensions": r.dimensions, "n_items": len(r.items)})
 
 
 @router.get("/api/review/{sid}/state")

@@ -201,7 +201,7 @@ def test_chat_exchange_reaches_the_serve_log_with_feedback(page, workspace, serv
         rid = page.get_attribute(left, "data-id")
         page.click(f"{left} .fb button[data-score='1']")
         page.wait_for_selector(f"{left} .fb-status.ok", timeout=TIMEOUT)
-        assert "sent" in page.inner_text(f"{left} .fb-status")
+        assert 'feedback "good" sent' in page.inner_text(f"{left} .fb-status")
     finally:
         server.should_exit = True
     db = sqlite3.connect(str(log))

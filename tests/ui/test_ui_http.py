@@ -91,3 +91,21 @@ def test_cli_refuses_a_public_address_without_a_token(capsys, tmp_path):
 def test_assets_are_served_from_the_package(ui, path):
     code, text = call(ui[0], path)
     assert code == 200 and "http" not in text.replace("http://www.w3.org", "")  # no CDN, nothing fetched elsewhere
+
+
+def test_review_over_the_api_shows_progress_on_the_list(ui):
+    url, ws = ui
+    after = next(eid for eid, p in ws.evals.items() if p.name == "after")
+    code, text = call(url, "/api/review", {"eval": after, "limit": 3, "name": f"api-{time.time_ns()}"})
+    assert code == 200, text
+    sid = json.loads(text)["id"]
+    state = json.loads(call(url, f"/api/review/{sid}/state?annotator=erin")[1])
+    assert state["progress"] == {"done": 0, "total": 3, "next": 0} and len(state["item"]["answers"]) == 2
+    code, text = call(url, f"/api/review/{sid}/vote", {"annotator": "erin", "item": state["item"]["item"],
+                                                       "dimension": "overall", "value": "7"})
+    assert code == 400 and "is not A, B or C" in json.loads(text)["error"]
+    code, text = call(url, f"/api/review/{sid}/vote", {"annotator": "erin", "item": state["item"]["item"],
+                                                       "dimension": "overall", "value": "b"})
+    assert code == 200 and json.loads(text)["progress"]["done"] == 1
+    code, text = call(url, "/review")
+    assert code == 200 and "erin 1/3" in text

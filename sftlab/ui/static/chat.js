@@ -26,14 +26,14 @@ function bubble(p, role, text) {
 function addFeedback(p, div, endpoint, id) {
   const fb = document.createElement("div");
   fb.className = "fb";
-  fb.innerHTML = '<button type="button" data-score="1" title="good reply">👍</button> <button type="button" data-score="-1" title="bad reply">👎</button> <span class="fb-status muted"></span>';
+  fb.innerHTML = '<button type="button" data-score="1" title="a good reply: score 1">Good</button> <button type="button" data-score="-1" title="a bad reply: score -1">Bad</button> <span class="fb-status muted"></span>';
   div.appendChild(fb);
   for (const b of fb.querySelectorAll("button")) {
     b.onclick = async () => {
       const out = fb.querySelector(".fb-status");
       try {
         await api("/api/chat/feedback", {endpoint, id, score: Number(b.dataset.score)});
-        setStatus(out, `feedback ${b.dataset.score === "1" ? "👍" : "👎"} sent`, "ok");
+        setStatus(out, `feedback "${b.dataset.score === "1" ? "good" : "bad"}" sent to the endpoint's log`, "ok");
         for (const x of fb.querySelectorAll("button")) x.disabled = true;
       } catch (e) { setStatus(out, e.message, "bad"); }
     };

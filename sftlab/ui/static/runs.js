@@ -22,6 +22,7 @@ function drawRunCharts(curves) {
       const perTask = el.dataset.group.endsWith("_tasks");
       if (name !== null) series.push({name, points, dash: perTask ? channelDash(name.split(": ").pop()) : ""});
     }
+    series.sort((a, b) => (b.name === "loss") - (a.name === "loss"));  // the train loss first (the first colour)
     const evalOnly = el.dataset.group === "eval_tasks";
     lineChart(el, series, {logY: el.dataset.group === "grad_norm", markers: evalOnly});
     el.dataset.points = series.reduce((a, s) => a + s.points.length, 0);
