@@ -18,6 +18,7 @@ from sftlab.ui.wire import FixIn
 from sftlab.ui.workspace import Workspace
 
 router = APIRouter()
+MAX_BAD = 100  # bad-case cards on the page (unjudged items can be many: the filters narrow them)
 
 
 def _card(row: dict[str, Any]) -> dict[str, Any]:
@@ -51,11 +52,12 @@ def eval_page(request: Request, eid: str, task: str = "", reason: str = "", q: s
     ws: Workspace = request.app.state.ws
     view = ws.eval_view(eid)
     header, table = scores(view)
-    bad = [_card(r) for r in filter_rows(view.bad, task, reason, q)]
+    bad_rows = filter_rows(view.bad, task, reason, q)
+    bad = [_card(r) for r in bad_rows[:MAX_BAD]]
     preds, number, pages = paginate(filter_rows(view.predictions, pt, "", pq, order), p)
     return page(request, "eval.html", title=display(view.path), nav="eval", eid=eid, view=view,
                 name=display(view.path), header=header, table=table, judge=judge_panel(view.summary),
-                bad=bad, reasons=sorted({str(r.get("bad_reason")) for r in view.bad}), task_types=view.task_types(),
+                bad=bad, n_bad=len(bad_rows), reasons=sorted({str(r.get("bad_reason")) for r in view.bad}), task_types=view.task_types(),
                 preds=[_card(r) for r in preds], page_no=number, pages=pages, n_preds=len(view.predictions),
                 filters={"task": task, "reason": reason, "q": q, "pt": pt, "pq": pq, "order": order},
                 others=[(i, display(pth)) for i, pth in sorted(ws.evals.items(), key=lambda kv: str(kv[1]))

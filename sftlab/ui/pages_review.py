@@ -38,7 +38,7 @@ def create_api(request: Request, body: ReviewIn) -> dict[str, Any]:
     view = ws.eval_view(body.eval)
     baseline = ws.eval_view(body.baseline) if body.baseline else None
     path = create_review(view, dimensions=body.dimensions.split(","), seed=body.seed, limit=body.limit,
-                         baseline=baseline, name=body.name or None)
+                         baseline=baseline, name=body.name or None, single=body.grading == "single")
     ws.scan(force=True)
     return {"id": path_id(path), "url": f"/review/{path_id(path)}"}
 

@@ -45,9 +45,9 @@ def _write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def create_review(view: EvalView, *, dimensions: list[str], seed: int = 0, limit: int | None = None,
-                  baseline: EvalView | None = None, name: str | None = None) -> Path:
+                  baseline: EvalView | None = None, name: str | None = None, single: bool = False) -> Path:
     """Write a new review of `view`'s predictions (A/B against `baseline`'s replies or the eval's own baseline
-    replies, else single-grade) under EVAL_DIR/review/NAME; returns that folder."""
+    replies, else — or with `single` — single-grade 1-10) under EVAL_DIR/review/NAME; returns that folder."""
     dims = [d.strip() for d in dimensions if d.strip()]
     if not dims or any(not NAME.match(d) for d in dims):
         raise UserError(f"dimensions {dimensions!r}: give names of letters, digits, '_', '.' or '-'")
@@ -74,7 +74,7 @@ def create_review(view: EvalView, *, dimensions: list[str], seed: int = 0, limit
         raise UserError(f"cannot create {out}: {e.strerror}") from None
     _write_jsonl([{k: r.get(k) for k in ("id", "task_type", "prompt", "reply", "reference")} for r in rows],
                  out / "model.jsonl")
-    pairwise = base is not None or all(r.get("baseline_reply") is not None for r in rows)
+    pairwise = not single and (base is not None or all(r.get("baseline_reply") is not None for r in rows))
     if pairwise:
         _write_jsonl([{"id": r["id"], "reply": base[r["id"]]["reply"] if base is not None else r["baseline_reply"]}
                       for r in rows], out / "baseline.jsonl")

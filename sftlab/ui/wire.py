@@ -29,6 +29,7 @@ class ReviewIn(Body):
 
     eval: str = Field(..., min_length=1)
     baseline: str | None = None
+    grading: Literal["auto", "single"] = Field("auto", description="auto: A/B when there are two replies")
     dimensions: str = Field("overall", min_length=1, description="comma-separated")
     limit: int | None = Field(None, ge=1, description="review a seeded sample of this many items")
     seed: int = 0

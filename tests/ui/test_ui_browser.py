@@ -208,3 +208,27 @@ def test_chat_exchange_reaches_the_serve_log_with_feedback(page, workspace, serv
     rows = db.execute("SELECT id, messages FROM requests").fetchall()
     assert len(rows) == 2 and all(json.loads(m)[-1]["content"] == "what is 2 plus 3?" for _, m in rows)
     assert db.execute("SELECT response_id, score FROM feedback").fetchall() == [(rid, 1)]
+
+
+def test_single_grade_review_by_number_keys(page, ui):
+    url, ws = ui
+    after = next(eid for eid, p in ws.evals.items() if p.name == "after")
+    page.goto(f"{url}/review?eval={after}")
+    page.select_option("#new-review select[name=grading]", "single")
+    page.fill("#new-review input[name=dimensions]", "helpfulness,honesty")
+    page.fill("#new-review input[name=limit]", "2")
+    page.fill("#new-review input[name=name]", f"grades-{time.time_ns()}")
+    page.click("#new-review button[type=submit]")
+    page.wait_for_url(f"{url}/review/*", timeout=TIMEOUT)
+    page.fill("#who", "frank")
+    page.click("#who-form button")
+    first = _annotate(page, "7", None)  # helpfulness 7
+    page.wait_for_selector('.dim.current[data-dim="honesty"]', timeout=TIMEOUT)
+    page.keyboard.press("0")  # honesty 10: the item is done, the next one comes
+    second = _annotate(page, "3", first)
+    assert second != first
+    sid = page.url.split("/review/")[1]
+    with urllib.request.urlopen(f"{url}/api/review/{sid}/state?annotator=frank&index=0") as r:
+        state = json.loads(r.read())
+    assert state["mode"] == "single" and state["item"]["votes"] == {"helpfulness": "7", "honesty": "10"}
+    assert len(state["item"]["answers"]) == 1 and state["progress"]["done"] == 1

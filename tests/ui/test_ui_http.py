@@ -109,3 +109,29 @@ def test_review_over_the_api_shows_progress_on_the_list(ui):
     assert code == 200 and json.loads(text)["progress"]["done"] == 1
     code, text = call(url, "/review")
     assert code == 200 and "erin 1/3" in text
+
+
+def test_10k_predictions_are_served_a_page_at_a_time(tmp_path):
+    from sftlab.ui.workspace import Workspace
+
+    ev = tmp_path / "big-eval"
+    ev.mkdir()
+    (ev / "predictions.jsonl").write_text("".join(
+        json.dumps({"id": f"s:{i}", "task_type": f"t{i % 3}", "prompt": [{"role": "user", "content": f"q{i}"}],
+                    "reply": f"r{i}", "scores": {"exact_match": (i % 7) / 7}}) + "\n" for i in range(10_000)))
+    (ev / "summary.json").write_text(json.dumps({"version": 1, "n": 10_000, "metrics": {}}))
+    (ev / "bad_cases.jsonl").write_text("")
+    ws = Workspace(paths=[tmp_path], fixes_dir=tmp_path / "fixes")
+    ws.scan(force=True)
+    url, server = start_ui(ws)
+    try:
+        eid = next(iter(ws.evals))
+        t0 = time.perf_counter()
+        code, text = call(url, f"/evals/{eid}?p=200")
+        assert code == 200 and "page 200 of 200" in text and "s:9999" in text and "s:9949" not in text
+        code, text = call(url, f"/evals/{eid}?pt=t1&order=score")  # filtered, lowest score first
+        assert code == 200 and "page 1 of 67" in text and text.count('class="card case"') == 50
+        assert time.perf_counter() - t0 < 10  # generous: the point is that a page is a slice, not 10k cards
+    finally:
+        ws.close()
+        server.should_exit = True
