@@ -84,7 +84,8 @@ def _fix_source(ws: Workspace, body: FixIn) -> dict[str, Any]:
         if item is None:
             raise UserError(f"review {review.info['name']} has no item {body.id!r}")
         entry = review.key["items"][body.id]
-        prov = {"source": "review", "review": str(review.path), "item": body.id, "record_id": entry["id"]}
+        prov = {"source": "review", "review": str(review.path), "item": body.id, "record_id": entry["id"],
+                **({"model_is": entry["model_is"]} if "model_is" in entry else {})}  # which side was the model
         return {"prompt": item["prompt"], "replies": item["answers"], "task_type": entry["task_type"], "prov": prov}
     if not body.eval:
         raise UserError("field 'eval': give the eval dir id (or 'review')")

@@ -96,8 +96,10 @@ def ui(workspace):
     server.should_exit = True
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    """Module-scoped: Playwright's sync API keeps an event loop marked running on this thread while it is open,
+    which would break asyncio.run() in the other test modules."""
     if not shutil.which(CHROMIUM) and not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM} (the browser tests need Debian's chromium)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the dev extra)")

@@ -109,6 +109,17 @@ def test_review_summary_is_import_sheet_for_the_same_votes(ui_root, tmp_path):
     review.close()
 
 
+def test_ab_review_against_another_eval_dir(ui_root):
+    view, other = load_eval(ui_root / "evals" / "after"), load_eval(ui_root / "evals" / "before")
+    review = Review(create_review(view, dimensions=["overall"], baseline=other, name=f"vs-{time.time_ns()}"))
+    assert review.mode == "pairwise" and len(review.items) == 12
+    for it in review.items:
+        entry = review.key["items"][it["item"]]
+        mine, theirs = view.by_id()[entry["id"]]["reply"], other.by_id()[entry["id"]]["reply"]
+        assert it["answers"] == ([mine, theirs] if entry["model_is"] == "A" else [theirs, mine])
+    review.close()
+
+
 def test_single_grade_review(ui_root):
     view = load_eval(ui_root / "evals" / "after")
     for r in view.predictions:
