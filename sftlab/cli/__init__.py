@@ -9,7 +9,7 @@ import sys
 import typer
 
 # Command modules register themselves on the apps when imported (one module per command group).
-from sftlab.cli import curate, data, estimate, eval, report, serve, store, synth, train  # noqa: F401
+from sftlab.cli import curate, data, estimate, eval, report, serve, store, synth, train, ui  # noqa: F401
 from sftlab.cli.apps import app
 from sftlab.errors import UserError
 

@@ -93,7 +93,7 @@ def export_sheet(pred: str | Path, out: str | Path, *, baseline: str | Path | No
     return out
 
 
-def _cell(value: Any, mode: str, sheet: Path, item: str, dim: str) -> float | None:
+def _cell(value: Any, mode: str, sheet: Path | str, item: str, dim: str) -> float | None:
     """A filled cell → score (single: the number; pairwise: model win 1 / tie 0.5 / loss 0 before unblinding)."""
     if value is None or str(value).strip() == "":
         return None
@@ -109,6 +109,15 @@ def _cell(value: Any, mode: str, sheet: Path, item: str, dim: str) -> float | No
     if not 1 <= score <= 10:  # a typo such as 77 would silently move the means (NaN too)
         raise UserError(f"{sheet}: {item}, column '{dim}': {value!r} is outside the scale 1-10")
     return score
+
+
+def vote_score(value: Any, key: dict[str, Any], item: str, dim: str, where: Path | str) -> float | None:
+    """One vote (a sheet cell or a vote in `sftlab ui`: 1-10, or A / B / C = tie) → the model's score: the grade, or
+    for A/B the model's win 1 / tie 0.5 / loss 0 after unblinding with the key. None for an empty vote."""
+    v = _cell(value, key["mode"], where, item, dim)
+    if v is not None and key["mode"] == "pairwise" and key["items"][item]["model_is"] == "B":
+        v = 1.0 - v  # unblind: always the model's win
+    return v
 
 
 def _kappa(a: list[float], b: list[float]) -> dict[str, float | None]:
@@ -149,15 +158,25 @@ def import_sheets(sheets: list[str | Path], out: str | Path, *, judged: str | Pa
             item = str(row.get("item") or "")
             if item not in key["items"]:
                 raise UserError(f"{s}: unknown item {item!r} (not in {kp.name})")
-            entry = key["items"][item]
             for d in key["dimensions"]:
-                v = _cell(row.get(d), key["mode"], s, item, d)
-                if v is not None and key["mode"] == "pairwise" and entry["model_is"] == "B":
-                    v = 1.0 - v  # unblind: always the model's win
+                v = vote_score(row.get(d), key, item, d, s)
                 if v is not None:
-                    mine.setdefault(entry["id"], {})[d] = v
+                    mine.setdefault(key["items"][item]["id"], {})[d] = v
         ratings[s.stem] = mine
     assert key is not None
+    summary = summarize_ratings(ratings, key, judged=judged)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(summary, out / "summary.json", allow_nan=True)
+    return summary
+
+
+def summarize_ratings(ratings: dict[str, dict[str, dict[str, float]]], key: dict[str, Any], *,
+                      judged: str | Path | None = None) -> dict[str, Any]:
+    """summary.json's human-evaluation fields from unblinded scores (annotator -> record id -> dimension -> score, as
+    `vote_score` gives them): `human.scores.<task_type>.<dimension>`, `agreement.<dimension>` (Cohen's kappa between
+    the first two annotators) and, with a judged predictions.jsonl, `judge_vs_human.<dimension>`. The one path from
+    votes to these fields, for filled sheets (`import_sheets`) and for `sftlab ui` reviews alike."""
     dims = key["dimensions"]
     task = {e["id"]: e["task_type"] for e in key["items"].values()}
     per_item: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -187,7 +206,4 @@ def import_sheets(sheets: list[str | Path], out: str | Path, *, judged: str | Pa
             if key["mode"] == "pairwise" and pairs:
                 agree["agreement_rate"] = sum(round(h * 2) == round(j * 2) for h, j in pairs) / len(pairs)
             summary["judge_vs_human"][d] = agree
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(summary, out / "summary.json", allow_nan=True)
     return summary
