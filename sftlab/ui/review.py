@@ -24,7 +24,7 @@ from typing import Any
 
 from sftlab.errors import UserError
 from sftlab.eval.human import export_sheet, summarize_ratings, vote_score
-from sftlab.io import write_json
+from sftlab.io import write_json, write_jsonl
 from sftlab.ui.evals import EvalView
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -38,10 +38,6 @@ CREATE TABLE IF NOT EXISTS votes (
     PRIMARY KEY (annotator, item, dimension)
 );
 """
-
-
-def _write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
 def create_review(view: EvalView, *, dimensions: list[str], seed: int = 0, limit: int | None = None,
@@ -72,11 +68,11 @@ def create_review(view: EvalView, *, dimensions: list[str], seed: int = 0, limit
         out.mkdir(parents=True)
     except OSError as e:
         raise UserError(f"cannot create {out}: {e.strerror}") from None
-    _write_jsonl([{k: r.get(k) for k in ("id", "task_type", "prompt", "reply", "reference")} for r in rows],
+    write_jsonl([{k: r.get(k) for k in ("id", "task_type", "prompt", "reply", "reference")} for r in rows],
                  out / "model.jsonl")
     pairwise = not single and (base is not None or all(r.get("baseline_reply") is not None for r in rows))
     if pairwise:
-        _write_jsonl([{"id": r["id"], "reply": base[r["id"]]["reply"] if base is not None else r["baseline_reply"]}
+        write_jsonl([{"id": r["id"], "reply": base[r["id"]]["reply"] if base is not None else r["baseline_reply"]}
                       for r in rows], out / "baseline.jsonl")
     export_sheet(out / "model.jsonl", out / "sheet.csv", baseline=out / "baseline.jsonl" if pairwise else None,
                  dimensions=dims, seed=seed)
