@@ -44,7 +44,7 @@ bench: $(STAMP)
 # Re-resolve the lock from pyproject.toml (newest releases within its ranges); commit the result with the
 # test run that passed on it.
 lock: $(STAMP)
-	$(BIN)/uv pip compile pyproject.toml --extra dev --extra embed --extra bench --extra qwen \
+	$(BIN)/uv pip compile pyproject.toml --extra dev --extra embed --extra bench --extra qwen --extra benchmarks \
 	  --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
 	  $(if $(wildcard /opt/wheels),--find-links /opt/wheels,--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match) \
 	  -c requirements/torch-cpu.txt --no-emit-package torch -o $(LOCK)

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # and those that ship with them; reported in this order.
 WATCHED = ["transformers", "kernels", "peft", "tokenizers", "trl", "accelerate", "torch", "datasets",
            "sentence-transformers", "huggingface-hub", "safetensors"]
-EXTRAS = "dev,embed,bench,qwen"
+EXTRAS = "dev,embed,bench,qwen,benchmarks"
 
 
 def _norm(name: str) -> str:
