@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -91,14 +92,89 @@ def teacher_id(gen: Generator) -> str:
 
 
 def ask(gen: Generator, conversations: list[list[dict]], params: GenerationParams,
-        batch_size: int = 64, label: str = "teacher") -> list[list[Reply]]:
-    """generate() in chunks with a progress bar (the backend batches / parallelises inside each chunk)."""
+        batch_size: int = 64, label: str = "teacher", tools: list[list[dict] | None] | None = None
+        ) -> list[list[Reply]]:
+    """generate() in chunks with a progress bar (the backend batches / parallelises inside each chunk).
+    `tools`: one list per conversation (OpenAI shape, see openai_tools) or None; conversations with the same
+    tools go to the teacher together, since one generate() call takes one tools list (as eval runs do)."""
     from sftlab.data.curate.io import progress_bar
 
-    out: list[list[Reply]] = []
+    groups: dict[str, list[int]] = {}
+    for i, t in enumerate(tools or [None] * len(conversations)):
+        groups.setdefault(json.dumps(t, sort_keys=True), []).append(i)
+    out: list[list[Reply]] = [[] for _ in conversations]
     with progress_bar(disable=len(conversations) <= batch_size) as bar:
         task = bar.add_task(label, total=len(conversations))
-        for i in range(0, len(conversations), batch_size):
-            out += gen.generate(conversations[i:i + batch_size], params)
-            bar.advance(task, len(conversations[i:i + batch_size]))
+        for members in groups.values():
+            group_tools = tools[members[0]] if tools else None
+            for a in range(0, len(members), batch_size):
+                part = members[a:a + batch_size]
+                for i, reps in zip(part, gen.generate([conversations[i] for i in part], params, group_tools),
+                                   strict=True):
+                    out[i] = reps
+                bar.advance(task, len(part))
     return out
+
+
+def openai_tools(tools: Any, where: str = "tools") -> list[dict] | None:
+    """A record's tools in the shape an OpenAI-compatible teacher takes: [{"type": "function", "function": {name,
+    description, parameters}}]. Bare function schemas ({name, description, parameters}: LLaMA-Factory / glaive
+    data) are wrapped; no tools -> None."""
+    if not tools:
+        return None
+    if not isinstance(tools, list):
+        raise UserError(f"{where}: must be a list of tools, got {type(tools).__name__}")
+    out = []
+    for i, tool in enumerate(tools):
+        if isinstance(tool, dict) and tool.get("type") == "function" and isinstance(tool.get("function"), dict):
+            out.append(tool)
+        elif isinstance(tool, dict) and isinstance(tool.get("name"), str) and "function" not in tool:
+            out.append({"type": "function", "function": tool})
+        else:
+            raise UserError(f"{where}[{i}]: not a function tool (give {{\"type\": \"function\", \"function\": "
+                            "{\"name\": ..., \"parameters\": ...}} or {\"name\": ..., \"parameters\": ...})")
+    return out
+
+
+def record_tools(rec: dict[str, Any]) -> list[dict] | None:
+    """openai_tools of a record, an error naming the record."""
+    return openai_tools(rec.get("tools"), f"record {rec.get('id')!r}, field 'tools'")
+
+
+def reply_message(reply: Reply) -> dict[str, Any]:
+    """The assistant message of a teacher reply: its text, and its tool calls (OpenAI shape) when it made any."""
+    message: dict[str, Any] = {"role": "assistant", "content": reply.text}
+    if reply.tool_calls:
+        message["tool_calls"] = [{"type": "function", **{k: v for k, v in c.items() if k != "index"}}
+                                 for c in reply.tool_calls]
+    return message
+
+
+def invalid_tool_call(message: dict[str, Any], tools: list[dict] | None) -> str | None:
+    """Why an assistant message's tool calls cannot be trained on (None when they can, or when there are none): a
+    function the record does not declare, or arguments that are not a JSON object."""
+    declared = {t["function"].get("name") for t in tools or []}
+    for call in message.get("tool_calls") or []:
+        fn = call.get("function") or {}
+        if fn.get("name") not in declared:
+            names = ", ".join(sorted(map(str, declared))) or "none"
+            return f"calls {fn.get('name')!r}, not one of the record's tools ({names})"
+        args = fn.get("arguments")
+        try:
+            parsed = json.loads(args) if isinstance(args, str) else args
+        except json.JSONDecodeError:
+            return f"{fn['name']}: arguments are not valid JSON: {str(args)[:60]!r}"
+        if not isinstance(parsed, dict):
+            return f"{fn['name']}: arguments are not a JSON object"
+    return None
+
+
+def message_text(message: dict[str, Any]) -> str:
+    """A message as plain text for a prompt about it (a judge, a follow-up writer): content, then one line per
+    tool call (`[tool call] name {arguments}`)."""
+    lines = [message.get("content") or ""]
+    for call in message.get("tool_calls") or []:
+        fn = call.get("function") or call
+        args = fn.get("arguments")
+        lines.append(f"[tool call] {fn.get('name')} {args if isinstance(args, str) else json.dumps(args)}")
+    return "\n".join(x for x in lines if x)
