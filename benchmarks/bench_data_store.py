@@ -16,6 +16,9 @@ minus RSS of the same process right before (imports and tokenizer already loaded
   wall-clock and CPU seconds (parent + workers). With other jobs on the machine the wall ratio is noisy.
 - torchrun: `sftlab train` with 2 gloo ranks on a cold cache; counts "rendering" lines in the merged log
   and reports each rank's peak RSS (ru_maxrss).
+- checksum: the content checksums (xxh3-64) of the built store: hashing at build (manifest), a full check (the
+  first open after a build, `render-cache --verify`) and an open whose verified.json matches (every later cache
+  hit). The store was just built or read, so its files are in the page cache: a cold read costs disk time on top.
 """
 
 from __future__ import annotations
@@ -182,6 +185,27 @@ def phase_format(work: Path, cache: Path, n_batches: int = 300) -> dict:
             "ours_gather_ms": 1000 * ours_s / n_batches}
 
 
+def phase_checksum(cache: Path) -> dict:
+    from sftlab.data.store import Store
+
+    path = next(p for p in cache.iterdir() if p.is_dir())
+    manifest = json.loads((path / "manifest.json").read_text())
+    best = {"full_s": [], "stamp_open_s": [], "first_open_s": []}
+    for _ in range(3):
+        t0 = time.perf_counter()
+        Store(path, "full")
+        best["full_s"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        assert not Store(path).verified
+        best["stamp_open_s"].append(time.perf_counter() - t0)
+        (path / "verified.json").unlink()
+        t0 = time.perf_counter()
+        assert Store(path).verified
+        best["first_open_s"].append(time.perf_counter() - t0)
+    return {"bytes": sum(f.stat().st_size for f in path.iterdir()), "samples": manifest["samples"],
+            "build_checksum_s": manifest["render"]["checksum_seconds"], **{k: min(v) for k, v in best.items()}}
+
+
 def phase_rank(cfg_path: str) -> None:
     """Inside torchrun: train, then print this rank's peak RSS."""
     from sftlab.cli import main
@@ -220,7 +244,8 @@ def main() -> None:
         res = {"before": lambda: phase_before(work, data),
                "after": lambda: phase_after(work, data, Path(rest[2])),
                "render": lambda: phase_render(work, data, int(rest[2])),
-               "format": lambda: phase_format(work, Path(rest[2]))}[name]()
+               "format": lambda: phase_format(work, Path(rest[2])),
+               "checksum": lambda: phase_checksum(Path(rest[2]))}[name]()
         print(json.dumps(res))
         return
 
@@ -255,6 +280,9 @@ def main() -> None:
     results["cold_build_s"] = time.perf_counter() - t0
     print("after: cache hit + one collate pass ...", flush=True)
     results["after"] = run_phase("after", str(work), str(big), str(cache))
+
+    print("checksum: content checksums of the store ...", flush=True)
+    results["checksum"] = run_phase("checksum", str(work), str(big), str(cache))
 
     print("format: the same columns as HF datasets / Arrow ...", flush=True)
     results["format"] = run_phase("format", str(work), str(big), str(cache))
@@ -313,6 +341,14 @@ def print_table(r: dict) -> None:
                  ("open seconds: ours / Arrow (load_from_disk)", f"{fm['ours_open_s']:.3f} / {fm['arrow_open_s']:.3f}"),
                  ("16 random samples, ms: ours (sample dicts) / Arrow (ds[idx], numpy)",
                   f"{fm['ours_gather_ms']:.2f} / {fm['arrow_gather_ms']:.2f}")]
+    if "checksum" in r:
+        c = r["checksum"]
+        rows += [("checksum: store MiB / samples", f"{c['bytes'] / 2**20:.0f} / {c['samples']}"),
+                 ("checksum: hashing at build s", f"{c['build_checksum_s']:.3f}"),
+                 ("checksum: full check s (first open after build, --verify), page cache warm",
+                  f"{c['full_s']:.3f} ({c['bytes'] / 2**20 / max(c['full_s'], 1e-9):.0f} MiB/s)"),
+                 ("checksum: first open after build s (full check + stamp)", f"{c['first_open_s']:.3f}"),
+                 ("checksum: later open s (stamp matches, nothing hashed)", f"{c['stamp_open_s']:.3f}")]
     rows += [(f"torchrun {k}: peak RSS GiB", f"{v / 2**30:.2f}") for k, v in sorted(r["torchrun"]["peak_rss"].items())]
     width = max(len(k) for k, _ in rows)
     print(f"\nmachine: {r['machine']}")

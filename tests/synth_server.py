@@ -94,3 +94,25 @@ def sometimes_right(body: dict, choice: int) -> str:
     else:
         right = hashlib.sha256(f"{q}|{body.get('seed')}|{choice}".encode()).digest()[0] % 2 == 0
     return f"{a} plus {b} makes {a + b if right else a + b + 1 + choice}."
+
+
+_CITY = re.compile(r"(weather|forecast) in ([A-Z][a-z]+)")
+
+
+def calls_tools(body: dict, choice: int) -> str | dict:
+    """A teacher that calls tools, and only those the request declares in OpenAI shape ({"type": "function",
+    "function": {name, ...}}). Asked for "the weather in CITY" with get_weather declared, choice 0 calls it for the
+    wrong city (Atlantis) and other choices for CITY; asked for a "forecast" it calls get_forecast, declared or not;
+    without the tool it can only answer in text. Asked to write a follow-up (synth multi-turn), it asks about Oslo."""
+    last = body["messages"][-1].get("content") or ""
+    if last.startswith("Here is a conversation"):
+        return "And what is the weather in Oslo?"
+    declared = {t["function"]["name"] for t in body.get("tools") or []
+                if t.get("type") == "function" and isinstance(t.get("function"), dict)}
+    m = _CITY.search(last)
+    if not m or (m.group(1) == "weather" and "get_weather" not in declared):
+        return "I cannot look that up."
+    name = "get_weather" if m.group(1) == "weather" else "get_forecast"
+    city = m.group(2) if choice or name != "get_weather" else "Atlantis"
+    return {"content": None, "tool_calls": [{"id": f"call_{choice}", "type": "function",
+                                             "function": {"name": name, "arguments": json.dumps({"city": city})}}]}

@@ -297,3 +297,71 @@ def test_render_cache_builds_every_stage_of_a_plan_once(tmp_path, tiny_model_dir
 
     code, out, err = run_cli(["data", "render-cache", tmp_path / "missing.yaml"], capsys)
     assert code == 2 and err.startswith("error: config file not found")
+
+
+def _flip_byte(path: Path, offset: int, keep_stat: bool) -> None:
+    """One byte changed in place, the size kept (bit rot, a bad copy); keep_stat also restores the mtime, so
+    nothing but the content tells (the inode stays: the file is written in place)."""
+    import os
+
+    st = path.stat()
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x01]))
+    if keep_stat:
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+@pytest.mark.parametrize("name", ["input_ids.bin", "turn_index.bin", "turn_coef.bin", "sample_ids.txt",
+                                  "manifest.json"])
+def test_bit_flip_that_keeps_sizes_is_found_and_rendered_again(name, tmp_path, tiny_tokenizer, small_records,
+                                                               capsys):
+    """Issue 35 item 4: a changed byte keeps every size and offset right, so only a content checksum finds it;
+    the next open renders the store again with one line and trains on the right tokens."""
+    data = tmp_path / "train.jsonl"
+    write_jsonl(_records(small_records), data)
+    src, settings = DataSource(path=str(data)), RenderSettings(max_length=64, train_on="all_assistant", loss="turn",
+                                                               on_error="skip")
+    first = build_or_open(src, tiny_tokenizer, settings, tmp_path / "cache", 1)
+    want = [first.store.sample(i) for i in range(len(first.store))]
+    f = first.store.path / name
+    # the manifest: a task name (math/add -> lath/add); a flip there would mislabel every sample of the task
+    offset = f.read_text().index('"math/add"') + 1 if name == "manifest.json" else f.stat().st_size // 2
+    _flip_byte(f, offset, keep_stat=False)
+    capsys.readouterr()
+    again = build_or_open(src, tiny_tokenizer, settings, tmp_path / "cache", 1)
+    lines = [x for x in capsys.readouterr().out.splitlines() if "damaged" in x]
+    assert len(lines) == 1 and f"{name}: content checksum differs" in lines[0] and "rendering it again" in lines[0]
+    assert not again.hit
+    for a, b in zip(want, [again.store.sample(i) for i in range(len(again.store))], strict=True):
+        assert a["id"] == b["id"] and np.array_equal(a["input_ids"], b["input_ids"])
+        assert np.array_equal(a["loss_coef"], b["loss_coef"]) and a["task_type"] == b["task_type"]
+    assert again.store.verified  # the first open after the build checked the content
+
+
+def test_later_opens_are_cheap_and_render_cache_verify_reads_everything(tmp_path, tiny_model_dir, small_records,
+                                                                         capsys, monkeypatch):
+    """After the first check, an open whose files are as they were (size, mtime, inode) hashes nothing: cache-hit
+    start-up stays a few stat calls. Bit rot that leaves even the mtime is found by `render-cache --verify`."""
+    train = tmp_path / "train.jsonl"
+    write_jsonl(_records(small_records), train)
+    cfg = _config(tmp_path, tiny_model_dir, train, "run")
+    assert run_cli(["data", "render-cache", cfg], capsys)[0] == 0
+    store_dir = next((tmp_path / "cache").iterdir())
+    hashed: list[str] = []
+    real = store_mod.file_checksum
+    monkeypatch.setattr(store_mod, "file_checksum", lambda p: hashed.append(Path(p).name) or real(p))
+    code, out, _ = run_cli(["data", "render-cache", cfg], capsys)
+    assert code == 0 and "hit" in out and "verified" not in out and hashed == []
+
+    _flip_byte(store_dir / "input_ids.bin", 10, keep_stat=True)
+    assert Store(store_dir).verified is False  # looks untouched: not read
+    code, out, err = run_cli(["data", "render-cache", cfg, "--verify"], capsys)
+    assert code == 0, err
+    assert sum("input_ids.bin: content checksum differs" in x for x in out.splitlines()) == 1
+    assert "rendered in" in out and set(hashed) >= set(store_mod.CONTENT_FILES)
+    hashed.clear()
+    code, out, _ = run_cli(["data", "render-cache", cfg, "--verify"], capsys)
+    assert code == 0 and "hit, verified" in out and set(hashed) == set(store_mod.CONTENT_FILES)

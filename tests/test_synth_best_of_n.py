@@ -35,6 +35,11 @@ def _run(tmp_path: Path, url: str, out: str, *extra: str) -> Path:
     return tmp_path / out
 
 
+def _msgs(*texts: str) -> list[dict]:
+    """Replies as verifiers get them: assistant messages."""
+    return [{"role": "assistant", "content": t} for t in texts]
+
+
 def _truth(prompt_text: str) -> int:
     a, b = map(int, re.search(r"(\d+) \+ (\d+)", prompt_text).groups())
     return a + b
@@ -163,16 +168,16 @@ def test_code_verifier_runs_tests_in_a_subprocess_with_timeout():
     good = "Here:\n```python\ndef add(a, b):\n    return a + b\n```"
     bad = "```python\ndef add(a, b):\n    return a - b\n```"
     hang = "```python\ndef add(a, b):\n    while True:\n        pass\n```"
-    assert v.score([[]] * 3, [good, bad, hang], [None] * 3, [rec] * 3) == [1.0, 0.0, 0.0]
+    assert v.score([[]] * 3, _msgs(good, bad, hang), [None] * 3, [rec] * 3) == [1.0, 0.0, 0.0]
     # wrong code that exits before the appended tests run must not pass
     main_exit = ("```python\nimport sys\ndef add(a, b):\n    return a - b\n\ndef main():\n    print(add(1, 2))\n\n"
                  "if __name__ == \"__main__\":\n    sys.exit(main())\n```")
     bare_exit = "```python\ndef add(a, b):\n    return a - b\nexit()\n```"
-    assert v.score([[]] * 2, [main_exit, bare_exit], [None] * 2, [rec] * 2) == [0.0, 0.0]
+    assert v.score([[]] * 2, _msgs(main_exit, bare_exit), [None] * 2, [rec] * 2) == [0.0, 0.0]
     # the python block counts, not a later untagged block of example output; ```Python is python too
     with_output = good + "\n\nExample:\n```\n>>> add(2, 3)\n5\n```"
     capital = "```Python\ndef add(a, b):\n    return a + b\n```"
-    assert v.score([[]] * 2, [with_output, capital], [None] * 2, [rec] * 2) == [1.0, 1.0]
+    assert v.score([[]] * 2, _msgs(with_output, capital), [None] * 2, [rec] * 2) == [1.0, 1.0]
 
 
 def test_best_of_n_errors(tmp_path, capsys):
@@ -268,7 +273,7 @@ def test_reward_model_verifier_scores_in_unit_interval(tiny_model_dir):
     torch.manual_seed(0)
     v = make_verifier(f"reward:{tiny_model_dir}")
     prompt = [{"role": "user", "content": "what is 2 plus 3?"}]
-    scores = v.score([prompt] * 3, ["5", "seven", "5"], [None] * 3, [{}] * 3)
+    scores = v.score([prompt] * 3, _msgs("5", "seven", "5"), [None] * 3, [{}] * 3)
     assert all(0.0 < s < 1.0 for s in scores) and scores[0] == scores[2] != scores[1]
 
 

@@ -13,7 +13,10 @@ from sftlab.cli.apps import data_app
 def render_cache_cmd(ctx: typer.Context,
                      config: Path = typer.Argument(..., help="training config (or run plan with stages:)"),
                      num_proc: int = typer.Option(None, "--num-proc", min=1, help="rendering processes (default: "
-                                                  "data.num_proc, else all cores)")) -> None:
+                                                  "data.num_proc, else all cores)"),
+                     verify: bool = typer.Option(False, "--verify", help="check every found store's content "
+                                                 "checksums (reads it whole); a damaged one is rendered again")
+                     ) -> None:
     """Build (or find) the rendered store of every train/eval source, so `sftlab train` starts from the cache.
     Extra arguments are dotted overrides (data.max_length=1024), as for `sftlab train`."""
     from rich.console import Console
@@ -47,10 +50,12 @@ def render_cache_cmd(ctx: typer.Context,
                     continue
                 seen.add((src.path, src.format, src.task_type, settings, cfg.data.cache_dir))
                 got = build_or_open(src, tokenizer, settings, cfg.data.cache_dir, num_proc or cfg.data.num_proc,
-                                    tokenizer_digest=digest, label=f"data.{split}[{k}]")
+                                    tokenizer_digest=digest, label=f"data.{split}[{k}]", verify=verify)
                 m = got.store.manifest
-                table.add_row(split, str(src.path), str(m["samples"]), str(m["num_tokens"]),
-                              "hit" if got.hit else f"rendered in {m['render']['seconds']:.1f} s", str(got.store.path))
+                state = ("hit, verified" if got.store.verified else "hit") if got.hit else \
+                    f"rendered in {m['render']['seconds']:.1f} s"
+                table.add_row(split, str(src.path), str(m["samples"]), str(m["num_tokens"]), state,
+                              str(got.store.path))
                 lost = [f"{m['truncated']} truncated to max_length ({m['turns_truncated_away']} turns lost)"] \
                     if m.get("truncated") else []
                 lost += [f"{m['history_truncated']} shortened by dropping {m['exchanges_dropped']} oldest exchanges "

@@ -19,6 +19,7 @@ from sftlab.eval.judge import Judge
 from sftlab.io import check_output_dir, check_output_file, write_json, write_jsonl
 from sftlab.synth import turns
 from sftlab.synth.best_of_n import best_of_n
+from sftlab.synth.coherence import MIN_BACKGROUND
 from sftlab.synth.evolve import evolve, multi_turn, rewrite_formats
 from sftlab.synth.flywheel import flywheel, read_log
 from sftlab.synth.io import read_prompt_records
@@ -146,10 +147,14 @@ def turns_cmd(inputs: list[Path] = typer.Argument(..., help="record files"),
               merge: bool = typer.Option(False, "--merge", help="fold --split samples back into one per dialogue"),
               detect_pseudo: bool = typer.Option(False, "--detect-pseudo", help="score topic switches between "
                                                  "exchanges; writes meta.pseudo_multiturn(_score), keeps all"),
-              min_similarity: float = typer.Option(None, "--min-similarity", help="exchange cosine below this "
-                                                   "flags a dialogue (default 0.35)"),
-              embed_model: str | None = typer.Option(None, "--embed-model", help="sentence-transformers model "
-                                                     "(default: the shipped all-MiniLM-L6-v2)")) -> None:
+              min_coherence: float = typer.Option(None, "--min-coherence", help="an exchange less coherent with "
+                                                  "the dialogue before it than this (z-score against other "
+                                                  "dialogues) flags the dialogue (default 3.25)"),
+              min_similarity: float = typer.Option(None, "--min-similarity", hidden=True),
+              embed_model: str | None = typer.Option(None, "--embed-model", help="sentence-transformers model for "
+                                                     "the text it reads (default: the shipped English "
+                                                     "all-MiniLM-L6-v2; 'multilingual' or a path; 'none': "
+                                                     "lexical signal only)")) -> None:
     """Multi-turn tools: --split / --merge / --detect-pseudo (exactly one)."""
     if split + merge + detect_pseudo != 1:
         raise UserError("data turns: give exactly one of --split, --merge, --detect-pseudo")
@@ -163,10 +168,16 @@ def turns_cmd(inputs: list[Path] = typer.Argument(..., help="record files"),
         result, folded = turns.merge_turns(records)
         line = f"turns --merge: {len(records)} samples -> {len(result)} records"
     else:
-        threshold = turns.PSEUDO_MIN_SIMILARITY if min_similarity is None else min_similarity
-        result = turns.detect_pseudo(records, min_similarity=threshold, model=embed_model)
+        if min_similarity is not None:
+            raise UserError("--min-similarity was a cosine threshold; --detect-pseudo now measures coherence "
+                            "against other dialogues: use --min-coherence (z-score, default 3.25)")
+        threshold = turns.PSEUDO_MIN_COHERENCE if min_coherence is None else min_coherence
+        result = turns.detect_pseudo(records, min_coherence=threshold, model=embed_model)
         flagged = Counter(r["meta"]["pseudo_multiturn"] for r in result)
         line = f"turns --detect-pseudo: {flagged[True]} of {len(result)} flagged pseudo multi-turn"
+        if flagged[None]:
+            line += (f" ({flagged[None]} not scored: fewer than {MIN_BACKGROUND} exchanges of other dialogues "
+                     "in their script to compare with)")
     write_jsonl(result, out)
     write_jsonl(folded, dropped_path(out))
     typer.echo(f"{line} -> {out}")

@@ -47,14 +47,20 @@ def count_non_latin(texts: Sequence[str]) -> int:
     return sum(dominant_script(t) not in ("latin", "none") for t in texts)
 
 
+def is_multilingual(model: str | None) -> bool:
+    """Whether an embedding model reads non-Latin scripts, judged by its name (the shipped default does not)."""
+    name = resolve_model_path(model) if model not in (None, "", DEFAULT_MODEL) else DEFAULT_MODEL
+    return any(h in name.lower() for h in _MULTILINGUAL_HINTS)
+
+
 def language_warning(texts: Sequence[str], model: str | None, *, counts: tuple[int, int] | None = None
                      ) -> str | None:
     """A warning when an English-only embedding model is given non-Latin-script text (e.g. Chinese): its
     distances are then meaningless across languages and selection skews to English. `counts` = (non-Latin,
     total) counted chunk by chunk (count_non_latin) instead of `texts`."""
-    name = resolve_model_path(model) if model not in (None, "", DEFAULT_MODEL) else DEFAULT_MODEL
-    if any(h in name.lower() for h in _MULTILINGUAL_HINTS):
+    if is_multilingual(model):
         return None
+    name = resolve_model_path(model) if model not in (None, "", DEFAULT_MODEL) else DEFAULT_MODEL
     other, total = counts if counts is not None else (count_non_latin(texts), len(texts))
     if not total or other / total < 0.05:
         return None

@@ -80,7 +80,8 @@ class OpenAIGenerator:
                 raise
 
     def _one(self, conversation: list[dict], params: GenerationParams, tools: list[dict] | None) -> list[Reply]:
-        request: dict[str, Any] = dict(model=self.model_id, messages=conversation, max_tokens=params.max_new_tokens,
+        request: dict[str, Any] = dict(model=self.model_id, messages=wire_messages(conversation),
+                                       max_tokens=params.max_new_tokens,
                                        temperature=params.temperature, top_p=params.top_p, n=params.n)
         if params.seed is not None:
             request["seed"] = params.seed
@@ -106,6 +107,31 @@ class OpenAIGenerator:
                                  prompt_tokens=prompt_tokens, completion_tokens=share, logprobs=lps,
                                  tool_calls=calls))
         return replies
+
+
+def wire_messages(conversation: list[dict]) -> list[dict]:
+    """Messages as the OpenAI API takes them: training-only keys (loss_weight) left out, tool-call arguments as
+    JSON text, and every tool call with an id that its tool result names (records may carry arguments as
+    objects and no ids, as chat templates take them)."""
+    import json
+
+    out, pending = [], []
+    for k, m in enumerate(conversation):
+        m = {key: v for key, v in m.items() if key != "loss_weight"}
+        if m.get("tool_calls"):
+            calls = []
+            for j, c in enumerate(m["tool_calls"]):
+                fn = dict(c.get("function") or {})
+                if not isinstance(fn.get("arguments"), str):
+                    fn["arguments"] = json.dumps(fn.get("arguments") or {}, ensure_ascii=False)
+                calls.append({**c, "id": c.get("id") or f"call_{k}_{j}", "type": "function", "function": fn})
+            m["tool_calls"], pending = calls, [c["id"] for c in calls]
+        elif m.get("role") == "tool" and pending:  # results answer the calls in order
+            m["tool_call_id"] = m.get("tool_call_id") or pending[0]
+            if m["tool_call_id"] in pending:
+                pending.remove(m["tool_call_id"])
+        out.append(m)
+    return out
 
 
 def _message(e: Any) -> str:

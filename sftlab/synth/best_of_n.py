@@ -19,7 +19,7 @@ from typing import Any
 
 from sftlab.errors import UserError
 from sftlab.infer import GenerationParams, Generator
-from sftlab.synth.teacher import ask, teacher_id
+from sftlab.synth.teacher import ask, message_text, record_tools, reply_message, teacher_id
 from sftlab.synth.verifiers import Verifier
 
 PAIRS_FORMATS = ("trl", "llamafactory")
@@ -62,6 +62,7 @@ def best_of_n(records: list[dict[str, Any]], teacher: Generator, verifier: Verif
     start = time.perf_counter()
     dropped: list[dict[str, Any]] = []
     todo: list[tuple[dict, list[dict], str | None]] = []
+    tools: list[list[dict] | None] = []  # per todo entry, in the shape the teacher takes
     for rec in records:
         prompt, ref = split_prompt(rec)
         if not prompt or prompt[-1]["role"] not in ("user", "tool"):
@@ -70,12 +71,13 @@ def best_of_n(records: list[dict[str, Any]], teacher: Generator, verifier: Verif
             dropped.append({"id": rec["id"], "step": "best_of_n", "reason": "no_reference"})
         else:
             todo.append((rec, prompt, ref))
+            tools.append(record_tools(rec))
 
     params = GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, n=n, seed=seed)
-    replies = ask(teacher, [p for _, p, _ in todo], params, batch_size, label=f"best-of-{n}")
+    replies = ask(teacher, [p for _, p, _ in todo], params, batch_size, label=f"best-of-{n}", tools=tools)
     gen_s = time.perf_counter() - start
     flat = [(i, r) for i, reps in enumerate(replies) for r in reps]
-    scores = verifier.score([todo[i][1] for i, _ in flat], [r.text for _, r in flat],
+    scores = verifier.score([todo[i][1] for i, _ in flat], [reply_message(r) for _, r in flat],
                             [todo[i][2] for i, _ in flat], [todo[i][0] for i, _ in flat])
     per_prompt: list[list[tuple[float, Any]]] = [[] for _ in todo]
     for (i, r), s in zip(flat, scores, strict=True):
@@ -95,11 +97,11 @@ def best_of_n(records: list[dict[str, Any]], teacher: Generator, verifier: Verif
         if best_s is None or best_s < threshold:
             reason = "unscored" if not graded else "all_truncated" if best_s is None else "no_reply_passed"
             dropped.append({"id": rec["id"], "step": "best_of_n", "reason": reason, "scores": all_scores,
-                            "replies": [r.text for _, r in scored]})
+                            "replies": [message_text(reply_message(r)) for _, r in scored]})
             continue
-        best = scored[best_k][1].text
+        best = reply_message(scored[best_k][1])  # a tool call stays a tool call (the record's tools go along)
         meta = {**(rec.get("meta") or {}), "synth": {**prov, "score": best_s}}
-        sft.append({"id": f"{rec['id']}-bon", "messages": prompt + [{"role": "assistant", "content": best}],
+        sft.append({"id": f"{rec['id']}-bon", "messages": prompt + [best],
                     "tools": rec.get("tools"), "task_type": rec["task_type"], "source": source, "meta": meta})
         margin = best_s - worst_s
         if worst_s >= threshold:
@@ -108,7 +110,8 @@ def best_of_n(records: list[dict[str, Any]], teacher: Generator, verifier: Verif
             counts["no_pair_small_margin"] += 1
         else:
             pair_meta = {**prov, "chosen_score": best_s, "rejected_score": worst_s, "margin": margin}
-            pairs.append(format_pair(prompt, best, scored[worst_k][1].text, pairs_format, pair_meta, rec.get("tools")))
+            pairs.append(format_pair(prompt, best, reply_message(scored[worst_k][1]), pairs_format, pair_meta,
+                                     rec.get("tools")))
     elapsed = time.perf_counter() - start
     summary = {
         "step": "best_of_n", "teacher": source, "verifier": verifier.spec, "n": n, "seed": seed,
@@ -123,16 +126,16 @@ def best_of_n(records: list[dict[str, Any]], teacher: Generator, verifier: Verif
     return BestOfNResult(sft, pairs, dropped, summary)
 
 
-def format_pair(prompt: list[dict], chosen: str, rejected: str, fmt: str, meta: dict,
+def format_pair(prompt: list[dict], chosen: dict | str, rejected: dict | str, fmt: str, meta: dict,
                 tools: list | None = None) -> dict[str, Any]:
     """One preference pair: TRL conversational DPO or LLaMA-Factory sharegpt ranking (dpo_en_demo.json layout: the
-    system prompt and earlier turns inside `conversations`, from system / human / gpt / function_call / observation)."""
+    system prompt and earlier turns inside `conversations`, from system / human / gpt / function_call / observation).
+    chosen / rejected: assistant messages (tool calls kept) or their text."""
+    chosen, rejected = (m if isinstance(m, dict) else {"role": "assistant", "content": m} for m in (chosen, rejected))
     if fmt == "trl":
-        return {"prompt": prompt, "chosen": [{"role": "assistant", "content": chosen}],
-                "rejected": [{"role": "assistant", "content": rejected}], "meta": meta}
+        return {"prompt": prompt, "chosen": [chosen], "rejected": [rejected], "meta": meta}
     row: dict[str, Any] = {"conversations": [_sharegpt_turn(m) for m in prompt],
-                           "chosen": {"from": "gpt", "value": chosen},
-                           "rejected": {"from": "gpt", "value": rejected}}
+                           "chosen": _sharegpt_turn(chosen), "rejected": _sharegpt_turn(rejected)}
     if tools:
         row["tools"] = json.dumps(tools, ensure_ascii=False)
     row["meta"] = meta

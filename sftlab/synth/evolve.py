@@ -10,6 +10,11 @@ has Markdown, and an answer the teacher returns unchanged (`no_change`).
 
 `synth multi-turn` lives here too: the teacher asks a follow-up question to a single-turn record and answers
 it, so related turns are chained (a follow-up that repeats the previous question is dropped).
+
+A record's tools go to the teacher with every answer request (OpenAI shape), so an answer may be a tool call: it
+is kept as an assistant message with `tool_calls` (a dialogue that reaches one ends there: the tool's result is
+not known), and dropped as `invalid_tool_call` when it calls an undeclared function or its arguments are not a
+JSON object.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from sftlab.curate.clean import clean_records
 from sftlab.errors import UserError
 from sftlab.infer import GenerationParams, Generator
 from sftlab.synth.self_instruct import RougeL, SynthResult, first_user
-from sftlab.synth.teacher import ask, teacher_id
+from sftlab.synth.teacher import ask, invalid_tool_call, message_text, record_tools, reply_message, teacher_id
 
 _IN_DEPTH = ("I want you to act as a prompt rewriter. Rewrite the given prompt into a more complex version that "
              "famous AI systems would find harder to handle, but that a human still understands and can answer. "
@@ -115,9 +120,10 @@ def rewrite_formats(records: list[dict[str, Any]], teacher: Generator, formats: 
                    {"teacher": source, "seed": seed, "formats": list(formats)})
 
 
-def _answers(teacher: Generator, prompts: list[list[dict]], seed: int, max_new_tokens: int) -> list[Any]:
+def _answers(teacher: Generator, prompts: list[list[dict]], seed: int, max_new_tokens: int,
+             tools: list[list[dict] | None]) -> list[Any]:
     return [r[0] for r in ask(teacher, prompts, GenerationParams(max_new_tokens=max_new_tokens, seed=seed),
-                              label="answers")]
+                              label="answers", tools=tools)]
 
 
 def _finish(step: str, records: list[dict], dropped: list[dict], n_in: int, extra: dict) -> SynthResult:
@@ -158,16 +164,22 @@ def evolve(records: list[dict[str, Any]], teacher: Generator, *, ops: tuple[str,
             dropped.append({**base, "reason": "no_information_gain", "rouge_l": round(sim, 4)})
         else:
             todo.append((rec, op, new, sim))
-    answers = _answers(teacher, [[{"role": "user", "content": new}] for _, _, new, _ in todo], seed, max_new_tokens)
+    tools = [record_tools(rec) for rec, *_ in todo]  # the evolved instruction keeps the parent's tools
+    answers = _answers(teacher, [[{"role": "user", "content": new}] for _, _, new, _ in todo], seed, max_new_tokens,
+                       tools)
     out = []
-    for (rec, op, new, sim), ans in zip(todo, answers, strict=True):
+    for (rec, op, new, sim), ans, rec_tools in zip(todo, answers, tools, strict=True):
         rid = f"{rec['id']}-evol"
+        answer = reply_message(ans)
+        base = {"id": rid, "step": "evolve", "parent_id": rec["id"], "op": op, "instruction": new}
         if ans.finish_reason == "length":
-            dropped.append({"id": rid, "step": "evolve", "parent_id": rec["id"], "op": op, "instruction": new,
-                            "reason": "answer_truncated"})
+            dropped.append({**base, "reason": "answer_truncated"})
             continue
-        out.append({"id": rid, "task_type": rec["task_type"], "source": source, "tools": None,
-                    "messages": [{"role": "user", "content": new}, {"role": "assistant", "content": ans.text}],
+        if why := invalid_tool_call(answer, rec_tools):
+            dropped.append({**base, "reason": "invalid_tool_call", "detail": why})
+            continue
+        out.append({"id": rid, "task_type": rec["task_type"], "source": source, "tools": rec.get("tools"),
+                    "messages": [{"role": "user", "content": new}, answer],
                     "meta": {"synth": {"step": "evolve", "op": op, "parent_id": rec["id"], "teacher": source,
                                        "seed": seed, "rouge_l_to_parent": round(sim, 4)}}})
     return _finish("evolve", out, dropped, len(records), {"teacher": source, "seed": seed,
@@ -178,11 +190,16 @@ def multi_turn(records: list[dict[str, Any]], teacher: Generator, *, turns: int 
                temperature: float = 0.7, max_new_tokens: int = 512, max_repeat: float = 0.7) -> SynthResult:
     """Extend each dialogue to `turns` user turns with teacher-written follow-ups and answers."""
     source, rouge = teacher_id(teacher), RougeL()
-    live = [dict(r, messages=list(r["messages"])) for r in records if r["messages"][-1]["role"] == "assistant"]
-    dropped = [{"id": r["id"], "step": "multi_turn", "parent_id": r["id"], "reason": "not_ending_on_assistant"}
-               for r in records if r["messages"][-1]["role"] != "assistant"]
+    live, dropped, done = [], [], []  # done: dialogues that ended on a tool call (kept, not extended)
+    for r in records:
+        last = r["messages"][-1]
+        if last["role"] != "assistant" or last.get("tool_calls"):  # after a tool call comes its result, not a user
+            reason = "ends_on_tool_call" if last["role"] == "assistant" else "not_ending_on_assistant"
+            dropped.append({"id": r["id"], "step": "multi_turn", "parent_id": r["id"], "reason": reason})
+        else:
+            live.append(dict(r, messages=list(r["messages"])))
     for step in range(turns - 1):
-        dialogues = ["\n".join(f"{m['role']}: {m.get('content') or ''}" for m in r["messages"] if m["role"] != "system")
+        dialogues = ["\n".join(f"{m['role']}: {message_text(m)}" for m in r["messages"] if m["role"] != "system")
                      for r in live]
         asks = ask(teacher, [[{"role": "user", "content": FOLLOWUP.format(dialogue=d)}] for d in dialogues],
                    GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed + step),
@@ -200,16 +217,22 @@ def multi_turn(records: list[dict[str, Any]], teacher: Generator, *, turns: int 
             else:
                 r["messages"].append({"role": "user", "content": q})
                 nxt.append(r)
-        answers = _answers(teacher, [r["messages"] for r in nxt], seed + step, max_new_tokens)
+        tools = [record_tools(r) for r in nxt]
+        answers = _answers(teacher, [r["messages"] for r in nxt], seed + step, max_new_tokens, tools)
         live = []
-        for r, ans in zip(nxt, answers, strict=True):
+        for r, ans, r_tools in zip(nxt, answers, tools, strict=True):
+            answer = reply_message(ans)
             if ans.finish_reason == "length":
                 dropped.append({"id": r["id"], "step": "multi_turn", "parent_id": r["id"], "reason": "answer_truncated"})
-                continue
-            r["messages"].append({"role": "assistant", "content": ans.text})
-            live.append(r)
+            elif why := invalid_tool_call(answer, r_tools):
+                dropped.append({"id": r["id"], "step": "multi_turn", "parent_id": r["id"], "reason": "invalid_tool_call",
+                                "detail": why})
+            else:
+                r["messages"].append(answer)
+                (done if answer.get("tool_calls") else live).append(r)
     out = [{**r, "id": f"{r['id']}-mt", "source": source,
             "meta": {**(r.get("meta") or {}), "synth": {"step": "multi_turn", "parent_id": r["id"],
                                                        "teacher": source, "seed": seed, "turns": turns}}}
-           for r in live]
-    return _finish("multi_turn", out, dropped, len(records), {"teacher": source, "seed": seed, "turns": turns})
+           for r in live + done]
+    return _finish("multi_turn", out, dropped, len(records), {"teacher": source, "seed": seed, "turns": turns,
+                                                              "ended_on_tool_call": len(done)})

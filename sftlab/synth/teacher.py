@@ -9,7 +9,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from sftlab.errors import UserError
+from sftlab.data.records import openai_tools
+from sftlab.errors import RecordError, UserError
 from sftlab.infer import GenerationParams, Generator, Reply, load_generator
 from sftlab.io import progress_bar
 
@@ -87,12 +88,71 @@ def teacher_id(gen: Generator) -> str:
 
 
 def ask(gen: Generator, conversations: list[list[dict]], params: GenerationParams,
-        batch_size: int = 64, label: str = "teacher") -> list[list[Reply]]:
-    """generate() in chunks with a progress bar (the backend batches / parallelises inside each chunk)."""
-    out: list[list[Reply]] = []
+        batch_size: int = 64, label: str = "teacher", tools: list[list[dict] | None] | None = None
+        ) -> list[list[Reply]]:
+    """generate() in chunks with a progress bar (the backend batches / parallelises inside each chunk).
+    `tools`: one list per conversation (OpenAI shape, see records.openai_tools) or None; conversations with the same
+    tools go to the teacher together, since one generate() call takes one tools list (as eval runs do)."""
+    groups: dict[str, list[int]] = {}
+    for i, t in enumerate(tools or [None] * len(conversations)):
+        groups.setdefault(json.dumps(t, sort_keys=True), []).append(i)
+    out: list[list[Reply]] = [[] for _ in conversations]
     with progress_bar(disable=len(conversations) <= batch_size) as bar:
         task = bar.add_task(label, total=len(conversations))
-        for i in range(0, len(conversations), batch_size):
-            out += gen.generate(conversations[i:i + batch_size], params)
-            bar.advance(task, len(conversations[i:i + batch_size]))
+        for members in groups.values():
+            group_tools = tools[members[0]] if tools else None
+            for a in range(0, len(members), batch_size):
+                part = members[a:a + batch_size]
+                for i, reps in zip(part, gen.generate([conversations[i] for i in part], params, group_tools),
+                                   strict=True):
+                    out[i] = reps
+                bar.advance(task, len(part))
     return out
+
+
+def record_tools(rec: dict[str, Any]) -> list[dict] | None:
+    """A record's tools in the shape an OpenAI-compatible teacher takes (`records.openai_tools`: bare function
+    schemas, as glaive / LLaMA-Factory files carry them, are wrapped); an error names the record."""
+    try:
+        return openai_tools(rec.get("tools"))
+    except RecordError as e:
+        raise UserError(f"record {rec.get('id')!r}: {e.describe()}") from None
+
+
+def reply_message(reply: Reply) -> dict[str, Any]:
+    """The assistant message of a teacher reply: its text, and its tool calls (OpenAI shape) when it made any."""
+    message: dict[str, Any] = {"role": "assistant", "content": reply.text}
+    if reply.tool_calls:
+        message["tool_calls"] = [{"type": "function", **{k: v for k, v in c.items() if k != "index"}}
+                                 for c in reply.tool_calls]
+    return message
+
+
+def invalid_tool_call(message: dict[str, Any], tools: list[dict] | None) -> str | None:
+    """Why an assistant message's tool calls cannot be trained on (None when they can, or when there are none): a
+    function the record does not declare, or arguments that are not a JSON object."""
+    declared = {t["function"].get("name") for t in tools or []}
+    for call in message.get("tool_calls") or []:
+        fn = call.get("function") or {}
+        if fn.get("name") not in declared:
+            names = ", ".join(sorted(map(str, declared))) or "none"
+            return f"calls {fn.get('name')!r}, not one of the record's tools ({names})"
+        args = fn.get("arguments")
+        try:
+            parsed = json.loads(args) if isinstance(args, str) else args
+        except json.JSONDecodeError:
+            return f"{fn['name']}: arguments are not valid JSON: {str(args)[:60]!r}"
+        if not isinstance(parsed, dict):
+            return f"{fn['name']}: arguments are not a JSON object"
+    return None
+
+
+def message_text(message: dict[str, Any]) -> str:
+    """A message as plain text for a prompt about it (a judge, a follow-up writer): content, then one line per
+    tool call (`[tool call] name {arguments}`)."""
+    lines = [message.get("content") or ""]
+    for call in message.get("tool_calls") or []:
+        fn = call.get("function") or call
+        args = fn.get("arguments")
+        lines.append(f"[tool call] {fn.get('name')} {args if isinstance(args, str) else json.dumps(args)}")
+    return "\n".join(x for x in lines if x)

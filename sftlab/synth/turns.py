@@ -3,21 +3,26 @@ flag pseudo multi-turn dialogues (later exchanges unrelated to the earlier ones,
 
 Split keeps the history but sets loss_weight 0 on earlier assistant turns (each turn is supervised once, in its
 own sample: sample-level balance); merge restores the original weights and supervises all turns in one sample
-(the efficient form). Detection embeds each exchange (a user turn up to the next user turn: the reply, tool
-calls and tool results) and takes the cosine similarity of each exchange with the one before; the score is
-1 - the lowest of these similarities, and a dialogue is pseudo multi-turn when score > 1 - min_similarity.
+(the efficient form). Detection splits each dialogue into exchanges (a user turn and the replies up to the next
+user turn) and scores how well each exchange follows from the ones before it against chance (sftlab/synth/
+coherence.py: lexical overlap for every language, plus the sentence embedder for the text it reads, each as a
+z-score against exchanges of other dialogues); a dialogue is pseudo multi-turn when its weakest exchange scores
+below min_coherence.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
-import numpy as np
+from sftlab.curate.embed import embed_texts, is_multilingual
+from sftlab.curate.text import dominant_script
+from sftlab.synth.coherence import exchange_coherence
 
-from sftlab.curate.embed import embed_texts
-
-PSEUDO_MIN_SIMILARITY = 0.35  # planted glaive set (tests/test_synth_turns.py): coherent >= 0.48, spliced <= 0.22
+# tests/test_synth_turns.py: the planted en + zh set (tests/pseudo_turns_corpus.py) and the glaive tool-call set
+# keep precision and recall >= 0.85 from about 3.25 to 3.5 (measured table: docs/synthesis.md)
+PSEUDO_MIN_COHERENCE = 3.25
 
 
 def _supervised(weight: float | None) -> bool:
@@ -101,22 +106,27 @@ def exchanges(messages: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def detect_pseudo(records: list[dict[str, Any]], *, min_similarity: float = PSEUDO_MIN_SIMILARITY,
+def detect_pseudo(records: list[dict[str, Any]], *, min_coherence: float = PSEUDO_MIN_COHERENCE,
                   model: str | None = None, cache_dir: Any = None) -> list[dict[str, Any]]:
-    """Every record, with meta.pseudo_multiturn (bool) and meta.pseudo_multiturn_score (higher = less coherent;
-    single-exchange dialogues score 0)."""
+    """Every record, with meta.pseudo_multiturn (bool; None when it could not be scored: too little text of its
+    script in other dialogues to measure chance) and meta.pseudo_multiturn_coherence (its weakest exchange's
+    coherence in z units; None for a single exchange or unscored). model "none": lexical signal only."""
+    multilingual = model != "none" and is_multilingual(model)
+
+    def reads(text: str) -> bool:  # the default MiniLM is English-only: other scripts get the lexical signal only
+        return multilingual or dominant_script(text) in ("latin", "none")
+
+    def embed(texts: list[str]) -> Any:
+        return embed_texts(texts, model, cache_dir=cache_dir)
+
     parts = [exchanges(r["messages"]) for r in records]
-    flat = [t for p in parts for t in p if len(p) > 1]
-    emb = embed_texts(flat, model, cache_dir=cache_dir) if flat else np.zeros((0, 0), dtype=np.float32)
-    out, k = [], 0
-    for rec, p in zip(records, parts, strict=True):
-        score = 0.0
-        if len(p) > 1:
-            e = emb[k:k + len(p)]
-            k += len(p)
-            sims = (e[1:] * e[:-1]).sum(axis=1)
-            score = float(1.0 - sims.min())
-        meta = {**(rec.get("meta") or {}), "pseudo_multiturn": score > 1.0 - min_similarity,
-                "pseudo_multiturn_score": round(score, 4)}
+    scores = exchange_coherence(parts, None if model == "none" else embed, reads)
+    out = []
+    for rec, values in zip(records, scores, strict=True):
+        scored = [v for v in values if not math.isnan(v)]
+        weakest = min(scored) if scored else None
+        flag = None if values and not scored else weakest is not None and weakest < min_coherence
+        meta = {**(rec.get("meta") or {}), "pseudo_multiturn": flag,
+                "pseudo_multiturn_coherence": None if weakest is None else round(weakest, 3)}
         out.append({**rec, "meta": meta})
     return out

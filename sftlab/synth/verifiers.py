@@ -10,11 +10,17 @@ Specs (`--verifier`):
   reward:DIR             a sequence-classification reward model; score = sigmoid(logit of the last label)
   judge                  the eval LLM judge (single mode, 3H dimensions, reference shown): overall / 10; the judge
                          model is given separately (`--judge URL|DIR`)
-Rule verifiers are the eval checkers (sftlab.eval.metrics.make_checker), so "correct" means the same in both.
+  tool_call              the reply calls tools: 1 when its calls equal the reference's (the record's last assistant
+                         turn, when it is a tool call: same functions, same arguments as JSON), else when they are
+                         valid calls of the record's tools (declared function, arguments a JSON object)
+Rule verifiers are the eval checkers (sftlab.eval.metrics.make_checker), so "correct" means the same in both. A
+verifier is given each reply as its assistant message (text and tool calls); rule verifiers read its text.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import re
 import secrets
@@ -28,9 +34,10 @@ from typing import Any
 from sftlab.errors import UserError
 from sftlab.eval.judge import Judge, judge_single
 from sftlab.eval.metrics import make_checker
+from sftlab.synth.teacher import invalid_tool_call, message_text, record_tools
 
-# (prompt messages, reply, reference, record) -> score
-ScoreBatch = Callable[[list[list[dict]], list[str], list[str | None], list[dict]], list[float]]
+# (prompt messages, reply as an assistant message, reference, record) -> score
+ScoreBatch = Callable[[list[list[dict]], list[dict], list[str | None], list[dict]], list[float]]
 
 
 @dataclass
@@ -41,8 +48,10 @@ class Verifier:
 
 
 def _per_reply(fn: Callable[[str, str | None, dict], float]) -> ScoreBatch:
-    def batch(prompts: list[list[dict]], replies: list[str], refs: list[str | None], recs: list[dict]) -> list[float]:
-        return [min(1.0, max(0.0, float(fn(r, ref, rec)))) for r, ref, rec in zip(replies, refs, recs, strict=True)]
+    """A rule on the reply's text: (text, reference, record) -> score."""
+    def batch(prompts: list[list[dict]], replies: list[dict], refs: list[str | None], recs: list[dict]) -> list[float]:
+        return [min(1.0, max(0.0, float(fn(r.get("content") or "", ref, rec))))
+                for r, ref, rec in zip(replies, refs, recs, strict=True)]
     return batch
 
 
@@ -73,19 +82,51 @@ def make_verifier(spec: str, judge: Any = None) -> Verifier:
         if not arg:
             raise UserError(f"--verifier {spec!r}: give the reward model directory, reward:DIR")
         return Verifier(spec, False, _reward_scorer(arg))
+    if kind == "tool_call":
+        return Verifier(spec, False, score_tool_calls)
     if kind == "judge":
         if judge is None:
             raise UserError("--verifier judge needs a judge model: --judge URL (with --judge-model) or --judge DIR")
         return Verifier(spec, False, _judge_scorer(judge))
     raise UserError(f"--verifier {spec!r}: unknown kind {kind!r} (use numeric, regex:PATTERN, "
-                    "python:module:function, code[:SECONDS], reward:DIR or judge)")
+                    "python:module:function, code[:SECONDS], reward:DIR, judge or tool_call)")
+
+
+def score_tool_calls(prompts: list[list[dict]], replies: list[dict], refs: list[str | None],
+                     recs: list[dict]) -> list[float]:
+    """The `tool_call` verifier (see the module docstring)."""
+
+    out = []
+    for reply, rec in zip(replies, recs, strict=True):
+        last = rec["messages"][-1]
+        wanted = last.get("tool_calls") if last["role"] == "assistant" else None
+        if not reply.get("tool_calls"):
+            out.append(0.0)
+        elif wanted:
+            out.append(float(_call_set(reply["tool_calls"]) == _call_set(wanted)))
+        else:
+            out.append(float(invalid_tool_call(reply, record_tools(rec)) is None))
+    return out
+
+
+def _call_set(calls: list[dict]) -> list[str]:
+    """Calls compared by function name and arguments as JSON (argument order and string vs object form aside)."""
+    keys = []
+    for call in calls:
+        fn = call.get("function") or call
+        args = fn.get("arguments")
+        if isinstance(args, str):
+            with contextlib.suppress(json.JSONDecodeError):  # not JSON: compared as the raw text
+                args = json.loads(args)
+        keys.append(json.dumps([fn.get("name"), args], sort_keys=True))
+    return sorted(keys)
 
 
 def _judge_scorer(generator: Any) -> ScoreBatch:
     judge = Judge(generator, {"mode": "single", "cache": ":memory:"})
 
-    def batch(prompts: list[list[dict]], replies: list[str], refs: list[str | None], recs: list[dict]) -> list[float]:
-        rows = [{"prompt": p, "reply": r, "reference": ref, "task_type": rec.get("task_type", "default")}
+    def batch(prompts: list[list[dict]], replies: list[dict], refs: list[str | None], recs: list[dict]) -> list[float]:
+        rows = [{"prompt": p, "reply": message_text(r), "reference": ref, "task_type": rec.get("task_type", "default")}
                 for p, r, ref, rec in zip(prompts, replies, refs, recs, strict=True)]
         judge_single(rows, judge)
         # no readable verdict is no score (NaN), not 0: a good reply must not become the rejected one of a pair
@@ -130,9 +171,8 @@ def _reward_scorer(model_dir: str) -> ScoreBatch:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
 
-    def batch(prompts: list[list[dict]], replies: list[str], refs: list[str | None], recs: list[dict]) -> list[float]:
-        texts = [_chat_text(tok, p + [{"role": "assistant", "content": r}]) for p, r in zip(prompts, replies,
-                                                                                             strict=True)]
+    def batch(prompts: list[list[dict]], replies: list[dict], refs: list[str | None], recs: list[dict]) -> list[float]:
+        texts = [_chat_text(tok, p + [r]) for p, r in zip(prompts, replies, strict=True)]
         scores: list[float] = []
         with torch.no_grad():
             for i in range(0, len(texts), 16):
