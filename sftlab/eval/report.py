@@ -79,6 +79,31 @@ def _judge_section(summary: dict[str, Any]) -> str:
     return "<section><h2>Judge</h2>" + _table(["statistic", "value"], rows) + "</section>"
 
 
+def _benchmarks_section(summary: dict[str, Any]) -> str:
+    """lm-evaluation-harness results: value ± stderr per task and metric, base → model with the delta and alarms."""
+    b = summary.get("benchmarks")
+    if not b:
+        return ""
+    esc = html.escape
+
+    def pm(v: Any, se: Any) -> str:
+        return f"{v:.4g}" + (f" ± {se:.2g}" if isinstance(se, (int, float)) else "")
+
+    if b.get("deltas") is not None:
+        head = ["task", "metric", "base", "model", "model − base", "alarm"]
+        rows = [[d["task"], d["metric"], pm(d["base"], d["base_stderr"]), pm(d["model"], d["model_stderr"]),
+                 pm(d["delta"], d["delta_stderr"]), "ALARM" if d["alarm"] else ""] for d in b["deltas"]]
+    else:
+        head = ["task", "metric", "model"]
+        rows = [[t, m, pm(v["value"], v["stderr"])] for t, ms in sorted(b["results"]["model"].items())
+                for m, v in sorted(ms.items())]
+    alarms = "".join(f"<p class='worse'>{esc(a)}</p>" for a in b.get("alarms") or [])
+    h = b.get("harness", {})
+    return (f"<section><h2>Benchmarks (lm-evaluation-harness)</h2><p>{esc(str(h.get('package')))} "
+            f"{esc(str(h.get('version')))}, model type {esc(str(h.get('model_type')))}; ± is the harness's stderr"
+            f"</p>{alarms}" + _table(head, rows) + "</section>")
+
+
 def _cases_section(bad: list[dict[str, Any]]) -> str:
     if not bad:
         return ""
@@ -149,7 +174,7 @@ def render_eval_html(eval_dir: Path, compare_with: Path | None = None) -> str:
              + (f", overall {overall['mean']:.3f} [{overall['ci_low']:.3f}, {overall['ci_high']:.3f}]"
                 if isinstance(overall, dict) else "") + "</p>",
              _section("Scores per task_type (mean [95% bootstrap CI])", _charts(summary), _table(header, rows)),
-             _judge_section(summary)]
+             _judge_section(summary), _benchmarks_section(summary)]
     if compare_with is not None:
         parts.append(_compare_section(compare(compare_with, eval_dir), compare_with, eval_dir))
     parts.append(_cases_section(bad))
