@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -90,3 +91,40 @@ def test_ties_count_half_and_degenerate_inputs():
     assert length_controlled_win_rate([1, 0], [1, 2]) is None  # fewer than 3 items
     s = length_controlled_summary([1.0, 0.0, 0.5, 1.0], [100, -100, 0, 50])
     assert s["lc_extrapolated"] is False and s["longer_share"] == 0.5
+
+
+def _pairwise_dir(path: Path, runs_entry: tuple, baseline: dict) -> Path:
+    """An eval dir as `sftlab eval` writes it after a pairwise judge: summary.json and predictions.jsonl."""
+    ids, outcomes, len_diff = runs_entry
+    path.mkdir()
+    (path / "summary.json").write_text(json.dumps({"version": 1, "n": len(ids), "metrics": {},
+                                                   "judge": {"mode": "pairwise", "scores": {}}}))
+    rows = [{"id": i, "task_type": "t", "reply": "x" * max(1, int(len(baseline[i]) + d)),
+             "baseline_reply": baseline[i], "judge_scores": {"win": y}}
+            for i, y, d in zip(ids, outcomes, len_diff, strict=True)]
+    (path / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_compare_fits_the_runs_that_share_a_baseline_jointly(runs, tmp_path, capsys):
+    from sftlab.cli import main
+
+    chosen = ("claude-instant-1.2", "jina-chat", "FuseChat-Llama-3.2-3B-Instruct")
+    rng = np.random.default_rng(0)
+    baseline = {f"i{k}": "b" * int(rng.integers(300, 3000)) for k in range(805)}
+    dirs = []
+    for k, m in enumerate(chosen):
+        r = runs[m]
+        keep = [j for j, i in enumerate(r["ids"]) if f"i{i}" in baseline]
+        entry = ([f"i{r['ids'][j]}" for j in keep], [r["outcomes"][j] for j in keep], [r["len_diff"][j] for j in keep])
+        dirs.append(_pairwise_dir(tmp_path / f"run{k}", entry, baseline))
+    main(["eval", "compare", str(dirs[0]), str(dirs[1]), "--with", str(dirs[2])])
+    out = capsys.readouterr().out
+    assert "length-controlled win rate (joint fit, shared baseline" in out and "extrapolated: longer on" in out
+    html = (dirs[1] / "compare.html").read_text()
+    assert "Length-controlled win rate (shared baseline)" in html and str(dirs[2]) in html
+    # a run judged against other baseline replies is not mixed into the fit
+    other = {i: b + "!" for i, b in baseline.items()}
+    odd = _pairwise_dir(tmp_path / "odd", ([f"i{k}" for k in range(10)], [1.0] * 5 + [0.0] * 5, [0.0] * 10), other)
+    main(["eval", "compare", str(dirs[0]), str(odd)])
+    assert "judged against another baseline" in capsys.readouterr().out

@@ -91,13 +91,15 @@ def judge(pred: Path = typer.Option(..., "--pred", help="predictions.jsonl: {id,
 @eval_app.command("compare")
 def compare(a: Path = typer.Argument(..., help="Eval dir A (before)."),
             b: Path = typer.Argument(..., help="Eval dir B (after)."),
-            out: Path | None = typer.Option(None, "--out", "-o", help="HTML path (default: B/compare.html).")) -> None:
+            out: Path | None = typer.Option(None, "--out", "-o", help="HTML path (default: B/compare.html)."),
+            also: list[Path] | None = typer.Option(None, "--with", help="More eval dirs judged against the same "
+                                                   "baseline, for the joint length-controlled fit.")) -> None:
     """What got better or worse from A to B, per task_type and metric, with paired-bootstrap significance."""
     from rich.console import Console
     from rich.table import Table
 
     from sftlab.eval.report import compare as compare_dirs
-    from sftlab.eval.report import write_eval_report
+    from sftlab.eval.report import shared_baseline_lc, write_eval_report
 
     diffs = compare_dirs(a, b)
     t = Table(title=f"{a} → {b}")
@@ -108,7 +110,14 @@ def compare(a: Path = typer.Argument(..., help="Eval dir A (before)."),
         t.add_row(d["task_type"], d["metric"], f"{d['a_mean']:.4g}", f"{d['b_mean']:.4g}", f"{d['diff']:+.4g}",
                   f"[{d['ci_low']:+.3g}, {d['ci_high']:+.3g}]", f"[{style}]{d['change']}[/]" if style else d["change"])
     Console().print(t)
-    typer.echo(str(write_eval_report(b, out or Path(b) / "compare.html", compare_with=a)))
+    if any(d["metric"] == "judge:win" for d in diffs):  # pairwise: one joint length-controlled fit over the runs
+        lc = shared_baseline_lc([a, *(also or []), b])
+        typer.echo(f"length control: {lc['skipped']}" if lc.get("skipped") else "length-controlled win rate "
+                   "(joint fit, shared baseline; ties 1/2):" + "".join(
+                       f"\n  {n}: {r['lc_win_rate']:.3f} (raw {r['win_rate']:.3f}"
+                       + (f", extrapolated: longer on {r['longer_share']:.0%})" if r["lc_extrapolated"] else ")")
+                       for n, r in lc.get("runs", {}).items()))
+    typer.echo(str(write_eval_report(b, out or Path(b) / "compare.html", compare_with=a, lc_runs=also or [])))
 
 
 @eval_app.command("export-sheet")

@@ -144,3 +144,26 @@ def length_controlled_summary(outcomes: Sequence[float], len_diff: Sequence[floa
     return {"lc_win_rate": fit["lc_win_rate"], "lc_extrapolated": fit["lc_extrapolated"],
             "longer_share": fit["longer_share"], "length_slope": fit["length_slope"],
             "lc_meaning": MEANING.format(k=SLOPE_PRIOR, share=EXTRAPOLATION_SHARE)}
+
+
+def shared_baseline_from_rows(rows_by_run: Mapping[str, Sequence[dict[str, Any]]]) -> dict[str, Any]:
+    """The joint fit for eval dirs judged pairwise against the same baseline (`sftlab eval compare`), from their
+    predictions rows; {"skipped": why} when they were not (no pairwise verdicts, or different baseline replies)."""
+    runs: dict[str, tuple[list[Any], list[float], list[float]]] = {}
+    baseline: dict[Any, str] = {}
+    for name, rows in rows_by_run.items():
+        ids, outcomes, len_diff = [], [], []
+        for r in rows:
+            win, base = (r.get("judge_scores") or {}).get("win"), r.get("baseline_reply")
+            if win is None or base is None or r.get("reply") is None:
+                continue
+            if baseline.setdefault(r["id"], base) != base:
+                return {"skipped": f"{name} was judged against another baseline (item {r['id']}): the joint "
+                                   "length control needs one baseline shared by every run"}
+            ids.append(r["id"])
+            outcomes.append(float(win))
+            len_diff.append(float(len(r["reply"]) - len(base)))
+        if len(ids) < 3:
+            return {"skipped": f"{name} has fewer than 3 pairwise verdicts against a baseline"}
+        runs[name] = (ids, outcomes, len_diff)
+    return fit_shared_baseline(runs)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sftlab.errors import UserError
+from sftlab.eval.length_control import shared_baseline_from_rows
 from sftlab.eval.stats import paired_diff
 from sftlab.report import _CSS, _bars, _section, _table
 
@@ -162,7 +163,25 @@ def _compare_section(diffs: list[dict[str, Any]], a_dir: Path, b_dir: Path) -> s
             "</table></section>")
 
 
-def render_eval_html(eval_dir: Path, compare_with: Path | None = None) -> str:
+def shared_baseline_lc(dirs: list[Path]) -> dict[str, Any]:
+    """Length-controlled win rates of eval dirs judged pairwise against one baseline, from one joint fit with a
+    per-instruction difficulty shared across them (sftlab/eval/length_control.py); {"skipped": why} otherwise."""
+    return shared_baseline_from_rows({str(d): _load(Path(d))[1] for d in dirs})
+
+
+def _lc_section(lc: dict[str, Any]) -> str:
+    if lc.get("skipped"):
+        return f"<section><h2>Length-controlled win rate (shared baseline)</h2><p>{html.escape(lc['skipped'])}</p></section>"
+    rows = [[name, r["n"], r["win_rate"], r["lc_win_rate"], r["length_slope"], f"{r['longer_share']:.0%}",
+             "yes" if r["lc_extrapolated"] else ""] for name, r in lc["runs"].items()]
+    return ("<section><h2>Length-controlled win rate (shared baseline)</h2><p>One fit over these runs (AlpacaEval's "
+            "form: run quality, pooled length slope, per-instruction difficulty); lc = the item-averaged win rate "
+            "predicted at equal length, ties count 1/2.</p>"
+            + _table(["run", "n", "win rate", "lc win rate", "length slope", "longer", "extrapolated"], rows)
+            + "</section>")
+
+
+def render_eval_html(eval_dir: Path, compare_with: Path | None = None, lc_runs: list[Path] = ()) -> str:
     summary, _, bad = _load(eval_dir)
     esc = html.escape
     header, rows = score_table(summary)
@@ -177,16 +196,18 @@ def render_eval_html(eval_dir: Path, compare_with: Path | None = None) -> str:
              _judge_section(summary), _benchmarks_section(summary)]
     if compare_with is not None:
         parts.append(_compare_section(compare(compare_with, eval_dir), compare_with, eval_dir))
+        if summary.get("judge", {}).get("mode") == "pairwise":
+            parts.append(_lc_section(shared_baseline_lc([compare_with, *lc_runs, eval_dir])))
     parts.append(_cases_section(bad))
     parts.append("</body></html>")
     return "\n".join(p for p in parts if p)
 
 
-def write_eval_report(eval_dir: str | Path, out: str | Path | None = None, compare_with: str | Path | None = None
-                      ) -> Path:
+def write_eval_report(eval_dir: str | Path, out: str | Path | None = None, compare_with: str | Path | None = None,
+                      lc_runs: list[Path] = ()) -> Path:
     """Write EVAL_DIR/report.html (or `out`); with compare_with, the page also shows the diff against that dir."""
     eval_dir = Path(eval_dir)
-    page = render_eval_html(eval_dir, Path(compare_with) if compare_with else None)
+    page = render_eval_html(eval_dir, Path(compare_with) if compare_with else None, list(lc_runs))
     path = Path(out) if out else eval_dir / "report.html"
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(page, encoding="utf-8")
