@@ -151,3 +151,23 @@ def test_deltas_alarm_only_beyond_the_stderr_and_respect_direction():
     assert by["gsm8k"]["alarm"] and by["gsm8k"]["delta"] == pytest.approx(-0.10)
     assert by["wiki"]["alarm"]  # perplexity went up: worse although the number grew
     assert len(alarms) == 2 and alarms[0].startswith("ALARM gsm8k exact_match,strict: 0.4 -> 0.3")
+
+
+def test_benchmarks_on_an_endpoint_through_local_chat_completions(tmp_path, task_dir, monkeypatch):
+    """The fine-tuned model behind an OpenAI-compatible endpoint (here a scripted one that echoes the question):
+    the harness's local-chat-completions type runs the generate_until task through it."""
+    pytest.importorskip("lm_eval")
+    from judge_server import JudgeServer
+
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    with JudgeServer() as srv:
+        cfg = {"model": {"base_url": srv.base_url, "model": "echo"}, "output_dir": str(tmp_path / "out"),
+               "benchmarks": {"tasks": [str(task_dir / "tiny_gen.yaml")]}}
+        (tmp_path / "e.yaml").write_text(yaml.safe_dump(cfg))
+        main(["eval", str(tmp_path / "e.yaml")])
+        asked = [b["messages"][-1]["content"] for b in srv.bodies]
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    b = s["benchmarks"]
+    assert b["tasks"] == ["tiny_gen"] and b["harness"]["model_type"] == "local-chat-completions"
+    assert b["results"]["model"]["tiny_gen"]["exact_match,none"]["value"] == 0.0  # "echo: ..." is never the sum
+    assert len(asked) == 6 and any("what is 2 plus 5?" in q for q in asked)

@@ -165,4 +165,10 @@ def _print_summary(summary: dict, out: Path) -> None:
         typer.echo(f"judge: {j['requests']} requests, {j['cache_hits']} cache hits, {j['parse_failures']} parse failures"
                    + "".join(f", {k} {v:.3f}" for k, v in (j.get("pairwise") or {}).items()
                              if isinstance(v, float)))
+    bench = summary.get("benchmarks")
+    if bench:  # lm-evaluation-harness: base -> model per task and metric, then the alarms
+        for d in bench.get("deltas") or []:
+            typer.echo(f"benchmark {d['task']} {d['metric']}: {d['base']:.4g} -> {d['model']:.4g} ({d['delta']:+.4g})")
+        for line in bench.get("alarms") or []:
+            typer.secho(line, fg="red", err=True)
     typer.echo(f"summary: {out / 'summary.json'}\nreport:  {out / 'report.html'}")

@@ -99,9 +99,13 @@ def harness_model(model: str | dict[str, Any], cfg: BenchmarksConfig) -> tuple[s
     path = Path(model)
     if (path / "final").is_dir() and not (path / "config.json").exists():
         path = path / "final"  # a run dir: its final model
-    if not (path / "config.json").exists():
-        raise UserError(f"benchmarks: {model}: not a model dir (no config.json) nor a run dir with final/")
-    return "hf", {"pretrained": str(path.resolve()), **cfg.model_args}, bool(cfg.apply_chat_template)
+    if (path / "config.json").exists():
+        pretrained = str(path.resolve())
+    elif not path.exists() and len(model.split("/")) == 2:
+        pretrained = model  # a hub id such as Qwen/Qwen2.5-0.5B-Instruct: the harness loads it
+    else:
+        raise UserError(f"benchmarks: {model}: not a model dir (no config.json), a run dir with final/ or a hub id")
+    return "hf", {"pretrained": pretrained, **cfg.model_args}, bool(cfg.apply_chat_template)
 
 
 def run_harness(model: str | dict[str, Any], cfg: BenchmarksConfig, tasks: list[str],
