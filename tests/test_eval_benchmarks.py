@@ -93,7 +93,8 @@ def test_eval_benchmarks_end_to_end_base_vs_trained(tmp_path, task_dir, trained_
     rows = {(d["task"], d["metric"]): d for d in b["deltas"]}
     d = rows[("tiny_mc", "acc,none")]
     assert d["delta"] == pytest.approx(d["model"] - d["base"]) and d["delta_stderr"] > 0
-    assert isinstance(b["alarms"], list)
+    assert [a.startswith(f"ALARM {r['task']} {r['metric']}:") for a in b["alarms"] for r in b["deltas"]
+            if r["alarm"]].count(True) == sum(r["alarm"] for r in b["deltas"])  # one alarm line per alarmed row
     html = (tmp_path / "out" / "report.html").read_text()
     assert "Benchmarks (lm-evaluation-harness)" in html and "tiny_mc" in html
     # a rerun reuses the harness results kept in OUT/benchmarks/ (same model, tasks and settings)
@@ -160,8 +161,10 @@ def test_benchmarks_on_an_endpoint_through_local_chat_completions(tmp_path, task
     from judge_server import JudgeServer
 
     monkeypatch.setenv("OPENAI_API_KEY", "test-key")
-    with JudgeServer() as srv:
+    write_jsonl([{"instruction": f"item {i}", "output": f"echo: item {i}"} for i in range(3)], tmp_path / "d.jsonl")
+    with JudgeServer() as srv:  # eval sets and benchmarks in one run
         cfg = {"model": {"base_url": srv.base_url, "model": "echo"}, "output_dir": str(tmp_path / "out"),
+               "data": [str(tmp_path / "d.jsonl")], "metrics": ["exact_match"],
                "benchmarks": {"tasks": [str(task_dir / "tiny_gen.yaml")]}}
         (tmp_path / "e.yaml").write_text(yaml.safe_dump(cfg))
         main(["eval", str(tmp_path / "e.yaml")])
@@ -170,4 +173,5 @@ def test_benchmarks_on_an_endpoint_through_local_chat_completions(tmp_path, task
     b = s["benchmarks"]
     assert b["tasks"] == ["tiny_gen"] and b["harness"]["model_type"] == "local-chat-completions"
     assert b["results"]["model"]["tiny_gen"]["exact_match,none"]["value"] == 0.0  # "echo: ..." is never the sum
-    assert len(asked) == 6 and any("what is 2 plus 5?" in q for q in asked)
+    assert len(asked) == 3 + 6 and any("what is 2 plus 5?" in q for q in asked)
+    assert s["metrics"]["all"]["exact_match"]["mean"] == 1.0 and s["n"] == 3

@@ -111,13 +111,18 @@ def compare(a: Path = typer.Argument(..., help="Eval dir A (before)."),
                   f"[{d['ci_low']:+.3g}, {d['ci_high']:+.3g}]", f"[{style}]{d['change']}[/]" if style else d["change"])
     Console().print(t)
     if any(d["metric"] == "judge:win" for d in diffs):  # pairwise: one joint length-controlled fit over the runs
-        lc = shared_baseline_lc([a, *(also or []), b])
-        typer.echo(f"length control: {lc['skipped']}" if lc.get("skipped") else "length-controlled win rate "
-                   "(joint fit, shared baseline; ties 1/2):" + "".join(
-                       f"\n  {n}: {r['lc_win_rate']:.3f} (raw {r['win_rate']:.3f}"
-                       + (f", extrapolated: longer on {r['longer_share']:.0%})" if r["lc_extrapolated"] else ")")
-                       for n, r in lc.get("runs", {}).items()))
+        _print_lc(shared_baseline_lc([a, *(also or []), b]))
     typer.echo(str(write_eval_report(b, out or Path(b) / "compare.html", compare_with=a, lc_runs=also or [])))
+
+
+def _print_lc(lc: dict) -> None:
+    if lc.get("skipped"):
+        typer.echo(f"length control: {lc['skipped']}")
+        return
+    typer.echo("length-controlled win rate (joint fit, shared baseline; ties 1/2):")
+    for name, r in lc["runs"].items():
+        flag = f", extrapolated: longer on {r['longer_share']:.0%}" if r["lc_extrapolated"] else ""
+        typer.echo(f"  {name}: {r['lc_win_rate']:.3f} (raw {r['win_rate']:.3f}{flag})")
 
 
 @eval_app.command("export-sheet")
