@@ -93,8 +93,9 @@ def test_eval_benchmarks_end_to_end_base_vs_trained(tmp_path, task_dir, trained_
     rows = {(d["task"], d["metric"]): d for d in b["deltas"]}
     d = rows[("tiny_mc", "acc,none")]
     assert d["delta"] == pytest.approx(d["model"] - d["base"]) and d["delta_stderr"] > 0
-    assert [a.startswith(f"ALARM {r['task']} {r['metric']}:") for a in b["alarms"] for r in b["deltas"]
-            if r["alarm"]].count(True) == sum(r["alarm"] for r in b["deltas"])  # one alarm line per alarmed row
+    alarmed = [r for r in b["deltas"] if r["alarm"]]  # one alarm line per benchmark that dropped
+    assert len(b["alarms"]) == len(alarmed)
+    assert all(a.startswith(f"ALARM {r['task']} {r['metric']}:") for a, r in zip(b["alarms"], alarmed, strict=True))
     html = (tmp_path / "out" / "report.html").read_text()
     assert "Benchmarks (lm-evaluation-harness)" in html and "tiny_mc" in html
     # a rerun reuses the harness results kept in OUT/benchmarks/ (same model, tasks and settings)
