@@ -183,7 +183,7 @@ def run_demo(out: str | Path = "runs/demo", overrides: list[str] = ()) -> dict[s
     vs_base = compare_models_on_records(eval_path, str(final), cfg.model.name_or_path, run_dir / "eval_vs_base",
                                         max_new_tokens=24)
     p = vs_base["judge"]["pairwise"]
-    print(f"vs base:    win {p['win_rate']:.0%} / tie {p['tie_rate']:.0%} / loss {p['loss_rate']:.0%} "
+    print(f"vs base:    win {p['outright_win_rate']:.0%} / tie {p['tie_rate']:.0%} / loss {p['loss_rate']:.0%} "
           f"(swap consistency {p['swap_consistency']:.0%}); {run_dir / 'eval_vs_base' / 'report.html'}")
     return table
 

@@ -26,6 +26,15 @@ def real_data_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def alpaca_eval_lc() -> Path:
+    """AlpacaEval 2 judge preferences of 15 models with their published LC win rates (its README.md)."""
+    path = REAL_DATA.parent / "alpaca_eval_lc" / "annotations_subset.json.gz"
+    if not path.exists():
+        pytest.skip(f"shared AlpacaEval annotations not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     import torch
 

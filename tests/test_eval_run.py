@@ -201,7 +201,8 @@ def test_eval_judge_pairwise_cli_and_compare(server, tmp_path, capsys):
     main(["eval", "judge", "--pred", str(pb), "--baseline", str(pa), "-o", str(tmp_path / "j"),
           f"base_url={server.base_url}", "model=fair", "mode=pairwise", f"cache={tmp_path / 'c.sqlite'}"])
     s = json.loads((tmp_path / "j" / "summary.json").read_text())
-    assert s["judge"]["pairwise"]["win_rate"] == 0.8 and s["judge"]["pairwise"]["tie_rate"] == 0.2
+    p = s["judge"]["pairwise"]
+    assert (p["outright_win_rate"], p["tie_rate"]) == (0.8, 0.2) and p["win_rate"] == pytest.approx(0.9)  # ties ½
     no_prompt = _jsonl(tmp_path / "np.jsonl", [{k: v for k, v in r.items() if k != "prompt"} for r in rows])
     with pytest.raises(SystemExit) as e:
         main(["eval", "judge", "--pred", str(no_prompt), "-o", str(tmp_path / "jn"), f"base_url={server.base_url}",
@@ -271,7 +272,8 @@ def test_rule_judge_model_vs_baseline(server, tmp_path, tiny_model_dir):
                      judge={"mode": "pairwise", "cache": str(tmp_path / "c.sqlite")})
     s = run_eval(cfg, judge_generator=ReferenceMatchJudge())
     p = s["judge"]["pairwise"]
-    assert (p["win_rate"], p["tie_rate"], p["swap_consistency"]) == (4 / 6, 2 / 6, 1.0)
+    assert (p["outright_win_rate"], p["tie_rate"], p["swap_consistency"]) == (4 / 6, 2 / 6, 1.0)
+    assert p["win_rate"] == pytest.approx(5 / 6) and p["lc_extrapolated"] is False  # ties count ½
     assert s["judge"]["model"] == "rule:reference-match" and s["metrics"]["t"]["exact_match"]["mean"] == 1.0
 
     s = compare_models_on_records(data, str(tiny_model_dir), str(tiny_model_dir), tmp_path / "self", max_new_tokens=4)

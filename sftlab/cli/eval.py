@@ -14,7 +14,7 @@ from sftlab.eval.config import load_eval_config, load_judge_config
 from sftlab.eval.human import export_sheet as export
 from sftlab.eval.human import import_sheets
 from sftlab.eval.report import compare as compare_dirs
-from sftlab.eval.report import score_table, write_eval_report
+from sftlab.eval.report import score_table, shared_baseline_lc, write_eval_report
 from sftlab.eval.run import judge_predictions, run_eval, score_predictions
 
 
@@ -76,7 +76,9 @@ def judge(pred: Path = typer.Option(..., "--pred", help="predictions.jsonl: {id,
 @eval_app.command("compare")
 def compare(a: Path = typer.Argument(..., help="Eval dir A (before)."),
             b: Path = typer.Argument(..., help="Eval dir B (after)."),
-            out: Path | None = typer.Option(None, "--out", "-o", help="HTML path (default: B/compare.html).")) -> None:
+            out: Path | None = typer.Option(None, "--out", "-o", help="HTML path (default: B/compare.html)."),
+            also: list[Path] | None = typer.Option(None, "--with", help="More eval dirs judged against the same "
+                                                   "baseline, for the joint length-controlled fit.")) -> None:
     """What got better or worse from A to B, per task_type and metric, with paired-bootstrap significance."""
     diffs = compare_dirs(a, b)
     t = Table(title=f"{a} → {b}")
@@ -87,7 +89,19 @@ def compare(a: Path = typer.Argument(..., help="Eval dir A (before)."),
         t.add_row(d["task_type"], d["metric"], f"{d['a_mean']:.4g}", f"{d['b_mean']:.4g}", f"{d['diff']:+.4g}",
                   f"[{d['ci_low']:+.3g}, {d['ci_high']:+.3g}]", f"[{style}]{d['change']}[/]" if style else d["change"])
     Console().print(t)
-    typer.echo(str(write_eval_report(b, out or Path(b) / "compare.html", compare_with=a)))
+    if any(d["metric"] == "judge:win" for d in diffs):  # pairwise: one joint length-controlled fit over the runs
+        _print_lc(shared_baseline_lc([a, *(also or []), b]))
+    typer.echo(str(write_eval_report(b, out or Path(b) / "compare.html", compare_with=a, lc_runs=also or [])))
+
+
+def _print_lc(lc: dict) -> None:
+    if lc.get("skipped"):
+        typer.echo(f"length control: {lc['skipped']}")
+        return
+    typer.echo("length-controlled win rate (joint fit, shared baseline; ties 1/2):")
+    for name, r in lc["runs"].items():
+        flag = f", extrapolated: longer on {r['longer_share']:.0%}" if r["lc_extrapolated"] else ""
+        typer.echo(f"  {name}: {r['lc_win_rate']:.3f} (raw {r['win_rate']:.3f}{flag})")
 
 
 @eval_app.command("export-sheet")
@@ -126,4 +140,10 @@ def _print_summary(summary: dict, out: Path) -> None:
         typer.echo(f"judge: {j['requests']} requests, {j['cache_hits']} cache hits, {j['parse_failures']} parse failures"
                    + "".join(f", {k} {v:.3f}" for k, v in (j.get("pairwise") or {}).items()
                              if isinstance(v, float)))
+    bench = summary.get("benchmarks")
+    if bench:  # lm-evaluation-harness: base -> model per task and metric, then the alarms
+        for d in bench.get("deltas") or []:
+            typer.echo(f"benchmark {d['task']} {d['metric']}: {d['base']:.4g} -> {d['model']:.4g} ({d['delta']:+.4g})")
+        for line in bench.get("alarms") or []:
+            typer.secho(line, fg="red", err=True)
     typer.echo(f"summary: {out / 'summary.json'}\nreport:  {out / 'report.html'}")

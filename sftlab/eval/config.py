@@ -63,6 +63,19 @@ class Normalization(Strict):
     strip_articles: bool = False
 
 
+class BenchmarksConfig(Strict):
+    """lm-evaluation-harness tasks run on the model (and on `base`, for before/after deltas): sftlab/eval/benchmarks.py."""
+    tasks: list[str] = Field(min_length=1)  # harness task names, or a task YAML / a directory of them (local data)
+    base: str | dict[str, Any] | None = None  # the model before fine-tuning: a model dir or {base_url, model, ...}
+    num_fewshot: int | None = Field(None, ge=0)
+    limit: float | None = Field(None, gt=0)  # docs per task (a fraction when < 1), as the harness's --limit
+    batch_size: int = Field(1, gt=0)
+    device: str | None = None  # hf model type: default cuda when available, else cpu
+    apply_chat_template: bool | None = None  # default: off for a model dir, on for an endpoint (chat API)
+    model_args: dict[str, Any] = {}  # more arguments for the harness's model type (dtype, max_length, ...)
+    seed: int = 0
+
+
 class EvalConfig(Strict):
     model: str | dict[str, Any] | None = None  # a model dir (run dir / final / HF dir) or {base_url, model, ...}
     backend: Literal["auto", "hf", "vllm", "openai"] = "auto"
@@ -77,6 +90,7 @@ class EvalConfig(Strict):
     limit: int | None = Field(None, gt=0)  # the first N records of each set
     seed: int = 0
     bad_cases: int = Field(5, ge=0)  # worst items per task_type in bad_cases.jsonl and the report
+    benchmarks: BenchmarksConfig | None = None  # general-ability check through lm-evaluation-harness
 
     def sets(self) -> list[EvalSet]:
         return [EvalSet(path=d) if isinstance(d, str) else d for d in self.data]
@@ -93,8 +107,9 @@ def load_eval_config(path: str | Path | None, overrides: list[str] = ()) -> Eval
         raise ConfigError(_format_validation_error(e, str(path or "eval config"))) from None
     if cfg.model is None:
         raise ConfigError(f"{path or 'eval config'}: missing required key 'model' (a model dir or {{base_url, model}})")
-    if not cfg.data:
-        raise ConfigError(f"{path or 'eval config'}: missing required key 'data' (a list of eval set paths)")
+    if not cfg.data and cfg.benchmarks is None:
+        raise ConfigError(f"{path or 'eval config'}: missing required key 'data' (a list of eval set paths; "
+                          "or only `benchmarks:`)")
     return cfg
 
 

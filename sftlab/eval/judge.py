@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from sftlab.errors import UserError
+from sftlab.eval.length_control import length_controlled_summary
 from sftlab.eval.metrics import exact_match
-from sftlab.eval.stats import length_controlled_win_rate, pearson, summarize
+from sftlab.eval.stats import pearson, summarize
 from sftlab.infer import GenerationParams, Reply, load_generator
 from sftlab.io import progress_bar
 
@@ -322,10 +323,11 @@ def judge_pairwise(rows: list[dict[str, Any]], judge: Judge) -> dict[str, Any]:
         len_diff.append(len(row["reply"]) - len(row["baseline_reply"]))
     n = len(outcomes)
     rate = (lambda v: sum(o == v for o in outcomes) / n) if n else (lambda v: None)
-    pair = {"n": n, "win_rate": rate(1.0), "tie_rate": rate(0.5), "loss_rate": rate(0.0),
+    pair = {"n": n, "win_rate": sum(outcomes) / n if n else None,  # ties count 1/2, as in lc_win_rate
+            "outright_win_rate": rate(1.0), "tie_rate": rate(0.5), "loss_rate": rate(0.0),
             "swap_consistency": consistent / n if n else None,
             "first_position_win_rate": first_wins / decisive if decisive else None,
-            "length_corr": pearson(outcomes, len_diff), "lc_win_rate": length_controlled_win_rate(outcomes, len_diff)}
+            "length_corr": pearson(outcomes, len_diff), **length_controlled_summary(outcomes, len_diff)}
     return {"mode": "pairwise", "model": judge.gen.model_id, "dimensions": judge.dimensions,
             "requests": judge.requests, "cache_hits": judge.cache_hits, "parse_failures": failures,
             "refused": len(judge.refused), "refused_example": judge.refused[0] if judge.refused else None,

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sftlab.errors import UserError
+from sftlab.eval.length_control import shared_baseline_from_rows
 from sftlab.eval.stats import paired_diff
 from sftlab.html import CSS, bar_chart, section, table
 from sftlab.io import read_jsonl, write_text
@@ -77,6 +78,31 @@ def _judge_section(summary: dict[str, Any]) -> str:
     return "<section><h2>Judge</h2>" + table(["statistic", "value"], rows) + "</section>"
 
 
+def _benchmarks_section(summary: dict[str, Any]) -> str:
+    """lm-evaluation-harness results: value ± stderr per task and metric, base → model with the delta and alarms."""
+    b = summary.get("benchmarks")
+    if not b:
+        return ""
+    esc = html.escape
+
+    def pm(v: Any, se: Any) -> str:
+        return f"{v:.4g}" + (f" ± {se:.2g}" if isinstance(se, (int, float)) else "")
+
+    if b.get("deltas") is not None:
+        head = ["task", "metric", "base", "model", "model − base", "alarm"]
+        rows = [[d["task"], d["metric"], pm(d["base"], d["base_stderr"]), pm(d["model"], d["model_stderr"]),
+                 pm(d["delta"], d["delta_stderr"]), "ALARM" if d["alarm"] else ""] for d in b["deltas"]]
+    else:
+        head = ["task", "metric", "model"]
+        rows = [[t, m, pm(v["value"], v["stderr"])] for t, ms in sorted(b["results"]["model"].items())
+                for m, v in sorted(ms.items())]
+    alarms = "".join(f"<p class='worse'>{esc(a)}</p>" for a in b.get("alarms") or [])
+    h = b.get("harness", {})
+    return (f"<section><h2>Benchmarks (lm-evaluation-harness)</h2><p>{esc(str(h.get('package')))} "
+            f"{esc(str(h.get('version')))}, model type {esc(str(h.get('model_type')))}; ± is the harness's stderr"
+            f"</p>{alarms}" + table(head, rows) + "</section>")
+
+
 def _cases_section(bad: list[dict[str, Any]]) -> str:
     if not bad:
         return ""
@@ -135,7 +161,25 @@ def _compare_section(diffs: list[dict[str, Any]], a_dir: Path, b_dir: Path) -> s
             "</table></section>")
 
 
-def render_eval_html(eval_dir: Path, compare_with: Path | None = None) -> str:
+def shared_baseline_lc(dirs: list[Path]) -> dict[str, Any]:
+    """Length-controlled win rates of eval dirs judged pairwise against one baseline, from one joint fit with a
+    per-instruction difficulty shared across them (sftlab/eval/length_control.py); {"skipped": why} otherwise."""
+    return shared_baseline_from_rows({str(d): _load(Path(d))[1] for d in dirs})
+
+
+def _lc_section(lc: dict[str, Any]) -> str:
+    if lc.get("skipped"):
+        return f"<section><h2>Length-controlled win rate (shared baseline)</h2><p>{html.escape(lc['skipped'])}</p></section>"
+    rows = [[name, r["n"], r["win_rate"], r["lc_win_rate"], r["length_slope"], f"{r['longer_share']:.0%}",
+             "yes" if r["lc_extrapolated"] else ""] for name, r in lc["runs"].items()]
+    return ("<section><h2>Length-controlled win rate (shared baseline)</h2><p>One fit over these runs (AlpacaEval's "
+            "form: run quality, pooled length slope, per-instruction difficulty); lc = the item-averaged win rate "
+            "predicted at equal length, ties count 1/2.</p>"
+            + table(["run", "n", "win rate", "lc win rate", "length slope", "longer", "extrapolated"], rows)
+            + "</section>")
+
+
+def render_eval_html(eval_dir: Path, compare_with: Path | None = None, lc_runs: list[Path] = ()) -> str:
     summary, _, bad = _load(eval_dir)
     esc = html.escape
     header, rows = score_table(summary)
@@ -147,19 +191,21 @@ def render_eval_html(eval_dir: Path, compare_with: Path | None = None) -> str:
              + (f", overall {overall['mean']:.3f} [{overall['ci_low']:.3f}, {overall['ci_high']:.3f}]"
                 if isinstance(overall, dict) else "") + "</p>",
              section("Scores per task_type (mean [95% bootstrap CI])", _charts(summary), table(header, rows)),
-             _judge_section(summary)]
+             _judge_section(summary), _benchmarks_section(summary)]
     if compare_with is not None:
         parts.append(_compare_section(compare(compare_with, eval_dir), compare_with, eval_dir))
+        if summary.get("judge", {}).get("mode") == "pairwise":
+            parts.append(_lc_section(shared_baseline_lc([compare_with, *lc_runs, eval_dir])))
     parts.append(_cases_section(bad))
     parts.append("</body></html>")
     return "\n".join(p for p in parts if p)
 
 
-def write_eval_report(eval_dir: str | Path, out: str | Path | None = None, compare_with: str | Path | None = None
-                      ) -> Path:
+def write_eval_report(eval_dir: str | Path, out: str | Path | None = None, compare_with: str | Path | None = None,
+                      lc_runs: list[Path] = ()) -> Path:
     """Write EVAL_DIR/report.html (or `out`); with compare_with, the page also shows the diff against that dir."""
     eval_dir = Path(eval_dir)
-    page = render_eval_html(eval_dir, Path(compare_with) if compare_with else None)
+    page = render_eval_html(eval_dir, Path(compare_with) if compare_with else None, list(lc_runs))
     path = Path(out) if out else eval_dir / "report.html"
     write_text(page, path)
     return path

@@ -14,6 +14,7 @@ from typing import Any
 
 from sftlab.data.formats import read_records
 from sftlab.errors import UserError
+from sftlab.eval.benchmarks import check_benchmarks, run_benchmarks
 from sftlab.eval.config import EvalConfig
 from sftlab.eval.judge import ReferenceMatchJudge, run_judge
 from sftlab.eval.metrics import METRICS, make_checker, score_rows
@@ -248,6 +249,10 @@ def run_eval(cfg: EvalConfig, judge_generator: Any = None) -> dict[str, Any]:
     t0 = time.time()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if cfg.benchmarks is not None:
+        check_benchmarks(cfg.benchmarks, cfg.model)  # refused (install line, unknown task) before any generation
+        if not cfg.data:
+            return _benchmarks_only(cfg, out, t0)
     items = load_items(cfg)
     if not items:
         raise UserError("no eval items: the data sets are empty")
@@ -264,11 +269,26 @@ def run_eval(cfg: EvalConfig, judge_generator: Any = None) -> dict[str, Any]:
     judge_cfg = cfg.judge.as_dict() if cfg.judge else None
     info = {"model": getattr(gen, "model_id", str(cfg.model)), "sets": sorted({i["set"] for i in items}),
             "timing": {"generate_s": round(gen_s, 2)}}
+    if cfg.benchmarks is not None:
+        del gen  # the harness loads its own copy of the model
+        info["benchmarks"] = run_benchmarks(cfg.benchmarks, cfg.model, out)
     summary = finish(rows, out, cfg.model_dump(mode="json"), metrics=cfg.metrics, checkers=cfg.checkers,
                      normalization=cfg.normalization.model_dump(), judge_cfg=judge_cfg, info=info,
                      n_bad=cfg.bad_cases, generator=judge_generator)
     summary["timing"]["total_s"] = round(time.time() - t0, 2)
     write_json(summary, out / "summary.json", allow_nan=True)
+    return summary
+
+
+def _benchmarks_only(cfg: EvalConfig, out: Path, t0: float) -> dict[str, Any]:
+    """An eval config with `benchmarks:` and no data: summary.json and report.html hold the harness's results."""
+    from sftlab.eval.report import write_eval_report
+
+    bench = run_benchmarks(cfg.benchmarks, cfg.model, out)
+    summary = build_summary([], None, {"config": cfg.model_dump(mode="json"), "model": str(cfg.model),
+                                       "benchmarks": bench, "timing": {"total_s": round(time.time() - t0, 2)}})
+    write_json(summary, out / "summary.json", allow_nan=True)
+    write_eval_report(out)
     return summary
 
 

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from sftlab.eval.length_control import SLOPE_PRIOR, fit_single
+
 N_BOOT = 1000
 
 
@@ -64,23 +66,9 @@ def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
     return float(np.corrcoef(x, y)[0, 1])
 
 
-def length_controlled_win_rate(outcomes: Sequence[float], len_diff: Sequence[float]) -> float | None:
-    """Win rate at equal length (AlpacaEval-2 style, one feature): fit P(win) = σ(a + b·tanh(Δ/σΔ)) by logistic
-    regression, where Δ = len(model reply) - len(baseline reply) in characters and ties count half a win and
-    half a loss; report σ(a), the predicted win rate when both replies have the same length."""
-    y = np.asarray(outcomes, dtype=float)
-    d = np.asarray(len_diff, dtype=float)
-    if len(y) < 3:
-        return None
-    scale = d.std() or 1.0
-    x = np.tanh(d / scale)[:, None]
-    xs = np.concatenate([x, x])
-    ys = np.concatenate([np.ones(len(y)), np.zeros(len(y))])
-    w = np.concatenate([y, 1 - y])
-    keep = w > 0
-    if len(set(ys[keep])) < 2:
-        return float(y.mean())
-    from sklearn.linear_model import LogisticRegression  # lazy: scikit-learn takes seconds to import
-
-    fit = LogisticRegression(C=1e4).fit(xs[keep], ys[keep], sample_weight=w[keep])
-    return float(1 / (1 + np.exp(-fit.intercept_[0])))
+def length_controlled_win_rate(outcomes: Sequence[float], len_diff: Sequence[float], *,
+                               slope_prior: float = SLOPE_PRIOR) -> float | None:
+    """Win rate at equal length for one run (ties count half): σ(θ) of P(win) = σ(θ + φ·tanh(Δ/sd(Δ))), Δ = model
+    minus baseline reply length in characters, with a zero-centred prior on φ of precision slope_prior·n
+    (sftlab/eval/length_control.py says why). None for fewer than 3 items."""
+    return fit_single(outcomes, len_diff, slope_prior=slope_prior)["lc_win_rate"]
