@@ -269,7 +269,7 @@ def test_item9_adapter_records_absolute_base_and_loads_in_plain_peft(tmp_path, t
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sftlab.export import load_for_inference
+    from sftlab.train.export import load_for_inference
 
     monkeypatch.chdir(tiny_model_dir.parent)  # the base given as a relative path, as users type it
     cfg = write_config(tmp_path, tiny_model_dir.name, train_file, eval_set=False, max_steps=2)

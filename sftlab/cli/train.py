@@ -145,7 +145,7 @@ def export(src: Path = typer.Argument(..., help="A run's final/ or checkpoint di
            out: Path = typer.Option(..., "-o", "--out", help="Output directory."),
            merge: bool = typer.Option(False, "--merge", help="Merge a LoRA adapter into the base weights.")) -> None:
     """Export a checkpoint as a plain HF model directory (with --merge for LoRA adapters)."""
-    from sftlab.export import export_model
+    from sftlab.train.export import export_model
 
     path = export_model(src, out, merge=merge)
     typer.echo(f"exported to {path}")

@@ -41,7 +41,7 @@ class HFGenerator:
                  dtype: str = "auto", chat_template: str | None = None, **options: Any) -> HFGenerator:
         """Load a full model dir, a LoRA adapter dir (base + adapter via peft) or a merged export."""
         from sftlab.data.render import load_tokenizer
-        from sftlab.export import load_for_inference
+        from sftlab.train.export import load_for_inference
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if dtype == "auto":

@@ -29,7 +29,7 @@ class VLLMGenerator:
         reason = vllm_unavailable_reason()
         if reason:
             raise UserError(reason)
-        from sftlab.export import is_adapter_dir
+        from sftlab.train.export import is_adapter_dir
 
         if is_adapter_dir(path):
             raise UserError(f"{path} holds a LoRA adapter: merge it first (`sftlab export {path} -o DIR --merge`) "

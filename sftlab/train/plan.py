@@ -15,7 +15,7 @@ Rules (kept deliberately simple):
 - stage i (from 1) runs in `<train.output_dir>/stage-<i>-<name>/`; a stage's `data` / `train` keys replace the
   shared ones key by key; `train.output_dir` is set by the plan (a stage may not set it);
 - stage 1 starts from `model.name_or_path`, stage i > 1 from stage i-1's `final/`;
-- LoRA: stage i-1's adapter is merged into its base weights (`sftlab.export.export_model(merge=True)`) in
+- LoRA: stage i-1's adapter is merged into its base weights (`sftlab.train.export.export_model(merge=True)`) in
   `<stage i dir>/init/`, and stage i trains a fresh adapter on that merged model (so every stage's final/ is an
   adapter over the previous stage's merged weights; `sftlab export --merge` of the last one gives the result);
 - dotted CLI overrides apply to every stage and win over stage values, except that `train.output_dir` is the
@@ -111,7 +111,7 @@ def plan_configs(raw: dict[str, Any], overrides: list[str] = (), source: str = "
 
 def run_plan(raw: dict[str, Any], overrides: list[str] = (), source: str = "config") -> list[Path]:
     """Train the stages in order; returns each stage's final/ directory."""
-    from sftlab.export import export_model, is_adapter_dir
+    from sftlab.train.export import export_model, is_adapter_dir
     from sftlab.train.loop import train
 
     configs = plan_configs(raw, overrides, source)

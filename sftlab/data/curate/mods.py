@@ -116,7 +116,7 @@ def load_generation_model(path: str | Path) -> tuple[Any, Any]:
     import torch
 
     from sftlab.data.render import load_tokenizer
-    from sftlab.export import load_for_inference
+    from sftlab.train.export import load_for_inference
 
     model = load_for_inference(path).to("cuda" if torch.cuda.is_available() else "cpu").eval()
     return model, load_tokenizer(str(path))
