@@ -107,7 +107,7 @@ def phase_after(work: Path, data: Path, cache: Path) -> dict:
     from sftlab.config import build_config
     from sftlab.data.render import load_tokenizer
     from sftlab.train.batching import collate
-    from sftlab.train.loop import load_split
+    from sftlab.train.dataset import load_split
 
     cfg = build_config(config(work, data, cache))
     tok = load_tokenizer(cfg.model.name_or_path)

@@ -14,7 +14,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sftlab.errors import UserError
-from sftlab.train.health import HealthConfig
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
@@ -25,6 +24,43 @@ class ConfigError(UserError):
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# The health alarms (sftlab/train/health.py says what each one watches); abort_on names them.
+ALARM_NAMES = ("nonfinite_loss", "no_supervision", "initial_loss", "loss_rising", "grad_spike",
+               "channel_divergence", "padding", "memorisation", "diverged")
+
+
+class HealthConfig(BaseModel):
+    """Thresholds of the health alarms (defaults are deliberately conservative: false alarms train people
+    to ignore alarms). Windows count logged records, not optimizer steps."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    window: int = Field(50, ge=3)  # records in the loss-trend and grad-median windows
+    min_points: int = Field(10, ge=3)  # no trend or median alarm before this many records
+    slope_t: float = Field(5.0, gt=0)  # t-statistic of the fitted slope that counts as significant
+    sustain: int = Field(3, ge=1)  # ...for this many consecutive records (checks repeat every record)
+    min_rise: float = Field(0.05, ge=0)  # and the fitted line must rise by this fraction of its mean
+    initial_loss_margin: float = Field(1.0, ge=0)  # nats above ln(vocab_size)
+    initial_loss_factor: float = Field(2.0, gt=1)  # first train loss vs first eval loss
+    grad_spike_k: float = Field(10.0, gt=1)
+    grad_spike_every: int = Field(50, ge=1)  # at most one grad_spike alarm per this many records (near zero loss
+    # the median is tiny and relative spikes come often: one line per window says it, a flood hides the rest)
+    divergence_window: int = Field(50, ge=3)
+    padding_ratio_max: float = Field(0.5, gt=0, le=1)
+    memorisation_floor: float = Field(0.05, ge=0)
+    memorisation_steps: int = Field(20, ge=1)
+    abort_on: list[str] = ["nonfinite_loss"]
+
+    @field_validator("abort_on")
+    @classmethod
+    def _known_alarms(cls, v: list[str]) -> list[str]:
+        """At config load, naming the key (HealthMonitor found it only after the run dir was written)."""
+        unknown = [n for n in v if n not in ALARM_NAMES and n != "all"]
+        if unknown:
+            raise ValueError(f"unknown health alarm(s): {', '.join(unknown)} (known: {', '.join(ALARM_NAMES)}, all)")
+        return v
 
 
 class LoraConfig(Strict):

@@ -13,7 +13,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from sftlab.config import build_config
 from sftlab.data.records import make_record, write_jsonl
+from sftlab.data.render import load_tokenizer
+from sftlab.eval.generate import exact_match_by_task, generate_replies
+from sftlab.eval.run import compare_models_on_records
+from sftlab.report import write_report
+from sftlab.tiny import build_tiny_model
 
 COUNTRIES = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Egypt", "Cairo"),
              ("Peru", "Lima"), ("Kenya", "Nairobi"), ("Norway", "Oslo"), ("Chile", "Santiago"),
@@ -119,14 +129,11 @@ def demo_config(out: Path, model_dir: str, train_path: Path, eval_path: Path) ->
 
 def run_demo(out: str | Path = "runs/demo", overrides: list[str] = ()) -> dict[str, Any]:
     """Build, train, evaluate; returns the per-task before/after table."""
+    # lazy: torch and transformers take seconds to import (the data helpers above are used without them)
     import torch
-    import yaml
     from transformers import AutoModelForCausalLM
 
-    from sftlab.config import build_config
-    from sftlab.data.render import load_tokenizer
-    from sftlab.eval.generate import exact_match_by_task, generate_replies
-    from sftlab.tiny import build_tiny_model
+    from sftlab.eval.during_training import generation_eval
     from sftlab.train.loop import train
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -147,7 +154,8 @@ def run_demo(out: str | Path = "runs/demo", overrides: list[str] = ()) -> dict[s
     (out / "demo.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False) + BALANCE_HINT,
                                    encoding="utf-8")
     print(f"demo data: {len(train_recs)} train / {len(eval_recs)} eval records in {out / 'data'}")
-    cfg.train.overwrite_output_dir = not cfg.train.resume  # data and model were just rebuilt: replace the old run
+    # data and model were just rebuilt: replace the old run
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"overwrite_output_dir": not cfg.train.resume})})
 
     prompts = [r["messages"][:-1] for r in eval_recs]
     tok = load_tokenizer(cfg.model.name_or_path, cfg.model.chat_template)
@@ -156,7 +164,7 @@ def run_demo(out: str | Path = "runs/demo", overrides: list[str] = ()) -> dict[s
     del base
 
     t_train = time.time()
-    final = train(cfg)
+    final = train(cfg, generation_eval)
     train_s = time.time() - t_train
 
     tuned = AutoModelForCausalLM.from_pretrained(final)
@@ -167,19 +175,11 @@ def run_demo(out: str | Path = "runs/demo", overrides: list[str] = ()) -> dict[s
     run_dir = Path(cfg.train.output_dir)
     (run_dir / "eval_results.json").write_text(json.dumps(table, indent=2), encoding="utf-8")
     _print_table(table, train_s, time.time() - t0)
-    try:
-        from sftlab.report import write_report
-
-        report = write_report(run_dir)
-        print(f"report:     {report}")
-    except ImportError:
-        pass
+    print(f"report:     {write_report(run_dir)}")
     print(f"run dir:    {run_dir}\nmetrics:    {run_dir / 'metrics.jsonl'}\ncheckpoint: {final}")
 
     # Closing eval (`sftlab eval`): the trained model vs the base model, judged pairwise in both orders by a
     # rule-based judge that knows the right answers.
-    from sftlab.eval.run import compare_models_on_records
-
     vs_base = compare_models_on_records(eval_path, str(final), cfg.model.name_or_path, run_dir / "eval_vs_base",
                                         max_new_tokens=24)
     p = vs_base["judge"]["pairwise"]
@@ -189,9 +189,6 @@ def run_demo(out: str | Path = "runs/demo", overrides: list[str] = ()) -> dict[s
 
 
 def _print_table(table: dict[str, Any], train_s: float, total_s: float) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     t = Table(title=f"exact match per task_type (train {train_s:.0f}s, total {total_s:.0f}s)")
     for col in ("task_type", "before", "after", "stops at <|im_end|>", "n"):
         t.add_column(col)

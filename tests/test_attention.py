@@ -11,8 +11,8 @@ import yaml
 
 from sftlab.train import attention
 from sftlab.train import model as model_mod
-from sftlab.train.attention import register_attention_kernels, resolve_attention, verify_isolation
-from sftlab.train.batching import collate, pack_samples
+from sftlab.train.attention import register_attention_kernels, resolve_attention
+from sftlab.train.batching import collate, pack_samples, verify_isolation
 
 pytestmark = pytest.mark.hooks  # `make test-latest`: run against the newest transformers / peft / tokenizers
 

@@ -10,13 +10,14 @@ import torch
 
 from sftlab.data.render import render_records
 from sftlab.errors import UserError
-from sftlab.train.attention import check_attention_isolation, verify_isolation
+from sftlab.train.attention import check_attention_isolation
 from sftlab.train.batching import (
     collate,
     collate_rows,
     pack_samples,
     packed_micro_batch,
     plan_packed_micro_batches,
+    verify_isolation,
 )
 from sftlab.train.loss import attach_loss_coefficients
 

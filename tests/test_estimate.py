@@ -21,12 +21,12 @@ from sftlab.train.estimate import (
     estimate_memory,
     flops_per_token,
     matmul_params,
-    meta_model_from_config,
     mfu,
     parameter_bytes,
     peak_flops,
 )
 from sftlab.train.loss import supervised_token_nll
+from sftlab.train.model import meta_model_from_config
 
 SHAPES = {
     "tiny": LlamaConfig(vocab_size=1024, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -142,9 +142,9 @@ def test_parameter_bytes_equal_instantiated_model(tiny_model_dir, tiny_tokenizer
     from transformers import AutoConfig
 
     from sftlab.config import build_config
-    from sftlab.train.loop import build_optimizer
     from sftlab.train.loss import SupervisedTokenNLL
     from sftlab.train.model import load_model
+    from sftlab.train.optim import build_optimizer
 
     lora = {"r": lora_r, "alpha": 16} if lora_r else None
     cfg = build_config({"model": {"name_or_path": str(tiny_model_dir), "lora": lora},

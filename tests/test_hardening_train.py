@@ -103,7 +103,7 @@ def test_item2_resume_refuses_changed_lr_and_applies_resumable_changes(tmp_path,
 def test_item2_raised_max_steps_stretches_the_lr_schedule_from_the_resumed_step(tmp_path, tiny_model_dir, train_file,
                                                                                  capsys):
     """The first step after a resume with another length used the checkpoint's lr (the old schedule's)."""
-    from sftlab.train.loop import build_scheduler
+    from sftlab.train.optim import build_scheduler
 
     cfg = write_config(tmp_path, tiny_model_dir, train_file, eval_set=False, save_steps=2, max_steps=4,
                        warmup_ratio=0)
@@ -269,7 +269,7 @@ def test_item9_adapter_records_absolute_base_and_loads_in_plain_peft(tmp_path, t
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sftlab.export import load_for_inference
+    from sftlab.train.export import load_for_inference
 
     monkeypatch.chdir(tiny_model_dir.parent)  # the base given as a relative path, as users type it
     cfg = write_config(tmp_path, tiny_model_dir.name, train_file, eval_set=False, max_steps=2)

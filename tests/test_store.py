@@ -256,7 +256,7 @@ def test_train_metrics_identical_with_fresh_and_cached_store(tmp_path, tiny_mode
 def test_dataset_per_sample_arrays(tmp_path, tiny_model_dir, tiny_tokenizer, small_records):
     """The loop's DataSet: samples sliced from the store, task codes, channel matrix from them, weights repeat."""
     from sftlab.config import build_config
-    from sftlab.train.loop import load_split
+    from sftlab.train.dataset import load_split
 
     train = tmp_path / "train.jsonl"
     write_jsonl(small_records, train)

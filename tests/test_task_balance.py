@@ -22,7 +22,7 @@ from sftlab.train.balance import (
     share_metrics,
     task_epochs_plan,
 )
-from sftlab.train.loop import step_plan
+from sftlab.train.steps import step_plan
 
 TYPES = ["math/add"] * 6 + ["math/mul"] * 4 + ["text"] * 10 + ["chat"] * 4  # 24 samples
 LENGTHS = np.arange(10, 10 + len(TYPES)) * 3

@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from sftlab.cli.apps import app
+from sftlab.errors import UserError
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -23,8 +24,8 @@ def estimate(ctx: typer.Context, config: Path = typer.Argument(..., help="YAML c
              as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table.")) -> None:
     """Estimate memory per device (weights, gradients, optimizer, activations, loss head) and, with --probe,
     the time to train: `sftlab estimate CONFIG.yaml [overrides] --gpu h100-80gb [--probe 20] [--json]`."""
+    # lazy here and below: pydantic, torch and transformers; the CLI starts without them
     from sftlab.config import load_config
-    from sftlab.errors import UserError
     from sftlab.train.estimate import GIB, GPU_MEMORY_GIB, estimate_run
 
     cfg = load_config(config, list(ctx.args))
@@ -55,6 +56,7 @@ def estimate(ctx: typer.Context, config: Path = typer.Argument(..., help="YAML c
 
 
 def _print(est, gpu: str | None, probe: dict | None) -> None:
+    # lazy: rich (and the estimator: torch); the CLI starts without them
     from rich.console import Console
     from rich.table import Table
 

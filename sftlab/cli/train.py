@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
 
 from sftlab.cli.apps import app
+from sftlab.errors import UserError
+from sftlab.infer import GenerationParams, load_generator
 
 
 @app.command("tiny-model")
@@ -19,7 +22,7 @@ def tiny_model(out_dir: Path = typer.Argument(..., help="Where to write the mode
                                          "counts (Chinese included) are Qwen's (needs the qwen extra).")) -> None:
     """Build a tiny Llama model + locally trained BPE tokenizer with a ChatML template (or, with --vocab qwen,
     a small Qwen2 model with Qwen2.5's own tokenizer)."""
-    from sftlab.tiny import build_tiny_model
+    from sftlab.tiny import build_tiny_model  # lazy: torch and transformers; the CLI starts without them
 
     if vocab not in ("local", "qwen"):
         raise typer.BadParameter(f"{vocab!r}: choose local or qwen", param_hint="--vocab")
@@ -36,7 +39,7 @@ def tiny_model(out_dir: Path = typer.Argument(..., help="Where to write the mode
     if num_layers < 1:
         raise typer.BadParameter(f"{num_layers}: must be at least 1", param_hint="--num-layers")
     if vocab == "qwen":
-        from sftlab.qwen_vocab import build_qwen_model
+        from sftlab.qwen_vocab import build_qwen_model  # lazy: the qwen extra
 
         path = build_qwen_model(out_dir, hidden_size=hidden_size, num_layers=num_layers, num_heads=heads,
                                 num_kv_heads=max(1, heads // 2), intermediate_size=3 * hidden_size, seed=seed)
@@ -55,7 +58,9 @@ def train(ctx: typer.Context, config: Path = typer.Argument(..., help="YAML conf
           nproc: int = typer.Option(1, "--nproc", min=1, help="Processes on this node (execs torchrun when > 1).")) -> None:
     """Fine-tune a model: `sftlab train CONFIG.yaml [train.learning_rate=1e-5 ...]` (a config with `stages:`
     is a run plan: the stages train in order, each from the previous one's final model)."""
+    # lazy here and below: pydantic, then torch and transformers; the CLI starts without them
     from sftlab.config import build_config, read_config_file
+    from sftlab.train.plan import plan_configs
 
     unknown = [a for a in (str(config), *ctx.args) if a.startswith("-")]  # extra args are key=value overrides only
     if unknown:
@@ -63,36 +68,28 @@ def train(ctx: typer.Context, config: Path = typer.Argument(..., help="YAML conf
     overrides = list(ctx.args)
     raw = read_config_file(config)
     if "stages" in raw:
-        from sftlab.train.plan import plan_configs
-
         plan_configs(raw, overrides, source=str(config))  # validate every stage before spawning anything
     else:
         cfg = build_config(raw, overrides, source=str(config))
     if nproc > 1:
-        import os
-        import sys
+        from sftlab.train.launch import exec_workers
 
-        cmd = [sys.executable, "-m", "sftlab.train.launch", "--standalone", f"--nproc_per_node={nproc}", "-m", "sftlab",
-               "train", str(config), *overrides]
-        env = dict(os.environ)
-        if "--debug" in sys.argv:  # the CLI removed --debug from the arguments: the workers and launcher get it here
-            env["SFTLAB_DEBUG"] = "1"
-        os.execve(sys.executable, cmd, env)
-    if "stages" in raw:
-        from sftlab.train.plan import run_plan
-
-        run_plan(raw, overrides, source=str(config))
-        return
+        exec_workers(str(config), overrides, nproc)
+    from sftlab.eval.during_training import generation_eval
     from sftlab.train.loop import train as run_train
+    from sftlab.train.plan import run_plan
 
-    run_train(cfg)
+    if "stages" in raw:
+        run_plan(raw, overrides, source=str(config), generation_eval=generation_eval)
+    else:
+        run_train(cfg, generation_eval)
 
 
 @app.command()
 def demo(out: Path = typer.Option(Path("runs/demo"), "--out", help="Directory for model, data and run."),
          overrides: list[str] | None = typer.Argument(None, help="Dotted config overrides.")) -> None:
     """The embedded end-to-end demo: tiny model, synthetic multi-task data, train, per-task exact match."""
-    from sftlab.demo import run_demo
+    from sftlab.demo import run_demo  # lazy: pydantic, the eval package; the CLI starts without them
 
     run_demo(out, overrides or [])
 
@@ -106,9 +103,6 @@ def generate(model: str = typer.Option(..., "--model", help="Model directory (HF
              top_p: float = typer.Option(1.0), seed: int | None = typer.Option(None),
              backend: str = typer.Option("auto", help="auto | hf | vllm | openai")) -> None:
     """Sample a reply from a checkpoint with its chat template (or from an OpenAI-compatible server)."""
-    from sftlab.errors import UserError
-    from sftlab.infer import GenerationParams, load_generator
-
     if (prompt is None) == (chat is None):
         raise UserError("give exactly one of --prompt or --chat")
     messages = [{"role": "user", "content": prompt}] if prompt is not None else _read_chat(chat)
@@ -123,10 +117,6 @@ def generate(model: str = typer.Option(..., "--model", help="Model directory (HF
 
 def _read_chat(path: Path) -> list[dict]:
     """--chat FILE: a JSON list of {role, content} messages (a one-line error naming the file otherwise)."""
-    import json
-
-    from sftlab.errors import UserError
-
     try:
         messages = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -145,7 +135,7 @@ def export(src: Path = typer.Argument(..., help="A run's final/ or checkpoint di
            out: Path = typer.Option(..., "-o", "--out", help="Output directory."),
            merge: bool = typer.Option(False, "--merge", help="Merge a LoRA adapter into the base weights.")) -> None:
     """Export a checkpoint as a plain HF model directory (with --merge for LoRA adapters)."""
-    from sftlab.export import export_model
+    from sftlab.train.export import export_model  # lazy: torch; the CLI starts without it
 
     path = export_model(src, out, merge=merge)
     typer.echo(f"exported to {path}")

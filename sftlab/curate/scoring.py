@@ -18,8 +18,8 @@ import numpy as np
 from sftlab.config import ConfigError, RunConfig, build_config
 from sftlab.data.render import load_tokenizer
 from sftlab.errors import UserError
-from sftlab.export import load_for_inference
 from sftlab.io import write_jsonl
+from sftlab.train.export import load_for_inference
 
 SCORE_WINDOW = 1024  # records rendered and scored together (length sort and batches stay inside a window)
 
@@ -138,10 +138,11 @@ def train_seed_model(seed_records: Sequence[dict[str, Any]], work_dir: str | Pat
                      command: str = "select mods") -> Path:
     """Fine-tune the initial model on the seed records with sftlab's training loop (config: seed_run_config);
     returns its final/ dir."""
+    from sftlab.eval.during_training import generation_eval  # lazy: imports the hf backend (torch)
     from sftlab.train.loop import train  # lazy: the training engine imports torch
 
     cfg = seed_run_config(work_dir, base_model=base_model, train_config=train_config, overrides=overrides,
                           command=command)
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     write_jsonl(list(seed_records), cfg.data.train[0].path)
-    return train(cfg)
+    return train(cfg, generation_eval)  # a seed --train-config may use train.eval_generate, as `sftlab train` does

@@ -10,7 +10,7 @@ One store = one directory `<cache_dir>/<fingerprint>/` (written to a temp dir, t
     manifest.json       what it was built from (fingerprint inputs), counts, dtypes, task names, render report
     input_ids.bin       every sample's token ids, concatenated (uint16 when the vocabulary fits, else int32)
     turn_index.bin      per token: its supervised turn within the sample, -1 = not supervised (int16)
-    turn_coef.bin       per supervised turn: the loss coefficient c_i of its tokens (float64, train/loss.py)
+    turn_coef.bin       per supervised turn: the loss coefficient c_i of its tokens (float64, data/coefficients.py)
     samples.npz         per sample: token_offsets, turn_offsets, lengths, denoms, supervised, task_codes, id_offsets
     sample_ids.txt      sample ids, UTF-8, concatenated (sliced by id_offsets)
     rejects.jsonl       records rejected while reading or rendering (nothing is dropped silently)
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import inspect
 import json
 import math
 import mmap
@@ -52,13 +51,15 @@ from typing import Any
 import numpy as np
 import xxhash
 
+from sftlab.data.coefficients import sample_loss_coefficients
 from sftlab.data.records import RecordError
 from sftlab.errors import UserError
 
 STORE_VERSION = 2  # 2: content checksums in the manifest
 CHUNK_RECORDS = 1000  # records per rendering task: small enough to balance workers, big enough to batch tokenizing
 TURN_DTYPE = np.int16
-_MODULES = ("render.py", "records.py", "formats.py", "store.py")  # their source is the renderer version
+# their source is the renderer version
+_MODULES = ("render.py", "records.py", "formats.py", "store.py", "coefficients.py")
 CONTENT_FILES = ("input_ids.bin", "turn_index.bin", "turn_coef.bin", "samples.npz", "sample_ids.txt", "rejects.jsonl")
 _STAMP = "verified.json"
 
@@ -112,13 +113,10 @@ def tokenizer_hash(tokenizer: Any) -> str:
 def renderer_version() -> str:
     """Store format version + the source of the modules that read, render and weight samples: changing the
     renderer's code invalidates every cache built with the old one."""
-    from sftlab.train.loss import sample_loss_coefficients
-
     h = hashlib.sha256(f"store-v{STORE_VERSION}".encode())
     here = Path(__file__).parent
     for name in _MODULES:
         h.update((here / name).read_bytes())
-    h.update(inspect.getsource(sample_loss_coefficients).encode())
     return h.hexdigest()[:16]
 
 
@@ -319,7 +317,6 @@ def _init_worker(tokenizer: Any, settings: RenderSettings) -> None:
 def _render_chunk(task: tuple[int, list[dict[str, Any]]]) -> dict[str, Any]:
     """Render one chunk of records into compact arrays (runs in a worker process, or in-process)."""
     from sftlab.data.render import render_records
-    from sftlab.train.loss import sample_loss_coefficients
 
     start, records = task
     tok, st = _WORKER["tokenizer"], _WORKER["settings"]

@@ -1,24 +1,35 @@
 """`train.eval_generate`: generation metrics on a small eval subset at every eval step of training, logged as
-`eval_gen/<task_type>/<metric>` (and `eval_gen/<metric>` over the subset) next to the channel losses."""
+`eval_gen/<task_type>/<metric>` (and `eval_gen/<metric>` over the subset) next to the channel losses.
+
+Training does not import this package: the caller of `sftlab.train.loop.train` (the CLI, the demo, a run plan)
+passes `generation_eval`, which training calls with the run's config once its data is loaded."""
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
+from sftlab.data.formats import read_records
 from sftlab.eval.metrics import score_rows
 from sftlab.eval.stats import group_scores
+from sftlab.infer import GenerationParams
+from sftlab.infer.hf import HFGenerator
+
+
+def generation_eval(cfg: Any) -> Callable[[Any, Any], dict[str, float]] | None:
+    """The run's generation evaluation: its eval subset, fixed now, scored by `eval_generate(model, tokenizer)`
+    at every eval; None when the eval set has no assistant turn to score against. (Training has checked the
+    settings: data.eval and train.eval_steps are set.)"""
+    records = eval_subset(cfg)
+    if not records:
+        return None
+    return functools.partial(eval_generate, records=records, cfg=cfg)
 
 
 def eval_subset(cfg: Any) -> list[dict[str, Any]]:
     """Up to eval_generate.max_samples eval records, spread evenly over task_types (first ones of each; fixed)."""
-    from sftlab.config import ConfigError
-    from sftlab.data.formats import read_records
-
-    if not cfg.data.eval or not cfg.train.eval_steps:
-        raise ConfigError("train.eval_generate needs data.eval and train.eval_steps > 0 (it runs at every eval)")
-    if cfg.train.parallel == "fsdp":
-        raise ConfigError("train.eval_generate is not supported with train.parallel=fsdp (rank 0 generates alone)")
     per_task: dict[str, list[dict]] = defaultdict(list)
     for src in cfg.data.eval:
         recs, _ = read_records(src.path, src.format, task_type=src.task_type)
@@ -37,9 +48,6 @@ def eval_subset(cfg: Any) -> list[dict[str, Any]]:
 def eval_generate(model: Any, tokenizer: Any, records: list[dict[str, Any]], cfg: Any) -> dict[str, float]:
     """Greedy replies to each record's prompt (up to its last assistant turn), scored against that turn. A prompt
     that fills the model's context is skipped and counted (eval_gen/skipped_too_long)."""
-    from sftlab.infer import GenerationParams
-    from sftlab.infer.hf import HFGenerator
-
     eg = cfg.train.eval_generate
     was_training = model.training
     gen = HFGenerator(model, tokenizer, batch_size=eg.batch_size)

@@ -12,9 +12,9 @@ from transformers import StoppingCriteriaList
 
 from sftlab.data.render import eot_token_ids, load_tokenizer
 from sftlab.errors import UserError
-from sftlab.export import load_for_inference
 from sftlab.infer.api import GenerationParams, Reply, check_params, cut_at_stop
 from sftlab.io import progress_bar
+from sftlab.train.export import load_for_inference
 
 OnText = Callable[[int, str], bool]
 

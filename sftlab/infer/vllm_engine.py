@@ -11,8 +11,8 @@ import torch
 
 from sftlab.data.render import eot_token_ids, load_tokenizer
 from sftlab.errors import UserError
-from sftlab.export import is_adapter_dir
 from sftlab.infer.api import GenerationParams, Reply, check_params
+from sftlab.train.export import is_adapter_dir
 
 
 def vllm_unavailable_reason() -> str | None:

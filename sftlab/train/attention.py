@@ -19,7 +19,8 @@ Naming a backend overrides it (`sdpa` keeps the dense block mask).
 
 Position ids alone do NOT isolate samples under sdpa / eager (checked with transformers 5.x: the logits of a
 packed row differ from separate runs by ~0.5), so any backend outside this table is refused with a UserError
-instead of training on contaminated attention. `verify_isolation` checks it numerically on the real model.
+instead of training on contaminated attention. `batching.verify_isolation` checks it numerically on the real
+model.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ LAYOUTS = {
 VARLEN_KERNEL = "sdpa_varlen"
 _FLASH_PACKAGES = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface",
                    "flash_attention_4": "flash_attn"}
-_FIX = ("set model.attn_implementation to 'auto' or 'sdpa_varlen' (per-sample sdpa, any device), 'sdpa' (4-D block "
+FIX = ("set model.attn_implementation to 'auto' or 'sdpa_varlen' (per-sample sdpa, any device), 'sdpa' (4-D block "
         "mask) or use data.batching: pad")
 
 
@@ -76,6 +77,7 @@ def sdpa_varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: tor
     kernel). With a padding mask (pad batching, generation) it is transformers' sdpa unchanged.
     Registered in transformers' AttentionInterface as `sdpa_varlen` (`register_attention_kernels`).
     """
+    # lazy: transformers takes seconds to import
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     bounds = None if attention_mask is not None else _span_bounds(query, key, kwargs)
@@ -95,7 +97,7 @@ def sdpa_varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: tor
 def _sdpa_varlen_mask(*args: Any, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor | None:
     """Mask builder for `sdpa_varlen`: no mask at all for unpadded training rows (the kernel isolates samples
     from the spans), transformers' sdpa mask otherwise (padding, KV cache)."""
-    from transformers.masking_utils import sdpa_mask
+    from transformers.masking_utils import sdpa_mask  # lazy: transformers takes seconds to import
 
     q_length, kv_length = kwargs.get("q_length"), kwargs.get("kv_length")
     if attention_mask is None and q_length == kv_length and not kwargs.get("q_offset"):
@@ -105,6 +107,7 @@ def _sdpa_varlen_mask(*args: Any, attention_mask: torch.Tensor | None = None, **
 
 def register_attention_kernels() -> None:
     """Make `sdpa_varlen` a name transformers accepts (from_pretrained, set_attn_implementation). Idempotent."""
+    # lazy: transformers takes seconds to import
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
@@ -141,6 +144,21 @@ def resolve_attention(requested: str | None, mode: str, device: torch.device | s
     return impl
 
 
+def resolve_batching(batching: str, attn_implementation: str, device: torch.device) -> str:
+    """`data.batching` auto -> padfree where it is measured faster with exact isolation, else pad
+    (docs/DESIGN.md §3); a named mode is kept."""
+    if batching != "auto":
+        return batching
+    attn = attn_implementation
+    if attn in ("auto", VARLEN_KERNEL):  # isolating kernels on every device (resolve_attention)
+        return "padfree"
+    if device.type == "cpu" and attn in ("sdpa", "eager"):
+        return "padfree"
+    if device.type == "cuda" and (attn.startswith("flash_attention") or attn == "flex_attention"):
+        return "padfree"
+    return "pad"
+
+
 def attention_layout(attn_implementation: str | None) -> str:
     """The isolation layout of a backend (see the module docstring); UserError for backends that cannot isolate.
     An unresolved `auto` is plain sdpa here, as in `load_model` (the training loop resolves it first)."""
@@ -148,7 +166,7 @@ def attention_layout(attn_implementation: str | None) -> str:
     impl = "sdpa" if impl == "auto" else impl
     if impl not in LAYOUTS:
         raise UserError(f"attention backend {impl!r} cannot keep packed samples apart (padfree/pack would let "
-                        f"attention cross samples); {_FIX}")
+                        f"attention cross samples); {FIX}")
     return LAYOUTS[impl]
 
 
@@ -157,7 +175,7 @@ def check_attention_isolation(attn_implementation: str | None, mode: str, device
 
     Returns the layout to pass to `collate` (None for `pad`, which needs no isolation), or raises a
     UserError naming the backend and the fix. Cheap: looks at the backend name, the device and the
-    installed packages only; `verify_isolation` is the numerical check.
+    installed packages only; `batching.verify_isolation` is the numerical check.
     """
     if mode == "pad":
         return None
@@ -172,16 +190,16 @@ def check_attention_isolation(attn_implementation: str | None, mode: str, device
         if dev.type != "cuda" or importlib.util.find_spec(pkg) is None:
             raise UserError(f"attention backend {impl!r} needs CUDA and the {pkg!r} package for {mode} batching "
                             f"(device is {dev.type}, {pkg} {'found' if importlib.util.find_spec(pkg) else 'missing'}); "
-                            f"{_FIX}")
+                            f"{FIX}")
     if layout == "doc_ids":
-        from transformers import masking_utils
+        from transformers import masking_utils  # lazy: transformers takes seconds to import
 
         if dev.type != "cuda":
             raise UserError(f"attention backend 'flex_attention' isolates {mode} rows with a document mask on CUDA "
-                            f"only (device is {dev.type}); {_FIX}")
+                            f"only (device is {dev.type}); {FIX}")
         if not hasattr(masking_utils, "find_packed_sequence_indices"):
             raise UserError("this transformers version does not build document masks from position_ids for "
-                            f"flex_attention; {_FIX}")
+                            f"flex_attention; {FIX}")
     return layout
 
 
@@ -200,38 +218,3 @@ def block_causal_mask(doc: torch.Tensor, layout: str, dtype: torch.dtype = torch
     if layout == "float_mask":
         return torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask, torch.finfo(dtype).min)
     raise ValueError(f"layout {layout!r} uses no 4-D mask")
-
-
-@torch.no_grad()
-def verify_isolation(model: Any, layout: str, lengths: tuple[int, int] = (11, 7), tol: float = 1e-3) -> float:
-    """Numerical leak check on the real model: change the first sample of a two-sample row and make sure
-    the second sample's hidden states do not move. Returns the relative change; UserError above `tol`.
-
-    Same shapes and kernels in both runs, so an isolating backend gives (near) bit-identical outputs, while a
-    leak moves them by O(1) relative amounts whatever the precision.
-    """
-    from sftlab.train.batching import collate_rows
-
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    gen = torch.Generator().manual_seed(0)
-    vocab = model.get_input_embeddings().weight.shape[0]
-    second = torch.randint(0, vocab, (lengths[1],), generator=gen).tolist()
-    outs = []
-    for _ in range(2):
-        first = torch.randint(0, vocab, (lengths[0],), generator=gen).tolist()
-        samples = [{"input_ids": ids, "labels": [-100] * len(ids), "loss_coef": [0.0] * len(ids),
-                    "num_tokens": len(ids)} for ids in (first, second)]
-        batch = collate_rows(samples, [[0, 1]], pad_id=0, layout=layout, mask_dtype=dtype)
-        kwargs = {"input_ids": batch["input_ids"].to(device), "position_ids": batch["position_ids"].to(device),
-                  "use_cache": False}
-        if batch["attention_mask"] is not None:
-            kwargs["attention_mask"] = batch["attention_mask"].to(device)
-        hidden = model.get_decoder()(**kwargs).last_hidden_state[0, lengths[0]:].float()
-        outs.append(hidden)
-    rel = float((outs[0] - outs[1]).abs().max() / outs[1].abs().max().clamp_min(1e-12))
-    if rel > tol:
-        impl = getattr(model.config, "_attn_implementation", "?")
-        raise UserError(f"attention backend {impl!r} leaks across packed samples (a change in one sample moved "
-                        f"another's hidden states by {rel:.2e} relative); {_FIX}")
-    return rel

@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from sftlab.train.attention import attention_layout, block_causal_mask
+from sftlab.errors import UserError
+from sftlab.train.attention import FIX, attention_layout, block_causal_mask
 
 BATCHING_MODES = ("pad", "padfree", "pack")
 
@@ -246,3 +247,36 @@ def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
         else:
             out[k] = v
     return out
+
+
+@torch.no_grad()
+def verify_isolation(model: Any, layout: str, lengths: tuple[int, int] = (11, 7), tol: float = 1e-3) -> float:
+    """Numerical leak check on the real model: change the first sample of a two-sample row and make sure
+    the second sample's hidden states do not move. Returns the relative change; UserError above `tol`.
+
+    Same shapes and kernels in both runs, so an isolating backend gives (near) bit-identical outputs, while a
+    leak moves them by O(1) relative amounts whatever the precision.
+    """
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    gen = torch.Generator().manual_seed(0)
+    vocab = model.get_input_embeddings().weight.shape[0]
+    second = torch.randint(0, vocab, (lengths[1],), generator=gen).tolist()
+    outs = []
+    for _ in range(2):
+        first = torch.randint(0, vocab, (lengths[0],), generator=gen).tolist()
+        samples = [{"input_ids": ids, "labels": [-100] * len(ids), "loss_coef": [0.0] * len(ids),
+                    "num_tokens": len(ids)} for ids in (first, second)]
+        batch = collate_rows(samples, [[0, 1]], pad_id=0, layout=layout, mask_dtype=dtype)
+        kwargs = {"input_ids": batch["input_ids"].to(device), "position_ids": batch["position_ids"].to(device),
+                  "use_cache": False}
+        if batch["attention_mask"] is not None:
+            kwargs["attention_mask"] = batch["attention_mask"].to(device)
+        hidden = model.get_decoder()(**kwargs).last_hidden_state[0, lengths[0]:].float()
+        outs.append(hidden)
+    rel = float((outs[0] - outs[1]).abs().max() / outs[1].abs().max().clamp_min(1e-12))
+    if rel > tol:
+        impl = getattr(model.config, "_attn_implementation", "?")
+        raise UserError(f"attention backend {impl!r} leaks across packed samples (a change in one sample moved "
+                        f"another's hidden states by {rel:.2e} relative); {FIX}")
+    return rel

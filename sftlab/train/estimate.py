@@ -23,9 +23,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+
+from sftlab.config import resolve_batch_sizes
+from sftlab.data.render import load_tokenizer
+from sftlab.train.attention import resolve_batching
+from sftlab.train.dataset import load_split
+from sftlab.train.fused_ops import use_fused_ops
+from sftlab.train.loss import chunk_rows
+from sftlab.train.model import device_of, load_model_config, meta_model, resolve_precision
 
 GIB = 1024**3
 MARGIN = 0.10  # fragmentation / workspace margin on the transient part (activations, loss head, temporaries)
@@ -181,8 +191,6 @@ def estimate_loss_head(model_config: Any, supervised_tokens: int, chunk_size: in
     transients at the peak. Not fused (`supervised_token_nll`): one chunk's fp32 log-softmax is saved when
     N <= the chunk, else the chunks are recomputed in backward.
     saved: kept from forward to backward; peak: saved + the largest transient."""
-    from sftlab.train.loss import chunk_rows
-
     s = Shape.of(model_config)
     n, v, h = supervised_tokens, s.vocab, s.hidden
     e = 2 if dtype in ("bf16", "fp16") else 4
@@ -250,41 +258,7 @@ def mfu(tokens_per_s: float, model_config: Any, seq_len: int, device_name: str |
     return tokens_per_s * flops_per_token(model_config, seq_len) / (peak * world_size)
 
 
-# ------------------------------------------------------------------------------ parameters on meta
-
-
-def meta_model(model_cfg: Any, vocab_size: int | None = None, gradient_checkpointing: bool = False,
-               parallel: str = "none") -> Any:
-    """The configured model on the meta device (no weights are read), resized to `vocab_size` and with
-    sftlab's own LoRA set-up (sftlab/train/model.py), so parameter counts and dtypes are those of the real run."""
-    from transformers import AutoConfig
-
-    from sftlab.train.model import check_model_path
-
-    check_model_path(model_cfg.name_or_path)
-    config = AutoConfig.from_pretrained(model_cfg.name_or_path)
-    return meta_model_from_config(config, model_cfg, vocab_size, gradient_checkpointing, parallel)
-
-
-def meta_model_from_config(config: Any, model_cfg: Any, vocab_size: int | None = None,
-                           gradient_checkpointing: bool = False, parallel: str = "none") -> Any:
-    """`meta_model` for an already built transformers config (e.g. written out in a test or the docs)."""
-    from transformers import AutoModelForCausalLM
-
-    from sftlab.train.model import _apply_lora, cast_frozen_linear_weights, frozen_base_dtype
-
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        added = vocab_size is not None and vocab_size > model.get_input_embeddings().weight.shape[0]
-        if added:
-            model.resize_token_embeddings(vocab_size, mean_resizing=False)
-        if model_cfg.lora is not None:
-            lora = model_cfg.model_copy(update={"lora": model_cfg.lora.model_copy(update={"load_in_4bit": False})})
-            model = _apply_lora(model, lora, added, None, gradient_checkpointing)
-        frozen = frozen_base_dtype(model_cfg, parallel)
-        if frozen is not None:  # as load_model stores LoRA's frozen base
-            cast_frozen_linear_weights(model, frozen)
-    return model
+# ------------------------------------------------------------------------------ parameters
 
 
 def _shard_numel(p: torch.Tensor, world: int) -> int:
@@ -475,8 +449,6 @@ def data_run_shape(lengths: Any, supervised: Any, micro: int, batching: str) -> 
     """The largest micro-batch the data can produce: the `micro` longest samples (pad: as many rows of the
     longest; padfree: one row of their summed lengths), with their supervised token counts. Per-sample arrays
     (the loop's DataSet.lengths / .supervised): no sample is materialised."""
-    import numpy as np
-
     lengths = np.asarray(lengths)
     top = np.argsort(-lengths, kind="stable")[:micro]
     longest = int(lengths[top].max())
@@ -493,8 +465,6 @@ def estimate_dtype(requested: str, target: str, gpu: str | None = None) -> str:
     """The compute dtype training will use on the target: `auto` / `bf16` are resolved at start-up
     (model.resolve_precision), on this machine's device, or for a GPU preset / memory size: bf16 unless the
     preset lacks native bf16."""
-    from sftlab.train.model import resolve_precision
-
     if requested not in ("auto", "bf16"):
         return requested
     if target == "cpu" or (torch.cuda.is_available() and gpu is None):
@@ -507,26 +477,15 @@ def estimate_run(cfg: Any, world_size: int = 1, memory_bytes: int | None = None,
     """The estimate for a RunConfig: meta model from `model.name_or_path`'s config, the run's micro-batch,
     and the real token lengths of `data.train` when the files are there (else max_length). `gpu`: the preset
     name of `sftlab estimate --gpu` (what model.dtype auto / bf16 become there)."""
-    from pathlib import Path
-
-    from sftlab.config import resolve_batch_sizes
-    from sftlab.train.fused_ops import use_fused_ops
-    from sftlab.train.loop import resolve_batching
-
     micro, _, _ = resolve_batch_sizes(cfg.train, world_size)
     # `auto` resolves as training would on the target: a GPU when a memory size is given, else the device
     # training picks (train.device, or cuda when one is here)
-    from sftlab.train.model import device_of
-
     here = device_of(cfg.train.device) if cfg.train.device else None
     target = "cuda" if memory_bytes is not None or (here is None and torch.cuda.is_available()) else (
         here.type if here is not None else "cpu")
     dtype = estimate_dtype(cfg.model.dtype, target, gpu)
-    batching = resolve_batching(cfg, torch.device(target))
+    batching = resolve_batching(cfg.data.batching, cfg.model.attn_implementation, torch.device(target))
     if data is None and use_data and all(Path(s.path).exists() for s in cfg.data.train):
-        from sftlab.data.render import load_tokenizer
-        from sftlab.train.loop import load_split
-
         tok = load_tokenizer(cfg.model.name_or_path, cfg.model.chat_template, cfg.model.special_tokens,
                              cfg.model.eot_token)
         vocab_size = len(tok)
@@ -578,7 +537,7 @@ def format_gib(n: float | None) -> str:
 
 def memory_baseline() -> int:
     """This process's resident memory now (bytes): the CPU reference the training peak is measured from."""
-    import resource
+    import resource  # lazy: Unix only (training must still import on other systems)
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
@@ -639,9 +598,3 @@ def memory_check(cfg: Any, device: torch.device, world_size: int, data: Any, voc
               f"{est.basis}")
     return RunCheck(est, model_config, device, world_size, cfg.model.dtype, baseline)
 
-
-def load_model_config(name_or_path: str) -> Any:
-    """The model's transformers config (config.json only)."""
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(name_or_path)

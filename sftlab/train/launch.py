@@ -11,9 +11,23 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from typing import NoReturn
+
+
+def exec_workers(config: str, overrides: list[str], nproc: int) -> NoReturn:
+    """Replace this process with the launcher (`main`, via torchrun's command line) running `sftlab train CONFIG
+    OVERRIDES` in `nproc` processes on this node."""
+    cmd = [sys.executable, "-m", "sftlab.train.launch", "--standalone", f"--nproc_per_node={nproc}", "-m", "sftlab",
+           "train", config, *overrides]
+    env = dict(os.environ)
+    if "--debug" in sys.argv:  # the CLI removed --debug from the arguments: the workers and launcher get it here
+        env["SFTLAB_DEBUG"] = "1"
+    os.execve(sys.executable, cmd, env)
 
 
 def main(argv: list[str] | None = None) -> None:
+    """torchrun with one-line endings (see the module docstring)."""
+    # lazy: torch; `exec_workers` runs in the CLI process, which must not import it
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun_main

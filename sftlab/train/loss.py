@@ -8,7 +8,7 @@ per-sample terms over G:
     turn:     c_i = w_t / |S_t|              D = Σ_samples Σ_t w_t
     sequence: c_i = w_t / Σ_t w_t |S_t|      D = number of samples
 
-So the coefficients are fixed when a sample is rendered, D is known before any backward pass (every rank
+So the coefficients are fixed when a sample is rendered (sftlab/data/coefficients.py), D is known before any backward pass (every rank
 holds the global batch plan), and each micro-batch contributes  Σ_{i in micro} c_i l_i / D . Summing these
 over micro-batches, accumulation steps and ranks gives exactly L, whatever the layout: that is the
 invariance the property tests check. Channel (task_type) losses are the same reduction restricted to the
@@ -23,36 +23,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from sftlab.data.coefficients import sample_loss_coefficients
 from sftlab.train.last_layer import reading_only
-
-REDUCTIONS = ("token", "turn", "sequence")
-
-
-def sample_loss_coefficients(turn_index: Any, turn_weights: Any, reduction: str) -> tuple[np.ndarray, float]:
-    """Per-token coefficients c_i (0 where unsupervised) and the sample's share of the denominator D."""
-    ti = np.asarray(turn_index, dtype=np.int64)
-    w = np.asarray(turn_weights, dtype=np.float64)
-    sup = ti >= 0
-    counts = np.bincount(ti[sup], minlength=len(w)).astype(np.float64)
-    coef = np.zeros(len(ti), dtype=np.float64)
-    if reduction == "token":
-        coef[sup] = w[ti[sup]]
-        denom = float((w * counts).sum())
-    elif reduction == "turn":
-        coef[sup] = (w / np.maximum(counts, 1.0))[ti[sup]]
-        denom = float(w[counts > 0].sum())
-    elif reduction == "sequence":
-        total = float((w * counts).sum())
-        coef[sup] = w[ti[sup]] / total
-        denom = 1.0
-    else:
-        raise ValueError(f"loss reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    return coef, denom
 
 
 def attach_loss_coefficients(samples: list[dict[str, Any]], reduction: str) -> None:

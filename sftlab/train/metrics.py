@@ -22,6 +22,12 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+
 from sftlab.errors import UserError
 
 METRICS_FILE = "metrics.jsonl"
@@ -116,7 +122,7 @@ class MetricsWriter:
         self._wandb = None
         self._mlflow = None
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # lazy: optional extra (tensorboard)
 
             # purge_step makes TensorBoard hide the interrupted run's events after the checkpoint.
             self._tb = SummaryWriter(str(self.run_dir / TB_DIR), flush_secs=30,
@@ -133,7 +139,7 @@ class MetricsWriter:
     # -- trackers -------------------------------------------------------------------------------
     def _start_wandb(self, opts: dict[str, Any], resuming: bool) -> Any:
         try:
-            import wandb
+            import wandb  # lazy: optional extra
         except ImportError:
             raise UserError("W&B logging is configured but wandb is not installed: pip install wandb "
                             "(or remove wandb from train.report_to)") from None
@@ -157,7 +163,7 @@ class MetricsWriter:
 
     def _start_mlflow(self, opts: dict[str, Any], resuming: bool) -> Any:
         try:
-            import mlflow
+            import mlflow  # lazy: optional extra
         except ImportError:
             raise UserError("MLflow logging is configured but mlflow is not installed: pip install mlflow "
                             "(or remove mlflow from train.report_to)") from None
@@ -258,14 +264,10 @@ class LiveView:
         self._t0: float | None = None
         self._step0 = 0
         self._n_train = 0
-        from rich.console import Console
-
         self._console = Console(file=self.stream, force_terminal=force_terminal)
         self.interactive = self._console.is_terminal
         self._live = None
         if self.interactive:
-            from rich.live import Live
-
             self._live = Live(self._render(), console=self._console, refresh_per_second=4, transient=False)
             self._live.start()
 
@@ -330,11 +332,6 @@ class LiveView:
         print(line, file=self.stream, flush=True)
 
     def _render(self) -> Any:
-        from rich.console import Group
-        from rich.panel import Panel
-        from rich.progress_bar import ProgressBar
-        from rich.table import Table
-
         r = self.last
         step = int(r.get("step", 0) or 0)
         head = Table.grid(padding=(0, 2))

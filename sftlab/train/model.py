@@ -7,6 +7,7 @@ import functools
 import importlib.util
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -14,7 +15,9 @@ from urllib.parse import urlparse
 import torch
 
 from sftlab.config import ModelConfig
+from sftlab.data.render import eot_token_ids
 from sftlab.errors import UserError
+from sftlab.train.attention import register_attention_kernels
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -48,8 +51,6 @@ def stop_at_turn_end(model: Any, tokenizer: Any) -> None:
     """generation_config.eos_token_id = the ids that close a turn (what sftlab's generator stops at), so a saved
     model also stops there under plain transformers / vLLM: a base model's eos alone (<|endoftext|>) would run past
     ChatML's <|im_end|>. For a trained model (load_model) and a merged LoRA export, whose base config has no say."""
-    from sftlab.data.render import eot_token_ids
-
     eot = eot_token_ids(tokenizer)
     model.generation_config.eos_token_id = eot[0] if len(eot) == 1 else eot
 
@@ -86,8 +87,6 @@ def cpu_bf16_matmul_speedup(m: int = 1024, k: int = 512, n: int = 1536, repeats:
     Measured rather than read from CPU flags because the flags do not say it: oneDNN's bf16 path is fast with
     AMX tiles, but on AVX512-BF16 alone (and under hypervisors that hide AMX) it can lose to fp32. One thread,
     the two dtypes alternated and the best of `repeats` kept, so another process on the machine moves both."""
-    import time
-
     a, b = torch.randn(m, k), torch.randn(k, n)
     pairs = {dtype: (a.to(dtype), b.to(dtype)) for dtype in (torch.float32, torch.bfloat16)}
     best = dict.fromkeys(pairs, float("inf"))
@@ -144,7 +143,7 @@ def check_model_path(name_or_path: str) -> None:
         parent = next((p for p in path.parents if p.is_dir()), None)
         raise UserError(f"model.name_or_path: directory not found: {name_or_path}"
                         f"{f' (looked in {parent.resolve()})' if parent is not None and str(parent) != '.' else ''}")
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache  # lazy: only for a hub id, not a local path
 
     if isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
         return  # cached hub model: loads offline
@@ -194,30 +193,15 @@ def load_model(cfg: ModelConfig, tokenizer: Any, device: torch.device, gradient_
     `adapter_dir` loads a LoRA adapter to continue training it. `torch_compile` compiles the decoder (the loss
     head calls it directly) with dynamic shapes, since every micro-batch has its own length. `frozen_dtype`
     (LoRA under bf16/fp16 autocast): the frozen Linear weights are stored in it (`cast_frozen_linear_weights`)."""
-    from transformers import AutoModelForCausalLM
-
-    from sftlab.train.attention import register_attention_kernels
+    from transformers import AutoModelForCausalLM  # lazy: transformers takes seconds to import
 
     src = weights_dir or cfg.name_or_path
     check_model_path(src)
     if Path(src).expanduser().exists():  # recorded as the adapter's base_model_name_or_path: make it absolute
         src = str(Path(src).expanduser().resolve())
     register_attention_kernels()
-    attn = "sdpa" if cfg.attn_implementation == "auto" else cfg.attn_implementation
-    kwargs: dict[str, Any] = {"attn_implementation": attn, "dtype": torch.float32}
-    if cfg.lora is not None and cfg.lora.load_in_4bit:
-        if device.type != "cuda":
-            raise UserError("model.lora.load_in_4bit (QLoRA) needs a CUDA device; none is available here. "
-                            "Use plain LoRA (load_in_4bit: false) on CPU")
-        try:
-            from transformers import BitsAndBytesConfig
-        except ImportError:  # pragma: no cover - depends on the install
-            raise UserError("QLoRA needs bitsandbytes: pip install bitsandbytes") from None
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                           bnb_4bit_compute_dtype=DTYPES.get(cfg.dtype, torch.bfloat16))
-        kwargs["dtype"] = DTYPES.get(cfg.dtype, torch.bfloat16)
     try:
-        model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(src, **_pretrained_kwargs(cfg, device))
     except OSError as e:
         raise UserError(f"cannot load model from {src!r}: {str(e).splitlines()[0]}") from None
     except ImportError as e:  # a backend whose package is missing (or broken)
@@ -227,25 +211,90 @@ def load_model(cfg: ModelConfig, tokenizer: Any, device: torch.device, gradient_
         if "attn_implementation" in str(e) or "attention" in str(e).lower():
             raise UserError(f"model.attn_implementation={cfg.attn_implementation!r}: {str(e).splitlines()[0]}") from None
         raise
-    added = len(tokenizer) > model.get_input_embeddings().weight.shape[0]
-    if added:
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    added = _resize_embeddings(model, len(tokenizer), mean_resizing=True)
     if model.generation_config is not None:
         stop_at_turn_end(model, tokenizer)
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
-    if cfg.lora is not None:
-        model = _apply_lora(model, cfg, added, adapter_dir, gradient_checkpointing)
-        if frozen_dtype is not None and not cfg.lora.load_in_4bit:
-            cast_frozen_linear_weights(model, frozen_dtype)
+    model = prepare_for_training(model, cfg, added, gradient_checkpointing, adapter_dir, frozen_dtype)
     model = model.to(device)
     if torch_compile:
         model.get_decoder().compile(dynamic=True)
     if device.type == "cpu":
         trim_heap_before_embedding_grad(model)
     return model
+
+
+def _pretrained_kwargs(cfg: ModelConfig, device: torch.device) -> dict[str, Any]:
+    """from_pretrained's arguments: fp32 master weights and the attention backend; QLoRA's nf4 quantisation."""
+    attn = "sdpa" if cfg.attn_implementation == "auto" else cfg.attn_implementation
+    kwargs: dict[str, Any] = {"attn_implementation": attn, "dtype": torch.float32}
+    if cfg.lora is not None and cfg.lora.load_in_4bit:
+        if device.type != "cuda":
+            raise UserError("model.lora.load_in_4bit (QLoRA) needs a CUDA device; none is available here. "
+                            "Use plain LoRA (load_in_4bit: false) on CPU")
+        try:
+            from transformers import BitsAndBytesConfig  # lazy: transformers; fails without bitsandbytes
+        except ImportError:  # pragma: no cover - depends on the install
+            raise UserError("QLoRA needs bitsandbytes: pip install bitsandbytes") from None
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                           bnb_4bit_compute_dtype=DTYPES.get(cfg.dtype, torch.bfloat16))
+        kwargs["dtype"] = DTYPES.get(cfg.dtype, torch.bfloat16)
+    return kwargs
+
+
+def _resize_embeddings(model: Any, vocab_size: int | None, mean_resizing: bool) -> bool:
+    """Grow the embeddings to `vocab_size` (new special tokens); whether tokens were added."""
+    added = vocab_size is not None and vocab_size > model.get_input_embeddings().weight.shape[0]
+    if added:
+        model.resize_token_embeddings(vocab_size, mean_resizing=mean_resizing)
+    return added
+
+
+def prepare_for_training(model: Any, cfg: ModelConfig, new_tokens: bool, gradient_checkpointing: bool = False,
+                         adapter_dir: str | None = None, frozen_dtype: torch.dtype | None = None) -> Any:
+    """What training changes on a loaded model, shared by `load_model` and `meta_model_from_config` (the
+    estimator), so both count the same parameters: gradient checkpointing, LoRA (new token rows trainable) and
+    LoRA's frozen base stored in `frozen_dtype`."""
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if cfg.lora is not None:
+        model = _apply_lora(model, cfg, new_tokens, adapter_dir, gradient_checkpointing)
+        if frozen_dtype is not None and not cfg.lora.load_in_4bit:
+            cast_frozen_linear_weights(model, frozen_dtype)
+    return model
+
+
+def load_model_config(name_or_path: str) -> Any:
+    """The model's transformers config (config.json only)."""
+    from transformers import AutoConfig  # lazy: transformers takes seconds to import
+
+    return AutoConfig.from_pretrained(name_or_path)
+
+
+def meta_model(cfg: ModelConfig, vocab_size: int | None = None, gradient_checkpointing: bool = False,
+               parallel: str = "none") -> Any:
+    """The configured model on the meta device (no weights are read), resized to `vocab_size` and prepared as
+    `load_model` prepares it, so parameter counts and dtypes are those of the real run."""
+    check_model_path(cfg.name_or_path)
+    return meta_model_from_config(load_model_config(cfg.name_or_path), cfg, vocab_size, gradient_checkpointing,
+                                  parallel)
+
+
+def meta_model_from_config(config: Any, cfg: ModelConfig, vocab_size: int | None = None,
+                           gradient_checkpointing: bool = False, parallel: str = "none") -> Any:
+    """`meta_model` for an already built transformers config (e.g. written out in a test or the docs). QLoRA's
+    base stays unquantised here (bitsandbytes cannot quantise on meta): the estimator counts its nf4 bytes."""
+    from transformers import AutoModelForCausalLM  # lazy: transformers takes seconds to import
+
+    unquantised = cfg
+    if cfg.lora is not None and cfg.lora.load_in_4bit:
+        unquantised = cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"load_in_4bit": False})})
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        added = _resize_embeddings(model, vocab_size, mean_resizing=False)
+        return prepare_for_training(model, unquantised, added, gradient_checkpointing,
+                                    frozen_dtype=frozen_base_dtype(cfg, parallel))
 
 
 EMBED_GRAD_TRIM_MIN_BYTES = 64 << 20  # an fp32 embedding gradient this large sets the CPU peak RSS
@@ -314,7 +363,7 @@ def cast_frozen_linear_weights(model: Any, dtype: torch.dtype) -> None:
 
 def _apply_lora(model: Any, cfg: ModelConfig, new_tokens: bool, adapter_dir: str | None,
                 gradient_checkpointing: bool) -> Any:
-    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training  # lazy: LoRA only
 
     if cfg.lora.load_in_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import sys
+import threading
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from sftlab.errors import UserError
 
@@ -58,12 +62,10 @@ def wrap_model(model: Any, mode: str, info: DistInfo, dtype: torch.dtype | None 
     if not info.enabled:
         return model
     if mode in ("none", "ddp"):
-        from torch.nn.parallel import DistributedDataParallel
-
         ids = [info.device.index] if info.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)
     if mode == "fsdp":
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # lazy: FSDP runs only
 
         if _is_quantized(model):
             raise UserError("train.parallel=fsdp does not support 4-bit QLoRA (model.lora.load_in_4bit) yet; "
@@ -102,8 +104,6 @@ def decoder_layers(engine: Any) -> list[Any]:
 
 def unwrap(engine: Any) -> Any:
     """The module inside a DDP wrapper (FSDP2 shards in place, so there is nothing to unwrap)."""
-    from torch.nn.parallel import DistributedDataParallel
-
     return engine.module if isinstance(engine, DistributedDataParallel) else engine
 
 
@@ -154,6 +154,7 @@ def is_sharded(engine: Any) -> bool:
 def full_state_dict(engine: Any, info: DistInfo) -> dict[str, torch.Tensor] | None:
     """The HF model's full (unsharded) state dict on rank 0, None elsewhere; every rank must call it."""
     if is_sharded(engine):
+        # lazy: FSDP only
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         sd = get_model_state_dict(engine, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -190,10 +191,6 @@ class StopRequested(KeyboardInterrupt):
 
 def install_stop_handlers(info: DistInfo) -> Any:
     """Route SIGTERM and SIGINT to the stop flag; returns a function restoring the previous handlers."""
-    import signal
-    import sys
-    import threading
-
     _stop["signum"] = 0
     if threading.current_thread() is not threading.main_thread():
         return lambda: None

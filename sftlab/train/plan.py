@@ -15,7 +15,7 @@ Rules (kept deliberately simple):
 - stage i (from 1) runs in `<train.output_dir>/stage-<i>-<name>/`; a stage's `data` / `train` keys replace the
   shared ones key by key; `train.output_dir` is set by the plan (a stage may not set it);
 - stage 1 starts from `model.name_or_path`, stage i > 1 from stage i-1's `final/`;
-- LoRA: stage i-1's adapter is merged into its base weights (`sftlab.export.export_model(merge=True)`) in
+- LoRA: stage i-1's adapter is merged into its base weights (`sftlab.train.export.export_model(merge=True)`) in
   `<stage i dir>/init/`, and stage i trains a fresh adapter on that merged model (so every stage's final/ is an
   adapter over the previous stage's merged weights; `sftlab export --merge` of the last one gives the result);
 - dotted CLI overrides apply to every stage and win over stage values, except that `train.output_dir` is the
@@ -30,7 +30,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, ValidationError
 
@@ -43,6 +43,9 @@ from sftlab.config import (
     parse_overrides,
     set_dotted,
 )
+
+if TYPE_CHECKING:
+    from sftlab.train.setup import GenerationEvalFactory
 
 
 class StageSpec(Strict):
@@ -109,9 +112,12 @@ def plan_configs(raw: dict[str, Any], overrides: list[str] = (), source: str = "
     return out
 
 
-def run_plan(raw: dict[str, Any], overrides: list[str] = (), source: str = "config") -> list[Path]:
-    """Train the stages in order; returns each stage's final/ directory."""
-    from sftlab.export import export_model, is_adapter_dir
+def run_plan(raw: dict[str, Any], overrides: list[str] = (), source: str = "config",
+             generation_eval: GenerationEvalFactory | None = None) -> list[Path]:
+    """Train the stages in order; returns each stage's final/ directory. `generation_eval`: passed to every
+    stage's `train` (train.eval_generate)."""
+    # lazy: torch and transformers; plan_configs validates a plan (before `--nproc` spawns workers) without them
+    from sftlab.train.export import export_model, is_adapter_dir
     from sftlab.train.loop import train
 
     configs = plan_configs(raw, overrides, source)
@@ -128,5 +134,5 @@ def run_plan(raw: dict[str, Any], overrides: list[str] = (), source: str = "conf
             export_model(finals[-1], cfg.model.name_or_path, merge=True)
         if main:
             print(f"plan: stage {i}/{len(configs)} {name!r} from {cfg.model.name_or_path} -> {here}")
-        finals.append(train(cfg))
+        finals.append(train(cfg, generation_eval))
     return finals

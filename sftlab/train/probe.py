@@ -13,6 +13,8 @@ with ± two standard errors of the mean step time carried over the remaining ste
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import tempfile
 import time
@@ -20,22 +22,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+
+from sftlab.config import build_config, resolve_batch_sizes
+from sftlab.data.render import load_tokenizer
+from sftlab.errors import UserError
+from sftlab.train.dataset import DataSet, load_split
+from sftlab.train.estimate import GIB, measured_peak, memory_baseline, parameter_bytes
+from sftlab.train.loop import train
+from sftlab.train.metrics import read_metrics
+from sftlab.train.model import meta_model, pick_device
+from sftlab.train.steps import plan_steps
 
 SAVE_BYTES_PER_S = 500e6
 
 
-def full_run_steps(cfg: Any, train_data: Any, world_size: int = 1) -> tuple[int, int]:
-    """(optimizer steps, steps per epoch) of the full run, from the loop's own step plan (task_epochs included)."""
-    from sftlab.config import resolve_batch_sizes
-    from sftlab.train.balance import task_epochs_plan
-    from sftlab.train.loop import step_plan
-
+def full_run_steps(cfg: Any, train_data: DataSet, world_size: int = 1) -> tuple[int, int]:
+    """(optimizer steps, steps per epoch) of the full run, from the run's own step plan (task_epochs included)."""
     _, accum, global_batch = resolve_batch_sizes(cfg.train, world_size)
-    task_types = [train_data.task_names[c] for c in train_data.task_codes]
-    repeats = task_epochs_plan(task_types, cfg.train.task_epochs, cfg.train.seed)
-    plan, per_epoch = step_plan(len(train_data.lengths), global_batch, world_size * accum,
-                                cfg.train.num_train_epochs, cfg.train.max_steps, cfg.train.seed, None, repeats)
-    return len(plan), per_epoch
+    plan = plan_steps(train_data, cfg.train, global_batch, world_size * accum)
+    return plan.total, plan.per_epoch
 
 
 def probe_run(cfg: Any, steps: int, quiet: bool = False, world_size: int = 1) -> dict[str, Any]:
@@ -43,31 +49,19 @@ def probe_run(cfg: Any, steps: int, quiet: bool = False, world_size: int = 1) ->
     predicted wall time of the full run (seconds) with its uncertainty. `world_size` > 1: the probe (one
     process) runs one rank's share of a step (its micro-batch and accumulation steps), and the run's steps are
     those of `world_size` processes; the communication between ranks is not timed."""
-    import contextlib
-    import io
-
-    from sftlab.config import build_config, resolve_batch_sizes
-    from sftlab.errors import UserError
-    from sftlab.train.estimate import GIB, measured_peak, memory_baseline
-    from sftlab.train.loop import train
-    from sftlab.train.metrics import read_metrics
-    from sftlab.train.model import pick_device
-
     if steps < 2:
         raise UserError(f"--probe needs at least 2 steps (the first one warms up), got {steps}")
     raw = cfg.model_dump(mode="json", exclude_unset=True)
     with tempfile.TemporaryDirectory(prefix="sftlab-probe-") as tmp:
         overrides = [f"train.output_dir={Path(tmp) / 'run'}", f"train.max_steps={steps}", "train.logging_steps=1",
-                     "train.eval_steps=0", "train.save_steps=0", "train.report_to=[]", "train.resume=null",
-                     "train.early_stopping=null"]
+                     "train.eval_steps=0", "train.eval_generate=null", "train.save_steps=0", "train.report_to=[]",
+                     "train.resume=null", "train.early_stopping=null"]
         micro, accum, _ = resolve_batch_sizes(cfg.train, world_size)  # one rank's work per step
         overrides += [f"train.per_device_train_batch_size={micro}", f"train.gradient_accumulation_steps={accum}",
                       "train.global_batch_size=null"]
         probe_cfg = build_config(raw, overrides, source="probe")
         device = pick_device(cfg.train.device)
         if device.type == "cuda":
-            import torch
-
             torch.cuda.reset_peak_memory_stats(device)
         baseline = memory_baseline()
         out = io.StringIO()
@@ -106,11 +100,8 @@ def probe_run(cfg: Any, steps: int, quiet: bool = False, world_size: int = 1) ->
             "memory_peak_gb": round(peak / GIB, 4), "memory_peak_source": source}
 
 
-def _data_sizes(cfg: Any) -> tuple[Any, int]:
+def _data_sizes(cfg: Any) -> tuple[DataSet, int]:
     """(the train DataSet, eval tokens) after rendering, as the run sees them."""
-    from sftlab.data.render import load_tokenizer
-    from sftlab.train.loop import load_split
-
     tok = load_tokenizer(cfg.model.name_or_path, cfg.model.chat_template, cfg.model.special_tokens,
                          cfg.model.eot_token)
     train = load_split(cfg.data.train, cfg, tok, None, "train", is_main=False)
@@ -123,8 +114,6 @@ def _data_sizes(cfg: Any) -> tuple[Any, int]:
 def _checkpoint_bytes(cfg: Any) -> int:
     """Bytes of one checkpoint: the trainable weights' model files (all weights for full fine-tuning) plus
     the optimizer states."""
-    from sftlab.train.estimate import meta_model, parameter_bytes
-
     counts = parameter_bytes(meta_model(cfg.model))
     model_bytes = counts["weights_bytes"] if cfg.model.lora is None else counts["gradients_bytes"]
     return model_bytes + counts["optimizer_bytes"]

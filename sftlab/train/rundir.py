@@ -6,24 +6,19 @@
 - Every checkpoint records a fingerprint of what decides the training trajectory: the data files'
   content, the model, and every setting except the few listed in RESUMABLE. A resume compares it with
   this run's and refuses with a one-line diff: one value is never recorded while another is used.
-- Only complete `step-<int>` checkpoints count; leftovers of a kill in the save window (`step-N.tmp`,
-  `step-N.old`) are cleaned up with a line.
+
+Which checkpoints count, and what one holds: sftlab/train/checkpoint.py.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 from sftlab.config import RunConfig
 from sftlab.errors import UserError
-
-STATE_FILE = "training_state.pt"
-CHECKPOINT = re.compile(r"step-(\d+)")
-LEFTOVER = re.compile(r"step-(\d+)\.(tmp|old)")
 
 # What a run writes into its output_dir (deleted by train.overwrite_output_dir=true).
 RUN_OUTPUTS = ("checkpoints", "final", "best", "tb", "mlruns", "wandb", "metrics.jsonl", "config.yaml",
@@ -76,46 +71,6 @@ def claim_run_dir(run_dir: Path, cfg: RunConfig, is_main: bool) -> None:
         print(f"train.overwrite_output_dir: removed the previous run's {', '.join(removed) or 'nothing'} from {run_dir}")
 
 
-# ------------------------------------------------------------------------------------------ checkpoints
-
-
-def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """(step, dir) of every complete `step-<int>` checkpoint in RUN/checkpoints, oldest first."""
-    out = []
-    for p in (run_dir / "checkpoints").glob("step-*"):
-        m = CHECKPOINT.fullmatch(p.name)
-        if m and (p / STATE_FILE).is_file():
-            out.append((int(m.group(1)), p))
-    return sorted(out)
-
-
-def tidy_checkpoints(run_dir: Path) -> None:
-    """Deal with what a kill in the save window leaves (rank 0 only): `step-N.old` is the previous complete
-    copy of step-N, renamed back when step-N is missing; `step-N.tmp` (possibly half-written) is removed."""
-    for p in sorted((run_dir / "checkpoints").glob("step-*")):
-        m = LEFTOVER.fullmatch(p.name)
-        if m is None:
-            continue
-        final = p.with_name(f"step-{m.group(1)}")
-        if m.group(2) == "old" and not final.exists() and (p / STATE_FILE).is_file():
-            p.rename(final)
-            print(f"checkpoints: restored {final.name} from {p.name} (left by a kill while saving)")
-        else:
-            shutil.rmtree(p, ignore_errors=True)
-            print(f"checkpoints: removed {p.name} (an incomplete save left by a kill)")
-
-
-def prune(run_dir: Path, limit: int | None, keep: Path | None = None) -> None:
-    """Keep the newest `limit` complete checkpoints (0 / None: all). `keep` (the one just written) and
-    best/ are never deleted."""
-    if not limit:
-        return
-    ckpts = complete_checkpoints(run_dir)
-    for _, p in ckpts[:-limit]:
-        if keep is None or p.resolve() != keep.resolve():
-            shutil.rmtree(p, ignore_errors=True)
-
-
 # ------------------------------------------------------------------------------------------ fingerprint
 
 
@@ -163,7 +118,7 @@ def fingerprint(cfg: RunConfig, global_batch: int) -> dict[str, Any]:
     return out
 
 
-# Settings the loop derives when they are unset (preflight.resolved_values) and RUN/config.yaml then records:
+# Settings the loop derives when they are unset (setup.Run.resolved) and RUN/config.yaml then records:
 # a resume from that config.yaml sets them explicitly, which is no change when the values are the ones used.
 DERIVED = ("train.warmup_steps", "train.weight_decay")
 
@@ -171,7 +126,7 @@ DERIVED = ("train.warmup_steps", "train.weight_decay")
 def check_resume(ckpt: Path, state: dict[str, Any], current: dict[str, Any], total_steps: int,
                  world_size: int, resolved: dict[str, Any] | None = None) -> None:
     """Refuse a resume from a checkpoint of another run (a one-line diff of what differs). `resolved`: this run's
-    derived values (preflight.resolved_values), compared with the checkpoint's for the DERIVED settings."""
+    derived values (setup.Run.resolved), compared with the checkpoint's for the DERIVED settings."""
     if state.get("world_size", 1) != world_size:
         raise UserError(f"train.resume: {ckpt} was written with world size {state.get('world_size')}, "
                         f"this run has {world_size}; resume with the same number of processes")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from sftlab.errors import UserError
+from sftlab.train.model import check_model_path, stop_at_turn_end
 
 
 def is_adapter_dir(path: str | Path) -> bool:
@@ -14,13 +16,13 @@ def is_adapter_dir(path: str | Path) -> bool:
 
 def load_for_inference(path: str | Path) -> Any:
     """AutoModelForCausalLM, or base + LoRA adapter (peft) when the directory holds an adapter."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # lazy: transformers takes seconds to import
 
     path = Path(path)
     if not path.exists():
         raise UserError(f"model directory not found: {path}")
     if is_adapter_dir(path):
-        from peft import AutoPeftModelForCausalLM
+        from peft import AutoPeftModelForCausalLM  # lazy: peft imports transformers (seconds); adapters only
 
         check_adapter_base(path)
         return AutoPeftModelForCausalLM.from_pretrained(path)
@@ -34,10 +36,6 @@ def load_for_inference(path: str | Path) -> Any:
 def check_adapter_base(path: Path) -> None:
     """The adapter's base model must be reachable: a one-line error (not a hub traceback) when it is not, e.g.
     an adapter written by an older sftlab that recorded the base as a relative path."""
-    import json
-
-    from sftlab.train.model import check_model_path
-
     config = path / "adapter_config.json"
     base = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path") or ""
     try:
@@ -49,7 +47,7 @@ def check_adapter_base(path: Path) -> None:
 
 def export_model(src: str | Path, out: str | Path, merge: bool = False) -> Path:
     """Write src as a standalone HF model dir; an adapter needs --merge (base + adapter folded together)."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # lazy: transformers takes seconds to import
 
     src, out = Path(src), Path(out)
     if out.exists() and out.resolve() == src.resolve():
@@ -65,8 +63,6 @@ def export_model(src: str | Path, out: str | Path, merge: bool = False) -> Path:
     if is_adapter_dir(src) and model.generation_config is not None:
         # the adapter brings no generation_config: the base's may stop at its eos only, not at the turn end the
         # adapter was trained to produce (the same as training sets for a full fine-tune)
-        from sftlab.train.model import stop_at_turn_end
-
         stop_at_turn_end(model, tokenizer)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

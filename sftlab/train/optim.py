@@ -1,0 +1,62 @@
+"""The optimizer and the learning-rate schedule, and the defaults they derive (written into RUN/config.yaml)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from sftlab.config import RunConfig
+
+
+def weight_decay(cfg: RunConfig) -> float:
+    """train.weight_decay, or its default: 0.01 for full fine-tuning, 0 for LoRA."""
+    if cfg.train.weight_decay is not None:
+        return cfg.train.weight_decay
+    return 0.0 if cfg.model.lora is not None else 0.01
+
+
+def warmup_steps(cfg: RunConfig, total_steps: int) -> int:
+    """train.warmup_steps, else warmup_ratio of the run."""
+    return cfg.train.warmup_steps or math.ceil(cfg.train.warmup_ratio * total_steps)
+
+
+def build_optimizer(model: Any, cfg: RunConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on norms and biases (1-D parameters)."""
+    wd = weight_decay(cfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": wd},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    # fused: one kernel per step and no temporaries the size of the model (foreach keeps one list of them);
+    # FSDP2's sharded DTensor parameters on CPU keep foreach
+    fused = device.type == "cuda" or (device.type == "cpu" and cfg.train.parallel != "fsdp")
+    kind = {"fused": True} if fused else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=cfg.train.learning_rate, betas=(cfg.train.adam_beta1, cfg.train.adam_beta2),
+                             eps=cfg.train.adam_epsilon, **kind)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig, total_steps: int) -> Any:
+    """Warmup (ratio or steps) then constant / linear / cosine / cosine to a minimum lr.
+    Warmup starts at lr/warmup, not 0: transformers' schedules give step 0 a zero learning rate (a wasted
+    step), so the warmup part is read one step ahead (step s uses the factor of s + 1)."""
+    from transformers import get_scheduler  # lazy: transformers takes seconds to import
+
+    warmup = warmup_steps(cfg, total_steps)
+    name = {"constant": "constant_with_warmup"}.get(cfg.train.lr_scheduler_type, cfg.train.lr_scheduler_type)
+    extra = {"min_lr_rate": cfg.train.min_lr_ratio} if name == "cosine_with_min_lr" else None
+    scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps,
+                              scheduler_specific_kwargs=extra)
+    if warmup > 0:
+        factors = scheduler.lr_lambdas
+        scheduler.lr_lambdas = [lambda s, f=f: f(s + 1) if s < warmup else f(s) for f in factors]
+        set_scheduled_lr(optimizer, scheduler)
+    return scheduler
+
+
+def set_scheduled_lr(optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+    """Give the optimizer the lr the schedule's factors say for its current step (after they were replaced, or
+    after a resume restored a schedule written for another run length)."""
+    for group, base, f in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
+        group["lr"] = base * f(scheduler.last_epoch)
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
