@@ -87,3 +87,17 @@ def test_the_lazy_rule_sees_blocks_and_gaps(tmp_path):
                    "import yaml\n", encoding="utf-8")
     assert function_level_imports(src) == [(4, "torch", True), (5, "transformers", True), (9, "numpy", False),
                                            (10, "sftlab.io", True)]
+
+
+def test_no_import_inside_a_function_shadows_its_parameters():
+    """A lazy import that reuses a parameter's name (`detect_pseudo`, the flag and the function) replaces the
+    argument silently."""
+    clashes = []
+    for path in _python_files("sftlab"):
+        for fn in _functions(path):
+            params = {a.arg for a in (*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs)}
+            for node in ast.walk(fn):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    clashes += [f"{path.relative_to(ROOT)}:{node.lineno} {fn.name}: {a.asname or a.name}"
+                                for a in node.names if (a.asname or a.name).split(".")[0] in params]
+    assert not clashes, "imports that shadow a parameter:\n" + "\n".join(clashes)

@@ -159,8 +159,8 @@ def turns_cmd(inputs: list[Path] = typer.Argument(..., help="record files"),
     from sftlab.curate.files import load_records  # lazy: start-up
     from sftlab.curate.step import dropped_path
     from sftlab.io import write_jsonl
+    from sftlab.synth import turns as dialogue_turns
     from sftlab.synth.coherence import MIN_BACKGROUND
-    from sftlab.synth.turns import PSEUDO_MIN_COHERENCE, detect_pseudo, merge_turns, split_turns
 
     if split + merge + detect_pseudo != 1:
         raise UserError("data turns: give exactly one of --split, --merge, --detect-pseudo")
@@ -168,17 +168,17 @@ def turns_cmd(inputs: list[Path] = typer.Argument(..., help="record files"),
     records = load_records(inputs)
     folded: list[dict] = []
     if split:
-        result = split_turns(records)
+        result = dialogue_turns.split_turns(records)
         line = f"turns --split: {len(records)} dialogues -> {len(result)} samples"
     elif merge:
-        result, folded = merge_turns(records)
+        result, folded = dialogue_turns.merge_turns(records)
         line = f"turns --merge: {len(records)} samples -> {len(result)} records"
     else:
         if min_similarity is not None:
             raise UserError("--min-similarity was a cosine threshold; --detect-pseudo now measures coherence "
                             "against other dialogues: use --min-coherence (z-score, default 3.25)")
-        threshold = PSEUDO_MIN_COHERENCE if min_coherence is None else min_coherence
-        result = detect_pseudo(records, min_coherence=threshold, model=embed_model)
+        threshold = dialogue_turns.PSEUDO_MIN_COHERENCE if min_coherence is None else min_coherence
+        result = dialogue_turns.detect_pseudo(records, min_coherence=threshold, model=embed_model)
         flagged = Counter(r["meta"]["pseudo_multiturn"] for r in result)
         line = f"turns --detect-pseudo: {flagged[True]} of {len(result)} flagged pseudo multi-turn"
         if flagged[None]:
