@@ -89,7 +89,7 @@ SYNTHETIC = [
 @pytest.fixture(scope="module")
 def alpaca_records():
     """Real alpaca records (the first 40 and 10 with non-ASCII text) when the shared data is present."""
-    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "alpaca_en_demo.json"
+    path = Path(__file__).resolve().parents[3] / "shared" / "data" / "real" / "alpaca_en_demo.json"
     if not path.exists():  # the property tests still run on the synthetic chats
         return []
     recs, _ = read_records(path)

@@ -4,14 +4,12 @@ and replies that call tools are kept as tool-call records, against a real HTTP t
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
+
+from synth_server import ScriptedTeacher, calls_tools  # noqa: E402
 
 from sftlab.cli import main
 from sftlab.data.formats import read_records
-
-sys.path.insert(0, str(Path(__file__).parent))
-from synth_server import ScriptedTeacher, calls_tools  # noqa: E402
 
 WEATHER = {"name": "get_weather", "description": "Current weather of a city",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from synth_server import ScriptedTeacher  # noqa: E402
 
 from sftlab.cli import main
-
-sys.path.insert(0, str(Path(__file__).parent))
-from synth_server import ScriptedTeacher  # noqa: E402
 
 QUESTIONS = ["Explain how a refrigerator keeps food cold.", "Describe the water cycle for a school class.",
              "Give advice on learning to play the guitar.", "Summarise why bees matter for farming.",

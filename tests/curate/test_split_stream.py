@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_curate_helpers import rec
+from record_helpers import rec
 
 from sftlab.cli import main
 from sftlab.curate.files import load_records, reread_record_chunks, save_records

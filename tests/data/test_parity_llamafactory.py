@@ -24,7 +24,7 @@ from sftlab.data.render import load_tokenizer, render_records
 
 pytestmark = pytest.mark.slow
 
-FIXTURES = Path(__file__).parent / "fixtures" / "chat_templates"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "chat_templates"
 CUTOFF = 2048
 IM_END, NEWLINE = 151645, 198
 MODES = {False: "all_assistant", True: "last_assistant"}  # LLaMA-Factory mask_history -> sftlab train_on

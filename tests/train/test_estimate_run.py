@@ -82,7 +82,7 @@ def test_probe_predicts_demo_training_time():
     same machine load). `benchmarks/bench_estimate.py` prints the same pair at full demo size."""
     import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     from bench_estimate import demo_probe
 
     predicted, measured, _ = demo_probe(probe_steps=15, n_train=1200, epochs=2)

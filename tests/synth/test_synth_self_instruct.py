@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
+
+from synth_server import ScriptedTeacher  # noqa: E402
 
 from sftlab.cli import main
-
-sys.path.insert(0, str(Path(__file__).parent))
-from synth_server import ScriptedTeacher  # noqa: E402
 
 SEEDS = {
     "writing": ["Write a short poem about the autumn sea at night.",

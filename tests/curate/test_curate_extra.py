@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from test_curate_helpers import rec
+from record_helpers import rec
 
 from sftlab.cli import main
 from sftlab.data.records import write_jsonl

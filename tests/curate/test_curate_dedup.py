@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_curate_helpers import rec
+from record_helpers import rec
 
 from sftlab.curate.dedup import DedupConfig, dedup_records, lsh_bands, near_pairs, shingle_hashes
 from sftlab.curate.text import shingles, token_hashes, tokens
 from sftlab.errors import UserError
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_dedup.py"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_dedup.py"
 
 
 def _bench():

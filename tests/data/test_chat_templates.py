@@ -18,7 +18,7 @@ from sftlab.infer.hf import HFGenerator
 from sftlab.serve.chat import ServeState, prepare
 from sftlab.serve.protocol import ChatCompletionRequest
 
-FIXTURES = Path(__file__).parent / "fixtures" / "chat_templates"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "chat_templates"
 DEMO_FILES = ("alpaca_en_demo.json", "glaive_toolcall_en_demo.json", "identity.json")
 
 

@@ -78,7 +78,7 @@ def test_turns_needs_exactly_one_mode(tmp_path, capsys):
 def _real_data() -> Path:
     """The shared real data (conftest's place, or a `shared/` folder above the checkout)."""
     here = Path(__file__).resolve()
-    for base in here.parents[1:4]:
+    for base in here.parents[2:5]:
         if (base / "shared" / "data" / "real" / "glaive_toolcall_en_demo.json").exists():
             return base / "shared" / "data" / "real"
     pytest.skip("shared real data (glaive_toolcall_en_demo.json) not found")

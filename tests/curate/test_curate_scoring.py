@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_curate_helpers import rec
+from record_helpers import rec
 
 from sftlab.curate.ifd import ifd_scores, ifd_select
 from sftlab.curate.reward import reward_scores, reward_select

@@ -6,7 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
-from test_curate_helpers import rec
+from record_helpers import rec
 
 from sftlab.curate.mix import largest_remainder, mix_records
 from sftlab.curate.select import cluster_select, covering_radius, kcenter_greedy, kcenter_select

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from test_curate_helpers import rec
+from record_helpers import rec
 
 from sftlab.cli import main
 from sftlab.curate.dedup import dedup_in_passes, dedup_records

@@ -4,18 +4,14 @@ the replies without feedback), train one stage on its SFT output."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import openai
 import pytest
 import yaml
+from judge_server import JudgeServer  # noqa: E402
 
 from sftlab.cli import main
 from sftlab.data.records import write_jsonl
-
-sys.path.insert(0, str(Path(__file__).parent))
-from judge_server import JudgeServer  # noqa: E402
 
 
 def test_flywheel_serve_feedback_export_route_train(tmp_path, tiny_model_dir, small_records):

@@ -7,7 +7,7 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
-from test_curate_helpers import rec
+from record_helpers import rec
 
 from sftlab.cli import main
 from sftlab.curate.clean import clean_records, clean_stream

@@ -7,8 +7,8 @@ import re
 
 import pytest
 import yaml
-from test_curate_helpers import rec
-from test_train import read_metrics, run_cli
+from cli_helpers import read_metrics, run_cli
+from record_helpers import rec
 
 from sftlab.config import ConfigError
 from sftlab.curate.files import load_records

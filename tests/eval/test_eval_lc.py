@@ -12,7 +12,7 @@ import pytest
 from sftlab.eval.length_control import fit_shared_baseline, length_controlled_summary
 from sftlab.eval.stats import length_controlled_win_rate
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 from lc_check import figures, joint, load_runs, per_run  # noqa: E402
 
 

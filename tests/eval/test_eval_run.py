@@ -15,7 +15,7 @@ from judge_server import JudgeServer
 from sftlab.cli import main
 
 CHROMIUM = Path("/usr/bin/chromium")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
+from synth_server import ScriptedTeacher, sometimes_right  # noqa: E402
 
 from sftlab.cli import main
 from sftlab.eval.metrics import last_number
-
-sys.path.insert(0, str(Path(__file__).parent))
-from synth_server import ScriptedTeacher, sometimes_right  # noqa: E402
 
 
 def _prompts(path: Path, k: int = 24) -> Path:

@@ -431,7 +431,6 @@ def test_generation_failure_is_an_error_object_not_a_dead_server(hf, tmp_path):
 def test_gateway_passes_upstream_tool_calls_through_and_logs_them(tmp_path):
     """An upstream's tool calls reach the client (plain and streamed) and the log, and export as an assistant turn
     with tool_calls: the gateway returned content "" and dropped them."""
-    sys.path.insert(0, str(Path(__file__).parent))
     from synth_server import ScriptedTeacher
 
     from sftlab.serve.log import export_records

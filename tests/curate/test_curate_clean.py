@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from test_curate_helpers import rec
+from record_helpers import rec
 
 from sftlab.curate.clean import clean_records
 from sftlab.errors import UserError

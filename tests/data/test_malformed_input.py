@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
+from malformed_corpus import write_corpus  # noqa: E402
 
 from sftlab.cli import main
-
-sys.path.insert(0, str(Path(__file__).parent))
-from malformed_corpus import write_corpus  # noqa: E402
 
 
 @pytest.fixture(scope="module")

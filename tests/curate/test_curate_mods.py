@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from test_curate_helpers import rec
+from record_helpers import rec
 
 from sftlab.cli import main
 from sftlab.curate.embed import save_embeddings
