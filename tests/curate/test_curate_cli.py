@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from record_helpers import rec
+from cli_helpers import read_jsonl, run_sftlab, write_lines
+from record_helpers import QA, messages, rec
 
 from sftlab.cli import main
 from sftlab.curate.files import load_records, save_records
@@ -150,3 +151,64 @@ def test_pipeline_byte_identical_across_processes_and_hash_seeds(data, tmp_path)
                        capture_output=True)
         outs.append({p.name: p.read_bytes() for p in sorted((tmp_path / "out").iterdir())})
     assert outs[0] == outs[1] and len(outs[0]) >= 5
+
+
+# -- encodings, empty answers, Chinese prose, upsampling (the data-path audit, issue 15) ---------------------
+
+
+@pytest.mark.parametrize("command", ["clean", "dedup", "stats", "split"])
+@pytest.mark.parametrize("encoding", ["utf-16", "latin-1", "binary"])
+def test_bad_encodings_in_curation_commands(tmp_path, capsys, command, encoding):
+    path = tmp_path / "x.jsonl"
+    if encoding == "binary":
+        path.write_bytes(bytes(range(256)) * 4)
+    else:
+        path.write_bytes(json.dumps({"instruction": "café", "output": "crème brûlée"}, ensure_ascii=False)
+                         .encode(encoding))
+    code, _, err = run_sftlab(capsys, "data", command, path, "-o", tmp_path / "o.jsonl")
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
+    assert ("malformed JSON" if encoding == "binary" else "not valid UTF-8") in err
+
+
+def test_clean_drops_empty_answers_of_any_layout_with_a_reason(tmp_path, capsys):
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps([QA[0], {"instruction": "q", "output": ""}]), encoding="utf-8")
+    out = tmp_path / "clean.jsonl"
+    code, _, err = run_sftlab(capsys, "data", "clean", path, "-o", out)
+    assert code == 0, err
+    assert len(read_jsonl(out)) == 1
+    (dropped,) = read_jsonl(tmp_path / "clean.dropped.jsonl")  # documented name: OUT's suffix -> .dropped.jsonl
+    assert dropped["reason"] == "empty_answer"
+
+
+def test_clean_keeps_chinese_answers_with_tool_calls_and_code(tmp_path, capsys):
+    call = {"type": "function", "function": {"name": "calculate_loan_payment",
+                                             "arguments": {"principal": 50000, "interest_rate": 5, "term": 10}}}
+    tool_zh = {"messages": [{"role": "user", "content": "我需要计算我的贷款月供。"},
+                            {"role": "assistant", "content": "", "tool_calls": [call]},
+                            {"role": "tool", "content": '{"monthly_payment": 530.33}'},
+                            {"role": "assistant", "content": "根据您提供的信息，您的每月还款额约为530.33美元。"}]}
+    code_zh = {"messages": messages(("user", "用Python写一个函数，计算列表的和。"),
+                                ("assistant", "下面是一个简单的函数：\n```python\ndef list_sum(values):\n    total = 0\n"
+                                 "    for value in values:\n        total = total + value\n    return total\n```\n"
+                                 "这个函数遍历列表并返回总和。"))}
+    mixed = {"messages": messages(("user", "介绍一下你自己"),
+                              ("assistant", "我是一个助手，我喜欢回答问题 and I like to answer questions in many "
+                               "languages"))}
+    path = write_lines(tmp_path / "zh.jsonl", [tool_zh, code_zh, mixed])
+    out = tmp_path / "clean.jsonl"
+    code, stdout, err = run_sftlab(capsys, "data", "clean", path, "-o", out)
+    assert code == 0, err
+    assert [r["id"] for r in read_jsonl(out)] == ["zh-0", "zh-1"]
+    assert [(d["id"], d["reason"]) for d in read_jsonl(tmp_path / "clean.dropped.jsonl")] == [("zh-2", "mixed_language")]
+
+
+def test_mix_upsample_summary_counts_inputs(tmp_path, capsys):
+    rows = [{"instruction": f"q{i}", "output": f"a{i}", "task_type": "a" if i < 6 else "b"} for i in range(8)]
+    path = write_lines(tmp_path / "m.jsonl", rows)
+    out = tmp_path / "mix.jsonl"
+    code, stdout, err = run_sftlab(capsys, "data", "mix", path, "-o", out, "--weight", "a=1", "--weight", "b=1",
+                            "--total", "20", "--upsample")
+    assert code == 0, err
+    assert "mix: kept 8 of 8 + 12 upsampled copies = 20 records" in stdout
+    assert len(read_jsonl(out)) == 20

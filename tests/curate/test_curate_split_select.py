@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import numpy as np
 import pytest
+from cli_helpers import run_sftlab, write_lines
 from record_helpers import rec
 
 from sftlab.curate.mix import largest_remainder, mix_records
@@ -286,3 +288,29 @@ def test_kcenter_embeddings_that_are_not_an_embed_npz_are_one_line_errors(tmp_pa
         code, _, err = run_cli(["data", "select", "kcenter", tmp_path / "in.jsonl", "-o", tmp_path / "k.jsonl",
                                 "--k", "2", "--embeddings", tmp_path / bad], capsys)
         assert code == 2 and err.startswith(f"error: {tmp_path / bad}: ") and "internal" not in err, (bad, err)
+
+
+# -- an English-only embedding model on Chinese text warns (the data-path audit, issue 15) -------------------
+
+
+def test_kcenter_warns_about_english_only_model(tmp_path, capsys, monkeypatch):
+    import numpy as np
+
+    import sftlab.curate.embed as embed
+
+    monkeypatch.setattr(embed, "embed_records", lambda records, model, **k: np.eye(len(records), dtype=np.float32))
+    rows = [{"instruction": f"English question number {i}", "output": "ok"} for i in range(5)]
+    rows += [{"instruction": f"这是第{i}个中文问题", "output": "好"} for i in range(5)]
+    path = write_lines(tmp_path / "mix.jsonl", rows)
+    code, _, err = run_sftlab(capsys, "data", "select", "kcenter", path, "-o", tmp_path / "k.jsonl", "--k", "4")
+    assert code == 0, err
+    assert "5 of 10 texts (50%) are mostly non-Latin script" in err and "--embed-model multilingual" in err
+    code, _, err = run_sftlab(capsys, "data", "select", "kcenter", path, "-o", tmp_path / "k.jsonl", "--k", "4",
+                       "--embed-model", "multilingual")
+    assert code == 0 and "non-Latin" not in err
+    assert embed.resolve_model_path("multilingual") == embed.MULTILINGUAL_MODEL
+    pipe = tmp_path / "pipe.yaml"
+    pipe.write_text(json.dumps({"inputs": [str(path)], "output": str(tmp_path / "p.jsonl"),
+                                "steps": [{"select_kcenter": {"k": 4}}]}), encoding="utf-8")
+    code, _, err = run_sftlab(capsys, "data", "pipeline", pipe)
+    assert code == 0 and "mostly non-Latin script" in err

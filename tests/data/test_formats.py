@@ -7,6 +7,8 @@ import json
 from collections import Counter
 
 import pytest
+from cli_helpers import read_jsonl, run_sftlab, write_lines
+from record_helpers import QA, messages
 
 from sftlab.data.formats import (
     detect_format,
@@ -24,12 +26,6 @@ REAL = {"alpaca_en_demo.json": 999, "identity.json": 91, "glaive_toolcall_en_dem
 
 def write_json(path, obj):
     path.write_text(json.dumps(obj, ensure_ascii=False), encoding="utf-8")
-    return path
-
-
-def write_lines(path, objs):
-    path.write_text("".join((o if isinstance(o, str) else json.dumps(o, ensure_ascii=False)) + "\n" for o in objs),
-                    encoding="utf-8")
     return path
 
 
@@ -431,3 +427,187 @@ def test_unknown_format_and_undetectable_rows(tmp_path):
         read_records(path)
     with pytest.raises(RecordError, match="unknown format 'yaml'"):
         read_records(path, "yaml")
+
+
+# -- bad input through `sftlab data convert | inspect` (the data-path audit, issue 15) -----------------------
+
+
+def test_same_file_name_in_two_folders_keeps_every_record(tmp_path, capsys):
+    en = tmp_path / "en" / "train.json"
+    zh = tmp_path / "zh" / "train.json"
+    for p in (en, zh):
+        p.parent.mkdir()
+        p.write_text(json.dumps(QA), encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    code, _, err = run_sftlab(capsys, "data", "convert", en, zh, "-o", out, "--on-error", "skip")
+    assert code == 0, err
+    recs = read_jsonl(out)
+    assert len(recs) == 10 and len({r["id"] for r in recs}) == 10
+    assert {r["task_type"] for r in recs} == {"en/train", "zh/train"}
+    assert recs[0]["id"] == "en/train-0" and recs[5]["id"] == "zh/train-0"
+
+
+def test_file_labels_are_the_shortest_distinct_path_tails(tmp_path):
+    from sftlab.data.formats import file_labels
+
+    paths = [tmp_path / "en" / "train.json", tmp_path / "zh" / "train.json", tmp_path / "a" / "dev.json",
+             tmp_path / "x" / "t.json", tmp_path / "x" / "t.jsonl"]
+    assert file_labels(paths) == ["en/train", "zh/train", "dev", "t.json", "t.jsonl"]
+    assert file_labels([tmp_path / "data.json"]) == ["data"]
+
+
+TOOL_CASES = [
+    ("args_not_json", [{"type": "function", "function": {"name": "f", "arguments": "{not json"}}],
+     "messages[1].tool_calls[0].function.arguments", "not valid JSON"),
+    ("args_json_list", [{"type": "function", "function": {"name": "f", "arguments": "[1, 2]"}}],
+     "messages[1].tool_calls[0].function.arguments", "must be a JSON object"),
+    ("no_name", [{"type": "function", "function": {"arguments": "{}"}}],
+     "messages[1].tool_calls[0].function.name", "no function name"),
+    ("not_a_list", {"type": "function", "function": {"name": "f", "arguments": {}}},
+     "messages[1].tool_calls", "must be a list"),
+]
+
+
+@pytest.mark.parametrize("case", TOOL_CASES, ids=[c[0] for c in TOOL_CASES])
+def test_bad_openai_tool_calls_are_one_line_errors(tmp_path, capsys, case):
+    _, calls, field, reason = case
+    row = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "", "tool_calls": calls},
+                        {"role": "tool", "content": "{}"}, {"role": "assistant", "content": "done"}]}
+    path = write_lines(tmp_path / "t.jsonl", [row])
+    code, _, err = run_sftlab(capsys, "data", "convert", path, "-o", tmp_path / "o.jsonl")
+    assert code == 2
+    assert err.count("\n") == 1 and f"field '{field}'" in err and reason in err and "line 1" in err
+
+
+def test_sharegpt_function_call_string_arguments_must_be_json(tmp_path, capsys):
+    call = json.dumps({"name": "get_weather", "arguments": "city=Paris"})
+    row = {"conversations": [{"from": "human", "value": "weather?"}, {"from": "function_call", "value": call},
+                             {"from": "observation", "value": "{}"}, {"from": "gpt", "value": "sunny"}]}
+    good = dict(row, conversations=[row["conversations"][0],
+                                    {"from": "function_call", "value": json.dumps({"name": "get_weather",
+                                                                                   "arguments": '{"city": "Paris"}'})},
+                                    *row["conversations"][2:]])
+    path = write_lines(tmp_path / "g.jsonl", [row, good])
+    out = tmp_path / "o.jsonl"
+    code, _, err = run_sftlab(capsys, "data", "convert", path, "-o", out, "--on-error", "skip")
+    assert code == 0
+    rejects = read_jsonl(tmp_path / "o.jsonl.rejects.jsonl")
+    assert [(r["index"], r["code"], r["field"]) for r in rejects] == [(1, "bad_tool_call", "conversations[1].value.arguments")]
+    (kept,) = read_jsonl(out)
+    assert kept["messages"][1]["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+
+
+def test_kto_records_are_refused(tmp_path, capsys):
+    rows = [{"messages": messages(("user", "q"), ("assistant", "good")), "label": True},
+            {"messages": messages(("user", "q"), ("assistant", "bad")), "label": False}]
+    path = tmp_path / "kto_en_demo.json"
+    path.write_text(json.dumps(rows), encoding="utf-8")
+    code, _, err = run_sftlab(capsys, "data", "convert", path, "-o", tmp_path / "o.jsonl")
+    assert code == 2 and "KTO record" in err and "field 'label'" in err
+
+
+def test_multimodal_records_are_refused(tmp_path, capsys):
+    rows = [{"messages": messages(("user", "<image>Who are they?"), ("assistant", "Two players.")),
+             "images": ["mllm_demo_data/1.jpg"]}]
+    path = tmp_path / "mllm_demo.json"
+    path.write_text(json.dumps(rows), encoding="utf-8")
+    code, _, err = run_sftlab(capsys, "data", "convert", path, "-o", tmp_path / "o.jsonl")
+    assert code == 2 and "multimodal record" in err and "field 'images'" in err
+
+
+def test_dpo_file_is_named_preference_data(tmp_path, capsys):
+    rows = [{"conversations": [{"from": "human", "value": "q"}], "chosen": {"from": "gpt", "value": "good"},
+             "rejected": {"from": "gpt", "value": "bad"}}]
+    path = tmp_path / "dpo_en_demo.json"
+    path.write_text(json.dumps(rows), encoding="utf-8")
+    code, _, err = run_sftlab(capsys, "data", "inspect", path)
+    assert code == 2 and "preference (DPO) record" in err and "DPOTrainer" in err
+    assert "ends on a 'user' turn" not in err
+
+
+def test_utf16_says_utf16(tmp_path, capsys):
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(json.dumps(QA[0]).encode("utf-16"))
+    code, _, err = run_sftlab(capsys, "data", "convert", path, "-o", tmp_path / "o.jsonl")
+    assert code == 2 and "UTF-16" in err
+
+
+def test_nan_is_rejected_and_never_written(tmp_path, capsys):
+    path = write_lines(tmp_path / "n.jsonl", ['{"instruction": "q", "output": "a", "score": NaN}',
+                                        '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", '
+                                        '"content": "a", "loss_weight": Infinity}]}', QA[0]])
+    out = tmp_path / "o.jsonl"
+    code, _, err = run_sftlab(capsys, "data", "convert", path, "-o", out, "--on-error", "skip")
+    assert code == 0
+    def strict(constant):
+        raise AssertionError(f"invalid JSON constant {constant} written")
+
+    for f in (out, tmp_path / "o.jsonl.rejects.jsonl"):  # both files are strict JSON
+        for line in f.read_text(encoding="utf-8").splitlines():
+            json.loads(line, parse_constant=strict)
+    rejects = read_jsonl(tmp_path / "o.jsonl.rejects.jsonl")
+    assert [(r["code"], r["field"]) for r in rejects] == [("non_finite_number", "score"),
+                                                          ("non_finite_number", "messages[1].loss_weight")]
+    assert len(read_jsonl(out)) == 1
+
+
+def test_nan_loss_weight_in_parquet_is_refused(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "x.parquet"
+    pq.write_table(pa.table({"messages": [[{"role": "user", "content": "q", "loss_weight": None},
+                                           {"role": "assistant", "content": "a", "loss_weight": float("nan")}]]}),
+                   path)
+    recs, rejects = read_records(path, on_error="skip")
+    assert not recs and rejects[0]["code"] == "non_finite_number"
+
+
+def test_parquet_values_that_are_not_json_name_the_column(tmp_path, capsys):
+    import datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "x.parquet"
+    pq.write_table(pa.table({"instruction": ["q"], "output": ["a"], "created": [datetime.datetime(2026, 1, 1)]}), path)
+    code, _, err = run_sftlab(capsys, "data", "convert", path, "-o", tmp_path / "o.jsonl")
+    assert code == 2 and "index 0, field 'created': a datetime value is not JSON" in err
+
+
+def test_assistant_first_is_refused_at_read_time(tmp_path, capsys):
+    row = {"messages": messages(("system", "s"), ("assistant", "Hello, how can I help?"), ("user", "q"), ("assistant", "a"))}
+    path = write_lines(tmp_path / "a.jsonl", [row])
+    for cmd in (["convert", path, "-o", tmp_path / "o.jsonl"], ["inspect", path]):
+        code, _, err = run_sftlab(capsys, "data", *cmd)
+        assert code == 2 and "field 'messages[1].role'" in err and "starts with an assistant turn" in err
+
+
+def test_lone_surrogate_and_deep_nesting_are_rejects(tmp_path, capsys):
+    path = write_lines(tmp_path / "s.jsonl", ['{"instruction": "q\\ud83d", "output": "a"}', "[" * 100_000, QA[0]])
+    out = tmp_path / "o.jsonl"
+    code, _, err = run_sftlab(capsys, "data", "convert", path, "-o", out, "--on-error", "skip")
+    assert code == 0, err
+    rejects = read_jsonl(tmp_path / "o.jsonl.rejects.jsonl")
+    assert [(r["index"], r["code"]) for r in rejects] == [(1, "bad_unicode"), (2, "malformed_json")]
+    assert "nested too deeply" in rejects[1]["reason"] and len(read_jsonl(out)) == 1
+
+
+def test_json_array_errors_say_index(tmp_path, capsys):
+    path = tmp_path / "x.json"
+    path.write_text(json.dumps([QA[0], {"instruction": "q"}]), encoding="utf-8")
+    code, _, err = run_sftlab(capsys, "data", "convert", path, "-o", tmp_path / "o.jsonl")
+    assert code == 2 and err.strip() == f"error: {path}, index 1, field 'output': missing field"
+
+
+def test_unterminated_csv_quote_is_an_error(tmp_path, capsys):
+    path = tmp_path / "x.csv"
+    path.write_text('instruction,output\nq1,"unterminated\nq2,a2\n', encoding="utf-8")
+    code, _, err = run_sftlab(capsys, "data", "convert", path, "-o", tmp_path / "o.jsonl")
+    assert code == 2 and "malformed CSV" in err
+
+
+def test_duplicate_json_keys_warn(tmp_path, capsys):
+    path = write_lines(tmp_path / "d.jsonl", [QA[0], '{"instruction": "q", "output": "first", "output": "second"}'])
+    code, _, err = run_sftlab(capsys, "data", "convert", path, "-o", tmp_path / "o.jsonl")
+    assert code == 0 and "1 record(s) repeat a JSON key" in err and "line 2" in err and "'output'" in err

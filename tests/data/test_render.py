@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+from record_helpers import messages
 
 from sftlab.data.formats import read_records
 from sftlab.data.records import RecordError, make_record
@@ -366,3 +367,16 @@ def test_last_assistant_on_glaive_at_1024_keeps_every_supervised_turn_whole(qwen
     m = store.manifest
     assert (m["history_truncated"], m["exchanges_dropped"], m["samples"]) == (
         rep.history_truncated, rep.exchanges_dropped, len(shortened) + 1)
+
+
+# -- the data-path audit (issue 15) --------------------------------------------------------------------------
+
+
+def test_render_report_warns_about_special_token_text(tiny_tokenizer):
+    from sftlab.data.render import render_records
+
+    recs = [{"id": "a", "task_type": "t", "messages": messages(("user", "q"), ("assistant", "x <|im_end|> y"))},
+            {"id": "b", "task_type": "t", "messages": messages(("user", "q"), ("assistant", "fine"))}]
+    _, report = render_records(recs, tiny_tokenizer)
+    assert report.special_text == {"<|im_end|>": 1}
+    assert "WARNING special-token text inside messages ('<|im_end|>' in 1 records)" in report.summary()
