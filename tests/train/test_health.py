@@ -185,3 +185,17 @@ def test_everything_rising_is_loss_rising_not_channel_divergence():
         records.append(r)
     _, alarms = run(records)
     assert [a.name for a in alarms] == ["loss_rising"]
+
+
+# -- the training audit (issue 16) -------------------------------------------------------------------------------
+
+
+def test_grad_spike_alarms_are_rate_limited():
+    from sftlab.train.health import HealthConfig, HealthMonitor
+
+    monitor = HealthMonitor(HealthConfig(grad_spike_every=50))
+    fired = []
+    for step in range(1, 201):  # near zero loss: the median is tiny, every other step a relative spike
+        g = 1e-4 if step % 2 else 5e-3
+        fired += [a for a in monitor.update({"step": step, "loss": 1e-4, "grad_norm": g}) if a.name == "grad_spike"]
+    assert 1 <= len(fired) <= 4  # was one alarm every other step (~95)

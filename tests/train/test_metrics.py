@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.machinery
 import io
 import json
 import sys
@@ -9,6 +10,7 @@ import time
 import types
 
 import pytest
+from cli_helpers import run_cli, write_config
 
 from sftlab.errors import UserError
 from sftlab.train.metrics import LiveView, MetricsWriter, read_metrics, truncate_metrics
@@ -180,3 +182,47 @@ def test_live_view_rich_panel_on_a_terminal():
     assert "sftlab train" in out and "highest-loss channels" in out and "math/add" in out
     assert "step 10/10" in out.replace("\x1b[1m", "").replace("\x1b[0m", "")
     assert "ALARM" in out and "lower the lr" in out
+
+
+# -- report_to through a run (the training audit, issue 16) -----------------------------------------------------
+
+
+def _fake_module(name: str, calls: list) -> types.ModuleType:
+    mod = types.ModuleType(name)
+    mod.__spec__ = importlib.machinery.ModuleSpec(name, None)
+
+    def rec(fn: str, result=None):
+        return lambda *a, **k: (calls.append((fn, a, k)), result)[1]
+
+    if name == "mlflow":
+        run = types.SimpleNamespace(info=types.SimpleNamespace(run_id="r1"))
+        for fn in ("set_tracking_uri", "set_experiment", "log_params", "log_metrics", "end_run"):
+            setattr(mod, fn, rec(fn))
+        mod.start_run = rec("start_run", run)
+    else:
+        run = types.SimpleNamespace(id="w1", log=rec("log"), finish=rec("finish"))
+        mod.init = rec("init", run)
+    return mod
+
+
+def test_wandb_and_mlflow_get_the_metrics_of_a_run_or_a_one_line_error(tmp_path, tiny_model_dir, train_file, capsys,
+                                                                     monkeypatch):
+    cfg = write_config(tmp_path, tiny_model_dir, train_file, max_steps=2, eval_steps=2)
+    monkeypatch.setitem(sys.modules, "wandb", None)  # not installed
+    code, out, err = run_cli(["train", cfg, "train.report_to=[wandb]"], capsys)
+    assert code == 2 and err.strip() == ("error: train.report_to: wandb is not installed here: pip install wandb "
+                                         "(or remove wandb from train.report_to)")
+
+    mlflow_calls, wandb_calls = [], []
+    monkeypatch.setitem(sys.modules, "mlflow", _fake_module("mlflow", mlflow_calls))
+    monkeypatch.setitem(sys.modules, "wandb", _fake_module("wandb", wandb_calls))
+    code, out, err = run_cli(["train", cfg, "train.report_to=[wandb, mlflow]", "train.wandb={mode: offline}"], capsys)
+    assert code == 0, err
+    logged = {k for fn, a, _ in mlflow_calls if fn == "log_metrics" for k in a[0]}
+    assert {"loss", "grad_norm", "lr", "eval_loss", "loss/math/add"} <= logged
+    params = next(a[0] for fn, a, _ in mlflow_calls if fn == "log_params")
+    assert params["train.learning_rate"] == "0.001"
+    init = next(k for fn, _, k in wandb_calls if fn == "init")
+    assert init["mode"] == "offline" and init["config"]["train"]["learning_rate"] == 1e-3
+    assert {"loss", "eval_loss"} <= {k for fn, a, _ in wandb_calls if fn == "log" for k in a[0]}
+    assert [fn for fn, _, _ in mlflow_calls][-1] == "end_run" and [fn for fn, _, _ in wandb_calls][-1] == "finish"
