@@ -1,6 +1,6 @@
 """A corpus of malformed SFT data files, generated (no committed binaries) for the no-traceback test.
 
-    python tests/malformed_corpus.py DIR     # writes the files and DIR/manifest.json
+    python tests/data/malformed_corpus.py DIR     # writes the files and DIR/manifest.json
 
 Every file holds at least one defect that stops a strict (`--on-error raise`) read. `rows` in the manifest
 is the number of records a reader sees (null when the whole file is unreadable: then every command must
@@ -137,5 +137,5 @@ def write_corpus(out: str | Path) -> list[dict]:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python tests/malformed_corpus.py DIR")
+        sys.exit("usage: python tests/data/malformed_corpus.py DIR")
     print(f"{len(write_corpus(sys.argv[1]))} files -> {sys.argv[1]}")

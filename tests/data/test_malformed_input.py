@@ -1,4 +1,4 @@
-"""The malformed-input corpus (tests/malformed_corpus.py) through every `sftlab data` command: no traceback
+"""The malformed-input corpus (tests/data/malformed_corpus.py) through every `sftlab data` command: no traceback
 anywhere, one-line errors, and with `--on-error skip` kept + rejected = the records the file holds."""
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ LLAMA3_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
 )
 # Not prefix-stable on some records: the latest user message gets another header when it asks to "add" (the start
-# check's probe conversation passes; tests/test_chat_templates.py refuses templates unstable on every record).
+# check's probe conversation passes; tests/data/test_chat_templates.py refuses templates unstable on every record).
 UNSTABLE_TEMPLATE = (
     "{%- for m in messages %}"
     "{%- if m['role'] == 'user' and loop.last and 'add' in m['content'] %}{{- '<|im_start|>user (latest)\\n' }}"

@@ -149,7 +149,7 @@ def _precision_recall(scored: list[dict], spliced: set[str], prefix: str) -> tup
 
 def test_detect_pseudo_english_and_chinese(tmp_path, capsys):
     """Issue 35: one file of planted English and Chinese dialogues (24 coherent + 24 spliced each, spliced within a
-    topic family, tests/pseudo_turns_corpus.py). The shipped embedder is English-only; Chinese is judged by the
+    topic family, tests/synth/pseudo_turns_corpus.py). The shipped embedder is English-only; Chinese is judged by the
     lexical signal. Before: Chinese recall 0.13 (every Chinese text looked alike to MiniLM)."""
     rows, spliced = [], set()
     for lang in ("en", "zh"):

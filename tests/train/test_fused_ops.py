@@ -126,7 +126,7 @@ def test_auto_means_cpu_only():
 @pytest.mark.parametrize("kernel", ["sdpa", "sdpa_varlen"])
 def test_loss_contract_holds_with_fused_ops(tiny_model_dir, tiny_tokenizer, kernel):
     """Every layout of the global batch, run with the fused ops, gives the unfused pad reference's loss and
-    gradients (the same 1e-5 as tests/test_contract_layouts.py)."""
+    gradients (the same 1e-5 as tests/train/test_contract_layouts.py)."""
     from test_contract_layouts import assert_every_layout_matches_after
 
     assert_every_layout_matches_after(install_fused_ops, tiny_model_dir, tiny_tokenizer, kernel)

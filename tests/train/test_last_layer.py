@@ -33,7 +33,7 @@ def _qwen2():
 @pytest.mark.parametrize("kernel", ["sdpa", "sdpa_varlen"])
 def test_loss_contract_holds_with_the_skip(tiny_model_dir, tiny_tokenizer, kernel):
     """Every layout of the global batch, with the skip, gives the pad reference's loss and gradients without it
-    (the same 1e-5 as tests/test_contract_layouts.py)."""
+    (the same 1e-5 as tests/train/test_contract_layouts.py)."""
     from test_contract_layouts import assert_every_layout_matches_after
 
     def install(model):
