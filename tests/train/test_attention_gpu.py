@@ -51,12 +51,17 @@ def _fused(model, monkeypatch) -> None:
     assert install_fused_ops(model)
 
 
-@pytest.mark.parametrize("fused", [False, True])
-def test_gradient_checkpointing_under_sdpa_varlen_gives_the_same_gradients(tiny_model_dir, fused, monkeypatch):
-    model = _model(tiny_model_dir, "sdpa_varlen")
+def _varlen_model_and_batch(model_dir, fused: bool, monkeypatch):
+    """The tiny model under sdpa_varlen (fused ops or not) and a padding-free batch of four samples."""
+    model = _model(model_dir, "sdpa_varlen")
     if fused:
         _fused(model, monkeypatch)
-    batch = collate(_samples([9, 20, 4, 13]), "padfree", 0, attn_implementation="sdpa_varlen")
+    return model, collate(_samples([9, 20, 4, 13]), "padfree", 0, attn_implementation="sdpa_varlen")
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_gradient_checkpointing_under_sdpa_varlen_gives_the_same_gradients(tiny_model_dir, fused, monkeypatch):
+    model, batch = _varlen_model_and_batch(tiny_model_dir, fused, monkeypatch)
     loss, grads = _grads(model, batch)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     loss_ckpt, grads_ckpt = _grads(model, batch)
@@ -67,10 +72,7 @@ def test_gradient_checkpointing_under_sdpa_varlen_gives_the_same_gradients(tiny_
 @pytest.mark.slow
 @pytest.mark.parametrize("fused", [False, True])
 def test_torch_compile_under_sdpa_varlen_gives_the_same_loss(tiny_model_dir, fused, monkeypatch):
-    model = _model(tiny_model_dir, "sdpa_varlen")
-    if fused:
-        _fused(model, monkeypatch)
-    batch = collate(_samples([9, 20, 4, 13]), "padfree", 0, attn_implementation="sdpa_varlen")
+    model, batch = _varlen_model_and_batch(tiny_model_dir, fused, monkeypatch)
     loss, _ = _grads(model, batch)
     model.get_decoder().compile(dynamic=True)
     loss_compiled, _ = _grads(model, batch)

@@ -126,15 +126,21 @@ def test_sigterm_single_process_checkpoints_and_resumes_exactly(tmp_path, tiny_m
 needs_gloo = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="no gloo")
 
 
+def _signal_two_ranks(tmp_path, model_dir, records, total: int, at: int, sig, group: bool = False):
+    """`sftlab train --nproc 2` of a `total`-step run, sent `sig` at step `at`: (config, run dir, launch line,
+    (exit code, stdout, stderr))."""
+    cfg = write_config(tmp_path, model_dir, records, total)
+    run = tmp_path / "run"
+    launch = [sys.executable, "-m", "sftlab", "train", str(cfg), "--nproc", "2"]
+    return cfg, run, launch, signal_at_step(launch, run, at, sig, group=group)
+
+
 @needs_gloo
 @pytest.mark.slow
 def test_sigterm_two_ranks_checkpoints_and_resumes_to_the_same_weights(tmp_path, tiny_model_dir, small_records):
-    total = 40
-    cfg = write_config(tmp_path, tiny_model_dir, small_records, total)
-    run = tmp_path / "run"
-    launch = [sys.executable, "-m", "sftlab", "train", str(cfg), "--nproc", "2"]
-    at = random.Random().randint(2, 8)
-    code, out, err = signal_at_step(launch, run, at, signal.SIGTERM)
+    total, at = 40, random.Random().randint(2, 8)
+    cfg, run, launch, (code, out, err) = _signal_two_ranks(tmp_path, tiny_model_dir, small_records, total, at,
+                                                           signal.SIGTERM)
     assert code == 143, (at, out[-2000:], err[-4000:])
     assert "Traceback" not in err and "SignalException" not in err
     stopped_checkpoint(run, out, total)
@@ -152,10 +158,8 @@ def test_sigterm_two_ranks_checkpoints_and_resumes_to_the_same_weights(tmp_path,
 @pytest.mark.slow
 def test_ctrl_c_two_ranks_exits_130_without_traceback(tmp_path, tiny_model_dir, small_records):
     total = 40
-    cfg = write_config(tmp_path, tiny_model_dir, small_records, total)
-    run = tmp_path / "run"
-    code, out, err = signal_at_step([sys.executable, "-m", "sftlab", "train", str(cfg), "--nproc", "2"], run, 3,
-                                    signal.SIGINT, group=True)
+    _, run, _, (code, out, err) = _signal_two_ranks(tmp_path, tiny_model_dir, small_records, total, 3, signal.SIGINT,
+                                                    group=True)
     assert code == 130, (out[-2000:], err[-4000:])
     assert "Traceback" not in err and "SignalException" not in err
     stopped_checkpoint(run, out, total)
