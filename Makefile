@@ -31,6 +31,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check sftlab tests benchmarks tools
+	$(BIN)/lint-imports  # the package layering: [tool.importlinter] in pyproject.toml
 	$(BIN)/python -m pytest -n 2 tests
 
 # The newest releases of the libraries whose internals sftlab hooks, without the lock, in .venv-latest:

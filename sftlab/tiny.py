@@ -11,6 +11,10 @@ import random
 from collections.abc import Iterable
 from pathlib import Path
 
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
 from sftlab.data.render import CHATML_TEMPLATE
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -38,9 +42,6 @@ def builtin_texts(n: int = 4000, seed: int = 0) -> list[str]:
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024):
     """Byte-level BPE trained locally, wrapped as a transformers fast tokenizer with ChatML."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -58,9 +59,6 @@ def build_tiny_model(out_dir: str | Path, texts: Iterable[str] | None = None, *,
                      hidden_size: int = 128, num_layers: int = 4, num_heads: int = 4,
                      intermediate_size: int = 384, max_position_embeddings: int = 2048, seed: int = 0) -> Path:
     """Write a tiny Llama model + tokenizer (HF layout) to out_dir and return the path."""
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = train_tokenizer(texts if texts is not None else builtin_texts(), vocab_size=vocab_size)

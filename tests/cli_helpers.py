@@ -1,5 +1,5 @@
-"""Shared by the CLI tests: run `sftlab` in-process (exit code + output), write a small training config, read
-metrics."""
+"""Shared by the CLI tests: run `sftlab` in-process (exit code + output), write and read JSONL inputs, write a small
+training config, read metrics."""
 
 from __future__ import annotations
 
@@ -20,6 +20,25 @@ def run_cli(args: list, capsys) -> tuple[int, str, str]:
         code = e.code if isinstance(e.code, int) else 1
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def run_sftlab(capsys, *argv) -> tuple[int, str, str]:
+    """run_cli with the arguments inline, for bad-input tests: no traceback ever reaches the user."""
+    code, out, err = run_cli(list(argv), capsys)
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+def write_lines(path: Path, rows: list) -> Path:
+    """A JSONL file: dicts as JSON, strings as they are (a malformed line)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in rows),
+                    encoding="utf-8")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def write_config(tmp_path: Path, model: Path | str, train_file: Path, eval_set: bool = True, **train) -> Path:

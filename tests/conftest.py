@@ -77,3 +77,13 @@ def small_records() -> list[dict]:
         recs.append({"id": f"r{i}", "messages": msgs, "task_type": ["math/add", "text/repeat"][i % 2],
                      "source": "test", "meta": {}})
     return recs
+
+
+@pytest.fixture()
+def train_file(tmp_path, small_records) -> Path:
+    """small_records as TMP/train.jsonl."""
+    from sftlab.data.records import write_jsonl
+
+    path = tmp_path / "train.jsonl"
+    write_jsonl(small_records, path)
+    return path

@@ -14,34 +14,10 @@ import typer
 import yaml
 
 from sftlab.cli.apps import data_app
-from sftlab.config import read_config_file
-from sftlab.curate import files
-from sftlab.curate.clean import CleanConfig, clean_stream
-from sftlab.curate.config import parse_config
-from sftlab.curate.dedup import DedupConfig, can_stream, dedup_exact_stream, dedup_in_passes, dedup_records
-from sftlab.curate.embed import embeddings_for, save_embeddings
-from sftlab.curate.ifd import (
-    IFDConfig,
-    answer_perplexities_of_chunks,
-    ifd_select,
-    ifd_select_stream,
-    ifd_summary,
-    pre_experience_config,
-)
-from sftlab.curate.mix import MixConfig, mix_stream, plan_mix, write_strategy_stream
-from sftlab.curate.mods import MoDSConfig, mods_select_stream, mods_summary
-from sftlab.curate.pipeline import run_pipeline
-from sftlab.curate.reward import RewardConfig, load_reward_model, reward_select_stream
-from sftlab.curate.scoring import load_causal_lm, load_generation_model, seed_run_config, train_seed_model
-from sftlab.curate.select import ClusterConfig, KCenterConfig, cluster_select_stream, kcenter_select_stream
-from sftlab.curate.split import SplitConfig, split_stream, write_split_stream
-from sftlab.curate.stats import tally_records, write_stats_report
-from sftlab.curate.step import dropped_path, write_result, write_result_stream
-from sftlab.data.formats import file_labels
-from sftlab.data.records import task_channels
-from sftlab.data.render import load_tokenizer
 from sftlab.errors import UserError
-from sftlab.io import check_output_dir
+
+# The library is imported inside each command (`# lazy: start-up`): `sftlab --help` and every other command start
+# without the curation steps, numpy, torch or scikit-learn (tests/cli/test_startup.py).
 
 select_app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                          help="Select a subset: kcenter | cluster | ifd | reward | mods.")
@@ -81,12 +57,16 @@ def step_options(config: Path | None, sets: list[str], **explicit: Any) -> dict[
 
 
 def _finish(result: Any, out: Path) -> None:
+    from sftlab.curate.step import dropped_path, write_result  # lazy: start-up
+
     write_result(result, out)
     typer.echo(f"{result.summary()} -> {out} (removed: {dropped_path(out)})")
 
 
 def _finish_stream(results: Any, out: Path, step: str) -> Any:
     """_finish for a step that yields its result chunk by chunk (written as it comes); returns the tally."""
+    from sftlab.curate.step import dropped_path, write_result_stream  # lazy: start-up
+
     tally = write_result_stream(results, out, step)
     typer.echo(f"{tally.summary()} -> {out} (removed: {dropped_path(out)})")
     return tally
@@ -95,12 +75,16 @@ def _finish_stream(results: Any, out: Path, step: str) -> Any:
 def _passes(inputs: list[Path], label: str, labels: list[str] | None = None) -> Any:
     """The inputs as a re-readable stream of 2,048-record chunks (files.reread_record_chunks), a progress bar per
     pass. 2,048: tokenising a chunk takes ~50 bytes per character in numpy temporaries."""
-    return files.reread_record_chunks(inputs, chunk_size=2048, label=label, labels=labels)
+    from sftlab.curate.files import reread_record_chunks  # lazy: start-up
+
+    return reread_record_chunks(inputs, chunk_size=2048, label=label, labels=labels)
 
 
 def _mix_reads(inputs: list[Path], general: list[Path]) -> tuple[Any, Any]:
     """(read inputs, read general): ids and task types from the path tails of both groups together, so
     `en/train.json --general zh/train.json` gives en/train-0... and zh/train-0..., as one read would."""
+    from sftlab.data.formats import file_labels  # lazy: start-up
+
     labels = file_labels([*inputs, *general])
     return (_passes(inputs, "mix", labels[:len(inputs)]),
             _passes(general, "mix (general)", labels[len(inputs):]) if general else (lambda: ()))
@@ -111,10 +95,15 @@ def clean_cmd(inputs: list[Path] = typer.Argument(..., help="record files"), out
               tokenizer: str | None = typer.Option(None, help="count lengths in tokens of this tokenizer"),
               config: Path | None = CONFIG, set_: list[str] = SET) -> None:
     """Drop records that break heuristic quality rules (empty, too short/long, repetitive, refusals...)."""
+    from sftlab.curate.clean import CleanConfig, clean_stream  # lazy: start-up
+    from sftlab.curate.config import parse_config
+    from sftlab.curate.files import iter_record_chunks
+    from sftlab.data.render import load_tokenizer
+
     cfg = parse_config(CleanConfig, "clean", step_options(config, set_))
     tok = load_tokenizer(tokenizer) if tokenizer else None
     # streams: memory bounded by one chunk
-    chunks = files.iter_record_chunks(inputs, allow_empty_answers=True, label="clean")
+    chunks = iter_record_chunks(inputs, allow_empty_answers=True, label="clean")
     _finish_stream(clean_stream(chunks, cfg, tokenizer=tok), out, "clean")
 
 
@@ -133,16 +122,26 @@ def dedup_cmd(inputs: list[Path] = typer.Argument(..., help="record files"), out
               cache_dir: Path | None = CACHE, config: Path | None = CONFIG, set_: list[str] = SET) -> None:
     """Remove exact and near-duplicate records (keeps the first / best of each cluster); optionally also
     semantic (embedding cosine) duplicates."""
+    from sftlab.curate.config import parse_config  # lazy: start-up
+    from sftlab.curate.dedup import (
+        DedupConfig,
+        can_stream,
+        dedup_exact_stream,
+        dedup_in_passes,
+        dedup_records,
+    )
+    from sftlab.curate.files import iter_record_chunks, load_records
+
     cfg = parse_config(DedupConfig, "dedup", step_options(config, set_, field=field, mode=mode, threshold=threshold,
                                                           keep=keep, score_key=score_key,
                                                           semantic_threshold=semantic_threshold,
                                                           embedding_model=embedding_model))
     if cfg.workers > 1:  # the process pool shards the whole list: more memory for more cores, same output
-        _finish(dedup_records(files.load_records(inputs), cfg, cache_dir=cache_dir), out)
+        _finish(dedup_records(load_records(inputs), cfg, cache_dir=cache_dir), out)
         return
     if can_stream(cfg):  # exact keep-first: one streaming pass holding only the key digests
         # 2048-record chunks: tokenising a chunk takes ~50 bytes per character in numpy temporaries
-        chunks = files.iter_record_chunks(inputs, chunk_size=2048, label="dedup")
+        chunks = iter_record_chunks(inputs, chunk_size=2048, label="dedup")
         _finish_stream(dedup_exact_stream(chunks, cfg), out, "dedup")
         return
     # near, keep=score, semantic: passes over the input holding digests, signature rows (and survivors' embeddings)
@@ -157,6 +156,9 @@ def split_cmd(inputs: list[Path] = typer.Argument(..., help="record files"),
               seed: int | None = typer.Option(None), leakage: str | None = typer.Option(None, help="near | exact | off"),
               config: Path | None = CONFIG, set_: list[str] = SET) -> None:
     """Stratified, id-hash-deterministic train/val/test split with prompt leakage removal."""
+    from sftlab.curate.config import parse_config  # lazy: start-up
+    from sftlab.curate.split import SplitConfig, split_stream, write_split_stream
+
     cfg = parse_config(SplitConfig, "split", step_options(config, set_, val=val, test=test, seed=seed,
                                                           leakage=leakage))
     # in passes over the input (compact state per record), so millions of records fit
@@ -174,6 +176,8 @@ def embed_cmd(inputs: list[Path] = typer.Argument(..., help="record files"),
               cache_dir: Path | None = typer.Option(None, help="embedding cache (default ~/.cache/sftlab/embeddings)"),
               batch_size: int = typer.Option(64, min=1)) -> None:
     """Sentence embeddings of the records, cached by content hash."""
+    from sftlab.curate.embed import save_embeddings  # lazy: start-up
+
     # one pass, chunk by chunk: only the ids and the embedding rows are held
     ids, emb = _embeddings_of_chunks(_passes(inputs, "embed"), None, model, field, cache_dir,
                                      batch_size=batch_size)
@@ -190,6 +194,8 @@ def _embeddings(records: list[dict], embeddings: Path | None, model: str | None,
 def _embeddings_of_chunks(read_chunks: Any, embeddings: Path | None, model: str | None, field: str,
                           cache_dir: Path | None, batch_size: int = 64) -> tuple[list[str], Any]:
     """(ids, embeddings) of the records of a re-readable input (embed.embeddings_for); prints its warning."""
+    from sftlab.curate.embed import embeddings_for  # lazy: start-up
+
     ids, emb, warning = embeddings_for(read_chunks, embeddings, model, field=field, cache_dir=cache_dir,
                                        batch_size=batch_size)
     if warning:
@@ -215,6 +221,9 @@ def kcenter_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
                 field: str = FIELD, cache_dir: Path | None = CACHE, config: Path | None = CONFIG,
                 set_: list[str] = SET) -> None:
     """K-Center-Greedy diversity selection on sentence embeddings."""
+    from sftlab.curate.config import parse_config  # lazy: start-up
+    from sftlab.curate.select import KCenterConfig, kcenter_select_stream
+
     cfg = parse_config(KCenterConfig, "select kcenter", step_options(config, set_, k=k, radius=radius, seed=seed))
     # two passes over the input: embeddings (one row per record), then the records again to write them
     read = _passes(inputs, "select kcenter")
@@ -235,6 +244,10 @@ def cluster_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
                 embeddings: Path | None = EMB, embed_model: str | None = EMB_MODEL, field: str = FIELD,
                 cache_dir: Path | None = CACHE, config: Path | None = CONFIG, set_: list[str] = SET) -> None:
     """K-means on embeddings, then n records per cluster (optionally from the middle perplexity band)."""
+    from sftlab.curate.config import parse_config  # lazy: start-up
+    from sftlab.curate.ifd import answer_perplexities_of_chunks
+    from sftlab.curate.select import ClusterConfig, cluster_select_stream
+
     cfg = parse_config(ClusterConfig, "select cluster", step_options(
         config, set_, n_clusters=n_clusters, per_cluster=per_cluster, pick=pick, seed=seed, band=band,
         band_low=band_low, band_high=band_high))
@@ -265,6 +278,12 @@ def ifd_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
             set_: list[str] = SET) -> None:
     """Instruction-Following Difficulty scoring and selection (Cherry LLM); --model may be a small scorer
     (Superfiltering), optionally pre-experienced on a cluster sample first."""
+    from sftlab.config import read_config_file  # lazy: start-up
+    from sftlab.curate.config import parse_config
+    from sftlab.curate.files import load_records
+    from sftlab.curate.ifd import IFDConfig, ifd_select, ifd_select_stream, ifd_summary, pre_experience_config
+    from sftlab.curate.scoring import seed_run_config
+
     cfg = parse_config(IFDConfig, "select ifd", step_options(config, set_, max_ifd=max_ifd, k=k,
                                                              keep_fraction=keep_fraction, batch_size=batch_size,
                                                              pre_experience=pre_experience, seed=seed))
@@ -273,7 +292,7 @@ def ifd_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
     if cfg.pre_experience is None:  # two passes (scores, then the records to write): the records are never held
         _finish_stream(ifd_select_stream(_passes(inputs, "select ifd"), model, cfg), out, "select_ifd")
         return
-    records = files.load_records(inputs)  # the pre-experience run trains on a cluster sample of the whole list
+    records = load_records(inputs)  # the pre-experience run trains on a cluster sample of the whole list
     train_raw = read_config_file(train_config) if train_config is not None else None
     work = work_dir or out.with_name(out.name.split(".")[0] + ".ifd")
     # validate the run's config before embedding and training
@@ -293,6 +312,9 @@ def reward_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
                batch_size: int | None = typer.Option(None), config: Path | None = CONFIG,
                set_: list[str] = SET) -> None:
     """Score conversations with a reward model and keep the good ones."""
+    from sftlab.curate.config import parse_config  # lazy: start-up
+    from sftlab.curate.reward import RewardConfig, reward_select_stream
+
     cfg = parse_config(RewardConfig, "select reward", step_options(
         config, set_, min_score=min_score, keep_fraction=keep_fraction, k=k, batch_size=batch_size))
     # two passes (scores, then the records to write): the records are never held
@@ -315,6 +337,9 @@ def mix_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
                                                    "this task_type (or channel) are general, repeatable")) -> None:
     """Sample a mixture with per-task_type weights and an optional general-text share; or, with --strategy,
     split the data into the stages of a multi-stage training plan."""
+    from sftlab.curate.config import parse_config  # lazy: start-up
+    from sftlab.curate.mix import MixConfig, mix_stream, plan_mix
+
     if strategy is not None:
         if weight or total is not None or general_fraction is not None or upsample is not None or config or set_:
             raise UserError("mix: --strategy does not sample (no --weight/--total/--general-fraction/--upsample/"
@@ -344,6 +369,9 @@ def mix_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
 
 def _mix_strategy(inputs: list[Path], out: Path, general: list[Path], general_task: list[str], strategy: str,
                   k: float, seed: int) -> None:
+    from sftlab.curate.mix import write_strategy_stream  # lazy: start-up
+    from sftlab.data.records import task_channels
+
     wanted = set(general_task)
     # passes over the inputs (counts, then each stage's records): the records are never held
     plan, sizes, n_special, n_general = write_strategy_stream(
@@ -360,6 +388,10 @@ def stats_cmd(inputs: list[Path] = typer.Argument(...),
               embed: bool = typer.Option(True, "--embed/--no-embed", help="embedding diversity and PCA plot"),
               embed_model: str | None = EMB_MODEL, field: str = FIELD, cache_dir: Path | None = CACHE) -> None:
     """Dataset statistics and plots as a self-contained stats.html."""
+    from sftlab.curate.stats import tally_records, write_stats_report  # lazy: start-up
+    from sftlab.data.render import load_tokenizer
+    from sftlab.io import check_output_dir
+
     check_output_dir(out)  # before the passes and the embeddings, not after
     tok = load_tokenizer(tokenizer) if tokenizer else None
     # chunk by chunk: lengths, task indices and counters (then, with --embed, the embedding rows) are held,
@@ -376,6 +408,8 @@ def pipeline_cmd(config: Path = typer.Argument(..., help="pipeline YAML (inputs,
                  fresh: bool = typer.Option(False, "--fresh", help="run every step again, ignoring the steps an "
                                             "earlier failed or interrupted run finished")) -> None:
     """Run curation steps in order from a YAML file."""
+    from sftlab.curate.pipeline import run_pipeline  # lazy: start-up
+
     report = run_pipeline(config, echo=typer.echo, fresh=fresh)
     typer.echo(f"pipeline: {report['inputs']} -> {report['output']} records")
 
@@ -397,6 +431,13 @@ def mods_cmd(inputs: list[Path] = typer.Argument(...), out: Path = OUT,
              cache_dir: Path | None = CACHE, config: Path | None = CONFIG, set_: list[str] = SET) -> None:
     """MoDS: reward-model quality filter, K-Center seed set, then (with --necessity-model, or --base-model /
     --train-config to fine-tune the seed model here) necessity-based augmentation."""
+    from sftlab.config import read_config_file  # lazy: start-up
+    from sftlab.curate.config import parse_config
+    from sftlab.curate.mods import MoDSConfig, mods_select_stream, mods_summary
+    from sftlab.curate.reward import load_reward_model
+    from sftlab.curate.scoring import load_causal_lm, load_generation_model, seed_run_config, train_seed_model
+    from sftlab.data.render import load_tokenizer
+
     cfg = parse_config(MoDSConfig, "select mods", step_options(config, set_, alpha=alpha, seed_k=seed_k, beta=beta,
                                                                aug_k=aug_k))
     self_train = base_model is not None or train_config is not None

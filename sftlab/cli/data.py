@@ -8,19 +8,18 @@ and their counts per reason are printed.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from sftlab.cli.apps import data_app
-from sftlab.curate.files import write_record_chunks
-from sftlab.curate.overview import Overview, overview, records_at, supervised_runs
-from sftlab.data.formats import SPECIAL_TEXT as SPECIAL_TEXT_CHOICES
-from sftlab.data.formats import format_reject_counts, iter_records, read_many_detailed, write_rejects
-from sftlab.data.render import TRAIN_ON, load_tokenizer, prompt_text, render_records
 from sftlab.errors import UserError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from sftlab.curate.overview import Overview
 
 FORMAT = typer.Option("auto", "--format", "-f", help="auto | alpaca | sharegpt | openai | prompts")
 ON_ERROR = typer.Option("raise", "--on-error", help="raise: stop at the first bad record; skip: write rejects")
@@ -57,6 +56,9 @@ def _check_on_error(on_error: str) -> str:
 
 def _read(paths: list[Path], fmt: str, on_error: str, columns: str | None, extra_role: list[str],
           task_type: str | None = None, special_text: str = "warn") -> tuple[list[dict], list[dict], list[dict]]:
+    from sftlab.data.formats import SPECIAL_TEXT as SPECIAL_TEXT_CHOICES  # lazy: start-up
+    from sftlab.data.formats import read_many_detailed
+
     if special_text not in SPECIAL_TEXT_CHOICES:
         raise UserError(f"--special-text {special_text!r}: choose {', '.join(SPECIAL_TEXT_CHOICES)}")
     records, rejects, info = read_many_detailed(paths, fmt, task_type=task_type, columns=parse_columns(columns),
@@ -71,6 +73,8 @@ def _read(paths: list[Path], fmt: str, on_error: str, columns: str | None, extra
 def _report_rejects(rejects: list[dict], path: Path, n_kept: int, warn_share: float) -> None:
     """Write rejects (even none, so an old file never lingers) and print one line of counts per reason.
     Nothing kept is an error (exit 2); more than `warn_share` rejected is a warning."""
+    from sftlab.data.formats import format_reject_counts, write_rejects  # lazy: start-up
+
     write_rejects(rejects, path)
     typer.echo(f"{format_reject_counts(rejects)} -> {path}")
     total = n_kept + len(rejects)
@@ -82,6 +86,8 @@ def _report_rejects(rejects: list[dict], path: Path, n_kept: int, warn_share: fl
 
 
 def _console() -> Console:
+    from rich.console import Console  # lazy: start-up
+
     return Console(highlight=False, soft_wrap=True)
 
 
@@ -95,6 +101,8 @@ def inspect_cmd(paths: list[Path] = typer.Argument(..., help="data files or save
                 max_length: int = typer.Option(2048, "--max-length", help="count samples longer than this"),
                 special_text: str = SPECIAL_TEXT, warn_share: float = WARN_SHARE) -> None:
     """Formats, counts, roles, task types, turns, token lengths (with --tokenizer) and rejects by reason."""
+    from sftlab.curate.overview import overview  # lazy: start-up
+
     records, rejs, info = _read(paths, fmt, on_error, columns, extra_role, task_type, special_text)
     _print_overview(overview(records, rejs, info, tokenizer=tokenizer, chat_template=chat_template,
                              max_length=max_length), show_rejects=on_error == "skip")
@@ -103,6 +111,8 @@ def inspect_cmd(paths: list[Path] = typer.Argument(..., help="data files or save
 
 
 def _table(title: str | None, columns: list[str], rows: list[list[str]], right: set[str] = frozenset()) -> Table:
+    from rich.table import Table  # lazy: start-up
+
     t = Table(title=title)
     for c in columns:
         t.add_column(c, justify="right" if c in right else "left", overflow="fold" if c == "file" else "ellipsis")
@@ -135,6 +145,11 @@ def render_cmd(path: Path = typer.Argument(..., help="data file or saved HF data
                fmt: str = FORMAT, columns: str | None = COLUMNS, extra_role: list[str] = EXTRA_ROLE,
                chat_template: str | None = CHAT_TEMPLATE) -> None:
     """Show records as the model sees them, supervised tokens highlighted, with token counts."""
+    from rich.text import Text  # lazy: start-up
+
+    from sftlab.curate.overview import records_at, supervised_runs  # lazy: start-up
+    from sftlab.data.render import TRAIN_ON, load_tokenizer, prompt_text, render_records
+
     if train_on not in TRAIN_ON:
         raise UserError(f"--train-on {train_on!r}: choose {', '.join(TRAIN_ON)}")
     if count < 1 or index < 0:
@@ -187,6 +202,10 @@ def convert_cmd(inputs: list[Path] = typer.Argument(..., help="data files or sav
 
     Streams: input is read in chunks and appended to OUT.tmp, renamed to OUT at the end, so memory stays
     bounded by one chunk (plus the ids seen and the rejects) and a failed run leaves no OUT behind."""
+    from sftlab.curate.files import write_record_chunks  # lazy: start-up
+    from sftlab.data.formats import SPECIAL_TEXT as SPECIAL_TEXT_CHOICES
+    from sftlab.data.formats import iter_records
+
     if special_text not in SPECIAL_TEXT_CHOICES:
         raise UserError(f"--special-text {special_text!r}: choose {', '.join(SPECIAL_TEXT_CHOICES)}")
     info: list[dict] = []

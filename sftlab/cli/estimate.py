@@ -24,8 +24,7 @@ def estimate(ctx: typer.Context, config: Path = typer.Argument(..., help="YAML c
              as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table.")) -> None:
     """Estimate memory per device (weights, gradients, optimizer, activations, loss head) and, with --probe,
     the time to train: `sftlab estimate CONFIG.yaml [overrides] --gpu h100-80gb [--probe 20] [--json]`."""
-    # lazy here and below: pydantic, torch and transformers; the CLI starts without them
-    from sftlab.config import load_config
+    from sftlab.config import load_config  # lazy: start-up (pydantic, torch, transformers)
     from sftlab.train.estimate import GIB, GPU_MEMORY_GIB, estimate_run
 
     cfg = load_config(config, list(ctx.args))
@@ -46,7 +45,7 @@ def estimate(ctx: typer.Context, config: Path = typer.Argument(..., help="YAML c
         est = estimate_run(cfg, world_size, memory, use_data=use_data, gpu=gpu)
         out = est.to_dict()
         if probe:
-            from sftlab.train.probe import probe_run
+            from sftlab.train.probe import probe_run  # lazy: start-up
 
             out["probe"] = probe_run(cfg, probe, quiet=as_json, world_size=world_size)
     if as_json:
@@ -56,11 +55,10 @@ def estimate(ctx: typer.Context, config: Path = typer.Argument(..., help="YAML c
 
 
 def _print(est, gpu: str | None, probe: dict | None) -> None:
-    # lazy: rich (and the estimator: torch); the CLI starts without them
-    from rich.console import Console
+    from rich.console import Console  # lazy: start-up (rich, and the estimator: torch)
     from rich.table import Table
 
-    from sftlab.train.estimate import format_gib, rows_for_table
+    from sftlab.train.estimate import format_gib, rows_for_table  # lazy: start-up
 
     console = Console()
     where = f"{est.parallel} x {est.world_size}" if est.world_size > 1 else "one device"

@@ -5,17 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.table import Table
 from typer.core import TyperGroup
 
 from sftlab.cli.apps import app
-from sftlab.eval.config import load_eval_config, load_judge_config
-from sftlab.eval.human import export_sheet as export
-from sftlab.eval.human import import_sheets
-from sftlab.eval.report import compare as compare_dirs
-from sftlab.eval.report import score_table, shared_baseline_lc, write_eval_report
-from sftlab.eval.run import judge_predictions, run_eval, score_predictions
 
 
 class _EvalGroup(TyperGroup):
@@ -39,6 +31,9 @@ def run(config: str | None = typer.Argument(None, help="Eval config YAML (option
         seed: int | None = typer.Option(None, "--seed", help="Sampling seed."),
         output_dir: Path | None = typer.Option(None, "--out", "-o", help="Output dir (overrides output_dir).")) -> None:
     """Generate replies for the eval sets, score and judge them; writes OUT/summary.json and report.html."""
+    from sftlab.eval.config import load_eval_config  # lazy: start-up
+    from sftlab.eval.run import run_eval
+
     extra = list(overrides or [])
     if config is not None and "=" in config and not Path(config).exists():  # no file, only overrides
         extra.insert(0, config)
@@ -56,6 +51,8 @@ def metrics(pred: Path = typer.Option(..., "--pred", help="predictions.jsonl: {i
             metric: list[str] | None = typer.Option(None, "--metric", "-m",
                                                      help="exact_match, rouge, bleu, chrf (default: all).")) -> None:
     """Score existing predictions without generating."""
+    from sftlab.eval.run import score_predictions  # lazy: start-up
+
     summary = score_predictions(pred, out, list(metric or ["exact_match", "rouge", "bleu", "chrf"]))
     _print_summary(summary, out)
 
@@ -68,6 +65,9 @@ def judge(pred: Path = typer.Option(..., "--pred", help="predictions.jsonl: {id,
           overrides: list[str] | None = typer.Argument(None, help="Judge settings: base_url=... model=... mode=...")
           ) -> None:
     """Judge existing predictions (single-answer, or pairwise against --baseline) without generating."""
+    from sftlab.eval.config import load_judge_config  # lazy: start-up
+    from sftlab.eval.run import judge_predictions
+
     judge_cfg = load_judge_config(config, list(overrides or [])).as_dict()
     summary = judge_predictions(pred, out, judge_cfg, baseline)
     _print_summary(summary, out)
@@ -80,6 +80,12 @@ def compare(a: Path = typer.Argument(..., help="Eval dir A (before)."),
             also: list[Path] | None = typer.Option(None, "--with", help="More eval dirs judged against the same "
                                                    "baseline, for the joint length-controlled fit.")) -> None:
     """What got better or worse from A to B, per task_type and metric, with paired-bootstrap significance."""
+    from rich.console import Console  # lazy: start-up
+    from rich.table import Table
+
+    from sftlab.eval.report import compare as compare_dirs  # lazy: start-up
+    from sftlab.eval.report import shared_baseline_lc, write_eval_report
+
     diffs = compare_dirs(a, b)
     t = Table(title=f"{a} → {b}")
     for col in ("task_type", "metric", "A", "B", "B − A", "95% CI", "change"):
@@ -112,6 +118,8 @@ def export_sheet(pred: Path = typer.Option(..., "--pred", help="predictions.json
                                                 help="Comma-separated rating columns."),
                  seed: int = typer.Option(0, "--seed", help="Shuffle / A-B order seed.")) -> None:
     """Write a blind, shuffled human-rating sheet (A/B order randomised); the key goes next to it."""
+    from sftlab.eval.human import export_sheet as export  # lazy: start-up
+
     typer.echo(str(export(pred, out, baseline=baseline, dimensions=dimensions.split(","), seed=seed)))
 
 
@@ -121,6 +129,8 @@ def import_sheet(sheets: list[Path] = typer.Argument(..., help="Filled sheets (o
                  pred: Path | None = typer.Option(None, "--pred", help="Judged predictions.jsonl for judge-vs-human.")
                  ) -> None:
     """Read filled sheets back into summary.json, with Cohen's kappa between annotators."""
+    from sftlab.eval.human import import_sheets  # lazy: start-up
+
     summary = import_sheets(sheets, out, judged=pred)
     typer.echo(str(Path(out) / "summary.json"))
     for k, v in (summary.get("agreement") or {}).items():
@@ -128,6 +138,11 @@ def import_sheet(sheets: list[Path] = typer.Argument(..., help="Filled sheets (o
 
 
 def _print_summary(summary: dict, out: Path) -> None:
+    from rich.console import Console  # lazy: start-up
+    from rich.table import Table
+
+    from sftlab.eval.report import score_table  # lazy: start-up
+
     header, rows = score_table(summary)
     t = Table(title=f"eval: {summary.get('n', 0)} items")
     for h in header:

@@ -7,7 +7,6 @@ from pathlib import Path
 import typer
 
 from sftlab.cli.apps import app
-from sftlab.report import write_report
 
 
 @app.command("report")
@@ -15,4 +14,6 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory written by 
            out: Path | None = typer.Option(None, "--out", "-o",
                                            help="Where to write the HTML (default: RUN_DIR/report.html).")) -> None:
     """Write a self-contained HTML report of a run (loss curves per channel, alarms, data, config)."""
+    from sftlab.report import write_report  # lazy: start-up
+
     typer.echo(str(write_report(run_dir, out)))

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from sftlab.cli.apps import app
+from sftlab.errors import UserError
 
 serve_app = typer.Typer(pretty_exceptions_enable=False, invoke_without_command=True,
                         help="Serve a model over the OpenAI API, with a request/feedback log.")
@@ -56,10 +57,9 @@ def serve(ctx: typer.Context,
     POST /v1/feedback, GET /health; the contract is at /openapi.json (docs at /docs)."""
     if ctx.invoked_subcommand is not None:
         return
-    import uvicorn  # lazy: keeps `sftlab --help` fast
+    import uvicorn  # lazy: start-up
 
-    from sftlab.errors import UserError
-    from sftlab.infer import load_generator
+    from sftlab.infer import load_generator  # lazy: start-up
     from sftlab.serve.app import create_app
     from sftlab.serve.log import RequestLog
     from sftlab.serve.tool_calls import TOOL_CALL_PARSERS
@@ -103,8 +103,7 @@ def export_log(db: Path = typer.Argument(..., help="The server's SQLite request 
                ) -> None:
     """Write the logged conversations + replies (+ tool calls, feedback and provenance in meta) as canonical
     records. Every good row is written; each row that cannot be a record is one line of OUT.rejects.jsonl."""
-    from sftlab.data.records import write_jsonl
-    from sftlab.errors import UserError
+    from sftlab.data.records import write_jsonl  # lazy: start-up
     from sftlab.serve.log import export_records
 
     export = export_records(db, min_score=min_score)

@@ -19,11 +19,10 @@ def render_cache_cmd(ctx: typer.Context,
                      ) -> None:
     """Build (or find) the rendered store of every train/eval source, so `sftlab train` starts from the cache.
     Extra arguments are dotted overrides (data.max_length=1024), as for `sftlab train`."""
-    # lazy: rich, pydantic, torch and transformers; the CLI starts without them
-    from rich.console import Console
+    from rich.console import Console  # lazy: start-up (rich, pydantic, torch, transformers)
     from rich.table import Table
 
-    from sftlab.config import load_config, read_config_file
+    from sftlab.config import load_config, read_config_file  # lazy: start-up
     from sftlab.train.dataset import render_cache
     from sftlab.train.plan import plan_configs
 

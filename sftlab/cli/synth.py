@@ -12,21 +12,7 @@ from pathlib import Path
 import typer
 
 from sftlab.cli.apps import app, data_app
-from sftlab.curate.files import load_records
-from sftlab.curate.step import dropped_path
 from sftlab.errors import UserError
-from sftlab.eval.judge import Judge
-from sftlab.io import check_output_dir, check_output_file, write_json, write_jsonl
-from sftlab.synth import turns
-from sftlab.synth.best_of_n import best_of_n
-from sftlab.synth.coherence import MIN_BACKGROUND
-from sftlab.synth.evolve import evolve, multi_turn, rewrite_formats
-from sftlab.synth.flywheel import flywheel, read_log
-from sftlab.synth.io import read_prompt_records
-from sftlab.synth.multiturn import CHAIN_MIN_SIMILARITY, chain_related
-from sftlab.synth.self_instruct import self_instruct
-from sftlab.synth.teacher import CachedTeacher, load_teacher
-from sftlab.synth.verifiers import make_verifier
 
 synth_app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                         help="Produce training data with a teacher: best-of-n, self-instruct, evolve, multi-turn.")
@@ -44,6 +30,8 @@ FRESH = typer.Option(False, "--fresh", help="ask the teacher again instead of re
 def _teacher(teacher: str, model: str | None, api_key_env: str | None, concurrency: int,  # noqa: ANN202
              cache: Path | None = None, fresh: bool = False):
     """The teacher; with `cache`, wrapped so its replies are kept there and a rerun resumes (CachedTeacher)."""
+    from sftlab.synth.teacher import CachedTeacher, load_teacher  # lazy: start-up
+
     gen = load_teacher(teacher, model, api_key_env, concurrency)
     if cache is None:
         return gen
@@ -65,6 +53,8 @@ def _report_cache(gen, summary: dict) -> None:  # noqa: ANN001
 
 def _check_out(path: Path, is_dir: bool) -> None:
     """Refuse an output that cannot be written before the teacher works, not after (a file where a directory goes)."""
+    from sftlab.io import check_output_dir, check_output_file  # lazy: start-up
+
     try:
         (check_output_dir if is_dir else check_output_file)(path)
     except UserError as e:
@@ -95,6 +85,11 @@ def best_of_n_cmd(prompts: Path = typer.Argument(..., help="canonical records; t
                   judge_model: str | None = typer.Option(None, "--judge-model", help="model name at the judge URL"),
                   seed: int = SEED, fresh: bool = FRESH) -> None:
     """Sample N replies per prompt, verify them; write sft.jsonl, pairs.jsonl, dropped.jsonl, summary.json."""
+    from sftlab.io import write_json, write_jsonl  # lazy: start-up
+    from sftlab.synth.best_of_n import best_of_n
+    from sftlab.synth.io import read_prompt_records
+    from sftlab.synth.verifiers import make_verifier
+
     _check_out(out_dir, is_dir=True)
     records = read_prompt_records(prompts)
     ver = make_verifier(verifier, _teacher(judge, judge_model, api_key_env, concurrency) if judge else None)
@@ -126,6 +121,11 @@ def self_instruct_cmd(seeds: Path = typer.Argument(..., help="seed records (cano
                       max_new_tokens: int = typer.Option(512, "--max-new-tokens"),
                       seed: int = SEED, fresh: bool = FRESH) -> None:
     """Generate new instructions per task_type from seed examples, answer them, keep the novel clean ones."""
+    from sftlab.curate.files import load_records  # lazy: start-up
+    from sftlab.curate.step import dropped_path
+    from sftlab.io import write_json, write_jsonl
+    from sftlab.synth.self_instruct import self_instruct
+
     if n < 1 or per_request < 1 or few_shot < 1:
         raise UserError("-n, --per-request and --few-shot must be >= 1")
     _check_out(out, is_dir=False)
@@ -156,23 +156,29 @@ def turns_cmd(inputs: list[Path] = typer.Argument(..., help="record files"),
                                                      "all-MiniLM-L6-v2; 'multilingual' or a path; 'none': "
                                                      "lexical signal only)")) -> None:
     """Multi-turn tools: --split / --merge / --detect-pseudo (exactly one)."""
+    from sftlab.curate.files import load_records  # lazy: start-up
+    from sftlab.curate.step import dropped_path
+    from sftlab.io import write_jsonl
+    from sftlab.synth import turns as dialogue_turns
+    from sftlab.synth.coherence import MIN_BACKGROUND
+
     if split + merge + detect_pseudo != 1:
         raise UserError("data turns: give exactly one of --split, --merge, --detect-pseudo")
     _check_out(out, is_dir=False)
     records = load_records(inputs)
     folded: list[dict] = []
     if split:
-        result = turns.split_turns(records)
+        result = dialogue_turns.split_turns(records)
         line = f"turns --split: {len(records)} dialogues -> {len(result)} samples"
     elif merge:
-        result, folded = turns.merge_turns(records)
+        result, folded = dialogue_turns.merge_turns(records)
         line = f"turns --merge: {len(records)} samples -> {len(result)} records"
     else:
         if min_similarity is not None:
             raise UserError("--min-similarity was a cosine threshold; --detect-pseudo now measures coherence "
                             "against other dialogues: use --min-coherence (z-score, default 3.25)")
-        threshold = turns.PSEUDO_MIN_COHERENCE if min_coherence is None else min_coherence
-        result = turns.detect_pseudo(records, min_coherence=threshold, model=embed_model)
+        threshold = dialogue_turns.PSEUDO_MIN_COHERENCE if min_coherence is None else min_coherence
+        result = dialogue_turns.detect_pseudo(records, min_coherence=threshold, model=embed_model)
         flagged = Counter(r["meta"]["pseudo_multiturn"] for r in result)
         line = f"turns --detect-pseudo: {flagged[True]} of {len(result)} flagged pseudo multi-turn"
         if flagged[None]:
@@ -196,6 +202,11 @@ def flywheel_cmd(log: Path = typer.Argument(..., help="serve log: the SQLite fil
                  dedup_threshold: float = typer.Option(0.7, "--dedup-threshold", help="prompt Jaccard vs train")
                  ) -> None:
     """Served traffic -> sft.jsonl, pairs.jsonl, bad_cases.jsonl, dropped.jsonl, summary.json."""
+    from sftlab.curate.files import load_records  # lazy: start-up
+    from sftlab.eval.judge import Judge
+    from sftlab.io import write_json, write_jsonl
+    from sftlab.synth.flywheel import flywheel, read_log
+
     _check_out(out_dir, is_dir=True)
     records = read_log(log)
     train_records = load_records(train) if train else []
@@ -215,6 +226,9 @@ def flywheel_cmd(log: Path = typer.Argument(..., help="serve log: the SQLite fil
 
 
 def _write_synth(res, out: Path, step: str, line: str | None = None) -> None:  # noqa: ANN001
+    from sftlab.curate.step import dropped_path  # lazy: start-up
+    from sftlab.io import write_json, write_jsonl
+
     write_jsonl(res.kept, out)
     write_jsonl(res.dropped, dropped_path(out))
     write_json(res.summary, out.with_name(out.stem + ".summary.json"))
@@ -235,6 +249,9 @@ def evolve_cmd(inputs: Path = typer.Argument(..., help="records whose first user
                max_new_tokens: int = typer.Option(512, "--max-new-tokens"), seed: int = SEED,
                fresh: bool = FRESH) -> None:
     """Evol-Instruct: rewrite each instruction (in depth / in breadth), answer it, eliminate failed evolutions."""
+    from sftlab.curate.files import load_records  # lazy: start-up
+    from sftlab.synth.evolve import evolve, rewrite_formats
+
     _check_out(out, is_dir=False)
     records = load_records(inputs)
     gen = _teacher(teacher, teacher_model, api_key_env, concurrency, _cache_of(out, is_dir=False), fresh)
@@ -271,6 +288,10 @@ def multi_turn_cmd(inputs: Path = typer.Argument(..., help="single-turn (or shor
                    fresh: bool = FRESH) -> None:
     """Chain related turns: the teacher asks follow-up questions and answers them (or --chain: join related
     single-turn records)."""
+    from sftlab.curate.files import load_records  # lazy: start-up
+    from sftlab.synth.evolve import multi_turn
+    from sftlab.synth.multiturn import CHAIN_MIN_SIMILARITY, chain_related
+
     _check_out(out, is_dir=False)
     if chain:
         res = chain_related(load_records(inputs), max_turns=max_turns, seed=seed, only_chained=only_chained,

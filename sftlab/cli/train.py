@@ -9,7 +9,6 @@ import typer
 
 from sftlab.cli.apps import app
 from sftlab.errors import UserError
-from sftlab.infer import GenerationParams, load_generator
 
 
 @app.command("tiny-model")
@@ -58,8 +57,7 @@ def train(ctx: typer.Context, config: Path = typer.Argument(..., help="YAML conf
           nproc: int = typer.Option(1, "--nproc", min=1, help="Processes on this node (execs torchrun when > 1).")) -> None:
     """Fine-tune a model: `sftlab train CONFIG.yaml [train.learning_rate=1e-5 ...]` (a config with `stages:`
     is a run plan: the stages train in order, each from the previous one's final model)."""
-    # lazy here and below: pydantic, then torch and transformers; the CLI starts without them
-    from sftlab.config import build_config, read_config_file
+    from sftlab.config import build_config, read_config_file  # lazy: start-up (pydantic; below: torch)
     from sftlab.train.plan import plan_configs
 
     unknown = [a for a in (str(config), *ctx.args) if a.startswith("-")]  # extra args are key=value overrides only
@@ -72,10 +70,10 @@ def train(ctx: typer.Context, config: Path = typer.Argument(..., help="YAML conf
     else:
         cfg = build_config(raw, overrides, source=str(config))
     if nproc > 1:
-        from sftlab.train.launch import exec_workers
+        from sftlab.train.launch import exec_workers  # lazy: start-up
 
         exec_workers(str(config), overrides, nproc)
-    from sftlab.eval.during_training import generation_eval
+    from sftlab.eval.during_training import generation_eval  # lazy: start-up (torch, transformers)
     from sftlab.train.loop import train as run_train
     from sftlab.train.plan import run_plan
 
@@ -89,7 +87,7 @@ def train(ctx: typer.Context, config: Path = typer.Argument(..., help="YAML conf
 def demo(out: Path = typer.Option(Path("runs/demo"), "--out", help="Directory for model, data and run."),
          overrides: list[str] | None = typer.Argument(None, help="Dotted config overrides.")) -> None:
     """The embedded end-to-end demo: tiny model, synthetic multi-task data, train, per-task exact match."""
-    from sftlab.demo import run_demo  # lazy: pydantic, the eval package; the CLI starts without them
+    from sftlab.demo import run_demo  # lazy: start-up
 
     run_demo(out, overrides or [])
 
@@ -103,6 +101,8 @@ def generate(model: str = typer.Option(..., "--model", help="Model directory (HF
              top_p: float = typer.Option(1.0), seed: int | None = typer.Option(None),
              backend: str = typer.Option("auto", help="auto | hf | vllm | openai")) -> None:
     """Sample a reply from a checkpoint with its chat template (or from an OpenAI-compatible server)."""
+    from sftlab.infer import GenerationParams, load_generator  # lazy: start-up
+
     if (prompt is None) == (chat is None):
         raise UserError("give exactly one of --prompt or --chat")
     messages = [{"role": "user", "content": prompt}] if prompt is not None else _read_chat(chat)

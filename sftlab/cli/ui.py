@@ -27,7 +27,7 @@ def ui(paths: list[Path] | None = typer.Argument(None, help="Run dirs, eval dirs
                                          "(default: fixes/ in the first DIR)."),
        ) -> None:
     """Watch runs, read evals, review replies blind and turn fixed bad cases into training data, in the browser."""
-    from sftlab.ui.app import serve  # lazy: `sftlab --help` stays fast
+    from sftlab.ui.app import serve  # lazy: start-up
     from sftlab.ui.chat import normalize_url
     from sftlab.ui.workspace import Workspace
 

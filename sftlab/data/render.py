@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jinja2
+
 from sftlab.data.records import RecordError, openai_tools
 from sftlab.errors import UserError
 
@@ -132,7 +134,9 @@ def load_tokenizer(name_or_path: str, chat_template: str | None = None,
 
     The model's embeddings must be resized by the caller when tokens were added (see train/model.py).
     """
-    from transformers import AutoTokenizer
+    from transformers import (
+        AutoTokenizer,  # lazy: transformers takes seconds to import; reading data needs none
+    )
 
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path)
@@ -207,8 +211,6 @@ def _template_text(tokenizer: Any, messages: list[dict], tools: Any, add_generat
     """The template's text for template_inputs(messages, tools); a Jinja syntax error is the template's
     (TemplateError), an error while rendering (raise_exception('Conversation roles must alternate...'), a missing
     field) the record's (RecordError)."""
-    import jinja2
-
     messages, tools = template_inputs(messages, tools)
     try:
         return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,

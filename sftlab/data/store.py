@@ -52,8 +52,11 @@ import numpy as np
 import xxhash
 
 from sftlab.data.coefficients import sample_loss_coefficients
+from sftlab.data.formats import read_records
 from sftlab.data.records import RecordError
+from sftlab.data.render import eot_token_ids, render_records
 from sftlab.errors import UserError
+from sftlab.io import progress_bar
 
 STORE_VERSION = 2  # 2: content checksums in the manifest
 CHUNK_RECORDS = 1000  # records per rendering task: small enough to balance workers, big enough to batch tokenizing
@@ -100,8 +103,6 @@ def file_content_hash(path: str | Path) -> str:
 def tokenizer_hash(tokenizer: Any) -> str:
     """What rendering depends on in a tokenizer: its vocabulary/merges/normalisation (the fast tokenizer's JSON,
     so a tokenizer re-saved into a checkpoint hashes the same), added tokens, chat template and end-of-turn ids."""
-    from sftlab.data.render import eot_token_ids
-
     backend = json.loads(tokenizer.backend_tokenizer.to_str())
     for key in ("truncation", "padding"):  # call-time settings, not the vocabulary
         backend.pop(key, None)
@@ -316,8 +317,6 @@ def _init_worker(tokenizer: Any, settings: RenderSettings) -> None:
 
 def _render_chunk(task: tuple[int, list[dict[str, Any]]]) -> dict[str, Any]:
     """Render one chunk of records into compact arrays (runs in a worker process, or in-process)."""
-    from sftlab.data.render import render_records
-
     start, records = task
     tok, st = _WORKER["tokenizer"], _WORKER["settings"]
     try:
@@ -442,8 +441,6 @@ def render_store(records: list[dict[str, Any]], read_rejects: list[dict[str, Any
 
 def _run_chunks(tasks: list, tokenizer: Any, settings: RenderSettings, workers: int, label: str):
     """Rendered chunks in input order, from a process pool (fork where available) or in-process, with progress."""
-    from sftlab.io import progress_bar
-
     with progress_bar() as progress:
         bar = progress.add_task(f"rendering {label}", total=len(tasks))
         if workers <= 1:
@@ -498,8 +495,6 @@ def build_or_open(source: Any, tokenizer: Any, settings: RenderSettings, cache_d
     build=False is for the other ranks of a node: they wait until the builder's store appears (it is renamed
     into place only when complete), then memory-map it. verify=True checks a found store's content checksums
     even when its files look untouched (`render-cache --verify`)."""
-    from sftlab.data.formats import read_records
-
     if not Path(source.path).exists():
         raise UserError(f"{label or 'data'}: file not found: {source.path}")
     digest = tokenizer_digest or tokenizer_hash(tokenizer)

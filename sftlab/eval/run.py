@@ -282,8 +282,6 @@ def run_eval(cfg: EvalConfig, judge_generator: Any = None) -> dict[str, Any]:
 
 def _benchmarks_only(cfg: EvalConfig, out: Path, t0: float) -> dict[str, Any]:
     """An eval config with `benchmarks:` and no data: summary.json and report.html hold the harness's results."""
-    from sftlab.eval.report import write_eval_report
-
     bench = run_benchmarks(cfg.benchmarks, cfg.model, out)
     summary = build_summary([], None, {"config": cfg.model_dump(mode="json"), "model": str(cfg.model),
                                        "benchmarks": bench, "timing": {"total_s": round(time.time() - t0, 2)}})

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from transformers import StoppingCriteriaList
 
-from sftlab.data.render import eot_token_ids, load_tokenizer
+from sftlab.data.render import eot_token_ids, load_tokenizer, template_inputs
 from sftlab.errors import UserError
 from sftlab.infer.api import GenerationParams, Reply, check_params, cut_at_stop
 from sftlab.io import progress_bar
@@ -52,8 +52,6 @@ class HFGenerator:
     def prompt_ids(self, conversation: list[dict], tools: list[dict] | None = None) -> list[int]:
         """The token ids the model sees for a conversation: its chat template with the generation prompt, given
         messages and tools as training renders them (`template_inputs`), so serving and training agree."""
-        from sftlab.data.render import template_inputs
-
         try:
             messages, tools = template_inputs(conversation, tools)
             text = self.tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,

@@ -6,6 +6,7 @@ Retries with exponential backoff on 429 / 5xx / timeouts / dropped connections a
 
 from __future__ import annotations
 
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
@@ -113,8 +114,6 @@ def wire_messages(conversation: list[dict]) -> list[dict]:
     """Messages as the OpenAI API takes them: training-only keys (loss_weight) left out, tool-call arguments as
     JSON text, and every tool call with an id that its tool result names (records may carry arguments as
     objects and no ids, as chat templates take them)."""
-    import json
-
     out, pending = [], []
     for k, m in enumerate(conversation):
         m = {key: v for key, v in m.items() if key != "loss_weight"}

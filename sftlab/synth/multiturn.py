@@ -19,7 +19,7 @@ from sftlab.curate.embed import embed_texts
 from sftlab.errors import UserError
 from sftlab.synth.self_instruct import SynthResult
 
-# Measured with all-MiniLM-L6-v2 on tests/test_synth_chain.py's questions: same-topic pairs >= 0.53,
+# Measured with all-MiniLM-L6-v2 on tests/synth/test_synth_chain.py's questions: same-topic pairs >= 0.53,
 # different-topic pairs <= 0.12.
 CHAIN_MIN_SIMILARITY = 0.5
 

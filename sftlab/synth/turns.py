@@ -20,7 +20,7 @@ from sftlab.curate.embed import embed_texts, is_multilingual
 from sftlab.curate.text import dominant_script
 from sftlab.synth.coherence import exchange_coherence
 
-# tests/test_synth_turns.py: the planted en + zh set (tests/pseudo_turns_corpus.py) and the glaive tool-call set
+# tests/synth/test_synth_turns.py: the planted en + zh set (tests/synth/pseudo_turns_corpus.py) and the glaive tool-call set
 # keep precision and recall >= 0.85 from about 3.25 to 3.5 (measured table: docs/synthesis.md)
 PSEUDO_MIN_COHERENCE = 3.25
 

@@ -16,7 +16,7 @@ The estimate describes the run `sftlab train` would do with the same config (doc
                                            AdamW's foreach temporaries, and a fragmentation/workspace margin
 
 Activation formulas were derived from, and are tested against, the bytes saved for backward counted with
-`torch.autograd.graph.saved_tensors_hooks` (tests/test_estimate.py).
+`torch.autograd.graph.saved_tensors_hooks` (tests/train/test_estimate.py).
 """
 
 from __future__ import annotations
