@@ -489,7 +489,7 @@ def estimate_run(cfg: Any, world_size: int = 1, memory_bytes: int | None = None,
         tok = load_tokenizer(cfg.model.name_or_path, cfg.model.chat_template, cfg.model.special_tokens,
                              cfg.model.eot_token)
         vocab_size = len(tok)
-        data = load_split(cfg.data.train, cfg, tok, None, "train", is_main=False)
+        data = load_split(cfg.data.train, cfg, tok, "train", is_main=False)
     if data is not None and len(data.lengths):
         run = data_run_shape(data.lengths, data.supervised, micro, batching)
     else:
