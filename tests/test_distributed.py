@@ -223,6 +223,59 @@ def test_nproc_user_error_is_one_line_with_the_workers_exit_code(tmp_path, tiny_
     assert "sftlab: rank 0 failed (exit 2); its error is above" in res.stderr
 
 
+def nproc_train(cfg: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """`sftlab train CFG --nproc 2 OVERRIDES` as a user runs it (no --debug)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("SFTLAB_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "sftlab", "train", str(cfg), "--nproc", "2", *overrides],
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_nproc_user_error_is_printed_once(tmp_path, tiny_model_dir, data_files):
+    """Issue 35 item 6: an error every rank hits (a run dir that holds another run) is one line, not one per rank,
+    and torchrun's per-worker log lines stay out of it (test_first_to_report_claims_each_message_once: the claim)."""
+    cfg = write_config(tmp_path, tiny_model_dir, data_files)
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "metrics.jsonl").write_text("{}\n")
+    res = nproc_train(cfg, f"train.output_dir={taken}")
+    assert res.returncode == 2, res.stderr[-4000:]
+    lines = [x for x in res.stderr.splitlines() if x.strip() and "Writing model shards" not in x]
+    assert lines[0] == (f"error: train.output_dir: {taken} is not empty (metrics.jsonl); continue that run with "
+                        "train.resume=auto, replace it with train.overwrite_output_dir=true, or choose another "
+                        "train.output_dir"), res.stderr
+    assert len(lines) == 2 and lines[1].startswith("sftlab: rank ") and lines[1].endswith(
+        "failed (exit 2); its error is above"), res.stderr
+
+
+@pytest.mark.slow
+def test_nproc_ranks_whose_errors_differ_each_print_theirs(tmp_path, tiny_model_dir, data_files):
+    """Each rank probes the run dir with its own file: rank 0's is a directory, rank 1's a link into nowhere."""
+    cfg = write_config(tmp_path, tiny_model_dir, data_files)
+    odd = tmp_path / "odd"
+    (odd / ".write-test-0").mkdir(parents=True)
+    (odd / ".write-test-1").symlink_to(tmp_path / "nowhere" / "file")
+    res = nproc_train(cfg, f"train.output_dir={odd}")
+    assert res.returncode == 2, res.stderr[-4000:]
+    errors = sorted(x for x in res.stderr.splitlines() if x.startswith("error: "))
+    assert errors == [f"error: train.output_dir: cannot write to {odd}: Is a directory",
+                      f"error: train.output_dir: cannot write to {odd}: No such file or directory"], res.stderr
+
+
+def test_first_to_report_claims_each_message_once(tmp_path, monkeypatch):
+    """The claim behind it: the first worker of a launch to report a message prints it, later ones do not; another
+    message is claimed afresh; outside a launch, or under --debug, every worker prints."""
+    from sftlab.train.launch import ERRORS_DIR, first_to_report
+
+    monkeypatch.delenv("SFTLAB_DEBUG", raising=False)
+    monkeypatch.delenv(ERRORS_DIR, raising=False)
+    assert first_to_report("a") and first_to_report("a")
+    monkeypatch.setenv(ERRORS_DIR, str(tmp_path))
+    assert first_to_report("a") and not first_to_report("a") and first_to_report("b") and not first_to_report("b")
+    monkeypatch.setenv("SFTLAB_DEBUG", "1")
+    assert first_to_report("a")
+
+
 @pytest.mark.parametrize("args", [["train", "CFG", "--nproc", "0"], ["train", "CFG", "--nproc", "-2"],
                                   ["data", "render-cache", "CFG", "--num-proc", "0"]])
 def test_process_counts_below_one_are_refused(args, tmp_path, tiny_model_dir, data_files, capsys, monkeypatch):
