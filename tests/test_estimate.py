@@ -15,7 +15,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
-from sftlab.config import LoraConfig, ModelConfig
+from sftlab.config import FsdpConfig, LoraConfig, ModelConfig
 from sftlab.train.attention import register_attention_kernels
 from sftlab.train.batching import collate
 from sftlab.train.estimate import (
@@ -448,6 +448,77 @@ def qwen7b_table(length: int = 2048) -> dict[str, object]:
                                       load_in_4bit=bool(lora and lora.load_in_4bit),
                                       memory_bytes=h100)
     return rows
+
+
+def qwen7b_fsdp_table(length: int = 2048) -> dict[str, object]:
+    """Full fine-tuning of Qwen2.5-7B over 8 GPUs in each train.fsdp setting (bf16, checkpointing, 1 x `length`);
+    docs/estimate.md prints it."""
+    run = RunShape(micro_batch=1, length=length, supervised_per_sample=length / 2, basis="max_length", padded=False)
+    meta = meta_model_from_config(QWEN25_7B, ModelConfig(name_or_path="Qwen/Qwen2.5-7B", dtype="bf16"))
+    settings = {"zero-3 (default)": FsdpConfig(), "zero-2": FsdpConfig(reshard_after_forward=False),
+                "zero-2 + optimizer": FsdpConfig(reshard_after_forward=False, offload="optimizer"),
+                "zero-3 + params": FsdpConfig(offload="params")}
+    return {label: estimate_memory(meta, QWEN25_7B, run, dtype="bf16", gradient_checkpointing=True, parallel="fsdp",
+                                   world_size=8, memory_bytes=int(79.1 * GIB), fsdp=fsdp)
+            for label, fsdp in settings.items()}
+
+
+def test_fsdp_settings_in_the_estimate():
+    """train.fsdp as the estimate counts it: ZeRO-2 holds every layer's gathered bf16 weights until backward (the
+    difference is exactly the other layers'), optimizer offload takes AdamW's states off the device and puts them,
+    the fp32 shard copies and their gradients in host memory, params offload takes the shards off as well."""
+    zero3, zero2, zero2_opt, zero3_params = qwen7b_fsdp_table().values()
+    layer = sum(p.numel() for n, p in meta_model_from_config(QWEN25_7B, ModelConfig(name_or_path="x")).named_parameters()
+                if ".layers.0." in n)
+    assert zero2.parallel_buffers_bytes - zero3.parallel_buffers_bytes == (QWEN25_7B.num_hidden_layers - 2) * layer * 2
+    assert zero2_opt.optimizer_bytes == 0 and zero2_opt.weights_bytes == zero2.weights_bytes
+    assert zero2_opt.offloaded_bytes == zero2.optimizer_bytes + 2 * zero2.gradients_bytes
+    assert zero2_opt.optimizer_step_bytes == 0 < zero2.optimizer_step_bytes
+    assert zero3_params.weights_bytes == zero3_params.gradients_bytes == zero3_params.optimizer_bytes == 0
+    assert zero3_params.offloaded_bytes == zero3.weights_bytes + zero3.gradients_bytes + zero3.optimizer_bytes
+    assert zero3_params.total_bytes < zero3.total_bytes < zero2.total_bytes
+    assert zero2_opt.total_bytes < zero2.total_bytes and zero3.offloaded_bytes == zero2.offloaded_bytes == 0
+
+
+def test_offloaded_adamw_keeps_the_bytes_the_estimate_moves(tiny_model_dir, tiny_tokenizer):
+    """The optimizer offload as it runs (FSDP2 on a fake 2-rank group): AdamW's states and the fp32 copies it steps
+    are the host bytes the estimate gives, and a step through it equals plain AdamW on the shards."""
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+    from transformers import AutoConfig
+
+    from sftlab.config import build_config
+    from sftlab.train import parallel
+    from sftlab.train.loss import SupervisedTokenNLL
+    from sftlab.train.optim import OffloadedAdamW, build_optimizer
+
+    cfg = build_config({"model": {"name_or_path": str(tiny_model_dir)}, "data": {"train": ["x.jsonl"]},
+                        "train": {"output_dir": "unused", "parallel": "fsdp", "fsdp": {"offload": "optimizer"}}})
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=2)
+    try:
+        engines = [parallel.wrap_model(SupervisedTokenNLL(AutoModelForCausalLM.from_pretrained(tiny_model_dir)),
+                                       "fsdp", parallel.DistInfo(rank=0, world_size=2), torch.float32, cfg.train.fsdp)
+                   for _ in range(2)]
+        offloaded = build_optimizer(engines[0], cfg, torch.device("cpu"))
+        plain = build_optimizer(engines[1], cfg.model_copy(update={"train": cfg.train.model_copy(
+            update={"fsdp": FsdpConfig()})}), torch.device("cpu"))
+        assert isinstance(offloaded, OffloadedAdamW) and not isinstance(plain, OffloadedAdamW)
+        for engine, optimizer in zip(engines, (offloaded, plain), strict=True):
+            torch.manual_seed(0)
+            _one_step(engine, len(tiny_tokenizer))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        assert all(p.grad is None for p in engines[0].parameters())
+        a = [p.to_local() for p in engines[0].parameters()]
+        b = [p.to_local() for p in engines[1].parameters()]
+        assert max((x - y).abs().max().item() for x, y in zip(a, b, strict=True)) <= 1e-6
+        states = sum(v.untyped_storage().nbytes() for st in offloaded.state.values() for v in st.values())
+        copies = sum(p.untyped_storage().nbytes() for g in offloaded.param_groups for p in g["params"])
+    finally:
+        dist.destroy_process_group()
+    meta = meta_model_from_config(AutoConfig.from_pretrained(tiny_model_dir), cfg.model, len(tiny_tokenizer))
+    counts = parameter_bytes(meta, 2, sharded=True)
+    assert states == counts["optimizer_bytes"] and copies == counts["gradients_bytes"]
 
 
 def test_qwen25_7b_table():

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sftlab.config import resolve_batch_sizes
+from sftlab.config import FsdpConfig, resolve_batch_sizes
 from sftlab.data.render import load_tokenizer
 from sftlab.train.attention import resolve_attention, resolve_batching
 from sftlab.train.dataset import load_split
@@ -413,6 +413,7 @@ class MemoryEstimate:
     flops_per_token: float
     world_size: int = 1
     parallel: str = "none"
+    offloaded_bytes: int = 0  # host memory per process holding what train.fsdp.offload moved off the device
     memory_bytes: int | None = None
     max_micro_batch: int | None = None
     fits: bool | None = None
@@ -420,6 +421,31 @@ class MemoryEstimate:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def fsdp_terms(model: Any, counts: dict[str, int], layers: int, half: bool,
+               fsdp: FsdpConfig) -> tuple[dict[str, int], int, int, int]:
+    """FSDP2's part of a device's memory: (parameter terms left on the device, gathered buffers, bytes offloaded
+    to host memory, the optimizer step's device temporaries).
+
+    Gathered (in the compute dtype): the root's parameters (embeddings, final norm, LM head: FSDP2 keeps them from
+    forward to backward), and of the decoder layers the current and the prefetched one (reshard_after_forward
+    true, ZeRO-3) or all of them (false, ZeRO-2: gathered once, kept until backward); plus two layers' unsharded
+    fp32 gradients before their reduce-scatter. offload "params" (CPUOffloadPolicy) moves the parameter shards,
+    their gradients and AdamW's states to host memory, and the step with them; "optimizer" moves AdamW's states,
+    the fp32 shard copies it steps and their gradients."""
+    in_layers = sum(p.numel() for n, p in model.named_parameters() if ".layers." in n)
+    per_layer, root = in_layers / max(layers, 1), counts["params"] - in_layers
+    held = 2 if fsdp.reshard_after_forward else layers
+    buffers = int((held * per_layer + root) * (2 if half else 4) + 2 * per_layer * 4)
+    step_tmp = counts["gradients_bytes"]
+    if fsdp.offload == "params":
+        offloaded = counts["weights_bytes"] + counts["gradients_bytes"] + counts["optimizer_bytes"]
+        return {**counts, "weights_bytes": 0, "gradients_bytes": 0, "optimizer_bytes": 0}, buffers, offloaded, 0
+    if fsdp.offload == "optimizer":
+        offloaded = counts["optimizer_bytes"] + 2 * counts["gradients_bytes"]
+        return {**counts, "optimizer_bytes": 0}, buffers, offloaded, 0
+    return counts, buffers, 0, step_tmp
 
 
 @dataclass
@@ -437,8 +463,10 @@ def estimate_memory(model: Any, model_config: Any, run: RunShape, *, dtype: str 
                     attn_implementation: str = "sdpa", gradient_checkpointing: bool = False,
                     batching: str = "pad", parallel: str = "none", world_size: int = 1,
                     load_in_4bit: bool = False, loss_chunk_size: int | None = None, device_type: str = "cuda",
-                    memory_bytes: int | None = None, fused_ops: bool = False) -> MemoryEstimate:
-    """Per-device memory of the run: exact parameter terms from `model` (meta), formulas for the rest."""
+                    memory_bytes: int | None = None, fused_ops: bool = False,
+                    fsdp: FsdpConfig | None = None) -> MemoryEstimate:
+    """Per-device memory of the run: exact parameter terms from `model` (meta), formulas for the rest.
+    `fsdp`: train.fsdp under parallel fsdp (`fsdp_terms`)."""
     sharded = parallel == "fsdp" and world_size > 1
     counts = parameter_bytes(model, world_size, sharded, load_in_4bit)
     out_head = model.get_output_embeddings()
@@ -464,13 +492,12 @@ def estimate_memory(model: Any, model_config: Any, run: RunShape, *, dtype: str 
         return act, head["peak"], head["full_logits_peak"], recompute
 
     # bf16 autocast keeps a half copy of every weight a matmul reads until backward (fp32 master weights);
-    # FSDP with a bf16 policy gathers half weights per layer instead (the current layer and the prefetched one).
+    # FSDP with a bf16 policy gathers half weights per layer instead (fsdp_terms).
     linear_params = matmul_params(model_config)
-    autocast = 0
-    buffers = 0
+    autocast = buffers = offloaded = 0
+    step_tmp = counts["gradients_bytes"]  # foreach AdamW: one temporary list the size of the trainable shard
     if sharded:
-        per_layer = (counts["params"] - s.vocab * s.hidden * 2) / max(s.layers, 1)
-        buffers = int(2 * per_layer * (2 if half else 4) + 2 * per_layer * 4)  # gathered params + unsharded grads
+        counts, buffers, offloaded, step_tmp = fsdp_terms(model, counts, s.layers, half, fsdp or FsdpConfig())
     elif half and not load_in_4bit:  # weights already stored in half (LoRA's frozen base) need no copy
         autocast = max(linear_params - counts["half_stored_params"], 0) * 2
     if parallel in ("ddp", "none") and world_size > 1:
@@ -478,7 +505,6 @@ def estimate_memory(model: Any, model_config: Any, run: RunShape, *, dtype: str 
     if load_in_4bit:
         # bitsandbytes dequantises one weight at a time into the compute dtype (transient): the largest one
         buffers += max(s.hidden * s.intermediate, s.hidden * s.heads * s.head_dim) * 2
-    step_tmp = counts["gradients_bytes"]  # foreach AdamW: one temporary list the size of the trainable shard
     static = counts["weights_bytes"] + counts["gradients_bytes"] + counts["optimizer_bytes"]
 
     def total(micro: int) -> tuple[int, int, tuple]:
@@ -519,7 +545,7 @@ def estimate_memory(model: Any, model_config: Any, run: RunShape, *, dtype: str 
         basis=run.basis, loss_head_full_logits_bytes=full_head, activations_no_checkpointing_bytes=act_nogc,
         activations_checkpointing_bytes=act_gc, flops_per_token=flops_per_token(model_config, seq),
         world_size=world_size, parallel=parallel, memory_bytes=memory_bytes, max_micro_batch=max_micro,
-        fits=fits, notes=notes)
+        fits=fits, notes=notes, offloaded_bytes=offloaded)
 
 
 # ----------------------------------------------------------------------------------- from a run config
@@ -589,7 +615,7 @@ def estimate_run(cfg: Any, world_size: int = 1, memory_bytes: int | None = None,
                           parallel=cfg.train.parallel, world_size=world_size,
                           load_in_4bit=bool(lora and lora.load_in_4bit), loss_chunk_size=cfg.train.loss_chunk_size,
                           device_type=target, memory_bytes=memory_bytes,
-                          fused_ops=use_fused_ops(cfg.model.fused_ops, torch.device(target)))
+                          fused_ops=use_fused_ops(cfg.model.fused_ops, torch.device(target)), fsdp=cfg.train.fsdp)
     if dtype != cfg.model.dtype:
         est.notes.append(f"model.dtype {cfg.model.dtype}: estimated as {dtype}, what training uses on {gpu or target}")
     return est
