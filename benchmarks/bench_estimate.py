@@ -21,20 +21,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def qwen_table() -> None:
-    from test_estimate import qwen7b_table
+    from test_estimate import qwen7b_fsdp_table, qwen7b_table
 
+    print_table(qwen7b_table(), "")
+    print_table(qwen7b_fsdp_table(), ", full fine-tuning over 8 GPUs by train.fsdp setting")
+
+
+def print_table(rows: dict, what: str) -> None:
     from sftlab.train.estimate import format_gib, rows_for_table
 
-    rows = qwen7b_table()
     labels = [label for label, _ in rows_for_table(next(iter(rows.values())))]
-    print("\nQwen2.5-7B, bf16 autocast, gradient checkpointing, micro-batch 1 x 2048 tokens (GiB per device)")
-    print(f"{'term':40}" + "".join(f"{k:>16}" for k in rows))
+    print(f"\nQwen2.5-7B{what}, bf16 autocast, gradient checkpointing, micro-batch 1 x 2048 tokens (GiB per device)")
+    print(f"{'term':40}" + "".join(f"{k:>20}" for k in rows))
     for i, label in enumerate(labels):
-        print(f"{label:40}" + "".join(f"{format_gib(rows_for_table(e)[i][1]):>16}" for e in rows.values()))
-    print(f"{'total':40}" + "".join(f"{format_gib(e.total_bytes):>16}" for e in rows.values()))
-    print(f"{'fits one H100 80GB':40}" + "".join(f"{str(e.fits):>16}" for e in rows.values()))
-    print(f"{'largest micro-batch (x 2048)':40}" + "".join(f"{e.max_micro_batch:>16}" for e in rows.values()))
-    print(f"{'trainable params':40}" + "".join(f"{e.trainable_params:>16,}" for e in rows.values()))
+        print(f"{label:40}" + "".join(f"{format_gib(rows_for_table(e)[i][1]):>20}" for e in rows.values()))
+    print(f"{'total':40}" + "".join(f"{format_gib(e.total_bytes):>20}" for e in rows.values()))
+    print(f"{'offloaded to host memory (per process)':40}" + "".join(f"{format_gib(e.offloaded_bytes):>20}"
+                                                                      for e in rows.values()))
+    print(f"{'fits one H100 80GB':40}" + "".join(f"{str(e.fits):>20}" for e in rows.values()))
+    print(f"{'largest micro-batch (x 2048)':40}" + "".join(f"{e.max_micro_batch:>20}" for e in rows.values()))
+    print(f"{'trainable params':40}" + "".join(f"{e.trainable_params:>20,}" for e in rows.values()))
 
 
 def demo_probe(probe_steps: int, n_train: int, epochs: float) -> tuple[float, float, dict]:

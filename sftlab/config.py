@@ -6,6 +6,7 @@ Unknown keys and inconsistent values are errors naming the key.
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -135,6 +136,17 @@ class EvalGenerateConfig(Strict):
     batch_size: int = Field(16, gt=0)
 
 
+class FsdpConfig(Strict):
+    """FSDP2 (train.parallel: fsdp) in ZeRO's terms (docs/distributed.md): what stays sharded, what goes to the CPU."""
+
+    # true ≈ ZeRO-3: each layer's parameters are gathered for forward and again for backward; false ≈ ZeRO-2:
+    # gathered once and kept from forward to backward (more memory, one all-gather less per layer and step)
+    reshard_after_forward: bool = True
+    # optimizer: AdamW's states and its step on the CPU (sftlab's, FSDP2 has no optimizer-only offload);
+    # params: FSDP2's CPUOffloadPolicy (parameter shards, gradients and optimizer states on the CPU)
+    offload: Literal["none", "optimizer", "params"] = "none"
+
+
 class TrainConfig(Strict):
     output_dir: str
     loss: Literal["turn", "token", "sequence"] = "turn"
@@ -164,6 +176,7 @@ class TrainConfig(Strict):
     torch_compile: bool = False  # torch.compile the decoder (HF's name); off: CPU 0.96x tiny, 1.07x 512x8 (benchmarks/)
     resume: str | None = None  # "auto" or a checkpoint dir
     parallel: Literal["none", "ddp", "fsdp"] = "none"
+    fsdp: FsdpConfig = FsdpConfig()  # train.parallel: fsdp only
     loss_chunk_size: int | None = Field(None, gt=0)  # supervised positions per loss-head chunk; None: ~64 MiB of fp32 logits on CPU, 256 MiB on CUDA
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = ["tensorboard"]
     wandb: dict[str, Any] = {}  # wandb.init options: project, name, entity, group, tags, mode (offline), notes
@@ -193,6 +206,8 @@ class RunConfig(Strict):
             raise ValueError("train.early_stopping needs train.eval_steps > 0 (it is checked at each eval)")
         if self.train.eval_on_start and not self.data.eval:
             raise ValueError("train.eval_on_start needs an eval set: set data.eval")
+        if self.train.fsdp != FsdpConfig() and self.train.parallel != "fsdp":
+            raise ValueError(f"train.fsdp applies to FSDP2: set train.parallel=fsdp (it is {self.train.parallel!r})")
         return self
 
 
@@ -255,11 +270,43 @@ def _format_validation_error(e: ValidationError, source: str) -> str:
     return f"{source}: key '{key}': {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})"
 
 
+# DeepSpeed / OpenRLHF settings that configs and command lines carry over, and what sftlab (FSDP2) calls them
+ZERO_STAGES = {0: "train.parallel=ddp",
+               1: "train.parallel=fsdp train.fsdp.reshard_after_forward=false (ZeRO-2; FSDP2 has no ZeRO-1)",
+               2: "train.parallel=fsdp train.fsdp.reshard_after_forward=false",
+               3: "train.parallel=fsdp (train.fsdp.reshard_after_forward=true, the default)"}
+_FSDP = "train.parallel=fsdp with train.fsdp.reshard_after_forward / train.fsdp.offload"
+DEEPSPEED_KEYS = {"adam_offload": "train.parallel=fsdp train.fsdp.offload=optimizer",
+                  "offload_optimizer": "train.parallel=fsdp train.fsdp.offload=optimizer",
+                  "offload": "train.parallel=fsdp train.fsdp.offload=params (parameters, gradients and optimizer "
+                             "states on the CPU; train.fsdp.offload=optimizer: AdamW only)",
+                  "offload_param": "train.parallel=fsdp train.fsdp.offload=params",
+                  "deepspeed": _FSDP, "zero_optimization": _FSDP}
+
+
+def _refuse_deepspeed_keys(raw: dict[str, Any], source: str) -> None:
+    """`zero_stage: 2`, `adam_offload: true` and the like (at the top or under train): one line naming sftlab's
+    FSDP2 setting that does the same, instead of "unknown key"."""
+    for where, tree in (("", raw), ("train.", raw.get("train"))):
+        if not isinstance(tree, dict):
+            continue
+        for key, value in tree.items():
+            if key == "zero_stage":
+                use = ZERO_STAGES.get(value, f"{ZERO_STAGES[2]} (ZeRO-2) or {ZERO_STAGES[3]} (ZeRO-3)")
+            elif key in DEEPSPEED_KEYS:
+                use = DEEPSPEED_KEYS[key]
+            else:
+                continue
+            raise ConfigError(f"{source}: {where}{key} is a DeepSpeed / OpenRLHF setting; sftlab shards with FSDP2: "
+                              f"use {use} (docs/distributed.md)")
+
+
 def build_config(raw: dict[str, Any], overrides: list[str] = (), source: str = "config") -> RunConfig:
-    """Validate a config mapping plus overrides; raise ConfigError naming the key."""
-    raw = dict(raw or {})
+    """Validate a config mapping plus overrides; raise ConfigError naming the key. `raw` is not changed."""
+    raw = copy.deepcopy(dict(raw or {}))
     for key, value in parse_overrides(list(overrides)):
         set_dotted(raw, key, value)
+    _refuse_deepspeed_keys(raw, source)
     try:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as e:

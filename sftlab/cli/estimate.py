@@ -73,6 +73,8 @@ def _print(est, gpu: str | None, probe: dict | None) -> None:
                   f"checkpointing {format_gib(est.activations_no_checkpointing_bytes)} / "
                   f"{format_gib(est.activations_checkpointing_bytes)}; full-logits loss head would be "
                   f"{format_gib(est.loss_head_full_logits_bytes)}; {est.flops_per_token / 1e9:.2f} GFLOP/token")
+    if est.offloaded_bytes:
+        console.print(f"train.fsdp.offload: {format_gib(est.offloaded_bytes)} in host memory per process")
     if est.memory_bytes is not None:
         name = gpu or format_gib(est.memory_bytes)
         verdict = "fits" if est.fits else "[red]does NOT fit[/red]"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import typer
@@ -69,18 +70,23 @@ def train(ctx: typer.Context, config: Path = typer.Argument(..., help="YAML conf
         plan_configs(raw, overrides, source=str(config))  # validate every stage before spawning anything
     else:
         cfg = build_config(raw, overrides, source=str(config))
-    if nproc > 1:
-        from sftlab.train.launch import exec_workers  # lazy: start-up
+    from sftlab.train.launch import exec_workers, first_to_report  # lazy: start-up (torch)
 
+    if nproc > 1:
         exec_workers(str(config), overrides, nproc)
     from sftlab.eval.during_training import generation_eval  # lazy: start-up (torch, transformers)
     from sftlab.train.loop import train as run_train
     from sftlab.train.plan import run_plan
 
-    if "stages" in raw:
-        run_plan(raw, overrides, source=str(config), generation_eval=generation_eval)
-    else:
-        run_train(cfg, generation_eval)
+    try:
+        if "stages" in raw:
+            run_plan(raw, overrides, source=str(config), generation_eval=generation_eval)
+        else:
+            run_train(cfg, generation_eval)
+    except UserError as e:
+        if not first_to_report(str(e)):  # a worker of `--nproc`: another rank printed this very line
+            sys.exit(e.exit_code)
+        raise
 
 
 @app.command()

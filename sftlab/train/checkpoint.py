@@ -6,7 +6,8 @@
     RUN/best/, RUN/final/       model files + tokenizer only
 
 Only complete `step-<int>` checkpoints count (the state file is written last); leftovers of a kill in the save
-window (`step-N.tmp`, `step-N.old`) are cleaned up with a line.
+window (`step-N.tmp`, `step-N.old`) are cleaned up with a line, once a resume has passed its checks (a refused
+resume changes nothing): until then `step-N.old` stands in for a missing `step-N`.
 """
 
 from __future__ import annotations
@@ -96,11 +97,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def find_resume_dir(run_dir: Path, resume: str | None) -> Path | None:
-    """`auto`: the newest complete checkpoint in RUN/checkpoints (none: start fresh); else the given dir."""
+    """`auto`: the newest complete checkpoint in RUN/checkpoints, counting the `step-N.old` that
+    `tidy_checkpoints` will restore as step-N (none: start fresh); else the given dir. Read its files from
+    `checkpoint_files(path)` until the tidy has run."""
     if not resume:
         return None
     if resume == "auto":
-        ckpts = complete_checkpoints(run_dir)  # step-<int> with a state file; never step-N.tmp / .old
+        restored = [(int(CHECKPOINT.fullmatch(final.name).group(1)), final)
+                    for final in leftovers(run_dir).values() if final is not None]
+        ckpts = sorted(complete_checkpoints(run_dir) + restored)  # never step-N.tmp
         return ckpts[-1][1] if ckpts else None
     p = Path(resume)
     if not (p / STATE_FILE).exists():
@@ -108,9 +113,16 @@ def find_resume_dir(run_dir: Path, resume: str | None) -> Path | None:
     return p
 
 
+def checkpoint_files(ckpt: Path) -> Path:
+    """Where a checkpoint's files are now: the dir itself, or the `step-N.old` copy a kill left in its place
+    (renamed to step-N by `tidy_checkpoints` when the run goes ahead)."""
+    old = ckpt.with_name(ckpt.name + ".old")
+    return old if not ckpt.exists() and (old / STATE_FILE).is_file() else ckpt
+
+
 def read_state(ckpt: Path) -> dict[str, Any]:
     """A checkpoint's training_state.pt."""
-    return torch.load(ckpt / STATE_FILE, weights_only=False)
+    return torch.load(checkpoint_files(ckpt) / STATE_FILE, weights_only=False)
 
 
 def restore(ckpt: Path, optimizer: Any, scheduler: Any, info: parallel.DistInfo, engine: Any) -> tuple[int, dict]:
@@ -143,15 +155,25 @@ def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
-def tidy_checkpoints(run_dir: Path) -> None:
-    """Deal with what a kill in the save window leaves (rank 0 only): `step-N.old` is the previous complete
-    copy of step-N, renamed back when step-N is missing; `step-N.tmp` (possibly half-written) is removed."""
+def leftovers(run_dir: Path) -> dict[Path, Path | None]:
+    """What a kill in the save window left in RUN/checkpoints: {leftover: the checkpoint it is restored as, or
+    None when it is to be removed}. `step-N.old` is the previous complete copy of step-N (restored when step-N is
+    missing); `step-N.tmp` is possibly half-written."""
+    out: dict[Path, Path | None] = {}
     for p in sorted((run_dir / "checkpoints").glob("step-*")):
         m = LEFTOVER.fullmatch(p.name)
         if m is None:
             continue
         final = p.with_name(f"step-{m.group(1)}")
-        if m.group(2) == "old" and not final.exists() and (p / STATE_FILE).is_file():
+        restorable = m.group(2) == "old" and not final.exists() and (p / STATE_FILE).is_file()
+        out[p] = final if restorable else None
+    return out
+
+
+def tidy_checkpoints(run_dir: Path) -> None:
+    """Deal with what a kill in the save window left (`leftovers`; rank 0 only, once the run goes ahead)."""
+    for p, final in leftovers(run_dir).items():
+        if final is not None:
             p.rename(final)
             print(f"checkpoints: restored {final.name} from {p.name} (left by a kill while saving)")
         else:

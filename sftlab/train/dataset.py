@@ -23,6 +23,7 @@ from sftlab.data.records import task_channels, write_jsonl
 from sftlab.data.render import RenderReport, load_tokenizer
 from sftlab.data.store import RenderSettings, StoreSamples, build_or_open, tokenizer_hash
 from sftlab.errors import UserError
+from sftlab.io import write_text
 
 
 @dataclass
@@ -41,6 +42,7 @@ class DataSet:
     task_names: list[str] = field(default_factory=list)
     weights: np.ndarray | None = None  # per-sample task weight (train.task_weights); None: all 1
     supervised: np.ndarray | None = None  # per-sample predicted (supervised, shifted) tokens
+    rejects: list[dict[str, Any]] = field(default_factory=list)  # records rendering refused (record_in_run_dir)
 
     def task_types(self) -> list[str]:
         """Each sample's task_type."""
@@ -53,11 +55,12 @@ def render_settings(cfg: RunConfig) -> RenderSettings:
                           on_error=cfg.data.on_error, extra_roles=tuple(cfg.data.extra_roles))
 
 
-def load_split(sources: list, cfg: RunConfig, tokenizer: Any, run_dir: Path | None, name: str,
-               is_main: bool, channels: list[str] | None = None) -> DataSet:
+def load_split(sources: list, cfg: RunConfig, tokenizer: Any, name: str, is_main: bool,
+               channels: list[str] | None = None) -> DataSet:
     """Open the rendered store of every source (local rank 0 renders what the cache lacks, the node's other
-    ranks wait for it and map the same files); rejects go to RUN/rejects-<name>.jsonl, the stores used to
-    RUN/data_cache.json. `channels`: the training split's channels, for an eval split (its own follow them)."""
+    ranks wait for it and map the same files). Nothing is written into the run dir here: `record_in_run_dir`
+    does that once every start-up check has passed (a refused start leaves the dir as it was).
+    `channels`: the training split's channels, for an eval split (its own follow them)."""
     opened, rows_per_source = _open_sources(sources, cfg, tokenizer, name)
     stores = [o.store for o in opened]
     store_of = np.repeat(np.arange(len(stores), dtype=np.int16), [len(p) for p in rows_per_source])
@@ -79,8 +82,6 @@ def load_split(sources: list, cfg: RunConfig, tokenizer: Any, run_dir: Path | No
         print(f"[{name}] {sum(x['records'] for x in m)} records: {report.summary()}")
         for c in cache:
             print(f"[{name}] {c['path']}: {'cache hit' if c['hit'] else 'rendered'} {c['store']}")
-        if run_dir is not None:
-            _record_in_run_dir(run_dir, name, rejects, cache)
     if not any(x["records"] for x in m):
         raise UserError(f"data.{name}: no records to train on")
     if not len(rows):
@@ -97,7 +98,7 @@ def load_split(sources: list, cfg: RunConfig, tokenizer: Any, run_dir: Path | No
                "truncated": report.truncated, "history_truncated": report.history_truncated,
                "exchanges_dropped": report.exchanges_dropped, "rejected": len(rejects), "cache": cache}
     return DataSet(StoreSamples(stores, store_of, rows), channels, _channel_matrix(a.task_names, a.task_codes, channels),
-                   a.denoms, a.lengths, summary, a.task_codes, a.task_names, supervised=a.predicted)
+                   a.denoms, a.lengths, summary, a.task_codes, a.task_names, supervised=a.predicted, rejects=rejects)
 
 
 def _open_sources(sources: list, cfg: RunConfig, tokenizer: Any, name: str) -> tuple[list, list[np.ndarray]]:
@@ -153,15 +154,15 @@ def _per_sample_arrays(stores: list, store_of: np.ndarray, rows: np.ndarray) -> 
     return out
 
 
-def _record_in_run_dir(run_dir: Path, name: str, rejects: list, cache: list[dict[str, Any]]) -> None:
-    """RUN/rejects-<name>.jsonl (nothing is dropped silently) and the stores used, in RUN/data_cache.json."""
-    if rejects:
-        write_jsonl(rejects, run_dir / f"rejects-{name}.jsonl")
-        print(f"[{name}] {len(rejects)} rejected records written to {run_dir / f'rejects-{name}.jsonl'}")
-    used = run_dir / "data_cache.json"
-    record = json.loads(used.read_text(encoding="utf-8")) if name != "train" and used.exists() else {}
-    record[name] = cache
-    used.write_text(json.dumps(record, indent=1), encoding="utf-8")
+def record_in_run_dir(run_dir: Path, splits: dict[str, DataSet | None]) -> None:
+    """RUN/rejects-<split>.jsonl (nothing is dropped silently) and the stores each split used, in
+    RUN/data_cache.json (rank 0, once the run goes ahead)."""
+    for name, data in splits.items():
+        if data is not None and data.rejects:
+            write_jsonl(data.rejects, run_dir / f"rejects-{name}.jsonl")
+            print(f"[{name}] {len(data.rejects)} rejected records written to {run_dir / f'rejects-{name}.jsonl'}")
+    record = {name: data.summary["cache"] for name, data in splits.items() if data is not None}
+    write_text(json.dumps(record, indent=1), run_dir / "data_cache.json")
 
 
 def _channel_matrix(task_names: list[str], task_codes: np.ndarray, channels: list[str]) -> torch.Tensor:

@@ -7,8 +7,9 @@ The estimate describes the run `sftlab train` would do with the same config (doc
                                            FSDP's per-rank shard (dim 0 padded to a multiple of the world size)
     activations                            the tensors autograd saves for backward in one forward of one
                                            micro-batch, per decoder layer, for HF Llama-style blocks (Llama,
-                                           Qwen2, Mistral) and the attention backend (sdpa keeps q/k/v/out and
-                                           the log-sum-exp; eager keeps the softmax probabilities)
+                                           Qwen2, Mistral) and the attention kernel that runs (attention_saves:
+                                           sdpa's CPU flash / CUDA flash / memory-efficient / math kernels,
+                                           sdpa_varlen, flex, flash-attn, eager)
     loss head                              sftlab's supervised-only chunked logits (sftlab/train/loss.py), and
                                            the full-logits head for comparison
     transients and margin                  the recompute of one layer under gradient checkpointing, bf16 weight
@@ -29,9 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from sftlab.config import resolve_batch_sizes
+from sftlab.config import FsdpConfig, resolve_batch_sizes
 from sftlab.data.render import load_tokenizer
-from sftlab.train.attention import resolve_batching
+from sftlab.train.attention import resolve_attention, resolve_batching
 from sftlab.train.dataset import load_split
 from sftlab.train.fused_ops import use_fused_ops
 from sftlab.train.loss import chunk_rows
@@ -73,6 +74,7 @@ class Shape:
     head_dim: int
     intermediate: int
     vocab: int
+    attention_dropout: float = 0.0
 
     @classmethod
     def of(cls, config: Any) -> Shape:
@@ -80,7 +82,8 @@ class Shape:
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         return cls(hidden=config.hidden_size, layers=config.num_hidden_layers, heads=heads,
                    kv_heads=getattr(config, "num_key_value_heads", None) or heads, head_dim=head_dim,
-                   intermediate=config.intermediate_size, vocab=config.vocab_size)
+                   intermediate=config.intermediate_size, vocab=config.vocab_size,
+                   attention_dropout=float(getattr(config, "attention_dropout", 0.0) or 0.0))
 
 
 # ----------------------------------------------------------------------------------------- activations
@@ -88,8 +91,8 @@ class Shape:
 
 def attention_mask_kind(attn_implementation: str, batching: str, padded: bool) -> str | None:
     """The 4-D attention mask a micro-batch carries: "bool" (sdpa) or "float" (eager) [rows, 1, L, L] when
-    samples share a row (padfree, pack) or rows are padded; None for flash / flex (position ids only) and for
-    unpadded rows (causal attention needs no mask)."""
+    samples share a row (padfree, pack) or rows are padded; None for flash / flex / sdpa_varlen (position ids
+    or sample boundaries only) and for unpadded rows (causal attention needs no mask)."""
     if attn_implementation not in ("sdpa", "eager"):
         return None
     if batching in ("padfree", "pack") or padded:
@@ -102,9 +105,90 @@ def _layout(batch: int, length: int, batching: str) -> tuple[int, int]:
     return (1, batch * length) if batching == "padfree" else (batch, length)
 
 
+@dataclass(frozen=True)
+class AttentionSaves:
+    """What one layer's attention keeps for backward (`attention_saves`), beyond the layer's own q/k/v
+    projections' inputs. Measured per kernel with saved_tensors_hooks (tests/test_estimate.py)."""
+
+    kernel: str  # flash | efficient | flash_cpu | math | eager | flex | flash_attention_2 (the one that runs)
+    span: int  # keys each query sees at most: the row, or one sample's span under sdpa_varlen
+    k_heads: int  # heads k is kept at: its own (the kernel groups them) or every query head (repeated copies)
+    v_heads: int
+    probs: bool  # keeps the [heads, row] probabilities per token (math, eager); else one log-sum-exp per head
+    mask_copy: bool  # keeps its own copy of the [rows, 1, L, L] mask in the compute dtype (fused sdpa kernels)
+    out_copy: bool  # o_proj reads a second copy of the output (sdpa_varlen's concatenation of the spans)
+
+
+def sdpa_backend(device_type: str, masked: bool, half: bool, head_dim: int, dropout: float) -> str:
+    """The kernel torch's scaled_dot_product_attention picks (torch 2.13's priority order and checks):
+    CPU: its flash kernel (any dtype, with or without a mask) unless dropout > 0 (math);
+    CUDA: flash (or cuDNN on H100/B200: the same saved set) for half precision without a mask, else the
+    memory-efficient kernel (fp32, masks) where the head size is aligned, else math."""
+    if device_type != "cuda":
+        return "math" if dropout > 0 else "flash_cpu"
+    if not masked and half and head_dim <= 256:
+        return "flash"
+    return "efficient" if head_dim % (8 if half else 4) == 0 else "math"
+
+
+def attention_saves(attn_implementation: str, device_type: str, s: Shape, *, masked: bool, half: bool,
+                    rows: int, row_len: int, span: int | None) -> AttentionSaves:
+    """Which kernel runs for `attn_implementation` on the device, and what it keeps.
+
+    `masked`: the micro-batch carries a 4-D mask (sdpa / eager layouts, `attention_mask_kind`). `span`: rows hold
+    several samples of up to `span` tokens, which sdpa_varlen attends one by one (None: one sample per row).
+    Grouped-query k/v: sdpa gets `enable_gqa` from transformers only without a mask, flex only when the head count
+    is a power of two; otherwise transformers' repeat_kv expands them, a copy unless there is one k/v head (then
+    the expansion is a view the fused kernels read as it is). eager's and math's batched matmuls copy an expanded
+    single head too, unless the batch is one row (torch folds [rows, heads] into one batch dimension)."""
+    nh, kvh = s.heads, s.kv_heads
+    repeated = nh if 1 < kvh < nh else kvh  # what transformers' repeat_kv leaves in memory
+    matmul = kvh if kvh == 1 and rows == 1 else nh  # what a batched matmul keeps of it
+    if attn_implementation == "eager":
+        return AttentionSaves("eager", row_len, matmul, matmul, probs=True, mask_copy=False, out_copy=False)
+    if attn_implementation == "flex_attention":
+        heads = kvh if nh & (nh - 1) == 0 else repeated
+        return AttentionSaves("flex", row_len, heads, heads, probs=False, mask_copy=False, out_copy=False)
+    if attn_implementation.startswith("flash_attention"):
+        return AttentionSaves("flash_attention_2", row_len, kvh, kvh, probs=False, mask_copy=False, out_copy=False)
+    per_span = attn_implementation == "sdpa_varlen" and span is not None
+    masked = masked and not per_span
+    kernel = sdpa_backend(device_type, masked, half, s.head_dim, s.attention_dropout)
+    length = span if per_span else row_len
+    if kernel == "math":  # k is scaled (a copy); without a mask math expands grouped k/v itself (copies)
+        return AttentionSaves("math", length, nh, matmul if masked else nh, probs=True, mask_copy=False,
+                              out_copy=False)
+    heads = repeated if masked else kvh
+    return AttentionSaves(kernel, length, heads, heads, probs=False, mask_copy=masked, out_copy=per_span)
+
+
+def attention_bytes(a: AttentionSaves, s: Shape, tokens: int, e: int, device_type: str) -> int:
+    """Saved bytes of one layer's attention call (`e`: bytes per element of the compute dtype).
+
+    fused kernels (flash, efficient, flash_cpu, flex, flash-attn): q, k, v, the output (laid out as o_proj reads
+    it: no copy) and an fp32 log-sum-exp per head; the memory-efficient kernel pads it to 32 positions and its
+    mask copy to 16 columns. math: q, k, v upcast to fp32 (torch keeps half inputs in fp32 there), the fp32
+    probabilities, o_proj's copy of the output. eager: q, k, v, fp32 probabilities (+ the half copy the matmul
+    reads under autocast), o_proj's copy. Dropout adds the dropped probabilities and their mask."""
+    q, nh, rows, span = s.heads * s.head_dim, s.heads, tokens // a.span, a.span  # rows: kernel calls
+    kv = (a.k_heads + a.v_heads) * s.head_dim
+    entries = tokens * nh * span  # probabilities: [rows, heads, L, L]
+    dropout = s.attention_dropout > 0
+    if a.kernel == "math":
+        return tokens * (q + kv) * 4 + entries * (4 + (8 if dropout else 0)) + tokens * q * e
+    if a.kernel == "eager":
+        probs = entries * (4 + (e if e == 2 else 0) + (2 * e if dropout else 0))
+        return tokens * (2 * q + kv) * e + probs
+    out = tokens * q * e * (2 if a.out_copy else 1)
+    efficient = a.kernel == "efficient" and device_type == "cuda"
+    lse = rows * nh * (-(-span // 32) * 32 if efficient else span) * 4
+    mask = rows * span * (-(-span // 16) * 16 if efficient else span) * e if a.mask_copy else 0
+    return tokens * (q + kv) * e + out + lse + mask
+
+
 def estimate_activations(model_config: Any, batch: int, length: int, gradient_checkpointing: bool = False,
                          attn_implementation: str = "sdpa", *, batching: str = "pad", dtype: str = "fp32",
-                         padded: bool = False, fused_ops: bool = False) -> int:
+                         padded: bool = False, fused_ops: bool = False, device_type: str = "cpu") -> int:
     """Bytes autograd saves for backward during the forward of one micro-batch of `batch` × `length` tokens,
     from the input embedding to the final norm (the loss head is `estimate_loss_head`; the batch's own
     tensors are `estimate_batch_inputs`).
@@ -113,12 +197,12 @@ def estimate_activations(model_config: Any, batch: int, length: int, gradient_ch
     tokens (attention cost and mask then grow with the row). `padded`: pad mode with padding (a mask exists).
     `dtype` bf16/fp16 means fp32 weights under autocast, as sftlab trains: linear inputs are saved as half
     copies, norms and the residual stream stay fp32. `fused_ops` (`model.fused_ops`, train/fused_ops.py): each
-    RMSNorm saves its normalised input and 1/rms, not its input as well.
+    RMSNorm saves its normalised input and 1/rms, not its input as well. `device_type`: which attention kernel
+    runs (`attention_saves`).
     """
     s = Shape.of(model_config)
     rows, row_len = _layout(batch, length, batching)
     tokens = rows * row_len
-    mask = attention_mask_kind(attn_implementation, batching, padded)
     final_norm = tokens * ((1 if fused_ops else 2) * s.hidden * 4 + 4)  # (input and) normalised input, 1/rms
     ids = tokens * 8  # input ids (embedding backward)
     if gradient_checkpointing:
@@ -126,41 +210,34 @@ def estimate_activations(model_config: Any, batch: int, length: int, gradient_ch
         # and the mask reach the layers as keyword arguments, held by the checkpoint (see estimate_batch_inputs).
         return s.layers * tokens * s.hidden * 4 + final_norm + ids
     rotary = 2 * tokens * s.head_dim * 4  # cos / sin, computed once, saved by every layer (one tensor each)
-    layer = layer_activation_bytes(s, tokens, row_len, attn_implementation, mask is not None,
-                                   dtype in ("bf16", "fp16"), fused_ops)
+    attn = layer_attention(attn_implementation, device_type, s, batch, length, batching, padded, dtype)
+    layer = layer_activation_bytes(s, tokens, attn, dtype in ("bf16", "fp16"), fused_ops, device_type)
     return s.layers * layer + final_norm + ids + rotary
 
 
-def layer_activation_bytes(s: Shape, tokens: int, row_len: int, attn_implementation: str, masked: bool,
-                           half: bool, fused_ops: bool = False) -> int:
+def layer_attention(attn_implementation: str, device_type: str, s: Shape, batch: int, length: int,
+                    batching: str, padded: bool, dtype: str) -> AttentionSaves:
+    """`attention_saves` for a micro-batch of `batch` samples under `batching`."""
+    masked = attention_mask_kind(attn_implementation, batching, padded) is not None
+    rows, row_len = _layout(batch, length, batching)
+    # padfree: the samples of the row; pack: rows of several samples, at most the row (an upper bound)
+    span = length if batching == "padfree" and batch > 1 else row_len if batching == "pack" else None
+    return attention_saves(attn_implementation, device_type, s, masked=masked, half=dtype in ("bf16", "fp16"),
+                           rows=rows, row_len=row_len, span=span)
+
+
+def layer_activation_bytes(s: Shape, tokens: int, attn: AttentionSaves, half: bool,
+                           fused_ops: bool = False, device_type: str = "cpu") -> int:
     """Saved bytes of one decoder layer (HF Llama-style: RMSNorm, rotary attention, SwiGLU MLP)."""
-    h, kv, nh, d, inter = s.hidden, s.kv_heads * s.head_dim, s.heads, s.head_dim, s.intermediate
-    q = nh * d
+    h, inter = s.hidden, s.intermediate
     e = 2 if half else 4
-    rows = tokens // row_len
-    # Two RMSNorms: input and normalised input (fp32; fused: the normalised input only), 1/rms; their output
-    # feeds the projections.
-    norms = tokens * 2 * ((1 if fused_ops else 2) * h * 4 + 4 + h * 4)
-    if half:  # autocast saves the half copy of the norm output that the projections consume
-        norms += tokens * 2 * h * e
+    # Two RMSNorms: input and normalised input (fp32; fused: the normalised input only), 1/rms; their output as
+    # the projections keep it: fp32 once, or under autocast a half copy per projection that reads it (q, k, v
+    # and gate, up: autocast caches casts of weights only).
+    norms = tokens * (2 * ((1 if fused_ops else 2) * h * 4 + 4) + (5 * h * e if half else 2 * h * 4))
     # MLP: gate output (SiLU input), SiLU output, up output, their product (down_proj input).
     mlp = tokens * 4 * inter * e
-    if attn_implementation == "eager":
-        # q, k and v (k/v repeated to all heads when grouped), softmax probabilities [heads, L] per token
-        # (fp32 under autocast: HF's eager softmax runs in fp32, then a half copy feeds the matmul),
-        # and the re-laid-out output that o_proj reads. The additive mask is not saved (an add needs none).
-        kv_saved = 2 * q if s.kv_heads != s.heads else 2 * kv
-        probs = nh * row_len * (4 + (e if half else 0))
-        attn = tokens * ((q + kv_saved) * e + probs + q * e)
-    else:
-        # sdpa (flash / memory-efficient kernels): q, k, v, output, log-sum-exp. With a mask, transformers
-        # repeats k/v to all heads before the kernel (no enable_gqa), and the kernel keeps its own float copy
-        # of the mask per layer [rows, 1, L, L] (measured on CPU); without one the kernel groups k/v itself.
-        kv_saved = 2 * q if (masked and s.kv_heads != s.heads) else 2 * kv
-        attn = tokens * ((q + kv_saved + q) * e + nh * 4)
-        if masked:
-            attn += rows * row_len * row_len * 4
-    return norms + attn + mlp
+    return norms + attention_bytes(attn, s, tokens, e, device_type) + mlp
 
 
 def estimate_batch_inputs(model_config: Any, batch: int, length: int, gradient_checkpointing: bool = False,
@@ -336,6 +413,7 @@ class MemoryEstimate:
     flops_per_token: float
     world_size: int = 1
     parallel: str = "none"
+    offloaded_bytes: int = 0  # host memory per process holding what train.fsdp.offload moved off the device
     memory_bytes: int | None = None
     max_micro_batch: int | None = None
     fits: bool | None = None
@@ -343,6 +421,31 @@ class MemoryEstimate:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def fsdp_terms(model: Any, counts: dict[str, int], layers: int, half: bool,
+               fsdp: FsdpConfig) -> tuple[dict[str, int], int, int, int]:
+    """FSDP2's part of a device's memory: (parameter terms left on the device, gathered buffers, bytes offloaded
+    to host memory, the optimizer step's device temporaries).
+
+    Gathered (in the compute dtype): the root's parameters (embeddings, final norm, LM head: FSDP2 keeps them from
+    forward to backward), and of the decoder layers the current and the prefetched one (reshard_after_forward
+    true, ZeRO-3) or all of them (false, ZeRO-2: gathered once, kept until backward); plus two layers' unsharded
+    fp32 gradients before their reduce-scatter. offload "params" (CPUOffloadPolicy) moves the parameter shards,
+    their gradients and AdamW's states to host memory, and the step with them; "optimizer" moves AdamW's states,
+    the fp32 shard copies it steps and their gradients."""
+    in_layers = sum(p.numel() for n, p in model.named_parameters() if ".layers." in n)
+    per_layer, root = in_layers / max(layers, 1), counts["params"] - in_layers
+    held = 2 if fsdp.reshard_after_forward else layers
+    buffers = int((held * per_layer + root) * (2 if half else 4) + 2 * per_layer * 4)
+    step_tmp = counts["gradients_bytes"]
+    if fsdp.offload == "params":
+        offloaded = counts["weights_bytes"] + counts["gradients_bytes"] + counts["optimizer_bytes"]
+        return {**counts, "weights_bytes": 0, "gradients_bytes": 0, "optimizer_bytes": 0}, buffers, offloaded, 0
+    if fsdp.offload == "optimizer":
+        offloaded = counts["optimizer_bytes"] + 2 * counts["gradients_bytes"]
+        return {**counts, "optimizer_bytes": 0}, buffers, offloaded, 0
+    return counts, buffers, 0, step_tmp
 
 
 @dataclass
@@ -360,8 +463,10 @@ def estimate_memory(model: Any, model_config: Any, run: RunShape, *, dtype: str 
                     attn_implementation: str = "sdpa", gradient_checkpointing: bool = False,
                     batching: str = "pad", parallel: str = "none", world_size: int = 1,
                     load_in_4bit: bool = False, loss_chunk_size: int | None = None, device_type: str = "cuda",
-                    memory_bytes: int | None = None, fused_ops: bool = False) -> MemoryEstimate:
-    """Per-device memory of the run: exact parameter terms from `model` (meta), formulas for the rest."""
+                    memory_bytes: int | None = None, fused_ops: bool = False,
+                    fsdp: FsdpConfig | None = None) -> MemoryEstimate:
+    """Per-device memory of the run: exact parameter terms from `model` (meta), formulas for the rest.
+    `fsdp`: train.fsdp under parallel fsdp (`fsdp_terms`)."""
     sharded = parallel == "fsdp" and world_size > 1
     counts = parameter_bytes(model, world_size, sharded, load_in_4bit)
     out_head = model.get_output_embeddings()
@@ -372,7 +477,8 @@ def estimate_memory(model: Any, model_config: Any, run: RunShape, *, dtype: str 
 
     def dynamic(micro: int) -> tuple[int, int, int, int]:
         act = estimate_activations(model_config, micro, run.length, gradient_checkpointing, attn_implementation,
-                                   batching=batching, dtype=dtype, padded=run.padded, fused_ops=fused_ops)
+                                   batching=batching, dtype=dtype, padded=run.padded, fused_ops=fused_ops,
+                                   device_type=device_type)
         act += estimate_batch_inputs(model_config, micro, run.length, gradient_checkpointing, attn_implementation,
                                      batching=batching, padded=run.padded)
         sup = int(math.ceil(micro * run.supervised_per_sample))
@@ -381,18 +487,17 @@ def estimate_memory(model: Any, model_config: Any, run: RunShape, *, dtype: str 
         recompute = 0
         if gradient_checkpointing:  # backward recomputes one layer at a time: its saved tensors come back
             rows, row_len = _layout(micro, run.length, batching)
-            masked = attention_mask_kind(attn_implementation, batching, run.padded) is not None
-            recompute = layer_activation_bytes(s, rows * row_len, row_len, attn_implementation, masked, half)
+            attn = layer_attention(attn_implementation, device_type, s, micro, run.length, batching, run.padded, dtype)
+            recompute = layer_activation_bytes(s, rows * row_len, attn, half, fused_ops, device_type)
         return act, head["peak"], head["full_logits_peak"], recompute
 
     # bf16 autocast keeps a half copy of every weight a matmul reads until backward (fp32 master weights);
-    # FSDP with a bf16 policy gathers half weights per layer instead (the current layer and the prefetched one).
+    # FSDP with a bf16 policy gathers half weights per layer instead (fsdp_terms).
     linear_params = matmul_params(model_config)
-    autocast = 0
-    buffers = 0
+    autocast = buffers = offloaded = 0
+    step_tmp = counts["gradients_bytes"]  # foreach AdamW: one temporary list the size of the trainable shard
     if sharded:
-        per_layer = (counts["params"] - s.vocab * s.hidden * 2) / max(s.layers, 1)
-        buffers = int(2 * per_layer * (2 if half else 4) + 2 * per_layer * 4)  # gathered params + unsharded grads
+        counts, buffers, offloaded, step_tmp = fsdp_terms(model, counts, s.layers, half, fsdp or FsdpConfig())
     elif half and not load_in_4bit:  # weights already stored in half (LoRA's frozen base) need no copy
         autocast = max(linear_params - counts["half_stored_params"], 0) * 2
     if parallel in ("ddp", "none") and world_size > 1:
@@ -400,7 +505,6 @@ def estimate_memory(model: Any, model_config: Any, run: RunShape, *, dtype: str 
     if load_in_4bit:
         # bitsandbytes dequantises one weight at a time into the compute dtype (transient): the largest one
         buffers += max(s.hidden * s.intermediate, s.hidden * s.heads * s.head_dim) * 2
-    step_tmp = counts["gradients_bytes"]  # foreach AdamW: one temporary list the size of the trainable shard
     static = counts["weights_bytes"] + counts["gradients_bytes"] + counts["optimizer_bytes"]
 
     def total(micro: int) -> tuple[int, int, tuple]:
@@ -426,9 +530,11 @@ def estimate_memory(model: Any, model_config: Any, run: RunShape, *, dtype: str 
     if load_in_4bit:
         notes.append("QLoRA: nf4 base weights without double quantisation, as sftlab configures bitsandbytes")
     act_gc = estimate_activations(model_config, run.micro_batch, run.length, True, attn_implementation,
-                                  batching=batching, dtype=dtype, padded=run.padded, fused_ops=fused_ops)
+                                  batching=batching, dtype=dtype, padded=run.padded, fused_ops=fused_ops,
+                                  device_type=device_type)
     act_nogc = estimate_activations(model_config, run.micro_batch, run.length, False, attn_implementation,
-                                    batching=batching, dtype=dtype, padded=run.padded, fused_ops=fused_ops)
+                                    batching=batching, dtype=dtype, padded=run.padded, fused_ops=fused_ops,
+                                    device_type=device_type)
     seq = run.micro_batch * run.length if batching == "padfree" else run.length
     return MemoryEstimate(
         weights_bytes=counts["weights_bytes"], gradients_bytes=counts["gradients_bytes"],
@@ -439,7 +545,7 @@ def estimate_memory(model: Any, model_config: Any, run: RunShape, *, dtype: str 
         basis=run.basis, loss_head_full_logits_bytes=full_head, activations_no_checkpointing_bytes=act_nogc,
         activations_checkpointing_bytes=act_gc, flops_per_token=flops_per_token(model_config, seq),
         world_size=world_size, parallel=parallel, memory_bytes=memory_bytes, max_micro_batch=max_micro,
-        fits=fits, notes=notes)
+        fits=fits, notes=notes, offloaded_bytes=offloaded)
 
 
 # ----------------------------------------------------------------------------------- from a run config
@@ -485,11 +591,13 @@ def estimate_run(cfg: Any, world_size: int = 1, memory_bytes: int | None = None,
         here.type if here is not None else "cpu")
     dtype = estimate_dtype(cfg.model.dtype, target, gpu)
     batching = resolve_batching(cfg.data.batching, cfg.model.attn_implementation, torch.device(target))
+    # the kernel training loads there (auto: sdpa for pad, else flash-attn / flex on CUDA, sdpa_varlen on CPU)
+    attn = resolve_attention(cfg.model.attn_implementation, batching, torch.device(target))
     if data is None and use_data and all(Path(s.path).exists() for s in cfg.data.train):
         tok = load_tokenizer(cfg.model.name_or_path, cfg.model.chat_template, cfg.model.special_tokens,
                              cfg.model.eot_token)
         vocab_size = len(tok)
-        data = load_split(cfg.data.train, cfg, tok, None, "train", is_main=False)
+        data = load_split(cfg.data.train, cfg, tok, "train", is_main=False)
     if data is not None and len(data.lengths):
         run = data_run_shape(data.lengths, data.supervised, micro, batching)
     else:
@@ -502,12 +610,12 @@ def estimate_run(cfg: Any, world_size: int = 1, memory_bytes: int | None = None,
     config = model.config if not hasattr(model, "get_base_model") else model.get_base_model().config
     lora = cfg.model.lora
     est = estimate_memory(model, config, run, dtype=dtype,
-                          attn_implementation=cfg.model.attn_implementation,
+                          attn_implementation=attn,
                           gradient_checkpointing=cfg.train.gradient_checkpointing, batching=batching,
                           parallel=cfg.train.parallel, world_size=world_size,
                           load_in_4bit=bool(lora and lora.load_in_4bit), loss_chunk_size=cfg.train.loss_chunk_size,
                           device_type=target, memory_bytes=memory_bytes,
-                          fused_ops=use_fused_ops(cfg.model.fused_ops, torch.device(target)))
+                          fused_ops=use_fused_ops(cfg.model.fused_ops, torch.device(target)), fsdp=cfg.train.fsdp)
     if dtype != cfg.model.dtype:
         est.notes.append(f"model.dtype {cfg.model.dtype}: estimated as {dtype}, what training uses on {gpu or target}")
     return est

@@ -4,14 +4,25 @@ worker (a user error it printed in one line) ends it with that worker's exit cod
 ChildFailedError traceback (kept under --debug / SFTLAB_DEBUG=1).
 
 torchrun forwards the signal to the workers, which finish the step, save a checkpoint and exit (see
-parallel.install_stop_handlers); torchrun waits for them (30 s, then SIGKILL)."""
+parallel.install_stop_handlers); torchrun waits for them (30 s, then SIGKILL).
+
+A user error that several workers hit (a run dir that is not empty, a setting every rank checks) is printed once:
+the first worker to report a message claims it in a directory the launcher creates (`first_to_report`); the others
+exit with the same code, quietly. A worker whose error differs still prints its own."""
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
+from pathlib import Path
 from typing import NoReturn
+
+ERRORS_DIR = "SFTLAB_RANK_ERRORS"  # env: where the workers of one launch claim the error lines they print
 
 
 def exec_workers(config: str, overrides: list[str], nproc: int) -> NoReturn:
@@ -22,16 +33,49 @@ def exec_workers(config: str, overrides: list[str], nproc: int) -> NoReturn:
     env = dict(os.environ)
     if "--debug" in sys.argv:  # the CLI removed --debug from the arguments: the workers and launcher get it here
         env["SFTLAB_DEBUG"] = "1"
+    env[ERRORS_DIR] = tempfile.mkdtemp(prefix="sftlab-rank-errors-")  # removed by `main` when torchrun ends
     os.execve(sys.executable, cmd, env)
 
 
+def first_to_report(message: str) -> bool:
+    """Whether this worker prints `message`: False when another worker of the same `--nproc` launch already has
+    (each distinct message is claimed once, atomically, by creating a file named after it). True outside such a
+    launch, and under --debug (every rank's traceback)."""
+    where = os.environ.get(ERRORS_DIR)
+    if not where or os.environ.get("SFTLAB_DEBUG") == "1":
+        return True
+    claim = Path(where) / hashlib.sha256(message.encode("utf-8")).hexdigest()[:32]
+    try:
+        fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    except OSError:  # the launcher's directory is gone or unwritable: printing twice beats printing nothing
+        return True
+    os.write(fd, os.environ.get("RANK", "?").encode())
+    os.close(fd)
+    return True
+
+
 def main(argv: list[str] | None = None) -> None:
-    """torchrun with one-line endings (see the module docstring)."""
+    """torchrun with one-line endings (see the module docstring); the workers' error claims go with it."""
+    try:
+        _torchrun(argv)
+    finally:
+        if os.environ.get(ERRORS_DIR):
+            shutil.rmtree(os.environ[ERRORS_DIR], ignore_errors=True)
+
+
+def _torchrun(argv: list[str] | None) -> None:
+    debug = "--debug" in (argv if argv is not None else sys.argv) or os.environ.get("SFTLAB_DEBUG") == "1"
+    if not debug:  # torchrun's log lines (one per worker it stops, one per failure) say what the line below says
+        os.environ.setdefault("LOGLEVEL", "CRITICAL")
     # lazy: torch; `exec_workers` runs in the CLI process, which must not import it
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun_main
 
+    if not debug:
+        logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     try:
         torchrun_main(argv)
     except SignalException as e:
@@ -45,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"sftlab: workers stopped by a signal (exit {code}); continue with train.resume=auto",
                   file=sys.stderr)
             sys.exit(code)
-        if "--debug" in (argv if argv is not None else sys.argv) or os.environ.get("SFTLAB_DEBUG") == "1":
+        if debug:
             raise
         # the failed worker printed its own one-line error (or traceback under --debug) above; torchrun's
         # ChildFailedError traceback and failure table would bury it

@@ -156,7 +156,7 @@ def _start(run: Run, model: Any) -> Trainer:
     RNG and early-stopping state) when resuming."""
     cfg = run.config
     engine = parallel.wrap_model(SupervisedTokenNLL(model, cfg.train.loss_chunk_size), cfg.train.parallel, run.dist,
-                                 DTYPES[cfg.model.dtype])
+                                 DTYPES[cfg.model.dtype], cfg.train.fsdp)
     engine.train()
     optimizer = build_optimizer(engine, cfg, run.device)
     scheduler = build_scheduler(optimizer, cfg, run.total_steps)
@@ -432,6 +432,7 @@ def evaluate(engine: Any, data: DataSet, cfg: RunConfig, info: parallel.DistInfo
         stats = run_micro_batches(engine, data, micro, 1.0, cfg, info, pad_id, eot_ids, train=False)
         if spare > 0:  # same forward path, results discarded
             run_micro_batches(engine, data, [(order[:1], None)] * spare, 1.0, cfg, info, pad_id, eot_ids, train=False)
+    parallel.reshard(engine)  # FSDP2 with reshard_after_forward false: no backward came to free the gathered layers
     parallel.all_reduce_sum(stats.sums, info)
     denom = float(data.denoms.sum())
     out = {"eval_loss": float(stats.sums[0]) / denom}

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from sftlab.config import FsdpConfig
 from sftlab.errors import UserError
 
 
@@ -55,18 +56,26 @@ def init_distributed(device: torch.device) -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
 
 
-def wrap_model(model: Any, mode: str, info: DistInfo, dtype: torch.dtype | None = None) -> Any:
+def wrap_model(model: Any, mode: str, info: DistInfo, dtype: torch.dtype | None = None,
+               fsdp: FsdpConfig | None = None) -> Any:
     """DDP, or FSDP2 (`fully_shard` per decoder layer, then the root) with a mixed-precision policy when
     `dtype` is bf16/fp16 (compute in `dtype`, gradients reduced in fp32); unchanged for one process.
-    `mode` "none" under torchrun means DDP: several processes without data parallelism make no sense."""
+    `mode` "none" under torchrun means DDP: several processes without data parallelism make no sense.
+    `fsdp` (train.fsdp): reshard_after_forward as FSDP2 takes it; offload "params" is FSDP2's CPUOffloadPolicy
+    (offload "optimizer" is the optimizer's business: optim.build_optimizer)."""
     if not info.enabled:
         return model
     if mode in ("none", "ddp"):
         ids = [info.device.index] if info.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)
     if mode == "fsdp":
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # lazy: FSDP runs only
+        # lazy: FSDP runs only
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
+        fsdp = fsdp or FsdpConfig()
+        offload: dict[str, Any] = {}
+        if fsdp.offload == "params":  # pinned host memory needs CUDA
+            offload["offload_policy"] = CPUOffloadPolicy(pin_memory=info.device.type == "cuda")
         if _is_quantized(model):
             raise UserError("train.parallel=fsdp does not support 4-bit QLoRA (model.lora.load_in_4bit) yet; "
                             "use train.parallel=ddp")
@@ -75,11 +84,12 @@ def wrap_model(model: Any, mode: str, info: DistInfo, dtype: torch.dtype | None 
         else:
             mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
         for layer in decoder_layers(model):
-            fully_shard(layer, mp_policy=mp)
+            fully_shard(layer, mp_policy=mp, reshard_after_forward=fsdp.reshard_after_forward, **offload)
         # the root keeps its float inputs as given: the loss head's per-token scale (dL/dl_i) stays fp32;
-        # each layer still casts its own inputs to the compute dtype
+        # each layer still casts its own inputs to the compute dtype. FSDP2 keeps the root's parameters
+        # (embeddings, final norm, LM head) gathered from forward to backward whatever the setting.
         root = MixedPrecisionPolicy(param_dtype=mp.param_dtype, reduce_dtype=mp.reduce_dtype, cast_forward_inputs=False)
-        fully_shard(model, mp_policy=root)
+        fully_shard(model, mp_policy=root, **offload)
         return model
     raise UserError(f"train.parallel={mode!r} is not one of none, ddp, fsdp")
 
@@ -146,9 +156,22 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+def reshard(engine: Any) -> None:
+    """Free the layers FSDP2 gathered and kept (reshard_after_forward false) after forward passes without a
+    backward (evaluation): a state dict taken while they are held reads freed storage."""
+    from torch.distributed.fsdp import FSDPModule  # lazy: FSDP's module class
+
+    for m in engine.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
+
+
 def is_sharded(engine: Any) -> bool:
-    """True under FSDP2 (parameters are DTensor shards)."""
-    return any(type(p).__name__ == "DTensor" for p in engine.parameters())
+    """True under FSDP2: the engine is an FSDPModule (its parameters are DTensor shards, or the gathered tensors
+    while reshard_after_forward false holds them, so they cannot tell)."""
+    from torch.distributed.fsdp import FSDPModule  # lazy: FSDP's module class
+
+    return isinstance(engine, FSDPModule)
 
 
 def full_state_dict(engine: Any, info: DistInfo) -> dict[str, torch.Tensor] | None:

@@ -104,10 +104,10 @@ def _data_sizes(cfg: Any) -> tuple[DataSet, int]:
     """(the train DataSet, eval tokens) after rendering, as the run sees them."""
     tok = load_tokenizer(cfg.model.name_or_path, cfg.model.chat_template, cfg.model.special_tokens,
                          cfg.model.eot_token)
-    train = load_split(cfg.data.train, cfg, tok, None, "train", is_main=False)
+    train = load_split(cfg.data.train, cfg, tok, "train", is_main=False)
     eval_tokens = 0
     if cfg.data.eval:
-        eval_tokens = int(load_split(cfg.data.eval, cfg, tok, None, "eval", is_main=False).lengths.sum())
+        eval_tokens = int(load_split(cfg.data.eval, cfg, tok, "eval", is_main=False).lengths.sum())
     return train, eval_tokens
 
 

@@ -32,7 +32,7 @@ RESUMABLE = ("train.output_dir", "train.resume", "train.overwrite_output_dir", "
              "train.save_total_limit", "train.report_to", "train.wandb", "train.mlflow", "train.early_stopping",
              "train.health", "train.eval_on_start", "train.device", "train.gradient_checkpointing",
              "train.loss_chunk_size", "train.torch_compile", "train.eval_generate", "data.eval", "data.num_proc",
-             "data.cache_dir", "model.attn_implementation", "model.fused_ops")
+             "data.cache_dir", "model.attn_implementation", "model.fused_ops", "train.fsdp.reshard_after_forward")
 BATCH_SPLIT = ("train.per_device_train_batch_size", "train.gradient_accumulation_steps", "train.global_batch_size")
 
 

@@ -2,7 +2,7 @@
 
     config -> device and ranks -> run dir claimed, preflight checks -> batch sizes, seeds, resume point ->
     tokenizer -> batching, attention kernel, compute dtype for this device -> data splits (rendered stores) ->
-    task balancing and the step plan -> resume check -> one summary, printed once
+    task balancing and the step plan -> resume check -> the first writes into the run dir -> one summary
 
 The caller's config object is never changed: `Run.config` is a copy with the start-up choices written in
 (what RUN/config.yaml records and the resume fingerprint hashes).
@@ -24,7 +24,7 @@ from sftlab.data.render import load_tokenizer
 from sftlab.train import checkpoint, parallel, preflight, rundir
 from sftlab.train.attention import check_attention_isolation, resolve_attention, resolve_batching
 from sftlab.train.balance import format_plan_table
-from sftlab.train.dataset import DataSet, load_split
+from sftlab.train.dataset import DataSet, load_split, record_in_run_dir
 from sftlab.train.model import check_model_path, pick_device, resolve_precision
 from sftlab.train.optim import warmup_steps, weight_decay
 from sftlab.train.steps import StepPlan, plan_steps, with_task_weights
@@ -104,13 +104,13 @@ def setup(cfg: RunConfig, generation_eval: GenerationEvalFactory | None = None) 
     resume_dir = _resume_point(run_dir, cfg.train.resume, dist)
     if not resume_dir:
         check_model_path(cfg.model.name_or_path)
-    tokenizer = load_tokenizer(str(resume_dir) if resume_dir else cfg.model.name_or_path,
+    tokenizer = load_tokenizer(str(checkpoint.checkpoint_files(resume_dir)) if resume_dir else cfg.model.name_or_path,
                                cfg.model.chat_template if not resume_dir else None, cfg.model.special_tokens,
                                cfg.model.eot_token)
     config, precision = _resolve_for_device(cfg, dist.device)
 
-    train_data = load_split(config.data.train, config, tokenizer, run_dir, "train", dist.is_main)
-    eval_data = (load_split(config.data.eval, config, tokenizer, run_dir, "eval", dist.is_main, train_data.channels)
+    train_data = load_split(config.data.train, config, tokenizer, "train", dist.is_main)
+    eval_data = (load_split(config.data.eval, config, tokenizer, "eval", dist.is_main, train_data.channels)
                  if config.data.eval else None)
     preflight.check_early_stopping_metric(config, eval_data.channels if eval_data else [])
     score = None  # train.eval_generate: the eval subset answered by generation at every eval (rank 0), fixed now
@@ -126,6 +126,7 @@ def setup(cfg: RunConfig, generation_eval: GenerationEvalFactory | None = None) 
         rundir.check_resume(resume_dir, checkpoint.read_state(resume_dir), run.fingerprint, run.total_steps,
                             dist.world_size, run.resolved)
     preflight.check_run(config, len(train_data.samples), global_batch, run.total_steps, dist.is_main)
+    _go_ahead(run, cfg.train.resume)
     if dist.is_main:
         print(run.summary())
     return run
@@ -138,14 +139,23 @@ def _seed(seed: int) -> None:
 
 
 def _resume_point(run_dir: Path, resume: str | None, dist: parallel.DistInfo) -> Path | None:
-    """The checkpoint train.resume names (`auto`: the newest complete one, after tidying what a kill left)."""
-    if dist.is_main and resume == "auto":
-        checkpoint.tidy_checkpoints(run_dir)
-    parallel.barrier(dist)
+    """The checkpoint train.resume names (`auto`: the newest complete one, counting what `_go_ahead` will restore
+    from a kill's leftovers)."""
     resume_dir = checkpoint.find_resume_dir(run_dir, resume)
     if dist.is_main and resume == "auto" and resume_dir is None:  # a fresh run: say so, never silently
         print(f"train.resume=auto: no complete checkpoint in {run_dir / 'checkpoints'}; training starts at step 0")
     return resume_dir
+
+
+def _go_ahead(run: Run, resume: str | None) -> None:
+    """Every start-up check has passed: the first writes into the run dir (rank 0). What a kill left in
+    checkpoints/ is tidied, the splits' rejects and stores are recorded. Nothing before writes there, so a refused
+    start (a resume of another run, past its end, on another world size) leaves the dir byte for byte as it was."""
+    if run.is_main:
+        if resume == "auto":
+            checkpoint.tidy_checkpoints(run.run_dir)
+        record_in_run_dir(run.run_dir, {"train": run.train_data, "eval": run.eval_data})
+    parallel.barrier(run.dist)
 
 
 def _resolve_for_device(cfg: RunConfig, device: torch.device) -> tuple[RunConfig, str]:

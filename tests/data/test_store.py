@@ -264,7 +264,7 @@ def test_dataset_per_sample_arrays(tmp_path, tiny_model_dir, tiny_tokenizer, sma
                         "data": {"train": [{"path": str(train), "weight": 1.5}], "max_length": 64,
                                  "cache_dir": str(tmp_path / "cache")},
                         "train": {"output_dir": str(tmp_path / "run")}})
-    data = load_split(cfg.data.train, cfg, tiny_tokenizer, None, "train", True)
+    data = load_split(cfg.data.train, cfg, tiny_tokenizer, "train", True)
     n = len(small_records)
     assert len(data.samples) == n + n // 2 == len(data.lengths) == len(data.task_codes)
     assert data.task_names == ["math/add", "text/repeat"] and data.task_codes.dtype == np.int16

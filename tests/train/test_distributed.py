@@ -76,7 +76,7 @@ def read_metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def assert_same_metrics(ref: Path, other: Path, min_steps: int = 4) -> None:
+def assert_same_metrics(ref: Path, other: Path, min_steps: int = 4, evals: bool = True) -> None:
     """Per-step loss, grad norm, channel losses (loss/<task>) and eval losses equal within REL; token counts exact."""
     a, b = read_metrics(ref), read_metrics(other)
     a_steps, b_steps = [m for m in a if "loss" in m], [m for m in b if "loss" in m]
@@ -90,7 +90,7 @@ def assert_same_metrics(ref: Path, other: Path, min_steps: int = 4) -> None:
             assert abs(x[k] - y[k]) <= REL * abs(x[k]), (x["step"], k, x[k], y[k])
         assert (x["supervised_tokens"], x["tokens"]) == (y["supervised_tokens"], y["tokens"])
     a_eval, b_eval = [m for m in a if "eval_loss" in m], [m for m in b if "eval_loss" in m]
-    assert [m["step"] for m in a_eval] == [m["step"] for m in b_eval] and a_eval
+    assert [m["step"] for m in a_eval] == [m["step"] for m in b_eval] and (a_eval or not evals)
     for x, y in zip(a_eval, b_eval, strict=True):
         for k in x:
             if k.startswith("eval_loss"):
@@ -152,6 +152,71 @@ def test_fsdp_two_ranks_match_one_rank_and_resume(tmp_path, tiny_model_dir, data
         main(["train", str(cfg), f"train.output_dir={run3}", "train.resume=auto"])
     err = capsys.readouterr().err
     assert "world size 2" in err and "this run has 1" in err
+
+
+def fsdp_settings(reshard: bool, offload: str) -> list[str]:
+    return ["train.parallel=fsdp", f"train.fsdp.reshard_after_forward={str(reshard).lower()}",
+            f"train.fsdp.offload={offload}"]
+
+
+def test_fsdp_zero2_with_optimizer_offload_matches_one_rank_and_resumes(tmp_path, tiny_model_dir, data_files):
+    """Issue 35 item 7, the seeds' ZeRO-2 + adam_offload in FSDP2 terms (reshard_after_forward false, AdamW's
+    states and step on the CPU): the 1-rank metrics and weights, AdamW's state in the per-rank optimizer files,
+    and a resume from step 2 that reproduces the uninterrupted run."""
+    cfg = write_config(tmp_path, tiny_model_dir, data_files, save_steps=2)
+    train_one_rank(cfg)
+    run2, run3 = tmp_path / "run2", tmp_path / "run3"
+    zero2 = fsdp_settings(False, "optimizer")
+    torchrun(cfg, f"train.output_dir={run2}", "train.gradient_accumulation_steps=2", *zero2)
+    assert_same_metrics(tmp_path / "run1", run2)
+    assert_same_weights(tmp_path / "run1" / "final", run2 / "final", tiny_model_dir)
+    shard = torch.load(run2 / "checkpoints" / "step-2" / "optimizer.rank1.pt", weights_only=False)
+    assert {"exp_avg", "exp_avg_sq"} <= set(shard["state"][0]) and shard["state"][0]["exp_avg"].device.type == "cpu"
+
+    (run3 / "checkpoints").mkdir(parents=True)
+    shutil.copytree(run2 / "checkpoints" / "step-2", run3 / "checkpoints" / "step-2")
+    (run3 / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in read_metrics(run2) if m["step"] <= 2))
+    torchrun(cfg, f"train.output_dir={run3}", "train.gradient_accumulation_steps=2", *zero2, "train.resume=auto")
+    a = [m for m in read_metrics(run2) if "loss" in m]
+    b = [m for m in read_metrics(run3) if "loss" in m]
+    for x, y in zip(a, b, strict=True):
+        assert abs(x["loss"] - y["loss"]) <= 1e-6 * x["loss"], (x["step"], x["loss"], y["loss"])
+    assert_same_weights(run2 / "final", run3 / "final", tiny_model_dir)
+
+
+@pytest.mark.parametrize("reshard, offload", [
+    (True, "params"),
+    pytest.param(False, "none", marks=pytest.mark.slow),
+    pytest.param(True, "optimizer", marks=pytest.mark.slow),
+    pytest.param(False, "params", marks=pytest.mark.slow),
+])
+def test_fsdp_settings_match_one_rank(tmp_path, tiny_model_dir, data_files, reshard, offload):
+    """Every train.fsdp setting trains what one rank trains (FSDP2's CPUOffloadPolicy for offload: params)."""
+    cfg = write_config(tmp_path, tiny_model_dir, data_files, eval_steps=0)
+    train_one_rank(cfg)
+    run2 = tmp_path / "run2"
+    torchrun(cfg, f"train.output_dir={run2}", "train.gradient_accumulation_steps=2", *fsdp_settings(reshard, offload))
+    assert_same_metrics(tmp_path / "run1", run2, evals=False)
+    assert_same_weights(tmp_path / "run1" / "final", run2 / "final", tiny_model_dir)
+
+
+def test_deepspeed_settings_are_refused_with_the_fsdp2_equivalent(tmp_path, tiny_model_dir, data_files, capsys):
+    """The seeds' OpenRLHF / DeepSpeed vocabulary gets one line naming sftlab's setting, not "unknown key"."""
+    from cli_helpers import run_cli
+
+    cfg = write_config(tmp_path, tiny_model_dir, data_files)
+    for override, use in [("train.zero_stage=2", "use train.parallel=fsdp train.fsdp.reshard_after_forward=false"),
+                          ("train.zero_stage=3", "use train.parallel=fsdp (train.fsdp.reshard_after_forward=true"),
+                          ("train.adam_offload=true", "use train.parallel=fsdp train.fsdp.offload=optimizer"),
+                          ("offload=true", "use train.parallel=fsdp train.fsdp.offload=params"),
+                          ("train.deepspeed=ds_z2.json", "use train.parallel=fsdp with train.fsdp.")]:
+        code, out, err = run_cli(["train", cfg, override], capsys)
+        key = override.split("=")[0]
+        assert code == 2 and len(err.splitlines()) == 1, err
+        assert f"{key} is a DeepSpeed / OpenRLHF setting; sftlab shards with FSDP2: {use}" in err, err
+    code, out, err = run_cli(["train", cfg, "train.fsdp.offload=params"], capsys)
+    assert code == 2 and "train.fsdp applies to FSDP2: set train.parallel=fsdp (it is 'none')" in err, err
+    assert not (tmp_path / "run1").exists()
 
 
 def test_ddp_two_ranks_match_one_rank_token_loss(tmp_path, tiny_model_dir, data_files):
@@ -221,6 +286,59 @@ def test_nproc_user_error_is_one_line_with_the_workers_exit_code(tmp_path, tiny_
     assert f"error: {bad}, index 0, field 'output': missing field" in res.stderr
     assert "Traceback" not in res.stderr and "ChildFailedError" not in res.stderr, res.stderr[-4000:]
     assert "sftlab: rank 0 failed (exit 2); its error is above" in res.stderr
+
+
+def nproc_train(cfg: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """`sftlab train CFG --nproc 2 OVERRIDES` as a user runs it (no --debug)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("SFTLAB_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "sftlab", "train", str(cfg), "--nproc", "2", *overrides],
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_nproc_user_error_is_printed_once(tmp_path, tiny_model_dir, data_files):
+    """Issue 35 item 6: an error every rank hits (a run dir that holds another run) is one line, not one per rank,
+    and torchrun's per-worker log lines stay out of it (test_first_to_report_claims_each_message_once: the claim)."""
+    cfg = write_config(tmp_path, tiny_model_dir, data_files)
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "metrics.jsonl").write_text("{}\n")
+    res = nproc_train(cfg, f"train.output_dir={taken}")
+    assert res.returncode == 2, res.stderr[-4000:]
+    lines = [x for x in res.stderr.splitlines() if x.strip() and "Writing model shards" not in x]
+    assert lines[0] == (f"error: train.output_dir: {taken} is not empty (metrics.jsonl); continue that run with "
+                        "train.resume=auto, replace it with train.overwrite_output_dir=true, or choose another "
+                        "train.output_dir"), res.stderr
+    assert len(lines) == 2 and lines[1].startswith("sftlab: rank ") and lines[1].endswith(
+        "failed (exit 2); its error is above"), res.stderr
+
+
+@pytest.mark.slow
+def test_nproc_ranks_whose_errors_differ_each_print_theirs(tmp_path, tiny_model_dir, data_files):
+    """Each rank probes the run dir with its own file: rank 0's is a directory, rank 1's a link into nowhere."""
+    cfg = write_config(tmp_path, tiny_model_dir, data_files)
+    odd = tmp_path / "odd"
+    (odd / ".write-test-0").mkdir(parents=True)
+    (odd / ".write-test-1").symlink_to(tmp_path / "nowhere" / "file")
+    res = nproc_train(cfg, f"train.output_dir={odd}")
+    assert res.returncode == 2, res.stderr[-4000:]
+    errors = sorted(x for x in res.stderr.splitlines() if x.startswith("error: "))
+    assert errors == [f"error: train.output_dir: cannot write to {odd}: Is a directory",
+                      f"error: train.output_dir: cannot write to {odd}: No such file or directory"], res.stderr
+
+
+def test_first_to_report_claims_each_message_once(tmp_path, monkeypatch):
+    """The claim behind it: the first worker of a launch to report a message prints it, later ones do not; another
+    message is claimed afresh; outside a launch, or under --debug, every worker prints."""
+    from sftlab.train.launch import ERRORS_DIR, first_to_report
+
+    monkeypatch.delenv("SFTLAB_DEBUG", raising=False)
+    monkeypatch.delenv(ERRORS_DIR, raising=False)
+    assert first_to_report("a") and first_to_report("a")
+    monkeypatch.setenv(ERRORS_DIR, str(tmp_path))
+    assert first_to_report("a") and not first_to_report("a") and first_to_report("b") and not first_to_report("b")
+    monkeypatch.setenv("SFTLAB_DEBUG", "1")
+    assert first_to_report("a")
 
 
 @pytest.mark.parametrize("args", [["train", "CFG", "--nproc", "0"], ["train", "CFG", "--nproc", "-2"],

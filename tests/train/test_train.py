@@ -3,6 +3,7 @@ LoRA merge, and one-line errors for bad configs."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -13,6 +14,8 @@ import torch
 import yaml
 from cli_helpers import read_metrics, run_cli, write_config
 from safetensors.torch import load_file
+
+from sftlab.io import write_jsonl
 
 pytestmark = pytest.mark.hooks  # `make test-latest`: run against the newest transformers / peft / tokenizers
 
@@ -491,3 +494,51 @@ def test_eval_on_start_logs_a_step_0_baseline(tmp_path, tiny_model_dir, train_fi
     assert code == 0, err
     evals = [m for m in read_metrics(tmp_path / "run") if "eval_loss" in m]
     assert [m["step"] for m in evals] == [0, 2] and evals[0]["eval_loss"] > evals[1]["eval_loss"]
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every file (sha256 of its bytes) and directory under `root`, by relative path."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(root.rglob("*"))}
+
+
+def test_refused_resumes_leave_the_run_dir_byte_identical(tmp_path, tiny_model_dir, small_records, capsys):
+    """Issue 35 item 5: a resume refused for a changed setting or data file, a checkpoint past the end of the plan,
+    or another world size changes nothing in the run dir: not the rejects of the first run (they were rewritten
+    with the new data's), not data_cache.json, not what a kill left in checkpoints/ (tidied only once a resume
+    goes ahead)."""
+    data = tmp_path / "train.jsonl"
+    write_jsonl(small_records + [{"id": "bad-1", "messages": [{"role": "user", "content": "no answer"}]}], data)
+    cfg = write_config(tmp_path, tiny_model_dir, data, save_steps=3, max_steps=6)
+    skip = "data.on_error=skip"
+    run = tmp_path / "run"
+    assert run_cli(["train", cfg, skip], capsys)[0] == 0
+    assert "bad-1" in (run / "rejects-train.jsonl").read_text()
+    shutil.rmtree(run / "final")  # as if killed while re-saving step 3 (its previous copy left as step-3.old) ...
+    (run / "checkpoints" / "step-3").rename(run / "checkpoints" / "step-3.old")
+    (run / "checkpoints" / "step-7.tmp").mkdir()  # ... or while saving step 7
+    other = tmp_path / "other.jsonl"
+    write_jsonl(small_records[:20] + [{"id": "bad-2", "messages": [{"role": "user", "content": "nor here"}]}], other)
+    before = tree_digest(run)
+
+    refusals = [([f"data.train={other}"], "data.train[0].sha256: content changed"),
+                (["train.seed=4"], "train.seed: 3 -> 4"),
+                (["train.max_steps=2"], "past the end of this run (2 steps)")]
+    for overrides, reason in refusals:
+        code, out, err = run_cli(["train", cfg, skip, "train.resume=auto", *overrides], capsys)
+        assert code == 2 and reason in err, err
+        assert tree_digest(run) == before, overrides
+    # the same checkpoint as written by 2 processes: refused in one
+    state_file = run / "checkpoints" / "step-3.old" / "training_state.pt"
+    state = torch.load(state_file, weights_only=False)
+    torch.save({**state, "world_size": 2}, state_file)
+    before = tree_digest(run)
+    code, out, err = run_cli(["train", cfg, skip, "train.resume=auto"], capsys)
+    assert code == 2 and "written with world size 2, this run has 1" in err, err
+    assert tree_digest(run) == before
+
+    torch.save(state, state_file)  # the resume that goes ahead tidies checkpoints/ and records its data
+    code, out, err = run_cli(["train", cfg, skip, "train.resume=auto"], capsys)
+    assert code == 0, err
+    assert "removed step-7.tmp" in out and "restored step-3 from step-3.old" in out and "at step 3" in out
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-3"]
