@@ -88,32 +88,52 @@ def _newest_on_index(python: str, name: str) -> str | None:
     return m.group(1) if m else None
 
 
+CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+
+
 def _install_torch(python: str) -> str:
-    """The newest torch this machine can have without a multi-GB CUDA download: PyPI's on a CUDA machine, else
-    the newest CPU build pip finds (PyTorch's CPU index where it is reachable, local wheels), never PyPI's."""
+    """The newest torch this machine can have without a multi-GB CUDA download: PyPI's on a CUDA machine, else the
+    newest CPU build pip finds on PyTorch's CPU index (where reachable) or in local wheel folders. `--isolated`
+    keeps pip's configured extra indexes (which may offer CUDA builds) out of it."""
     if shutil.which("nvidia-smi"):
         _pip(python, "install", "-U", "torch")
-    else:
-        cpu_only = ["--index-url", "https://download.pytorch.org/whl/cpu", "--timeout", "10", "--retries", "0"]
-        if _pip(python, "install", "-U", "--no-deps", "torch", *cpu_only).returncode != 0:
-            _pip(python, "install", "--no-deps", f"torch=={torch_pin()}")
+        return installed_versions(python).get("torch", "?")
+    links = [d for d in (os.environ.get("PIP_FIND_LINKS", "").split() + ["/opt/wheels"]) if Path(d).is_dir()]
+    cpu_only = ["--isolated", "--index-url", CPU_INDEX, "--timeout", "10", "--retries", "0",
+                *(arg for d in links for arg in ("--find-links", d))]
+    if _pip(python, "install", "-U", "--no-deps", "torch", *cpu_only).returncode != 0 or _is_cuda_build(python):
+        _pip(python, "install", "--no-deps", "--force-reinstall", f"torch=={torch_pin()}")
     return installed_versions(python).get("torch", "?")
 
 
+def _is_cuda_build(python: str) -> bool:
+    code = "import torch; print(torch.version.cuda or '')"
+    return bool(subprocess.run([python, "-c", code], capture_output=True, text=True).stdout.strip())
+
+
 def _run_hook_tests(python: str, nodes: list[str], junit: Path) -> tuple[list[str], str]:
-    """Failed node ids and pytest's last line."""
-    cmd = [python, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--junitxml", str(junit)]
+    """Failed node ids, and the counts of the run (from pytest's JUnit XML)."""
+    cmd = [python, "-m", "pytest", "-p", "no:cacheprovider", "-o", "junit_family=xunit1", "--junitxml", str(junit)]
     cmd += nodes if nodes else ["-m", "hooks", "-n", "2", "tests"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    tail = (proc.stdout.strip().splitlines() or ["(no output)"])[-1]
     if not junit.exists():
-        return ["<pytest did not run>"], tail + "\n" + proc.stderr[-2000:]
-    failed = []
+        return ["<pytest did not run>"], (proc.stdout + proc.stderr)[-2000:]
+    failed, counts = [], {"passed": 0, "failed": 0, "skipped": 0}
     for case in ET.parse(junit).iter("testcase"):
         if case.find("failure") is not None or case.find("error") is not None:
-            path = case.get("file") or case.get("classname", "").replace(".", "/") + ".py"
-            failed.append(f"{path}::{case.get('name')}")
-    return failed, tail
+            failed.append(_node_id(case))
+            counts["failed"] += 1
+        else:
+            counts["skipped" if case.find("skipped") is not None else "passed"] += 1
+    return failed, ", ".join(f"{n} {k}" for k, n in counts.items())
+
+
+def _node_id(case: ET.Element) -> str:
+    """pytest's node id of a JUnit (xunit1) test case: file, then the class when there is one, then the name."""
+    path = case.get("file") or case.get("classname", "").replace(".", "/") + ".py"
+    module = path.removesuffix(".py").replace("/", ".")
+    cls = case.get("classname", "").removeprefix(module).lstrip(".")
+    return "::".join([path, *([cls] if cls else []), case.get("name", "")])
 
 
 def latest(lock: Path, venv: Path, strict: bool) -> int:
@@ -131,13 +151,15 @@ def latest(lock: Path, venv: Path, strict: bool) -> int:
         print("test-latest: could not resolve the newest releases (nothing tested):\n" + proc.stderr[-3000:])
         return 1 if strict else 0
     have = installed_versions(python)
+    pins = {**pins, "torch": torch_pin()}
+    have["torch"] = torch.split("+")[0]
     newer = {n: have[n] for n in WATCHED if n in have and n in pins and have[n] != pins[n]}
     print("== test-latest: newest releases vs", lock)
     for n in WATCHED:
         if n == "torch":
             pypi = _newest_on_index(python, "torch")
-            note = f" (PyPI's newest: {pypi}; only CPU builds are tried without a GPU)" if pypi else ""
-            print(f"  torch {torch_pin()} -> {torch}{note}")
+            note = f" (PyPI's newest: {pypi}; without a GPU only CPU builds are tried)" if pypi else ""
+            print(f"  torch {torch_pin()} -> {torch}{'  (newer)' if 'torch' in newer else ''}{note}")
         elif n in have:
             print(f"  {n} {pins.get(n, 'not locked')} -> {have[n]}{'  (newer)' if n in newer else ''}")
     with tempfile.TemporaryDirectory() as tmp:
