@@ -191,7 +191,9 @@ def test_chat_exchange_reaches_the_serve_log_with_feedback(page, workspace, serv
     url, server = start_ui(workspace)
     try:
         page.goto(f"{url}/chat")
-        page.wait_for_function("document.querySelector('#pane-left .model').value === 'tiny'", timeout=TIMEOUT)
+        # both panes list the endpoint's models (each connects on its own): send asks every pane that has one
+        page.wait_for_function("[...document.querySelectorAll('.pane .model')].every(s => s.value === 'tiny')",
+                               timeout=TIMEOUT)
         page.fill("#max-tokens", "8")
         page.fill("#message", "what is 2 plus 3?")
         page.click("#send")
