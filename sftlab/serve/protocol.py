@@ -208,12 +208,17 @@ class Choice(Contract):
     logprobs: ChoiceLogprobs | None = None
 
 
-class ChatCompletion(Contract):
+class CompletionHeader(Contract):
+    """What a completion and each of its stream chunks carry alike (OpenAI: the same id on every chunk)."""
+
     id: str
-    object: Literal["chat.completion"] = "chat.completion"
     created: int
     model: str
     system_fingerprint: str
+
+
+class ChatCompletion(CompletionHeader):
+    object: Literal["chat.completion"] = "chat.completion"
     choices: list[Choice]
     usage: Usage
 
@@ -243,14 +248,10 @@ class ChunkChoice(Contract):
     logprobs: ChoiceLogprobs | None = None
 
 
-class ChatCompletionChunk(Contract):
+class ChatCompletionChunk(CompletionHeader):
     """One `data:` event of a streamed completion; usage is null except on the last chunk (include_usage)."""
 
-    id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    system_fingerprint: str
     choices: list[ChunkChoice]
     usage: Usage | None = None
 

@@ -63,20 +63,20 @@ def train_run(model: Path, data: Path, out: Path, max_steps: int = 12, **train: 
     return out
 
 
-EVAL_ITEMS = [  # (task_type, question, reference, model reply, baseline reply)
-    ("math/add", "what is 2 plus 3?", "5", "5", "6"),
-    ("math/add", "what is 4 plus 4?", "8", "8", "8"),
-    ("math/add", "what is 1 plus 6?", "7", "9", "7"),
-    ("math/add", "what is 3 plus 3?", "6", "6", "5"),
-    ("text/repeat", "repeat: apple", "apple apple", "apple apple", "apple"),
-    ("text/repeat", "repeat: tree", "tree tree", "tree", "tree tree"),
-    ("text/repeat", "repeat: sun", "sun sun", "sun sun", "sun sun"),
-    ("facts/capital", "capital of France?", "Paris", "Paris", "Lyon"),
-    ("facts/capital", "capital of Japan?", "Tokyo", "Kyoto", "Tokyo"),
-    ("facts/capital", "capital of Peru?", "Lima", "Lima", "Cusco"),
-    ("facts/capital", "capital of Italy?", "Rome", "Rome", "Rome"),
-    ("facts/capital", "capital of Egypt?", "Cairo", "Cairo", "Giza"),
-]
+EVAL_ITEMS = [tuple(row.split(" | ")) for row in """
+math/add | what is 2 plus 3? | 5 | 5 | 6
+math/add | what is 4 plus 4? | 8 | 8 | 8
+math/add | what is 1 plus 6? | 7 | 9 | 7
+math/add | what is 3 plus 3? | 6 | 6 | 5
+text/repeat | repeat: apple | apple apple | apple apple | apple
+text/repeat | repeat: tree | tree tree | tree | tree tree
+text/repeat | repeat: sun | sun sun | sun sun | sun sun
+facts/capital | capital of France? | Paris | Paris | Lyon
+facts/capital | capital of Japan? | Tokyo | Kyoto | Tokyo
+facts/capital | capital of Peru? | Lima | Lima | Cusco
+facts/capital | capital of Italy? | Rome | Rome | Rome
+facts/capital | capital of Egypt? | Cairo | Cairo | Giza
+""".strip().splitlines()]  # (task_type, question, reference, model reply, baseline reply)
 
 
 def eval_dir(out: Path, *, pairwise: bool = True, flip: bool = False, model: str = "tiny-after") -> Path:
