@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sftlab.errors import UserError
+from sftlab.io import write_text
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
@@ -375,7 +376,4 @@ def dump_config(cfg: RunConfig, path: str | Path, resolved: dict[str, Any] | Non
     tree = cfg.model_dump(mode="json")
     for key, value in (resolved or {}).items():
         set_dotted(tree, key, value)
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(tree, sort_keys=False), encoding="utf-8")
-    tmp.replace(path)
+    write_text(yaml.safe_dump(tree, sort_keys=False), path)

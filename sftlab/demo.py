@@ -25,6 +25,7 @@ from sftlab.data.render import load_tokenizer
 from sftlab.eval.during_training import generation_eval
 from sftlab.eval.generate import exact_match_by_task, generate_replies
 from sftlab.eval.run import compare_models_on_records
+from sftlab.io import write_text
 from sftlab.report import write_report
 from sftlab.tiny import build_tiny_model
 from sftlab.train.loop import train
@@ -148,8 +149,7 @@ def run_demo(out: str | Path = "runs/demo", overrides: list[str] = ()) -> dict[s
                          intermediate_size=384)
     raw = demo_config(out, str(model_dir), train_path, eval_path)
     cfg = build_config(raw, list(overrides), source="demo")
-    (out / "demo.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False) + BALANCE_HINT,
-                                   encoding="utf-8")
+    write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False) + BALANCE_HINT, out / "demo.yaml")
     print(f"demo data: {len(train_recs)} train / {len(eval_recs)} eval records in {out / 'data'}")
     # data and model were just rebuilt: replace the old run
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"overwrite_output_dir": not cfg.train.resume})})
@@ -170,7 +170,7 @@ def run_demo(out: str | Path = "runs/demo", overrides: list[str] = ()) -> dict[s
     table = {t: {"before": before[t]["exact_match"], "after": after[t]["exact_match"],
                  "stopped_after": after[t]["stopped"], "n": after[t]["n"]} for t in after}
     run_dir = Path(cfg.train.output_dir)
-    (run_dir / "eval_results.json").write_text(json.dumps(table, indent=2), encoding="utf-8")
+    write_text(json.dumps(table, indent=2), run_dir / "eval_results.json")
     _print_table(table, train_s, time.time() - t0)
     print(f"report:     {write_report(run_dir)}")
     print(f"run dir:    {run_dir}\nmetrics:    {run_dir / 'metrics.jsonl'}\ncheckpoint: {final}")

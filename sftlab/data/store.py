@@ -56,7 +56,7 @@ from sftlab.data.formats import read_records
 from sftlab.data.records import RecordError
 from sftlab.data.render import eot_token_ids, render_records
 from sftlab.errors import UserError
-from sftlab.io import progress_bar
+from sftlab.io import atomic_path, progress_bar
 
 STORE_VERSION = 2  # 2: content checksums in the manifest
 CHUNK_RECORDS = 1000  # records per rendering task: small enough to balance workers, big enough to batch tokenizing
@@ -274,12 +274,8 @@ def _read_stamp(path: Path) -> dict[str, Any] | None:
 
 def _write_stamp(path: Path, stats: dict[str, list[int]]) -> None:
     """Atomically; a read-only cache dir just means the next open checks again."""
-    tmp = path / f"{_STAMP}.tmp-{_unique()}"
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError), atomic_path(path / _STAMP, unique=True) as tmp:
         tmp.write_text(json.dumps(stats), encoding="utf-8")
-        tmp.replace(path / _STAMP)
-    with contextlib.suppress(OSError):
-        tmp.unlink(missing_ok=True)
 
 
 class BrokenStore(UserError):

@@ -22,6 +22,7 @@ from typing import Any
 
 from sftlab.errors import UserError
 from sftlab.eval.config import BenchmarksConfig
+from sftlab.io import write_text
 
 INSTALL_LINE = "pip install 'sftlab[benchmarks]'  (EleutherAI's lm-evaluation-harness, `lm-eval`)"
 
@@ -131,11 +132,7 @@ def run_harness(model: str | dict[str, Any], cfg: BenchmarksConfig, tasks: list[
         log_samples=False)
     results = _metrics(out)
     _free_memory()
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"key": key, "settings": settings, "results": results}, indent=2, default=str),
-                   encoding="utf-8")
-    os.replace(tmp, cache)
+    write_text(json.dumps({"key": key, "settings": settings, "results": results}, indent=2, default=str), cache)
     return results
 
 

@@ -24,6 +24,7 @@ import torch
 from sftlab.config import RunConfig, dump_config
 from sftlab.data.render import eot_token_ids
 from sftlab.errors import UserError
+from sftlab.io import write_text
 from sftlab.train import parallel
 from sftlab.train.balance import share_metrics, weighted_sums
 from sftlab.train.batching import collate, move_batch
@@ -138,7 +139,7 @@ def _load_model(run: Run) -> Any:
         dump_config(cfg, run.run_dir / "config.yaml", run.resolved)
         summary = {"train": {**run.train_data.summary, "plan_per_epoch": run.plan.table},
                    **({"eval": run.eval_data.summary} if run.eval_data else {})}
-        (run.run_dir / "data_summary.json").write_text(json.dumps(summary), encoding="utf-8")
+        write_text(json.dumps(summary), run.run_dir / "data_summary.json")
     if use_fused_ops(cfg.model.fused_ops, run.device):  # before the first forward: torch.compile traces lazily
         skipped: list[str] = []
         fused = install_fused_ops(model, skipped)

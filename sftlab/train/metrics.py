@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import sys
 import time
@@ -29,6 +28,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from sftlab.errors import UserError
+from sftlab.io import write_text
 
 METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tb"
@@ -83,9 +83,7 @@ def truncate_metrics(path: str | Path, last_step: int) -> int:
             if is_number(step) and step > last_step:
                 continue
             kept.append(line if line.endswith("\n") else line + "\n")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(kept), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text("".join(kept), path)
     return len(kept)
 
 

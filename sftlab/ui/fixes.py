@@ -4,57 +4,25 @@ Each fix appends one canonical SFT record (the prompt + the fixed reply, provena
 — the format `sftlab data` and `train` read — and one preference pair (chosen = the fix, rejected = the original, TRL's
 conversational layout, as `sftlab synth` and `flywheel` write pairs.jsonl) to FIXES/pairs.jsonl.
 
-Appends are durable: one write of a whole line, then fsync, under a lock (threads) and flock (processes); a line
-torn by a crash mid-write is cut off before the next append, so the files always read cleanly.
+Appends are durable (`sftlab.io.append_json_line`): one write of a whole line, then fsync, under a lock; a line torn
+by a crash mid-write is cut off before the next append, so the files always read cleanly.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
-import os
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from sftlab.data.records import make_record, validate_record
 from sftlab.errors import UserError
+from sftlab.io import append_json_line
 from sftlab.synth.best_of_n import format_pair
 
 SFT_FILE = "sft.jsonl"
 PAIRS_FILE = "pairs.jsonl"
-_lock = threading.Lock()
-
-
-def append_line(path: Path, obj: Any) -> None:
-    """Append one JSON line durably (see the module docstring)."""
-    line = (json.dumps(obj, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _lock:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            size = os.lseek(fd, 0, os.SEEK_END)
-            if size and os.pread(fd, 1, size - 1) != b"\n":  # the tail of a write a crash interrupted
-                os.ftruncate(fd, _after_last_newline(fd, size))
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _after_last_newline(fd: int, size: int, chunk: int = 1 << 16) -> int:
-    """The offset just after the file's last newline (0 when it has none)."""
-    end = size
-    while end > 0:
-        start = max(0, end - chunk)
-        at = os.pread(fd, end - start, start).rfind(b"\n")
-        if at >= 0:
-            return start + at + 1
-        end = start
-    return 0
 
 
 def append_fix(out_dir: Path, *, prompt: list[dict[str, Any]], original: str, fixed: str, task_type: str,
@@ -79,6 +47,6 @@ def append_fix(out_dir: Path, *, prompt: list[dict[str, Any]], original: str, fi
         raise UserError(f"the fix is not a valid training record: {e}") from None
     pair = format_pair(prompt, fixed, original, "trl", {**meta["fix"], "sft_id": record["id"]}, tools)
     sft_path, pairs_path = out_dir / SFT_FILE, out_dir / PAIRS_FILE
-    append_line(sft_path, record)
-    append_line(pairs_path, pair)
+    append_json_line(sft_path, record)
+    append_json_line(pairs_path, pair)
     return {"record": record, "pair": pair, "sft_path": str(sft_path), "pairs_path": str(pairs_path)}

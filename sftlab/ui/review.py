@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sftlab.errors import UserError
+from sftlab.errors import RecordError, UserError
 from sftlab.eval.human import export_sheet, summarize_ratings, vote_score
-from sftlab.io import write_json, write_jsonl
+from sftlab.io import read_jsonl, write_json, write_jsonl
 from sftlab.ui.evals import EvalView
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -96,11 +96,10 @@ class Review:
         try:
             self.info = json.loads((path / "session.json").read_text(encoding="utf-8"))
             self.key = json.loads((path / "sheet.key.json").read_text(encoding="utf-8"))
-            model = {r["id"]: r for r in map(json.loads, (path / "model.jsonl").read_text("utf-8").splitlines())}
+            model = {r["id"]: r for r in read_jsonl(path / "model.jsonl")}
             bpath = path / "baseline.jsonl"
-            base = ({r["id"]: r["reply"] for r in map(json.loads, bpath.read_text("utf-8").splitlines())}
-                    if bpath.exists() else {})
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+            base = {r["id"]: r["reply"] for r in read_jsonl(bpath)} if bpath.exists() else {}
+        except (OSError, json.JSONDecodeError, RecordError, KeyError, TypeError) as e:
             raise UserError(f"{path}: not a readable review folder ({type(e).__name__}: {e})") from None
         self.items: list[dict[str, Any]] = []
         for item, entry in self.key["items"].items():

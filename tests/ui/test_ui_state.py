@@ -14,10 +14,11 @@ import pytest
 from sftlab.data.formats import read_records
 from sftlab.errors import UserError
 from sftlab.eval.human import import_sheets
+from sftlab.io import append_json_line as append_line
 from sftlab.ui.curves import MetricsIndex
 from sftlab.ui.datasets import RenderSettings, load_dataset, render_sample
 from sftlab.ui.evals import judge_panel, load_eval, scores
-from sftlab.ui.fixes import append_fix, append_line
+from sftlab.ui.fixes import append_fix
 from sftlab.ui.review import Review, create_review
 from sftlab.ui.runs import configs_diff, run_status
 
